@@ -1,0 +1,1 @@
+"""tug-shim: one small daemon per container. Imports nothing from supervisor/."""

@@ -1,0 +1,314 @@
+"""The task service for one container: runc, the reaper, the logs, the exit record, the socket.
+
+Life of a shim: it is born (see :mod:`shimd.birth`) with its config; it binds its socket, runs
+``runc run --detach`` with the container's stdio on pipes it holds, reports ``{pid}`` (or runc's
+error) on the notify fd, then serves its socket. When PID 1 exits it reaps it, drains the pipes
+to the end, fsyncs the log, writes ``exit.json`` atomically, and only then answers ``task.wait``.
+The record stays until ``task.delete``, after which the shim exits. Nothing here depends on tugd
+being alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from tugwire import crilog, fsutil, jsonrpc
+from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
+
+from . import io as shimio
+from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
+from .reaper import Reaper, exit_code
+from .runc import Runc, classify
+
+log = logging.getLogger("tugboat.shim")
+
+PR_SET_CHILD_SUBREAPER = 36
+DRAIN_GRACE = 10.0  # after PID 1 exits, how long the pipes may stay open (a leaked fd elsewhere)
+SHUTDOWN_GRACE = 5.0  # after delete, how long connections (log followers) may take to finish
+
+SOCKET = "shim.sock"
+PID_FILE = "shim.pid"
+EXIT_FILE = "exit.json"
+INIT_PID_FILE = "init.pid"
+RUNC_LOG = "runc.log"
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    id: str
+    bundle: str
+    dir: str
+    runtime: str
+    runtime_root: str
+    log_path: str
+    log_max_size: int = crilog.DEFAULT_MAX_SIZE
+    log_max_files: int = crilog.DEFAULT_MAX_FILES
+    cgroup_path: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ShimConfig:
+        if not isinstance(obj, dict):
+            raise InvalidArgument("shim config must be an object")
+        try:
+            cfg = cls(
+                id=str(obj["id"]),
+                bundle=str(obj["bundle"]),
+                dir=str(obj["dir"]),
+                runtime=str(obj["runtime"]),
+                runtime_root=str(obj["runtime_root"]),
+                log_path=str(obj["log_path"]),
+                log_max_size=int(obj.get("log_max_size", crilog.DEFAULT_MAX_SIZE)),
+                log_max_files=int(obj.get("log_max_files", crilog.DEFAULT_MAX_FILES)),
+                cgroup_path=obj.get("cgroup_path"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"bad shim config: {exc}") from exc
+        for path in (cfg.bundle, cfg.dir, cfg.runtime_root, cfg.log_path):
+            if not os.path.isabs(path):
+                raise InvalidArgument(f"shim config paths must be absolute: {path!r}")
+        return cfg
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+
+class Task:
+    """The container's init process as the shim sees it."""
+
+    def __init__(self, cfg: ShimConfig, reaper: Reaper) -> None:
+        self.cfg = cfg
+        self.reaper = reaper
+        self.runc = Runc(reaper, cfg.runtime, cfg.runtime_root, cfg.path(RUNC_LOG))
+        self.state = State.CREATING
+        self.pid = 0
+        self.reaped = False
+        self.exit: ExitRecord | None = None
+        self.exited = anyio.Event()
+        self.sink: shimio.LogSink | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.cfg.id[:12]} {self.state.value} pid={self.pid}>"
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Create and start the container; its supervision then runs in ``tg``."""
+        pipes = shimio.StdioPipes()
+        writer = crilog.LogWriter(self.cfg.log_path, self.cfg.log_max_size, self.cfg.log_max_files)
+        pid_file = self.cfg.path(INIT_PID_FILE)
+        try:
+            await self.runc.run_detached(
+                self.cfg.id,
+                self.cfg.bundle,
+                pid_file,
+                stdin=pipes.stdin,
+                stdout=pipes.stdout_w,
+                stderr=pipes.stderr_w,
+            )
+            pipes.close_child_ends()
+            with open(pid_file) as f:
+                self.pid = int(f.read().strip())
+        except BaseException:
+            pipes.close()
+            writer.close()
+            raise
+        self.sink = shimio.LogSink(writer)
+        self.state = State.RUNNING
+        tg.start_soon(self._supervise, pipes)
+
+    async def _supervise(self, pipes: shimio.StdioPipes) -> None:
+        assert self.sink is not None
+        sink = self.sink
+        try:
+            async with anyio.create_task_group() as drains:
+                drains.start_soon(shimio.drain, pipes.stdout_r, b"stdout", sink)
+                drains.start_soon(shimio.drain, pipes.stderr_r, b"stderr", sink)
+                status = await self.reaper.wait(self.pid)
+                self.reaped = True  # from here on the pid may be reused: never signal it again
+                exited_at = rfc3339()
+                oom = oom_kills(self.cfg.cgroup_path) > 0  # before runc delete removes the cgroup
+                # The exit is reported only after the pipes are drained to their end.
+                drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
+        finally:
+            pipes.close()
+        sink.close()
+        sink.writer.sync()
+        code, sig = exit_code(status)
+        record = ExitRecord(self.pid, code, signal_name(sig), exited_at, oom)
+        fsutil.write_atomic(self.cfg.path(EXIT_FILE), record.encode())
+        self.exit = record
+        self.state = State.STOPPED
+        self.exited.set()
+
+    def kill(self, sig: int) -> None:
+        check(self.state, "kill")
+        if self.reaped or self.reaper.exited(self.pid):
+            raise FailedPrecondition("cannot kill: task is stopped", state="stopped")
+        # The pid is our own child and not reaped yet, so it cannot have been reused.
+        os.kill(self.pid, sig)
+
+    async def delete(self, *, force: bool) -> ExitRecord | None:
+        if self.state is State.RUNNING and not self.exited.is_set():
+            if not force:
+                raise FailedPrecondition("cannot delete: task is running", state="running")
+            self.kill(signal.SIGKILL)
+            await self.exited.wait()
+        if self.state is not State.DELETED:
+            try:
+                await self.runc.delete(self.cfg.id, force=True)
+            except TugError as exc:
+                err = classify(exc) if hasattr(exc, "runc_message") else exc
+                if err.kind != "not_found":
+                    raise err from exc
+            self.state = State.DELETED
+        return self.exit
+
+    def describe(self) -> dict[str, Any]:
+        sink = self.sink
+        return {
+            "id": self.cfg.id,
+            "pid": self.pid,
+            "status": self.state.value,
+            "shim_pid": os.getpid(),
+            "exit": self.exit.to_json() if self.exit else None,
+            "log_bytes": {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {},
+            "log_dropped_bytes": sink.writer.dropped_bytes if sink else 0,
+        }
+
+
+class Service:
+    """The shim's JSON-RPC methods."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.shutdown = anyio.Event()
+        self.dispatcher = jsonrpc.Dispatcher()
+        d = self.dispatcher
+        d.add("task.state", self.state)
+        d.add("task.wait", self.wait)
+        d.add("task.kill", self.kill)
+        d.add("task.delete", self.delete)
+        d.add("task.logs", self.logs, accept_late=True)
+
+    async def state(self, call: jsonrpc.Call) -> Any:
+        """The task's state, pid and exit record (if it has exited)."""
+        return self.task.describe()
+
+    async def wait(self, call: jsonrpc.Call) -> Any:
+        """Returns the exit record once PID 1 has exited and its output is on disk."""
+        await self.task.exited.wait()
+        assert self.task.exit is not None
+        return self.task.exit.to_json()
+
+    async def kill(self, call: jsonrpc.Call) -> Any:
+        """Send ``signal`` (a number) to PID 1, or with ``all`` to every process of the task."""
+        sig = call.params.integer("signal", int(signal.SIGKILL))
+        if not 0 < sig < 65:
+            raise InvalidArgument(f"invalid signal {sig}")
+        if call.params.boolean("all"):
+            check(self.task.state, "kill")
+            await self.task.runc.kill(self.task.cfg.id, sig, all_processes=True)
+        else:
+            self.task.kill(sig)
+        return {}
+
+    async def delete(self, call: jsonrpc.Call) -> Any:
+        """Delete the runtime's state (``force`` kills a running task first); then the shim exits."""
+        record = await self.task.delete(force=call.params.boolean("force"))
+        self.shutdown.set()
+        return {"exit": record.to_json() if record else None}
+
+    async def logs(self, call: jsonrpc.Call) -> Any:
+        """Stream the log as ``logs.data`` notifications (base64 of whole CRI records)."""
+        sink = self.task.sink
+        if sink is None:
+            call.accept()
+            return {"dropped_bytes": 0}
+        tail = call.params.integer("tail")
+        since = call.params.string("since")
+
+        async def send(data: bytes) -> None:
+            call.accept()
+            await call.notify("logs.data", {"data": shimio.b64(data)})
+
+        await shimio.follow(
+            sink,
+            send,
+            tail=tail,
+            since=since.encode() if since else None,
+            follow=call.params.boolean("follow"),
+            ready=call.accept,
+        )
+        return {"dropped_bytes": sink.writer.dropped_bytes}
+
+
+def set_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _notify(fd: int | None, obj: dict[str, Any]) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, json.dumps(obj).encode() + b"\n")
+    except OSError:
+        pass  # whoever asked for this shim is gone; the shim carries on regardless
+    finally:
+        os.close(fd)
+
+
+async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
+    """Run the shim: start the container, report on ``notify_fd``, serve until deleted."""
+    set_subreaper()
+    fsutil.write_atomic(cfg.path(PID_FILE), f"{os.getpid()}\n".encode(), durable=False)
+    sock_path = cfg.path(SOCKET)
+    try:
+        os.unlink(sock_path)
+    except FileNotFoundError:
+        pass
+    listener = await anyio.create_unix_listener(sock_path, mode=0o600)
+    reaper = Reaper()
+    async with anyio.create_task_group() as tg:
+        await tg.start(reaper.run)
+        task = Task(cfg, reaper)
+        try:
+            await task.start(tg)
+        except TugError as exc:
+            err = classify(exc) if hasattr(exc, "runc_message") else exc
+            _notify(notify_fd, {"error": err.to_json()})
+            await listener.aclose()
+            os.unlink(sock_path)
+            tg.cancel_scope.cancel()
+            return
+        _notify(notify_fd, {"pid": task.pid, "shim_pid": os.getpid(), "socket": sock_path})
+        service = Service(task)
+        async with anyio.create_task_group() as conns:
+            accepting = anyio.CancelScope()
+
+            async def accept() -> None:
+                with accepting:
+                    while True:
+                        stream = await listener.accept()
+                        conns.start_soon(jsonrpc.ServerConnection(stream, service.dispatcher).serve)
+
+            conns.start_soon(accept)
+            await service.shutdown.wait()
+            # Deleted: accept no one new; let the last answers and log followers finish, under a
+            # deadline (tugd closes its connections once it has the answer).
+            accepting.cancel()
+            await listener.aclose()
+            conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        tg.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""tugd: the supervisor daemon. Imports nothing from shimd/."""

@@ -1,0 +1,64 @@
+"""tugd: argv -> Config -> anyio.run(main). Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tugwire import crilog
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tugd", description="Tugboat's container supervisor daemon")
+    parser.add_argument("--root", default="/var/lib/tugboat", help="data root (default %(default)s)")
+    parser.add_argument("--state", default="/run/tugboat", help="state root (default %(default)s)")
+    parser.add_argument("--socket", default="", help="API socket (default <state>/tugd.sock)")
+    parser.add_argument("--runtime", default="runc", help="OCI runtime: runc, crun, or a path")
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--shim-birth", default="template", choices=["template", "exec"],
+                        help="fork shims from a pre-imported template (default) or exec each")
+    parser.add_argument("--group", default="tugboat", help="group allowed on the socket, if it exists")
+    parser.add_argument("--log-max-size", type=int, default=crilog.DEFAULT_MAX_SIZE)
+    parser.add_argument("--log-max-files", type=int, default=crilog.DEFAULT_MAX_FILES)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s tugd %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import anyio
+
+    from .app import AlreadyRunning
+    from .app import main as app_main
+    from .config import Config, ConfigError
+
+    try:
+        cfg = Config(
+            root=args.root,
+            state=args.state,
+            socket=args.socket,
+            runtime=args.runtime,
+            backend=args.backend,
+            shim_birth=args.shim_birth,
+            group=args.group,
+            log_max_size=args.log_max_size,
+            log_max_files=args.log_max_files,
+        ).validated()
+    except ConfigError as exc:
+        print(f"tugd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(app_main, cfg, backend=cfg.backend)
+    except AlreadyRunning as exc:
+        print(f"tugd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The public JSON-RPC methods: thin, typed, each delegating to a service. See docs/api.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+import anyio
+
+from tugwire import jsonrpc
+from tugwire.errors import InvalidArgument, Unavailable
+
+from .config import Config
+from .containers import Containers, parse_signal
+from .events import Event, EventBus
+from .images import Images
+
+VERSION = "0.1.0"
+
+
+def cgroup_version() -> str:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "2"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "1 (hybrid)"
+    return "1"
+
+
+def runtime_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+class Api:
+    def __init__(self, cfg: Config, containers: Containers, images: Images, bus: EventBus,
+                 shim_birth: str) -> None:
+        self.cfg = cfg
+        self.containers = containers
+        self.images = images
+        self.bus = bus
+        self.shim_birth = shim_birth
+        self._runtime_version = runtime_version(cfg.runtime)
+        self.dispatcher = d = jsonrpc.Dispatcher()
+        d.add("system.info", self.system_info)
+        d.add("container.create", self.container_create)
+        d.add("container.start", self.container_start)
+        d.add("container.list", self.container_list)
+        d.add("container.inspect", self.container_inspect)
+        d.add("container.kill", self.container_kill)
+        d.add("container.stop", self.container_stop)
+        d.add("container.delete", self.container_delete)
+        d.add("container.wait", self.containers.wait, accept_late=True)
+        d.add("container.logs", self.containers.logs, accept_late=True)
+        d.add("image.import", self.image_import)
+        d.add("image.list", self.image_list)
+        d.add("image.inspect", self.image_inspect)
+        d.add("image.remove", self.image_remove)
+        d.add("events.subscribe", self.events_subscribe, accept_late=True)
+
+    async def system_info(self, call: jsonrpc.Call) -> Any:
+        """Versions, roots, runtime, cgroup version and counts."""
+        return {
+            "version": VERSION,
+            "python": platform.python_version(),
+            "backend": self.cfg.backend,
+            "root": self.cfg.root,
+            "state": self.cfg.state,
+            "socket": self.cfg.socket,
+            "runtime": self.cfg.runtime,
+            "runtime_version": self._runtime_version,
+            "cgroup_version": cgroup_version(),
+            "shim_birth": self.shim_birth,
+            "containers": self.containers.counts(),
+            "images": len(self.images.store.list_images()),
+            "pid": os.getpid(),
+        }
+
+    async def container_create(self, call: jsonrpc.Call) -> Any:
+        """Create a container (no process yet). Returns ``{id, name}``."""
+        rec = await self.containers.create(call.params)
+        return {"id": rec.id, "name": rec.name}
+
+    async def container_start(self, call: jsonrpc.Call) -> Any:
+        """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
+        rec = await self.containers.start(call.params.string("id", required=True))
+        return {"id": rec.id, "pid": rec.pid}
+
+    async def container_list(self, call: jsonrpc.Call) -> Any:
+        """Summaries of running containers (``all`` for every one)."""
+        everything = call.params.boolean("all")
+        return [
+            self.containers.summary(r)
+            for r in self.containers.store.list_containers()
+            if everything or r.state in ("running", "paused")
+        ]
+
+    async def container_inspect(self, call: jsonrpc.Call) -> Any:
+        """Everything known about one container."""
+        return self.containers.inspect(self.containers.get(call.params.string("id", required=True)))
+
+    async def container_kill(self, call: jsonrpc.Call) -> Any:
+        """Send a signal (SIGKILL by default) to a running container."""
+        sig = parse_signal(call.params.raw.get("signal"))
+        rec = await self.containers.kill(
+            call.params.string("id", required=True), sig, all_processes=call.params.boolean("all"))
+        return {"id": rec.id}
+
+    async def container_stop(self, call: jsonrpc.Call) -> Any:
+        """The stop signal, SIGKILL after ``timeout``; returns once the exit is recorded."""
+        timeout = call.params.integer("timeout")
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout must not be negative", field="timeout")
+        rec = await self.containers.stop(call.params.string("id", required=True), timeout)
+        return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
+
+    async def container_delete(self, call: jsonrpc.Call) -> Any:
+        """Remove a container (``force`` kills it first)."""
+        rec = await self.containers.delete(call.params.string("id", required=True),
+                                           force=call.params.boolean("force"))
+        return {"id": rec.id}
+
+    async def image_import(self, call: jsonrpc.Call) -> Any:
+        """Import a rootfs tarball as a one-layer OCI image."""
+        p = call.params
+        overrides = p.raw.get("config") or {}
+        if not isinstance(overrides, dict):
+            raise InvalidArgument("config must be an object", field="config")
+        rec = await self.images.import_rootfs(p.string("path", required=True),
+                                              p.string("ref", required=True), overrides)
+        self.bus.publish(Event("image", "import", rec.id, p.string("ref") or ""))
+        return {"id": rec.id, "digest": rec.digest, "ref": rec.names[0] if rec.names else None}
+
+    async def image_list(self, call: jsonrpc.Call) -> Any:
+        """Every image with its names."""
+        return [self.images.describe(r) for r in self.images.store.list_images()]
+
+    async def image_inspect(self, call: jsonrpc.Call) -> Any:
+        """One image, with its config and layers."""
+        return self.images.describe(self.images.resolve(call.params.string("ref", required=True)).record,
+                                    full=True)
+
+    async def image_remove(self, call: jsonrpc.Call) -> Any:
+        """Untag an image; its data goes once nothing refers to it."""
+        ref = call.params.string("ref", required=True)
+        removed = self.images.remove(ref, force=call.params.boolean("force"))
+        self.bus.publish(Event("image", "delete", ref, ref))
+        return {"removed": removed}
+
+    async def events_subscribe(self, call: jsonrpc.Call) -> Any:
+        """Stream events as ``event`` notifications until the client goes away."""
+        filters = call.params.dict_of_str("filters")
+        want_type = filters.get("type")
+        want_ctr = filters.get("container")
+        ctr_id = None
+        if want_ctr:
+            ctr_id = self.containers.get(want_ctr).id
+
+        def predicate(e: Event) -> bool:
+            if want_type and e.type != want_type:
+                return False
+            return not (ctr_id and e.id != ctr_id)
+
+        sub = self.bus.subscribe(predicate)
+        call.accept()
+        try:
+            async with anyio.create_task_group() as tg:
+                async def until_closed() -> None:
+                    await call.conn.closed.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until_closed)
+                async for event in sub.receive:
+                    await call.notify("event", event.to_json())
+                tg.cancel_scope.cancel()
+            if sub.overflowed:
+                raise Unavailable("event subscriber too slow: events were dropped; subscribe again")
+            return {}
+        finally:
+            sub.close()

@@ -1,0 +1,1 @@
+"""The ``tug`` command line client of tugd."""

@@ -1,0 +1,98 @@
+"""tugd's configuration: one frozen dataclass, validated once at start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from tugwire import crilog
+
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str = "/var/lib/tugboat"
+    state: str = "/run/tugboat"
+    socket: str = ""  # default: <state>/tugd.sock
+    runtime: str = "runc"  # a name on PATH or a path; resolved to a path by validated()
+    backend: str = "asyncio"
+    shim_birth: str = "template"  # or "exec": a cold `tug-shim start` per container
+    group: str = "tugboat"  # a group that may use the socket, if it exists
+    log_max_size: int = crilog.DEFAULT_MAX_SIZE
+    log_max_files: int = crilog.DEFAULT_MAX_FILES
+    shim_timeout: float = 60.0  # a shim's birth (runc run) and its calls
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def validated(self) -> Config:
+        root = os.path.abspath(self.root)
+        state = os.path.abspath(self.state)
+        sock = os.path.abspath(self.socket or os.path.join(state, "tugd.sock"))
+        runtime = self.runtime
+        resolved = runtime if os.sep in runtime else shutil.which(runtime)
+        if not resolved or not os.access(resolved, os.X_OK):
+            raise ConfigError(f"runtime {runtime!r} not found (install the runc package)")
+        if self.backend not in ("asyncio", "trio"):
+            raise ConfigError(f"unknown backend {self.backend!r}")
+        if self.shim_birth not in ("template", "exec"):
+            raise ConfigError(f"unknown shim birth {self.shim_birth!r}")
+        longest = os.path.join(state, "shims", "0" * 64, "shim.sock")
+        for path in (sock, longest):
+            if len(path.encode()) > SOCKET_PATH_MAX:
+                raise ConfigError(
+                    f"path too long for a Unix socket ({len(path)} > {SOCKET_PATH_MAX}): {path}; "
+                    "choose a shorter --state"
+                )
+        return Config(
+            root=root,
+            state=state,
+            socket=sock,
+            runtime=os.path.abspath(resolved),
+            backend=self.backend,
+            shim_birth=self.shim_birth,
+            group=self.group,
+            log_max_size=self.log_max_size,
+            log_max_files=self.log_max_files,
+            shim_timeout=self.shim_timeout,
+            extra=dict(self.extra),
+        )
+
+    # Layout of the two roots.
+    @property
+    def runtime_root(self) -> str:
+        return os.path.join(self.state, "runc")
+
+    @property
+    def shims_dir(self) -> str:
+        return os.path.join(self.state, "shims")
+
+    @property
+    def template_socket(self) -> str:
+        return os.path.join(self.state, "shim-template.sock")
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.root, "tugboat.db")
+
+    @property
+    def containers_dir(self) -> str:
+        return os.path.join(self.root, "containers")
+
+    @property
+    def blobs_dir(self) -> str:
+        return os.path.join(self.root, "blobs", "sha256")
+
+    @property
+    def snapshots_dir(self) -> str:
+        return os.path.join(self.root, "snapshots")
+
+    def shim_dir(self, cid: str) -> str:
+        return os.path.join(self.shims_dir, cid)
+
+    def container_dir(self, cid: str) -> str:
+        return os.path.join(self.containers_dir, cid)

@@ -1,0 +1,748 @@
+"""Containers: desired state, lifecycle, and the reconciliation of what the shims report.
+
+The store holds each container's truth; a :class:`Live` holds what only a running tugd needs
+(a lock that serialises verbs, an event that wakes waiters on every change, and the count of
+log streams that auto-remove must wait for). Every state change goes: store first, then wake
+waiters, then publish the event.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import signal as signals
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from tugwire import crilog, fsutil, jsonrpc, names
+from tugwire.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TugError,
+    Unavailable,
+)
+
+from . import mounts, shims, spec
+from .config import Config
+from .events import Event, EventBus
+from .images import Images, now_rfc3339
+from .store import ContainerRecord, Store
+
+log = logging.getLogger("tugboat.containers")
+
+CREATED, RUNNING, PAUSED, EXITED, UNKNOWN = "created", "running", "paused", "exited", "unknown"
+ACTIVE = (RUNNING, PAUSED)
+LOG_CHUNK = 256 * 1024
+RELEASE_GRACE = 30.0
+AUTO_REMOVE_GRACE = 10.0  # how long auto-remove waits for log streams to finish
+KILL_WAIT = 30.0  # after SIGKILL, how long until a container that did not go is an error
+
+
+def parse_signal(value: Any, default: int = int(signals.SIGKILL)) -> int:
+    """``SIGTERM``, ``TERM``, ``term``, ``15`` or 15."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        num = value
+    elif isinstance(value, str) and value.isdigit():
+        num = int(value)
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            num = int(signals.Signals[name])
+        except KeyError:
+            raise InvalidArgument(f"invalid signal: {value}", field="signal") from None
+    else:
+        raise InvalidArgument(f"invalid signal: {value!r}", field="signal")
+    if not 0 < num < 65:
+        raise InvalidArgument(f"invalid signal: {value}", field="signal")
+    return num
+
+
+_ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nimble", "quiet", "sharp",
+        "steady", "swift", "tender", "vivid", "witty", "zealous", "bold", "gentle", "jolly", "proud"]
+_NOUN = ["otter", "heron", "marlin", "puffin", "walrus", "gull", "seal", "orca", "pelican", "tern",
+         "narwhal", "dolphin", "beaver", "crab", "skate", "cormorant", "manatee", "plover", "eel", "kelp"]
+
+
+@dataclass
+class Live:
+    """A container's in-memory companion (rebuilt on every tugd start)."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    release_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    holds: int = 0
+    exits: int = 0  # exits seen by this tugd, for wait(condition=next-exit)
+    last_result: dict[str, Any] = field(default_factory=dict)
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+def wait_result(rec: ContainerRecord) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "state": rec.state,
+        "exit_code": rec.exit_code if rec.state == EXITED else None,
+        "signal": rec.exit_signal if rec.state == EXITED else None,
+        "oom_killed": rec.oom_killed,
+    }
+
+
+class Containers:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        images: Images,
+        launcher: shims.ShimLauncher,
+        bus: EventBus,
+        tg: anyio.abc.TaskGroup,
+        on_start_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.images = images
+        self.launcher = launcher
+        self.bus = bus
+        self.tg = tg
+        self._live: dict[str, Live] = {}
+        self._on_start_latency = on_start_latency
+        os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
+        os.makedirs(cfg.shims_dir, mode=0o700, exist_ok=True)
+        os.makedirs(cfg.runtime_root, mode=0o700, exist_ok=True)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def live(self, cid: str) -> Live:
+        live = self._live.get(cid)
+        if live is None:
+            live = self._live[cid] = Live()
+        return live
+
+    def get(self, ref: Any) -> ContainerRecord:
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgument("a container id or name is required", field="id")
+        found = self.store.find_containers(ref)
+        if not found:
+            raise NotFound(f"no such container: {ref}")
+        if len(found) > 1:
+            exact = [r for r in found if r.name == ref or r.id == ref]
+            if len(exact) != 1:
+                raise InvalidArgument(f"multiple containers match {ref!r}; give more of the id")
+            return exact[0]
+        return found[0]
+
+    def _publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
+        self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
+
+    def _paths(self, cid: str) -> dict[str, str]:
+        cdir = self.cfg.container_dir(cid)
+        sdir = self.cfg.shim_dir(cid)
+        return {
+            "dir": cdir,
+            "rootfs": os.path.join(cdir, "rootfs"),
+            "upper": os.path.join(cdir, "upper"),
+            "work": os.path.join(cdir, "work"),
+            "spec": os.path.join(cdir, "config.json"),
+            "log": os.path.join(cdir, "container.log"),
+            "shim": sdir,
+            "socket": os.path.join(sdir, "shim.sock"),
+            "exit": os.path.join(sdir, "exit.json"),
+        }
+
+    def _log_files(self, rec: ContainerRecord) -> list[str]:
+        max_files = int(rec.config.get("log_max_files") or self.cfg.log_max_files)
+        return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
+
+    def _update(self, rec: ContainerRecord) -> None:
+        self.store.update_container(rec)
+        self.live(rec.id).changed()
+
+    # ------------------------------------------------------------------------------- create
+
+    def _parse_create(self, p: jsonrpc.Params) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        opts["image"] = p.string("image", required=True)
+        name = p.string("name")
+        if name is not None:
+            names.check_name(name)
+        opts["name"] = name
+        cmd = p.list_of_str("cmd")
+        opts["cmd"] = cmd
+        raw_ep = p.raw.get("entrypoint")
+        if raw_ep is not None:
+            opts["entrypoint"] = p.list_of_str("entrypoint")
+        env = p.list_of_str("env")
+        for item in env:
+            if "=" not in item or item.startswith("="):
+                raise InvalidArgument(f"invalid environment variable {item!r}: want KEY=VALUE", field="env")
+            if "\x00" in item:
+                raise InvalidArgument("environment variables may not contain NUL", field="env")
+        opts["env"] = env
+        workdir = p.string("workdir")
+        if workdir is not None and (not workdir.startswith("/") or "\x00" in workdir):
+            raise InvalidArgument(f"the working directory {workdir!r} must be an absolute path",
+                                  field="workdir")
+        opts["workdir"] = workdir
+        opts["user"] = p.string("user")
+        hostname = p.string("hostname")
+        if hostname is not None and not _valid_hostname(hostname):
+            raise InvalidArgument(f"invalid hostname {hostname!r}", field="hostname")
+        opts["hostname"] = hostname
+        volumes = []
+        for vol in p.list_of_dict("volumes"):
+            src, dst = vol.get("source"), vol.get("destination")
+            if not isinstance(src, str) or not os.path.isabs(src):
+                raise InvalidArgument(f"volume source {src!r} must be an absolute host path", field="volumes")
+            if not isinstance(dst, str) or not os.path.isabs(dst) or ".." in dst.split("/"):
+                raise InvalidArgument(
+                    f"volume destination {dst!r} must be an absolute path without '..'", field="volumes")
+            if dst.rstrip("/") in ("", "/proc", "/sys", "/dev"):
+                raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
+            if not os.path.exists(src):
+                raise InvalidArgument(f"volume source {src} does not exist on the host", field="volumes")
+            volumes.append({"source": os.path.normpath(src), "destination": os.path.normpath(dst),
+                            "readonly": bool(vol.get("readonly", False))})
+        opts["volumes"] = volumes
+        opts["read_only"] = p.boolean("read_only")
+        memory = p.integer("memory")
+        if memory is not None and memory < 6 * 1024 * 1024:
+            raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
+        opts["memory"] = memory
+        cpus = p.number("cpus")
+        if cpus is not None and not 0.01 <= cpus <= (os.cpu_count() or 1):
+            raise InvalidArgument(
+                f"range of CPUs is from 0.01 to {os.cpu_count() or 1}, as there are only "
+                f"{os.cpu_count() or 1} CPUs available", field="cpus")
+        opts["cpus"] = cpus
+        pids = p.integer("pids_limit")
+        if pids is not None and pids < 1:
+            raise InvalidArgument("pids limit must be positive", field="pids_limit")
+        opts["pids_limit"] = pids
+        opts["auto_remove"] = p.boolean("auto_remove")
+        stop_signal = p.string("stop_signal")
+        parse_signal(stop_signal, int(signals.SIGTERM))
+        opts["stop_signal"] = stop_signal or "SIGTERM"
+        stop_timeout = p.integer("stop_timeout")
+        if stop_timeout is not None and stop_timeout < 0:
+            raise InvalidArgument("stop timeout must not be negative", field="stop_timeout")
+        opts["stop_timeout"] = 10 if stop_timeout is None else stop_timeout
+        size = p.integer("log_max_size")
+        if size is not None and size < 4096:
+            raise InvalidArgument("log max size must be at least 4096 bytes", field="log_max_size")
+        opts["log_max_size"] = size or self.cfg.log_max_size
+        files = p.integer("log_max_files")
+        if files is not None and files < 1:
+            raise InvalidArgument("log max files must be at least 1", field="log_max_files")
+        opts["log_max_files"] = files or self.cfg.log_max_files
+        return opts
+
+    def _generate_name(self) -> str:
+        for _ in range(100):
+            name = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
+            if not self.store.name_taken(name):
+                return name
+        return f"tug_{secrets.token_hex(4)}"
+
+    async def create(self, p: jsonrpc.Params) -> ContainerRecord:
+        """Validate, resolve the image, write the bundle, then record the container."""
+        opts = self._parse_create(p)
+        image = self.images.resolve(opts["image"])
+        name = opts["name"] or self._generate_name()
+        if self.store.name_taken(name):
+            raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
+        cid = secrets.token_hex(32)
+        paths = self._paths(cid)
+        layers = await self.images.ensure_unpacked(image.record)
+        oci = spec.build(cid, opts, image.config, paths["rootfs"], layers)
+        opts["name"] = name
+        os.makedirs(paths["dir"], mode=0o700)
+        try:
+            for d in ("rootfs", "upper", "work"):
+                os.mkdir(paths[d], 0o755)
+            fsutil.write_atomic(paths["spec"], json.dumps(oci, indent=1).encode(), mode=0o600)
+            rec = ContainerRecord(
+                id=cid,
+                name=name,
+                image=image.ref,
+                image_id=image.record.id,
+                created_at=now_rfc3339(),
+                config=opts,
+                state=CREATED,
+            )
+            self.store.insert_container(rec)
+        except BaseException as exc:
+            fsutil.remove_tree(paths["dir"])
+            if isinstance(exc, Exception) and "UNIQUE" in str(exc):
+                raise AlreadyExists(f"the container name {name!r} is already in use", field="name") from exc
+            raise
+        self._publish("create", rec)
+        return rec
+
+    # -------------------------------------------------------------------------------- start
+
+    async def start(self, ref: str) -> ContainerRecord:
+        rec = self.get(ref)
+        live = self.live(rec.id)
+        async with live.lock:
+            rec = self._reload(rec.id)
+            if rec.state in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
+            if rec.state == UNKNOWN:
+                raise FailedPrecondition(
+                    f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state)
+            t0 = anyio.current_time()
+            paths = self._paths(rec.id)
+            image = self.store.get_image(rec.image_id)
+            if image is None:
+                raise NotFound(f"the image of container {rec.name} is gone")
+            lower = await self.images.ensure_unpacked(image)
+            if not mounts.is_mounted(paths["rootfs"]):
+                mounts.mount_overlay(lower, paths["upper"], paths["work"], paths["rootfs"])
+            fsutil.remove_tree(paths["shim"])
+            os.makedirs(paths["shim"], mode=0o700)
+            config = {
+                "id": rec.id,
+                "bundle": paths["dir"],
+                "dir": paths["shim"],
+                "runtime": self.cfg.runtime,
+                "runtime_root": self.cfg.runtime_root,
+                "log_path": paths["log"],
+                "log_max_size": int(rec.config.get("log_max_size") or self.cfg.log_max_size),
+                "log_max_files": int(rec.config.get("log_max_files") or self.cfg.log_max_files),
+                "cgroup_path": spec.cgroup_path(rec.id),
+                "backend": "asyncio",
+            }
+            try:
+                reply = await self.launcher.launch(config)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    fsutil.remove_tree(paths["shim"])
+                    with contextlib.suppress(OSError):
+                        mounts.unmount(paths["rootfs"])
+                raise
+            rec.state = RUNNING
+            rec.pid = int(reply.get("pid", 0))
+            rec.shim_pid = int(reply.get("shim_pid", 0))
+            rec.started_at = now_rfc3339()
+            rec.exit_code = None
+            rec.exit_signal = None
+            rec.oom_killed = False
+            rec.finished_at = None
+            rec.reason = ""
+            self._update(rec)
+            self._publish("start", rec)
+            self.tg.start_soon(self._watch, rec.id)
+            if self._on_start_latency is not None:
+                self._on_start_latency(anyio.current_time() - t0)
+        return rec
+
+    def _reload(self, cid: str) -> ContainerRecord:
+        rec = self.store.get_container(cid)
+        if rec is None:
+            raise NotFound(f"no such container: {cid}")
+        return rec
+
+    # ------------------------------------------------------------------------ exits, shims
+
+    async def _watch(self, cid: str) -> None:
+        """Wait for the shim to report the exit; a shim that goes away first is reconciled."""
+        paths = self._paths(cid)
+        record: dict[str, Any] | None = None
+        try:
+            async with jsonrpc.connect(paths["socket"]) as client:
+                record = await client.call("task.wait")
+        except TugError as exc:
+            log.info("shim of %s went away: %s", cid[:12], exc)
+            record = _read_exit(paths["exit"])
+        if record is None:
+            await self._shim_lost(cid)
+        else:
+            await self._handle_exit(cid, record)
+
+    async def _handle_exit(self, cid: str, record: dict[str, Any]) -> None:
+        rec = self.store.get_container(cid)
+        if rec is None:
+            return
+        live = self.live(cid)
+        if rec.state in (*ACTIVE, UNKNOWN, CREATED):
+            rec.state = EXITED
+            rec.exit_code = int(record["exit_code"])
+            rec.exit_signal = record.get("signal")
+            rec.oom_killed = bool(record.get("oom_killed"))
+            rec.finished_at = str(record.get("exited_at") or now_rfc3339())
+            rec.pid = 0
+            rec.reason = ""
+            live.exits += 1
+            live.last_result = wait_result(rec)
+            self._update(rec)
+            self._publish("die", rec, exit_code=rec.exit_code, signal=rec.exit_signal,
+                          oom_killed=rec.oom_killed)
+        await self._release(cid)
+        if rec.config.get("auto_remove"):
+            self.tg.start_soon(self._auto_remove, cid)
+
+    async def _shim_lost(self, cid: str) -> None:
+        rec = self.store.get_container(cid)
+        if rec is None or rec.state not in ACTIVE:
+            return
+        rec.state = UNKNOWN
+        rec.reason = (f"the shim (pid {rec.shim_pid}) went away without recording an exit; "
+                      "the exit code is not known")
+        self.live(cid).last_result = wait_result(rec)
+        self.live(cid).exits += 1
+        self._update(rec)
+        self._publish("die", rec, exit_code=None, reason=rec.reason)
+
+    async def _release(self, cid: str) -> None:
+        """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent."""
+        paths = self._paths(cid)
+        live = self.live(cid)
+        with anyio.move_on_after(RELEASE_GRACE, shield=True):
+            async with live.release_lock:
+                if os.path.isdir(paths["shim"]):
+                    try:
+                        await shims.call(paths["socket"], "task.delete", {"force": True},
+                                         timeout=self.cfg.shim_timeout)
+                    except TugError as exc:
+                        log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
+                        await shims.delete_dead(paths["shim"], cid, self.cfg.runtime,
+                                                self.cfg.runtime_root)
+                    fsutil.remove_tree(paths["shim"])
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
+
+    async def _auto_remove(self, cid: str) -> None:
+        live = self.live(cid)
+        with anyio.move_on_after(AUTO_REMOVE_GRACE):
+            while live.holds > 0:
+                await live.wait_changed()
+        with contextlib.suppress(NotFound):
+            await self.delete(cid, force=False)
+
+    # ------------------------------------------------------------------- kill, stop, delete
+
+    async def kill(self, ref: str, sig: int, *, all_processes: bool = False) -> ContainerRecord:
+        rec = self.get(ref)
+        if rec.state not in ACTIVE:
+            raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+        try:
+            await shims.call(self._paths(rec.id)["socket"], "task.kill",
+                             {"signal": sig, "all": all_processes}, timeout=self.cfg.shim_timeout)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+        self._publish("kill", rec, signal=signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig)
+        return rec
+
+    async def _wait_not_active(self, cid: str) -> None:
+        live = self.live(cid)
+        while True:
+            rec = self.store.get_container(cid)
+            if rec is None or rec.state not in ACTIVE:
+                return
+            await live.wait_changed()
+
+    async def stop(self, ref: str, timeout: int | None) -> ContainerRecord:
+        """The stop signal, then SIGKILL after ``timeout`` seconds; returns once the exit is
+        recorded. Stopping a container that is not running changes nothing."""
+        rec = self.get(ref)
+        if rec.state not in ACTIVE:
+            return rec
+        grace = rec.config.get("stop_timeout", 10) if timeout is None else timeout
+        sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
+        with contextlib.suppress(FailedPrecondition):
+            await self.kill(rec.id, sig)
+        with anyio.move_on_after(grace):
+            await self._wait_not_active(rec.id)
+            self._publish("stop", rec)
+            return self._reload(rec.id)
+        with contextlib.suppress(FailedPrecondition):
+            await self.kill(rec.id, int(signals.SIGKILL))
+        try:
+            with anyio.fail_after(KILL_WAIT):
+                await self._wait_not_active(rec.id)
+        except TimeoutError:
+            raise Unavailable(f"container {rec.name} did not stop {KILL_WAIT:g}s after SIGKILL") from None
+        self._publish("stop", rec)
+        return self._reload(rec.id)
+
+    async def delete(self, ref: str, *, force: bool) -> ContainerRecord:
+        rec = self.get(ref)
+        if rec.state in ACTIVE:
+            if not force:
+                raise FailedPrecondition(
+                    f"cannot remove container {rec.name}: container is running: stop the container "
+                    "before removing or use force", state=rec.state)
+            with contextlib.suppress(FailedPrecondition, Unavailable):
+                await self.kill(rec.id, int(signals.SIGKILL))
+            with anyio.move_on_after(KILL_WAIT):
+                await self._wait_not_active(rec.id)
+        live = self.live(rec.id)
+        async with live.lock:
+            rec = self._reload(rec.id)
+            await self._release(rec.id)
+            paths = self._paths(rec.id)
+            with contextlib.suppress(OSError):
+                mounts.unmount(paths["rootfs"])
+            if mounts.is_mounted(paths["rootfs"]):
+                raise FailedPrecondition(f"the root filesystem of {rec.name} is still mounted")
+            self.store.delete_container(rec.id)
+            fsutil.remove_tree(paths["dir"])
+            if not live.last_result:
+                live.last_result = wait_result(rec)
+            live.last_result = {**live.last_result, "state": "removed"}
+            self._live.pop(rec.id, None)
+            live.changed()
+        self._publish("destroy", rec)
+        self.images.gc_unused(rec.image_id)
+        return rec
+
+    # ---------------------------------------------------------------------- wait and logs
+
+    async def wait(self, call: jsonrpc.Call) -> dict[str, Any]:
+        rec = self.get(call.params.raw.get("id"))
+        condition = call.params.string("condition", "not-running")
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"unknown wait condition {condition!r}", field="condition")
+        live = self.live(rec.id)
+        seen = live.exits
+        call.accept()
+        while True:
+            current = self.store.get_container(rec.id)
+            if current is None:
+                return live.last_result or wait_result(rec)
+            if condition == "not-running" and current.state not in ACTIVE:
+                return wait_result(current)
+            if condition == "next-exit" and live.exits > seen:
+                return live.last_result
+            await live.wait_changed()
+
+    async def logs(self, call: jsonrpc.Call) -> dict[str, Any]:
+        p = call.params
+        rec = self.get(p.raw.get("id"))
+        follow = p.boolean("follow")
+        tail = p.integer("tail")
+        if tail is not None and tail < 0:
+            tail = None
+        since_raw = p.string("since")
+        since = _since(since_raw) if since_raw else None
+        live = self.live(rec.id)
+        live.holds += 1
+        call.accept()
+
+        async def send(data: bytes) -> None:
+            await call.notify("container.logs.data", {"data": base64.b64encode(data).decode()})
+
+        try:
+            if follow:
+                while rec.state == CREATED:
+                    await live.wait_changed()
+                    current = self.store.get_container(rec.id)
+                    if current is None:
+                        return {"dropped_bytes": 0}
+                    rec = current
+            if follow and rec.state in ACTIVE:
+                result = await self._follow_from_shim(rec, tail, since, send)
+                if result is not None:
+                    return result
+            records = crilog.select_records(self._log_files(rec), tail=tail,
+                                            since=since.encode() if since else None)
+            data = b"".join(r + b"\n" for r in records)
+            for i in range(0, len(data), LOG_CHUNK):
+                await send(data[i : i + LOG_CHUNK])
+            return {"dropped_bytes": 0}
+        finally:
+            live.holds -= 1
+            live.changed()
+
+    async def _follow_from_shim(
+        self, rec: ContainerRecord, tail: int | None, since: str | None,
+        send: Callable[[bytes], Awaitable[None]],
+    ) -> dict[str, Any] | None:
+        """Proxy the shim's follow stream; None if the shim is gone before it sent anything (the
+        files are then complete: the exit is recorded only after the pipes are drained)."""
+        sent = False
+        params: dict[str, Any] = {"follow": True, "tail": tail, "since": since}
+        try:
+            async with jsonrpc.connect(self._paths(rec.id)["socket"]) as client:
+                async with client.stream("task.logs", params) as stream:
+                    async for note in stream:
+                        data = base64.b64decode(note.get("data", ""))
+                        await send(data)
+                        sent = True
+                    result = await stream.result()
+                    return result if isinstance(result, dict) else {"dropped_bytes": 0}
+        except Unavailable:
+            if sent:
+                return {"dropped_bytes": 0}
+            return None
+
+    # ------------------------------------------------------------------------- list, inspect
+
+    def summary(self, rec: ContainerRecord) -> dict[str, Any]:
+        return {
+            "id": rec.id,
+            "name": rec.name,
+            "image": rec.image,
+            "image_id": rec.image_id,
+            "command": _command(rec),
+            "state": rec.state,
+            "exit_code": rec.exit_code if rec.state == EXITED else None,
+            "pid": rec.pid if rec.state in ACTIVE else 0,
+            "created_at": rec.created_at,
+            "started_at": rec.started_at,
+            "finished_at": rec.finished_at,
+        }
+
+    def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
+        paths = self._paths(rec.id)
+        out = self.summary(rec)
+        out.update({
+            "oom_killed": rec.oom_killed,
+            "exit_signal": rec.exit_signal,
+            "reason": rec.reason,
+            "config": rec.config,
+            "auto_remove": bool(rec.config.get("auto_remove")),
+            "log_path": paths["log"],
+            "bundle": paths["dir"],
+            "rootfs": paths["rootfs"],
+            "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
+        })
+        return out
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((CREATED, RUNNING, PAUSED, EXITED, UNKNOWN), 0)
+        for rec in self.store.list_containers():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ------------------------------------------------------------------------------ recovery
+
+    async def recover(self) -> None:
+        """Rebuild from disk after a (re)start: re-attach to live shims, collect exits that
+        happened while we were down, clean up what nothing owns. Shims in parallel, each under a
+        deadline."""
+        known = {rec.id: rec for rec in self.store.list_containers()}
+        async with anyio.create_task_group() as tg:
+            for rec in known.values():
+                tg.start_soon(self._recover_one, rec)
+            for entry in _listdir(self.cfg.shims_dir):
+                if not entry.startswith(".") and entry not in known and names.is_id(entry):
+                    tg.start_soon(self._remove_orphan, entry)
+
+    async def _recover_one(self, rec: ContainerRecord) -> None:
+        paths = self._paths(rec.id)
+        try:
+            if os.path.isdir(paths["shim"]):
+                record = _read_exit(paths["exit"])
+                if record is not None:
+                    await self._handle_exit(rec.id, record)
+                    return
+                try:
+                    state = await shims.call(paths["socket"], "task.state", timeout=5)
+                except TugError:
+                    state = None
+                if state is None:
+                    await self._shim_lost(rec.id)
+                    return
+                if state.get("exit"):
+                    await self._handle_exit(rec.id, state["exit"])
+                    return
+                if rec.state != RUNNING:
+                    # tugd died between the shim's start and the store's update: adopt it.
+                    rec.state = RUNNING
+                    rec.pid = int(state.get("pid", 0))
+                    rec.shim_pid = int(state.get("shim_pid", 0))
+                    rec.started_at = rec.started_at or now_rfc3339()
+                    self._update(rec)
+                self.tg.start_soon(self._watch, rec.id)
+            elif rec.state in ACTIVE:
+                # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
+                rec.state = UNKNOWN
+                rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
+                self._update(rec)
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
+            else:
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
+                if rec.state == EXITED and rec.config.get("auto_remove"):
+                    self.tg.start_soon(self._auto_remove, rec.id)
+        except Exception:
+            log.exception("recovery of %s failed", rec.id[:12])
+
+    async def _remove_orphan(self, cid: str) -> None:
+        """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
+        directory = self.cfg.shim_dir(cid)
+        try:
+            await shims.delete_dead(directory, cid, self.cfg.runtime, self.cfg.runtime_root)
+        except Exception:
+            log.exception("cleanup of orphan shim %s failed", cid[:12])
+        fsutil.remove_tree(directory)
+        rootfs = os.path.join(self.cfg.container_dir(cid), "rootfs")
+        with contextlib.suppress(OSError):
+            mounts.unmount(rootfs)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _read_exit(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("exit_code"), int):
+        return None
+    return obj
+
+
+def _command(rec: ContainerRecord) -> str:
+    parts = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
+    return " ".join(parts)
+
+
+def _valid_hostname(name: str) -> bool:
+    if not 0 < len(name) <= 253:
+        return False
+    return all(
+        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label) and label.isascii()
+        for label in name.split(".")
+    )
+
+
+def _since(value: str) -> str:
+    """An RFC 3339 UTC timestamp, made fixed-width like the log's own (nanoseconds, Z)."""
+    import re
+
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z", value)
+    if m is None:
+        raise InvalidArgument(
+            f"invalid since {value!r}: want an RFC 3339 time in UTC like 2026-01-02T03:04:05Z",
+            field="since")
+    return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}Z"

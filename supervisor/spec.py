@@ -1,0 +1,204 @@
+"""The OCI runtime spec (``config.json``) of a container, from its image and its create options.
+
+Defaults follow docker's: the default capability set, masked and read-only /proc paths, private
+namespaces for pid, ipc, uts, mount and network, a cgroup under ``/tugboat/<id>``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+from tugwire.errors import InvalidArgument
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+]
+
+CPU_PERIOD = 100_000
+
+
+def cgroup_path(cid: str) -> str:
+    return f"/tugboat/{cid}"
+
+
+def _nofile_limit() -> int:
+    """RLIMIT_NOFILE for containers: 1048576 as docker, but never above the host's hard limit
+    (without CAP_SYS_RESOURCE, asking for more makes runc fail)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1048576
+    return want if hard == resource.RLIM_INFINITY else min(want, hard)
+
+
+def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
+    """``uid[:gid]`` or ``name[:group]``, names looked up in the image's /etc/passwd and /etc/group."""
+    if not user:
+        return 0, 0, []
+    name, _, group = user.partition(":")
+    uid: int | None = None
+    gid: int | None = None
+    passwd = _read_db(roots, "etc/passwd")
+    groups = _read_db(roots, "etc/group")
+    if name.isdigit():
+        uid = int(name)
+        for entry in passwd:
+            if len(entry) > 3 and entry[2] == name and entry[3].isdigit():
+                gid = int(entry[3])
+    else:
+        for entry in passwd:
+            if entry[0] == name and len(entry) > 3 and entry[2].isdigit() and entry[3].isdigit():
+                uid, gid = int(entry[2]), int(entry[3])
+                break
+        if uid is None:
+            raise InvalidArgument(f"unable to find user {name}: no matching entries in passwd file",
+                                  field="user")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = [e for e in groups if e[0] == group and len(e) > 2 and e[2].isdigit()]
+            if not found:
+                raise InvalidArgument(f"unable to find group {group}: no matching entries in group file",
+                                      field="user")
+            gid = int(found[0][2])
+    extra = []
+    if not name.isdigit():
+        for e in groups:
+            if len(e) > 3 and name in e[3].split(",") and e[2].isdigit():
+                extra.append(int(e[2]))
+    return uid, gid if gid is not None else 0, extra
+
+
+def _read_db(roots: list[str], rel: str) -> list[list[str]]:
+    """The image's own file (from the top-most layer that has it), read without following a
+    symlink out of the rootfs."""
+    for root in roots:
+        try:
+            fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW)
+            break
+        except OSError:
+            continue
+    else:
+        return []
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+
+
+def build(
+    cid: str, opts: dict[str, Any], image_config: dict[str, Any], rootfs: str, layers: list[str]
+) -> dict[str, Any]:
+    """The spec for ``runc``. ``opts`` were validated by the containers service; ``layers`` are
+    the image's snapshot dirs, top first, where user names are looked up."""
+    entrypoint = opts.get("entrypoint")
+    if entrypoint is None:
+        entrypoint = image_config.get("Entrypoint") or []
+    cmd = opts.get("cmd") or []
+    if not cmd and opts.get("entrypoint") is None:
+        cmd = image_config.get("Cmd") or []
+    args = list(entrypoint) + list(cmd)
+    if not args:
+        raise InvalidArgument("no command specified (the image has no Cmd or Entrypoint)", field="cmd")
+    env = list(image_config.get("Env") or [])
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    env_keys = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
+    hostname = opts.get("hostname") or cid[:12]
+    for item in [f"HOSTNAME={hostname}", *opts.get("env", [])]:
+        key = item.split("=", 1)[0]
+        if key in env_keys:
+            env[env_keys[key]] = item
+        else:
+            env_keys[key] = len(env)
+            env.append(item)
+    uid, gid, extra_gids = resolve_user(opts.get("user") or image_config.get("User") or "", layers)
+    cwd = opts.get("workdir") or image_config.get("WorkingDir") or "/"
+    nofile = _nofile_limit()
+    process: dict[str, Any] = {
+        "terminal": False,
+        "user": {"uid": uid, "gid": gid, **({"additionalGids": extra_gids} if extra_gids else {})},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+        "noNewPrivileges": False,
+    }
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    ]
+    for vol in opts.get("volumes", []):
+        options = ["rbind", "rprivate"]
+        if vol.get("readonly"):
+            options.append("ro")
+        mounts.append({"destination": vol["destination"], "type": "bind", "source": vol["source"],
+                       "options": options})
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if opts.get("memory"):
+        resources["memory"] = {"limit": int(opts["memory"])}
+    if opts.get("cpus"):
+        resources["cpu"] = {"quota": int(float(opts["cpus"]) * CPU_PERIOD), "period": CPU_PERIOD}
+    if opts.get("pids_limit"):
+        resources["pids"] = {"limit": int(opts["pids_limit"])}
+    return {
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": rootfs, "readonly": bool(opts.get("read_only"))},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": cgroup_path(cid),
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }

@@ -1,0 +1,57 @@
+"""Atomic writes and deletes: every state file has one writer and is never seen half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+
+def write_atomic(path: str, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file, fsync and rename (and fsync the directory).
+
+    ``durable=False`` skips the fsyncs, for files that only need to survive a process crash.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    if durable:
+        fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory so that no loader ever sees it half-removed: rename it to a hidden name
+    first (loaders skip names that start with a dot), then remove it."""
+    if not os.path.lexists(path):
+        return
+    parent, base = os.path.split(path.rstrip("/"))
+    hidden = os.path.join(parent, f".deleting-{base}-{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def read_text(path: str) -> str | None:
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+        return f.read()
+    return None

@@ -1,0 +1,190 @@
+"""A blocking JSON-RPC 2.0 client over a Unix socket, one JSON text per line: the CLI's client.
+
+The twin of :class:`tugwire.jsonrpc.RpcClient` for a process that must start fast: it imports only
+cheap stdlib modules and :mod:`tugwire.errors` (no anyio).
+
+Requests on one connection may be answered out of order, and streaming methods send notifications
+(whose ``params.request`` is the request's id) before their final response. :meth:`Client.call`
+waits for one response and keeps whatever else arrives meanwhile for :meth:`Client.next_message`,
+so calls and streams can share a connection.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+from collections import deque
+from typing import Any
+
+from . import errors
+
+CLIENT_MAX_LINE = 64 << 20  # what we accept from tugd in one line (log chunks are large)
+_READ_SIZE = 1 << 18
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def response_result(msg: dict[str, Any]) -> Any:
+    """The ``result`` of a response, or raise its error as the matching :class:`TugError`."""
+    if "error" in msg:
+        raise errors.from_json(msg["error"])
+    return msg.get("result")
+
+
+def is_response(msg: dict[str, Any]) -> bool:
+    """Whether ``msg`` is a response (it has no ``method``) rather than a notification."""
+    return "method" not in msg
+
+
+class Client:
+    """One blocking connection to tugd.
+
+    Raises :class:`errors.Unavailable` when it cannot connect, when the connection breaks, and when
+    tugd closes it; a malformed message from tugd raises :class:`errors.Internal`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise errors.Unavailable(
+                f"cannot connect to tugd at {path}: {reason} (is tugd running?)"
+            ) from exc
+        self._sock: socket.socket | None = sock
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline
+        self._eof = False
+        self._next_id = 1
+        self._held: deque[dict[str, Any]] = deque()  # read while call() waited for its answer
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "open"
+        return f"<Client {self.path} {state} next_id={self._next_id} held={len(self._held)}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``select``)."""
+        return self._socket().fileno()
+
+    def close(self) -> None:
+        """Close the connection; tugd ends the streams that belonged to it."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # ------------------------------------------------------------------------------- sending
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a request without waiting for its answer; returns its id."""
+        req_id = self._next_id
+        self._next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self._write(_encode(msg))
+        return req_id
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a JSON-RPC notification (no id, no answer)."""
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        self._write(_encode(msg))
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send a request and wait for its result; its error is raised as a :class:`TugError`."""
+        return self.wait_for(self.send(method, params))
+
+    def wait_for(self, req_id: int) -> Any:
+        """Wait for the response to ``req_id`` and return its result (or raise its error).
+
+        Other messages that arrive meanwhile are kept, in order, for :meth:`next_message`.
+        """
+        for i, msg in enumerate(self._held):
+            if is_response(msg) and msg.get("id") == req_id:
+                del self._held[i]
+                return response_result(msg)
+        while True:
+            msg = self._read_message(None)
+            assert msg is not None  # no wakeup fd, so a message or an exception
+            if is_response(msg) and msg.get("id") == req_id:
+                return response_result(msg)
+            self._held.append(msg)
+
+    # ------------------------------------------------------------------------------- reading
+
+    def next_message(self, wakeup_fd: int | None = None) -> dict[str, Any] | None:
+        """The next message from tugd: a response or a notification, as a dict.
+
+        With ``wakeup_fd`` (e.g. the read end of a ``signal.set_wakeup_fd`` pipe), returns None as
+        soon as that fd is readable and no whole message is buffered; the caller drains it.
+        """
+        if self._held:
+            return self._held.popleft()
+        return self._read_message(wakeup_fd)
+
+    def _read_message(self, wakeup_fd: int | None) -> dict[str, Any] | None:
+        while True:
+            line = self._read_line(wakeup_fd)
+            if line is None:
+                return None
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError as exc:
+                raise errors.Internal(f"malformed message from tugd: {exc}") from exc
+            if not isinstance(msg, dict):
+                raise errors.Internal(f"unexpected message from tugd: {type(msg).__name__}")
+            return msg
+
+    def _read_line(self, wakeup_fd: int | None) -> bytes | None:
+        sock = self._socket()
+        while True:
+            nl = self._buf.find(b"\n", self._scanned)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]  # cheap: bytearray deletes from the front in O(1)
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buf)
+            if self._scanned > CLIENT_MAX_LINE:
+                raise errors.Internal(f"a message from tugd is over {CLIENT_MAX_LINE} bytes")
+            if self._eof:
+                raise errors.Unavailable("tugd closed the connection")
+            if wakeup_fd is not None:
+                readable, _, _ = select.select([sock, wakeup_fd], [], [])
+                if wakeup_fd in readable:
+                    return None
+            try:
+                data = sock.recv(_READ_SIZE)
+            except OSError as exc:
+                raise errors.Unavailable(f"lost the connection to tugd: {exc.strerror or exc}") from exc
+            if not data:
+                self._eof = True
+            self._buf += data
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise errors.Unavailable("the connection to tugd is closed")
+        return self._sock
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._socket().sendall(data)
+        except OSError as exc:
+            raise errors.Unavailable(f"lost the connection to tugd: {exc.strerror or exc}") from exc
