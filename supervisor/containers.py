@@ -379,24 +379,30 @@ class Containers:
             await self._handle_exit(cid, record)
 
     async def _handle_exit(self, cid: str, record: dict[str, Any]) -> None:
-        rec = self.store.get_container(cid)
-        if rec is None:
-            return
+        """Record the exit, release the task, and only then wake waiters: whoever acts on the
+        exit (a restart, ``run --rm``) finds the old shim gone and the rootfs unmounted."""
         live = self.live(cid)
-        if rec.state in (*ACTIVE, UNKNOWN, CREATED):
-            rec.state = EXITED
-            rec.exit_code = int(record["exit_code"])
-            rec.exit_signal = record.get("signal")
-            rec.oom_killed = bool(record.get("oom_killed"))
-            rec.finished_at = str(record.get("exited_at") or now_rfc3339())
-            rec.pid = 0
-            rec.reason = ""
-            live.exits += 1
-            live.last_result = wait_result(rec)
-            self._update(rec)
-            self._publish("die", rec, exit_code=rec.exit_code, signal=rec.exit_signal,
-                          oom_killed=rec.oom_killed)
-        await self._release(cid)
+        async with live.lock:
+            rec = self.store.get_container(cid)
+            if rec is None:
+                return
+            newly = rec.state in (*ACTIVE, UNKNOWN, CREATED)
+            if newly:
+                rec.state = EXITED
+                rec.exit_code = int(record["exit_code"])
+                rec.exit_signal = record.get("signal")
+                rec.oom_killed = bool(record.get("oom_killed"))
+                rec.finished_at = str(record.get("exited_at") or now_rfc3339())
+                rec.pid = 0
+                rec.reason = ""
+                self.store.update_container(rec)
+            await self._release(cid)
+            if newly:
+                live.exits += 1
+                live.last_result = wait_result(rec)
+                live.changed()
+                self._publish("die", rec, exit_code=rec.exit_code, signal=rec.exit_signal,
+                              oom_killed=rec.oom_killed)
         if rec.config.get("auto_remove"):
             self.tg.start_soon(self._auto_remove, cid)
 

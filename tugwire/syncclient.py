@@ -23,6 +23,11 @@ CLIENT_MAX_LINE = 64 << 20  # what we accept from tugd in one line (log chunks a
 _READ_SIZE = 1 << 18
 
 
+class Disconnected(errors.Unavailable):
+    """The connection to tugd could not be made, broke, or was closed (as opposed to an
+    ``unavailable`` error that tugd itself answered)."""
+
+
 def _encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
@@ -42,8 +47,9 @@ def is_response(msg: dict[str, Any]) -> bool:
 class Client:
     """One blocking connection to tugd.
 
-    Raises :class:`errors.Unavailable` when it cannot connect, when the connection breaks, and when
-    tugd closes it; a malformed message from tugd raises :class:`errors.Internal`.
+    Raises :class:`Disconnected` (an :class:`errors.Unavailable`) when it cannot connect, when the
+    connection breaks, and when tugd closes it; a malformed message from tugd raises
+    :class:`errors.Internal`.
     """
 
     def __init__(self, path: str) -> None:
@@ -54,7 +60,7 @@ class Client:
         except OSError as exc:
             sock.close()
             reason = exc.strerror or str(exc)
-            raise errors.Unavailable(
+            raise Disconnected(
                 f"cannot connect to tugd at {path}: {reason} (is tugd running?)"
             ) from exc
         self._sock: socket.socket | None = sock
@@ -117,11 +123,11 @@ class Client:
                 del self._held[i]
                 return response_result(msg)
         while True:
-            msg = self._read_message(None)
-            assert msg is not None  # no wakeup fd, so a message or an exception
-            if is_response(msg) and msg.get("id") == req_id:
-                return response_result(msg)
-            self._held.append(msg)
+            got = self._read_message(None)
+            assert got is not None  # no wakeup fd: a message or an exception
+            if is_response(got) and got.get("id") == req_id:
+                return response_result(got)
+            self._held.append(got)
 
     # ------------------------------------------------------------------------------- reading
 
@@ -163,15 +169,15 @@ class Client:
             if self._scanned > CLIENT_MAX_LINE:
                 raise errors.Internal(f"a message from tugd is over {CLIENT_MAX_LINE} bytes")
             if self._eof:
-                raise errors.Unavailable("tugd closed the connection")
+                raise Disconnected("tugd closed the connection")
             if wakeup_fd is not None:
-                readable, _, _ = select.select([sock, wakeup_fd], [], [])
+                readable, _, _ = select.select([sock.fileno(), wakeup_fd], [], [])
                 if wakeup_fd in readable:
                     return None
             try:
                 data = sock.recv(_READ_SIZE)
             except OSError as exc:
-                raise errors.Unavailable(f"lost the connection to tugd: {exc.strerror or exc}") from exc
+                raise Disconnected(f"lost the connection to tugd: {exc.strerror or exc}") from exc
             if not data:
                 self._eof = True
             self._buf += data
@@ -180,11 +186,11 @@ class Client:
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
-            raise errors.Unavailable("the connection to tugd is closed")
+            raise Disconnected("the connection to tugd is closed")
         return self._sock
 
     def _write(self, data: bytes) -> None:
         try:
             self._socket().sendall(data)
         except OSError as exc:
-            raise errors.Unavailable(f"lost the connection to tugd: {exc.strerror or exc}") from exc
+            raise Disconnected(f"lost the connection to tugd: {exc.strerror or exc}") from exc

@@ -1,0 +1,269 @@
+"""The core runtime end to end: real tugd, real shims, real runc, busybox containers."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from tugwire import errors
+from tugwire.syncclient import Client
+
+from .conftest import needs_root, needs_runc
+from .helpers import output, records, run, start
+
+pytestmark = [pytest.mark.integration, needs_root, needs_runc]
+
+
+def test_output_and_exit_code(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend)
+    cid, result = run(d, ["sh", "-c", "echo hello; echo oops >&2; printf 'no newline'; exit 7"])
+    assert result["exit_code"] == 7
+    assert result["signal"] is None
+    out, err = output(d, cid)
+    assert out == b"hello\nno newline"
+    assert err == b"oops\n"
+    info = d.call("container.inspect", {"id": cid})
+    assert info["state"] == "exited"
+    assert info["exit_code"] == 7
+    assert info["oom_killed"] is False
+    assert info["started_at"] and info["finished_at"]
+
+
+def test_every_line_of_a_fast_exit_is_kept(daemon: Any) -> None:
+    """200,000 lines printed as fast as possible, then exit at once: all of them, in order."""
+    n = 200_000
+    cid, result = run(daemon, ["seq", "1", str(n)])
+    assert result["exit_code"] == 0
+    out, _ = output(daemon, cid)
+    lines = out.split(b"\n")
+    assert lines[-1] == b""
+    assert lines[:-1] == [str(i).encode() for i in range(1, n + 1)]
+
+
+def test_long_lines_split_into_partial_records(daemon: Any) -> None:
+    cid, result = run(daemon, ["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' a; echo; echo end"])
+    assert result["exit_code"] == 0
+    recs = records(daemon, cid)
+    assert all(len(r) < 16 * 1024 + 64 for r in recs)
+    assert any(b" P " in r[:40] for r in recs)
+    out, _ = output(daemon, cid)
+    assert out == b"a" * 40000 + b"\nend\n"
+
+
+def test_killed_by_signal_reports_128_plus_n(daemon: Any) -> None:
+    cid = start(daemon, ["sleep", "1000"])
+    daemon.call("container.kill", {"id": cid})
+    result = daemon.call("container.wait", {"id": cid})
+    assert result["exit_code"] == 137
+    assert result["signal"] == "SIGKILL"
+
+
+def test_stop_escalates_to_sigkill_after_the_timeout(daemon: Any) -> None:
+    # PID 1 without a handler ignores SIGTERM: stop must escalate.
+    cid = start(daemon, ["sleep", "1000"])
+    t0 = time.monotonic()
+    result = daemon.call("container.stop", {"id": cid, "timeout": 1})
+    assert time.monotonic() - t0 >= 1
+    assert result["exit_code"] == 137
+
+
+def test_stop_with_a_handler_exits_cleanly(daemon: Any) -> None:
+    cid = start(daemon, ["sh", "-c", "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done"])
+    with Client(daemon.socket) as c:  # wait until the trap is set: its first output
+        rid = c.send("container.logs", {"id": cid, "follow": True})
+        msg = c.next_message()
+        assert msg is not None and msg.get("method") == "container.logs.data"
+        result = daemon.call("container.stop", {"id": cid, "timeout": 30})
+        assert result["exit_code"] == 0
+        c.wait_for(rid)
+    out, _ = output(daemon, cid)
+    assert out == b"up\nbye\n"
+
+
+def test_options_reach_the_container(daemon: Any, tmp_path: Any) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    vol.chmod(0o777)
+    (vol / "in.txt").write_text("from host\n")
+    script = (
+        "id -u; id -g; pwd; hostname; echo $FOO; cat /data/in.txt; echo x > /data/out.txt; "
+        "cat /ro/in.txt; echo y > /ro/new 2>/dev/null || echo ro-refused; "
+        "touch /rootfile 2>/dev/null || echo rootfs-ro"
+    )
+    cid, result = run(
+        daemon, ["sh", "-c", script], env=["FOO=bar"], workdir="/tmp", user="tug",
+        hostname="boat", read_only=True,
+        volumes=[{"source": str(vol), "destination": "/data"},
+                 {"source": str(vol), "destination": "/ro", "readonly": True}],
+    )
+    out, err = output(daemon, cid)
+    assert result["exit_code"] == 0, err
+    assert out.decode().split("\n") == [
+        "1000", "1000", "/tmp", "boat", "bar", "from host", "from host", "ro-refused", "rootfs-ro", ""]
+    assert (vol / "out.txt").read_text() == "x\n"
+
+
+def test_entrypoint_and_limits(daemon: Any) -> None:
+    cid, result = run(daemon, ["hello"], entrypoint=["echo", "say"], memory=64 * 1024 * 1024,
+                      cpus=0.5, pids_limit=50)
+    assert result["exit_code"] == 0
+    assert output(daemon, cid)[0] == b"say hello\n"
+    cid = start(daemon, ["sleep", "100"], memory=64 * 1024 * 1024, pids_limit=50)
+    mem = f"/sys/fs/cgroup/memory/tugboat/{cid}/memory.limit_in_bytes"
+    pids = f"/sys/fs/cgroup/pids/tugboat/{cid}/pids.max"
+    if os.path.exists(mem):
+        assert _read(mem) == str(64 * 1024 * 1024)
+    if os.path.exists(pids):
+        assert _read(pids) == "50"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_bad_input_is_refused_and_changes_nothing(daemon: Any) -> None:
+    before = daemon.call("container.list", {"all": True})
+    cases = [
+        ({"image": "busybox", "name": "../x", "cmd": ["true"]}, errors.InvalidArgument),
+        ({"image": "nosuchimage", "cmd": ["true"]}, errors.NotFound),
+        ({"image": "busybox", "cmd": ["true"], "env": ["NOEQUALS"]}, errors.InvalidArgument),
+        ({"image": "busybox", "cmd": ["true"], "workdir": "relative"}, errors.InvalidArgument),
+        ({"image": "busybox", "cmd": ["true"], "memory": "lots"}, errors.InvalidParams),
+        ({"image": "busybox", "cmd": ["true"],
+          "volumes": [{"source": "/nonexistent/x", "destination": "/x"}]}, errors.InvalidArgument),
+        ({"cmd": ["true"]}, errors.InvalidParams),
+    ]
+    for params, exc in cases:
+        with pytest.raises(exc):
+            daemon.call("container.create", params)
+    assert daemon.call("container.list", {"all": True}) == before
+    assert os.listdir(os.path.join(daemon.root, "containers")) == []
+
+    cid = start(daemon, ["sleep", "1000"], name="dup")
+    with pytest.raises(errors.AlreadyExists):
+        daemon.call("container.create", {"image": "busybox", "name": "dup", "cmd": ["true"]})
+    with pytest.raises(errors.FailedPrecondition):
+        daemon.call("container.start", {"id": "dup"})
+    with pytest.raises(errors.FailedPrecondition):
+        daemon.call("container.delete", {"id": "dup"})
+    with pytest.raises(errors.NotFound):
+        daemon.call("container.kill", {"id": "nosuch"})
+    with pytest.raises(errors.InvalidArgument):
+        daemon.call("container.kill", {"id": "dup", "signal": "SIGNOPE"})
+    assert daemon.call("container.inspect", {"id": cid})["state"] == "running"
+    daemon.call("container.delete", {"id": cid, "force": True})
+    with pytest.raises(errors.NotFound):
+        daemon.call("container.inspect", {"id": cid})
+
+
+def test_runtime_error_reaches_the_user(daemon: Any) -> None:
+    cid = daemon.call("container.create", {"image": "busybox", "cmd": ["/no/such/binary"]})["id"]
+    with pytest.raises(errors.RuntimeFailed) as info:
+        daemon.call("container.start", {"id": cid})
+    assert "no such file or directory" in str(info.value).lower()
+    assert daemon.call("container.inspect", {"id": cid})["state"] == "created"
+
+
+def test_restart_of_an_exited_container_appends_logs(daemon: Any) -> None:
+    cid, _ = run(daemon, ["echo", "again"])
+    with Client(daemon.socket) as c:
+        wid = c.send("container.wait", {"id": cid, "condition": "next-exit"})
+        c.call("container.start", {"id": cid})
+        assert c.wait_for(wid)["exit_code"] == 0
+    assert output(daemon, cid)[0] == b"again\nagain\n"
+
+
+def test_logs_tail_and_since(daemon: Any) -> None:
+    cid, _ = run(daemon, ["seq", "1", "100"])
+    out, _ = output(daemon, cid, tail=3)
+    assert out == b"98\n99\n100\n"
+    assert output(daemon, cid, tail=0)[0] == b""
+    first = records(daemon, cid)[0].split(b" ")[0].decode()
+    assert output(daemon, cid, since=first)[0].startswith(b"1\n")
+    assert output(daemon, cid, since="2999-01-01T00:00:00Z")[0] == b""
+
+
+def test_follow_sees_output_until_exit(daemon: Any) -> None:
+    cid = daemon.call("container.create", {"image": "busybox",
+                                            "cmd": ["sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done"]})["id"]
+    with Client(daemon.socket) as c:
+        rid = c.send("container.logs", {"id": cid, "follow": True})  # before start: waits for it
+        c.call("container.start", {"id": cid})
+        data = b""
+        import base64
+
+        while True:
+            msg = c.next_message()
+            assert msg is not None
+            if msg.get("id") == rid:
+                break
+            data += base64.b64decode(msg["params"]["data"])
+    assert [r.split(b" ", 3)[3] for r in data.splitlines()] == [b"1", b"2", b"3"]
+
+
+def test_rotation_keeps_whole_records_and_followers_lose_nothing(daemon: Any) -> None:
+    n = 3000
+    cid = daemon.call("container.create", {
+        "image": "busybox", "log_max_size": 16384, "log_max_files": 3,
+        "cmd": ["sh", "-c", f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; "
+                "[ $((i % 200)) -eq 0 ] && sleep 0.05; done; true"]})["id"]
+    with Client(daemon.socket) as c:
+        import base64
+
+        rid = c.send("container.logs", {"id": cid, "follow": True})
+        c.call("container.start", {"id": cid})
+        data = b""
+        while True:
+            msg = c.next_message()
+            assert msg is not None
+            if msg.get("id") == rid:
+                break
+            data += base64.b64decode(msg["params"]["data"])
+    got = [r.split(b" ", 3)[3] for r in data.splitlines()]
+    assert got == [f"line-{i}".encode() for i in range(1, n + 1)]
+    log = daemon.call("container.inspect", {"id": cid})["log_path"]
+    assert os.path.exists(log + ".1")
+    assert not os.path.exists(log + ".3")
+    kept = [r.split(b" ", 3)[3] for r in records(daemon, cid)]
+    assert kept == got[-len(kept):]  # what is kept is the newest part, whole records only
+
+
+def test_two_daemons_side_by_side(make_daemon: Any) -> None:
+    a = make_daemon()
+    b = make_daemon()
+    ca = start(a, ["sleep", "1000"], name="same")
+    cb = start(b, ["sleep", "1000"], name="same")
+    assert [c["id"] for c in a.call("container.list")] == [ca]
+    assert [c["id"] for c in b.call("container.list")] == [cb]
+    assert os.listdir(os.path.join(a.state, "runc")) == [ca]
+    assert os.listdir(os.path.join(b.state, "runc")) == [cb]
+
+
+def test_image_in_use_cannot_be_removed(daemon: Any) -> None:
+    cid = daemon.call("container.create", {"image": "busybox", "cmd": ["true"]})["id"]
+    with pytest.raises(errors.FailedPrecondition):
+        daemon.call("image.remove", {"ref": "busybox"})
+    daemon.call("container.delete", {"id": cid})
+    daemon.call("image.remove", {"ref": "busybox"})
+    assert daemon.call("image.list") == []
+    assert os.listdir(os.path.join(daemon.root, "blobs", "sha256")) == []
+    with pytest.raises(errors.NotFound):
+        daemon.call("container.create", {"image": "busybox", "cmd": ["true"]})
+
+
+def test_events_in_order(daemon: Any) -> None:
+    with Client(daemon.socket) as sub:
+        rid = sub.send("events.subscribe", {"filters": {"type": "container"}})
+        cid, _ = run(daemon, ["true"])
+        daemon.call("container.delete", {"id": cid})
+        actions = []
+        while len(actions) < 4:
+            msg = sub.next_message()
+            assert msg is not None and msg.get("id") != rid
+            if msg["params"]["id"] == cid:
+                actions.append(msg["params"]["action"])
+    assert actions == ["create", "start", "die", "destroy"]
