@@ -536,11 +536,18 @@ async def connect(path: str, *, timeout: float = 5.0) -> AsyncIterator[RpcClient
     except (OSError, TimeoutError) as exc:
         raise errors.Unavailable(f"cannot connect to {path}: {exc}") from exc
     client = RpcClient(stream)
+    # The body's exception is raised as itself, not wrapped in the reader's task group's
+    # ExceptionGroup: callers catch TugError subclasses.
+    body_exc: BaseException | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(client._reader)
         try:
             yield client
+        except BaseException as exc:
+            body_exc = exc
         finally:
             tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+    if body_exc is not None:
+        raise body_exc
