@@ -22,7 +22,7 @@ def records(d: Any, cid: str, **params: Any) -> list[bytes]:
                 break
             if msg.get("method") == "container.logs.data":
                 data += base64.b64decode(msg["params"]["data"])
-    return data.splitlines()
+    return data.split(b"\n")[:-1] if data else []
 
 
 def output(d: Any, cid: str, **params: Any) -> tuple[bytes, bytes]:

@@ -358,7 +358,7 @@ async def serve_listener(
     *,
     accept: Callable[[anyio.abc.SocketStream], bool] | None = None,
 ) -> None:
-    """Serve every connection of ``listener`` until cancelled."""
+    """Serve every connection of ``listener`` until cancelled; the listener is closed after."""
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
         if accept is not None and not accept(stream):
@@ -366,7 +366,8 @@ async def serve_listener(
             return
         await ServerConnection(stream, dispatcher).serve()
 
-    await listener.serve(handle)
+    async with listener:
+        await listener.serve(handle)
 
 
 # ----------------------------------------------------------------------------------- client side

@@ -1,0 +1,215 @@
+"""The pure parts, property-tested: CRI formatting, line framing, names, tar sanitising; and the
+JSON-RPC server and client in-process on both anyio backends."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supervisor.images import UnsafeLayer, unpack_tar
+from tugwire import crilog, errors, jsonrpc, names
+
+
+def rebuild(data: bytes) -> dict[bytes, bytes]:
+    out = {b"stdout": b"", b"stderr": b""}
+    for rec in data.split(b"\n")[:-1]:
+        _ts, stream, full, content = crilog.parse_record(rec)
+        out[stream] += content + (b"\n" if full else b"")
+    return out
+
+
+@given(st.lists(st.binary(max_size=3000).map(lambda b: b.replace(b"\n", b"") + b"\n" if b and b[0] % 2 else b),
+                max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_cri_chunks_rebuild_exactly(chunks: list[bytes]) -> None:
+    ts = crilog.timestamp()
+    formatted = b"".join(crilog.format_chunk(b"stdout", c, ts) for c in chunks)
+    assert rebuild(formatted)[b"stdout"] == b"".join(chunks)
+    for rec in formatted.split(b"\n")[:-1]:
+        assert len(rec.split(b" ", 3)[3]) <= crilog.MAX_LINE
+
+
+def test_cri_long_line_becomes_partials() -> None:
+    ts = crilog.timestamp()
+    out = crilog.format_chunk(b"stderr", b"x" * 40000 + b"\nshort\n", ts)
+    recs = out.split(b"\n")[:-1]
+    assert [r.split(b" ")[2] for r in recs] == [b"P", b"P", b"F", b"F"]
+    assert rebuild(out)[b"stderr"] == b"x" * 40000 + b"\nshort\n"
+
+
+def test_timestamps_are_fixed_width_and_sortable() -> None:
+    a = crilog.timestamp(1_000_000_000 * 10**9)
+    b = crilog.timestamp(1_000_000_000 * 10**9 + 1)
+    assert len(a) == len(b) == 30 and a < b
+    assert a == b"2001-09-09T01:46:40.000000000Z"
+
+
+def test_log_writer_rotates_whole_records(tmp_path: Any) -> None:
+    path = str(tmp_path / "c.log")
+    w = crilog.LogWriter(path, max_size=4096, max_files=3)
+    for i in range(1000):
+        w.write(b"stdout", b"line %d\n" % i)
+    w.close()
+    assert os.path.exists(path + ".2") and not os.path.exists(path + ".3")
+    kept = list(crilog.iter_records(crilog.rotated_paths(path, 3)))
+    numbers = [int(r.split(b" ")[4]) for r in kept]
+    assert numbers == list(range(numbers[0], 1000))
+    assert w.generation > 2 and w.path_of(w.generation - 1) == path + ".1"
+
+
+@given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10))
+@settings(max_examples=100, deadline=None)
+def test_line_reader_under_arbitrary_splits(lines: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    pieces, i, k = [], 0, 0
+    while i < len(data):
+        n = cuts[k % len(cuts)]
+        pieces.append(data[i : i + n])
+        i += n
+        k += 1
+
+    async def main() -> list[bytes]:
+        send, receive = anyio.create_memory_object_stream[bytes](len(pieces) + 1)
+        for p in pieces:
+            send.send_nowait(p)
+        send.close()
+
+        class Stream:
+            async def receive(self, max_bytes: int = 65536) -> bytes:
+                return await receive.receive()
+
+        reader = jsonrpc.LineReader(Stream(), 100)  # type: ignore[arg-type]
+        got = []
+        with receive:
+            while True:
+                try:
+                    got.append(await reader.receive_line())
+                except anyio.EndOfStream:
+                    return got
+
+    assert anyio.run(main) == lines
+
+
+def test_names() -> None:
+    assert names.check_name("web-1.a_b") == "web-1.a_b"
+    for bad in ["../x", "", "-x", "a/b", "x" * 129, "a b", ".hidden"]:
+        with pytest.raises(errors.InvalidArgument):
+            names.check_name(bad)
+    assert names.parse_ref("busybox") == ("busybox", "latest")
+    assert names.parse_ref("localhost:5000/a/b:v1") == ("localhost:5000/a/b", "v1")
+    for bad in ["UPPER", "../x", "a:b:c", ""]:
+        with pytest.raises(errors.InvalidArgument):
+            names.parse_ref(bad)
+
+
+def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for info in entries:
+            payload = (data or {}).get(info.name)
+            if payload is not None:
+                info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    buf.seek(0)
+    return buf
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+@pytest.mark.parametrize("entries", [
+    [_entry("../evil")],
+    [_entry("/etc/evil")],
+    [_entry("a/../../evil")],
+    [_entry("link", tarfile.SYMTYPE, "/"), _entry("link/etc/evil")],
+    [_entry("hl", tarfile.LNKTYPE, "../../etc/passwd")],
+])
+def test_escaping_layers_are_refused(tmp_path: Any, entries: list[tarfile.TarInfo]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = set(os.listdir(tmp_path))
+    with pytest.raises(UnsafeLayer):
+        unpack_tar(_tar(entries, {e.name: b"x" for e in entries if e.isreg()}), str(root))
+    assert set(os.listdir(tmp_path)) == outside
+
+
+def test_unpack_keeps_links_and_modes(tmp_path: Any) -> None:
+    entries = [_entry("bin", tarfile.DIRTYPE), _entry("bin/tool"), _entry("bin/alias", tarfile.SYMTYPE, "tool"),
+               _entry("bin/hard", tarfile.LNKTYPE, "bin/tool"), _entry("dev/null", tarfile.CHRTYPE)]
+    entries[1].mode = 0o4755
+    unpack_tar(_tar(entries, {"bin/tool": b"#!/bin/sh\n"}), str(tmp_path))
+    assert os.readlink(tmp_path / "bin/alias") == "tool"
+    assert os.stat(tmp_path / "bin/hard").st_ino == os.stat(tmp_path / "bin/tool").st_ino
+    assert os.stat(tmp_path / "bin/tool").st_mode & 0o7777 == 0o4755
+    assert not os.path.exists(tmp_path / "dev/null")  # device nodes are not created from images
+
+
+# --------------------------------------------------------------- JSON-RPC in-process, both backends
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_rpc_server_and_client(tmp_path: Any) -> None:
+    d = jsonrpc.Dispatcher()
+    gate = anyio.Event()
+
+    async def echo(call: jsonrpc.Call) -> Any:
+        return call.params.raw
+
+    async def slow(call: jsonrpc.Call) -> Any:
+        await gate.wait()
+        return "slow"
+
+    async def fail(call: jsonrpc.Call) -> Any:
+        raise errors.NotFound("nothing here", field="x")
+
+    async def stream(call: jsonrpc.Call) -> Any:
+        for i in range(call.params.integer("n", 3)):
+            await call.notify("tick", {"i": i})
+        return "done"
+
+    d.add("echo", echo)
+    d.add("slow", slow)
+    d.add("fail", fail)
+    d.add("stream", stream, accept_late=True)
+    path = str(tmp_path / "s.sock")
+    listener = await anyio.create_unix_listener(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(jsonrpc.serve_listener, listener, d)
+        async with jsonrpc.connect(path) as client:
+            results: dict[str, Any] = {}
+
+            async def do_slow() -> None:
+                results["slow"] = await client.call("slow")
+
+            tg.start_soon(do_slow)
+            assert await client.call("echo", {"a": [1, "b"]}) == {"a": [1, "b"]}  # not blocked by slow
+            gate.set()
+            with pytest.raises(errors.NotFound) as info:
+                await client.call("fail")
+            assert info.value.details == {"x": None} or info.value.details == {"field": "x"}
+            with pytest.raises(errors.MethodNotFound):
+                await client.call("nope")
+            async with client.stream("stream", {"n": 5}) as s:
+                ticks = [n["i"] async for n in s]
+                assert await s.result() == "done"
+            assert ticks == [0, 1, 2, 3, 4]
+        tg.cancel_scope.cancel()
+    assert results == {"slow": "slow"}
