@@ -17,7 +17,11 @@ import tarfile
 import time
 
 DIRS = ["bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "usr", "usr/bin", "var", "var/tmp"]
-PASSWD = "root:x:0:0:root:/root:/bin/sh\ntug:x:1000:1000:tug:/home/tug:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/sh\n"
+    "tug:x:1000:1000:tug:/home/tug:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+)
 GROUP = "root:x:0:\ntug:x:1000:\nnogroup:x:65534:\n"
 
 

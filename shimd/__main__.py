@@ -12,8 +12,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tug-shim", description="Tugboat's per-container shim")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("start", help="read a shim config (JSON) on stdin, start the shim detached, "
-                   "print its answer (pid, or the runtime's error) on stdout")
+    sub.add_parser(
+        "start",
+        help="read a shim config (JSON) on stdin, start the shim detached, "
+        "print its answer (pid, or the runtime's error) on stdout",
+    )
     t = sub.add_parser("template", help="serve shim births on a socket (used by tugd)")
     t.add_argument("--socket", required=True)
     t.add_argument("--parent", type=int, required=True, help="die when this process dies")
@@ -51,8 +54,11 @@ def _start() -> int:
             break
         reply += chunk
     if not reply:
-        print(json.dumps({"error": {"code": -32603, "message": "shim died during start",
-                                    "data": {"kind": "internal"}}}))
+        print(
+            json.dumps(
+                {"error": {"code": -32603, "message": "shim died during start", "data": {"kind": "internal"}}}
+            )
+        )
         return 1
     sys.stdout.write(reply.decode())
     return 0 if b'"error"' not in reply else 1

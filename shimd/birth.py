@@ -52,9 +52,7 @@ def _become_shim(config: dict[str, Any], notify_fd: int, keep_fds: tuple[int, ..
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     try:
-        logfd = os.open(
-            os.path.join(directory, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        logfd = os.open(os.path.join(directory, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     except OSError:
         logfd = null
     os.dup2(logfd, 1)
@@ -89,9 +87,7 @@ def run_shim(config: dict[str, Any], notify_fd: int | None) -> int:
 
     from .server import ShimConfig, serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s shim[%(process)d] %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s shim[%(process)d] %(levelname)s %(message)s")
     try:
         cfg = ShimConfig.from_json(config)
     except TugError as exc:
@@ -150,8 +146,18 @@ def template_main(sock_path: str, parent_pid: int) -> int:
                 config = _read_config(conn)
             except (OSError, ValueError) as exc:
                 with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps({"error": {"code": -32602, "message": str(exc),
-                                                       "data": {"kind": "invalid_params"}}}).encode() + b"\n")
+                    conn.sendall(
+                        json.dumps(
+                            {
+                                "error": {
+                                    "code": -32602,
+                                    "message": str(exc),
+                                    "data": {"kind": "invalid_params"},
+                                }
+                            }
+                        ).encode()
+                        + b"\n"
+                    )
                 continue
             pid = birth(config, conn.fileno(), keep_fds=())
             # The child closes our listening socket when it closes every other fd.

@@ -133,11 +133,11 @@ async def follow(
             if rotated:
                 # f was complete before we read to its end: move on to the next generation.
                 generation += 1
-                path = writer.path_of(generation)
-                if path is None:  # we lagged behind more than the kept files: skip to the oldest
+                next_path = writer.path_of(generation)
+                if next_path is None:  # we lagged behind more than the kept files: skip to the oldest
                     generation = writer.generation - writer.max_files + 1
-                    path = writer.path_of(generation) or writer.path
-                f = open(path, "rb")  # noqa: SIM115
+                    next_path = writer.path_of(generation) or writer.path
+                f = open(next_path, "rb")  # noqa: SIM115
                 files.append(f)
                 continue
             if closed:

@@ -28,8 +28,10 @@ class RuncError(RuntimeFailed):
         self.runc_message = message
 
 
-def classify(err: RuncError) -> TugError:
+def classify(err: TugError) -> TugError:
     """The one place that matches runc's error text (tested against real runc output)."""
+    if not isinstance(err, RuncError):
+        return err
     text = err.runc_message.lower()
     if "does not exist" in text or "not exist" in text:
         return NotFound(err.message, verb=err.verb)
@@ -166,7 +168,7 @@ class Runc:
 
 async def _read_all(fd: int) -> bytes:
     os.set_blocking(fd, False)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         await anyio.wait_readable(fd)
         try:

@@ -164,7 +164,7 @@ class Task:
             try:
                 await self.runc.delete(self.cfg.id, force=True)
             except TugError as exc:
-                err = classify(exc) if hasattr(exc, "runc_message") else exc
+                err = classify(exc)
                 if err.kind != "not_found":
                     raise err from exc
             self.state = State.DELETED
@@ -283,7 +283,7 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
         try:
             await task.start(tg)
         except TugError as exc:
-            err = classify(exc) if hasattr(exc, "runc_message") else exc
+            err = classify(exc)
             _notify(notify_fd, {"error": err.to_json()})
             await listener.aclose()
             os.unlink(sock_path)

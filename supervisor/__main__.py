@@ -16,8 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default="", help="API socket (default <state>/tugd.sock)")
     parser.add_argument("--runtime", default="runc", help="OCI runtime: runc, crun, or a path")
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
-    parser.add_argument("--shim-birth", default="template", choices=["template", "exec"],
-                        help="fork shims from a pre-imported template (default) or exec each")
+    parser.add_argument(
+        "--shim-birth",
+        default="template",
+        choices=["template", "exec"],
+        help="fork shims from a pre-imported template (default) or exec each",
+    )
     parser.add_argument("--group", default="tugboat", help="group allowed on the socket, if it exists")
     parser.add_argument("--log-max-size", type=int, default=crilog.DEFAULT_MAX_SIZE)
     parser.add_argument("--log-max-files", type=int, default=crilog.DEFAULT_MAX_FILES)

@@ -37,8 +37,9 @@ def runtime_version(path: str) -> str:
 
 
 class Api:
-    def __init__(self, cfg: Config, containers: Containers, images: Images, bus: EventBus,
-                 shim_birth: str) -> None:
+    def __init__(
+        self, cfg: Config, containers: Containers, images: Images, bus: EventBus, shim_birth: str
+    ) -> None:
         self.cfg = cfg
         self.containers = containers
         self.images = images
@@ -107,7 +108,8 @@ class Api:
         """Send a signal (SIGKILL by default) to a running container."""
         sig = parse_signal(call.params.raw.get("signal"))
         rec = await self.containers.kill(
-            call.params.string("id", required=True), sig, all_processes=call.params.boolean("all"))
+            call.params.string("id", required=True), sig, all_processes=call.params.boolean("all")
+        )
         return {"id": rec.id}
 
     async def container_stop(self, call: jsonrpc.Call) -> Any:
@@ -120,8 +122,9 @@ class Api:
 
     async def container_delete(self, call: jsonrpc.Call) -> Any:
         """Remove a container (``force`` kills it first)."""
-        rec = await self.containers.delete(call.params.string("id", required=True),
-                                           force=call.params.boolean("force"))
+        rec = await self.containers.delete(
+            call.params.string("id", required=True), force=call.params.boolean("force")
+        )
         return {"id": rec.id}
 
     async def image_import(self, call: jsonrpc.Call) -> Any:
@@ -130,8 +133,9 @@ class Api:
         overrides = p.raw.get("config") or {}
         if not isinstance(overrides, dict):
             raise InvalidArgument("config must be an object", field="config")
-        rec = await self.images.import_rootfs(p.string("path", required=True),
-                                              p.string("ref", required=True), overrides)
+        rec = await self.images.import_rootfs(
+            p.string("path", required=True), p.string("ref", required=True), overrides
+        )
         self.bus.publish(Event("image", "import", rec.id, p.string("ref") or ""))
         return {"id": rec.id, "digest": rec.digest, "ref": rec.names[0] if rec.names else None}
 
@@ -141,8 +145,9 @@ class Api:
 
     async def image_inspect(self, call: jsonrpc.Call) -> Any:
         """One image, with its config and layers."""
-        return self.images.describe(self.images.resolve(call.params.string("ref", required=True)).record,
-                                    full=True)
+        return self.images.describe(
+            self.images.resolve(call.params.string("ref", required=True)).record, full=True
+        )
 
     async def image_remove(self, call: jsonrpc.Call) -> Any:
         """Untag an image; its data goes once nothing refers to it."""
@@ -169,6 +174,7 @@ class Api:
         call.accept()
         try:
             async with anyio.create_task_group() as tg:
+
                 async def until_closed() -> None:
                     await call.conn.closed.wait()
                     tg.cancel_scope.cancel()

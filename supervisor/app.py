@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from functools import partial
 
 import anyio
@@ -81,7 +82,7 @@ async def make_listener(cfg: Config, gid: int | None) -> anyio.abc.SocketListene
     return listener
 
 
-def peer_allowed(gid: int | None) -> jsonrpc.Callable[[anyio.abc.SocketStream], bool]:
+def peer_allowed(gid: int | None) -> Callable[[anyio.abc.SocketStream], bool]:
     """Root, and members of the tugboat group, checked with SO_PEERCRED (not only the mode)."""
 
     def check(stream: anyio.abc.SocketStream) -> bool:
@@ -141,8 +142,13 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             listener = await make_listener(cfg, gid)
             tg.start_soon(_signals, tg.cancel_scope)
             tg.start_soon(partial(jsonrpc.serve_listener, accept=peer_allowed(gid)), listener, api.dispatcher)
-            log.info("tugd ready on %s (root %s, state %s, runtime %s)", cfg.socket, cfg.root,
-                     cfg.state, cfg.runtime)
+            log.info(
+                "tugd ready on %s (root %s, state %s, runtime %s)",
+                cfg.socket,
+                cfg.root,
+                cfg.state,
+                cfg.runtime,
+            )
             sd_notify(f"READY=1\nSTATUS=serving {containers.counts()['running']} running containers")
             task_status.started()
     finally:

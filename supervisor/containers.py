@@ -71,10 +71,50 @@ def parse_signal(value: Any, default: int = int(signals.SIGKILL)) -> int:
     return num
 
 
-_ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nimble", "quiet", "sharp",
-        "steady", "swift", "tender", "vivid", "witty", "zealous", "bold", "gentle", "jolly", "proud"]
-_NOUN = ["otter", "heron", "marlin", "puffin", "walrus", "gull", "seal", "orca", "pelican", "tern",
-         "narwhal", "dolphin", "beaver", "crab", "skate", "cormorant", "manatee", "plover", "eel", "kelp"]
+_ADJ = [
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "quiet",
+    "sharp",
+    "steady",
+    "swift",
+    "tender",
+    "vivid",
+    "witty",
+    "zealous",
+    "bold",
+    "gentle",
+    "jolly",
+    "proud",
+]
+_NOUN = [
+    "otter",
+    "heron",
+    "marlin",
+    "puffin",
+    "walrus",
+    "gull",
+    "seal",
+    "orca",
+    "pelican",
+    "tern",
+    "narwhal",
+    "dolphin",
+    "beaver",
+    "crab",
+    "skate",
+    "cormorant",
+    "manatee",
+    "plover",
+    "eel",
+    "kelp",
+]
 
 
 @dataclass
@@ -199,8 +239,9 @@ class Containers:
         opts["env"] = env
         workdir = p.string("workdir")
         if workdir is not None and (not workdir.startswith("/") or "\x00" in workdir):
-            raise InvalidArgument(f"the working directory {workdir!r} must be an absolute path",
-                                  field="workdir")
+            raise InvalidArgument(
+                f"the working directory {workdir!r} must be an absolute path", field="workdir"
+            )
         opts["workdir"] = workdir
         opts["user"] = p.string("user")
         hostname = p.string("hostname")
@@ -214,13 +255,19 @@ class Containers:
                 raise InvalidArgument(f"volume source {src!r} must be an absolute host path", field="volumes")
             if not isinstance(dst, str) or not os.path.isabs(dst) or ".." in dst.split("/"):
                 raise InvalidArgument(
-                    f"volume destination {dst!r} must be an absolute path without '..'", field="volumes")
+                    f"volume destination {dst!r} must be an absolute path without '..'", field="volumes"
+                )
             if dst.rstrip("/") in ("", "/proc", "/sys", "/dev"):
                 raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
             if not os.path.exists(src):
                 raise InvalidArgument(f"volume source {src} does not exist on the host", field="volumes")
-            volumes.append({"source": os.path.normpath(src), "destination": os.path.normpath(dst),
-                            "readonly": bool(vol.get("readonly", False))})
+            volumes.append(
+                {
+                    "source": os.path.normpath(src),
+                    "destination": os.path.normpath(dst),
+                    "readonly": bool(vol.get("readonly", False)),
+                }
+            )
         opts["volumes"] = volumes
         opts["read_only"] = p.boolean("read_only")
         memory = p.integer("memory")
@@ -231,7 +278,9 @@ class Containers:
         if cpus is not None and not 0.01 <= cpus <= (os.cpu_count() or 1):
             raise InvalidArgument(
                 f"range of CPUs is from 0.01 to {os.cpu_count() or 1}, as there are only "
-                f"{os.cpu_count() or 1} CPUs available", field="cpus")
+                f"{os.cpu_count() or 1} CPUs available",
+                field="cpus",
+            )
         opts["cpus"] = cpus
         pids = p.integer("pids_limit")
         if pids is not None and pids < 1:
@@ -308,7 +357,8 @@ class Containers:
                 raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
             if rec.state == UNKNOWN:
                 raise FailedPrecondition(
-                    f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state)
+                    f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
+                )
             t0 = anyio.current_time()
             paths = self._paths(rec.id)
             image = self.store.get_image(rec.image_id)
@@ -334,10 +384,9 @@ class Containers:
             try:
                 reply = await self.launcher.launch(config)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    fsutil.remove_tree(paths["shim"])
-                    with contextlib.suppress(OSError):
-                        mounts.unmount(paths["rootfs"])
+                fsutil.remove_tree(paths["shim"])
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
                 raise
             rec.state = RUNNING
             rec.pid = int(reply.get("pid", 0))
@@ -401,8 +450,9 @@ class Containers:
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 live.changed()
-                self._publish("die", rec, exit_code=rec.exit_code, signal=rec.exit_signal,
-                              oom_killed=rec.oom_killed)
+                self._publish(
+                    "die", rec, exit_code=rec.exit_code, signal=rec.exit_signal, oom_killed=rec.oom_killed
+                )
         if rec.config.get("auto_remove"):
             self.tg.start_soon(self._auto_remove, cid)
 
@@ -411,8 +461,9 @@ class Containers:
         if rec is None or rec.state not in ACTIVE:
             return
         rec.state = UNKNOWN
-        rec.reason = (f"the shim (pid {rec.shim_pid}) went away without recording an exit; "
-                      "the exit code is not known")
+        rec.reason = (
+            f"the shim (pid {rec.shim_pid}) went away without recording an exit; the exit code is not known"
+        )
         self.live(cid).last_result = wait_result(rec)
         self.live(cid).exits += 1
         self._update(rec)
@@ -426,12 +477,12 @@ class Containers:
             async with live.release_lock:
                 if os.path.isdir(paths["shim"]):
                     try:
-                        await shims.call(paths["socket"], "task.delete", {"force": True},
-                                         timeout=self.cfg.shim_timeout)
+                        await shims.call(
+                            paths["socket"], "task.delete", {"force": True}, timeout=self.cfg.shim_timeout
+                        )
                     except TugError as exc:
                         log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
-                        await shims.delete_dead(paths["shim"], cid, self.cfg.runtime,
-                                                self.cfg.runtime_root)
+                        await shims.delete_dead(paths["shim"], cid, self.cfg.runtime, self.cfg.runtime_root)
                     fsutil.remove_tree(paths["shim"])
                 with contextlib.suppress(OSError):
                     mounts.unmount(paths["rootfs"])
@@ -451,11 +502,19 @@ class Containers:
         if rec.state not in ACTIVE:
             raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
         try:
-            await shims.call(self._paths(rec.id)["socket"], "task.kill",
-                             {"signal": sig, "all": all_processes}, timeout=self.cfg.shim_timeout)
+            await shims.call(
+                self._paths(rec.id)["socket"],
+                "task.kill",
+                {"signal": sig, "all": all_processes},
+                timeout=self.cfg.shim_timeout,
+            )
         except FailedPrecondition as exc:
             raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
-        self._publish("kill", rec, signal=signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig)
+        self._publish(
+            "kill",
+            rec,
+            signal=signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig,
+        )
         return rec
 
     async def _wait_not_active(self, cid: str) -> None:
@@ -496,7 +555,9 @@ class Containers:
             if not force:
                 raise FailedPrecondition(
                     f"cannot remove container {rec.name}: container is running: stop the container "
-                    "before removing or use force", state=rec.state)
+                    "before removing or use force",
+                    state=rec.state,
+                )
             with contextlib.suppress(FailedPrecondition, Unavailable):
                 await self.kill(rec.id, int(signals.SIGKILL))
             with anyio.move_on_after(KILL_WAIT):
@@ -569,8 +630,9 @@ class Containers:
                 result = await self._follow_from_shim(rec, tail, since, send)
                 if result is not None:
                     return result
-            records = crilog.select_records(self._log_files(rec), tail=tail,
-                                            since=since.encode() if since else None)
+            records = crilog.select_records(
+                self._log_files(rec), tail=tail, since=since.encode() if since else None
+            )
             data = b"".join(r + b"\n" for r in records)
             for i in range(0, len(data), LOG_CHUNK):
                 await send(data[i : i + LOG_CHUNK])
@@ -580,7 +642,10 @@ class Containers:
             live.changed()
 
     async def _follow_from_shim(
-        self, rec: ContainerRecord, tail: int | None, since: str | None,
+        self,
+        rec: ContainerRecord,
+        tail: int | None,
+        since: str | None,
         send: Callable[[bytes], Awaitable[None]],
     ) -> dict[str, Any] | None:
         """Proxy the shim's follow stream; None if the shim is gone before it sent anything (the
@@ -588,14 +653,16 @@ class Containers:
         sent = False
         params: dict[str, Any] = {"follow": True, "tail": tail, "since": since}
         try:
-            async with jsonrpc.connect(self._paths(rec.id)["socket"]) as client:
-                async with client.stream("task.logs", params) as stream:
-                    async for note in stream:
-                        data = base64.b64decode(note.get("data", ""))
-                        await send(data)
-                        sent = True
-                    result = await stream.result()
-                    return result if isinstance(result, dict) else {"dropped_bytes": 0}
+            async with (
+                jsonrpc.connect(self._paths(rec.id)["socket"]) as client,
+                client.stream("task.logs", params) as stream,
+            ):
+                async for note in stream:
+                    data = base64.b64decode(note.get("data", ""))
+                    await send(data)
+                    sent = True
+                result = await stream.result()
+                return result if isinstance(result, dict) else {"dropped_bytes": 0}
         except Unavailable:
             if sent:
                 return {"dropped_bytes": 0}
@@ -621,17 +688,19 @@ class Containers:
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
         paths = self._paths(rec.id)
         out = self.summary(rec)
-        out.update({
-            "oom_killed": rec.oom_killed,
-            "exit_signal": rec.exit_signal,
-            "reason": rec.reason,
-            "config": rec.config,
-            "auto_remove": bool(rec.config.get("auto_remove")),
-            "log_path": paths["log"],
-            "bundle": paths["dir"],
-            "rootfs": paths["rootfs"],
-            "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
-        })
+        out.update(
+            {
+                "oom_killed": rec.oom_killed,
+                "exit_signal": rec.exit_signal,
+                "reason": rec.reason,
+                "config": rec.config,
+                "auto_remove": bool(rec.config.get("auto_remove")),
+                "log_path": paths["log"],
+                "bundle": paths["dir"],
+                "rootfs": paths["rootfs"],
+                "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
+            }
+        )
         return out
 
     def counts(self) -> dict[str, int]:
@@ -736,8 +805,11 @@ def _valid_hostname(name: str) -> bool:
     if not 0 < len(name) <= 253:
         return False
     return all(
-        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
-        and all(c.isalnum() or c == "-" for c in label) and label.isascii()
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label)
+        and label.isascii()
         for label in name.split(".")
     )
 
@@ -749,6 +821,6 @@ def _since(value: str) -> str:
     m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z", value)
     if m is None:
         raise InvalidArgument(
-            f"invalid since {value!r}: want an RFC 3339 time in UTC like 2026-01-02T03:04:05Z",
-            field="since")
+            f"invalid since {value!r}: want an RFC 3339 time in UTC like 2026-01-02T03:04:05Z", field="since"
+        )
     return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}Z"

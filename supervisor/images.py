@@ -155,8 +155,8 @@ class Images:
         except InvalidArgument:
             repo = ""
         if repo:
-            image_id = self.store.resolve_name(f"{repo}:{tag}")
-            if image_id and (rec := self.store.get_image(image_id)):
+            named = self.store.resolve_name(f"{repo}:{tag}")
+            if named and (rec := self.store.get_image(named)):
                 return ResolvedImage(rec, f"{repo}:{tag}")
         hexpart = ref.removeprefix("sha256:")
         if 4 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
@@ -192,9 +192,7 @@ class Images:
         name = f"{repo}:{tag}"
         container_config = _image_config_overrides(overrides)
         try:
-            layer_digest, size, diff_id, gzipped = await anyio.to_thread.run_sync(
-                self._store_layer, path
-            )
+            layer_digest, size, diff_id, gzipped = await anyio.to_thread.run_sync(self._store_layer, path)
         except FileNotFoundError as exc:
             raise NotFound(f"no such file: {path}", field="path") from exc
         except IsADirectoryError as exc:
@@ -251,7 +249,7 @@ class Images:
             digest, size = self.blobs.put_stream(f)
         diff = hashlib.sha256()
         with open(self.blobs.path(digest), "rb") as raw:
-            src: IO[bytes] = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            src: IO[bytes] = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
             try:
                 while chunk := src.read(_CHUNK):
                     diff.update(chunk)
@@ -395,7 +393,7 @@ def _check_parents(root: str, rel: str) -> None:
             os.mkdir(path, 0o755)
             continue
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafeLayer(f"layer entry {rel!r} goes through the symlink {path[len(root):]!r}")
+            raise UnsafeLayer(f"layer entry {rel!r} goes through the symlink {path[len(root) :]!r}")
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafeLayer(f"layer entry {rel!r} goes through a non-directory")
 
@@ -405,7 +403,7 @@ def unpack_tar(src: IO[bytes], root: str) -> None:
     outside it. Device nodes are skipped; ownership, modes and times are kept."""
     dirs: list[tuple[str, tarfile.TarInfo]] = []
     try:
-        tf = tarfile.open(fileobj=src, mode="r|*")
+        tf = tarfile.open(fileobj=src, mode="r|*")  # noqa: SIM115 - the with below closes it
     except tarfile.TarError as exc:
         raise InvalidArgument(f"not a tar archive: {exc}") from exc
     with tf:
@@ -440,8 +438,10 @@ def unpack_tar(src: IO[bytes], root: str) -> None:
                     _check_parents(root, target)
                     target_path = os.path.join(root, target)
                     if os.path.islink(target_path) or not os.path.lexists(target_path):
-                        raise UnsafeLayer(f"hard link {rel!r} points to {member.linkname!r}, "
-                                          "which is not a file in this layer")
+                        raise UnsafeLayer(
+                            f"hard link {rel!r} points to {member.linkname!r}, "
+                            "which is not a file in this layer"
+                        )
                     os.link(target_path, path, follow_symlinks=False)
                     continue
                 elif member.isfifo():

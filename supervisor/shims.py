@@ -148,8 +148,9 @@ class TemplateLauncher:
             self._proc = None
 
 
-async def call(socket_path: str, method: str, params: dict[str, Any] | None = None,
-               *, timeout: float = 10.0) -> Any:
+async def call(
+    socket_path: str, method: str, params: dict[str, Any] | None = None, *, timeout: float = 10.0
+) -> Any:
     """One call to a shim on a connection of its own, under a deadline."""
     try:
         with anyio.fail_after(timeout):
@@ -159,13 +160,24 @@ async def call(socket_path: str, method: str, params: dict[str, Any] | None = No
         raise errors.Unavailable(f"shim at {socket_path} did not answer {method} in {timeout:g}s") from exc
 
 
-async def delete_dead(directory: str, cid: str, runtime: str, runtime_root: str,
-                      *, timeout: float = 60.0) -> dict[str, Any]:
+async def delete_dead(
+    directory: str, cid: str, runtime: str, runtime_root: str, *, timeout: float = 60.0
+) -> dict[str, Any]:
     """``tug-shim delete``: clean up after a shim that is gone; returns its exit record, if any."""
     with anyio.fail_after(timeout):
         result = await anyio.run_process(
-            [*shim_command(), "delete", "--dir", directory, "--id", cid, "--runtime", runtime,
-             "--runtime-root", runtime_root],
+            [
+                *shim_command(),
+                "delete",
+                "--dir",
+                directory,
+                "--id",
+                cid,
+                "--runtime",
+                runtime,
+                "--runtime-root",
+                runtime_root,
+            ],
             check=False,
         )
     if result.returncode != 0:

@@ -87,22 +87,22 @@ def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
                 uid, gid = int(entry[2]), int(entry[3])
                 break
         if uid is None:
-            raise InvalidArgument(f"unable to find user {name}: no matching entries in passwd file",
-                                  field="user")
+            raise InvalidArgument(
+                f"unable to find user {name}: no matching entries in passwd file", field="user"
+            )
     if group:
         if group.isdigit():
             gid = int(group)
         else:
             found = [e for e in groups if e[0] == group and len(e) > 2 and e[2].isdigit()]
             if not found:
-                raise InvalidArgument(f"unable to find group {group}: no matching entries in group file",
-                                      field="user")
+                raise InvalidArgument(
+                    f"unable to find group {group}: no matching entries in group file", field="user"
+                )
             gid = int(found[0][2])
     extra = []
     if not name.isdigit():
-        for e in groups:
-            if len(e) > 3 and name in e[3].split(",") and e[2].isdigit():
-                extra.append(int(e[2]))
+        extra = [int(e[2]) for e in groups if len(e) > 3 and name in e[3].split(",") and e[2].isdigit()]
     return uid, gid if gid is not None else 0, extra
 
 
@@ -162,25 +162,50 @@ def build(
     }
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
     ]
     for vol in opts.get("volumes", []):
         options = ["rbind", "rprivate"]
         if vol.get("readonly"):
             options.append("ro")
-        mounts.append({"destination": vol["destination"], "type": "bind", "source": vol["source"],
-                       "options": options})
+        mounts.append(
+            {"destination": vol["destination"], "type": "bind", "source": vol["source"], "options": options}
+        )
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if opts.get("memory"):
         resources["memory"] = {"limit": int(opts["memory"])}

@@ -139,9 +139,7 @@ class Store:
 
     def find_containers(self, ref: str) -> list[ContainerRecord]:
         """By exact name, exact id, or id prefix (in that order of preference)."""
-        rows = self.db.execute(
-            "SELECT * FROM containers WHERE name=? OR id=?", (ref, ref)
-        ).fetchall()
+        rows = self.db.execute("SELECT * FROM containers WHERE name=? OR id=?", (ref, ref)).fetchall()
         if not rows and ref and all(c in "0123456789abcdef" for c in ref):
             rows = self.db.execute(
                 "SELECT * FROM containers WHERE id >= ? AND id < ?", (ref, ref + "g")
@@ -185,8 +183,12 @@ class Store:
         row = self.db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
         if row is None:
             return None
-        names = [r[0] for r in self.db.execute(
-            "SELECT name FROM image_names WHERE image_id=? ORDER BY name", (image_id,))]
+        names = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT name FROM image_names WHERE image_id=? ORDER BY name", (image_id,)
+            )
+        ]
         return ImageRecord(
             id=row["id"],
             digest=row["digest"],
@@ -208,8 +210,7 @@ class Store:
         return [img for i in ids if (img := self.get_image(i)) is not None]
 
     def image_names(self, image_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT name FROM image_names WHERE image_id=?", (image_id,))]
+        return [r[0] for r in self.db.execute("SELECT name FROM image_names WHERE image_id=?", (image_id,))]
 
     def delete_image(self, image_id: str) -> None:
         self.db.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))

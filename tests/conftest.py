@@ -64,8 +64,9 @@ def _mounts_under(path: str) -> list[str]:
 class Daemon:
     """A real tugd in its own roots. ``call`` talks to it with the blocking client."""
 
-    def __init__(self, base: str, backend: str = "asyncio", extra: list[str] | None = None,
-                 runtime: str = "runc") -> None:
+    def __init__(
+        self, base: str, backend: str = "asyncio", extra: list[str] | None = None, runtime: str = "runc"
+    ) -> None:
         self.base = base
         self.root = os.path.join(base, "root")
         self.state = os.path.join(base, "st")
@@ -90,9 +91,21 @@ class Daemon:
         notify.settimeout(timeout)
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [TUGD, "--root", self.root, "--state", self.state, "--backend", self.backend,
-             "--runtime", self.runtime, *self.extra],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            [
+                TUGD,
+                "--root",
+                self.root,
+                "--state",
+                self.state,
+                "--backend",
+                self.backend,
+                "--runtime",
+                self.runtime,
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "NOTIFY_SOCKET": notify_path},
         )
         log.close()
@@ -141,14 +154,21 @@ class Daemon:
         finally:
             client.close()
 
-    def tug(self, *args: str, check: bool = True, input: bytes | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        result = subprocess.run([TUG, "--socket", self.socket, *args], capture_output=True,
-                                input=input, timeout=timeout, stdin=None if input else subprocess.DEVNULL)
+    def tug(
+        self, *args: str, check: bool = True, input: bytes | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            [TUG, "--socket", self.socket, *args],
+            capture_output=True,
+            input=input,
+            timeout=timeout,
+            stdin=None if input else subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"tug {' '.join(args)} exited {result.returncode}\nstdout: {result.stdout!r}\n"
-                f"stderr: {result.stderr!r}")
+                f"stderr: {result.stderr!r}"
+            )
         return result
 
     def cleanup(self) -> list[str]:
@@ -192,8 +212,9 @@ def make_daemon(busybox_tar: str) -> Iterator[Any]:
     daemons: list[Daemon] = []
     bases: list[str] = []
 
-    def factory(backend: str = "asyncio", extra: list[str] | None = None, image: bool = True,
-                runtime: str = "runc") -> Daemon:
+    def factory(
+        backend: str = "asyncio", extra: list[str] | None = None, image: bool = True, runtime: str = "runc"
+    ) -> Daemon:
         # Short roots: unix socket paths are limited to 108 bytes.
         base = tempfile.mkdtemp(prefix="tb", dir="/tmp")
         bases.append(base)

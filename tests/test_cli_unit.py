@@ -150,9 +150,7 @@ def test_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.socket_path(parser.parse_args(["--socket", "/x.sock", "ps"])) == "/x.sock"
 
 
-def test_connection_refused_is_a_clear_error(
-    tmp_path: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_connection_refused_is_a_clear_error(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "none.sock")
     assert cli.main(["--socket", path, "ps"]) == 1
     err = capsys.readouterr().err

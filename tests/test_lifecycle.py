@@ -94,21 +94,39 @@ def test_options_reach_the_container(daemon: Any, tmp_path: Any) -> None:
         "touch /rootfile 2>/dev/null || echo rootfs-ro"
     )
     cid, result = run(
-        daemon, ["sh", "-c", script], env=["FOO=bar"], workdir="/tmp", user="tug",
-        hostname="boat", read_only=True,
-        volumes=[{"source": str(vol), "destination": "/data"},
-                 {"source": str(vol), "destination": "/ro", "readonly": True}],
+        daemon,
+        ["sh", "-c", script],
+        env=["FOO=bar"],
+        workdir="/tmp",
+        user="tug",
+        hostname="boat",
+        read_only=True,
+        volumes=[
+            {"source": str(vol), "destination": "/data"},
+            {"source": str(vol), "destination": "/ro", "readonly": True},
+        ],
     )
     out, err = output(daemon, cid)
     assert result["exit_code"] == 0, err
     assert out.decode().split("\n") == [
-        "1000", "1000", "/tmp", "boat", "bar", "from host", "from host", "ro-refused", "rootfs-ro", ""]
+        "1000",
+        "1000",
+        "/tmp",
+        "boat",
+        "bar",
+        "from host",
+        "from host",
+        "ro-refused",
+        "rootfs-ro",
+        "",
+    ]
     assert (vol / "out.txt").read_text() == "x\n"
 
 
 def test_entrypoint_and_limits(daemon: Any) -> None:
-    cid, result = run(daemon, ["hello"], entrypoint=["echo", "say"], memory=64 * 1024 * 1024,
-                      cpus=0.5, pids_limit=50)
+    cid, result = run(
+        daemon, ["hello"], entrypoint=["echo", "say"], memory=64 * 1024 * 1024, cpus=0.5, pids_limit=50
+    )
     assert result["exit_code"] == 0
     assert output(daemon, cid)[0] == b"say hello\n"
     cid = start(daemon, ["sleep", "100"], memory=64 * 1024 * 1024, pids_limit=50)
@@ -133,8 +151,14 @@ def test_bad_input_is_refused_and_changes_nothing(daemon: Any) -> None:
         ({"image": "busybox", "cmd": ["true"], "env": ["NOEQUALS"]}, errors.InvalidArgument),
         ({"image": "busybox", "cmd": ["true"], "workdir": "relative"}, errors.InvalidArgument),
         ({"image": "busybox", "cmd": ["true"], "memory": "lots"}, errors.InvalidParams),
-        ({"image": "busybox", "cmd": ["true"],
-          "volumes": [{"source": "/nonexistent/x", "destination": "/x"}]}, errors.InvalidArgument),
+        (
+            {
+                "image": "busybox",
+                "cmd": ["true"],
+                "volumes": [{"source": "/nonexistent/x", "destination": "/x"}],
+            },
+            errors.InvalidArgument,
+        ),
         ({"cmd": ["true"]}, errors.InvalidParams),
     ]
     for params, exc in cases:
@@ -188,8 +212,10 @@ def test_logs_tail_and_since(daemon: Any) -> None:
 
 
 def test_follow_sees_output_until_exit(daemon: Any) -> None:
-    cid = daemon.call("container.create", {"image": "busybox",
-                                            "cmd": ["sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done"]})["id"]
+    cid = daemon.call(
+        "container.create",
+        {"image": "busybox", "cmd": ["sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done"]},
+    )["id"]
     with Client(daemon.socket) as c:
         rid = c.send("container.logs", {"id": cid, "follow": True})  # before start: waits for it
         c.call("container.start", {"id": cid})
@@ -207,10 +233,20 @@ def test_follow_sees_output_until_exit(daemon: Any) -> None:
 
 def test_rotation_keeps_whole_records_and_followers_lose_nothing(daemon: Any) -> None:
     n = 3000
-    cid = daemon.call("container.create", {
-        "image": "busybox", "log_max_size": 16384, "log_max_files": 3,
-        "cmd": ["sh", "-c", f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; "
-                "[ $((i % 200)) -eq 0 ] && sleep 0.05; done; true"]})["id"]
+    cid = daemon.call(
+        "container.create",
+        {
+            "image": "busybox",
+            "log_max_size": 16384,
+            "log_max_files": 3,
+            "cmd": [
+                "sh",
+                "-c",
+                f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; "
+                "[ $((i % 200)) -eq 0 ] && sleep 0.05; done; true",
+            ],
+        },
+    )["id"]
     with Client(daemon.socket) as c:
         import base64
 
@@ -229,7 +265,7 @@ def test_rotation_keeps_whole_records_and_followers_lose_nothing(daemon: Any) ->
     assert os.path.exists(log + ".1")
     assert not os.path.exists(log + ".3")
     kept = [r.split(b" ", 3)[3] for r in records(daemon, cid)]
-    assert kept == got[-len(kept):]  # what is kept is the newest part, whole records only
+    assert kept == got[-len(kept) :]  # what is kept is the newest part, whole records only
 
 
 def test_two_daemons_side_by_side(make_daemon: Any) -> None:

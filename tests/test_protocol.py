@@ -46,8 +46,11 @@ def raw(daemon: Any) -> Any:
 
 def test_parse_error_and_invalid_requests(raw: Raw) -> None:
     raw.send(b'{"jsonrpc": "2.0", "method": "system.info", "params": [}\n')
-    assert raw.recv() == {"jsonrpc": "2.0", "id": None, "error": {
-        "code": -32700, "message": "parse error", "data": {"kind": "parse_error"}}}
+    assert raw.recv() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32700, "message": "parse error", "data": {"kind": "parse_error"}},
+    }
     raw.send(b'{"jsonrpc": "1.0", "method": "system.info", "id": 1}\n')
     reply = raw.recv()
     assert reply["id"] == 1 and reply["error"]["code"] == -32600
@@ -77,13 +80,18 @@ def test_unknown_method_and_bad_params(raw: Raw) -> None:
 
 
 def test_batch_and_notifications(raw: Raw) -> None:
-    raw.send(json.dumps([
-        {"jsonrpc": "2.0", "method": "system.info", "id": 1},
-        {"jsonrpc": "2.0", "method": "system.info"},  # a notification: no answer
-        {"jsonrpc": "2.0", "method": "nope", "id": 2},
-        {"foo": "boo"},
-        {"jsonrpc": "2.0", "method": "container.list", "params": {"all": True}, "id": "x"},
-    ]).encode() + b"\n")
+    raw.send(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "method": "system.info", "id": 1},
+                {"jsonrpc": "2.0", "method": "system.info"},  # a notification: no answer
+                {"jsonrpc": "2.0", "method": "nope", "id": 2},
+                {"foo": "boo"},
+                {"jsonrpc": "2.0", "method": "container.list", "params": {"all": True}, "id": "x"},
+            ]
+        ).encode()
+        + b"\n"
+    )
     replies = raw.recv()
     assert isinstance(replies, list)
     by_id = {json.dumps(r["id"]): r for r in replies}
@@ -98,7 +106,11 @@ def test_batch_and_notifications(raw: Raw) -> None:
 
 
 def test_huge_line_is_refused_and_the_connection_stays_sane(raw: Raw) -> None:
-    raw.send(b'{"jsonrpc": "2.0", "method": "system.info", "params": {"x": "' + b"a" * (2 << 20) + b'"}, "id": 1}\n')
+    raw.send(
+        b'{"jsonrpc": "2.0", "method": "system.info", "params": {"x": "'
+        + b"a" * (2 << 20)
+        + b'"}, "id": 1}\n'
+    )
     reply = raw.recv()
     assert reply["error"]["code"] == -32600
     assert "exceeds" in reply["error"]["message"]
@@ -149,12 +161,29 @@ def test_peer_credentials_are_checked(daemon: Any) -> None:
 
 def test_requests_on_one_connection_are_answered_out_of_order(daemon: Any, raw: Raw) -> None:
     cid = daemon.call("container.create", {"image": "busybox", "cmd": ["sleep", "1000"]})["id"]
-    raw.send(json.dumps({"jsonrpc": "2.0", "method": "container.wait",
-                         "params": {"id": cid, "condition": "next-exit"}, "id": "wait"}).encode() + b"\n")
-    raw.send(json.dumps({"jsonrpc": "2.0", "method": "container.start",
-                         "params": {"id": cid}, "id": "start"}).encode() + b"\n")
+    raw.send(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "container.wait",
+                "params": {"id": cid, "condition": "next-exit"},
+                "id": "wait",
+            }
+        ).encode()
+        + b"\n"
+    )
+    raw.send(
+        json.dumps(
+            {"jsonrpc": "2.0", "method": "container.start", "params": {"id": cid}, "id": "start"}
+        ).encode()
+        + b"\n"
+    )
     assert raw.recv()["id"] == "start"
-    raw.send(json.dumps({"jsonrpc": "2.0", "method": "container.kill",
-                         "params": {"id": cid}, "id": "kill"}).encode() + b"\n")
+    raw.send(
+        json.dumps(
+            {"jsonrpc": "2.0", "method": "container.kill", "params": {"id": cid}, "id": "kill"}
+        ).encode()
+        + b"\n"
+    )
     got = {raw.recv()["id"], raw.recv()["id"]}
     assert got == {"kill", "wait"}

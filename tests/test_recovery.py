@@ -31,15 +31,23 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
     raise AssertionError(f"pid {pid} still alive")
 
 
-def test_containers_survive_tugd_kill9_and_exits_while_down_are_kept(make_daemon: Any, backend: str,
-                                                                    tmp_path: Any) -> None:
+def test_containers_survive_tugd_kill9_and_exits_while_down_are_kept(
+    make_daemon: Any, backend: str, tmp_path: Any
+) -> None:
     d = make_daemon(backend=backend)
     gate = tmp_path / "gate"
     gate.mkdir()
     runner = start(d, ["sh", "-c", "echo started; while true; do sleep 0.1; done"], name="runner")
-    leaver = start(d, ["sh", "-c", "echo before; while [ ! -e /gate/go ]; do sleep 0.05; done; "
-                       "seq 1 5000; echo bye >&2; exit 42"], name="leaver",
-                   volumes=[{"source": str(gate), "destination": "/gate"}])
+    leaver = start(
+        d,
+        [
+            "sh",
+            "-c",
+            "echo before; while [ ! -e /gate/go ]; do sleep 0.05; done; seq 1 5000; echo bye >&2; exit 42",
+        ],
+        name="leaver",
+        volumes=[{"source": str(gate), "destination": "/gate"}],
+    )
     shim_pids = {c: d.call("container.inspect", {"id": c})["shim_pid"] for c in (runner, leaver)}
     d.kill9()
     (gate / "go").write_text("")

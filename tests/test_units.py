@@ -25,8 +25,12 @@ def rebuild(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-@given(st.lists(st.binary(max_size=3000).map(lambda b: b.replace(b"\n", b"") + b"\n" if b and b[0] % 2 else b),
-                max_size=20))
+@given(
+    st.lists(
+        st.binary(max_size=3000).map(lambda b: b.replace(b"\n", b"") + b"\n" if b and b[0] % 2 else b),
+        max_size=20,
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_cri_chunks_rebuild_exactly(chunks: list[bytes]) -> None:
     ts = crilog.timestamp()
@@ -64,8 +68,10 @@ def test_log_writer_rotates_whole_records(tmp_path: Any) -> None:
     assert w.generation > 2 and w.path_of(w.generation - 1) == path + ".1"
 
 
-@given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=30),
-       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10))
+@given(
+    st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10),
+)
 @settings(max_examples=100, deadline=None)
 def test_line_reader_under_arbitrary_splits(lines: list[bytes], cuts: list[int]) -> None:
     data = b"".join(line + b"\n" for line in lines)
@@ -130,13 +136,16 @@ def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
     return info
 
 
-@pytest.mark.parametrize("entries", [
-    [_entry("../evil")],
-    [_entry("/etc/evil")],
-    [_entry("a/../../evil")],
-    [_entry("link", tarfile.SYMTYPE, "/"), _entry("link/etc/evil")],
-    [_entry("hl", tarfile.LNKTYPE, "../../etc/passwd")],
-])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [_entry("../evil")],
+        [_entry("/etc/evil")],
+        [_entry("a/../../evil")],
+        [_entry("link", tarfile.SYMTYPE, "/"), _entry("link/etc/evil")],
+        [_entry("hl", tarfile.LNKTYPE, "../../etc/passwd")],
+    ],
+)
 def test_escaping_layers_are_refused(tmp_path: Any, entries: list[tarfile.TarInfo]) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -147,8 +156,13 @@ def test_escaping_layers_are_refused(tmp_path: Any, entries: list[tarfile.TarInf
 
 
 def test_unpack_keeps_links_and_modes(tmp_path: Any) -> None:
-    entries = [_entry("bin", tarfile.DIRTYPE), _entry("bin/tool"), _entry("bin/alias", tarfile.SYMTYPE, "tool"),
-               _entry("bin/hard", tarfile.LNKTYPE, "bin/tool"), _entry("dev/null", tarfile.CHRTYPE)]
+    entries = [
+        _entry("bin", tarfile.DIRTYPE),
+        _entry("bin/tool"),
+        _entry("bin/alias", tarfile.SYMTYPE, "tool"),
+        _entry("bin/hard", tarfile.LNKTYPE, "bin/tool"),
+        _entry("dev/null", tarfile.CHRTYPE),
+    ]
     entries[1].mode = 0o4755
     unpack_tar(_tar(entries, {"bin/tool": b"#!/bin/sh\n"}), str(tmp_path))
     assert os.readlink(tmp_path / "bin/alias") == "tool"

@@ -16,6 +16,7 @@ This module is pure (no anyio): the shim writes with it, tugd and the CLI read w
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import time
@@ -49,9 +50,7 @@ def format_chunk(stream: bytes, data: bytes, ts: bytes) -> bytes:
             # The fast path: every line fits, one replace formats them all.
             out = prefix_f + complete[:-1].replace(b"\n", b"\n" + prefix_f) + b"\n"
         else:
-            out = b"".join(
-                _format_line(stream, ts, line, True) for line in complete[:-1].split(b"\n")
-            )
+            out = b"".join(_format_line(stream, ts, line, True) for line in complete[:-1].split(b"\n"))
     if tail:
         out += _format_line(stream, ts, tail, False)
     return out
@@ -122,7 +121,7 @@ class LogWriter:
                 os.unlink(paths[0])
             except FileNotFoundError:
                 pass
-            for older, newer in zip(paths, paths[1:], strict=False):
+            for older, newer in itertools.pairwise(paths):
                 try:
                     os.rename(newer, older)
                 except FileNotFoundError:
@@ -177,5 +176,5 @@ def select_records(paths: list[str], *, tail: int | None = None, since: bytes | 
 
 def parse_record(record: bytes) -> tuple[bytes, bytes, bool, bytes]:
     """(timestamp, stream, is_full_line, content) of one record."""
-    ts, stream, tag, content = (record.split(b" ", 3) + [b"", b"", b""])[:4]
+    ts, stream, tag, content = [*record.split(b" ", 3), b"", b"", b""][:4]
     return ts, stream, tag == b"F", content

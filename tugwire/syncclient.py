@@ -60,9 +60,7 @@ class Client:
         except OSError as exc:
             sock.close()
             reason = exc.strerror or str(exc)
-            raise Disconnected(
-                f"cannot connect to tugd at {path}: {reason} (is tugd running?)"
-            ) from exc
+            raise Disconnected(f"cannot connect to tugd at {path}: {reason} (is tugd running?)") from exc
         self._sock: socket.socket | None = sock
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no newline

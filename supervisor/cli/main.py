@@ -239,9 +239,7 @@ def create_params(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 raise ValueError("supported: max-size=SIZE, max-file=N")
         except ValueError as exc:
-            raise errors.InvalidArgument(
-                f"invalid --log-opt {opt!r}: {exc}", field="log_opt"
-            ) from exc
+            raise errors.InvalidArgument(f"invalid --log-opt {opt!r}: {exc}", field="log_opt") from exc
     if log_max_size is not None:
         params["log_max_size"] = log_max_size
     if log_max_files is not None:
@@ -432,12 +430,15 @@ def container_status(summary: dict[str, Any], now_ns: int | None = None) -> str:
 
 # ================================================================================ log records
 
-_ANY_HEADER = rb"^[^ \n]* (?:stdout|stderr) "
-# One regex strips every header in a chunk at C speed: an F record keeps its newline, a P record
-# loses it (group 1 is its content; an unmatched group is replaced by nothing).
-_STRIP_RE = re.compile(_ANY_HEADER + rb"(?:F |P ([^\n]*)\n)", re.M)
-_STDOUT_RE = re.compile(rb"^[^ \n]* stdout ", re.M)
-_STDERR_RE = re.compile(rb"^[^ \n]* stderr ", re.M)
+# The common case, a chunk of full lines of one stream with crilog's fixed-width timestamps, is
+# decoded by one regex substitution (C speed, about 150 MB/s), not record by record in Python. A
+# record starts after a newline, so the data gets one in front: a pattern that starts with a
+# literal is searched for far faster than one anchored with ``^`` and ``re.M``.
+_TS_WIDTH = len(timestamp(0))
+_HEADER_WIDTH = _TS_WIDTH + len(b" stdout F ")
+_FULL_RECORD = {
+    stream: re.compile(rb"\n.{%d} %s F " % (_TS_WIDTH, stream)) for stream in (b"stdout", b"stderr")
+}
 _FDS = {b"stdout": 1, b"stderr": 2}
 
 
@@ -465,17 +466,20 @@ class LogDecoder:
         data = data[:end]
         if not data:
             return []
-        if not self.timestamps:
-            # The common case, a chunk of one stream: formatted by one regex, not line by line.
-            fd = 0
-            if _STDERR_RE.search(data) is None:
-                fd = 1
-            elif _STDOUT_RE.search(data) is None:
-                fd = 2
-            if fd:
-                out, n = _STRIP_RE.subn(rb"\1", data)
-                if n == data.count(b"\n"):  # every line was a record
-                    return [(fd, out)] if out else []
+        stream = data[_TS_WIDTH + 1 : _TS_WIDTH + 7]
+        pattern = _FULL_RECORD.get(stream)
+        if pattern is not None:
+            stripped, n = pattern.subn(b"\n", b"\n" + data)
+            if n == data.count(b"\n"):  # every record is a full line of this stream
+                if not self.timestamps:
+                    return [(_FDS[stream], stripped[1:])]
+                # "<ts> stdout F <content>" -> "<ts> <content>"
+                lines = data[:-1].split(b"\n")
+                out = [line[:_TS_WIDTH] + line[_HEADER_WIDTH - 1 :] for line in lines]
+                if self._midline[stream]:  # the end of a line begun by a P record
+                    out[0] = lines[0][_HEADER_WIDTH:]
+                self._midline[stream] = False
+                return [(_FDS[stream], b"\n".join(out) + b"\n")]
         return self._slow(data)
 
     def _slow(self, data: bytes) -> list[tuple[int, bytes]]:
@@ -709,8 +713,7 @@ def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
     code = waited.get("exit_code")
     if not isinstance(code, int):
         _print_error(
-            f"the exit status of container {cid[:12]} is not known "
-            f"(state {waited.get('state', 'unknown')})"
+            f"the exit status of container {cid[:12]} is not known (state {waited.get('state', 'unknown')})"
         )
         return 125
     return code
@@ -754,9 +757,7 @@ def _cmd_kill(args: argparse.Namespace, client: Client) -> int:
 def _cmd_rm(args: argparse.Namespace, client: Client) -> int:
     return _report(
         args.containers,
-        _call_many(
-            client, "container.delete", [{"id": c, "force": args.force} for c in args.containers]
-        ),
+        _call_many(client, "container.delete", [{"id": c, "force": args.force} for c in args.containers]),
     )
 
 
@@ -1226,9 +1227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rmi_args(add("rmi", "remove images"))
 
     p = add("image", "manage images")
-    image_sub = p.add_subparsers(
-        dest="image_command", metavar="COMMAND", required=True, parser_class=_Parser
-    )
+    image_sub = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_images_args(image_sub.add_parser("ls", aliases=["list"], help="list images"))
     _add_rmi_args(image_sub.add_parser("rm", aliases=["remove"], help="remove images"))
     _add_inspect_args(image_sub.add_parser("inspect", help="show an image as JSON"), "image")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything Tugboat needs on Debian 12, idempotently: the Debian packages (runc, crun,
+# busybox-static, ...) and the project's own Python environment in .venv. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv is built with Debian's interpreter, never a `python3` wrapper found first on PATH.
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+    [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

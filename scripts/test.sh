@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: lint (ruff), types (mypy --strict), then pytest (unit and integration tests
+# with real tugd, shims, runc and containers; needs root). Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check tugwire shimd supervisor tests bench scripts
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+[ "$code" -eq 5 ] && { echo "no tests ran"; exit 1; }
+exit "$code"
