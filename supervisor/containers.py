@@ -323,6 +323,7 @@ class Containers:
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(cid, opts, image.config, paths["rootfs"], layers)
         opts["name"] = name
+        opts["args"] = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
         os.makedirs(paths["dir"], mode=0o700)
         try:
             for d in ("rootfs", "upper", "work"):
@@ -797,8 +798,10 @@ def _read_exit(path: str) -> dict[str, Any] | None:
 
 
 def _command(rec: ContainerRecord) -> str:
-    parts = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
-    return " ".join(parts)
+    args = rec.config.get("args")
+    if args is None:
+        args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
+    return " ".join(args)
 
 
 def _valid_hostname(name: str) -> bool:

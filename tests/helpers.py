@@ -13,7 +13,7 @@ def records(d: Any, cid: str, **params: Any) -> list[bytes]:
     """The raw CRI records ``container.logs`` streams for ``cid``."""
     with Client(d.socket) as c:
         rid = c.send("container.logs", {"id": cid, **params})
-        data = b""
+        chunks = []
         while True:
             msg = c.next_message()
             assert msg is not None
@@ -21,17 +21,18 @@ def records(d: Any, cid: str, **params: Any) -> list[bytes]:
                 assert "error" not in msg, msg
                 break
             if msg.get("method") == "container.logs.data":
-                data += base64.b64decode(msg["params"]["data"])
+                chunks.append(base64.b64decode(msg["params"]["data"]))
+        data = b"".join(chunks)
     return data.split(b"\n")[:-1] if data else []
 
 
 def output(d: Any, cid: str, **params: Any) -> tuple[bytes, bytes]:
     """(stdout, stderr) exactly as the container wrote them, rebuilt from its CRI log."""
-    streams = {b"stdout": b"", b"stderr": b""}
+    streams: dict[bytes, list[bytes]] = {b"stdout": [], b"stderr": []}
     for rec in records(d, cid, **params):
         _ts, stream, full, content = crilog.parse_record(rec)
-        streams[stream] += content + (b"\n" if full else b"")
-    return streams[b"stdout"], streams[b"stderr"]
+        streams[stream].append(content + b"\n" if full else content)
+    return b"".join(streams[b"stdout"]), b"".join(streams[b"stderr"])
 
 
 def run(d: Any, cmd: list[str], **opts: Any) -> tuple[str, dict[str, Any]]:

@@ -303,3 +303,32 @@ def test_events_in_order(daemon: Any) -> None:
             if msg["params"]["id"] == cid:
                 actions.append(msg["params"]["action"])
     assert actions == ["create", "start", "die", "destroy"]
+
+
+def test_a_stuck_follower_never_blocks_the_container(daemon: Any) -> None:
+    """A client that asks to follow and then never reads: the container still writes 30 MB and
+    exits, and the log has every byte."""
+    cid = daemon.call("container.create", {
+        "image": "busybox", "log_max_size": 64 << 20,
+        "cmd": ["sh", "-c", "yes 0123456789012345678901234567890123456789 | head -n 767000; echo done"]})["id"]
+    stuck = Client(daemon.socket)
+    try:
+        stuck.send("container.logs", {"id": cid, "follow": True})
+        with Client(daemon.socket) as c:
+            wid = c.send("container.wait", {"id": cid, "condition": "next-exit"})
+            c.call("container.start", {"id": cid})
+            assert c.wait_for(wid)["exit_code"] == 0
+    finally:
+        stuck.close()
+    out, _ = output(daemon, cid)
+    assert out == b"0123456789012345678901234567890123456789\n" * 767000 + b"done\n"
+
+
+def test_a_follower_that_goes_away_ends_quietly(daemon: Any) -> None:
+    cid = start(daemon, ["sh", "-c", "while true; do echo tick; sleep 0.01; done"])
+    c = Client(daemon.socket)
+    c.send("container.logs", {"id": cid, "follow": True})
+    assert c.next_message() is not None
+    c.close()
+    daemon.call("container.stop", {"id": cid, "timeout": 0})
+    assert "Traceback" not in daemon.read_log()
