@@ -93,6 +93,8 @@ class Task:
         self.reaped = False
         self.exit: ExitRecord | None = None
         self.exited = anyio.Event()
+        self.runtime_deleted = anyio.Event()
+        self.delete_error: TugError | None = None
         self.sink: shimio.LogSink | None = None
 
     def __repr__(self) -> str:
@@ -124,6 +126,22 @@ class Task:
         tg.start_soon(self._supervise, pipes)
 
     async def _supervise(self, pipes: shimio.StdioPipes) -> None:
+        await self._wait_exit(pipes)
+        # The runtime's state is of no use once PID 1 is gone: delete it now, so that tugd's
+        # task.delete finds it done (it overlaps with tugd recording the exit).
+        await self._delete_runtime()
+
+    async def _delete_runtime(self) -> None:
+        try:
+            await self.runc.delete(self.cfg.id, force=True)
+        except TugError as exc:
+            err = classify(exc)
+            if err.kind != "not_found":
+                self.delete_error = err
+        finally:
+            self.runtime_deleted.set()
+
+    async def _wait_exit(self, pipes: shimio.StdioPipes) -> None:
         assert self.sink is not None
         sink = self.sink
         try:
@@ -138,11 +156,14 @@ class Task:
                 drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
         finally:
             pipes.close()
+        # No fsync of the log: the bytes are in the page cache, which outlives every process
+        # (shim, tugd); only a power loss could take them, and it takes the container too.
         sink.close()
-        sink.writer.sync()
         code, sig = exit_code(status)
         record = ExitRecord(self.pid, code, signal_name(sig), exited_at, oom)
-        fsutil.write_atomic(self.cfg.path(EXIT_FILE), record.encode())
+        # Atomic (temp file + rename), not fsynced: the state dir is a tmpfs by design, and the
+        # record must survive crashes of processes, not of the host.
+        fsutil.write_atomic(self.cfg.path(EXIT_FILE), record.encode(), durable=False)
         self.exit = record
         self.state = State.STOPPED
         self.exited.set()
@@ -160,14 +181,10 @@ class Task:
                 raise FailedPrecondition("cannot delete: task is running", state="running")
             self.kill(signal.SIGKILL)
             await self.exited.wait()
-        if self.state is not State.DELETED:
-            try:
-                await self.runc.delete(self.cfg.id, force=True)
-            except TugError as exc:
-                err = classify(exc)
-                if err.kind != "not_found":
-                    raise err from exc
-            self.state = State.DELETED
+        await self.runtime_deleted.wait()
+        if self.delete_error is not None:
+            raise self.delete_error
+        self.state = State.DELETED
         return self.exit
 
     def describe(self) -> dict[str, Any]:

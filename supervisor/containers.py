@@ -429,8 +429,9 @@ class Containers:
             await self._handle_exit(cid, record)
 
     async def _handle_exit(self, cid: str, record: dict[str, Any]) -> None:
-        """Record the exit, release the task, and only then wake waiters: whoever acts on the
-        exit (a restart, ``run --rm``) finds the old shim gone and the rootfs unmounted."""
+        """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
+        unmount) while still holding the container's lock: whoever acts on the exit (a restart,
+        a delete) waits for the lock and finds the old shim gone."""
         live = self.live(cid)
         async with live.lock:
             rec = self.store.get_container(cid)
@@ -446,14 +447,13 @@ class Containers:
                 rec.pid = 0
                 rec.reason = ""
                 self.store.update_container(rec)
-            await self._release(cid)
-            if newly:
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 live.changed()
                 self._publish(
                     "die", rec, exit_code=rec.exit_code, signal=rec.exit_signal, oom_killed=rec.oom_killed
                 )
+            await self._release(cid)
         if rec.config.get("auto_remove"):
             self.tg.start_soon(self._auto_remove, cid)
 
