@@ -119,9 +119,9 @@ def template_main(sock_path: str, parent_pid: int) -> int:
     import anyio
     import anyio._backends._asyncio
 
-    from . import server  # noqa: F401
+    from . import server
 
-    del anyio
+    anyio.run(server.warm_up)
     set_pdeathsig()
     if os.getppid() != parent_pid:
         return 0  # the parent died before we could ask to die with it

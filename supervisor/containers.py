@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import signal as signals
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -381,6 +382,7 @@ class Containers:
                 "log_max_files": int(rec.config.get("log_max_files") or self.cfg.log_max_files),
                 "cgroup_path": spec.cgroup_path(rec.id),
                 "backend": "asyncio",
+                "requested_at": time.monotonic(),
             }
             try:
                 reply = await self.launcher.launch(config)
