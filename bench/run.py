@@ -513,7 +513,12 @@ def bench_logs(d: Tugd, runc: Runc, rounds: int, digest: str) -> list[Throughput
         size, dig = file_digest(out_file)
         ok = cp.returncode == 0 and size == LOG_BYTES and dig == digest
         if not ok:
-            res.notes.append(f"status {cp.returncode}, {size} bytes: {cp.stderr[-300:]!r}")
+            prefix = dig == expected_digest(0, size)
+            res.notes.append(
+                f"exit status {cp.returncode}, {size} of {LOG_BYTES} bytes on stdout "
+                f"({LOG_BYTES - size} missing; {'a clean prefix' if prefix else 'NOT a prefix'}), "
+                f"stderr {cp.stderr[-300:]!r}"
+            )
         res.seconds.append(t)
         res.out_bytes.append(size)
         res.ok.append(ok)
@@ -550,7 +555,7 @@ def bench_logs(d: Tugd, runc: Runc, rounds: int, digest: str) -> list[Throughput
 
     cases: list[tuple[Throughput, Callable[[Throughput], None]]] = [
         (Throughput("runc > file", "`runc run` with stdout redirected to a file"), runc_file),
-        (Throughput("runc | cat > file", "`runc run | cat > file`"), runc_cat),
+        (Throughput("runc | cat > file", "`runc run \\| cat > file`"), runc_cat),
         (
             Throughput(
                 "tug (CRI log)",
@@ -578,7 +583,7 @@ def bench_logs(d: Tugd, runc: Runc, rounds: int, digest: str) -> list[Throughput
             Throughput(
                 "generator alone",
                 "`runc run` of the writer with `> /dev/null` inside "
-                "(the ceiling: how fast busybox yes|head can go)",
+                "(the ceiling: how fast busybox `yes \\| head` can go)",
             ),
             runc_null,
         ),
@@ -685,9 +690,10 @@ def report_logs(results: list[Throughput]) -> Iterator[str]:
             f"{LOG_BYTES / min(r.seconds) / 1e6:.0f} | {base / m:.2f}x | "
             f"{disk:.0f} | {okay} |"
         )
-    for r in results:
-        for n in sorted(set(r.notes)):
-            yield f"\n- {r.label}: {n}"
+    notes = [f"- {r.label}: {n}" for r in results for n in sorted(set(r.notes))]
+    if notes:
+        yield ""
+        yield from notes
 
 
 TARGET_RATIO = 4.0  # tug run --rm / runc run, medians
@@ -714,7 +720,8 @@ def report_targets(series: list[Series], mem: list[MemResult], logs: list[Throug
         avg = statistics.mean(s["Pss"] for s in r.shims) / 1024
         yield (
             f"| shim PSS averaged over {r.n} running containers at most {TARGET_PSS_MB:g} MB "
-            f"({r.birth}) | {avg:.2f} MiB | {verdict(avg <= TARGET_PSS_MB)} |"
+            f"({r.birth} birth{', the default' if r.birth == 'template' else ', for comparison'}) "
+            f"| {avg:.2f} MiB | {verdict(avg <= TARGET_PSS_MB)} |"
         )
     cri = next(r for r in logs if r.label == "tug (CRI log)")
     mbps = LOG_BYTES / median(cri.seconds) / 1e6

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("template", help="serve shim births on a socket (used by tugd)")
     t.add_argument("--socket", required=True)
     t.add_argument("--parent", type=int, required=True, help="die when this process dies")
+    t.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     d = sub.add_parser("delete", help="clean up after a shim that died: runc delete, report exit")
     d.add_argument("--dir", required=True, help="the shim's state dir")
     d.add_argument("--id", required=True)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "template":
         from .birth import template_main
 
-        return template_main(args.socket, args.parent)
+        return template_main(args.socket, args.parent, args.backend)
     from .cleanup import delete
 
     print(json.dumps(delete(args.dir, args.id, args.runtime, args.runtime_root)))

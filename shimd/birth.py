@@ -108,20 +108,22 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-def template_main(sock_path: str, parent_pid: int) -> int:
+def template_main(sock_path: str, parent_pid: int, backend: str = "asyncio") -> int:
     """Serve shim births on ``sock_path``: one JSON config line in, one shim out.
 
     The template dies with the tugd that started it (PDEATHSIG), holds no state, and is never the
     parent of a shim (each is double-forked), so killing it loses nothing.
     """
-    # Pre-import everything a shim needs, including anyio's asyncio backend, which anyio would
-    # otherwise import lazily in every child (measured: 3.6 MB vs 8.4 MB PSS per shim).
+    # Pre-import everything a shim needs, including anyio's backend, which anyio would otherwise
+    # import lazily in every child (DESIGN.md measured 3.6 MB vs 8.4 MB PSS per shim for that).
+    import importlib
+
     import anyio
-    import anyio._backends._asyncio
 
     from . import server
 
-    anyio.run(server.warm_up)
+    importlib.import_module(f"anyio._backends._{backend}")
+    anyio.run(server.warm_up, backend=backend)
     set_pdeathsig()
     if os.getppid() != parent_pid:
         return 0  # the parent died before we could ask to die with it

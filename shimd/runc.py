@@ -21,8 +21,10 @@ DEFAULT_TIMEOUT = 60.0  # no runc call may hang the shim for ever
 
 
 class RuncError(RuntimeFailed):
-    def __init__(self, verb: str, status: int, message: str) -> None:
-        super().__init__(f"runc {verb} failed (exit status {status}): {message}", verb=verb, status=status)
+    def __init__(self, verb: str, status: int, message: str, runtime: str = "runc") -> None:
+        super().__init__(
+            f"{runtime} {verb} failed (exit status {status}): {message}", verb=verb, status=status
+        )
         self.verb = verb
         self.status = status
         self.runc_message = message
@@ -47,6 +49,10 @@ class Runc:
     root: str  # runc --root: per tugd instance, so that instances never see each other's state
     log_path: str
     timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.binary)
 
     def _base(self) -> list[str]:
         return [self.binary, "--root", self.root, "--log", self.log_path, "--log-format", "json"]
@@ -116,13 +122,13 @@ class Runc:
                 pass
             with anyio.CancelScope(shield=True):
                 await self.reaper.wait(pid)
-            raise RuncError(verb, -1, f"timed out after {self.timeout:g}s") from None
+            raise RuncError(verb, -1, f"timed out after {self.timeout:g}s", self.name) from None
         finally:
             if out_r >= 0:
                 os.close(out_r)
         code, _ = exit_code(status)
         if code != 0:
-            raise RuncError(verb, code, self._last_error(offset))
+            raise RuncError(verb, code, self._last_error(offset), self.name)
         return output
 
     async def run_detached(

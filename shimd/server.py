@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from tugwire import crilog, fsutil, jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
@@ -306,7 +307,7 @@ async def warm_up() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.sleep, 0)
     with anyio.move_on_after(1):
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     with anyio.fail_after(1):
         event = anyio.Event()
         event.set()
@@ -358,7 +359,9 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
         now = time.monotonic()
         log.info(
             "container %s running as pid %d: %.1f ms from request to runc, runc run %.1f ms",
-            cfg.id[:12], task.pid, (t_runc - cfg.requested_at) * 1000 if cfg.requested_at else -1,
+            cfg.id[:12],
+            task.pid,
+            (t_runc - cfg.requested_at) * 1000 if cfg.requested_at else -1,
             (now - t_runc) * 1000,
         )
         service = Service(task)

@@ -131,7 +131,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
     images = Images(cfg, store)
     launcher: shims.ShimLauncher
     if cfg.shim_birth == "template":
-        launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout)
+        launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
     else:
         launcher = shims.ExecLauncher(cfg.shim_timeout)
     try:

@@ -381,7 +381,7 @@ class Containers:
                 "log_max_size": int(rec.config.get("log_max_size") or self.cfg.log_max_size),
                 "log_max_files": int(rec.config.get("log_max_files") or self.cfg.log_max_files),
                 "cgroup_path": spec.cgroup_path(rec.id),
-                "backend": "asyncio",
+                "backend": self.cfg.backend,  # shims run on the daemon's anyio backend
                 "requested_at": time.monotonic(),
             }
             try:

@@ -80,8 +80,9 @@ class TemplateLauncher:
 
     name = "template"
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, timeout: float, backend: str = "asyncio") -> None:
         self.socket_path = socket_path
+        self.backend = backend
         self.timeout = timeout
         self._proc: anyio.abc.Process | None = None
         self._lock = anyio.Lock()
@@ -97,7 +98,16 @@ class TemplateLauncher:
             if self._proc is not None:
                 await self._proc.aclose()
             proc = await anyio.open_process(
-                [*shim_command(), "template", "--socket", self.socket_path, "--parent", str(os.getpid())],
+                [
+                    *shim_command(),
+                    "template",
+                    "--socket",
+                    self.socket_path,
+                    "--parent",
+                    str(os.getpid()),
+                    "--backend",
+                    self.backend,
+                ],
                 stdin=None,
                 stderr=None,
             )

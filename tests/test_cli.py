@@ -23,8 +23,21 @@ def test_run_streams_output_and_exits_with_the_code(daemon: Any) -> None:
 
 
 def test_run_killed_by_a_signal_exits_128_plus_n(daemon: Any) -> None:
-    proc = subprocess.Popen([TUG, "--socket", daemon.socket, "run", "--name", "victim", "busybox", "sh", "-c",
-                             "echo up; sleep 1000"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            TUG,
+            "--socket",
+            daemon.socket,
+            "run",
+            "--name",
+            "victim",
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; sleep 1000",
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"up\n"
     daemon.tug("kill", "-s", "USR1", "victim")  # sh as PID 1 has no handler: ignored
@@ -34,8 +47,13 @@ def test_run_killed_by_a_signal_exits_128_plus_n(daemon: Any) -> None:
 
 
 def test_run_detached_ps_logs_stop_rm(daemon: Any) -> None:
-    cid = daemon.tug("run", "-d", "--name", "web", "busybox", "sh", "-c",
-                     "echo ready; while true; do sleep 1; done").stdout.decode().strip()
+    cid = (
+        daemon.tug(
+            "run", "-d", "--name", "web", "busybox", "sh", "-c", "echo ready; while true; do sleep 1; done"
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert len(cid) == 64
     [row] = ps_json(daemon)
     assert row["id"] == cid
@@ -55,7 +73,17 @@ def test_run_detached_ps_logs_stop_rm(daemon: Any) -> None:
     assert (row["state"], row["exit_code"], row["pid"]) == ("exited", 137, 0)
     assert daemon.tug("wait", "web").stdout == b"137\n"
     info = json.loads(daemon.tug("inspect", "web").stdout)
-    for key in ("id", "name", "image", "state", "exit_code", "pid", "started_at", "finished_at", "oom_killed"):
+    for key in (
+        "id",
+        "name",
+        "image",
+        "state",
+        "exit_code",
+        "pid",
+        "started_at",
+        "finished_at",
+        "oom_killed",
+    ):
         assert key in info
     daemon.tug("rm", "web")
     assert ps_json(daemon) == []
@@ -86,9 +114,20 @@ def test_errors_are_clear_and_change_nothing(daemon: Any) -> None:
 
 def test_sigint_is_forwarded_to_the_container(daemon: Any) -> None:
     proc = subprocess.Popen(
-        [TUG, "--socket", daemon.socket, "run", "--rm", "busybox", "sh", "-c",
-         "trap 'echo got-int; exit 42' INT; echo ready; while true; do sleep 0.1; done"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            TUG,
+            "--socket",
+            daemon.socket,
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 42' INT; echo ready; while true; do sleep 0.1; done",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
     proc.send_signal(signal.SIGINT)
@@ -112,7 +151,8 @@ def test_images_import_and_rmi(daemon: Any, busybox_tar: str) -> None:
 
 
 def test_socket_from_the_environment(daemon: Any) -> None:
-    r = subprocess.run([TUG, "info"], capture_output=True, env={**os.environ, "TUGBOAT_SOCKET": daemon.socket},
-                       timeout=30)
+    r = subprocess.run(
+        [TUG, "info"], capture_output=True, env={**os.environ, "TUGBOAT_SOCKET": daemon.socket}, timeout=30
+    )
     assert r.returncode == 0
     assert daemon.state.encode() in r.stdout

@@ -308,9 +308,14 @@ def test_events_in_order(daemon: Any) -> None:
 def test_a_stuck_follower_never_blocks_the_container(daemon: Any) -> None:
     """A client that asks to follow and then never reads: the container still writes 30 MB and
     exits, and the log has every byte."""
-    cid = daemon.call("container.create", {
-        "image": "busybox", "log_max_size": 64 << 20,
-        "cmd": ["sh", "-c", "yes 0123456789012345678901234567890123456789 | head -n 767000; echo done"]})["id"]
+    cid = daemon.call(
+        "container.create",
+        {
+            "image": "busybox",
+            "log_max_size": 64 << 20,
+            "cmd": ["sh", "-c", "yes 0123456789012345678901234567890123456789 | head -n 767000; echo done"],
+        },
+    )["id"]
     stuck = Client(daemon.socket)
     try:
         stuck.send("container.logs", {"id": cid, "follow": True})
@@ -332,3 +337,27 @@ def test_a_follower_that_goes_away_ends_quietly(daemon: Any) -> None:
     c.close()
     daemon.call("container.stop", {"id": cid, "timeout": 0})
     assert "Traceback" not in daemon.read_log()
+
+
+def test_shims_born_cold_work_too(make_daemon: Any) -> None:
+    d = make_daemon(extra=["--shim-birth", "exec"])
+    cid, result = run(d, ["sh", "-c", "echo cold; exit 4"])
+    assert result["exit_code"] == 4
+    assert output(d, cid)[0] == b"cold\n"
+
+
+def test_crun_as_the_runtime(make_daemon: Any) -> None:
+    import shutil
+
+    if shutil.which("crun") is None:
+        pytest.skip("crun is not installed")
+    d = make_daemon(runtime="crun")
+    cid = d.call("container.create", {"image": "busybox", "cmd": ["echo", "crun"]})["id"]
+    try:
+        d.call("container.start", {"id": cid})
+    except errors.RuntimeFailed as exc:
+        if "hybrid" in str(exc):
+            pytest.skip(f"crun cannot run on this host's cgroup layout: {exc}")
+        raise
+    assert d.call("container.wait", {"id": cid})["exit_code"] == 0
+    assert output(d, cid)[0] == b"crun\n"

@@ -1189,8 +1189,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=_Parser)
 
     wanted = _command_in(argv) if argv is not None else None
-    known = {"run", "create", "start", "stop", "kill", "rm", "wait", "ps", "inspect", "logs", "import",
-             "images", "rmi", "image", "events", "info", "system"}
+    known = {
+        "run",
+        "create",
+        "start",
+        "stop",
+        "kill",
+        "rm",
+        "wait",
+        "ps",
+        "inspect",
+        "logs",
+        "import",
+        "images",
+        "rmi",
+        "image",
+        "events",
+        "info",
+        "system",
+    }
     if wanted not in known:
         wanted = None
 
