@@ -726,6 +726,14 @@ class Containers:
             for entry in _listdir(self.cfg.shims_dir):
                 if not entry.startswith(".") and entry not in known and names.is_id(entry):
                     tg.start_soon(self._remove_orphan, entry)
+        # Bundles nothing refers to (tugd died between writing one and recording it, or in the
+        # middle of a remove), and hidden leftovers of interrupted removals.
+        for entry in _listdir(self.cfg.containers_dir):
+            path = os.path.join(self.cfg.containers_dir, entry)
+            if entry.startswith(".deleting-") or (names.is_id(entry) and entry not in known):
+                with contextlib.suppress(OSError):
+                    mounts.unmount(os.path.join(path, "rootfs"))
+                fsutil.remove_tree(path)
 
     async def _recover_one(self, rec: ContainerRecord) -> None:
         paths = self._paths(rec.id)
