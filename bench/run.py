@@ -215,6 +215,29 @@ def check_cri(log_path: str) -> CriCheck:
 # ============================================================================ tugd and runc
 
 
+_TUGD_HELP: list[str] = []
+
+
+def tugd_has_option(option: str) -> bool:
+    if not _TUGD_HELP:
+        cp = subprocess.run([TUGD, "--help"], capture_output=True, text=True, check=False)
+        _TUGD_HELP.append(cp.stdout)
+    return option in _TUGD_HELP[0]
+
+
+def git_state() -> str:
+    def git(*args: str) -> str:
+        cp = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, check=False)
+        return cp.stdout.rstrip("\n")
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    if not dirty:
+        return f"commit {head}, clean"
+    shown = ", ".join(dirty[:8]) + (", ..." if len(dirty) > 8 else "")
+    return f"commit {head} plus uncommitted changes to {len(dirty)} files ({shown})"
+
+
 class Tugd:
     """One tugd of our own, with its roots under ``base``; ready once it says READY=1."""
 
@@ -229,28 +252,38 @@ class Tugd:
         self.created: set[str] = set()
 
     def start(self) -> None:
+        """Start tugd and wait until its socket answers ``tug info``.
+
+        Not through sd_notify: a tugd that passes NOTIFY_SOCKET on to its shims (tugd as
+        committed up to 1ca8bae does) makes runc wait for the *container* to send READY=1
+        (docs/benchmarks.md), so NOTIFY_SOCKET is kept out of tugd's environment. Metrics stay
+        on, as by default, on a port of the kernel's choosing (two tugds, and maybe other
+        people's, share the host)."""
         os.makedirs(self.base, exist_ok=True)
-        notify_path = os.path.join(self.base, "n.sock")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
-            ns.bind(notify_path)
-            env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-            argv = [TUGD, "--root", self.root, "--state", self.state, "--shim-birth", self.birth]
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            deadline = time.monotonic() + 30
-            ns.settimeout(0.5)
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"tugd exited with {self.proc.returncode}; see {self.log_path}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"tugd did not say READY=1 in 30 s; see {self.log_path}")
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        # Metrics off: two bench tugds (and a demo tugd) cannot all have the default 127.0.0.1:9323.
+        argv = [TUGD, "--root", self.root, "--state", self.state, "--shim-birth", self.birth]
+        argv += ["--metrics-address", "off"]
+        if tugd_has_option("--metrics-address"):
+            argv += ["--metrics-address", "127.0.0.1:0"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tugd exited with {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tugd did not answer in 30 s; see {self.log_path}")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
-                    msg = ns.recv(4096)
-                except TimeoutError:
+                    probe.connect(self.socket)
+                except OSError:
+                    time.sleep(0.02)
                     continue
-                if b"READY=1" in msg.split(b"\n"):
-                    break
-        os.unlink(notify_path)
+            cp = subprocess.run(self.argv("info"), capture_output=True, timeout=30, check=False)
+            if cp.returncode == 0:
+                return
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:
@@ -623,6 +656,7 @@ def machine_info() -> list[str]:
         f"- runc: {runc_v.stdout.splitlines()[0] if runc_v.stdout else '?'}",
         f"- Python: {platform.python_version()} ({PYTHON})",
         f"- load average at the start: {load}",
+        f"- tugboat: {git_state()}",
     ]
 
 

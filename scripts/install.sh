@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps)
+# prometheus: promtool and the Prometheus server that the metrics tests start on a port of their own
+# (where systemd runs, Debian also enables its own prometheus.service on :9090).
+PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,10 +24,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from tugwire import crilog, fsutil, jsonrpc
+from tugwire import crilog, fsutil, httpserve, jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
 
 from . import io as shimio
+from . import stats
 from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
 from .reaper import Reaper, exit_code
 from .runc import Runc, classify
@@ -57,6 +58,9 @@ class ShimConfig:
     log_max_files: int = crilog.DEFAULT_MAX_FILES
     cgroup_path: str | None = None
     requested_at: float = 0.0  # time.monotonic() when tugd asked for this shim (for the log)
+    name: str = ""  # the container's name and image: labels of its metrics
+    image: str = ""
+    metrics_address: str = ""  # HOST:PORT of an HTTP listener for this container's metrics, if asked
 
     @classmethod
     def from_json(cls, obj: Any) -> ShimConfig:
@@ -74,9 +78,17 @@ class ShimConfig:
                 log_max_files=int(obj.get("log_max_files", crilog.DEFAULT_MAX_FILES)),
                 cgroup_path=obj.get("cgroup_path"),
                 requested_at=float(obj.get("requested_at", 0.0)),
+                name=str(obj.get("name") or ""),
+                image=str(obj.get("image") or ""),
+                metrics_address=str(obj.get("metrics_address") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad shim config: {exc}") from exc
+        if cfg.metrics_address:
+            try:
+                httpserve.parse_address(cfg.metrics_address)
+            except httpserve.AddressError as exc:
+                raise InvalidArgument(str(exc), field="metrics_address") from exc
         for path in (cfg.bundle, cfg.dir, cfg.runtime_root, cfg.log_path):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"shim config paths must be absolute: {path!r}")
@@ -101,6 +113,7 @@ class Task:
         self.runtime_deleted = anyio.Event()
         self.delete_error: TugError | None = None
         self.sink: shimio.LogSink | None = None
+        self._labels = stats.labels(id=cfg.id, name=cfg.name or cfg.id[:12], image=cfg.image)
 
     def __repr__(self) -> str:
         return f"<Task {self.cfg.id[:12]} {self.state.value} pid={self.pid}>"
@@ -204,6 +217,18 @@ class Task:
             "log_dropped_bytes": sink.writer.dropped_bytes if sink else 0,
         }
 
+    def metrics(self) -> str:
+        """The container's figures in the Prometheus text format (see :mod:`shimd.stats`). The
+        cgroup and the network namespace are read only while PID 1 is ours and not reaped: after
+        that the cgroup is going and the pid may be anybody's."""
+        live = self.state is State.RUNNING and not self.reaped and self.pid > 0
+        cgroup = stats.read_cgroup(self.cfg.cgroup_path) if live and self.cfg.cgroup_path else None
+        net = stats.read_net(self.pid) if live else []
+        sink = self.sink
+        log_bytes = {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {}
+        dropped = sink.writer.dropped_bytes if sink else None
+        return stats.render(self._labels, cgroup, log_bytes, dropped, net)
+
 
 class Service:
     """The shim's JSON-RPC methods."""
@@ -218,10 +243,19 @@ class Service:
         d.add("task.kill", self.kill)
         d.add("task.delete", self.delete)
         d.add("task.logs", self.logs, accept_late=True)
+        d.add("task.metrics", self.metrics)
 
     async def state(self, call: jsonrpc.Call) -> Any:
         """The task's state, pid and exit record (if it has exited)."""
         return self.task.describe()
+
+    async def metrics(self, call: jsonrpc.Call) -> Any:
+        """The container's figures in the Prometheus text format: ``{"text": ...}``."""
+        return {"text": self.task.metrics()}
+
+    async def render_metrics(self, headers: dict[str, str]) -> bytes:
+        """The same text for the shim's own HTTP listener."""
+        return self.task.metrics().encode()
 
     async def wait(self, call: jsonrpc.Call) -> Any:
         """Returns the exit record once PID 1 has exited and its output is on disk."""
@@ -324,6 +358,21 @@ def set_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def bind_metrics(address: str) -> socket.socket | None:
+    """The shim's own HTTP listener for its container's metrics, when its config asks for one.
+    Bound before the container starts, so that a port in use fails the start with a clear error."""
+    if not address:
+        return None
+    try:
+        return httpserve.bind_tcp(*httpserve.parse_address(address))
+    except httpserve.AddressError as exc:
+        raise InvalidArgument(str(exc), field="metrics_address") from exc
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot serve the container's metrics on {address}: {exc.strerror}", field="metrics_address"
+        ) from exc
+
+
 def _notify(fd: int | None, obj: dict[str, Any]) -> None:
     if fd is None:
         return
@@ -340,6 +389,11 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
     set_subreaper()
     fsutil.write_atomic(cfg.path(PID_FILE), f"{os.getpid()}\n".encode(), durable=False)
     sock_path = cfg.path(SOCKET)
+    try:
+        http_sock = bind_metrics(cfg.metrics_address)
+    except TugError as exc:
+        _notify(notify_fd, {"error": exc.to_json()})  # before the container exists: nothing to undo
+        return
     listener = await anyio.abc.SocketListener.from_socket(bind_unix(sock_path))
     reaper = Reaper()
     async with anyio.create_task_group() as tg:
@@ -352,6 +406,8 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             err = classify(exc)
             _notify(notify_fd, {"error": err.to_json()})
             await listener.aclose()
+            if http_sock is not None:
+                http_sock.close()
             os.unlink(sock_path)
             tg.cancel_scope.cancel()
             return
@@ -365,6 +421,9 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             (now - t_runc) * 1000,
         )
         service = Service(task)
+        if http_sock is not None:
+            http = await anyio.abc.SocketListener.from_socket(http_sock)
+            tg.start_soon(httpserve.serve, http, service.render_metrics)
         async with anyio.create_task_group() as conns:
             accepting = anyio.CancelScope()
 

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default="tugboat", help="group allowed on the socket, if it exists")
     parser.add_argument("--log-max-size", type=int, default=crilog.DEFAULT_MAX_SIZE)
     parser.add_argument("--log-max-files", type=int, default=crilog.DEFAULT_MAX_FILES)
+    parser.add_argument(
+        "--metrics-address",
+        default="127.0.0.1:9323",
+        help="HOST:PORT to serve Prometheus metrics on (GET /metrics), or 'off' (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
@@ -35,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import anyio
 
-    from .app import AlreadyRunning
+    from .app import AlreadyRunning, ListenError
     from .app import main as app_main
     from .config import Config, ConfigError
+    from .systemd import ActivationError
 
     try:
         cfg = Config(
@@ -50,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             log_max_size=args.log_max_size,
             log_max_files=args.log_max_files,
+            metrics_address=args.metrics_address,
         ).validated()
     except ConfigError as exc:
         print(f"tugd: {exc}", file=sys.stderr)
         return 2
     try:
         anyio.run(app_main, cfg, backend=cfg.backend)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ActivationError, ListenError) as exc:
         print(f"tugd: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,12 +10,13 @@ from typing import Any
 import anyio
 
 from tugwire import jsonrpc
-from tugwire.errors import InvalidArgument, Unavailable
+from tugwire.errors import InvalidArgument, TugError
 
 from .config import Config
 from .containers import Containers, parse_signal
-from .events import Event, EventBus
+from .events import Event, EventBus, Filters, image_removal_events, parse_time
 from .images import Images
+from .system import System
 
 VERSION = "0.1.0"
 
@@ -46,8 +47,11 @@ class Api:
         self.bus = bus
         self.shim_birth = shim_birth
         self._runtime_version = runtime_version(cfg.runtime)
+        self.system = System(cfg, containers.store, containers, images, bus)
         self.dispatcher = d = jsonrpc.Dispatcher()
         d.add("system.info", self.system_info)
+        d.add("system.df", self.system_df)
+        d.add("system.prune", self.system_prune)
         d.add("container.create", self.container_create)
         d.add("container.start", self.container_start)
         d.add("container.list", self.container_list)
@@ -80,6 +84,14 @@ class Api:
             "images": len(self.images.store.list_images()),
             "pid": os.getpid(),
         }
+
+    async def system_df(self, call: jsonrpc.Call) -> Any:
+        """Space used by images, containers and logs, and what a prune would reclaim."""
+        return await self.system.df()
+
+    async def system_prune(self, call: jsonrpc.Call) -> Any:
+        """Remove containers that are not running and unused images (``all``: named ones too)."""
+        return await self.system.prune(all_images=call.params.boolean("all"))
 
     async def container_create(self, call: jsonrpc.Call) -> Any:
         """Create a container (no process yet). Returns ``{id, name}``."""
@@ -136,7 +148,8 @@ class Api:
         rec = await self.images.import_rootfs(
             p.string("path", required=True), p.string("ref", required=True), overrides
         )
-        self.bus.publish(Event("image", "import", rec.id, p.string("ref") or ""))
+        ref = rec.names[0] if rec.names else p.string("ref") or ""
+        self.bus.publish(Event("image", "import", rec.id, ref, ref))
         return {"id": rec.id, "digest": rec.digest, "ref": rec.names[0] if rec.names else None}
 
     async def image_list(self, call: jsonrpc.Call) -> Any:
@@ -152,39 +165,51 @@ class Api:
     async def image_remove(self, call: jsonrpc.Call) -> Any:
         """Untag an image; its data goes once nothing refers to it."""
         ref = call.params.string("ref", required=True)
+        image_id = self.images.resolve(ref).record.id
         removed = self.images.remove(ref, force=call.params.boolean("force"))
-        self.bus.publish(Event("image", "delete", ref, ref))
+        self._image_events(image_id, removed)
         return {"removed": removed}
 
+    def _image_events(self, image_id: str, removed: list[str]) -> None:
+        """``untag`` for each name removed, ``delete`` if the image itself went (as docker)."""
+        for event in image_removal_events(image_id, removed):
+            self.bus.publish(event)
+
     async def events_subscribe(self, call: jsonrpc.Call) -> Any:
-        """Stream events as ``event`` notifications until the client goes away."""
-        filters = call.params.dict_of_str("filters")
-        want_type = filters.get("type")
-        want_ctr = filters.get("container")
-        ctr_id = None
-        if want_ctr:
-            ctr_id = self.containers.get(want_ctr).id
+        """Stream events as ``event`` notifications: the stored ones from ``since`` (ns or RFC
+        3339), then live ones, until ``until`` (then the response ends the stream) or until the
+        client goes away. ``filters``: type, container, image, event (each a value or a list)."""
+        p = call.params
+        since = p.raw.get("since")
+        until = p.raw.get("until")
+        since_ns = None if since is None else parse_time(since, "since")
+        until_ns = None if until is None else parse_time(until, "until")
+        filters = Filters(p.raw.get("filters"), self._container_id)
 
-        def predicate(e: Event) -> bool:
-            if want_type and e.type != want_type:
-                return False
-            return not (ctr_id and e.id != ctr_id)
+        async def send(event: Event) -> None:
+            await call.notify("event", event.to_json())
 
-        sub = self.bus.subscribe(predicate)
-        call.accept()
-        try:
-            async with anyio.create_task_group() as tg:
+        failure: TugError | None = None
+        async with anyio.create_task_group() as tg:
 
-                async def until_closed() -> None:
-                    await call.conn.closed.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(until_closed)
-                async for event in sub.receive:
-                    await call.notify("event", event.to_json())
+            async def until_closed() -> None:
+                await call.conn.closed.wait()
                 tg.cancel_scope.cancel()
-            if sub.overflowed:
-                raise Unavailable("event subscriber too slow: events were dropped; subscribe again")
-            return {}
-        finally:
-            sub.close()
+
+            tg.start_soon(until_closed)
+            try:
+                await self.bus.stream(filters, send, since_ns=since_ns, until_ns=until_ns, ready=call.accept)
+            except TugError as exc:
+                failure = exc  # raised outside the task group, so that it is not wrapped in a group
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the client went away
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return {}
+
+    def _container_id(self, ref: str) -> str | None:
+        try:
+            return self.containers.get(ref).id
+        except TugError:
+            return None

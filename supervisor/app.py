@@ -8,6 +8,7 @@ them again from the state directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import grp
 import logging
@@ -22,10 +23,10 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from tugwire import jsonrpc
+from tugwire import httpserve, jsonrpc
 
-from . import shims
-from .api import Api
+from . import shims, systemd
+from .api import VERSION, Api
 from .config import Config
 from .containers import Containers
 from .events import EventBus
@@ -37,6 +38,10 @@ log = logging.getLogger("tugboat")
 
 class AlreadyRunning(Exception):
     pass
+
+
+class ListenError(Exception):
+    """An address tugd was told to listen on cannot be had."""
 
 
 def _group_id(name: str) -> int | None:
@@ -72,7 +77,13 @@ def lock_root(cfg: Config) -> int:
     return fd
 
 
-async def make_listener(cfg: Config, gid: int | None) -> anyio.abc.SocketListener:
+async def make_listener(
+    cfg: Config, gid: int | None, inherited: socket.socket | None = None
+) -> anyio.abc.SocketListener:
+    """The API listener: the socket systemd passed (``inherited``; its path, mode and owner are
+    the socket unit's business, we leave them alone), else a new one bound at ``cfg.socket``."""
+    if inherited is not None:
+        return await anyio.abc.SocketListener.from_socket(inherited)
     with contextlib.suppress(FileNotFoundError):
         # A stale socket from a tugd that died; the root lock says no other tugd is alive.
         os.unlink(cfg.socket)
@@ -80,6 +91,20 @@ async def make_listener(cfg: Config, gid: int | None) -> anyio.abc.SocketListene
     if gid is not None:
         os.chown(cfg.socket, 0, gid)
     return listener
+
+
+def bind_metrics(cfg: Config) -> socket.socket | None:
+    """The ``--metrics-address`` socket (None when off), bound at once: an address in use stops
+    tugd before it is ready, with a message that says which."""
+    if not cfg.metrics_address:
+        return None
+    try:
+        return httpserve.bind_tcp(*httpserve.parse_address(cfg.metrics_address))
+    except OSError as exc:
+        raise ListenError(
+            f"cannot serve metrics on {cfg.metrics_address}: {exc.strerror or exc} "
+            "(--metrics-address HOST:PORT, or off)"
+        ) from exc
 
 
 def peer_allowed(gid: int | None) -> Callable[[anyio.abc.SocketStream], bool]:
@@ -102,59 +127,93 @@ def peer_allowed(gid: int | None) -> Callable[[anyio.abc.SocketStream], bool]:
     return check
 
 
-def sd_notify(message: str) -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(addr)
-        s.sendall(message.encode())
-
-
-async def _signals(scope: anyio.CancelScope) -> None:
+async def _signals(scope: anyio.CancelScope, notifier: systemd.Notifier) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("got %s: shutting down (containers keep running)", signal.Signals(signum).name)
-            sd_notify("STOPPING=1")
+            notifier.stopping_now()
             scope.cancel()
             return
 
 
+def status_line(store: Store) -> str:
+    """The one line systemd shows as the service's STATUS."""
+    states = store.container_states()
+    images = store.count_images()
+    total = sum(states.values())
+    return f"{states.get('running', 0)} running, {total} containers, {images} images"
+
+
 async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    # First of all, before any child can inherit them: what systemd passed us.
+    notifier = systemd.Notifier.from_environment()
+    inherited = systemd.api_socket(systemd.listen_fds())
+    if inherited is not None:
+        bound = inherited.getsockname()  # a path; bytes or "" for an abstract or unnamed socket
+        if isinstance(bound, str) and bound.startswith("/"):
+            cfg = dataclasses.replace(cfg, socket=bound)
     gid = _group_id(cfg.group) if cfg.group else None
     prepare_dirs(cfg, gid)
     lock_fd = lock_root(cfg)
     store = Store(cfg.db_path)
-    bus = EventBus()
+    bus = EventBus(store)
     images = Images(cfg, store)
     launcher: shims.ShimLauncher
     if cfg.shim_birth == "template":
         launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
     else:
         launcher = shims.ExecLauncher(cfg.shim_timeout)
+    metrics_sock: socket.socket | None = None
     try:
+        metrics_sock = bind_metrics(cfg)
+        metrics = None
+        if metrics_sock is not None:
+            from .metrics import Metrics  # prometheus_client costs ~50 ms to import: only when on
+
+            metrics = Metrics(version=VERSION, runtime=cfg.runtime, backend=cfg.backend)
         async with anyio.create_task_group() as tg:
-            containers = Containers(cfg, store, images, launcher, bus, tg)
+            tg.start_soon(notifier.run_watchdog)  # from the start: recovery may take a while
+            containers = Containers(
+                cfg,
+                store,
+                images,
+                launcher,
+                bus,
+                tg,
+                on_start_latency=metrics.observe_start if metrics else None,
+                on_exit=metrics.observe_exit if metrics else None,
+            )
             await containers.recover()
             api = Api(cfg, containers, images, bus, cfg.shim_birth)
-            listener = await make_listener(cfg, gid)
-            tg.start_soon(_signals, tg.cancel_scope)
+            if metrics is not None and metrics_sock is not None:
+                api.dispatcher.on_call = metrics.observe_call
+                metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
+                tg.start_soon(metrics.serve, metrics_listener, containers)
+                log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
+            listener = await make_listener(cfg, gid, inherited)
+            tg.start_soon(_signals, tg.cancel_scope, notifier)
             tg.start_soon(partial(jsonrpc.serve_listener, accept=peer_allowed(gid)), listener, api.dispatcher)
             log.info(
-                "tugd ready on %s (root %s, state %s, runtime %s)",
+                "tugd ready on %s%s (root %s, state %s, runtime %s)",
                 cfg.socket,
+                " (socket activation)" if inherited is not None else "",
                 cfg.root,
                 cfg.state,
                 cfg.runtime,
             )
-            sd_notify(f"READY=1\nSTATUS=serving {containers.counts()['running']} running containers")
+            # Ready once the socket serves and every shim has been re-attached (recover above).
+            status = status_line(store)
+            notifier.notify(f"READY=1\nSTATUS={status}")
+            tg.start_soon(notifier.run_status, partial(status_line, store), bus.next_change, status)
             task_status.started()
     finally:
+        notifier.stopping_now()
         with anyio.CancelScope(shield=True):
             await launcher.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(cfg.socket)
+        if inherited is None:  # a socket systemd passed stays: it is the socket unit's
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cfg.socket)
+        if metrics_sock is not None:
+            metrics_sock.close()  # closed already if it served; not if the start failed first
         store.close()
         os.close(lock_fd)

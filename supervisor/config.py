@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from tugwire import crilog
+from tugwire import crilog, httpserve
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
@@ -27,6 +27,7 @@ class Config:
     log_max_size: int = crilog.DEFAULT_MAX_SIZE
     log_max_files: int = crilog.DEFAULT_MAX_FILES
     shim_timeout: float = 60.0  # a shim's birth (runc run) and its calls
+    metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
     extra: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> Config:
@@ -41,6 +42,12 @@ class Config:
             raise ConfigError(f"unknown backend {self.backend!r}")
         if self.shim_birth not in ("template", "exec"):
             raise ConfigError(f"unknown shim birth {self.shim_birth!r}")
+        metrics_address = "" if self.metrics_address.strip() in ("", "off") else self.metrics_address.strip()
+        if metrics_address:
+            try:
+                httpserve.parse_address(metrics_address)
+            except httpserve.AddressError as exc:
+                raise ConfigError(f"--metrics-address: {exc}") from None
         longest = os.path.join(state, "shims", "0" * 64, "shim.sock")
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
@@ -59,6 +66,7 @@ class Config:
             log_max_size=self.log_max_size,
             log_max_files=self.log_max_files,
             shim_timeout=self.shim_timeout,
+            metrics_address=metrics_address,
             extra=dict(self.extra),
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from tugwire import crilog, fsutil, jsonrpc, names
+from tugwire import crilog, fsutil, httpserve, jsonrpc, names
 from tugwire.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -157,6 +157,7 @@ class Containers:
         bus: EventBus,
         tg: anyio.abc.TaskGroup,
         on_start_latency: Callable[[float], None] | None = None,
+        on_exit: Callable[[int | None, bool], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -166,6 +167,7 @@ class Containers:
         self.tg = tg
         self._live: dict[str, Live] = {}
         self._on_start_latency = on_start_latency
+        self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
         os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.shims_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.runtime_root, mode=0o700, exist_ok=True)
@@ -303,6 +305,13 @@ class Containers:
         if files is not None and files < 1:
             raise InvalidArgument("log max files must be at least 1", field="log_max_files")
         opts["log_max_files"] = files or self.cfg.log_max_files
+        metrics_address = p.string("metrics_address")
+        if metrics_address:
+            try:
+                httpserve.parse_address(metrics_address)
+            except httpserve.AddressError as exc:
+                raise InvalidArgument(str(exc), field="metrics_address") from None
+        opts["metrics_address"] = metrics_address or None
         return opts
 
     def _generate_name(self) -> str:
@@ -381,6 +390,9 @@ class Containers:
                 "log_max_size": int(rec.config.get("log_max_size") or self.cfg.log_max_size),
                 "log_max_files": int(rec.config.get("log_max_files") or self.cfg.log_max_files),
                 "cgroup_path": spec.cgroup_path(rec.id),
+                "name": rec.name,  # name and image label the container's metrics
+                "image": rec.image,
+                "metrics_address": rec.config.get("metrics_address") or "",
                 "backend": self.cfg.backend,  # shims run on the daemon's anyio backend
                 "requested_at": time.monotonic(),
             }
@@ -452,9 +464,14 @@ class Containers:
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 live.changed()
+                if rec.oom_killed:
+                    # Read from the cgroup's own OOM counter by the shim before the cgroup went.
+                    self._publish("oom", rec)
                 self._publish(
                     "die", rec, exit_code=rec.exit_code, signal=rec.exit_signal, oom_killed=rec.oom_killed
                 )
+                if self._on_exit is not None:
+                    self._on_exit(rec.exit_code, rec.oom_killed)
             await self._release(cid)
         if rec.config.get("auto_remove"):
             self.tg.start_soon(self._auto_remove, cid)
@@ -471,6 +488,8 @@ class Containers:
         self.live(cid).exits += 1
         self._update(rec)
         self._publish("die", rec, exit_code=None, reason=rec.reason)
+        if self._on_exit is not None:
+            self._on_exit(None, False)
 
     async def _release(self, cid: str) -> None:
         """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent."""
@@ -502,22 +521,26 @@ class Containers:
 
     async def kill(self, ref: str, sig: int, *, all_processes: bool = False) -> ContainerRecord:
         rec = self.get(ref)
-        if rec.state not in ACTIVE:
-            raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
-        try:
-            await shims.call(
-                self._paths(rec.id)["socket"],
-                "task.kill",
-                {"signal": sig, "all": all_processes},
-                timeout=self.cfg.shim_timeout,
+        # Under the container's lock, like the exit's handling: the ``kill`` event always comes
+        # before the ``die`` it causes (per-container order of events).
+        async with self.live(rec.id).lock:
+            rec = self._reload(rec.id)
+            if rec.state not in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+            try:
+                await shims.call(
+                    self._paths(rec.id)["socket"],
+                    "task.kill",
+                    {"signal": sig, "all": all_processes},
+                    timeout=self.cfg.shim_timeout,
+                )
+            except FailedPrecondition as exc:
+                raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+            self._publish(
+                "kill",
+                rec,
+                signal=signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig,
             )
-        except FailedPrecondition as exc:
-            raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
-        self._publish(
-            "kill",
-            rec,
-            signal=signals.Signals(sig).name if sig in signals.Signals._value2member_map_ else sig,
-        )
         return rec
 
     async def _wait_not_active(self, cid: str) -> None:
@@ -705,6 +728,10 @@ class Containers:
             }
         )
         return out
+
+    def shim_sockets(self) -> list[str]:
+        """The sockets of the shims of running and paused containers (asked at a metrics scrape)."""
+        return [self._paths(r.id)["socket"] for r in self.store.list_containers() if r.state in ACTIVE]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((CREATED, RUNNING, PAUSED, EXITED, UNKNOWN), 0)

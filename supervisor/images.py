@@ -325,6 +325,17 @@ class Images:
     def gc_unused(self, image_id: str) -> None:
         self._gc_image(image_id)
 
+    def parts(self, rec: ImageRecord) -> tuple[dict[str, str], dict[str, str]]:
+        """What an image holds on disk: ``({blob digest: file}, {chain id: snapshot dir})``;
+        images share the blobs and snapshots of their common layers."""
+        digests = [rec.digest, rec.manifest["config"]["digest"]]
+        digests += [layer["digest"] for layer in rec.manifest.get("layers", [])]
+        chains = chain_ids(rec.config.get("rootfs", {}).get("diff_ids", []))
+        return (
+            {d: self.blobs.path(d) for d in digests},
+            {c: os.path.dirname(self._snapshot_fs(c)) for c in chains},
+        )
+
     def describe(self, rec: ImageRecord, *, full: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": rec.id,

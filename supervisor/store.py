@@ -45,7 +45,25 @@ CREATE TABLE IF NOT EXISTS image_names (
     name TEXT PRIMARY KEY,
     image_id TEXT NOT NULL REFERENCES images(id)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ns INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    action TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    image TEXT NOT NULL,
+    attributes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
 """
+
+# What the events table keeps: every event of the last day, and always at least the last
+# EVENTS_KEEP (so a quiet host still has history), but never more than EVENTS_CAP rows (so a host
+# that churns containers cannot grow the database without bound).
+EVENTS_KEEP = 10_000
+EVENTS_MAX_AGE_NS = 24 * 3600 * 1_000_000_000
+EVENTS_CAP = 200_000  # about 30 MB
 
 
 @dataclass
@@ -78,6 +96,20 @@ class ContainerRecord:
         d["config"] = json.loads(d["config"])
         d["oom_killed"] = bool(d["oom_killed"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One stored event, as :meth:`Store.events_after` returns it."""
+
+    seq: int
+    time_ns: int
+    type: str
+    action: str
+    id: str
+    name: str
+    image: str
+    attributes: dict[str, Any]
 
 
 @dataclass
@@ -223,3 +255,87 @@ class Store:
             out.update(layer["digest"] for layer in m.get("layers", []))
             out.add(m["config"]["digest"])
         return out
+
+    # --------------------------------------------------------------------------------- events
+
+    def append_event(
+        self,
+        time_ns: int,
+        type_: str,
+        action: str,
+        id_: str,
+        name: str,
+        image: str,
+        attributes: dict[str, Any],
+    ) -> int:
+        """Store one event (one INSERT in autocommit: no fsync with WAL and synchronous=NORMAL);
+        returns its sequence number, which orders every event."""
+        cur = self.db.execute(
+            "INSERT INTO events (time_ns, type, action, id, name, image, attributes) VALUES (?,?,?,?,?,?,?)",
+            (time_ns, type_, action, id_, name, image, json.dumps(attributes, separators=(",", ":"))),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events_after(
+        self, seq: int, *, since_ns: int = 0, until_ns: int | None = None, limit: int = 1000
+    ) -> list[EventRow]:
+        """Up to ``limit`` stored events with a sequence number above ``seq`` and a time within
+        [since_ns, until_ns], in sequence order."""
+        sql = "SELECT * FROM events WHERE seq > ? AND time_ns >= ?"
+        args: list[Any] = [seq, since_ns]
+        if until_ns is not None:
+            sql += " AND time_ns <= ?"
+            args.append(until_ns)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [
+            EventRow(
+                seq=r["seq"],
+                time_ns=r["time_ns"],
+                type=r["type"],
+                action=r["action"],
+                id=r["id"],
+                name=r["name"],
+                image=r["image"],
+                attributes=json.loads(r["attributes"]),
+            )
+            for r in self.db.execute(sql, args)
+        ]
+
+    def first_event_seq_since(self, since_ns: int) -> int | None:
+        """The sequence number of the first stored event at or after ``since_ns`` (by the time
+        index, so that a replay from a recent time does not walk the whole table)."""
+        row = self.db.execute("SELECT min(seq) FROM events WHERE time_ns >= ?", (since_ns,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def last_event_seq(self) -> int:
+        row = self.db.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def prune_events(
+        self,
+        now_ns: int,
+        *,
+        keep: int = EVENTS_KEEP,
+        max_age_ns: int = EVENTS_MAX_AGE_NS,
+        cap: int = EVENTS_CAP,
+    ) -> int:
+        """Delete the events that are neither among the last ``keep`` nor younger than
+        ``max_age_ns``, and any beyond the last ``cap``; returns how many went."""
+        last = self.last_event_seq()
+        cur = self.db.execute(
+            "DELETE FROM events WHERE (seq <= ? AND time_ns < ?) OR seq <= ?",
+            (last - keep, now_ns - max_age_ns, last - cap),
+        )
+        return cur.rowcount
+
+    def count_events(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def count_images(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def container_states(self) -> dict[str, int]:
+        """How many containers are in each state (cheap: no configs are read)."""
+        rows = self.db.execute("SELECT state, count(*) FROM containers GROUP BY state")
+        return {r[0]: int(r[1]) for r in rows}

@@ -56,6 +56,13 @@ def _pids_mentioning(text: str) -> list[int]:
     return found
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _mounts_under(path: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(path)]
@@ -73,6 +80,11 @@ class Daemon:
         self.socket = os.path.join(self.state, "tugd.sock")
         self.backend = backend
         self.extra = extra or []
+        # Metrics on for every test tugd, each on a port of its own (never the default 9323).
+        self.metrics_port = 0
+        if "--metrics-address" not in self.extra:
+            self.metrics_port = free_port()
+            self.extra = [*self.extra, "--metrics-address", f"127.0.0.1:{self.metrics_port}"]
         self.runtime = runtime
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(base, "tugd.log")
@@ -248,3 +260,134 @@ def daemon(make_daemon: Any) -> Daemon:
 def ps_json(d: Daemon) -> list[dict[str, Any]]:
     out = d.tug("ps", "-a", "--format", "json").stdout.decode()
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------- metrics: Prometheus
+
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="needs the prometheus package (prometheus, promtool)",
+)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; an HTTP error status is returned, not raised."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
+
+
+class Prometheus:
+    """A real Prometheus server on a free loopback port, scraping ``targets`` every second, with
+    its data in a temporary directory. Killed by its pid at the end."""
+
+    def __init__(self, base: str, targets: list[str]) -> None:
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "tugd", "static_configs": [{"targets": targets}]}],
+        }
+        self.config_path = os.path.join(base, "prometheus.yml")
+        with open(self.config_path, "w") as f:
+            json.dump(config, f)  # JSON is YAML
+        self.log_path = os.path.join(base, "prometheus.log")
+
+    def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={os.path.join(self.base, 'data')}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while True:  # Prometheus has no readiness notification of its own: poll /-/ready
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited {self.proc.returncode}:\n{self.read_log()}")
+            with contextlib.suppress(OSError):
+                if http_get(self.url + "/-/ready", timeout=1)[0] == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus not ready in {timeout:g}s:\n{self.read_log()}")
+            time.sleep(0.1)
+
+    def read_log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-4000:]
+
+    def api(self, path: str, **params: str) -> Any:
+        """A call to the HTTP API; returns the whole JSON answer (``status`` included)."""
+        import urllib.parse
+
+        _status, body = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        return json.loads(body)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query that must succeed; its result vector."""
+        answer = self.api("query", query=expr)
+        assert answer["status"] == "success", (expr, answer)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The one value of a query that returns at most one series (None: no series)."""
+        result = self.query(expr)
+        assert len(result) <= 1, (expr, result)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, expr: str, check: Any, timeout: float = 30.0) -> float:
+        """Poll ``expr`` until ``check(value)`` holds; scrapes come every second, so this is a
+        bounded wait for the next scrapes, not a sleep for synchronisation."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.value(expr)
+            if value is not None and check(value):
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expr} = {value} after {timeout:g}s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def make_prometheus() -> Iterator[Any]:
+    """A factory of started Prometheus servers scraping the given ``host:port`` targets."""
+    servers: list[Prometheus] = []
+    bases: list[str] = []
+
+    def factory(targets: list[str]) -> Prometheus:
+        base = tempfile.mkdtemp(prefix="prom", dir="/tmp")
+        bases.append(base)
+        prom = Prometheus(base, targets)
+        servers.append(prom)
+        prom.start()
+        return prom
+
+    yield factory
+    for prom in servers:
+        prom.stop()
+    for base in bases:
+        shutil.rmtree(base, ignore_errors=True)

@@ -324,10 +324,10 @@ def parse_duration(text: str) -> int:
     return sign * round(total)
 
 
-def parse_since(value: str, now_ns: int | None = None) -> str:
-    """The ``since`` of ``container.logs``: a fixed-width UTC ``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ``
-    from an RFC 3339 time, a duration before now (``10s``, ``5m``, ``2h``) or a unix timestamp
-    (``1700000000[.123]``). Raises ValueError."""
+def parse_time_ns(value: str, now_ns: int | None = None, option: str = "--since") -> int:
+    """Nanoseconds since the epoch of a time given on the command line: an RFC 3339 time, a
+    duration before now (``10s``, ``5m``, ``2h``) or a unix timestamp (``1700000000[.123]``).
+    Raises ValueError."""
     value = value.strip()
     if now_ns is None:
         now_ns = time.time_ns()
@@ -340,10 +340,17 @@ def parse_since(value: str, now_ns: int | None = None) -> str:
             ns = parse_rfc3339(value)
         except ValueError:
             raise ValueError(
-                f"invalid --since {value!r}: want an RFC 3339 time (2026-01-02T03:04:05Z), "
+                f"invalid {option} {value!r}: want an RFC 3339 time (2026-01-02T03:04:05Z), "
                 "a duration (10s, 5m, 2h) or a unix timestamp"
             ) from None
-    return timestamp(max(ns, 0)).decode()
+    return max(ns, 0)
+
+
+def parse_since(value: str, now_ns: int | None = None) -> str:
+    """The ``since`` of ``container.logs``: a fixed-width UTC ``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ``
+    from an RFC 3339 time, a duration before now (``10s``, ``5m``, ``2h``) or a unix timestamp
+    (``1700000000[.123]``). Raises ValueError."""
+    return timestamp(parse_time_ns(value, now_ns)).decode()
 
 
 def time_ns_of(value: Any) -> int | None:
@@ -914,14 +921,35 @@ def _since_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _cmd_events(args: argparse.Namespace, client: Client) -> int:
-    filters: dict[str, str] = {}
-    for f in args.filter:
+def _time_arg(option: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return parse_time_ns(text, option=option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def event_filters(items: Sequence[str]) -> dict[str, list[str]]:
+    """``--filter key=value`` options as ``events.subscribe`` wants them: values of one key are
+    alternatives (``{"container": ["a", "b"]}``). Raises InvalidArgument."""
+    filters: dict[str, list[str]] = {}
+    for f in items:
         key, sep, value = f.partition("=")
-        if not sep or not key:
+        if not sep or not key or not value:
             raise errors.InvalidArgument(f"invalid filter {f!r}: want key=value")
-        filters[key] = value
-    req_id = client.send("events.subscribe", {"filters": filters})
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def _cmd_events(args: argparse.Namespace, client: Client) -> int:
+    subscribe: dict[str, Any] = {"filters": event_filters(args.filter)}
+    if args.since is not None:
+        subscribe["since"] = args.since
+    if args.until is not None:
+        subscribe["until"] = args.until
+    req_id = client.send("events.subscribe", subscribe)
     try:
         while True:
             msg = client.next_message()
@@ -968,6 +996,117 @@ def _cmd_info(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
     else:
         _print_tree(info, "")
+    return 0
+
+
+def _reclaimable(part: dict[str, Any]) -> str:
+    size, reclaimable = int(part.get("size") or 0), int(part.get("reclaimable") or 0)
+    percent = f" ({reclaimable * 100 // size}%)" if size else ""
+    return human_size(reclaimable) + percent
+
+
+def _cmd_df(args: argparse.Namespace, client: Client) -> int:
+    usage = client.call("system.df")
+    if args.format == "json":
+        print(json.dumps(usage, indent=2, ensure_ascii=False))
+        return 0
+    rows = []
+    for title, key in (("Images", "images"), ("Containers", "containers"), ("Logs", "logs")):
+        part = usage.get(key) or {}
+        rows.append(
+            [
+                title,
+                str(part.get("count", 0)),
+                str(part.get("active", 0)),
+                human_size(int(part.get("size") or 0)),
+                _reclaimable(part),
+            ]
+        )
+    print(_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows))
+    if args.verbose:
+        print("\nImages space usage:\n")
+        print(
+            _table(
+                ["REPOSITORY:TAG", "IMAGE ID", "SIZE", "SHARED SIZE", "CONTAINERS"],
+                [
+                    [
+                        ", ".join(img.get("repo_tags") or []) or "<none>",
+                        _short_id(img.get("id")),
+                        human_size(int(img.get("size") or 0)),
+                        human_size(int(img.get("shared_size") or 0)),
+                        str(img.get("containers", 0)),
+                    ]
+                    for img in usage["images"].get("items", [])
+                ],
+            )
+        )
+        print("\nContainers space usage:\n")
+        print(
+            _table(
+                ["CONTAINER ID", "IMAGE", "STATE", "SIZE", "LOGS", "NAMES"],
+                [
+                    [
+                        _short_id(c.get("id")),
+                        str(c.get("image", "")),
+                        str(c.get("state", "")),
+                        human_size(int(c.get("size") or 0)),
+                        human_size(int(c.get("log_size") or 0)),
+                        str(c.get("name", "")),
+                    ]
+                    for c in usage["containers"].get("items", [])
+                ],
+            )
+        )
+    return 0
+
+
+def _confirm(question: str) -> bool | None:
+    """Ask on the terminal; None when there is no terminal to ask on."""
+    if not sys.stdin.isatty():
+        return None
+    print(question, end=" ", flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _cmd_prune(args: argparse.Namespace, client: Client) -> int:
+    if not args.force:
+        images = (
+            "all images without at least one container associated to them"
+            if args.all
+            else ("all dangling images (images without a name)")
+        )
+        warning = (
+            "WARNING! This will remove:\n  - all stopped containers\n  - "
+            f"{images}\nAre you sure you want to continue? [y/N]"
+        )
+        answer = _confirm(warning)
+        if answer is None:
+            _print_error("refusing to prune without confirmation: stdin is not a terminal (use -f)")
+            return 1
+        if not answer:
+            return 0
+    result = client.call("system.prune", {"all": args.all})
+    if args.format == "json":
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    if result.get("containers_deleted"):
+        print("Deleted Containers:")
+        for cid in result["containers_deleted"]:
+            print(cid)
+        print()
+    if result.get("images_untagged") or result.get("images_deleted"):
+        print("Deleted Images:")
+        for name in result.get("images_untagged") or []:
+            print(f"untagged: {name}")
+        for image_id in result.get("images_deleted") or []:
+            print(f"deleted: {image_id}")
+        print()
+    print(f"Total reclaimed space: {human_size(int(result.get('space_reclaimed') or 0))}")
     return 0
 
 
@@ -1290,14 +1429,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_inspect_args(image_sub.add_parser("inspect", help="show an image as JSON"), "image")
     _add_import_args(image_sub.add_parser("import", help="import a rootfs tarball"))
 
-    p = add("events", "stream events")
+    p = add("events", "stream events (past ones with --since/--until, then live ones)")
     p.add_argument(
         "-f",
         "--filter",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="container=NAME|ID or type=container|image",
+        help="type=container|image|network, container=NAME|ID, image=REF, event=ACTION (repeatable)",
+    )
+    time_help = "RFC 3339 time, duration before now (10m) or unix timestamp"
+    p.add_argument("--since", type=_time_arg("--since"), metavar="TIME", help=f"from this time: {time_help}")
+    p.add_argument(
+        "--until", type=_time_arg("--until"), metavar="TIME", help=f"stop at this time: {time_help}"
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_events)
@@ -1308,6 +1452,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         dest="system_command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     _add_info_args(system_sub.add_parser("info", help="show system information"))
+    p = system_sub.add_parser("df", help="show disk usage")
+    p.add_argument("-v", "--verbose", action="store_true", help="each image and container")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_df)
+    p = system_sub.add_parser("prune", help="remove stopped containers and unused images")
+    p.add_argument("-a", "--all", action="store_true", help="every unused image, not only unnamed ones")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=_cmd_prune)
     return parser
 
 
