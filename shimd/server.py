@@ -37,7 +37,10 @@ log = logging.getLogger("tugboat.shim")
 
 PR_SET_CHILD_SUBREAPER = 36
 DRAIN_GRACE = 10.0  # after PID 1 exits, how long the pipes may stay open (a leaked fd elsewhere)
-SHUTDOWN_GRACE = 5.0  # after delete, how long connections (log followers) may take to finish
+# After delete, how long connections may take to finish. Log followers read the file at their
+# client's pace: cutting them off early would lose the end of `tug run`'s output (a 5 s grace did,
+# for 200 MB through a terminal), so the shim outlives its container while someone still reads.
+SHUTDOWN_GRACE = 3600.0
 
 SOCKET = "shim.sock"
 PID_FILE = "shim.pid"

@@ -689,9 +689,10 @@ class Containers:
                     sent = True
                 result = await stream.result()
                 return result if isinstance(result, dict) else {"dropped_bytes": 0}
-        except Unavailable:
+        except Unavailable as exc:
             if sent:
-                return {"dropped_bytes": 0}
+                # Never end a broken stream as if it were complete: the client must know.
+                raise Unavailable(f"the log stream from the shim broke off: {exc.message}") from exc
             return None
 
     # ------------------------------------------------------------------------- list, inspect

@@ -260,7 +260,7 @@ class ActivatedDaemon(Daemon):
         for key, value in self.extra_env.items():
             setenv += ["-E", f"{key}={value}"]
         argv = [SOCKET_ACTIVATE, "-l", self.socket, "--fdname=tugd.sock", *setenv]
-        argv += [TUGD, "--root", self.root, "--state", self.state]
+        argv += [TUGD, "--root", self.root, "--state", self.state, *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         # systemd-socket-activate binds, then execs tugd on the first connection: make it. (The
