@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/crilog_format.py [--line-bytes 61] [--chunk-kib 10
 Times, per chunk (a chunk is what one ``os.read`` of the container's pipe returns, up to 1 MiB):
 the whole ``format_chunk``, its long-line check (``crilog._may_have_long_line``) alone, beside
 the regex it replaced, the one ``bytes.replace`` that formats every line when none is too long,
-and ``os.write`` of the result to a file. The inverse of the total is the most the shim can format, whatever the rest costs.
+and ``os.write`` of the result to a file. The inverse of the total is the most the shim can
+format, whatever the rest costs.
 """
 
 from __future__ import annotations
