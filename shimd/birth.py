@@ -127,15 +127,7 @@ def template_main(sock_path: str, parent_pid: int, backend: str = "asyncio") -> 
     set_pdeathsig()
     if os.getppid() != parent_pid:
         return 0  # the parent died before we could ask to die with it
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock_path)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        srv.bind(sock_path)
-    finally:
-        os.umask(old)
-    srv.listen(64)
+    srv = server.bind_unix(sock_path)
     gc.collect()
     gc.freeze()  # every object so far lives in the permanent generation: no CoW from GC passes
     sys.stdout.write("ready\n")

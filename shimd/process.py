@@ -15,13 +15,18 @@ from tugwire.errors import FailedPrecondition
 class State(enum.Enum):
     CREATING = "creating"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPED = "stopped"
     DELETED = "deleted"
 
 
 _ALLOWED = {
-    "kill": {State.RUNNING},
-    "delete": {State.STOPPED, State.RUNNING},  # delete of a running task only with force
+    "kill": {State.RUNNING, State.PAUSED},  # a paused task takes SIGKILL (then it is thawed)
+    "delete": {State.STOPPED, State.RUNNING, State.PAUSED},  # a live task only with force
+    "pause": {State.RUNNING},
+    "resume": {State.PAUSED},
+    "update": {State.RUNNING, State.PAUSED},
+    "top": {State.RUNNING, State.PAUSED},
 }
 
 

@@ -161,6 +161,36 @@ class Runc:
     async def kill(self, cid: str, signal: int, *, all_processes: bool = False) -> None:
         await self._run("kill", [*(["--all"] if all_processes else []), cid, str(signal)])
 
+    async def pause(self, cid: str) -> None:
+        """``runc pause``: freeze every process of the container (the cgroup freezer)."""
+        await self._run("pause", [cid])
+
+    async def resume(self, cid: str) -> None:
+        """``runc resume``: thaw a paused container."""
+        await self._run("resume", [cid])
+
+    async def update(
+        self,
+        cid: str,
+        *,
+        memory: int | None = None,
+        cpu_quota: int | None = None,
+        cpu_period: int | None = None,
+        pids_limit: int | None = None,
+    ) -> None:
+        """``runc update``: change the resource limits of a running container."""
+        args: list[str] = []
+        if memory is not None:
+            # the swap limit follows memory (as docker does without --memory-swap): -1 is no limit
+            args += ["--memory", str(memory), "--memory-swap", "-1"]
+        if cpu_quota is not None:
+            args += ["--cpu-quota", str(cpu_quota)]
+        if cpu_period is not None:
+            args += ["--cpu-period", str(cpu_period)]
+        if pids_limit is not None:
+            args += ["--pids-limit", str(pids_limit)]
+        await self._run("update", [*args, cid])
+
     async def delete(self, cid: str, *, force: bool = False) -> None:
         await self._run("delete", [*(["--force"] if force else []), cid])
 

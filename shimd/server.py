@@ -27,8 +27,8 @@ import anyio.lowlevel
 from tugwire import crilog, fsutil, httpserve, jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
 
+from . import control, stats
 from . import io as shimio
-from . import stats
 from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
 from .reaper import Reaper, exit_code
 from .runc import Runc, classify
@@ -197,10 +197,10 @@ class Task:
         os.kill(self.pid, sig)
 
     async def delete(self, *, force: bool) -> ExitRecord | None:
-        if self.state is State.RUNNING and not self.exited.is_set():
+        if self.state in (State.RUNNING, State.PAUSED) and not self.exited.is_set():
             if not force:
-                raise FailedPrecondition("cannot delete: task is running", state="running")
-            self.kill(signal.SIGKILL)
+                raise FailedPrecondition(f"cannot delete: task is {self.state.value}", state=self.state.value)
+            await control.kill(self, signal.SIGKILL)  # thaws a paused task, so that it dies
             await self.exited.wait()
         await self.runtime_deleted.wait()
         if self.delete_error is not None:
@@ -224,7 +224,7 @@ class Task:
         """The container's figures in the Prometheus text format (see :mod:`shimd.stats`). The
         cgroup and the network namespace are read only while PID 1 is ours and not reaped: after
         that the cgroup is going and the pid may be anybody's."""
-        live = self.state is State.RUNNING and not self.reaped and self.pid > 0
+        live = self.state in (State.RUNNING, State.PAUSED) and not self.reaped and self.pid > 0
         cgroup = stats.read_cgroup(self.cfg.cgroup_path) if live and self.cfg.cgroup_path else None
         net = stats.read_net(self.pid) if live else []
         sink = self.sink
@@ -247,6 +247,41 @@ class Service:
         d.add("task.delete", self.delete)
         d.add("task.logs", self.logs, accept_late=True)
         d.add("task.metrics", self.metrics)
+        d.add("task.pause", self.pause)
+        d.add("task.resume", self.resume)
+        d.add("task.update", self.update)
+        d.add("task.top", self.top)
+        d.add("task.stats", self.stats)
+
+    async def pause(self, call: jsonrpc.Call) -> Any:
+        """Freeze the container (``runc pause``); only a running task."""
+        await control.pause(self.task)
+        return {}
+
+    async def resume(self, call: jsonrpc.Call) -> Any:
+        """Thaw a paused container (``runc resume``)."""
+        await control.resume(self.task)
+        return {}
+
+    async def update(self, call: jsonrpc.Call) -> Any:
+        """``runc update``: ``memory`` (bytes), ``cpu_quota``/``cpu_period`` (µs), ``pids_limit``."""
+        p = call.params
+        await control.update(
+            self.task,
+            memory=p.integer("memory"),
+            cpu_quota=p.integer("cpu_quota"),
+            cpu_period=p.integer("cpu_period"),
+            pids_limit=p.integer("pids_limit"),
+        )
+        return {}
+
+    async def top(self, call: jsonrpc.Call) -> Any:
+        """The container's processes: ``{titles, processes}`` as ``ps -ef`` (host pids)."""
+        return control.top(self.task)
+
+    async def stats(self, call: jsonrpc.Call) -> Any:
+        """The container's cgroup figures as JSON (CPU seconds, memory, pids, read time)."""
+        return control.task_stats(self.task)
 
     async def state(self, call: jsonrpc.Call) -> Any:
         """The task's state, pid and exit record (if it has exited)."""
@@ -275,7 +310,7 @@ class Service:
             check(self.task.state, "kill")
             await self.task.runc.kill(self.task.cfg.id, sig, all_processes=True)
         else:
-            self.task.kill(sig)
+            await control.kill(self.task, sig)
         return {}
 
     async def delete(self, call: jsonrpc.Call) -> Any:

@@ -17,6 +17,7 @@ from .containers import Containers, parse_signal
 from .events import Event, EventBus, Filters, image_removal_events, parse_time
 from .images import Images
 from .system import System
+from .verbs import Verbs
 
 VERSION = "0.1.0"
 
@@ -48,6 +49,7 @@ class Api:
         self.shim_birth = shim_birth
         self._runtime_version = runtime_version(cfg.runtime)
         self.system = System(cfg, containers.store, containers, images, bus)
+        self.verbs = Verbs(containers)
         self.dispatcher = d = jsonrpc.Dispatcher()
         d.add("system.info", self.system_info)
         d.add("system.df", self.system_df)
@@ -60,6 +62,15 @@ class Api:
         d.add("container.stop", self.container_stop)
         d.add("container.delete", self.container_delete)
         d.add("container.wait", self.containers.wait, accept_late=True)
+        d.add("container.pause", self.container_pause)
+        d.add("container.unpause", self.container_unpause)
+        d.add("container.top", self.container_top)
+        d.add("container.stats", self.container_stats)
+        d.add("container.update", self.container_update)
+        d.add("container.rename", self.container_rename)
+        d.add("container.restart", self.container_restart)
+        d.add("container.copy_from", self.container_copy_from)
+        d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.containers.logs, accept_late=True)
         d.add("image.import", self.image_import)
         d.add("image.list", self.image_list)
@@ -138,6 +149,83 @@ class Api:
             call.params.string("id", required=True), force=call.params.boolean("force")
         )
         return {"id": rec.id}
+
+    async def container_pause(self, call: jsonrpc.Call) -> Any:
+        """Freeze every process of a running container (``runc pause``)."""
+        rec = await self.containers.set_paused(call.params.string("id", required=True), True)
+        return {"id": rec.id, "state": rec.state}
+
+    async def container_unpause(self, call: jsonrpc.Call) -> Any:
+        """Thaw a paused container (``runc resume``)."""
+        rec = await self.containers.set_paused(call.params.string("id", required=True), False)
+        return {"id": rec.id, "state": rec.state}
+
+    async def container_top(self, call: jsonrpc.Call) -> Any:
+        """The processes of a running container: ``{titles, processes}`` (host pids)."""
+        return await self.verbs.top(call.params.string("id", required=True))
+
+    async def container_stats(self, call: jsonrpc.Call) -> Any:
+        """One sample of each container's cgroup figures (``id``: one container; else the running
+        ones, ``all``: every one)."""
+        ref = call.params.string("id")
+        if ref:
+            return [await self.verbs.stats(ref)]
+        everything = call.params.boolean("all")
+        recs = [
+            r
+            for r in self.containers.store.list_containers()
+            if everything or r.state in ("running", "paused")
+        ]
+        results: list[Any] = [None] * len(recs)
+
+        async def one(i: int, cid: str) -> None:
+            try:
+                results[i] = await self.verbs.stats(cid)
+            except TugError:
+                results[i] = None  # removed meanwhile
+
+        async with anyio.create_task_group() as tg:
+            for i, r in enumerate(recs):
+                tg.start_soon(one, i, r.id)
+        return [r for r in results if r is not None]
+
+    async def container_update(self, call: jsonrpc.Call) -> Any:
+        """New limits (``memory``, ``cpus``, ``pids_limit``) for a container, running or not."""
+        rec = await self.verbs.update(call.params)
+        return {"id": rec.id}
+
+    async def container_rename(self, call: jsonrpc.Call) -> Any:
+        """Rename a container (``id``, ``name``)."""
+        rec = await self.verbs.rename(
+            call.params.string("id", required=True), call.params.string("name", required=True)
+        )
+        return {"id": rec.id, "name": rec.name}
+
+    async def container_restart(self, call: jsonrpc.Call) -> Any:
+        """Stop (stop signal, SIGKILL after ``timeout``) then start a container."""
+        timeout = call.params.integer("timeout")
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout must not be negative", field="timeout")
+        rec = await self.verbs.restart(call.params.string("id", required=True), timeout)
+        return {"id": rec.id, "pid": rec.pid}
+
+    async def container_copy_from(self, call: jsonrpc.Call) -> Any:
+        """Copy ``path`` of a container to ``host_path`` (absolute, on tugd's host)."""
+        p = call.params
+        return await self.verbs.copy_from(
+            p.string("id", required=True),
+            p.string("path", required=True),
+            p.string("host_path", required=True),
+        )
+
+    async def container_copy_to(self, call: jsonrpc.Call) -> Any:
+        """Copy ``host_path`` (absolute, on tugd's host) to ``path`` in a container."""
+        p = call.params
+        return await self.verbs.copy_to(
+            p.string("id", required=True),
+            p.string("host_path", required=True),
+            p.string("path", required=True),
+        )
 
     async def image_import(self, call: jsonrpc.Call) -> Any:
         """Import a rootfs tarball as a one-layer OCI image."""

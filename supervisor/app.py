@@ -182,6 +182,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
                 tg,
                 on_start_latency=metrics.observe_start if metrics else None,
                 on_exit=metrics.observe_exit if metrics else None,
+                on_restart=metrics.restarts.inc if metrics else None,
             )
             await containers.recover()
             api = Api(cfg, containers, images, bus, cfg.shim_birth)

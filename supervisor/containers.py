@@ -34,7 +34,7 @@ from tugwire.errors import (
     Unavailable,
 )
 
-from . import mounts, shims, spec
+from . import mounts, policy, shims, spec
 from .config import Config
 from .events import Event, EventBus
 from .images import Images, now_rfc3339
@@ -127,7 +127,15 @@ class Live:
     holds: int = 0
     exits: int = 0  # exits seen by this tugd, for wait(condition=next-exit)
     last_result: dict[str, Any] = field(default_factory=dict)
+    restart: anyio.CancelScope | None = None  # a pending restart of the restart policy
+    restart_delay: float = 0.0  # the last backoff delay of the restart policy
     _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def cancel_restart(self) -> None:
+        """Cancel a pending restart of the restart policy, if any."""
+        if self.restart is not None:
+            self.restart.cancel()
+            self.restart = None
 
     def changed(self) -> None:
         self._changed.set()
@@ -158,6 +166,7 @@ class Containers:
         tg: anyio.abc.TaskGroup,
         on_start_latency: Callable[[float], None] | None = None,
         on_exit: Callable[[int | None, bool], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -168,6 +177,7 @@ class Containers:
         self._live: dict[str, Live] = {}
         self._on_start_latency = on_start_latency
         self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
+        self._on_restart = on_restart  # a restart by the restart policy: for the metrics
         os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.shims_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.runtime_root, mode=0o700, exist_ok=True)
@@ -292,7 +302,13 @@ class Containers:
         opts["auto_remove"] = p.boolean("auto_remove")
         stop_signal = p.string("stop_signal")
         parse_signal(stop_signal, int(signals.SIGTERM))
-        opts["stop_signal"] = stop_signal or "SIGTERM"
+        opts["stop_signal"] = stop_signal  # None: the image's StopSignal, else SIGTERM (see create)
+        opts["restart"] = str(policy.parse(p.string("restart")))
+        opts["init"] = p.boolean("init")
+        if opts["init"] and not os.path.exists(spec.INIT_BINARY):
+            raise InvalidArgument(
+                f"--init needs {spec.INIT_BINARY} on the host (Debian package tini)", field="init"
+            )
         stop_timeout = p.integer("stop_timeout")
         if stop_timeout is not None and stop_timeout < 0:
             raise InvalidArgument("stop timeout must not be negative", field="stop_timeout")
@@ -325,6 +341,9 @@ class Containers:
         """Validate, resolve the image, write the bundle, then record the container."""
         opts = self._parse_create(p)
         image = self.images.resolve(opts["image"])
+        if not opts["stop_signal"]:
+            opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
+            parse_signal(opts["stop_signal"], int(signals.SIGTERM))
         name = opts["name"] or self._generate_name()
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
@@ -359,14 +378,22 @@ class Containers:
 
     # -------------------------------------------------------------------------------- start
 
-    async def start(self, ref: str) -> ContainerRecord:
+    async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:
+        """Start a created or exited container. A start the user asks for (not ``by_policy``)
+        cancels a pending restart and resets the restart count."""
         rec = self.get(ref)
         live = self.live(rec.id)
+        if not by_policy:
+            live.cancel_restart()
         async with live.lock:
             rec = self._reload(rec.id)
             if rec.state in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
-            if rec.state == UNKNOWN:
+            if not by_policy:
+                live.restart_delay = 0.0
+                rec.config["restart_count"] = 0
+                rec.config["stopped_by_user"] = False
+            if rec.state == UNKNOWN and not by_policy:
                 raise FailedPrecondition(
                     f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
                 )
@@ -473,8 +500,62 @@ class Containers:
                 if self._on_exit is not None:
                     self._on_exit(rec.exit_code, rec.oom_killed)
             await self._release(cid)
+            if newly:
+                self._apply_policy(rec)
         if rec.config.get("auto_remove"):
             self.tg.start_soon(self._auto_remove, cid)
+
+    def _apply_policy(self, rec: ContainerRecord) -> None:
+        """After an exit: schedule the restart its policy asks for (cancelled by stop, rm, start)."""
+        live = self.live(rec.id)
+        ran_for = 0.0
+        started, finished = _epoch(rec.started_at), _epoch(rec.finished_at)
+        if started is not None and finished is not None:
+            ran_for = max(finished - started, 0.0)
+        decision = policy.decide(
+            policy.parse(rec.config.get("restart")),
+            exit_code=rec.exit_code if rec.state == EXITED else None,
+            stopped_by_user=bool(rec.config.get("stopped_by_user")),
+            restart_count=int(rec.config.get("restart_count") or 0),
+            previous_delay=live.restart_delay,
+            ran_for=ran_for,
+        )
+        if not decision.restart or rec.config.get("auto_remove"):
+            return
+        live.restart_delay = decision.delay
+        self._schedule_restart(rec.id, decision.delay)
+
+    def _schedule_restart(self, cid: str, delay: float) -> None:
+        live = self.live(cid)
+        live.cancel_restart()
+        scope = live.restart = anyio.CancelScope()
+        self.tg.start_soon(self._restart_later, cid, delay, scope)
+
+    async def _restart_later(self, cid: str, delay: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            live = self.live(cid)
+            async with live.lock:
+                rec = self.store.get_container(cid)
+                if rec is None or rec.state in ACTIVE or rec.config.get("stopped_by_user"):
+                    return
+                rec.config["restart_count"] = int(rec.config.get("restart_count") or 0) + 1
+                self._update(rec)
+            if live.restart is scope:
+                live.restart = None
+            self._publish("restart", rec, restart_count=rec.config["restart_count"])
+            if self._on_restart is not None:
+                self._on_restart()
+            try:
+                await self.start(cid, by_policy=True)
+            except TugError as exc:
+                log.warning("restart of %s failed: %s", cid[:12], exc)
+                # A start that fails is an exit too: the policy decides again, with its backoff.
+                rec = self.store.get_container(cid)
+                if rec is not None and rec.state not in ACTIVE:
+                    rec.reason = f"restart failed: {exc.message}"
+                    self._update(rec)
+                    self._apply_policy(rec)
 
     async def _shim_lost(self, cid: str) -> None:
         rec = self.store.get_container(cid)
@@ -555,8 +636,14 @@ class Containers:
         """The stop signal, then SIGKILL after ``timeout`` seconds; returns once the exit is
         recorded. Stopping a container that is not running changes nothing."""
         rec = self.get(ref)
+        await self._stopped_by_user(rec.id)
+        rec = self._reload(rec.id)
         if rec.state not in ACTIVE:
             return rec
+        if rec.state == PAUSED:
+            # A frozen process acts on no signal: thaw it first, so that it can stop cleanly.
+            with contextlib.suppress(FailedPrecondition):
+                await self.set_paused(rec.id, False)
         grace = rec.config.get("stop_timeout", 10) if timeout is None else timeout
         sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
         with contextlib.suppress(FailedPrecondition):
@@ -575,8 +662,51 @@ class Containers:
         self._publish("stop", rec)
         return self._reload(rec.id)
 
+    async def _stopped_by_user(self, cid: str) -> None:
+        """Record that the user stopped the container (its restart policy leaves it alone) and
+        cancel a pending restart."""
+        live = self.live(cid)
+        live.cancel_restart()
+        async with live.lock:
+            rec = self._reload(cid)
+            if not rec.config.get("stopped_by_user"):
+                rec.config["stopped_by_user"] = True
+                self._update(rec)
+
+    async def set_paused(self, ref: str, paused: bool) -> ContainerRecord:
+        """Pause (freeze, ``runc pause``) or unpause a container; events ``pause``/``unpause``.
+        FailedPrecondition, changing nothing, unless it is running (pause) or paused (unpause)."""
+        rec = self.get(ref)
+        verb = "pause" if paused else "unpause"
+        async with self.live(rec.id).lock:
+            rec = self._reload(rec.id)
+            want = RUNNING if paused else PAUSED
+            if rec.state != want:
+                if rec.state == PAUSED:
+                    raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.state)
+                if rec.state == RUNNING:
+                    raise FailedPrecondition(f"container {rec.name} is not paused", state=rec.state)
+                raise FailedPrecondition(
+                    f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+                )
+            try:
+                await shims.call(
+                    self._paths(rec.id)["socket"],
+                    "task.pause" if paused else "task.resume",
+                    timeout=self.cfg.shim_timeout,
+                )
+            except FailedPrecondition as exc:
+                raise FailedPrecondition(
+                    f"cannot {verb} container {rec.name}: {exc.message}", state=rec.state
+                ) from exc
+            rec.state = PAUSED if paused else RUNNING
+            self._update(rec)
+            self._publish(verb, rec)
+        return rec
+
     async def delete(self, ref: str, *, force: bool) -> ContainerRecord:
         rec = self.get(ref)
+        self.live(rec.id).cancel_restart()
         if rec.state in ACTIVE:
             if not force:
                 raise FailedPrecondition(
@@ -726,6 +856,9 @@ class Containers:
                 "bundle": paths["dir"],
                 "rootfs": paths["rootfs"],
                 "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
+                "restart_policy": rec.config.get("restart") or "no",
+                "restart_count": int(rec.config.get("restart_count") or 0),
+                "restarting": self.live(rec.id).restart is not None,
             }
         )
         return out
@@ -781,9 +914,11 @@ class Containers:
                 if state.get("exit"):
                     await self._handle_exit(rec.id, state["exit"])
                     return
-                if rec.state != RUNNING:
-                    # tugd died between the shim's start and the store's update: adopt it.
-                    rec.state = RUNNING
+                shim_state = PAUSED if state.get("status") == "paused" else RUNNING
+                if rec.state != shim_state:
+                    # tugd died between the shim's start and the store's update (adopt it), or
+                    # between a pause or unpause and its record: the shim knows.
+                    rec.state = shim_state
                     rec.pid = int(state.get("pid", 0))
                     rec.shim_pid = int(state.get("shim_pid", 0))
                     rec.started_at = rec.started_at or now_rfc3339()
@@ -796,13 +931,28 @@ class Containers:
                 self._update(rec)
                 with contextlib.suppress(OSError):
                     mounts.unmount(paths["rootfs"])
+                self._restart_on_boot(rec)
             else:
                 with contextlib.suppress(OSError):
                     mounts.unmount(paths["rootfs"])
                 if rec.state == EXITED and rec.config.get("auto_remove"):
                     self.tg.start_soon(self._auto_remove, rec.id)
+                elif rec.state == EXITED and not self._restart_on_boot(rec):
+                    self._apply_policy(rec)  # a restart that was pending when tugd stopped
         except Exception:
             log.exception("recovery of %s failed", rec.id[:12])
+
+    def _restart_on_boot(self, rec: ContainerRecord) -> bool:
+        """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
+        starts (after a reboot, or it was stopped); True if one is scheduled."""
+        rule = policy.parse(rec.config.get("restart"))
+        if not policy.start_on_boot(rule, stopped_by_user=bool(rec.config.get("stopped_by_user"))):
+            return False
+        if rec.config.get("stopped_by_user"):
+            rec.config["stopped_by_user"] = False
+            self._update(rec)
+        self._schedule_restart(rec.id, 0.0)
+        return True
 
     async def _remove_orphan(self, cid: str) -> None:
         """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
@@ -840,6 +990,20 @@ def _command(rec: ContainerRecord) -> str:
     if args is None:
         args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
     return " ".join(args)
+
+
+def _epoch(value: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 UTC time as the store keeps them."""
+    if not value:
+        return None
+    import calendar
+
+    try:
+        whole, _, frac = value.rstrip("Z").partition(".")
+        secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return secs + (float("0." + frac) if frac.isdigit() else 0.0)
 
 
 def _valid_hostname(name: str) -> bool:

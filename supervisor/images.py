@@ -366,7 +366,7 @@ def _image_config_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
             ):
                 raise InvalidArgument(f"config.{key} must be a list of strings", field=key)
             out[key] = value
-    for key in ("WorkingDir", "User"):
+    for key in ("WorkingDir", "User", "StopSignal"):
         if key in overrides:
             if not isinstance(overrides[key], str):
                 raise InvalidArgument(f"config.{key} must be a string", field=key)

@@ -117,7 +117,7 @@ class Metrics:
         )
         self.restarts = Counter(
             "tugboat_container_restarts_total",
-            "Containers restarted by a restart policy (always 0 until restart policies land).",
+            "Containers restarted by their restart policy.",
             registry=r,
         )
         self.image_pulls = Counter(

@@ -53,6 +53,10 @@ READONLY_PATHS = [
 ]
 
 CPU_PERIOD = 100_000
+# --init: tini's static build (Debian package tini), bind-mounted read-only where docker puts its
+# own init, /dev/init: /dev is the container's tmpfs, so nothing is added to its root filesystem.
+INIT_BINARY = "/usr/bin/tini-static"
+INIT_PATH = "/dev/init"
 
 
 def cgroup_path(cid: str) -> str:
@@ -135,6 +139,10 @@ def build(
     args = list(entrypoint) + list(cmd)
     if not args:
         raise InvalidArgument("no command specified (the image has no Cmd or Entrypoint)", field="cmd")
+    if opts.get("init"):
+        # tini as PID 1: forwards signals to the command (-g: to its process group) and reaps
+        # the zombies of orphans; -s keeps it a subreaper should it ever not be PID 1.
+        args = [INIT_PATH, "-s", "-g", "--", *args]
     env = list(image_config.get("Env") or [])
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
@@ -199,6 +207,15 @@ def build(
             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
         },
     ]
+    if opts.get("init"):
+        mounts.append(
+            {
+                "destination": INIT_PATH,
+                "type": "bind",
+                "source": INIT_BINARY,
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            }
+        )
     for vol in opts.get("volumes", []):
         options = ["rbind", "rprivate"]
         if vol.get("readonly"):

@@ -1,0 +1,219 @@
+"""The verbs on a container besides its lifecycle: ``top``, ``stats``, ``update``, ``rename``,
+``restart`` and ``cp``. Each refuses, changing nothing, what the container's state forbids.
+Pause, unpause and the restart policy are part of the lifecycle, in :mod:`supervisor.containers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import anyio
+
+from tugwire import fsutil, jsonrpc, names
+from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+from . import copy, mounts, shims, spec
+from .containers import ACTIVE, Containers
+from .store import ContainerRecord
+
+MIN_MEMORY = 6 * 1024 * 1024
+
+
+class Verbs:
+    """``container.top``, ``.stats``, ``.update``, ``.rename``, ``.restart``, ``.copy_*``."""
+
+    def __init__(self, containers: Containers) -> None:
+        self.c = containers
+
+    def _socket(self, rec: ContainerRecord) -> str:
+        return os.path.join(self.c.cfg.shim_dir(rec.id), "shim.sock")
+
+    def _require_active(self, rec: ContainerRecord, verb: str) -> None:
+        if rec.state not in ACTIVE:
+            raise FailedPrecondition(
+                f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+            )
+
+    async def top(self, ref: Any) -> dict[str, Any]:
+        """The container's processes as ``ps -ef`` shows them: ``{titles, processes}``."""
+        rec = self.c.get(ref)
+        self._require_active(rec, "list the processes of")
+        try:
+            result: dict[str, Any] = await shims.call(
+                self._socket(rec), "task.top", timeout=self.c.cfg.shim_timeout
+            )
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+        return result
+
+    async def stats(self, ref: Any) -> dict[str, Any]:
+        """One sample of the container's cgroup figures (zeros when it is not running)."""
+        rec = self.c.get(ref)
+        sample: dict[str, Any] = {"running": False}
+        if rec.state in ACTIVE:
+            with contextlib.suppress(FailedPrecondition):
+                sample = await shims.call(self._socket(rec), "task.stats", timeout=self.c.cfg.shim_timeout)
+        return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
+
+    async def update(self, p: jsonrpc.Params) -> ContainerRecord:
+        """New ``memory`` (bytes), ``cpus`` and ``pids_limit``: applied at once to a running or
+        paused container (``runc update``) and kept in its config for its next start."""
+        rec = self.c.get(p.raw.get("id"))
+        memory = p.integer("memory")
+        if memory is not None and memory < MIN_MEMORY:
+            raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
+        cpus = p.number("cpus")
+        ncpu = os.cpu_count() or 1
+        if cpus is not None and not 0.01 <= cpus <= ncpu:
+            raise InvalidArgument(f"range of CPUs is from 0.01 to {ncpu}", field="cpus")
+        pids = p.integer("pids_limit")
+        if pids is not None and pids < 1:
+            raise InvalidArgument("pids limit must be positive", field="pids_limit")
+        if memory is None and cpus is None and pids is None:
+            raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
+        async with self.c.live(rec.id).lock:
+            rec = self.c._reload(rec.id)
+            if rec.state in ACTIVE:
+                params: dict[str, Any] = {"memory": memory, "pids_limit": pids}
+                if cpus is not None:
+                    params["cpu_quota"] = int(cpus * spec.CPU_PERIOD)
+                    params["cpu_period"] = spec.CPU_PERIOD
+                try:
+                    await shims.call(
+                        self._socket(rec), "task.update", params, timeout=self.c.cfg.shim_timeout
+                    )
+                except FailedPrecondition as exc:
+                    raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+            for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):
+                if value is not None:
+                    rec.config[key] = value
+            self._rewrite_resources(rec)
+            self.c._update(rec)
+        self.c._publish("update", rec)
+        return rec
+
+    def _rewrite_resources(self, rec: ContainerRecord) -> None:
+        """The limits in the bundle's ``config.json``, so that the next start keeps them."""
+        path = os.path.join(self.c.cfg.container_dir(rec.id), "config.json")
+        with open(path, "rb") as f:
+            oci = json.load(f)
+        resources = oci.setdefault("linux", {}).setdefault("resources", {})
+        if rec.config.get("memory"):
+            resources["memory"] = {"limit": int(rec.config["memory"])}
+        if rec.config.get("cpus"):
+            quota = int(float(rec.config["cpus"]) * spec.CPU_PERIOD)
+            resources["cpu"] = {"quota": quota, "period": spec.CPU_PERIOD}
+        if rec.config.get("pids_limit"):
+            resources["pids"] = {"limit": int(rec.config["pids_limit"])}
+        fsutil.write_atomic(path, json.dumps(oci, indent=1).encode(), mode=0o600)
+
+    async def rename(self, ref: Any, new_name: str) -> ContainerRecord:
+        """Give the container a new (valid, unused) name; event ``rename`` with ``oldName``."""
+        names.check_name(new_name)
+        rec = self.c.get(ref)
+        async with self.c.live(rec.id).lock:
+            rec = self.c._reload(rec.id)
+            old = rec.name
+            if new_name == old:
+                raise InvalidArgument(f"renaming a container with the same name ({old}) changes nothing")
+            if self.c.store.name_taken(new_name):
+                raise AlreadyExists(f"the container name {new_name!r} is already in use", field="name")
+            rec.name = new_name
+            try:
+                self.c._update(rec)
+            except Exception as exc:
+                if "UNIQUE" in str(exc):
+                    raise AlreadyExists(f"the container name {new_name!r} is already in use") from exc
+                raise
+        self.c._publish("rename", rec, oldName=old)
+        return rec
+
+    async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
+        """Stop (if running) then start; event ``restart``."""
+        rec = self.c.get(ref)
+        await self.c.stop(rec.id, timeout)
+        rec = await self.c.start(rec.id)
+        self.c._publish("restart", rec)
+        return rec
+
+    # ------------------------------------------------------------------------------------ cp
+
+    async def copy_from(self, ref: Any, path: str, host_path: str) -> dict[str, Any]:
+        """Copy ``path`` of the container to ``host_path`` on the host."""
+        rec = self.c.get(ref)
+        contents = copy.wants_contents(path)
+        dst_dir, dst_name = copy.host_target(host_path)
+        try:
+            async with self._rootfs(rec) as root_fd:
+                src_dir, src_name = copy.resolve_in_root(root_fd, path, follow_last=contents)
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        lambda: copy.copy(src_dir, src_name, dst_dir, dst_name, contents=contents, label=path)
+                    )
+                finally:
+                    os.close(src_dir)
+        finally:
+            os.close(dst_dir)
+        return vars(result)
+
+    async def copy_to(self, ref: Any, host_path: str, path: str) -> dict[str, Any]:
+        """Copy ``host_path`` of the host to ``path`` in the container."""
+        rec = self.c.get(ref)
+        contents = copy.wants_contents(host_path)
+        src_dir, src_name = copy.host_target(host_path)
+        try:
+            async with self._rootfs(rec) as root_fd:
+                dst_dir, dst_name = copy.resolve_in_root(root_fd, path, follow_last=True)
+                try:
+                    if path.endswith("/") and copy._lstat(dst_dir, dst_name) is None:
+                        raise NotFound(f"no such directory in the container: {path}")
+                    result = await anyio.to_thread.run_sync(
+                        lambda: copy.copy(
+                            src_dir, src_name, dst_dir, dst_name, contents=contents, label=host_path
+                        )
+                    )
+                finally:
+                    os.close(dst_dir)
+        finally:
+            os.close(src_dir)
+        return vars(result)
+
+    @contextlib.asynccontextmanager
+    async def _rootfs(self, rec: ContainerRecord) -> Any:
+        """A directory fd of the container's root filesystem. A running container's is mounted
+        already; a stopped one's overlay is mounted for the copy (under the container's lock, so
+        that no start mounts it at the same time) and detached after."""
+        live = self.c.live(rec.id)
+        rootfs = os.path.join(self.c.cfg.container_dir(rec.id), "rootfs")
+        rec = self.c._reload(rec.id)
+        if rec.state in ACTIVE and mounts.is_mounted(rootfs):
+            fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
+        async with live.lock:
+            rec = self.c._reload(rec.id)
+            if rec.state in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} changed state; try again")
+            image = self.c.store.get_image(rec.image_id)
+            if image is None:
+                raise NotFound(f"the image of container {rec.name} is gone")
+            lower = await self.c.images.ensure_unpacked(image)
+            cdir = self.c.cfg.container_dir(rec.id)
+            mounted = False
+            if not mounts.is_mounted(rootfs):
+                mounts.mount_overlay(lower, os.path.join(cdir, "upper"), os.path.join(cdir, "work"), rootfs)
+                mounted = True
+            fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+                if mounted:
+                    with contextlib.suppress(OSError):
+                        mounts.unmount(rootfs)
