@@ -36,6 +36,7 @@ class Reaper:
         self._waiting: dict[int, anyio.Event] = {}
         self._exited: dict[int, int] = {}  # pid -> raw status, held until claimed
         self._started = False
+        self._discarded: set[int] = set()  # pids nobody will wait for (detached execs)
 
     def __repr__(self) -> str:
         return f"<Reaper waiting={sorted(self._waiting)} held={sorted(self._exited)}>"
@@ -57,6 +58,9 @@ class Reaper:
                 return
             if pid == 0:
                 return
+            if pid in self._discarded:
+                self._discarded.discard(pid)
+                continue
             self._exited[pid] = status
             event = self._waiting.get(pid)
             if event is not None:
@@ -107,3 +111,8 @@ class Reaper:
         if pid in self._exited:
             event.set()
         return event
+
+    def discard(self, pid: int) -> None:
+        """Nobody will wait for ``pid`` (a detached exec): reap it, and drop its status."""
+        if self._exited.pop(pid, None) is None:
+            self._discarded.add(pid)

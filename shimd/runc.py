@@ -132,13 +132,22 @@ class Runc:
         return output
 
     async def run_detached(
-        self, cid: str, bundle: str, pid_file: str, *, stdin: int, stdout: int, stderr: int
+        self,
+        cid: str,
+        bundle: str,
+        pid_file: str,
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        console_socket: str | None = None,
     ) -> None:
         """``runc run --detach``: create and start in one runc process (one fork and exec fewer
-        than create + start)."""
+        than create + start). With a terminal runc sends its master to ``console_socket``."""
+        console = ["--console-socket", console_socket] if console_socket else []
         await self._run(
             "run",
-            ["--detach", "--bundle", bundle, "--pid-file", pid_file, cid],
+            ["--detach", *console, "--bundle", bundle, "--pid-file", pid_file, cid],
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
@@ -157,6 +166,29 @@ class Runc:
 
     async def start(self, cid: str) -> None:
         await self._run("start", [cid])
+
+    async def exec_detached(
+        self,
+        cid: str,
+        process: str,
+        pid_file: str,
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        console_socket: str | None = None,
+    ) -> None:
+        """``runc exec --detach --process FILE``: runc exits once the process has started; the
+        process is then re-parented to the shim (the subreaper), which reaps it. With a terminal
+        runc sends the pty's master to ``console_socket``."""
+        console = ["--console-socket", console_socket] if console_socket else []
+        await self._run(
+            "exec",
+            ["--detach", *console, "--process", process, "--pid-file", pid_file, cid],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
 
     async def kill(self, cid: str, signal: int, *, all_processes: bool = False) -> None:
         await self._run("kill", [*(["--all"] if all_processes else []), cid, str(signal)])

@@ -27,7 +27,8 @@ import anyio.lowlevel
 from tugwire import crilog, fsutil, httpserve, jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
 
-from . import control, stats
+from . import console, control, stats
+from . import exec as shimexec
 from . import io as shimio
 from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
 from .reaper import Reaper, exit_code
@@ -64,6 +65,8 @@ class ShimConfig:
     name: str = ""  # the container's name and image: labels of its metrics
     image: str = ""
     metrics_address: str = ""  # HOST:PORT of an HTTP listener for this container's metrics, if asked
+    tty: bool = False  # PID 1 on a terminal whose master the shim holds (see shimd.console)
+    stdin: bool = False  # PID 1's stdin a pipe the shim holds, else /dev/null
 
     @classmethod
     def from_json(cls, obj: Any) -> ShimConfig:
@@ -84,6 +87,8 @@ class ShimConfig:
                 name=str(obj.get("name") or ""),
                 image=str(obj.get("image") or ""),
                 metrics_address=str(obj.get("metrics_address") or ""),
+                tty=bool(obj.get("tty", False)),
+                stdin=bool(obj.get("stdin", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad shim config: {exc}") from exc
@@ -116,6 +121,7 @@ class Task:
         self.runtime_deleted = anyio.Event()
         self.delete_error: TugError | None = None
         self.sink: shimio.LogSink | None = None
+        self.input = console.TaskInput(cfg.dir, tty=cfg.tty, stdin=cfg.stdin)
         self._labels = stats.labels(id=cfg.id, name=cfg.name or cfg.id[:12], image=cfg.image)
 
     def __repr__(self) -> str:
@@ -126,20 +132,26 @@ class Task:
         pipes = shimio.StdioPipes()
         writer = crilog.LogWriter(self.cfg.log_path, self.cfg.log_max_size, self.cfg.log_max_files)
         pid_file = self.cfg.path(INIT_PID_FILE)
-        try:
+
+        async def run(stdin: int, console_socket: str | None) -> None:
             await self.runc.run_detached(
                 self.cfg.id,
                 self.cfg.bundle,
                 pid_file,
-                stdin=pipes.stdin,
+                stdin=stdin,
                 stdout=pipes.stdout_w,
                 stderr=pipes.stderr_w,
+                console_socket=console_socket,
             )
+
+        try:
+            await self.input.start(run, pipes.stdin)
             pipes.close_child_ends()
             with open(pid_file) as f:
                 self.pid = int(f.read().strip())
         except BaseException:
             pipes.close()
+            self.input.close()
             writer.close()
             raise
         self.sink = shimio.LogSink(writer)
@@ -169,6 +181,8 @@ class Task:
             async with anyio.create_task_group() as drains:
                 drains.start_soon(shimio.drain, pipes.stdout_r, b"stdout", sink)
                 drains.start_soon(shimio.drain, pipes.stderr_r, b"stderr", sink)
+                if self.input.master >= 0:
+                    drains.start_soon(console.copy_to_log, self.input.master, sink)
                 status = await self.reaper.wait(self.pid)
                 self.reaped = True  # from here on the pid may be reused: never signal it again
                 exited_at = rfc3339()
@@ -177,6 +191,7 @@ class Task:
                 drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
         finally:
             pipes.close()
+            self.input.close()
         # No fsync of the log: the bytes are in the page cache, which outlives every process
         # (shim, tugd); only a power loss could take them, and it takes the container too.
         sink.close()
@@ -252,6 +267,10 @@ class Service:
         d.add("task.update", self.update)
         d.add("task.top", self.top)
         d.add("task.stats", self.stats)
+        cfg = task.cfg
+        self.execs = shimexec.Execs(task.runc, task.reaper, cfg.id, cfg.bundle, cfg.dir)
+        shimexec.register(d, self.execs, lambda: State.STOPPED if task.reaped else task.state)
+        console.register(d, task.input)
 
     async def pause(self, call: jsonrpc.Call) -> Any:
         """Freeze the container (``runc pause``); only a running task."""

@@ -12,9 +12,11 @@ import anyio
 from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 
+from .attach import Attach
 from .config import Config
 from .containers import Containers, parse_signal
 from .events import Event, EventBus, Filters, image_removal_events, parse_time
+from .execs import Execs
 from .images import Images
 from .system import System
 from .verbs import Verbs
@@ -77,6 +79,9 @@ class Api:
         d.add("image.inspect", self.image_inspect)
         d.add("image.remove", self.image_remove)
         d.add("events.subscribe", self.events_subscribe, accept_late=True)
+        self.execs = Execs(containers)
+        self.execs.register(d)
+        Attach(containers).register(d)
 
     async def system_info(self, call: jsonrpc.Call) -> Any:
         """Versions, roots, runtime, cgroup version and counts."""

@@ -34,7 +34,7 @@ from tugwire.errors import (
     Unavailable,
 )
 
-from . import mounts, policy, shims, spec
+from . import health, mounts, policy, shims, spec
 from .config import Config
 from .events import Event, EventBus
 from .images import Images, now_rfc3339
@@ -178,6 +178,7 @@ class Containers:
         self._on_start_latency = on_start_latency
         self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
         self._on_restart = on_restart  # a restart by the restart policy: for the metrics
+        self.health = health.Monitor(self)  # health checks, as execs of the shims
         os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.shims_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.runtime_root, mode=0o700, exist_ok=True)
@@ -283,6 +284,8 @@ class Containers:
             )
         opts["volumes"] = volumes
         opts["read_only"] = p.boolean("read_only")
+        opts["tty"] = p.boolean("tty")  # PID 1 on a terminal the shim holds (run -t)
+        opts["stdin"] = p.boolean("stdin")  # PID 1's stdin open for attach (run -i)
         memory = p.integer("memory")
         if memory is not None and memory < 6 * 1024 * 1024:
             raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
@@ -304,6 +307,10 @@ class Containers:
         parse_signal(stop_signal, int(signals.SIGTERM))
         opts["stop_signal"] = stop_signal  # None: the image's StopSignal, else SIGTERM (see create)
         opts["restart"] = str(policy.parse(p.string("restart")))
+        if opts["restart"] != policy.NO and opts["auto_remove"]:
+            raise InvalidArgument(
+                "conflicting options: a restart policy and auto-remove (--rm)", field="restart"
+            )
         opts["init"] = p.boolean("init")
         if opts["init"] and not os.path.exists(spec.INIT_BINARY):
             raise InvalidArgument(
@@ -344,6 +351,7 @@ class Containers:
         if not opts["stop_signal"]:
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
+        opts["health"] = health.parse(p, image.config)
         name = opts["name"] or self._generate_name()
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
@@ -353,6 +361,8 @@ class Containers:
         oci = spec.build(cid, opts, image.config, paths["rootfs"], layers)
         opts["name"] = name
         opts["args"] = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
+        if opts["init"]:
+            opts["args"] = opts["args"][len(spec.init_prefix()) :]  # the command, not tini's
         os.makedirs(paths["dir"], mode=0o700)
         try:
             for d in ("rootfs", "upper", "work"):
@@ -420,6 +430,8 @@ class Containers:
                 "name": rec.name,  # name and image label the container's metrics
                 "image": rec.image,
                 "metrics_address": rec.config.get("metrics_address") or "",
+                "tty": bool(rec.config.get("tty")),
+                "stdin": bool(rec.config.get("stdin")),
                 "backend": self.cfg.backend,  # shims run on the daemon's anyio backend
                 "requested_at": time.monotonic(),
             }
@@ -442,6 +454,8 @@ class Containers:
             self._update(rec)
             self._publish("start", rec)
             self.tg.start_soon(self._watch, rec.id)
+            if rec.config.get("health"):
+                self.health.watch(rec.id, rec.config["health"])
             if self._on_start_latency is not None:
                 self._on_start_latency(anyio.current_time() - t0)
         return rec
@@ -490,6 +504,7 @@ class Containers:
                 self.store.update_container(rec)
                 live.exits += 1
                 live.last_result = wait_result(rec)
+                self.health.forget(cid)
                 live.changed()
                 if rec.oom_killed:
                     # Read from the cgroup's own OOM counter by the shim before the cgroup went.
@@ -707,6 +722,7 @@ class Containers:
     async def delete(self, ref: str, *, force: bool) -> ContainerRecord:
         rec = self.get(ref)
         self.live(rec.id).cancel_restart()
+        self.health.forget(rec.id)
         if rec.state in ACTIVE:
             if not force:
                 raise FailedPrecondition(
@@ -771,8 +787,11 @@ class Containers:
         live.holds += 1
         call.accept()
 
+        async def send_b64(text: str) -> None:
+            await call.notify("container.logs.data", {"data": text})
+
         async def send(data: bytes) -> None:
-            await call.notify("container.logs.data", {"data": base64.b64encode(data).decode()})
+            await send_b64(base64.b64encode(data).decode())
 
         try:
             if follow:
@@ -783,9 +802,14 @@ class Containers:
                         return {"dropped_bytes": 0}
                     rec = current
             if follow and rec.state in ACTIVE:
-                result = await self._follow_from_shim(rec, tail, since, send)
+                result = await self._follow_from_shim(rec, tail, since, send_b64)
                 if result is not None:
                     return result
+            if tail is None and since is None:
+                # The whole log: whole records straight from the files, never split into lines.
+                for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
+                    await send(chunk)
+                return {"dropped_bytes": 0}
             records = crilog.select_records(
                 self._log_files(rec), tail=tail, since=since.encode() if since else None
             )
@@ -802,7 +826,7 @@ class Containers:
         rec: ContainerRecord,
         tail: int | None,
         since: str | None,
-        send: Callable[[bytes], Awaitable[None]],
+        send_b64: Callable[[str], Awaitable[None]],
     ) -> dict[str, Any] | None:
         """Proxy the shim's follow stream; None if the shim is gone before it sent anything (the
         files are then complete: the exit is recorded only after the pipes are drained)."""
@@ -814,8 +838,8 @@ class Containers:
                 client.stream("task.logs", params) as stream,
             ):
                 async for note in stream:
-                    data = base64.b64decode(note.get("data", ""))
-                    await send(data)
+                    # Passed on as the shim encoded it: no decode and re-encode per chunk.
+                    await send_b64(str(note.get("data", "")))
                     sent = True
                 result = await stream.result()
                 return result if isinstance(result, dict) else {"dropped_bytes": 0}
@@ -840,6 +864,8 @@ class Containers:
             "created_at": rec.created_at,
             "started_at": rec.started_at,
             "finished_at": rec.finished_at,
+            "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
+            "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
         }
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
@@ -858,7 +884,7 @@ class Containers:
                 "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
                 "restart_policy": rec.config.get("restart") or "no",
                 "restart_count": int(rec.config.get("restart_count") or 0),
-                "restarting": self.live(rec.id).restart is not None,
+                "health_check": self.health.describe(rec.id) if rec.state in ACTIVE else None,
             }
         )
         return out
@@ -924,6 +950,8 @@ class Containers:
                     rec.started_at = rec.started_at or now_rfc3339()
                     self._update(rec)
                 self.tg.start_soon(self._watch, rec.id)
+                if rec.config.get("health"):
+                    self.health.watch(rec.id, rec.config["health"])
             elif rec.state in ACTIVE:
                 # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
                 rec.state = UNKNOWN

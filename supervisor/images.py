@@ -371,6 +371,12 @@ def _image_config_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(overrides[key], str):
                 raise InvalidArgument(f"config.{key} must be a string", field=key)
             out[key] = overrides[key]
+    if "Healthcheck" in overrides:
+        check = overrides["Healthcheck"]
+        test = check.get("Test") if isinstance(check, dict) else None
+        if not isinstance(test, list) or not all(isinstance(v, str) for v in test):
+            raise InvalidArgument("config.Healthcheck.Test must be a list of strings", field="Healthcheck")
+        out["Healthcheck"] = check
     out.setdefault("Env", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
     return out
 

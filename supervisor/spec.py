@@ -59,6 +59,11 @@ INIT_BINARY = "/usr/bin/tini-static"
 INIT_PATH = "/dev/init"
 
 
+def init_prefix() -> list[str]:
+    """What ``--init`` puts in front of the command: tini, mounted at :data:`INIT_PATH`."""
+    return [INIT_PATH, "-s", "-g", "--"]
+
+
 def cgroup_path(cid: str) -> str:
     return f"/tugboat/{cid}"
 
@@ -142,7 +147,7 @@ def build(
     if opts.get("init"):
         # tini as PID 1: forwards signals to the command (-g: to its process group) and reaps
         # the zombies of orphans; -s keeps it a subreaper should it ever not be PID 1.
-        args = [INIT_PATH, "-s", "-g", "--", *args]
+        args = [*init_prefix(), *args]
     env = list(image_config.get("Env") or [])
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
@@ -158,8 +163,10 @@ def build(
     uid, gid, extra_gids = resolve_user(opts.get("user") or image_config.get("User") or "", layers)
     cwd = opts.get("workdir") or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
+    if opts.get("tty") and not any(e.startswith("TERM=") for e in env):
+        env.append("TERM=xterm")  # as docker does for -t
     process: dict[str, Any] = {
-        "terminal": False,
+        "terminal": bool(opts.get("tty")),
         "user": {"uid": uid, "gid": gid, **({"additionalGids": extra_gids} if extra_gids else {})},
         "args": args,
         "env": env,

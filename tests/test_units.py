@@ -227,3 +227,13 @@ async def test_rpc_server_and_client(tmp_path: Any) -> None:
             assert ticks == [0, 1, 2, 3, 4]
         tg.cancel_scope.cancel()
     assert results == {"slow": "slow"}
+
+
+def test_iter_chunks_yields_whole_records_and_skips_a_torn_tail(tmp_path: Any) -> None:
+    a, b = tmp_path / "c.log.1", tmp_path / "c.log"
+    records = [b"2026-01-01T00:00:00.000000000Z stdout F line %d" % i for i in range(5000)]
+    a.write_bytes(b"\n".join(records[:2500]) + b"\n")
+    b.write_bytes(b"\n".join(records[2500:]) + b"\n" + b"2026-01-01T00:00:00.0000")  # torn
+    chunks = list(crilog.iter_chunks([str(a), str(b), str(tmp_path / "missing")], size=1000))
+    assert all(c.endswith(b"\n") for c in chunks)
+    assert b"".join(chunks) == b"".join(r + b"\n" for r in records)

@@ -64,6 +64,18 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
+def _duration_seconds(text: str) -> float:
+    """``30s``, ``1m30s``, ``500ms`` or a plain number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return parse_duration(text) / NS
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def parse_size(text: str) -> int:
     """A size in bytes from ``64m``, ``1.5g``, ``512k``, ``100b`` or ``4096`` (1024-based, as
     docker's ``RAMInBytes``). Raises ValueError."""
@@ -148,6 +160,11 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-h", "--hostname", help="the container's host name")
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep its stdin open (run: send ours)")
+    p.add_argument("-t", "--tty", action="store_true", help="give it a terminal")
+    p.add_argument(
+        "--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS", help="the keys that detach (ctrl-p,ctrl-q)"
+    )
     p.add_argument("-m", "--memory", type=_size_arg, help="memory limit (e.g. 64m)")
     p.add_argument("--cpus", type=_cpus_arg, help="number of CPUs (e.g. 0.5)")
     p.add_argument("--pids-limit", type=int, help="limit on the number of processes")
@@ -168,6 +185,21 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
         help="docker-style log options",
     )
     p.add_argument("--rm", action="store_true", help="remove the container once it has exited")
+    p.add_argument(
+        "--restart",
+        metavar="POLICY",
+        help="no, on-failure[:N], always or unless-stopped (restarts with a growing delay)",
+    )
+    p.add_argument("--init", action="store_true", help="run an init (tini) as PID 1: signals, zombies")
+    p.add_argument("--health-cmd", metavar="CMD", help="command (sh -c) that checks the container's health")
+    for opt, what in (("interval", "between checks"), ("timeout", "a check may run"), ("start-period", "")):
+        p.add_argument(
+            f"--health-{opt}",
+            type=_duration_seconds,
+            metavar="DURATION",
+            help=f"time {what} (30s, 1m30s, 500ms)" if what else "failures in this first time do not count",
+        )
+    p.add_argument("--health-retries", type=int, metavar="N", help="failures in a row that make it unhealthy")
     p.add_argument("image", help="image reference or id")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and its arguments")
 
@@ -222,12 +254,24 @@ def create_params(args: argparse.Namespace) -> dict[str, Any]:
         params["volumes"] = list(args.volume)
     if args.read_only:
         params["read_only"] = True
+    if args.tty:
+        params["tty"] = True
+    if args.interactive:
+        params["stdin"] = True
     for key in ("memory", "cpus", "pids_limit", "stop_signal", "stop_timeout"):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
     if args.rm:
         params["auto_remove"] = True
+    if args.restart is not None:
+        params["restart"] = args.restart
+    if args.init:
+        params["init"] = True
+    for key in ("health_cmd", "health_interval", "health_timeout", "health_start_period", "health_retries"):
+        value = getattr(args, key)
+        if value is not None:
+            params[key] = value
     log_max_size, log_max_files = args.log_max_size, args.log_max_files
     for opt in args.log_opt:
         key, sep, value = opt.partition("=")
@@ -422,10 +466,16 @@ def container_status(summary: dict[str, Any], now_ns: int | None = None) -> str:
     if state in ("running", "paused"):
         started = time_ns_of(summary.get("started_at"))
         up = "Up" if started is None else "Up " + human_duration(max(now_ns - started, 0) / NS)
-        return up + " (Paused)" if state == "paused" else up
+        if state == "paused":
+            return up + " (Paused)"
+        health = summary.get("health")
+        if health == "starting":
+            return up + " (health: starting)"
+        return f"{up} ({health})" if health else up
     if state == "exited":
         code = summary.get("exit_code")
-        text = f"Exited ({code if code is not None else '?'})"
+        word = "Restarting" if summary.get("restarting") else "Exited"
+        text = f"{word} ({code if code is not None else '?'})"
         ago = _ago(summary.get("finished_at"), now_ns)
         return f"{text} {ago}" if ago else text
     if state == "created":
@@ -630,6 +680,19 @@ def _cmd_run(args: argparse.Namespace, client: Client) -> int:
             return _start_failed(client, cid, exc, args.rm)
         print(cid)
         return 0
+    if args.tty or args.interactive:
+        from . import attach, tty  # run -i / -t: the container's terminal or stdin is ours
+
+        return attach.attach(
+            client,
+            cid,
+            tty=args.tty,
+            stdin=args.interactive,
+            detach_keys=tty.parse_detach_keys(args.detach_keys),
+            start=True,
+            auto_remove=args.rm,
+            on_start_error=lambda exc: _start_failed(client, cid, exc, args.rm),
+        )
     return _run_foreground(client, cid, auto_remove=args.rm)
 
 
@@ -1347,6 +1410,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "info",
         "system",
     }
+    from . import verbs as _verbs  # pause, unpause, top, stats, update, restart, rename, cp
+
+    known.update(_verbs.COMMANDS)
+    from . import exec as _exec  # exec
+
+    known.update(_exec.COMMANDS)
+    from . import attach as _attach  # attach
+
+    known.update(_attach.COMMANDS)
     if wanted not in known:
         wanted = None
 
@@ -1461,6 +1533,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_prune)
+    _verbs.add_commands(add)
+    _exec.add_commands(add)
+    _attach.add_commands(add)
     return parser
 
 
