@@ -153,20 +153,6 @@ class Runc:
             stderr=stderr,
         )
 
-    async def create(
-        self, cid: str, bundle: str, pid_file: str, *, stdin: int, stdout: int, stderr: int
-    ) -> None:
-        await self._run(
-            "create",
-            ["--bundle", bundle, "--pid-file", pid_file, cid],
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
-
-    async def start(self, cid: str) -> None:
-        await self._run("start", [cid])
-
     async def exec_detached(
         self,
         cid: str,
