@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 # prometheus: promtool and the Prometheus server that the metrics tests start on a port of their own
 # (where systemd runs, Debian also enables its own prometheus.service on :9090).
-PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps prometheus)
+# skopeo, umoci, docker-registry and apache2-utils (htpasswd): the image tests check interop with the
+# real tools against a real registry on 127.0.0.1. nftables: published ports and outbound NAT.
+PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps prometheus
+          skopeo umoci docker-registry apache2-utils nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
