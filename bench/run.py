@@ -266,6 +266,8 @@ class Tugd:
         argv += ["--metrics-address", "off"]
         if tugd_has_option("--metrics-address"):
             argv += ["--metrics-address", "127.0.0.1:0"]
+        if tugd_has_option("--default-network"):
+            argv += ["--default-network", "none"]  # as before networks: no bridge on the host
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
@@ -536,6 +538,40 @@ def bench_logs(d: Tugd, runc: Runc, rounds: int, digest: str) -> list[Throughput
 
         return go
 
+    def tug_followed(res: Throughput) -> None:
+        """The CRI-log case while ``tug logs -f`` follows the container to a file, and a second
+        follower that never reads (its pipe fills at once): neither may slow the container."""
+        t0 = time.perf_counter()
+        cid = d.run_detached(*BIG_LOG, "busybox", "sh", "-c", WRITER)
+        with open(out_file, "wb") as out:
+            follower = subprocess.Popen(d.argv("logs", "-f", cid), stdout=out, stderr=subprocess.DEVNULL)
+            stuck = subprocess.Popen(
+                d.argv("logs", "-f", cid), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            code = d.tug("wait", cid).strip()
+            t = time.perf_counter() - t0
+            try:
+                follower.wait(timeout=120)
+            finally:
+                follower.kill()
+                stuck.kill()
+                follower.wait()
+                stuck.wait()
+        info = d.inspect(cid)
+        cri = check_cri(info["log_path"])
+        d.rm(cid)
+        size, dig = file_digest(out_file)
+        ok = code == "0" and cri.bad == 0 and cri.content_bytes == LOG_BYTES and cri.digest == digest
+        followed = size == LOG_BYTES and dig == digest
+        if not (ok and followed):
+            res.notes.append(
+                f"exit {code}, {cri.content_bytes} bytes in the log ({cri.bad} bad records); "
+                f"the follower got {size} bytes{'' if followed else ' (MISMATCH)'}"
+            )
+        res.seconds.append(t)
+        res.out_bytes.append(cri.file_bytes)
+        res.ok.append(ok and followed)
+
     def tug_follow(res: Throughput) -> None:
         with open(out_file, "wb") as out:
             t, cp = timed(
@@ -596,6 +632,14 @@ def bench_logs(d: Tugd, runc: Runc, rounds: int, digest: str) -> list[Throughput
                 "`tug wait`: through the shim into the CRI log",
             ),
             tug_detached(BIG_LOG, True),
+        ),
+        (
+            Throughput(
+                "tug (CRI log) + `logs -f` + stuck follower",
+                "same, while `tug logs -f` follows it to a file (checked whole) and a second "
+                "`tug logs -f` never reads its stdout",
+            ),
+            tug_followed,
         ),
         (
             Throughput(

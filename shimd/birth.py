@@ -35,12 +35,31 @@ def birth(config: dict[str, Any], notify_fd: int, keep_fds: tuple[int, ...] = ()
     # and is re-parented away from whoever asked for it.
     try:
         os.setsid()
-        if os.fork():
+        shim = os.fork()
+        if shim:
+            # At once, before the shim has run a line: a tugd that dies now and starts again
+            # finds a live shim in the directory and waits for it, never a second one beside it.
+            _write_pid(str(config.get("dir", "")), shim)
             os._exit(0)
         _become_shim(config, notify_fd, keep_fds)
     except BaseException:  # never let a forked child return into the caller's code
         os._exit(70)
     os._exit(0)
+
+
+def _write_pid(directory: str, pid: int) -> None:
+    if not os.path.isabs(directory):
+        return
+    tmp = os.path.join(directory, f".shim.pid.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(directory, "shim.pid"))
+    except OSError:
+        pass  # the shim writes it again itself
 
 
 def _become_shim(config: dict[str, Any], notify_fd: int, keep_fds: tuple[int, ...]) -> None:

@@ -44,6 +44,7 @@ class ExitRecord:
     signal: str | None
     exited_at: str
     oom_killed: bool
+    log_dropped_bytes: int = 0  # output the log could not keep (a full disk), in bytes
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -60,6 +61,7 @@ class ExitRecord:
             signal=obj.get("signal"),
             exited_at=str(obj["exited_at"]),
             oom_killed=bool(obj.get("oom_killed", False)),
+            log_dropped_bytes=int(obj.get("log_dropped_bytes", 0)),
         )
 
 

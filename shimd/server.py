@@ -32,6 +32,7 @@ from . import exec as shimexec
 from . import io as shimio
 from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
 from .reaper import Reaper, exit_code
+from .runc import DEFAULT_TIMEOUT as DEFAULT_RUNC_TIMEOUT
 from .runc import Runc, classify
 
 log = logging.getLogger("tugboat.shim")
@@ -67,6 +68,7 @@ class ShimConfig:
     metrics_address: str = ""  # HOST:PORT of an HTTP listener for this container's metrics, if asked
     tty: bool = False  # PID 1 on a terminal whose master the shim holds (see shimd.console)
     stdin: bool = False  # PID 1's stdin a pipe the shim holds, else /dev/null
+    runtime_timeout: float = DEFAULT_RUNC_TIMEOUT  # the deadline of each runc call
 
     @classmethod
     def from_json(cls, obj: Any) -> ShimConfig:
@@ -89,6 +91,7 @@ class ShimConfig:
                 metrics_address=str(obj.get("metrics_address") or ""),
                 tty=bool(obj.get("tty", False)),
                 stdin=bool(obj.get("stdin", False)),
+                runtime_timeout=float(obj.get("runtime_timeout", DEFAULT_RUNC_TIMEOUT)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad shim config: {exc}") from exc
@@ -112,7 +115,7 @@ class Task:
     def __init__(self, cfg: ShimConfig, reaper: Reaper) -> None:
         self.cfg = cfg
         self.reaper = reaper
-        self.runc = Runc(reaper, cfg.runtime, cfg.runtime_root, cfg.path(RUNC_LOG))
+        self.runc = Runc(reaper, cfg.runtime, cfg.runtime_root, cfg.path(RUNC_LOG), cfg.runtime_timeout)
         self.state = State.CREATING
         self.pid = 0
         self.reaped = False
@@ -196,7 +199,7 @@ class Task:
         # (shim, tugd); only a power loss could take them, and it takes the container too.
         sink.close()
         code, sig = exit_code(status)
-        record = ExitRecord(self.pid, code, signal_name(sig), exited_at, oom)
+        record = ExitRecord(self.pid, code, signal_name(sig), exited_at, oom, sink.writer.dropped_bytes)
         # Atomic (temp file + rename), not fsynced: the state dir is a tmpfs by design, and the
         # record must survive crashes of processes, not of the host.
         fsutil.write_atomic(self.cfg.path(EXIT_FILE), record.encode(), durable=False)
@@ -430,6 +433,20 @@ def bind_metrics(address: str) -> socket.socket | None:
         ) from exc
 
 
+def _file_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _unlink_if(path: str, file_id: tuple[int, int]) -> None:
+    """Unlink ``path`` if it is still the file ``file_id`` (see ``serve``)."""
+    try:
+        if _file_id(path) == file_id:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _notify(fd: int | None, obj: dict[str, Any]) -> None:
     if fd is None:
         return
@@ -452,6 +469,10 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
         _notify(notify_fd, {"error": exc.to_json()})  # before the container exists: nothing to undo
         return
     listener = await anyio.abc.SocketListener.from_socket(bind_unix(sock_path))
+    # The socket file is unlinked at the end only while it is still ours: once tugd has deleted
+    # the task it may remove this directory and start the next shim in a new one at the same
+    # path; unlinking by path then would take the new shim's socket (found by the load test).
+    own_socket = _file_id(sock_path)
     reaper = Reaper()
     async with anyio.create_task_group() as tg:
         await tg.start(reaper.run)
@@ -461,11 +482,17 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             await task.start(tg)
         except TugError as exc:
             err = classify(exc)
+            # runc may have got as far as creating the container before it failed, was killed or
+            # timed out: leave neither its state nor its processes behind (no state: not_found).
+            try:
+                await task.runc.delete(cfg.id, force=True)
+            except TugError:
+                pass
             _notify(notify_fd, {"error": err.to_json()})
             await listener.aclose()
             if http_sock is not None:
                 http_sock.close()
-            os.unlink(sock_path)
+            _unlink_if(sock_path, own_socket)
             tg.cancel_scope.cancel()
             return
         _notify(notify_fd, {"pid": task.pid, "shim_pid": os.getpid(), "socket": sock_path})
@@ -487,7 +514,13 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             async def accept() -> None:
                 with accepting:
                     while True:
-                        stream = await listener.accept()
+                        try:
+                            stream = await listener.accept()
+                        except anyio.ClosedResourceError:
+                            # Closed at shutdown below: trio wakes a pending accept with this
+                            # rather than with the cancellation (which would have failed the
+                            # shim and cut its log followers off mid-message).
+                            return
                         conns.start_soon(jsonrpc.ServerConnection(stream, service.dispatcher).serve)
 
             conns.start_soon(accept)
@@ -497,8 +530,5 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             accepting.cancel()
             await listener.aclose()
             conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass
+        _unlink_if(sock_path, own_socket)
         tg.cancel_scope.cancel()

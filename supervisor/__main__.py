@@ -22,13 +22,36 @@ def main(argv: list[str] | None = None) -> int:
         choices=["template", "exec"],
         help="fork shims from a pre-imported template (default) or exec each",
     )
-    parser.add_argument("--group", default="tugboat", help="group allowed on the socket, if it exists")
+    parser.add_argument(
+        "--group",
+        default=None,
+        help="group allowed on the socket (default: tugboat, if it exists; '' for root only)",
+    )
     parser.add_argument("--log-max-size", type=int, default=crilog.DEFAULT_MAX_SIZE)
     parser.add_argument("--log-max-files", type=int, default=crilog.DEFAULT_MAX_FILES)
     parser.add_argument(
         "--metrics-address",
         default="127.0.0.1:9323",
         help="HOST:PORT to serve Prometheus metrics on (GET /metrics), or 'off' (default %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime-timeout",
+        type=float,
+        default=60.0,
+        help="deadline in seconds of every runtime (runc) call; a hung runc is killed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry to reach over plain HTTP (repeatable; loopback ones always are)",
+    )
+    parser.add_argument(
+        "--default-network",
+        default="bridge",
+        help="network of containers created without --network: bridge, none, host or a name "
+        "(default %(default)s)",
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -45,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     from .config import Config, ConfigError
     from .systemd import ActivationError
 
+    if args.group:  # named on the command line: it must exist (a typo would lock its members out)
+        import grp
+
+        try:
+            grp.getgrnam(args.group)
+        except KeyError:
+            print(f"tugd: --group {args.group}: no such group", file=sys.stderr)
+            return 2
     try:
         cfg = Config(
             root=args.root,
@@ -53,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
             backend=args.backend,
             shim_birth=args.shim_birth,
-            group=args.group,
+            group="tugboat" if args.group is None else args.group,
             log_max_size=args.log_max_size,
             log_max_files=args.log_max_files,
             metrics_address=args.metrics_address,
+            default_network=args.default_network,
+            insecure_registries=tuple(args.insecure_registry),
+            runtime_timeout=args.runtime_timeout,
         ).validated()
     except ConfigError as exc:
+        print(f"tugd: {exc}", file=sys.stderr)
+        return 2
+    from . import failpoints
+
+    try:
+        failpoints.arm_from_environment()  # TUGD_FAILPOINTS: tests only (docs/reliability.md)
+    except failpoints.FailpointError as exc:
         print(f"tugd: {exc}", file=sys.stderr)
         return 2
     try:

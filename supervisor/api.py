@@ -18,6 +18,7 @@ from .containers import Containers, parse_signal
 from .events import Event, EventBus, Filters, image_removal_events, parse_time
 from .execs import Execs
 from .images import Images
+from .registry import RegistryService
 from .system import System
 from .verbs import Verbs
 
@@ -78,10 +79,22 @@ class Api:
         d.add("image.list", self.image_list)
         d.add("image.inspect", self.image_inspect)
         d.add("image.remove", self.image_remove)
+        d.add("image.tag", self.image_tag)
+        d.add("image.prune", self.image_prune)
+        d.add("image.save", self.image_save)
+        d.add("image.load", self.image_load)
         d.add("events.subscribe", self.events_subscribe, accept_late=True)
         self.execs = Execs(containers)
         self.execs.register(d)
         Attach(containers).register(d)
+        from .network.api import NetworkApi
+
+        NetworkApi(containers).register(d)
+        registry = RegistryService(cfg, images, bus)
+        registry.register(d)  # image.pull, image.push, auth.login/logout
+        from .build.builder import Builder
+
+        Builder(cfg, containers.store, images, containers.launcher, registry).register(d)  # image.build
 
     async def system_info(self, call: jsonrpc.Call) -> Any:
         """Versions, roots, runtime, cgroup version and counts."""
@@ -262,6 +275,49 @@ class Api:
         removed = self.images.remove(ref, force=call.params.boolean("force"))
         self._image_events(image_id, removed)
         return {"removed": removed}
+
+    async def image_tag(self, call: jsonrpc.Call) -> Any:
+        """Name the image ``source`` also ``target`` (``repo[:tag]``)."""
+        p = call.params
+        target = p.string("target", required=True)
+        rec = self.images.tag(p.string("source", required=True), target)
+        self.bus.publish(Event("image", "tag", rec.id, target, target))
+        return {"id": rec.id, "repo_tags": rec.names}
+
+    async def image_prune(self, call: jsonrpc.Call) -> Any:
+        """Remove the images no container uses (untagged ones; ``all``: every one), then free
+        every blob and snapshot nothing references."""
+        result = self.images.prune(all_images=call.params.boolean("all"))
+        for image_id in result["deleted"]:
+            self.bus.publish(Event("image", "delete", image_id, image_id, image_id))
+        return result
+
+    async def image_save(self, call: jsonrpc.Call) -> Any:
+        """Write images to an archive on tugd's host: ``path`` (absolute), ``refs``, ``format``
+        (``docker-archive``, the default, or ``oci-archive``)."""
+        from . import archive
+
+        p = call.params
+        refs = p.list_of_str("refs")
+        result = await archive.save(
+            self.images, p.string("path", required=True), refs, fmt=p.string("format", "docker-archive")
+        )
+        for image_id, ref in zip(result["images"], refs, strict=True):
+            self.bus.publish(Event("image", "save", image_id, ref, ref))
+        return result
+
+    async def image_load(self, call: jsonrpc.Call) -> Any:
+        """Load every image of an archive on tugd's host (``path``, absolute; OCI archive or
+        docker-archive, plain or gzipped); ``platform`` picks from multi-platform indexes."""
+        from . import archive
+
+        p = call.params
+        path = p.string("path", required=True)
+        loaded = await archive.load(self.images, path, platform=p.string("platform"))
+        for item in loaded:
+            ref = item["repo_tags"][0] if item["repo_tags"] else item["id"]
+            self.bus.publish(Event("image", "load", item["id"], ref, ref))
+        return {"images": loaded}
 
     def _image_events(self, image_id: str, removed: list[str]) -> None:
         """``untag`` for each name removed, ``delete`` if the image itself went (as docker)."""

@@ -27,7 +27,10 @@ class Config:
     log_max_size: int = crilog.DEFAULT_MAX_SIZE
     log_max_files: int = crilog.DEFAULT_MAX_FILES
     shim_timeout: float = 60.0  # a shim's birth (runc run) and its calls
+    runtime_timeout: float = 60.0  # the deadline of every runtime (runc) call a shim makes
     metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
+    insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] spoken to over plain HTTP (auth.py)
+    default_network: str = "bridge"  # of containers created without --network (supervisor/network)
     extra: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> Config:
@@ -40,6 +43,10 @@ class Config:
             raise ConfigError(f"runtime {runtime!r} not found (install the runc package)")
         if self.backend not in ("asyncio", "trio"):
             raise ConfigError(f"unknown backend {self.backend!r}")
+        if not 0 < self.runtime_timeout <= 3600:
+            raise ConfigError(
+                f"--runtime-timeout must be within (0, 3600] seconds, not {self.runtime_timeout:g}"
+            )
         if self.shim_birth not in ("template", "exec"):
             raise ConfigError(f"unknown shim birth {self.shim_birth!r}")
         metrics_address = "" if self.metrics_address.strip() in ("", "off") else self.metrics_address.strip()
@@ -48,6 +55,14 @@ class Config:
                 httpserve.parse_address(metrics_address)
             except httpserve.AddressError as exc:
                 raise ConfigError(f"--metrics-address: {exc}") from None
+        from tugwire.errors import InvalidArgument
+
+        from .auth import check_host
+
+        try:
+            insecure = tuple(check_host(h) for h in self.insecure_registries)
+        except InvalidArgument as exc:
+            raise ConfigError(f"--insecure-registry: {exc.message}") from None
         longest = os.path.join(state, "shims", "0" * 64, "shim.sock")
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
@@ -65,8 +80,12 @@ class Config:
             group=self.group,
             log_max_size=self.log_max_size,
             log_max_files=self.log_max_files,
-            shim_timeout=self.shim_timeout,
+            # The shim's own deadline for runc must end before tugd stops waiting for the shim.
+            shim_timeout=max(self.shim_timeout, self.runtime_timeout + 10),
+            runtime_timeout=self.runtime_timeout,
             metrics_address=metrics_address,
+            insecure_registries=insecure,
+            default_network=self.default_network,
             extra=dict(self.extra),
         )
 
@@ -94,6 +113,11 @@ class Config:
     @property
     def blobs_dir(self) -> str:
         return os.path.join(self.root, "blobs", "sha256")
+
+    @property
+    def auth_path(self) -> str:
+        """Registry credentials (``tug login``): mode 0600, see supervisor/auth.py."""
+        return os.path.join(self.root, "auth.json")
 
     @property
     def snapshots_dir(self) -> str:

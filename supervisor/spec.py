@@ -6,51 +6,22 @@ namespaces for pid, ipc, uts, mount and network, a cgroup under ``/tugboat/<id>`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import stat
 from typing import Any
 
 from tugwire.errors import InvalidArgument
 
+from . import security
+
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-DEFAULT_CAPS = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
-
-MASKED_PATHS = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-]
-READONLY_PATHS = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-]
+# docker's defaults, kept in supervisor/security.py with the rest of the security profile.
+DEFAULT_CAPS = security.DEFAULT_CAPS
+MASKED_PATHS = security.MASKED_PATHS
+READONLY_PATHS = security.READONLY_PATHS
 
 CPU_PERIOD = 100_000
 # --init: tini's static build (Debian package tini), bind-mounted read-only where docker puts its
@@ -119,8 +90,13 @@ def _read_db(roots: list[str], rel: str) -> list[list[str]]:
     """The image's own file (from the top-most layer that has it), read without following a
     symlink out of the rootfs."""
     for root in roots:
+        path = os.path.join(root, rel)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return []  # an overlayfs whiteout: a layer above deleted the file
         try:
-            fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             break
         except OSError:
             continue
@@ -131,10 +107,17 @@ def _read_db(roots: list[str], rel: str) -> list[list[str]]:
 
 
 def build(
-    cid: str, opts: dict[str, Any], image_config: dict[str, Any], rootfs: str, layers: list[str]
+    cid: str,
+    opts: dict[str, Any],
+    image_config: dict[str, Any],
+    rootfs: str,
+    layers: list[str],
+    net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The spec for ``runc``. ``opts`` were validated by the containers service; ``layers`` are
-    the image's snapshot dirs, top first, where user names are looked up."""
+    the image's snapshot dirs, top first, where user names are looked up. ``net`` (from
+    :meth:`supervisor.network.Networks.spec_for`): ``netns`` a namespace file to join, "" for
+    the host's, None for a new one; ``mounts`` the generated /etc files."""
     entrypoint = opts.get("entrypoint")
     if entrypoint is None:
         entrypoint = image_config.get("Entrypoint") or []
@@ -230,6 +213,13 @@ def build(
         mounts.append(
             {"destination": vol["destination"], "type": "bind", "source": vol["source"], "options": options}
         )
+    namespaces: list[dict[str, Any]] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
+    if net is not None:
+        mounts.extend(net.get("mounts") or [])
+        if net.get("netns") == "":  # --network host: no namespace of its own
+            namespaces = [n for n in namespaces if n["type"] != "network"]
+        elif net.get("netns"):
+            namespaces[1]["path"] = net["netns"]
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if opts.get("memory"):
         resources["memory"] = {"limit": int(opts["memory"])}
@@ -237,7 +227,7 @@ def build(
         resources["cpu"] = {"quota": int(float(opts["cpus"]) * CPU_PERIOD), "period": CPU_PERIOD}
     if opts.get("pids_limit"):
         resources["pids"] = {"limit": int(opts["pids_limit"])}
-    return {
+    oci: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": rootfs, "readonly": bool(opts.get("read_only"))},
@@ -246,8 +236,16 @@ def build(
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroup_path(cid),
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
     }
+    labels = image_config.get("Labels")
+    if isinstance(labels, dict) and labels:
+        # the image's Labels become the runtime spec's annotations (string values only, as the
+        # OCI runtime spec requires), so runc hooks and `runc state` see them
+        oci["annotations"] = {str(k): v for k, v in labels.items() if isinstance(v, str)}
+    # Capabilities, seccomp, no-new-privileges, masked paths: the container's security options.
+    security.apply(oci, opts.get("security"))
+    return oci

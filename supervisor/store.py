@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS image_names (
     name TEXT PRIMARY KEY,
     image_id TEXT NOT NULL REFERENCES images(id)
 );
+CREATE TABLE IF NOT EXISTS image_repo_digests (
+    name TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id)
+);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ns INTEGER NOT NULL,
@@ -121,6 +125,7 @@ class ImageRecord:
     size: int
     created: str
     names: list[str] = field(default_factory=list)
+    repo_digests: list[str] = field(default_factory=list)
 
 
 _CONTAINER_COLS = [f.name for f in fields(ContainerRecord)]
@@ -246,7 +251,24 @@ class Store:
 
     def delete_image(self, image_id: str) -> None:
         self.db.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))
+        self.db.execute("DELETE FROM image_repo_digests WHERE image_id=?", (image_id,))
         self.db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def set_repo_digest(self, name: str, image_id: str) -> None:
+        """Record ``repo@sha256:...`` (the digest a registry knows the image by) for an image."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO image_repo_digests (name, image_id) VALUES (?,?)", (name, image_id)
+        )
+
+    def repo_digests(self, image_id: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT name FROM image_repo_digests WHERE image_id=? ORDER BY name", (image_id,)
+        )
+        return [r[0] for r in rows]
+
+    def resolve_repo_digest(self, name: str) -> str | None:
+        row = self.db.execute("SELECT image_id FROM image_repo_digests WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
 
     def all_layer_digests(self) -> set[str]:
         out: set[str] = set()

@@ -128,6 +128,8 @@ class Verbs:
                 if "UNIQUE" in str(exc):
                     raise AlreadyExists(f"the container name {new_name!r} is already in use") from exc
                 raise
+            # Its peers on its networks resolve the new name (their /etc/hosts, rewritten).
+            self.c.networks.refresh_hosts(self.c.networks.network_ids_of(rec.id), self.c.cfg.container_dir)
         self.c._publish("rename", rec, oldName=old)
         return rec
 

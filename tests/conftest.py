@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -72,9 +73,17 @@ class Daemon:
     """A real tugd in its own roots. ``call`` talks to it with the blocking client."""
 
     def __init__(
-        self, base: str, backend: str = "asyncio", extra: list[str] | None = None, runtime: str = "runc"
+        self,
+        base: str,
+        backend: str = "asyncio",
+        extra: list[str] | None = None,
+        runtime: str = "runc",
+        netns: str | None = None,
     ) -> None:
         self.base = base
+        # A network namespace (a name under /run/netns) tugd runs in; without one, tugd runs in the
+        # host's and its containers default to --network none: nothing touches the host's network.
+        self.netns = netns
         self.root = os.path.join(base, "root")
         self.state = os.path.join(base, "st")
         self.socket = os.path.join(self.state, "tugd.sock")
@@ -85,9 +94,12 @@ class Daemon:
         if "--metrics-address" not in self.extra:
             self.metrics_port = free_port()
             self.extra = [*self.extra, "--metrics-address", f"127.0.0.1:{self.metrics_port}"]
+        if netns is None and "--default-network" not in self.extra:
+            self.extra = [*self.extra, "--default-network", "none"]
         self.runtime = runtime
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(base, "tugd.log")
+        self.start_env: dict[str, str] = {}  # extra environment of the next start (failpoints)
 
     @property
     def env(self) -> dict[str, str]:
@@ -104,6 +116,7 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
+                *(["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []),
                 TUGD,
                 "--root",
                 self.root,
@@ -118,7 +131,7 @@ class Daemon:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "NOTIFY_SOCKET": notify_path},
+            env={**os.environ, **self.start_env, "NOTIFY_SOCKET": notify_path},
         )
         log.close()
         try:
@@ -217,20 +230,42 @@ class Daemon:
         return problems
 
 
+def make_test_netns(names: list[str]) -> str:
+    """A new network namespace with only its loopback, up (``ip netns``: the test harness may
+    use ``ip``; tugd itself never does). Recorded in ``names`` for its deletion."""
+    name = f"tbnet{os.getpid() % 10000}{len(names)}{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    names.append(name)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    return name
+
+
+def netns_links(ns: str) -> list[str]:
+    """The names of the links of a test namespace."""
+    out = subprocess.run(["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+
+
 @pytest.fixture
 def make_daemon(busybox_tar: str) -> Iterator[Any]:
     """A factory of started tugd instances with the busybox image imported; each is cleaned up
     and checked for leftovers at the end of the test."""
     daemons: list[Daemon] = []
     bases: list[str] = []
+    netnses: list[str] = []
 
     def factory(
-        backend: str = "asyncio", extra: list[str] | None = None, image: bool = True, runtime: str = "runc"
+        backend: str = "asyncio",
+        extra: list[str] | None = None,
+        image: bool = True,
+        runtime: str = "runc",
+        netns: bool = False,
     ) -> Daemon:
         # Short roots: unix socket paths are limited to 108 bytes.
         base = tempfile.mkdtemp(prefix="tb", dir="/tmp")
         bases.append(base)
-        d = Daemon(base, backend, extra, runtime)
+        ns = make_test_netns(netnses) if netns else None
+        d = Daemon(base, backend, extra, runtime, netns=ns)
         daemons.append(d)
         d.start()
         if image:
@@ -241,6 +276,9 @@ def make_daemon(busybox_tar: str) -> Iterator[Any]:
     problems = []
     for d in daemons:
         problems += d.cleanup()
+    for ns in netnses:
+        problems += [f"link left in netns {ns}: {name}" for name in netns_links(ns) if name.startswith("tv")]
+        subprocess.run(["ip", "netns", "del", ns], check=False)
     for base in bases:
         shutil.rmtree(base, ignore_errors=True)
     assert not problems, f"left behind: {problems}"

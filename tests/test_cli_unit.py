@@ -135,6 +135,38 @@ def test_usage_errors_of_run_exit_125(capsys: pytest.CaptureFixture[str]) -> Non
     assert cli.main(["ps", "--bogus"]) == 2
 
 
+def test_command_modules_table_matches_the_modules() -> None:
+    """main's COMMAND_MODULES (which lets `tug X` import only X's module) names exactly the
+    commands each module defines, and each of them parses."""
+    import importlib
+
+    for name, commands in cli.COMMAND_MODULES.items():
+        module = importlib.import_module(f"supervisor.cli.{name}")
+        assert tuple(module.COMMANDS) == commands, name
+        for command in commands:
+            parser = cli.build_parser([command])
+            assert command in parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """`tug ps` builds without importing the modules of pull, build, network, ... (measured: they
+    cost every command several ms); `tug pull` imports the pull module."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from supervisor.cli import main as m; m.build_parser({argv!r}); "
+        "print(sorted(k for k in sys.modules if k.startswith('supervisor.cli.')))"
+    )
+    for argv, expected in ((["ps"], []), (["pull", "x"], ["supervisor.cli.pull"])):
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(argv=argv)], capture_output=True, text=True, check=True
+        ).stdout
+        loaded = [m for m in ast.literal_eval(out) if m != "supervisor.cli.main"]
+        assert loaded == expected, (argv, loaded)
+
+
 def test_help_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--help"]) == 0
     assert "--memory" in capsys.readouterr().out

@@ -108,14 +108,17 @@ class LogWriter:
         out = format_chunk(stream, data, timestamp())
         if self._size and self._size + len(out) > self.max_size:
             self._rotate()
+        size = self._size
         try:
             self._write_all(out)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise
             self.dropped_bytes += len(data)
-            # Keep the file a sequence of whole records: cut a partial write off.
-            os.ftruncate(self._fd, self._size)
+            # Keep the file a sequence of whole records: cut off what a short write put there
+            # before the disk filled (the size before this chunk, not the size counted since).
+            os.ftruncate(self._fd, size)
+            self._size = size
 
     def _write_all(self, out: bytes) -> None:
         view = memoryview(out)

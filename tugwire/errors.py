@@ -103,6 +103,13 @@ class RuntimeFailed(TugError):
     kind = "runtime_failed"
 
 
+class PermissionDenied(TugError):
+    """The peer may not use this socket (checked with SO_PEERCRED): sent once, then closed."""
+
+    code = -32007
+    kind = "permission_denied"
+
+
 ALL: tuple[type[TugError], ...] = (
     ParseError,
     InvalidRequest,
@@ -115,6 +122,7 @@ ALL: tuple[type[TugError], ...] = (
     FailedPrecondition,
     Unavailable,
     RuntimeFailed,
+    PermissionDenied,
 )
 _BY_KIND = {cls.kind: cls for cls in ALL}
 _BY_CODE = {cls.code: cls for cls in ALL}

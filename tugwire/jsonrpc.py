@@ -17,6 +17,8 @@ Two choices of ours on top of the specification:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -352,8 +354,21 @@ def _error_response(req_id: Any, exc: TugError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": exc.to_json()}
 
 
+async def _refuse(stream: anyio.abc.SocketStream, exc: TugError) -> None:
+    """Send ``exc`` to a peer we will not serve, then read (and drop) what it sent, for a second
+    at most: closing with its request unread would reset the connection before it reads why."""
+    with anyio.move_on_after(1), contextlib.suppress(
+        anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError
+    ):
+        await stream.send(encode(_error_response(None, exc)))
+        await stream.send_eof()
+        drained = 0
+        while drained < MAX_LINE:
+            drained += len(await stream.receive(_READ_SIZE))
+
+
 async def serve_listener(
-    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    listener: anyio.abc.SocketListener,
     dispatcher: Dispatcher,
     *,
     accept: Callable[[anyio.abc.SocketStream], bool] | None = None,
@@ -361,13 +376,44 @@ async def serve_listener(
     """Serve every connection of ``listener`` until cancelled; the listener is closed after."""
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
-        if accept is not None and not accept(stream):
-            await stream.aclose()
-            return
-        await ServerConnection(stream, dispatcher).serve()
+        if accept is not None:
+            # ``accept`` returns False (closed at once) or raises a TugError (sent, then closed).
+            try:
+                allowed = accept(stream)
+            except TugError as exc:
+                await _refuse(stream, exc)
+                allowed = False
+            except OSError:  # the peer is gone already
+                allowed = False
+            if not allowed:
+                await stream.aclose()
+                return
+        try:
+            await ServerConnection(stream, dispatcher).serve()
+        except Exception:  # one connection's failure is never the server's
+            log.exception("connection failed")
 
-    async with listener:
-        await listener.serve(handle)
+    last_warning = -1e9
+    async with listener, anyio.create_task_group() as tg:
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # Out of file descriptors (or memory): the connection waits in the backlog; try
+                # again shortly (as trio's serve_listeners), never end the server over it.
+                cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+                if isinstance(cause, OSError) and cause.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    if anyio.current_time() - last_warning > 10:  # one warning per 10 s at most
+                        last_warning = anyio.current_time()
+                        log.warning("cannot accept a connection: %s; retrying", cause.strerror)
+                    await anyio.sleep(ACCEPT_RETRY)
+                    continue
+                raise
+            tg.start_soon(handle, stream)
+
+
+ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 # ----------------------------------------------------------------------------------- client side

@@ -125,6 +125,10 @@ class Client:
             assert got is not None  # no wakeup fd: a message or an exception
             if is_response(got) and got.get("id") == req_id:
                 return response_result(got)
+            if is_response(got) and got.get("id") is None and "error" in got:
+                # An error without an id (a refused peer, a line tugd could not parse) answers
+                # what we sent: raise it rather than wait for an answer that will not come.
+                return response_result(got)
             self._held.append(got)
 
     # ------------------------------------------------------------------------------- reading

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import binascii
+import importlib
 import json
 import os
 import re
@@ -159,6 +160,23 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
         help="bind mount a host path",
     )
     p.add_argument("-h", "--hostname", help="the container's host name")
+    p.add_argument("--network", "--net", metavar="NETWORK", help="bridge (default), none, host or a name")
+    p.add_argument("--ip", metavar="ADDRESS", help="a fixed IPv4 address on a user-defined network")
+    p.add_argument("--ip6", metavar="ADDRESS", help="a fixed IPv6 address on a dual-stack network")
+    p.add_argument(
+        "--network-alias", action="append", default=[], metavar="NAME", help="another name on the network"
+    )
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver (resolv.conf)")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="a line for /etc/hosts")
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HOSTPORT:PORT[/PROTO]",
+        help="publish a container's port on the host",
+    )
+    p.add_argument("-P", "--publish-all", action="store_true", help="publish the image's exposed ports")
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     p.add_argument("-i", "--interactive", action="store_true", help="keep its stdin open (run: send ours)")
     p.add_argument("-t", "--tty", action="store_true", help="give it a terminal")
@@ -191,6 +209,20 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
         help="no, on-failure[:N], always or unless-stopped (restarts with a growing delay)",
     )
     p.add_argument("--init", action="store_true", help="run an init (tini) as PID 1: signals, zombies")
+    p.add_argument(
+        "--privileged", action="store_true", help="every capability, no seccomp, no masked paths, all devices"
+    )
+    for verb in ("add", "drop"):
+        p.add_argument(
+            f"--cap-{verb}", action="append", default=[], metavar="CAP", help=f"{verb} a capability (or ALL)"
+        )
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="no-new-privileges[=true|false], seccomp=unconfined or seccomp=PROFILE.json",
+    )
     p.add_argument("--health-cmd", metavar="CMD", help="command (sh -c) that checks the container's health")
     for opt, what in (("interval", "between checks"), ("timeout", "a check may run"), ("start-period", "")):
         p.add_argument(
@@ -226,6 +258,21 @@ def _env_items(items: Iterable[str]) -> list[str]:
     return out
 
 
+def _security_opt(opt: str) -> str:
+    """``seccomp=PATH`` becomes ``seccomp=<the file's JSON>`` (tugd reads no client files, as
+    docker's daemon); every other option goes as it is."""
+    key, sep, value = opt.partition("=")
+    if key.strip() != "seccomp" or not sep or value in ("unconfined", "builtin", "default"):
+        return opt
+    try:
+        with open(value, encoding="utf-8") as f:
+            return "seccomp=" + f.read((1 << 20) + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.InvalidArgument(
+            f"cannot read seccomp profile {value}: {exc}", field="security_opt"
+        ) from exc
+
+
 def create_params(args: argparse.Namespace) -> dict[str, Any]:
     """The ``container.create`` params for parsed ``run``/``create`` arguments.
 
@@ -252,6 +299,19 @@ def create_params(args: argparse.Namespace) -> dict[str, Any]:
         params["hostname"] = args.hostname
     if args.volume:
         params["volumes"] = list(args.volume)
+    for key, param in (("network", "network"), ("ip", "ip"), ("ip6", "ip6")):
+        if getattr(args, key) is not None:
+            params[param] = getattr(args, key)
+    for key, param in (
+        ("network_alias", "network_aliases"),
+        ("dns", "dns"),
+        ("add_host", "add_hosts"),
+        ("publish", "ports"),
+    ):
+        if getattr(args, key):
+            params[param] = list(getattr(args, key))
+    if args.publish_all:
+        params["publish_all"] = True
     if args.read_only:
         params["read_only"] = True
     if args.tty:
@@ -268,6 +328,14 @@ def create_params(args: argparse.Namespace) -> dict[str, Any]:
         params["restart"] = args.restart
     if args.init:
         params["init"] = True
+    if args.privileged:
+        params["privileged"] = True
+    if args.cap_add:
+        params["cap_add"] = list(args.cap_add)
+    if args.cap_drop:
+        params["cap_drop"] = list(args.cap_drop)
+    if args.security_opt:
+        params["security_opt"] = [_security_opt(opt) for opt in args.security_opt]
     for key in ("health_cmd", "health_interval", "health_timeout", "health_start_period", "health_retries"):
         value = getattr(args, key)
         if value is not None:
@@ -1362,6 +1430,21 @@ class _Skipped:
         return lambda *args, **kwargs: self
 
 
+# The commands that other modules of this package define, by module. Only the module of the
+# command being run is imported: importing all of them cost every `tug` command several ms
+# (-X importtime; the pull module alone ~3 ms). tests/test_cli_unit.py checks this table
+# against each module's own COMMANDS.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "verbs": ("pause", "unpause", "top", "stats", "update", "restart", "rename", "cp"),
+    "exec": ("exec",),
+    "attach": ("attach",),
+    "network": ("network",),
+    "pull": ("pull", "push", "login", "logout"),
+    "images": ("save", "load", "tag"),
+    "build": ("build",),
+}
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command word of ``argv`` (after the global options), if there is one."""
     it = iter(argv)
@@ -1410,17 +1493,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "info",
         "system",
     }
-    from . import verbs as _verbs  # pause, unpause, top, stats, update, restart, rename, cp
-
-    known.update(_verbs.COMMANDS)
-    from . import exec as _exec  # exec
-
-    known.update(_exec.COMMANDS)
-    from . import attach as _attach  # attach
-
-    known.update(_attach.COMMANDS)
-    if wanted not in known:
+    # Only the module of the command being run is imported (see COMMAND_MODULES).
+    modules = [m for m, cmds in COMMAND_MODULES.items() if wanted is not None and wanted in cmds]
+    if wanted == "image":
+        modules.append("images")  # image save|load|tag
+    if wanted not in known and not modules:
         wanted = None
+    if wanted is None:
+        modules = list(COMMAND_MODULES)
+    loaded = {m: importlib.import_module(f"{__package__}.{m}") for m in modules}
 
     def add(name: str, help_: str, **kw: Any) -> argparse.ArgumentParser:
         if wanted is not None and name != wanted:
@@ -1500,6 +1581,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_rmi_args(image_sub.add_parser("rm", aliases=["remove"], help="remove images"))
     _add_inspect_args(image_sub.add_parser("inspect", help="show an image as JSON"), "image")
     _add_import_args(image_sub.add_parser("import", help="import a rootfs tarball"))
+    if "images" in loaded:
+        loaded["images"].add_image_commands(image_sub)
 
     p = add("events", "stream events (past ones with --since/--until, then live ones)")
     p.add_argument(
@@ -1533,9 +1616,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_prune)
-    _verbs.add_commands(add)
-    _exec.add_commands(add)
-    _attach.add_commands(add)
+    for module in loaded.values():
+        module.add_commands(add)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""Failpoints: named points in tugd's code where a test can make tugd die (``kill -9``) or fail.
+
+Armed once, at start, from the ``TUGD_FAILPOINTS`` environment variable (then removed from the
+environment, so that nothing tugd starts inherits it)::
+
+    TUGD_FAILPOINTS="container.create.after_db=kill;container.start.after_launch=2*kill"
+
+Each entry is ``NAME=[COUNT*]ACTION``: ``kill`` sends SIGKILL to tugd itself (a crash at that very
+point: no ``finally``, no flush); ``error`` raises :class:`tugwire.errors.Internal`; ``COUNT*``
+lets the first COUNT-1 passes through and acts on the COUNT-th. The names are listed in
+:data:`POINTS`; an unknown name or action stops tugd at start (a test that arms a point that does
+not exist must not silently pass).
+
+Disarmed (the normal case), :func:`failpoint` costs one dict lookup on an empty dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from tugwire.errors import Internal
+
+log = logging.getLogger("tugboat.failpoints")
+
+ENV = "TUGD_FAILPOINTS"
+
+# Every point placed in the code, with where it is (docs/reliability.md lists what each proves).
+POINTS = {
+    "container.create.after_bundle": "the bundle (config.json, dirs) written, nothing in the store",
+    "container.create.after_db": "the container recorded, before its create event",
+    "container.start.after_mount": "the overlay mounted and the shim dir made, no shim yet",
+    "container.start.after_network": "the network namespace wired (veths, addresses), no shim yet",
+    "network.setup.after_netns": "the namespace made, its veths not yet (in the wiring thread)",
+    "container.start.after_launch": "the shim runs the container, the store still says created",
+    "container.stop.after_signal": "the stop signal sent, the exit not yet recorded",
+    "container.exit.before_record": "the shim reported an exit that is not in the store yet",
+    "container.exit.after_record": "the exit recorded, the task not yet released (shim, mount)",
+    "container.delete.after_release": "the task released and unmounted, the row still there",
+    "container.delete.after_db": "the row deleted, the bundle directory still on disk",
+    "image.ingest.after_fetch": "a pull or load has every blob, layers maybe mid-unpack, nothing recorded",
+    "image.ingest.after_unpack": "the snapshots unpacked, the image not recorded",
+}
+ACTIONS = ("kill", "error")
+
+
+@dataclass
+class _Armed:
+    count: int  # passes left, this one included, before it acts
+    action: str
+
+
+_armed: dict[str, _Armed] = {}
+
+
+class FailpointError(Exception):
+    """A malformed ``TUGD_FAILPOINTS``."""
+
+
+def parse(spec: str) -> dict[str, tuple[int, str]]:
+    """``NAME=[COUNT*]ACTION;...`` -> {name: (count, action)}; raises FailpointError."""
+    out: dict[str, tuple[int, str]] = {}
+    for item in spec.replace(",", ";").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, rest = item.partition("=")
+        name, rest = name.strip(), rest.strip()
+        if not sep or name not in POINTS:
+            raise FailpointError(f"unknown failpoint {name!r} (known: {', '.join(sorted(POINTS))})")
+        count_text, star, action = rest.rpartition("*")
+        if not star:
+            count_text, action = "1", rest
+        if action not in ACTIONS:
+            raise FailpointError(f"unknown failpoint action {action!r} for {name} (want kill or error)")
+        if not count_text.isdigit() or int(count_text) < 1:
+            raise FailpointError(f"bad failpoint count {count_text!r} for {name}")
+        out[name] = (int(count_text), action)
+    return out
+
+
+def arm_from_environment() -> None:
+    """Read and remove ``TUGD_FAILPOINTS``; called once by tugd's entry point."""
+    spec = os.environ.pop(ENV, "")
+    _armed.clear()
+    for name, (count, action) in parse(spec).items():
+        _armed[name] = _Armed(count, action)
+        log.warning("failpoint armed: %s=%d*%s", name, count, action)
+
+
+def failpoint(name: str) -> None:
+    """Act here if ``name`` is armed (see the module's docstring); else nothing."""
+    entry = _armed.get(name)
+    if entry is None:
+        return
+    entry.count -= 1
+    if entry.count > 0:
+        return
+    del _armed[name]
+    if entry.action == "kill":
+        log.warning("failpoint %s: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise Internal(f"failpoint {name}")

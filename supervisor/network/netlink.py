@@ -1,0 +1,247 @@
+"""Links, addresses, routes and network namespaces, over netlink with pyroute2 (never ``ip``).
+
+Every function here blocks (netlink round trips, a mount): the service calls them through
+``anyio.to_thread``. pyroute2 costs ~125 ms to import, so it is imported on first use only: a
+tugd whose containers never join a network never loads it.
+
+A container's network namespace is a file under tugd's state root (``<state>/netns/<id>``), a
+bind mount of a namespace made by ``unshare(CLONE_NEWNET)`` in a short-lived thread of ours
+(namespaces are per thread: tugd's other threads never leave its own). The same trick, ``setns``
+in a fresh thread, opens a netlink socket inside a container's namespace: the socket stays bound
+to the namespace it was opened in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread of its own (it may change the thread's network namespace)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="tug-netns")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def iproute() -> Any:
+    from pyroute2 import IPRoute  # lazy: ~125 ms
+
+    return IPRoute()
+
+
+# ------------------------------------------------------------------------------ namespaces
+
+
+def create_netns(path: str) -> None:
+    """A new network namespace bind-mounted at ``path`` (which must not exist)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+
+    def make() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), f"bind mount of {path}")
+
+    try:
+        _in_thread(make)  # the thread ends in the new namespace: nothing else ever uses it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def delete_netns(path: str) -> None:
+    """Unmount and remove a namespace file; gone already is fine."""
+    ret = _libc.umount2(path.encode(), MNT_DETACH)
+    if ret != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def is_netns(path: str) -> bool:
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+    except OSError:
+        return False
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """``fn()`` run in a fresh thread that has entered the namespace at ``path``."""
+
+    def run() -> T:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), f"setns({path})")
+        finally:
+            os.close(fd)
+        return fn()
+
+    return _in_thread(run)
+
+
+# ---------------------------------------------------------------------------------- links
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+IFA_F_NODAD = 0x02  # an IPv6 address usable at once, without duplicate address detection
+
+
+def ensure_bridge(
+    name: str, gateway: str, prefixlen: int, mtu: int, route_localnet: bool, v6: tuple[str, int] | None = None
+) -> bool:
+    """The bridge ``name`` up with ``gateway/prefixlen``; True if it was made now. Turns on IPv4
+    forwarding (the NAT of outbound traffic needs it) and, on the bridge only, route_localnet
+    (published ports on 127.0.0.1 are DNATed out of it)."""
+    made = False
+    with iproute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            with contextlib.suppress(Exception):
+                ipr.link("add", ifname=name, kind="bridge")
+            made = True
+            found = ipr.link_lookup(ifname=name)
+        index = found[0]
+        ipr.link("set", index=index, mtu=mtu)
+        have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
+        if (gateway, prefixlen) not in have:
+            ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
+        if v6 is not None:
+            have6 = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=10)}
+            if v6 not in have6:
+                ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], family=10, flags=IFA_F_NODAD)
+        ipr.link("set", index=index, state="up")
+    _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    if v6 is not None:
+        _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+    if route_localnet:
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+    return made
+
+
+def attach(
+    netns: str,
+    host_if: str,
+    bridge: str,
+    idx: int,
+    ip: str,
+    prefixlen: int,
+    gateway: str,
+    mac: str,
+    mtu: int,
+    default_route: bool,
+    v6: tuple[str, int, str] | None = None,
+) -> None:
+    """A veth pair: ``host_if`` on ``bridge``, its peer ``eth<idx>`` in ``netns`` with the
+    address, up, loopback up, and the default route through the gateway if asked."""
+    inner = f"eth{idx}"
+    with iproute() as ipr:
+        with contextlib.suppress(Exception):  # a leftover of a crash in the middle of this
+            ipr.link("del", ifname=host_if)
+        ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link(
+                "add",
+                ifname=host_if,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": inner, "net_ns_fd": ns_fd, "address": mac, "mtu": mtu},
+            )
+        finally:
+            os.close(ns_fd)
+        index = ipr.link_lookup(ifname=host_if)[0]
+        master = ipr.link_lookup(ifname=bridge)[0]
+        ipr.link("set", index=index, master=master, state="up")
+
+    def inside() -> None:
+        with iproute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            eth = ipr.link_lookup(ifname=inner)[0]
+            ipr.addr("add", index=eth, address=ip, prefixlen=prefixlen)
+            ipr.link("set", index=eth, state="up")
+            if default_route:
+                ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=eth)
+            if v6 is not None:  # (address, prefix length, gateway)
+                ipr.addr("add", index=eth, address=v6[0], prefixlen=v6[1], family=10, flags=IFA_F_NODAD)
+                if default_route:
+                    ipr.route("add", dst="::/0", gateway=v6[2], oif=eth, family=10)
+
+    in_netns(netns, inside)
+
+
+def uplink_mtu(fallback: int = 1500) -> int:
+    """The MTU of the link of this namespace's default route (what containers' packets leave
+    through), capped at ``fallback``; ``fallback`` without a default route."""
+    with iproute() as ipr:
+        for route in ipr.get_default_routes(family=2):
+            oif = route.get("oif") or route.get_attr("RTA_OIF")
+            if oif:
+                links = ipr.get_links(oif)
+                if links:
+                    return min(int(links[0].get("mtu") or links[0].get_attr("IFLA_MTU")), fallback)
+    return fallback
+
+
+def delete_link(name: str) -> bool:
+    """Delete a link by name (a veth takes its peer with it); True if there was one."""
+    with iproute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return False
+        with contextlib.suppress(Exception):
+            ipr.link("del", index=found[0])
+        return True
+
+
+def link_names(prefix: str) -> list[str]:
+    """The names of this namespace's links that start with ``prefix``."""
+    with iproute() as ipr:
+        names = [link.get("ifname") or "" for link in ipr.get_links()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def addresses() -> list[tuple[str, int, str]]:
+    """(address, prefix length, link name) of every IPv4 address of this namespace."""
+    with iproute() as ipr:
+        names = {link["index"]: link.get("ifname") or "" for link in ipr.get_links()}
+        return [
+            (a.get("address") or "", int(a["prefixlen"]), names.get(a["index"], ""))
+            for a in ipr.get_addr(family=2)
+        ]

@@ -1,0 +1,106 @@
+"""tugd's nftables table (``ip tugboat``): NAT out, published ports in, isolation between networks.
+
+The whole table is rendered from the store and replaced in one ``nft -f`` transaction (create if
+missing, delete, create again): there is never a half-applied table, and a rebuild at start is
+the same code as any change, which is what makes reconciliation after a crash complete. nftables
+rules go through the ``nft`` tool: pyroute2's nftables support does not cover NAT expressions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from tugwire.errors import Unavailable
+
+TABLE = "tugboat"
+BRIDGE_GLOB = "tb-*"
+
+
+@dataclass
+class BridgeRules:
+    bridge: str
+    subnet: str
+    internal: bool = False
+    subnet6: str = ""
+
+
+@dataclass
+class Forward:
+    host_ip: str  # "" for every local address
+    host_port: int
+    proto: str
+    ip: str  # the container's address
+    port: int
+
+
+@dataclass
+class Ruleset:
+    bridges: list[BridgeRules] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+
+    def render(self) -> str:
+        pre: list[str] = []
+        out: list[str] = []
+        post: list[str] = []
+        fwd: list[str] = []
+        post6: list[str] = []
+        for f in self.forwards:
+            target = f"dnat to {f.ip}:{f.port}"
+            if f.host_ip:
+                match = f"ip daddr {f.host_ip} {f.proto} dport {f.host_port}"
+            else:
+                match = f"fib daddr type local {f.proto} dport {f.host_port}"
+            pre.append(f"{match} {target}")
+            out.append(f"{match} {target}")
+        for b in self.bridges:
+            if not b.internal:
+                post.append(f'ip saddr {b.subnet} oifname != "{b.bridge}" masquerade')
+                if b.subnet6:
+                    post6.append(f'ip6 saddr {b.subnet6} oifname != "{b.bridge}" masquerade')
+            # Containers of one network never reach another's (routed through us otherwise).
+            fwd.append(f'iifname "{b.bridge}" oifname "{BRIDGE_GLOB}" oifname != "{b.bridge}" drop')
+            if b.internal:
+                fwd.append(f'iifname "{b.bridge}" oifname != "{b.bridge}" drop')
+                fwd.append(f'oifname "{b.bridge}" iifname != "{b.bridge}" drop')
+        # Published ports reached on 127.0.0.1 leave through a bridge with a loopback source.
+        post.append(f'ip saddr 127.0.0.0/8 oifname "{BRIDGE_GLOB}" masquerade')
+
+        def chain(name: str, hook: str, rules: list[str]) -> str:
+            body = "".join(f"    {r}\n" for r in rules)
+            return f"  chain {name} {{\n    {hook};\n{body}  }}\n"
+
+        return (
+            f"table ip {TABLE} {{\n"
+            + chain("prerouting", "type nat hook prerouting priority dstnat", pre)
+            + chain("output", "type nat hook output priority -100", out)
+            + chain("postrouting", "type nat hook postrouting priority srcnat", post)
+            + chain("forward", "type filter hook forward priority filter", fwd)
+            + "}\n"
+            # IPv6 (dual-stack networks): NAT out and the same isolation; no published ports.
+            + f"table ip6 {TABLE} {{\n"
+            + chain("postrouting", "type nat hook postrouting priority srcnat", post6)
+            + chain("forward", "type filter hook forward priority filter", fwd)
+            + "}\n"
+        )
+
+
+def _nft() -> str:
+    path = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    if path is None:
+        raise Unavailable("nft (the nftables package) is needed for container networks")
+    return path
+
+
+def apply(ruleset: Ruleset | None) -> None:
+    """Replace the table by ``ruleset`` (None: remove it). Blocking."""
+    script = "".join(
+        f"table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\n" for family in ("ip", "ip6")
+    )
+    if ruleset is not None:
+        script += ruleset.render()
+    result = subprocess.run([_nft(), "-f", "-"], input=script.encode(), capture_output=True, timeout=30)
+    if result.returncode != 0:
+        raise Unavailable(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
