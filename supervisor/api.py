@@ -110,7 +110,7 @@ class Api:
             "cgroup_version": cgroup_version(),
             "shim_birth": self.shim_birth,
             "containers": self.containers.counts(),
-            "images": len(self.images.store.list_images()),
+            "images": self.images.store.image_count(),
             "pid": os.getpid(),
         }
 

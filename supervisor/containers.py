@@ -984,8 +984,8 @@ class Containers:
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((CREATED, RUNNING, PAUSED, EXITED, UNKNOWN), 0)
-        for rec in self.store.list_containers():
-            counts[rec.state] = counts.get(rec.state, 0) + 1
+        for state, n in self.store.container_counts().items():
+            counts[state] = counts.get(state, 0) + n
         counts["total"] = sum(counts.values())
         return counts
 

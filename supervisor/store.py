@@ -187,6 +187,14 @@ class Store:
         rows = self.db.execute("SELECT * FROM containers ORDER BY created_at DESC, id").fetchall()
         return [ContainerRecord.from_row(r) for r in rows]
 
+    def container_counts(self) -> dict[str, int]:
+        """Containers per state, counted by SQLite: ``system.info`` is called often (health
+        probes, dashboards) and must not decode every record's config to count them."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM containers GROUP BY state")}
+
+    def image_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
     def name_taken(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone() is not None
 

@@ -1655,5 +1655,21 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def entry() -> NoReturn:
+    """The ``tug`` console script: :func:`main`, then ``os._exit`` once stdout and stderr are
+    flushed. A CLI run is one short process: tearing the interpreter down (module dicts, the
+    garbage collector's last pass) costs about 4 ms here, 10 % of ``tug info``, and frees nothing
+    that the kernel does not free anyway. Nothing registers ``atexit`` work in the CLI."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            code = code or 141
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code & 0xFF if code >= 0 else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -418,15 +418,17 @@ class Networks:
 
     def _snapshot(
         self,
-    ) -> tuple[dict[str, list[Endpoint]], dict[str, list[Endpoint]], dict[str, ContainerRecord]]:
-        """Every endpoint by network and by container, and every container by id: what the
-        /etc/hosts of many containers are built from, read once (not once per peer)."""
+    ) -> tuple[dict[str, list[Endpoint]], dict[str, list[Endpoint]], _Records]:
+        """Every endpoint by network and by container, and the containers by id, read once each
+        (not once per peer): what the /etc/hosts of many containers are built from. Records are
+        read on first use: a create with ``--network none`` among 500 containers reads none of
+        them (reading them all cost O(containers) per create: 12 ms each at 500)."""
         by_net: dict[str, list[Endpoint]] = {}
         by_cid: dict[str, list[Endpoint]] = {}
         for ep in self.db.endpoints():
             by_net.setdefault(ep.network_id, []).append(ep)
             by_cid.setdefault(ep.container_id, []).append(ep)
-        return by_net, by_cid, {r.id: r for r in self.store.list_containers()}
+        return by_net, by_cid, _Records(self.store)
 
     def _etc(self, rec: ContainerRecord, snap: Any = None) -> files.EtcFiles:
         by_net, by_cid, recs = snap or self._snapshot()
@@ -772,3 +774,16 @@ def _listdir(path: str) -> list[str]:
         return [e for e in os.listdir(path) if not e.startswith(".")]
     except FileNotFoundError:
         return []
+
+
+class _Records:
+    """Container records by id, each read from the store on first use."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache: dict[str, ContainerRecord | None] = {}
+
+    def get(self, cid: str) -> ContainerRecord | None:
+        if cid not in self.cache:
+            self.cache[cid] = self.store.get_container(cid)
+        return self.cache[cid]
