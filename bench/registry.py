@@ -11,7 +11,9 @@ with umoci and pushed once by skopeo to ``bench/src:1``.
 
 - Pull: ``skopeo copy docker://REG/bench/src:1 oci:FRESH_DIR:t`` (fetch and verify into an OCI
   layout) against ``tug pull -q REG/bench/src:1`` on a tugd whose store was emptied by ``tug rmi``
-  (fetch, verify, *and unpack every layer into its snapshot*: tug does strictly more work).
+  (fetch, verify, *and unpack every layer into its snapshot*: tug does strictly more work), so
+  the same copy followed by ``umoci unpack`` of it into a fresh bundle is timed too: that pair
+  is the like-for-like one.
 - Push: each tool pushes the same image to a fresh registry of its own each round (an empty
   storage, so every blob is uploaded and no tool can mount or skip): ``skopeo copy
   oci:DIR:t docker://FRESH/bench/dst:1`` against ``tug push -q IMAGE FRESH/bench/dst:1``.
@@ -171,7 +173,7 @@ def main() -> int:
     parser.add_argument("--layer-mib", type=int, default=32)
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="tbreg", dir="/tmp")
-    keys = ("skopeo pull", "tug pull", "tug pull: fetch + verify only", "skopeo push", "tug push")
+    keys = ("skopeo pull", "skopeo pull + umoci unpack", "tug pull", "skopeo push", "tug push")
     results: dict[str, list[float]] = {k: [] for k in keys}
     try:
         note(f"building the image: busybox + {args.layers} x {args.layer_mib} MiB random layers")
@@ -202,12 +204,17 @@ def main() -> int:
                                 ]
                             )
                         )
+                        # The like-for-like pair of a tug pull (which unpacks every layer into
+                        # its snapshot): the same copy, then umoci unpacking it into a rootfs.
+                        bundle = os.path.join(base, f"bundle{r}")
+                        unpack = timed(["umoci", "unpack", "--image", f"{dest}:t", bundle])
+                        results["skopeo pull + umoci unpack"].append(results["skopeo pull"][-1] + unpack)
                         shutil.rmtree(dest)
+                        shutil.rmtree(bundle)
                     else:
                         subprocess.run([*tug, "rmi", src], check=True, stdout=subprocess.DEVNULL)
-                        total, fetched = timed_pull(sock, src)
+                        total, _ = timed_pull(sock, src)
                         results["tug pull"].append(total)
-                        results["tug pull: fetch + verify only"].append(fetched)
                 for tool in order:
                     with registry(os.path.join(base, f"push-{tool}-{r}")) as fresh:
                         dst = f"docker://{fresh}/bench/dst:1"
@@ -223,9 +230,14 @@ def main() -> int:
         print("|---|---|")
         for key, xs in results.items():
             print(f"| {key} | {stats(xs)} |")
-        for verb in ("pull", "push"):
-            ratio = statistics.median(results[f"tug {verb}"]) / statistics.median(results[f"skopeo {verb}"])
-            print(f"\n{verb}: tug / skopeo = {ratio:.2f}")
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(results[a]) / statistics.median(results[b])
+
+        like = ratio("tug pull", "skopeo pull + umoci unpack")
+        print(f"\npull: tug / (skopeo + umoci unpack) = {like:.2f}")
+        print(f"pull: tug / skopeo copy alone (no unpack) = {ratio('tug pull', 'skopeo pull'):.2f}")
+        print(f"push: tug / skopeo = {ratio('tug push', 'skopeo push'):.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

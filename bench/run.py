@@ -774,9 +774,9 @@ def report_logs(results: list[Throughput]) -> Iterator[str]:
         yield from notes
 
 
-TARGET_RATIO = 4.0  # tug run --rm / runc run, medians
-TARGET_PSS_MB = 12.0  # average shim PSS over 20 running containers (MiB)
-TARGET_MBPS = 200.0  # container output through the shim into the CRI log
+TARGET_RATIO = 2.0  # tug run --rm / runc run, medians (issue 7; issue 2 asked 4.0)
+TARGET_PSS_MB = 3.0  # average shim PSS over 20 running containers (MB; issue 2 asked 12)
+TARGET_FOLLOWED = 0.9  # CRI log while `tug logs -f` follows, against `runc run | cat > file`
 
 
 def report_targets(series: list[Series], mem: list[MemResult], logs: list[Throughput]) -> Iterator[str]:
@@ -795,17 +795,20 @@ def report_targets(series: list[Series], mem: list[MemResult], logs: list[Throug
         f"{ms(tug_m)} / {ms(runc_m)} ms = {ratio:.2f}x | {verdict(ratio <= TARGET_RATIO)} |"
     )
     for r in mem:
-        avg = statistics.mean(s["Pss"] for s in r.shims) / 1024
+        avg = statistics.mean(s["Pss"] for s in r.shims) * 1024 / 1e6  # kB -> MB, as the target
         yield (
             f"| shim PSS averaged over {r.n} running containers at most {TARGET_PSS_MB:g} MB "
             f"({r.birth} birth{', the default' if r.birth == 'template' else ', for comparison'}) "
-            f"| {avg:.2f} MiB | {verdict(avg <= TARGET_PSS_MB)} |"
+            f"| {avg:.2f} MB | {verdict(avg <= TARGET_PSS_MB)} |"
         )
-    cri = next(r for r in logs if r.label == "tug (CRI log)")
-    mbps = LOG_BYTES / median(cri.seconds) / 1e6
+    cat = next(r for r in logs if r.label == "runc | cat > file")
+    followed = next(r for r in logs if r.label == "tug (CRI log) + `logs -f` + stuck follower")
+    rel = median(cat.seconds) / median(followed.seconds)
     yield (
-        f"| log throughput at least {TARGET_MBPS:g} MB/s in CRI format | {mbps:.0f} MB/s | "
-        f"{verdict(mbps >= TARGET_MBPS and all(cri.ok))} |"
+        f"| CRI log while `tug logs -f` follows (and a stuck follower) at least {TARGET_FOLLOWED:g}x "
+        f"`runc run \\| cat > file` | {LOG_BYTES / median(followed.seconds) / 1e6:.0f} / "
+        f"{LOG_BYTES / median(cat.seconds) / 1e6:.0f} MB/s = {rel:.2f}x | "
+        f"{verdict(rel >= TARGET_FOLLOWED and all(followed.ok))} |"
     )
 
 

@@ -167,6 +167,28 @@ def test_a_command_imports_only_its_own_module() -> None:
         assert loaded == expected, (argv, loaded)
 
 
+def test_entry_flushes_its_output_before_os_exit(tmp_path: Any) -> None:
+    """The console script ends with ``os._exit`` (no interpreter teardown): everything printed
+    must still arrive, through a pipe and into a file, and the exit status must be main()'s."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.argv[0] = 'tug'; from supervisor.cli.main import entry; entry()"
+    full = subprocess.run([sys.executable, "-c", code, "run", "--help"], capture_output=True, text=True)
+    assert full.returncode == 0
+    assert full.stdout.startswith("usage: tug run") and full.stdout.endswith("\n")
+    assert "--network" in full.stdout  # from the end of the help, well past any buffer boundary
+    with open(tmp_path / "out", "w") as out:
+        subprocess.run([sys.executable, "-c", code, "run", "--help"], stdout=out, check=True)
+    assert (tmp_path / "out").read_text() == full.stdout
+    missing = str(tmp_path / "no.sock")
+    failed = subprocess.run(
+        [sys.executable, "-c", code, "--socket", missing, "info"], capture_output=True, text=True
+    )
+    assert failed.returncode == 1
+    assert "cannot connect to tugd" in failed.stderr and failed.stdout == ""
+
+
 def test_help_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--help"]) == 0
     assert "--memory" in capsys.readouterr().out

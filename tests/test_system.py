@@ -36,6 +36,11 @@ def test_system_info(daemon: Any) -> None:
     assert info["runtime"].endswith("runc") and info["runtime_version"].startswith("runc version")
     assert info["cgroup_version"] in ("1", "1 (hybrid)", "2")
     assert info["containers"]["running"] == 1 and info["images"] == 1
+    # Counted by state in SQLite (not by decoding every record): each state, and the total.
+    daemon.tug("create", "busybox", "true")
+    run(daemon, ["true"])
+    counts = json.loads(daemon.tug("system", "info", "--format", "json").stdout)["containers"]
+    assert counts == {"created": 1, "running": 1, "paused": 0, "exited": 1, "unknown": 0, "total": 3}
     text = daemon.tug("info").stdout.decode()
     assert "running: 1" in text and "version:" in text
 
