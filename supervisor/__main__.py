@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except failpoints.FailpointError as exc:
         print(f"tugd: {exc}", file=sys.stderr)
         return 2
+    from tugwire.errors import InvalidArgument
+
     try:
         anyio.run(app_main, cfg, backend=cfg.backend)
     except (AlreadyRunning, ActivationError, ListenError) as exc:
@@ -109,7 +111,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:
+        # A setting that only the store can check (``--default-network NAME`` names a network
+        # that does not exist) fails inside the task groups: one line, like the errors above.
+        leaves = _leaves(group)
+        if not leaves or not all(isinstance(e, InvalidArgument) for e in leaves):
+            raise
+        for leaf in leaves:
+            print(f"tugd: {leaf.message if isinstance(leaf, InvalidArgument) else leaf}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

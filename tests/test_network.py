@@ -645,3 +645,26 @@ def test_the_cli_never_imports_pyroute2(make_daemon: Any) -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_unknown_default_network_is_one_clear_line() -> None:
+    """``tugd --default-network NAME`` for a network that does not exist: exit status 2 and one
+    line naming it, not a traceback of task groups. It fails on the store's records, before any
+    bridge, namespace or socket exists (so this runs on the host's network safely)."""
+    import shutil
+    import tempfile
+
+    from .conftest import TUGD
+
+    base = tempfile.mkdtemp(prefix="tb", dir="/tmp")  # short: the socket path must fit
+    try:
+        proc = subprocess.run(
+            [TUGD, "--root", f"{base}/root", "--state", f"{base}/s",
+             "--default-network", "nosuchnet", "--metrics-address", "off"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "NOTIFY_SOCKET": ""},
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == ["tugd: --default-network nosuchnet: no such network"]
+        assert not os.path.exists(f"{base}/s/tugd.sock")
+    finally:
+        shutil.rmtree(base)
