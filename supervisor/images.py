@@ -1032,9 +1032,11 @@ class Images:
             "size": rec.size,
             "created": rec.created,
             "platform": platform,
+            # The image config's own ``config`` (Entrypoint, Cmd, Env, ...), in the list too: the
+            # issue asks `tug images --format json` for it as well as `image inspect`.
+            "config": rec.config.get("config", {}),
         }
         if full:
-            out["config"] = rec.config.get("config", {})
             out["layers"] = [layer["digest"] for layer in rec.manifest.get("layers", [])]
             out["diff_ids"] = list(rec.config.get("rootfs", {}).get("diff_ids", []))
             out["media_type"] = rec.manifest.get("mediaType", MEDIA_MANIFEST)

@@ -746,6 +746,7 @@ def test_images_json_inspect_rmi_prune(daemon: Any, busybox_tar: str, tmp_path: 
     row = next(r for r in rows if r["repo_tags"] == ["loaded:2"])
     assert row["digest"] == mdigest and row["repo_digests"] == [f"loaded@{mdigest}"]
     assert row["id"] == json.loads(mbytes)["config"]["digest"] and row["platform"] == "linux/amd64"
+    assert row["config"] == {"Cmd": ["sh"]}  # the image config in the list as well
     obj = json.loads(daemon.tug("image", "inspect", "docker.io/library/loaded:2").stdout)
     for key in ("id", "digest", "repo_tags", "repo_digests", "size", "created", "platform", "config"):
         assert key in obj, key
