@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from supervisor.cli import main as cli
 from tugwire import crilog, errors
@@ -397,6 +399,63 @@ def test_decode_records_written_by_crilog_round_trip() -> None:
     decoder = cli.LogDecoder()
     out = b"".join(chunk for _, chunk in decoder.feed(data[:1000]) + decoder.feed(data[1000:]))
     assert out == written
+
+
+def test_decode_one_stream_with_partial_records_takes_the_fast_path() -> None:
+    """A chunk of one stream with P records where a pipe read ended mid-line (what the shim
+    writes for a fast writer) is decoded by substitution, not record by record, and gives the
+    same bytes as the record-by-record reading."""
+    items = [(b"stdout", b"P" if i % 17 == 5 else b"F", b"line %d" % i) for i in range(200)]
+    items.append((b"stdout", b"P", b"tail without newline"))
+    data = records(*items)
+    expected = b"".join(c + (b"\n" if tag == b"F" else b"") for _, tag, c in items)
+    decoder = cli.LogDecoder()
+    assert decoder._one_stream(data, b"stdout") == expected
+    assert cli.LogDecoder()._slow(data) == [(1, expected)]
+    assert decoder.feed(data) == [(1, expected)]
+    # The same with stderr in it: not one stream, so the per-record path.
+    assert cli.LogDecoder()._one_stream(data + records((b"stderr", b"F", b"e")), b"stdout") is None
+
+
+def _merged(chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for fd, data in chunks:
+        if not data:
+            continue
+        if out and out[-1][0] == fd:
+            out[-1] = (fd, out[-1][1] + data)
+        else:
+            out.append((fd, data))
+    return out
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"stdout", b"stderr"]),
+            st.sampled_from([b"F", b"P"]),
+            st.binary(max_size=30).map(lambda b: b.replace(b"\n", b".")),
+        ),
+        max_size=40,
+    ),
+    st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=4),
+    st.booleans(),
+)
+def test_decode_gives_what_was_written_however_the_data_is_cut(
+    items: list[tuple[bytes, bytes, bytes]], cuts: list[int], one_stream: bool
+) -> None:
+    if one_stream:
+        items = [(b"stdout", tag, content) for _, tag, content in items]
+    data = records(*items)
+    expected = [(1 if s == b"stdout" else 2, c + (b"\n" if tag == b"F" else b"")) for s, tag, c in items]
+    decoder = cli.LogDecoder()
+    got: list[tuple[int, bytes]] = []
+    pos = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts):
+        got += decoder.feed(data[pos:cut])
+        pos = max(pos, cut)
+    got += decoder.feed(data[pos:])
+    assert _merged(got) == _merged(expected)
 
 
 def test_decode_torn_record_waits_for_its_rest() -> None:
