@@ -479,9 +479,9 @@ class Containers:
                         except Exception as cleanup_exc:
                             log.warning("cleanup after the shim of %s: %s", rec.id[:12], cleanup_exc)
                 fsutil.remove_tree(paths["shim"])
-                with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
                 with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(OSError):
+                        await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
                     await self.networks.teardown(rec.id)
                 raise
             failpoint("container.start.after_launch")
@@ -674,8 +674,11 @@ class Containers:
                                 log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
                     if deleted:
                         fsutil.remove_tree(paths["shim"])
+                # In a worker thread: unmounting an overlay syncs its upper filesystem, which
+                # holds the log files too. Measured after a container wrote 100 MiB of output:
+                # 80 ms, during which the event loop (every other client) used to stand still.
                 with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
+                    await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
                 try:
                     await self.networks.teardown(cid)
                 except Exception:
