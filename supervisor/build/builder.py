@@ -1,0 +1,974 @@
+"""The step executor of ``tug build`` and its cache.
+
+A build keeps its state -- the base image, the layers made so far, the image config, the history,
+the ARGs in scope -- and carries out one instruction at a time:
+
+- metadata steps (ENV, WORKDIR, USER, CMD, ENTRYPOINT, LABEL, EXPOSE, STOPSIGNAL, SHELL,
+  HEALTHCHECK) change the config and add a history entry with ``empty_layer: true``;
+- RUN runs in a Tugboat container (:mod:`.runner`) whose root is an overlay of the base image's
+  snapshots and the layers made so far, under a fresh upper dir; the upper dir, with overlayfs'
+  whiteouts, becomes the step's layer (:mod:`.layers`), unless the step changed nothing;
+- COPY and ADD copy from the build context (read by path: tugd runs on the client's host) into a
+  fresh directory that becomes the step's layer.
+
+Every step is looked up in the build cache first (table ``build_cache``): the key is a hash of the
+state before the step (the base image, the diff ids of the layers so far, the config), the
+instruction after substitution, and for COPY/ADD a hash of the content it copies (paths, modes,
+owners, bytes), for RUN the build args in scope. The value is the step's result (layer
+descriptor, config, history entry), so a rebuild with nothing changed runs no RUN and copies
+nothing: each step is one SQLite lookup, then one ``commit_image``.
+
+Everything a build makes on disk lives under ``<root>/builds/<id>/`` (layer dirs and tars, the
+overlay work dirs) and goes when the build ends, however it ends; a tugd that dies mid-build
+removes leftovers at its next start.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import tarfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from tugwire import errors, fsutil, jsonrpc
+from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError, Unavailable
+
+from .. import spec
+from ..config import Config
+from ..images import Images, chain_ids, now_rfc3339
+from ..shims import ShimLauncher
+from ..store import ImageRecord, Store
+from . import layers, runner
+from .dockerfile import (
+    DockerfileError,
+    Instruction,
+    duration_ns,
+    expand,
+    expand_words,
+    key_values,
+    parse,
+)
+from .dockerignore import DockerIgnore, compile_pattern
+
+if TYPE_CHECKING:
+    from ..registry import RegistryService
+
+MAX_DOCKERFILE = 1 << 20
+_GLOB = re.compile(r"[*?\[]")
+_PORT = re.compile(r"^\d{1,5}(?:-\d{1,5})?(?:/(?:tcp|udp|sctp))?$")
+# Build args docker accepts without an ARG instruction (proxies): never a warning.
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+PREDEFINED_ARGS = frozenset(_PROXIES) | frozenset(n.lower() for n in _PROXIES)
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Layer:
+    """A layer made (or taken from the cache) in this build."""
+
+    diff_id: str
+    digest: str  # the uncompressed tar in the content store: the same bytes as the diff
+    size: int
+    dir: str | None = None  # the layer in overlayfs' format, once needed as a lower dir
+
+
+@dataclass
+class State:
+    base: ImageRecord | None = None
+    base_lowers: list[str] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    args: dict[str, str | None] = field(default_factory=dict)  # ARGs declared after FROM
+    cmd_set: bool = False
+
+    def identity(self) -> str:
+        """What the next step's cache key starts from: the parent, as docker keys by it."""
+        body = {
+            "base": self.base.id if self.base else "scratch",
+            "layers": [layer.diff_id for layer in self.layers],
+            "config": self.config,
+        }
+        return _sha(json.dumps(body, sort_keys=True))
+
+    def variables(self) -> dict[str, str]:
+        """What ``$VAR`` means in an instruction: the ARGs with a value, then the ENV (which wins)."""
+        out = {k: v for k, v in self.args.items() if v is not None}
+        out.update(env_dict(self.config.get("Env") or []))
+        return out
+
+
+@dataclass(frozen=True)
+class Options:
+    context: str
+    dockerfile: str
+    tag: str | None
+    build_args: dict[str, str]
+    no_cache: bool
+    network: str = "none"
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reworded(exc: TugError, message: str) -> TugError:
+    """The same kind of error (its class in the closed set) with a message that says more."""
+    cls = next(c for c in type(exc).__mro__ if c in errors.ALL)
+    return cls(message, **exc.details)
+
+
+class BuildFailed(RuntimeFailed):
+    """A RUN step exited non-zero: ``data.step``, ``data.instruction``, ``data.exit_code``."""
+
+
+class Builder:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        images: Images,
+        launcher: ShimLauncher,
+        registry: RegistryService | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.images = images
+        self.launcher = launcher
+        self.registry = registry  # FROM pulls an image that is not here through it
+        self.dir = os.path.join(cfg.root, "builds")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.store.db.execute(
+            "CREATE TABLE IF NOT EXISTS build_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
+            "created TEXT NOT NULL)"
+        )
+        # Leftovers of builds that a tugd that died was running (their containers' bundles and
+        # shims are removed by Containers.recover).
+        for entry in os.listdir(self.dir):
+            fsutil.remove_tree(os.path.join(self.dir, entry))
+
+    # ---------------------------------------------------------------------------------- API
+
+    def register(self, d: jsonrpc.Dispatcher) -> None:
+        d.add("image.build", self.build)
+
+    def parse_options(self, p: jsonrpc.Params) -> Options:
+        context = p.string("context", required=True)
+        if not os.path.isabs(context):
+            raise InvalidArgument(f"the build context must be an absolute path: {context!r}", field="context")
+        if not os.path.isdir(context):
+            raise InvalidArgument(f"the build context {context} is not a directory", field="context")
+        dockerfile = p.string("dockerfile") or "Dockerfile"
+        dockerfile = os.path.normpath(os.path.join(context, dockerfile))
+        tag = p.string("tag")
+        if tag is not None:
+            _check_tag(tag)
+        build_args = p.dict_of_str("build_args") if p.raw.get("build_args") is not None else {}
+        for key in build_args:
+            if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key):
+                raise InvalidArgument(f"invalid build arg name {key!r}", field="build_args")
+        network = p.string("network") or "none"
+        if network not in ("none", "host"):
+            raise InvalidArgument(
+                f"a build's RUN steps run with network none or host, not {network!r}", field="network"
+            )
+        return Options(context, dockerfile, tag, build_args, p.boolean("no_cache"), network)
+
+    async def build(self, call: jsonrpc.Call) -> dict[str, Any]:
+        """``image.build``: parse, run every step (streaming ``image.build.*`` notifications),
+        commit and tag. Returns ``{id, ref, steps, cached}``."""
+        opts = self.parse_options(call.params)
+
+        async def emit(method: str, params: dict[str, Any]) -> None:
+            await call.notify(method, params)
+
+        result: dict[str, Any] | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def until_closed() -> None:
+                # A client that goes away (ctrl-c) cancels the build: its RUN container is
+                # killed and removed, nothing is tagged.
+                await call.conn.closed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_closed)
+            try:
+                result = await self.run(opts, emit)
+            except Exception as exc:
+                failure = exc  # raised outside the task group, so that it is not wrapped in a group
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if result is None:
+            raise Unavailable("the build was cancelled: the client went away")
+        return result
+
+    async def run(self, opts: Options, emit: Emit) -> dict[str, Any]:
+        try:
+            with open(opts.dockerfile, "rb") as f:
+                raw = f.read(MAX_DOCKERFILE + 1)
+        except FileNotFoundError:
+            raise NotFound(f"no Dockerfile at {opts.dockerfile}", field="dockerfile") from None
+        except IsADirectoryError:
+            raise InvalidArgument(f"{opts.dockerfile} is a directory", field="dockerfile") from None
+        if len(raw) > MAX_DOCKERFILE:
+            raise InvalidArgument("the Dockerfile is larger than 1 MiB", field="dockerfile")
+        dockerfile = parse(raw.decode("utf-8-sig", errors="replace"))  # a BOM is no instruction
+        ignore = DockerIgnore.load(opts.context)
+        work = os.path.join(self.dir, secrets.token_hex(8))
+        os.makedirs(work, mode=0o700)
+        try:
+            return await _Build(
+                self, opts, dockerfile.instructions, dockerfile.escape, ignore, work, emit
+            ).run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(fsutil.remove_tree, work)
+
+    async def pull(self, ref: str) -> ImageRecord:
+        """Pull ``ref`` from its registry, as ``image.pull`` does (the same credentials and
+        transport policy), publishing the ``pull`` event."""
+        if self.registry is None:
+            raise NotFound(f"image {ref} not found locally; run tug pull {ref} first", field="dockerfile")
+        from .. import imageref
+        from ..events import Event
+        from ..registry import RegistrySource, make_http_client
+
+        parsed = imageref.parse(ref)
+        name = parsed.tag_name() or parsed.digest_name() or parsed.familiar()
+        async with make_http_client() as http:
+            source = RegistrySource(self.registry.session(http, parsed.domain), parsed.path)
+            rec = await self.images.ingest(source, parsed.object, name)
+        self.registry.bus.publish(Event("image", "pull", rec.id, name, name))
+        return rec
+
+    # -------------------------------------------------------------------------------- cache
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        row = self.store.db.execute("SELECT result FROM build_cache WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        result: dict[str, Any] = json.loads(row[0])
+        layer = result.get("layer")
+        if layer and not os.path.exists(self.images.blobs.path(layer["digest"])):
+            return None  # its blob was collected since: a miss
+        return result
+
+    def cache_put(self, key: str, result: dict[str, Any]) -> None:
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO build_cache (key, result, created) VALUES (?,?,?)",
+            (key, json.dumps(result, sort_keys=True), now_rfc3339()),
+        )
+
+
+def _check_tag(tag: str) -> None:
+    try:
+        from .. import imageref
+
+        imageref.parse(tag)
+    except ImportError:  # pragma: no cover - before the reference module exists
+        from tugwire import names
+
+        names.parse_ref(tag)
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.message, field="tag") from None
+
+
+class _Build:
+    """One build in progress."""
+
+    def __init__(
+        self,
+        builder: Builder,
+        opts: Options,
+        instructions: list[Instruction],
+        escape: str,
+        ignore: DockerIgnore,
+        work: str,
+        emit: Emit,
+    ) -> None:
+        self.b = builder
+        self.opts = opts
+        self.instructions = instructions
+        self.escape = escape
+        self.ignore = ignore
+        self.work = work
+        self.emit = emit
+        self.state = State()
+        self.meta_args: dict[str, str | None] = {}  # ARGs before FROM
+        self.used_args: set[str] = set()
+        self.seen_from = False
+        self.cached = 0
+        self.counter = 0
+        self.lease: Any = None  # the image store's GC lease, held while the build runs
+
+    async def status(self, message: str) -> None:
+        await self.emit("image.build.status", {"message": message})
+
+    def _path(self, prefix: str) -> str:
+        self.counter += 1
+        return os.path.join(self.work, f"{prefix}{self.counter}")
+
+    async def run(self) -> dict[str, Any]:
+        total = len(self.instructions)
+        # A lease keeps the image store's garbage collection off the blobs and snapshots this
+        # build uses (its base image's, and the layers it makes or takes from the cache).
+        with self.b.images.leases.hold() as self.lease:
+            for n, inst in enumerate(self.instructions, 1):
+                await self.emit("image.build.step", {"step": n, "total": total, "instruction": str(inst)})
+                await self.step(n, inst)
+            if not self.seen_from:
+                raise DockerfileError("no FROM instruction")
+            unused = sorted(set(self.opts.build_args) - self.used_args - PREDEFINED_ARGS)
+            if unused:
+                await self.status(f"[Warning] One or more build-args {unused} were not consumed")
+            rec = await self.commit()
+        await self.status(f"Successfully built {rec.id.removeprefix('sha256:')[:12]}")
+        if self.opts.tag:
+            await self.status(f"Successfully tagged {self.opts.tag}")
+        return {"id": rec.id, "ref": self.opts.tag, "steps": total, "cached": self.cached}
+
+    # --------------------------------------------------------------------------------- steps
+
+    async def step(self, n: int, inst: Instruction) -> None:
+        kw = inst.keyword
+        if kw == "ARG":
+            self.arg(inst)
+            return
+        if kw == "FROM":
+            await self.from_(inst)
+            return
+        if not self.seen_from:
+            raise DockerfileError(f"{kw} before FROM", inst.line)
+        st = self.state
+        variables = st.variables()
+        extra: Any = None
+        text = str(inst)
+        sources: list[tuple[str, str]] = []
+        if kw in ("COPY", "ADD"):
+            words = (
+                inst.exec_form
+                if inst.exec_form is not None
+                else expand_words(inst.rest, variables, self.escape)
+            )
+            if inst.exec_form is not None:
+                words = [expand(w, variables, self.escape) for w in words]
+            if len(words) < 2:
+                raise DockerfileError(f"{kw} requires at least two arguments: SOURCE... DEST", inst.line)
+            flags = {k: expand(v, variables, self.escape) for k, v in inst.flags.items()}
+            sources = self.sources(inst, words[:-1])
+            extra = {"content": await anyio.to_thread.run_sync(self.content_hash, sources), "flags": flags}
+            text = f"{kw} {json.dumps(flags, sort_keys=True)} {json.dumps(words)}"
+        elif kw == "RUN":
+            in_scope = {k: v for k, v in st.args.items() if v is not None}
+            self.used_args.update(st.args)
+            extra = {"args": in_scope}
+        else:
+            extra = (
+                {"vars": variables}
+                if kw in ("ENV", "LABEL", "WORKDIR", "USER", "EXPOSE", "STOPSIGNAL")
+                else None
+            )
+        key = _sha(json.dumps([st.identity(), text, extra], sort_keys=True))
+        if not self.opts.no_cache:
+            hit = self.b.cache_get(key)
+            if hit is not None:
+                self.apply(hit)
+                self.cached += 1
+                await self.status(" ---> Using cache")
+                return
+        if kw == "RUN":
+            result = await self.run_step(n, inst)
+        elif kw in ("COPY", "ADD"):
+            result = await self.copy_step(inst, words[-1], sources, flags)
+        else:
+            result = self.metadata_step(inst, variables)
+        self.b.cache_put(key, {k: v for k, v in result.items() if k != "_dir"})
+        self.apply(result)
+
+    def apply(self, result: dict[str, Any]) -> None:
+        """Take a step's result (fresh or from the cache) into the state."""
+        st = self.state
+        st.config = copy.deepcopy(result["config"])
+        st.cmd_set = bool(result.get("cmd_set", st.cmd_set))
+        st.history.append(dict(result["history"]))
+        layer = result.get("layer")
+        if layer:
+            self.lease.add(layer["digest"])
+            st.layers.append(Layer(layer["diff_id"], layer["digest"], int(layer["size"]), result.get("_dir")))
+
+    def result(
+        self, inst: Instruction, config: dict[str, Any], layer: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        history: dict[str, Any] = {"created": now_rfc3339(), "created_by": str(inst)}
+        if layer is None:
+            history["empty_layer"] = True
+        return {"config": config, "history": history, "layer": layer, "cmd_set": self.state.cmd_set}
+
+    def arg(self, inst: Instruction) -> None:
+        scope = self.state.args if self.seen_from else self.meta_args
+        variables = (
+            self.state.variables()
+            if self.seen_from
+            else {k: v for k, v in self.meta_args.items() if v is not None}
+        )
+        for word in expand_words(inst.rest, variables, self.escape):
+            name, eq, default = word.partition("=")
+            if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+                raise DockerfileError(f"invalid ARG name {name!r}", inst.line)
+            if name in self.opts.build_args:
+                value: str | None = self.opts.build_args[name]
+                self.used_args.add(name)
+            elif eq:
+                value = default
+            elif self.seen_from:
+                value = self.meta_args.get(name)  # a global ARG brought into the stage
+            else:
+                value = None
+            scope[name] = value
+
+    async def from_(self, inst: Instruction) -> None:
+        if self.seen_from:
+            raise DockerfileError(
+                "multi-stage builds (a second FROM) are not supported by tug build", inst.line
+            )
+        self.seen_from = True
+        variables = {k: v for k, v in self.meta_args.items() if v is not None}
+        words = expand_words(inst.rest, variables, self.escape)
+        if len(words) == 3 and words[1].lower() == "as":
+            words = words[:1]
+        if len(words) != 1:
+            raise DockerfileError("FROM takes an image and optionally AS NAME", inst.line)
+        ref = words[0]
+        st = self.state
+        if ref == "scratch":
+            st.config = {}
+            return
+        try:
+            resolved = self.b.images.resolve(ref)
+        except NotFound:
+            await self.status(f"Pulling {ref} (not found locally)")
+            try:
+                await self.b.pull(ref)
+                resolved = self.b.images.resolve(ref)
+            except TugError as exc:
+                raise reworded(
+                    exc, f"image {ref} not found locally, and pulling it failed: {exc.message}"
+                ) from exc
+        st.base = resolved.record
+        st.config = copy.deepcopy(resolved.config)
+        for desc in resolved.record.manifest.get("layers", []):
+            self.lease.add(desc["digest"])
+        for chain in chain_ids(resolved.record.config.get("rootfs", {}).get("diff_ids", [])):
+            self.lease.add(chain)
+        st.base_lowers = await self.b.images.ensure_unpacked(resolved.record)
+
+    def metadata_step(self, inst: Instruction, variables: dict[str, str]) -> dict[str, Any]:
+        st = self.state
+        config = copy.deepcopy(st.config)
+        kw = inst.keyword
+        if kw == "ENV":
+            env = list(config.get("Env") or [])
+            for key, value in key_values(inst, variables, self.escape):
+                env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
+            config["Env"] = env
+        elif kw == "LABEL":
+            labels = dict(config.get("Labels") or {})
+            labels.update(key_values(inst, variables, self.escape))
+            config["Labels"] = labels
+        elif kw == "WORKDIR":
+            path = expand(inst.rest, variables, self.escape)
+            config["WorkingDir"] = os.path.normpath(os.path.join(config.get("WorkingDir") or "/", path))
+        elif kw == "USER":
+            user = expand(inst.rest, variables, self.escape)
+            if not user:
+                raise DockerfileError("USER requires an argument", inst.line)
+            config["User"] = user
+        elif kw == "SHELL":
+            config["Shell"] = list(inst.exec_form or [])
+        elif kw == "HEALTHCHECK":
+            config["Healthcheck"] = self.healthcheck(inst)
+        elif kw in ("CMD", "ENTRYPOINT"):
+            command = inst.exec_form if inst.exec_form is not None else [*self.shell(), inst.rest]
+            if inst.exec_form is None and not inst.rest:
+                command = []
+            if kw == "CMD":
+                config["Cmd"] = command
+                st.cmd_set = True
+            else:
+                config["Entrypoint"] = command
+                if not st.cmd_set:
+                    config["Cmd"] = None  # docker: an ENTRYPOINT resets the base image's CMD
+        elif kw == "EXPOSE":
+            ports = dict(config.get("ExposedPorts") or {})
+            for word in expand_words(inst.rest, variables, self.escape):
+                if not _PORT.match(word):
+                    raise DockerfileError(
+                        f"invalid port {word!r} in EXPOSE (want PORT[/tcp|udp|sctp])", inst.line
+                    )
+                ports[word if "/" in word else word + "/tcp"] = {}
+            config["ExposedPorts"] = ports
+        elif kw == "STOPSIGNAL":
+            from ..containers import parse_signal
+
+            signal_name = expand(inst.rest, variables, self.escape)
+            try:
+                parse_signal(signal_name)
+            except InvalidArgument:
+                raise DockerfileError(f"invalid STOPSIGNAL {signal_name!r}", inst.line) from None
+            config["StopSignal"] = signal_name
+        return self.result(inst, config, None)
+
+    def shell(self) -> list[str]:
+        """What runs the shell form of RUN, CMD and ENTRYPOINT: SHELL's, else ``/bin/sh -c``."""
+        return list(self.state.config.get("Shell") or ["/bin/sh", "-c"])
+
+    def healthcheck(self, inst: Instruction) -> dict[str, Any]:
+        """``HEALTHCHECK NONE`` or ``HEALTHCHECK [--interval=D ...] CMD ...``, as docker records it
+        (durations in nanoseconds), which ``tug run`` then applies."""
+        kind, _, command = inst.rest.partition(" ")
+        command = command.strip()
+        if kind.upper() == "NONE":
+            if command or inst.flags:
+                raise DockerfileError("HEALTHCHECK NONE takes no arguments", inst.line)
+            return {"Test": ["NONE"]}
+        if kind.upper() != "CMD" or not command:
+            raise DockerfileError("HEALTHCHECK wants NONE or CMD followed by a command", inst.line)
+        test: list[str] = ["CMD-SHELL", command]
+        if command.startswith("["):
+            try:
+                parsed = json.loads(command)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list) and parsed and all(isinstance(v, str) for v in parsed):
+                test = ["CMD", *parsed]
+        check: dict[str, Any] = {"Test": test}
+        names = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod"}
+        names["start-interval"] = "StartInterval"
+        for flag, value in inst.flags.items():
+            if flag == "retries":
+                if not value.isdigit() or int(value) < 1:
+                    raise DockerfileError(f"--retries must be a positive integer, not {value!r}", inst.line)
+                check["Retries"] = int(value)
+                continue
+            try:
+                ns = duration_ns(value)
+            except ValueError as exc:
+                raise DockerfileError(f"--{flag}: {exc}", inst.line) from None
+            if flag != "start-period" and ns < 1_000_000:
+                raise DockerfileError(f"--{flag} must be at least 1ms", inst.line)
+            check[names[flag]] = ns
+        return check
+
+    # -------------------------------------------------------------------------------- lowers
+
+    async def lowers(self) -> list[str]:
+        """The lower dirs for a step, top first: this build's layers (extracted from their blobs
+        when they came from the cache), then the base image's snapshots."""
+        out: list[str] = []
+        for layer in self.state.layers:
+            if layer.dir is None:
+                target = self._path("cached-")
+                os.mkdir(target, 0o755)
+                await anyio.to_thread.run_sync(
+                    layers.tar_to_dir, self.b.images.blobs.path(layer.digest), target
+                )
+                layer.dir = target
+            out.append(layer.dir)
+        return [*reversed(out), *self.state.base_lowers]
+
+    async def commit_layer(self, directory: str) -> dict[str, Any] | None:
+        """The layer of ``directory`` into the content store; None if it holds nothing."""
+        if layers.is_empty_dir(directory):
+            return None
+        tar_path = self._path("layer-") + ".tar"
+        diff_id, size, _count = await anyio.to_thread.run_sync(layers.dir_to_tar, directory, tar_path)
+        with open(tar_path, "rb") as f:
+            digest, _size = await anyio.to_thread.run_sync(self.b.images.blobs.put_stream, f)
+        self.lease.add(digest)
+        os.unlink(tar_path)
+        assert digest == diff_id
+        return {"diff_id": diff_id, "digest": digest, "size": size}
+
+    # ----------------------------------------------------------------------------------- RUN
+
+    async def run_step(self, n: int, inst: Instruction) -> dict[str, Any]:
+        st = self.state
+        args = inst.exec_form if inst.exec_form is not None else [*self.shell(), inst.rest]
+        if not args:
+            raise DockerfileError("RUN requires a command", inst.line)
+        env = list(st.config.get("Env") or [])
+        names = {e.partition("=")[0] for e in env}
+        env += [f"{k}={v}" for k, v in st.args.items() if v is not None and k not in names]
+        lower = await self.lowers()
+        if not lower:
+            empty = self._path("empty-")
+            os.mkdir(empty, 0o755)
+            lower = [empty]
+        upper = self._path("upper-")
+        work = self._path("work-")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+
+        async def output(stream: str, data: bytes) -> None:
+            await self.emit("image.build.output", {"stream": stream, "data": base64.b64encode(data).decode()})
+
+        await self.status(" ---> Running in a build container")
+        try:
+            code = await runner.run_step(
+                self.b.cfg,
+                self.b.launcher,
+                args=list(args),
+                env=env,
+                workdir=st.config.get("WorkingDir") or "/",
+                user=st.config.get("User") or "",
+                lower=lower,
+                upper=upper,
+                work=work,
+                on_output=output,
+                label=self.opts.tag or "",
+                network=self.opts.network,
+            )
+        except TugError as exc:
+            raise reworded(exc, f"step {n} ({inst}): {exc.message}") from exc
+        finally:
+            fsutil.remove_tree(work)
+        if code != 0:
+            shown = json.dumps(list(args)) if inst.exec_form is not None else " ".join(args)
+            raise BuildFailed(
+                f"step {n}: the command '{shown}' returned a non-zero code: {code}",
+                verb="RUN",
+                status=code,
+                step=n,
+                instruction=str(inst),
+                exit_code=code,
+            )
+        layer = await self.commit_layer(upper)
+        result = self.result(inst, copy.deepcopy(st.config), layer)
+        if layer is not None:
+            result["_dir"] = upper
+        else:
+            fsutil.remove_tree(upper)
+        return result
+
+    # ------------------------------------------------------------------------------ COPY/ADD
+
+    def sources(self, inst: Instruction, patterns: list[str]) -> list[tuple[str, str]]:
+        """(relative path in the context, absolute path) of every source, globs expanded,
+        ``.dockerignore`` applied; a source that matches nothing is an error."""
+        context = self.opts.context
+        out: list[tuple[str, str]] = []
+        for pattern in patterns:
+            if "://" in pattern:
+                raise DockerfileError(
+                    f"{inst.keyword} of a URL ({pattern}) is not supported: download it into the context "
+                    "and COPY it",
+                    inst.line,
+                )
+            cleaned = os.path.normpath(pattern)
+            if cleaned == ".." or cleaned.startswith("../"):
+                raise DockerfileError(f"forbidden path outside the build context: {pattern}", inst.line)
+            rel = os.path.normpath("/" + pattern).lstrip("/")
+            if _GLOB.search(rel):
+                regex = compile_pattern(rel)
+                matches = [(r, p) for r, p in self._walk_context() if regex.match(r)]
+                if not matches:
+                    raise DockerfileError(
+                        f"{inst.keyword} failed: no source files were specified ({pattern})", inst.line
+                    )
+                # A directory and files inside it may both match: keep the top-most.
+                kept: list[tuple[str, str]] = []
+                for r, p in matches:
+                    if not any(r.startswith(k + "/") for k, _ in kept):
+                        kept.append((r, p))
+                out.extend(kept)
+                continue
+            path = os.path.join(context, rel) if rel and rel != "." else context
+            if path != context and not _inside(os.path.realpath(os.path.dirname(path)), context):
+                # A symlink on the way (``COPY link/file``, link -> /etc) would read the host.
+                raise DockerfileError(f"forbidden path outside the build context: {pattern}", inst.line)
+            if not os.path.lexists(path) or (rel not in ("", ".") and self.ignore.excluded(rel)):
+                raise DockerfileError(
+                    f"{inst.keyword} failed: file not found in build context or excluded by .dockerignore: "
+                    f"{pattern}",
+                    inst.line,
+                )
+            out.append(("" if rel == "." else rel, path))
+        return out
+
+    def _walk_context(self, rel: str = "") -> list[tuple[str, str]]:
+        base = os.path.join(self.opts.context, rel) if rel else self.opts.context
+        out: list[tuple[str, str]] = []
+        with os.scandir(base) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir and self.ignore.skip_dir(child):
+                continue
+            if not self.ignore.excluded(child):
+                out.append((child, entry.path))
+            if is_dir:
+                out.extend(self._walk_context(child))
+        return out
+
+    def _tree(self, rel: str, path: str) -> list[tuple[str, str, os.stat_result]]:
+        """(path below the source, absolute path, lstat) of a source and everything in it that
+        .dockerignore does not exclude; the source itself as ``""``."""
+        st = os.lstat(path)
+        out = [("", path, st)]
+        if not stat.S_ISDIR(st.st_mode):
+            return out
+        stack = [("", path)]
+        while stack:
+            sub, directory = stack.pop()
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                below = f"{sub}/{entry.name}" if sub else entry.name
+                in_context = f"{rel}/{below}" if rel else below
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode) and self.ignore.skip_dir(in_context):
+                    continue
+                if self.ignore.excluded(in_context):
+                    if stat.S_ISDIR(est.st_mode):
+                        stack.append((below, entry.path))  # a ! pattern may bring back a child
+                    continue
+                out.append((below, entry.path, est))
+                if stat.S_ISDIR(est.st_mode):
+                    stack.append((below, entry.path))
+        return out
+
+    def content_hash(self, sources: list[tuple[str, str]]) -> str:
+        """A hash of what COPY/ADD would copy: names, types, modes, link targets and bytes (not
+        times, as docker)."""
+        h = hashlib.sha256()
+        for rel, path in sources:
+            h.update(f"source {rel}\0".encode())
+            for below, full, st in self._tree(rel, path):
+                h.update(f"{below}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
+                if stat.S_ISLNK(st.st_mode):
+                    h.update(os.readlink(full).encode() + b"\0")
+                elif stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            h.update(chunk)
+                    h.update(b"\0")
+        return h.hexdigest()
+
+    async def copy_step(
+        self, inst: Instruction, dest: str, sources: list[tuple[str, str]], flags: dict[str, str]
+    ) -> dict[str, Any]:
+        st = self.state
+        lowers = await self.lowers()
+        uid, gid = self.chown(inst, flags.get("chown"), lowers)
+        chmod: int | None = None
+        if "chmod" in flags:
+            if not re.fullmatch(r"[0-7]{3,4}", flags["chmod"]):
+                raise DockerfileError(
+                    f"invalid --chmod={flags['chmod']}: want an octal mode like 755", inst.line
+                )
+            chmod = int(flags["chmod"], 8)
+        is_dir_dest = dest.endswith("/") or dest in (".", "")
+        dest = os.path.normpath(os.path.join(st.config.get("WorkingDir") or "/", dest))
+        if len(sources) > 1 and not is_dir_dest:
+            raise DockerfileError(
+                f"when using {inst.keyword} with more than one source file, the destination must be a "
+                "directory and end with a /",
+                inst.line,
+            )
+        layer_dir = self._path("copy-")
+        os.mkdir(layer_dir, 0o755)
+        await anyio.to_thread.run_sync(
+            self._copy_all, inst, sources, dest, is_dir_dest, layer_dir, lowers, uid, gid, chmod
+        )
+        layer = await self.commit_layer(layer_dir)
+        result = self.result(inst, copy.deepcopy(st.config), layer)
+        result["_dir"] = layer_dir
+        return result
+
+    def chown(self, inst: Instruction, value: str | None, lowers: list[str]) -> tuple[int, int]:
+        """``--chown=user[:group]``: names from the image's /etc/passwd and /etc/group; without a
+        group, the gid is the uid (docker's rule)."""
+        if not value:
+            return 0, 0
+        user, sep, group = value.partition(":")
+        try:
+            uid, _gid, _ = spec.resolve_user(user, lowers)
+            gid = uid
+            if sep and group:
+                _u, gid, _ = spec.resolve_user(f"0:{group}", lowers)
+        except InvalidArgument as exc:
+            raise DockerfileError(f"--chown={value}: {exc.message}", inst.line) from None
+        return uid, gid
+
+    def _copy_all(
+        self,
+        inst: Instruction,
+        sources: list[tuple[str, str]],
+        dest: str,
+        is_dir_dest: bool,
+        layer_dir: str,
+        lowers: list[str],
+        uid: int,
+        gid: int,
+        chmod: int | None,
+    ) -> None:
+        for rel, path in sources:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                target = dest
+            elif is_dir_dest or _lower_is_dir(lowers, dest):
+                target = os.path.join(dest, os.path.basename(path))
+            else:
+                target = dest
+            if inst.keyword == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
+                target_dir = os.path.join(layer_dir, dest.lstrip("/"))
+                _make_parents(layer_dir, dest + "/x", lowers)
+                os.makedirs(target_dir, exist_ok=True)
+                layers.tar_to_dir(path, target_dir, compressed=True)
+                continue
+            # A directory's contents are copied, not the directory itself: the destination dir
+            # keeps what the image below has (else root, 0755), as its parents do.
+            _make_parents(layer_dir, target + "/x" if stat.S_ISDIR(st.st_mode) else target, lowers)
+            for below, full, est in self._tree(rel, path):
+                if not below and stat.S_ISDIR(st.st_mode):
+                    continue
+                _copy_entry(
+                    full, os.path.join(layer_dir, target.lstrip("/"), below).rstrip("/"), est, uid, gid, chmod
+                )
+            # Directories' times last: creating entries in them changed their mtime.
+            for below, _full, est in reversed(self._tree(rel, path)):
+                if stat.S_ISDIR(est.st_mode) and below:
+                    out = os.path.join(layer_dir, target.lstrip("/"), below)
+                    if os.path.isdir(out):
+                        os.utime(out, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
+
+    # -------------------------------------------------------------------------------- commit
+
+    async def commit(self) -> ImageRecord:
+        """The image: the base's layers and these, the config, the base's history and these
+        steps' (``empty_layer`` for those without a layer)."""
+        st = self.state
+        # Every step from the cache gives the same state and history as the build that made
+        # them: that build's image, if it is still here, is this one (docker's rule too). Then
+        # tagging it is all there is to do, with no layer to store or snapshot again.
+        key = _sha(json.dumps(["image", st.identity(), st.history], sort_keys=True))
+        known = self.b.cache_get(key)
+        if known is not None and (rec := self.b.store.get_image(str(known.get("id")))) is not None:
+            if self.opts.tag:
+                rec = self.b.images.tag(rec.id, self.opts.tag)
+            return rec
+        tars = [self.b.images.blobs.path(layer.digest) for layer in st.layers]
+        rec = await self.b.images.commit_image(
+            st.base, tars, copy.deepcopy(st.config), self.opts.tag, [dict(h) for h in st.history]
+        )
+        self.b.cache_put(key, {"id": rec.id})
+        return rec
+
+
+def _inside(path: str, root: str) -> bool:
+    root = os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _lower_is_dir(lowers: list[str], path: str) -> bool:
+    rel = path.lstrip("/")
+    for lower in lowers:
+        p = os.path.join(lower, rel)
+        if os.path.lexists(p):
+            st = os.lstat(p)
+            if layers.is_whiteout(st):
+                return False
+            return stat.S_ISDIR(st.st_mode)
+    return False
+
+
+def _make_parents(layer_dir: str, target: str, lowers: list[str]) -> None:
+    """Create the directories above ``target`` in the layer, each with the owner, mode and time
+    it has in the image below (else root, 0755), so that the layer does not change them."""
+    parts = [p for p in target.strip("/").split("/")[:-1] if p]
+    cur = ""
+    for part in parts:
+        cur = f"{cur}/{part}" if cur else part
+        path = os.path.join(layer_dir, cur)
+        if os.path.isdir(path):
+            continue
+        os.mkdir(path, 0o755)
+        for lower in lowers:
+            existing = os.path.join(lower, cur)
+            if os.path.lexists(existing):
+                est = os.lstat(existing)
+                if stat.S_ISDIR(est.st_mode):
+                    os.chown(path, est.st_uid, est.st_gid)
+                    os.chmod(path, stat.S_IMODE(est.st_mode))
+                    os.utime(path, ns=(est.st_atime_ns, est.st_mtime_ns))
+                break
+
+
+def _copy_entry(src: str, out: str, st: os.stat_result, uid: int, gid: int, chmod: int | None) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        if not os.path.isdir(out) or os.path.islink(out):
+            _remove(out)
+            os.mkdir(out, 0o700)
+        os.chown(out, uid, gid)
+        os.chmod(out, mode if chmod is None else chmod)
+        return
+    _remove(out)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), out)
+        os.lchown(out, uid, gid)
+    elif stat.S_ISREG(st.st_mode):
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            os.fchown(fout.fileno(), uid, gid)
+            os.fchmod(fout.fileno(), mode if chmod is None else chmod)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(out, mode)
+        os.chown(out, uid, gid)
+    else:
+        return  # sockets and devices are not copied from a context
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        fsutil.remove_tree(path)
+    else:
+        os.unlink(path)
+
+
+def _is_archive(path: str) -> bool:
+    """Whether ADD unpacks the file: a tar, plain or compressed (gzip, bzip2, xz)."""
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            return tf.next() is not None
+    except (tarfile.TarError, OSError, EOFError):
+        return False

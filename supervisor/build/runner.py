@@ -1,0 +1,165 @@
+"""A RUN step's container: the same shim path as any container (``ShimLauncher.launch``, the
+shim's ``task.logs``/``task.wait``/``task.delete``), on an overlay whose upper dir the builder owns.
+
+The container is never recorded in the store (``tug ps`` does not show it): it lives exactly as
+long as :func:`run_step`, which always removes it -- shim, runc state, mount, bundle -- on success,
+failure and cancellation alike. Its bundle is ``containers/<id>/`` and its shim dir
+``shims/<id>/``, like any container's, so that a tugd that dies in the middle of a build finds
+them at its next start as a bundle and a shim that nothing owns, and removes them
+(``Containers.recover``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from tugwire import crilog, fsutil, jsonrpc
+from tugwire.errors import TugError
+
+from .. import mounts, shims, spec
+from ..config import Config
+
+log = logging.getLogger("tugboat.build")
+
+CLEANUP_GRACE = 30.0
+
+Output = Callable[[str, bytes], Awaitable[None]]
+
+
+async def run_step(
+    cfg: Config,
+    launcher: shims.ShimLauncher,
+    *,
+    args: list[str],
+    env: list[str],
+    workdir: str,
+    user: str,
+    lower: list[str],
+    upper: str,
+    work: str,
+    on_output: Output,
+    label: str = "",
+    network: str = "none",
+) -> int:
+    """Run ``args`` in a container whose root is ``lower`` (top first) under ``upper``; stream
+    its output to ``on_output(stream, data)``; return its exit status (128+N if killed by signal
+    N). ``upper`` keeps the step's changes; everything else is gone when this returns."""
+    cid = secrets.token_hex(32)
+    cdir = cfg.container_dir(cid)
+    sdir = cfg.shim_dir(cid)
+    rootfs = os.path.join(cdir, "rootfs")
+    socket_path = os.path.join(sdir, "shim.sock")
+    opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
+    oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
+    launched = False
+    os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
+    os.makedirs(cdir, mode=0o700)
+    try:
+        os.mkdir(rootfs, 0o755)
+        fsutil.write_atomic(os.path.join(cdir, "config.json"), json.dumps(oci).encode(), mode=0o600)
+        mounts.mount_overlay(lower, upper, work, rootfs)
+        os.makedirs(sdir, mode=0o700)
+        config = {
+            "id": cid,
+            "bundle": cdir,
+            "dir": sdir,
+            "runtime": cfg.runtime,
+            "runtime_root": cfg.runtime_root,
+            "log_path": os.path.join(cdir, "container.log"),
+            "cgroup_path": spec.cgroup_path(cid),
+            "name": f"build-{cid[:12]}",
+            "image": label,
+            "backend": cfg.backend,
+            "requested_at": time.monotonic(),
+        }
+        runtime_timeout = getattr(cfg, "runtime_timeout", None)
+        if runtime_timeout:
+            config["runtime_timeout"] = runtime_timeout
+        try:
+            await launcher.launch(config)
+        except BaseException as exc:
+            # A shim that answered with runc's error has cleaned up after runc itself; one that
+            # died or went silent may have left a container behind: clean up after it.
+            launched = not isinstance(exc, TugError) or exc.kind == "internal"
+            raise
+        launched = True
+        await _stream_output(socket_path, on_output)
+        record = await shims.call(socket_path, "task.wait", timeout=cfg.shim_timeout)
+        return int(record["exit_code"])
+    finally:
+        with anyio.move_on_after(CLEANUP_GRACE, shield=True):
+            await _remove(cfg, cid, sdir, socket_path, rootfs, launched)
+        fsutil.remove_tree(cdir)
+
+
+def _network(mode: str, lower: list[str]) -> dict[str, Any] | None:
+    """``none``: a network namespace of its own with only loopback (runc makes it). ``host``:
+    the host's, with the host's ``/etc/resolv.conf`` and ``/etc/hosts`` mounted read-only over
+    the image's own (only where the image has the file: a mount point runc had to create would
+    end up in the step's layer)."""
+    if mode != "host":
+        return None
+    binds = []
+    for name in ("resolv.conf", "hosts"):
+        host_file = os.path.join("/etc", name)
+        in_image = next(
+            (os.path.join(d, "etc", name) for d in lower if os.path.lexists(os.path.join(d, "etc", name))),
+            None,
+        )
+        if (
+            in_image
+            and os.path.isfile(in_image)
+            and not os.path.islink(in_image)
+            and os.path.isfile(host_file)
+        ):
+            binds.append(
+                {"destination": host_file, "type": "bind", "source": host_file, "options": ["rbind", "ro"]}
+            )
+    return {"netns": "", "mounts": binds}
+
+
+async def _stream_output(socket_path: str, on_output: Output) -> None:
+    """Follow the container's log through its shim until it has exited and every byte is sent;
+    CRI records turned back into the bytes the container wrote."""
+    pending = b""
+    async with (
+        jsonrpc.connect(socket_path) as client,
+        client.stream("task.logs", {"follow": True}) as stream,
+    ):
+        async for note in stream:
+            pending += base64.b64decode(str(note.get("data", "")))
+            *records, pending = pending.split(b"\n")
+            for record in records:
+                _ts, name, full, content = crilog.parse_record(record)
+                await on_output(name.decode(errors="replace"), content + (b"\n" if full else b""))
+        await stream.result()
+
+
+async def _remove(cfg: Config, cid: str, sdir: str, socket_path: str, rootfs: str, launched: bool) -> None:
+    """Kill (if it still runs) and delete the task, then unmount; each step tolerates what an
+    earlier failure left undone."""
+    if launched and os.path.isdir(sdir):
+        try:
+            with contextlib.suppress(TugError):
+                await shims.call(socket_path, "task.kill", {"signal": int(signal.SIGKILL)}, timeout=5)
+            await shims.call(socket_path, "task.delete", {"force": True}, timeout=cfg.shim_timeout)
+        except TugError as exc:
+            log.info("build container %s: the shim did not delete (%s): cleaning up after it", cid[:12], exc)
+            try:
+                await shims.delete_dead(sdir, cid, cfg.runtime, cfg.runtime_root)
+            except Exception:
+                log.exception("cleanup of build container %s failed", cid[:12])
+    fsutil.remove_tree(sdir)
+    with contextlib.suppress(OSError):
+        mounts.unmount(rootfs)
