@@ -1271,16 +1271,16 @@ def unpack_tar(
                         hidden = os.path.join(parent, base[len(_WHITEOUT) :])
                         if base[len(_WHITEOUT) :] in ("", ".", ".."):
                             raise UnsafeLayer(f"layer entry {rel!r} is a whiteout of nothing")
-                        _remove(hidden)
+                        fsutil.remove_path(hidden)
                         os.mknod(hidden, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
                     continue
                 if member.isdir():
                     if not os.path.isdir(path) or os.path.islink(path):
-                        _remove(path)
+                        fsutil.remove_path(path)
                         os.mkdir(path, 0o755)
                     dirs.append((path, member))
                     continue
-                _remove(path)
+                fsutil.remove_path(path)
                 if member.isreg():
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                     with os.fdopen(fd, "wb") as out:
@@ -1332,17 +1332,6 @@ def unpack_tar(
         os.chmod(path, member.mode & 0o7777)
         _set_xattrs(path, member)
         os.utime(path, ns=(int(member.mtime * 10**9),) * 2)
-
-
-def _remove(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        fsutil.remove_tree(path)
-    else:
-        os.unlink(path)
 
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
@@ -49,6 +50,19 @@ def remove_tree(path: str) -> None:
     except FileNotFoundError:
         return
     shutil.rmtree(hidden, ignore_errors=True)
+
+
+def remove_path(path: str) -> None:
+    """Remove whatever is at ``path`` (a directory through :func:`remove_tree`; a file, link or
+    special file by unlink); nothing there is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        remove_tree(path)
+    else:
+        os.unlink(path)
 
 
 def read_text(path: str) -> str | None:

@@ -931,12 +931,12 @@ def _copy_entry(src: str, out: str, st: os.stat_result, uid: int, gid: int, chmo
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         if not os.path.isdir(out) or os.path.islink(out):
-            _remove(out)
+            fsutil.remove_path(out)
             os.mkdir(out, 0o700)
         os.chown(out, uid, gid)
         os.chmod(out, mode if chmod is None else chmod)
         return
-    _remove(out)
+    fsutil.remove_path(out)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), out)
         os.lchown(out, uid, gid)
@@ -952,17 +952,6 @@ def _copy_entry(src: str, out: str, st: os.stat_result, uid: int, gid: int, chmo
     else:
         return  # sockets and devices are not copied from a context
     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _remove(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        fsutil.remove_tree(path)
-    else:
-        os.unlink(path)
 
 
 def _is_archive(path: str) -> bool:
