@@ -10,6 +10,7 @@ being alive.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import logging
@@ -352,7 +353,7 @@ class Service:
 
         async def send(data: bytes) -> None:
             call.accept()
-            await call.notify("logs.data", {"data": shimio.b64(data)})
+            await call.notify_data("logs.data", base64.b64encode(data))
 
         await shimio.follow(
             sink,

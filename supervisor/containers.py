@@ -876,10 +876,10 @@ class Containers:
         call.accept()
 
         async def send_b64(text: str) -> None:
-            await call.notify("container.logs.data", {"data": text})
+            await call.notify_data("container.logs.data", text)  # relayed from the shim: checked
 
         async def send(data: bytes) -> None:
-            await send_b64(base64.b64encode(data).decode())
+            await call.notify_data("container.logs.data", base64.b64encode(data))
 
         try:
             if follow:

@@ -229,6 +229,49 @@ async def test_rpc_server_and_client(tmp_path: Any) -> None:
     assert results == {"slow": "slow"}
 
 
+@pytest.mark.anyio
+async def test_notify_data_lines_are_the_json_notify_would_send(tmp_path: Any) -> None:
+    """``Call.notify_data`` builds its line around the data: through a real server and client,
+    every kind of payload arrives as ``notify`` would have sent it. Base64 goes the fast way; a
+    string with anything JSON escapes (quote, backslash, control characters, non-ASCII) goes
+    through ``json.dumps``."""
+    import base64
+
+    payloads: list[bytes | str] = [
+        base64.b64encode(bytes(range(256)) * 1000),
+        base64.b64encode(b"").decode(),
+        "QUJD",
+        'a"b',
+        "back\\slash",
+        "ctl\x01\x1f",
+        "tab\tnewline\n",
+        "caf\u00e9 \u2603",
+        "del\x7f",
+    ]
+    d = jsonrpc.Dispatcher()
+
+    async def stream(call: jsonrpc.Call) -> Any:
+        call.accept()
+        for data in payloads:
+            await call.notify_data("chunk", data)
+        return "done"
+
+    d.add("stream", stream, accept_late=True)
+    path = str(tmp_path / "s.sock")
+    listener = await anyio.create_unix_listener(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(jsonrpc.serve_listener, listener, d)
+        async with jsonrpc.connect(path) as client, client.stream("stream") as notes:
+            got = [note async for note in notes]
+            assert await notes.result() == "done"
+        tg.cancel_scope.cancel()
+    assert len(got) == len(payloads)
+    request = got[0]["request"]
+    assert isinstance(request, int)
+    for note, data in zip(got, payloads, strict=True):
+        assert note == {"data": data.decode() if isinstance(data, bytes) else data, "request": request}
+
+
 def test_iter_chunks_yields_whole_records_and_skips_a_torn_tail(tmp_path: Any) -> None:
     a, b = tmp_path / "c.log.1", tmp_path / "c.log"
     records = [b"2026-01-01T00:00:00.000000000Z stdout F line %d" % i for i in range(5000)]

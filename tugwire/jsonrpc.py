@@ -41,6 +41,10 @@ CLIENT_MAX_LINE = 64 << 20  # what a client accepts from a server (log chunks ar
 _READ_SIZE = 1 << 16
 
 
+# What a JSON string cannot hold as is: control characters, the quote and the backslash.
+_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
+
+
 def encode(obj: Any) -> bytes:
     """One JSON text and its newline, compact and ASCII-only (binary data travels as base64)."""
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
@@ -179,6 +183,23 @@ class Call:
         body["request"] = None if self.is_notification else self.id
         await self.conn.send({"jsonrpc": "2.0", "method": method, "params": body})
 
+    async def notify_data(self, method: str, data: bytes | str) -> None:
+        """:meth:`notify` with ``{"data": data}``, for the log streams' base64 chunks (256 KiB of
+        log is 350 KB of base64): the line is put together around the data instead of passing
+        it through ``json.dumps``, which scans and copies it again (0.65 against 0.02 ms a
+        chunk, measured). ``bytes`` must be base64 already (the caller encoded them); a ``str``
+        (relayed from a shim) is checked for anything JSON would escape, and goes through
+        :meth:`notify` if it has any."""
+        if isinstance(data, str):
+            raw = data.encode("ascii") if data.isascii() else None  # isascii() is O(1)
+            if raw is None or len(raw.translate(None, _JSON_ESCAPED)) != len(raw):
+                await self.notify(method, {"data": data})
+                return
+            data = raw
+        request = b"null" if self.is_notification else json.dumps(self.id).encode()
+        head = b'{"jsonrpc":"2.0","method":%s,"params":{"data":"' % json.dumps(method).encode()
+        await self.conn.send_raw(b"".join((head, data, b'","request":', request, b"}}\n")))
+
 
 Handler = Callable[[Call], Awaitable[Any]]
 
@@ -218,9 +239,12 @@ class ServerConnection:
         self.closed = anyio.Event()  # set once the client's side is gone (EOF or error)
 
     async def send(self, obj: Any) -> None:
-        data = encode(obj)
+        await self.send_raw(encode(obj))
+
+    async def send_raw(self, line: bytes) -> None:
+        """One complete JSON-RPC line, newline included."""
         async with self._send_lock:
-            await self.stream.send(data)
+            await self.stream.send(line)
 
     async def serve(self, max_line: int = MAX_LINE) -> None:
         """Read and dispatch requests until the client goes away; in-flight calls then finish."""
