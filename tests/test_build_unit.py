@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import stat
@@ -233,6 +234,27 @@ def test_tar_to_dir_refuses_escapes(tmp_path: pathlib.Path) -> None:
     with pytest.raises(InvalidArgument, match="escapes"):
         layers.tar_to_dir(tar_path, os.path.join(root, "dest"))
     assert not os.path.exists(os.path.join(root, "outside"))
+
+
+def test_tar_to_dir_is_the_image_unpacker_devices_skipped(tmp_path: pathlib.Path) -> None:
+    """ADD of an archive and cached build layers go through the same unpacking as pulled layers:
+    a device node in the archive is not created, a gzip archive is recognised."""
+    root = str(tmp_path)
+    tar_path = os.path.join(root, "devs.tar.gz")
+    with tarfile.open(tar_path, "w:gz") as tf:
+        dev = tarfile.TarInfo("dev/null-ish")
+        dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 3
+        tf.addfile(dev)
+        data = b"kept\n"
+        f = tarfile.TarInfo("file")
+        f.size = len(data)
+        tf.addfile(f, io.BytesIO(data))
+    dest = os.path.join(root, "dest")
+    os.mkdir(dest)
+    layers.tar_to_dir(tar_path, dest)
+    assert not os.path.lexists(os.path.join(dest, "dev", "null-ish"))
+    with open(os.path.join(dest, "file"), "rb") as kept:
+        assert kept.read() == b"kept\n"
 
 
 def test_durations_and_the_shell_and_healthcheck_forms() -> None:

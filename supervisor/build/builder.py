@@ -847,7 +847,7 @@ class _Build:
                 target_dir = os.path.join(layer_dir, dest.lstrip("/"))
                 _make_parents(layer_dir, dest + "/x", lowers)
                 os.makedirs(target_dir, exist_ok=True)
-                layers.tar_to_dir(path, target_dir, compressed=True)
+                layers.tar_to_dir(path, target_dir)
                 continue
             # A directory's contents are copied, not the directory itself: the destination dir
             # keeps what the image below has (else root, 0755), as its parents do.

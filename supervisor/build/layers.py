@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import tarfile
 from typing import IO
 
-from tugwire.errors import InvalidArgument
+from ..images import unpack_tar
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-_CHUNK = 1 << 20
-
-
 class _HashingWriter:
     """A file object that hashes what goes through it (the layer's diff id as it is written)."""
 
@@ -138,90 +134,12 @@ def is_empty_dir(path: str) -> bool:
         return next(it, None) is None
 
 
-def tar_to_dir(tar_path: str, dest: str, *, compressed: bool = False) -> None:
-    """Extract a layer tar into ``dest`` in overlayfs' format (``.wh.NAME`` as a 0:0 character
-    device, ``.wh..wh..opq`` as the opaque xattr of its directory), refusing entries that would
-    land outside ``dest``. ``compressed``: gzip, bzip2 or xz are recognised (ADD of an archive)."""
-    dirs: list[tuple[str, tarfile.TarInfo]] = []
-    with open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|*" if compressed else "r|") as tf:
-        for member in tf:
-            rel = _safe(member.name)
-            if not rel:
-                continue
-            parent, name = os.path.split(rel)
-            _check_parents(dest, parent)
-            target = os.path.join(dest, rel)
-            if name == OPAQUE:
-                os.setxattr(os.path.join(dest, parent) if parent else dest, OPAQUE_XATTR, b"y")
-                continue
-            if name.startswith(WHITEOUT_PREFIX):
-                os.mknod(os.path.join(dest, parent, name[len(WHITEOUT_PREFIX) :]), stat.S_IFCHR | 0o000, 0)
-                continue
-            if member.isdir():
-                if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
-                    os.unlink(target)
-                if not os.path.isdir(target):
-                    os.mkdir(target, 0o755)
-                dirs.append((target, member))
-                continue
-            _remove(target)  # a later entry of the same name replaces an earlier one
-            if member.isreg():
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    data = tf.extractfile(member)
-                    assert data is not None
-                    while chunk := data.read(_CHUNK):
-                        out.write(chunk)
-            elif member.issym():
-                os.symlink(member.linkname, target)
-            elif member.islnk():
-                link_rel = _safe(member.linkname)
-                _check_parents(dest, os.path.dirname(link_rel))
-                os.link(os.path.join(dest, link_rel), target, follow_symlinks=False)
-                continue
-            elif member.isfifo():
-                os.mkfifo(target)
-            elif member.ischr() or member.isblk():
-                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-            else:
-                continue
-            os.lchown(target, member.uid, member.gid)
-            if not member.issym():
-                os.chmod(target, member.mode & 0o7777)
-            os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
-    for path, member in reversed(dirs):
-        os.chown(path, member.uid, member.gid)
-        os.chmod(path, member.mode & 0o7777)
-        os.utime(path, (member.mtime, member.mtime))
+def tar_to_dir(tar_path: str, dest: str) -> None:
+    """Extract a layer tar (plain or compressed: ADD of an archive) into ``dest`` in overlayfs'
+    format, through the same code that unpacks pulled and loaded layers
+    (:func:`supervisor.images.unpack_tar`): whiteouts as overlayfs reads them, no entry outside
+    ``dest``, no device nodes, the tar-bomb limits, xattrs kept."""
+    with open(tar_path, "rb") as f:
+        unpack_tar(f, dest)
 
 
-def _remove(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-def _safe(name: str) -> str:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or ".." in parts:
-        raise InvalidArgument(f"layer entry {name!r} escapes the layer")
-    return "/".join(parts)
-
-
-def _check_parents(root: str, parent: str) -> None:
-    path = root
-    for part in parent.split("/") if parent else []:
-        path = os.path.join(path, part)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise InvalidArgument(f"layer entry under {parent!r} goes through a non-directory")
