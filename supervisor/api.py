@@ -338,23 +338,13 @@ class Api:
         async def send(event: Event) -> None:
             await call.notify("event", event.to_json())
 
-        failure: TugError | None = None
-        async with anyio.create_task_group() as tg:
+        async def stream() -> None:
+            await self.bus.stream(filters, send, since_ns=since_ns, until_ns=until_ns, ready=call.accept)
 
-            async def until_closed() -> None:
-                await call.conn.closed.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(until_closed)
-            try:
-                await self.bus.stream(filters, send, since_ns=since_ns, until_ns=until_ns, ready=call.accept)
-            except TugError as exc:
-                failure = exc  # raised outside the task group, so that it is not wrapped in a group
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the client went away
-            tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        try:
+            await call.until_disconnected(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the client went away
         return {}
 
     def _container_id(self, ref: str) -> str | None:

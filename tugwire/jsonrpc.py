@@ -25,7 +25,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -158,6 +158,9 @@ class Params:
         return list(value)
 
 
+_T = TypeVar("_T")
+
+
 class Call:
     """One request being handled: its id, a way to send notifications, and its acceptance."""
 
@@ -182,6 +185,32 @@ class Call:
         body = dict(params)
         body["request"] = None if self.is_notification else self.id
         await self.conn.send({"jsonrpc": "2.0", "method": method, "params": body})
+
+    async def until_disconnected(self, fn: Callable[[], Awaitable[_T]]) -> tuple[bool, _T | None]:
+        """Run ``fn`` until it returns or the client's connection closes, whichever is first
+        (a client that goes away, by ctrl-c or a crash, cancels what it asked for). Returns
+        ``(True, result)``, or ``(False, None)`` when the client went away first. An exception
+        of ``fn`` is raised as itself, not wrapped in the task group's ExceptionGroup (the API
+        maps TugError subclasses to their codes)."""
+        done = False
+        result: _T | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def until_closed() -> None:
+                await self.conn.closed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_closed)
+            try:
+                result = await fn()
+                done = True
+            except Exception as exc:
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return done, result
 
     async def notify_data(self, method: str, data: bytes | str) -> None:
         """:meth:`notify` with ``{"data": data}``, for the log streams' base64 chunks (256 KiB of

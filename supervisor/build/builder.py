@@ -202,25 +202,10 @@ class Builder:
         async def emit(method: str, params: dict[str, Any]) -> None:
             await call.notify(method, params)
 
-        result: dict[str, Any] | None = None
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tg:
-
-            async def until_closed() -> None:
-                # A client that goes away (ctrl-c) cancels the build: its RUN container is
-                # killed and removed, nothing is tagged.
-                await call.conn.closed.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(until_closed)
-            try:
-                result = await self.run(opts, emit)
-            except Exception as exc:
-                failure = exc  # raised outside the task group, so that it is not wrapped in a group
-            tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        if result is None:
+        # A client that goes away (ctrl-c) cancels the build: its RUN container is killed and
+        # removed, nothing is tagged.
+        done, result = await call.until_disconnected(lambda: self.run(opts, emit))
+        if not done or result is None:
             raise Unavailable("the build was cancelled: the client went away")
         return result
 
