@@ -236,7 +236,7 @@ def test_tug_exec_it_gives_a_terminal_with_its_size_and_resizes(daemon: Any) -> 
     child = spawn_tug(daemon, "exec", "-it", "box", "sh", rows=24, cols=80)
     try:
         child.expect("# ")  # the shell's prompt: it reads the terminal now (before, input is flushed)
-        child.sendline("tty; stty size; echo \"[$TERM]\"")
+        child.sendline('tty; stty size; echo "[$TERM]"')
         child.expect(r"/dev/pts/\d+")
         child.expect("24 80")
         child.expect(r"\[xterm\]")

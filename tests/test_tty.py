@@ -28,7 +28,7 @@ def test_run_it_terminal_resize_detach_attach_exit_code(daemon: Any) -> None:
     child = spawn_tug(daemon, "run", "-it", "--name", "term", "busybox", "sh", rows=24, cols=80)
     try:
         child.expect("# ")  # the shell's prompt: it reads the terminal now (before, input is flushed)
-        child.sendline("tty; stty size; echo \"[$TERM]\"")
+        child.sendline('tty; stty size; echo "[$TERM]"')
         child.expect(r"/dev/pts/\d+")
         child.expect("24 80")
         child.expect(r"\[xterm\]")

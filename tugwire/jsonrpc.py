@@ -410,8 +410,9 @@ def _error_response(req_id: Any, exc: TugError) -> dict[str, Any]:
 async def _refuse(stream: anyio.abc.SocketStream, exc: TugError) -> None:
     """Send ``exc`` to a peer we will not serve, then read (and drop) what it sent, for a second
     at most: closing with its request unread would reset the connection before it reads why."""
-    with anyio.move_on_after(1), contextlib.suppress(
-        anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError
+    with (
+        anyio.move_on_after(1),
+        contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError),
     ):
         await stream.send(encode(_error_response(None, exc)))
         await stream.send_eof()

@@ -21,6 +21,8 @@ from ..images import unpack_tar
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
 class _HashingWriter:
     """A file object that hashes what goes through it (the layer's diff id as it is written)."""
 
@@ -141,5 +143,3 @@ def tar_to_dir(tar_path: str, dest: str) -> None:
     ``dest``, no device nodes, the tar-bomb limits, xattrs kept."""
     with open(tar_path, "rb") as f:
         unpack_tar(f, dest)
-
-
