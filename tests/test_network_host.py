@@ -73,6 +73,11 @@ def test_two_tugd_beside_docker0_each_keep_their_subnet_table_and_ports(make_dae
     assert wait_http(a, "http://127.0.0.1:18101/") == ok_a
     assert wait_http(b, "http://127.0.0.1:18102/") == ok_b
     assert has_table(ns, a) and has_table(ns, b) and "table ip tugboat" not in tables(ns)
+    # A port another tugd publishes is refused (a DNAT rule holds no socket to collide with).
+    taken = b.call("container.create", {"image": "busybox", "cmd": HTTPD, "ports": ["18101:80"]})["id"]
+    with pytest.raises(errors.FailedPrecondition, match=r"published by another tugd \(nft table tugboat-"):
+        b.call("container.start", {"id": taken})
+    b.call("container.delete", {"id": taken})
     # Each tugd stopped: the other's port and its own container's port keep answering.
     for down, up in ((a, b), (b, a)):
         down.stop()

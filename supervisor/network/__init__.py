@@ -491,6 +491,10 @@ class Networks:
         ports = [Port.from_json(d) for d in rec.config.get("ports") or []]
         async with self.lock:
             ports_.check(self.store, self._wired, rec.id, ports)
+            if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
+                ports_.check_others(
+                    await anyio.to_thread.run_sync(host.forwards_of_others, self.table), ports
+                )
             path = self.netns_path(rec.id)
             try:
                 await anyio.to_thread.run_sync(self._wire_sync, rec.id, path, eps, nets)

@@ -250,6 +250,23 @@ def delete_tables(table: str) -> list[str]:
     return gone
 
 
+FORWARD_RE = re.compile(r"^\s*(?:ip daddr (\S+) )?.*?\b(tcp|udp) dport (\d+) dnat to", re.M)
+
+
+def forwards_of_others(ours: str) -> list[tuple[str, str, int, str]]:
+    """(table, host address or "", port, proto) of the published ports of every other tugd on
+    the host (their ``tugboat-*`` tables, and an older tugd's shared one). Blocking."""
+    out: list[tuple[str, str, int, str]] = []
+    listed = _nft(["list", "tables", "ip"])
+    for line in listed.stdout.decode(errors="replace").splitlines():
+        table = line.split()[-1] if line.startswith("table ip ") else ""
+        if table == ours or not (table == LEGACY_TABLE or table.startswith("tugboat-")):
+            continue
+        chain = _nft(["list", "chain", "ip", table, "prerouting"]).stdout.decode(errors="replace")
+        out.extend((table, m[1] or "", int(m[3]), m[2]) for m in FORWARD_RE.finditer(chain))
+    return out
+
+
 BRIDGE_RE = re.compile(r"\btb-[0-9a-f]{12}\b")
 
 

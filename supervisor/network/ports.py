@@ -65,6 +65,22 @@ def check(store: Store, wired: Iterable[str], cid: str, ports: list[Port]) -> No
             raise FailedPrecondition(f"Bind for {where} failed: port is in use on the host")
 
 
+def check_others(others: Iterable[tuple[str, str, int, str]], ports: list[Port]) -> None:
+    """FailedPrecondition if one of ``ports`` is forwarded by another tugd already (``others``:
+    (table, host address or "", port, proto) of its rules)."""
+    for pt in ports:
+        for table, host_ip, port, proto in others:
+            if (
+                port == pt.host_port
+                and proto == pt.proto
+                and (not host_ip or not pt.host_ip or host_ip == pt.host_ip)
+            ):
+                raise FailedPrecondition(
+                    f"Bind for {pt.host_ip or '0.0.0.0'}:{pt.host_port} failed: port is already "
+                    f"published by another tugd (nft table {table})"
+                )
+
+
 def bindable(host_ip: str, port: int, kind: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
