@@ -165,6 +165,25 @@ def test_subnets_overlapping_the_host_are_refused_and_rm_prune_remove_bridges(ma
     assert not set(bridges) & set(netns_links(d.netns))
 
 
+def test_the_default_bridge_subnet_is_chosen_on_first_use_and_kept(make_daemon: Any) -> None:
+    """With another default network, nothing is made at start; the first container on
+    ``bridge`` chooses its subnet (past a host address on 172.17) and makes the bridge."""
+    d = make_daemon(netns=True, extra=["--default-network", "none"])
+    assert d.call("network.inspect", {"id": "bridge"})["subnet"] == ""
+    assert [n for n in netns_links(d.netns) if n.startswith("tb-")] == []
+    ip(d.netns, "link", "add", "dk0", "type", "bridge")
+    ip(d.netns, "addr", "add", "172.17.0.1/16", "dev", "dk0")
+    cid = start(d, ["sleep", "1000"], network="bridge")
+    assert subnet_of(d) == ipaddress.IPv4Network("172.18.0.0/16")
+    assert d.call("container.inspect", {"id": cid})["networks"]["bridge"]["ip"] == "172.18.0.2"
+    bridge = d.call("network.inspect", {"id": "bridge"})["bridge"]
+    assert bridge in netns_links(d.netns)
+    ip(d.netns, "link", "del", "dk0")
+    d.restart()
+    assert subnet_of(d) == ipaddress.IPv4Network("172.18.0.0/16")  # decided once: kept
+    d.call("container.delete", {"id": cid, "force": True})
+
+
 def test_a_shared_table_of_an_older_tugd_goes_once_nobody_uses_it(make_daemon: Any) -> None:
     d = make_daemon(netns=True)
     old = (

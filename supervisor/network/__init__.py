@@ -140,7 +140,9 @@ class Networks:
         the host's networks and the bridge: a rare path (at start, reconcile does it)."""
         if net.name != BRIDGE or net.subnet:
             return net
-        return self._record_subnet(net, self._claim_fn(net, None)())
+        from . import netlink  # pyroute2 runs an event loop of its own: never on the loop's thread
+
+        return self._record_subnet(net, netlink.in_thread(self._claim_fn(net, None)))
 
     async def _ensure_bridges(self) -> None:
         """At start: the default bridge's subnet chosen if it is the default network, and the

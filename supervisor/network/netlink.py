@@ -35,8 +35,9 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _in_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread of its own (it may change the thread's network namespace)."""
+def in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread of its own and wait for it (it may change the thread's network
+    namespace; pyroute2 runs an asyncio loop of its own, which a thread running one cannot)."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -74,7 +75,7 @@ def create_netns(path: str) -> None:
         _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), f"bind mount of {path}")
 
     try:
-        _in_thread(make)  # the thread ends in the new namespace: nothing else ever uses it
+        in_thread(make)  # the thread ends in the new namespace: nothing else ever uses it
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -109,7 +110,7 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
             os.close(fd)
         return fn()
 
-    return _in_thread(run)
+    return in_thread(run)
 
 
 # ---------------------------------------------------------------------------------- links
