@@ -727,13 +727,14 @@ class Networks:
                     netlink.delete_netns(os.path.join(self.netns_dir, entry))
                     done.append(entry)
             done += host.sweep_links(self.instance, bridges, keep_veths)
-            done += host.drop_legacy_tables(bridges)
             return done
 
         async with self.lock:
             removed = await anyio.to_thread.run_sync(sweep)
             self._wired = {cid for cid in keep_set if os.path.exists(self.netns_path(cid))}
             await self._apply_nft()
+            # Only now that our table forwards our ports: an older tugd's shared table goes.
+            removed += await anyio.to_thread.run_sync(host.drop_legacy_tables, bridges)
         if removed:
             log.info("network reconcile removed %d leftovers: %s", len(removed), ", ".join(removed[:10]))
 
