@@ -148,8 +148,8 @@ class Networks:
         """At start: the default bridge's subnet chosen if it is the default network, and the
         bridges of our networks made if missing (after a reboot), so that another tugd or
         dockerd starting later sees their subnets as taken. A default bridge that nothing uses
-        yet and whose subnet the host has meanwhile taken (as tugd before 0.x chose 172.17/16
-        blindly, docker0's) gets another."""
+        yet and whose subnet the host has meanwhile taken (an older tugd chose 172.17.0.0/16
+        without looking: docker0's) gets another."""
         wired = os.path.exists(self.marker)
         for net in self.db.networks():
             if not net.is_bridge or not (wired or (net.name == BRIDGE and self.default == BRIDGE)):
@@ -741,7 +741,8 @@ class Networks:
     async def reset(self) -> list[str]:
         """``system.reset``: remove everything of ours from the host (namespaces, veths, bridges,
         the nft tables); refused while any container exists. The networks stay defined, their
-        subnets kept: their bridges come back when a container needs them. What was removed."""
+        subnets kept: their bridges come back when a container needs them or tugd next starts.
+        What was removed."""
         recs = self.store.list_containers()
         if recs:
             names = ", ".join(r.name for r in recs[:5]) + (", ..." if len(recs) > 5 else "")
