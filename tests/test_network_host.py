@@ -59,7 +59,7 @@ def test_two_tugd_beside_docker0_each_keep_their_subnet_table_and_ports(make_dae
     ip(ns, "addr", "add", "172.17.0.1/16", "dev", "docker0")
     ip(ns, "link", "set", "docker0", "up")
     a = make_daemon(netns=ns)
-    b = make_daemon(netns=ns)
+    b = make_daemon(netns=ns, backend="trio")  # both backends side by side
     sa, sb = subnet_of(a), subnet_of(b)
     # docker's pools in order: 172.17/16 is docker0's, so 172.18/16, then 172.19/16 (a's bridge
     # was made at a's start, so b saw it).
