@@ -241,13 +241,12 @@ def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProc
 
 def delete_tables(table: str) -> list[str]:
     """Delete the instance's tables (both families); the ones that were there."""
-    gone = []
-    for family in ("ip", "ip6"):
-        if _nft(["list", "table", family, table]).returncode == 0:
-            res = _nft(["delete", "table", family, table])
-            if res.returncode == 0:
-                gone.append(f"nft table {family} {table}")
-    return gone
+    listed = _nft(["list", "tables"]).stdout.decode(errors="replace").splitlines()
+    return [
+        f"nft table {family} {table}"
+        for family in ("ip", "ip6")
+        if f"table {family} {table}" in listed and _nft(["delete", "table", family, table]).returncode == 0
+    ]
 
 
 FORWARD_RE = re.compile(r"^\s*(?:ip daddr (\S+) )?.*?\b(tcp|udp) dport (\d+) dnat to", re.M)
@@ -276,9 +275,12 @@ def drop_legacy_tables(ours: set[str]) -> list[str]:
     older tugd still running would rebuild them anyway). Blocking."""
     from . import netlink
 
+    listed = _nft(["list", "tables"]).stdout.decode(errors="replace").splitlines()
     present: set[str] | None = None
     gone = []
     for family in ("ip", "ip6"):
+        if f"table {family} {LEGACY_TABLE}" not in listed:  # one nft run at each start, usually
+            continue
         res = _nft(["list", "table", family, LEGACY_TABLE])
         if res.returncode != 0:
             continue
