@@ -53,6 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         help="network of containers created without --network: bridge, none, host or a name "
         "(default %(default)s)",
     )
+    parser.add_argument(
+        "--default-address-pool",
+        action="append",
+        default=[],
+        metavar="base=CIDR,size=N",
+        help="where subnets of networks without --subnet come from, in order (repeatable; default "
+        "docker's: 172.17-31.0.0/16, then 192.168.0.0/16 in /20s)",
+    )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove this root's bridges, nft table and network namespaces from the host, then "
+        "exit (refused while containers exist or its tugd runs)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
@@ -89,12 +103,17 @@ def main(argv: list[str] | None = None) -> int:
             log_max_files=args.log_max_files,
             metrics_address=args.metrics_address,
             default_network=args.default_network,
+            address_pools=tuple(args.default_address_pool),
             insecure_registries=tuple(args.insecure_registry),
             runtime_timeout=args.runtime_timeout,
         ).validated()
     except ConfigError as exc:
         print(f"tugd: {exc}", file=sys.stderr)
         return 2
+    if args.cleanup:
+        from .network.host import cleanup
+
+        return cleanup(cfg)
     from . import failpoints
 
     try:

@@ -31,6 +31,9 @@ class Config:
     metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
     insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] spoken to over plain HTTP (auth.py)
     default_network: str = "bridge"  # of containers created without --network (supervisor/network)
+    # Where subnets of networks without --subnet come from, in order: "base=CIDR,size=N" each
+    # (--default-address-pool); empty: docker's default-address-pools (network/host.py).
+    address_pools: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> Config:
@@ -63,6 +66,12 @@ class Config:
             insecure = tuple(check_host(h) for h in self.insecure_registries)
         except InvalidArgument as exc:
             raise ConfigError(f"--insecure-registry: {exc.message}") from None
+        from .network.host import parse_pool
+
+        try:
+            pools = tuple(str(parse_pool(p)) for p in self.address_pools)
+        except InvalidArgument as exc:
+            raise ConfigError(f"--default-address-pool: {exc.message}") from None
         longest = os.path.join(state, "shims", "0" * 64, "shim.sock")
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
@@ -86,6 +95,7 @@ class Config:
             metrics_address=metrics_address,
             insecure_registries=insecure,
             default_network=self.default_network,
+            address_pools=pools,
             extra=dict(self.extra),
         )
 

@@ -219,6 +219,7 @@ class Daemon:
             problems.append(f"process left: {pid}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        problems += self.host_leftovers()
         for m in _mounts_under(self.base):
             problems.append(f"mount left: {m}")
             subprocess.run(["umount", "-l", m], check=False)
@@ -228,6 +229,29 @@ class Daemon:
             for cid in os.listdir(runc_root):
                 subprocess.run(["runc", "--root", runc_root, "delete", "--force", cid], check=False)
         return problems
+
+    def host_leftovers(self) -> list[str]:
+        """Links and nft tables of this tugd's instance left in the host's namespace (a tugd in
+        a test namespace leaves them there, deleted with it); each is removed."""
+        if self.netns is not None:
+            return []
+        from supervisor.network import host
+
+        alias, table = f"alias tugboat {host.instance_id(self.root)} ", host.table_name(self.root)
+        found = [
+            line.split(":")[1].strip() for line in _run_out(["ip", "-o", "link", "show"]) if alias in line
+        ]
+        found += [line for line in _run_out(["nft", "list", "tables"]) if line.endswith(" " + table)]
+        if found:
+            subprocess.run([TUGD, "--root", self.root, "--state", self.state, "--cleanup"], check=False)
+        return [f"left on the host: {f}" for f in found]
+
+
+def _run_out(cmd: list[str]) -> list[str]:
+    if shutil.which(cmd[0]) is None:
+        return []
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return res.stdout.splitlines()
 
 
 def make_test_netns(names: list[str]) -> str:
@@ -259,12 +283,14 @@ def make_daemon(busybox_tar: str) -> Iterator[Any]:
         extra: list[str] | None = None,
         image: bool = True,
         runtime: str = "runc",
-        netns: bool = False,
+        netns: bool | str = False,
     ) -> Daemon:
+        """``netns``: True for a new namespace, or the name of one made by ``factory.new_netns()``
+        (several tugd side by side in one)."""
         # Short roots: unix socket paths are limited to 108 bytes.
         base = tempfile.mkdtemp(prefix="tb", dir="/tmp")
         bases.append(base)
-        ns = make_test_netns(netnses) if netns else None
+        ns = netns if isinstance(netns, str) else make_test_netns(netnses) if netns else None
         d = Daemon(base, backend, extra, runtime, netns=ns)
         daemons.append(d)
         d.start()
@@ -272,6 +298,7 @@ def make_daemon(busybox_tar: str) -> Iterator[Any]:
             d.call("image.import", {"path": busybox_tar, "ref": "busybox"})
         return d
 
+    factory.new_netns = lambda: make_test_netns(netnses)  # type: ignore[attr-defined]
     yield factory
     problems = []
     for d in daemons:

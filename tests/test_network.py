@@ -51,6 +51,13 @@ def wait_http(d: Any, url: str, timeout: float = 20) -> str:
         time.sleep(0.1)
 
 
+def nft_rules(d: Any) -> str:
+    """The text of tugd's own nft table (``ip tugboat-<instance>``) in its namespace."""
+    from supervisor.network.host import table_name
+
+    return in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout
+
+
 def links(d: Any, prefix: str) -> list[str]:
     return [n for n in netns_links(d.netns) if n.startswith(prefix)]
 
@@ -182,7 +189,7 @@ def test_published_port_serves_the_host_side(make_daemon: Any, backend: str) -> 
         ).returncode
         != 0
     )
-    rules = in_ns(d, "nft", "list", "table", "ip", "tugboat").stdout
+    rules = nft_rules(d)
     assert "dnat" not in rules
     d.call("container.start", {"id": other})  # the port is free again
     assert wait_http(d, "http://127.0.0.1:18080/").startswith("hello-from-")
@@ -203,7 +210,7 @@ def test_publish_all_publishes_the_images_exposed_ports(make_daemon: Any, tmp_pa
     assert set(ports) == {(80, "tcp"), (53, "udp")}
     assert all(32768 <= port <= 60999 for port in ports.values())
     assert wait_http(d, f"http://127.0.0.1:{ports[80, 'tcp']}/") == f"hello-from-{cid[:12]}\n"
-    rules = in_ns(d, "nft", "list", "table", "ip", "tugboat").stdout
+    rules = nft_rules(d)
     assert f"udp dport {ports[53, 'udp']} dnat to" in rules
 
 
@@ -325,15 +332,21 @@ def test_crashes_leave_nothing_behind(make_daemon: Any, backend: str) -> None:
     d = make_daemon(backend=backend, netns=True)
     stays = start(d, ["sleep", "1000"], name="stays")
     goes = start(d, ["sh", "-c", "sleep 1"], name="goes", ports=["18090:80"])
-    assert "dport 18090" in in_ns(d, "nft", "list", "table", "ip", "tugboat").stdout
+    assert "dport 18090" in nft_rules(d)
     shim_dies = start(d, ["sleep", "1000"], name="shimdies")
     d.kill9()
-    # Garbage of ours: a veth-named link, a bridge of no network, a namespace file of nothing.
-    subprocess.run(
-        ["ip", "-n", d.netns, "link", "add", "tv0abcdefabcdef", "type", "veth", "peer", "name", "tbjunk"],
-        check=True,
-    )
-    subprocess.run(["ip", "-n", d.netns, "link", "add", "tb-abcdefabcdef", "type", "bridge"], check=True)
+    # Garbage of ours (links with our alias): a veth of no container, a bridge of no network;
+    # and another tugd's bridge (no alias of ours), which must stay.
+    from supervisor.network.host import link_alias
+
+    for cmd in (
+        ["link", "add", "tv0abcdefabcdef", "type", "veth", "peer", "name", "tbjunk"],
+        ["link", "set", "tv0abcdefabcdef", "alias", link_alias(d.root)],
+        ["link", "add", "tb-abcdefabcdef", "type", "bridge"],
+        ["link", "set", "tb-abcdefabcdef", "alias", link_alias(d.root)],
+    ):
+        subprocess.run(["ip", "-n", d.netns, *cmd], check=True)
+    subprocess.run(["ip", "-n", d.netns, "link", "add", "tb-0123456789ab", "type", "bridge"], check=True)
     deadline = time.monotonic() + 20
     goes_ns = os.path.join(d.state, "netns", goes)
     while True:  # "goes" exits while tugd is down
@@ -347,9 +360,10 @@ def test_crashes_leave_nothing_behind(make_daemon: Any, backend: str) -> None:
     d.start()
     assert d.call("container.inspect", {"id": goes})["state"] == "exited"
     assert not os.path.exists(goes_ns)
-    assert "dport 18090" not in in_ns(d, "nft", "list", "table", "ip", "tugboat").stdout
+    assert "dport 18090" not in nft_rules(d)
     assert sorted(links(d, "tv")) == sorted(f"tv0{c[:12]}" for c in (stays, shim_dies))
     assert "tb-abcdefabcdef" not in links(d, "tb-")
+    assert "tb-0123456789ab" in links(d, "tb-")  # not ours: never touched
     # A shim killed: the container's fate is unknown until rm, which cleans everything.
     shim_pid = d.call("container.inspect", {"id": shim_dies})["shim_pid"]
     os.kill(shim_pid, 9)
@@ -603,7 +617,8 @@ def test_nft_ruleset_text() -> None:
             nft.Forward("127.0.0.1", 53, "udp", "10.1.0.3", 53),
         ],
     )
-    text = rs.render()
+    text = rs.render("tugboat-0a1b2c3d")
+    assert text.startswith("table ip tugboat-0a1b2c3d {") and "table ip6 tugboat-0a1b2c3d {" in text
     assert "fib daddr type local tcp dport 8080 dnat to 10.1.0.2:80" in text
     assert "ip daddr 127.0.0.1 udp dport 53 dnat to 10.1.0.3:53" in text
     assert 'ip saddr 10.1.0.0/24 oifname != "tb-a" masquerade' in text

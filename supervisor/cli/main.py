@@ -1692,6 +1692,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_prune)
+    p = system_sub.add_parser("reset", help="remove tugd's bridges, nft rules and namespaces (no containers)")
+    p.set_defaults(
+        func=lambda a, c: print("\n".join(c.call("system.reset")["removed"]) or "nothing to remove") or 0
+    )
     for module in loaded.values():
         module.add_commands(add)
     return parser

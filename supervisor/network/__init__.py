@@ -14,14 +14,11 @@ networks touch the kernel, and only once a container joins: a tugd whose contain
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
-import random
 import secrets
-import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,7 +27,8 @@ from tugwire import jsonrpc
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 from ..failpoints import failpoint
-from . import files, ipam, nft
+from . import etc, files, host, ipam, nft
+from . import ports as ports_
 from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port
 
 if TYPE_CHECKING:
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tugboat.network")
 
 BUILTIN = (BRIDGE, HOST, NONE)
-EPHEMERAL = (32768, 60999)  # where -P and -p CONTAINERPORT pick host ports
 ACTIVE_STATES = ("running", "paused", "unknown")  # whose namespaces a reconcile keeps
 
 
@@ -64,6 +61,13 @@ class Networks:
         self._uplink_mtu: int | None = None
         self._nft_bridges: set[str] = set()  # the bridges the applied nft table has rules for
         self.default = getattr(cfg, "default_network", BRIDGE) or BRIDGE
+        # This tugd's own objects on the host (see host.py): its nft table, its links' alias.
+        self.instance = host.instance_id(cfg.root)
+        self.table = host.table_name(cfg.root)
+        self.alias = host.link_alias(cfg.root)
+        self.pools = [host.parse_pool(p) for p in getattr(cfg, "address_pools", ())] or list(
+            host.DEFAULT_POOLS
+        )
         self._ensure_builtin()
 
     # -------------------------------------------------------------------------- records
@@ -74,10 +78,10 @@ class Networks:
             if name in have:
                 continue
             nid = secrets.token_hex(32)
+            # The default bridge's subnet is chosen when it is first needed, against the host's
+            # networks (see _decide_default): reading them loads pyroute2.
             subnet = gateway = bridge = ""
             if name == BRIDGE:
-                subnet = self._free_subnet(ipam.DEFAULT_SUBNET)
-                gateway = str(next(ipaddress.ip_network(subnet).hosts()))
                 bridge = "tb-" + nid[:12]
             self.db.insert_network(
                 NetworkRecord(
@@ -94,13 +98,70 @@ class Networks:
         if self.default not in BUILTIN and not self.db.find_networks(self.default):
             raise InvalidArgument(f"--default-network {self.default}: no such network")
 
-    def _free_subnet(self, first: str, host: list[ipaddress.IPv4Network] | None = None) -> str:
-        """The first pool that overlaps neither another network nor an address of ``host``."""
-        for cand in [first, *ipam.AUTO_POOLS]:
-            net = ipaddress.IPv4Network(cand)
-            if not self._overlapping(net) and not any(h.overlaps(net) for h in host or []):
-                return cand
-        raise InvalidArgument("no free subnet left in the default pools: give --subnet", field="subnet")
+    def _taken(self) -> list[ipaddress.IPv4Network]:
+        return [ipaddress.IPv4Network(n.subnet) for n in self.db.networks() if n.subnet]
+
+    def _bridges(self) -> set[str]:
+        return {n.bridge for n in self.db.networks() if n.is_bridge}
+
+    def _claim_fn(
+        self, net: NetworkRecord, subnet: ipaddress.IPv4Network | None, **kw: Any
+    ) -> Callable[[], ipaddress.IPv4Network]:
+        """A blocking function that chooses (``subnet`` None) or checks ``net``'s subnet against
+        the host and makes its bridge (:func:`host.claim`). The store is read now, on the loop's
+        thread; the kernel is touched by the function, in a worker thread."""
+        taken, ours = self._taken(), self._bridges()
+        with open(self.marker, "a"):  # a bridge of ours may exist from now on
+            pass
+
+        def run() -> ipaddress.IPv4Network:
+            from . import netlink
+
+            # The uplink's MTU now, not cached: at start the uplink may not be up yet (the
+            # first container's wiring finds it, and sets it on the bridge too).
+            mtu = net.mtu or int(netlink.uplink_mtu(ipam.DEFAULT_MTU))
+            c = host.Claim(net.bridge, subnet, mtu, self.alias, **kw)
+            return host.claim(c, self.pools, taken, ours)
+
+        return run
+
+    def _record_subnet(self, net: NetworkRecord, subnet: ipaddress.IPv4Network) -> NetworkRecord:
+        if str(subnet) != net.subnet:
+            gateway = str(next(subnet.hosts()))
+            self.db.set_subnet(net.id, str(subnet), gateway)
+            log.info("network %s: subnet %s (gateway %s)", net.name, subnet, gateway)
+        found = self.db.network(net.id)
+        assert found is not None
+        return found
+
+    def _decide_default(self, net: NetworkRecord) -> NetworkRecord:
+        """The default bridge with its subnet: chosen now if it was not yet (the first container
+        on ``bridge`` of a tugd whose default network is another). Blocks the loop once, for
+        the host's networks and the bridge: a rare path (at start, reconcile does it)."""
+        if net.name != BRIDGE or net.subnet:
+            return net
+        from . import netlink  # pyroute2 runs an event loop of its own: never on the loop's thread
+
+        return self._record_subnet(net, netlink.in_thread(self._claim_fn(net, None)))
+
+    async def _ensure_bridges(self) -> None:
+        """At start: the default bridge's subnet chosen if it is the default network, and the
+        bridges of our networks made if missing (after a reboot), so that another tugd or
+        dockerd starting later sees their subnets as taken. A default bridge that nothing uses
+        yet and whose subnet the host has meanwhile taken (an older tugd chose 172.17.0.0/16
+        without looking: docker0's) gets another."""
+        wired = os.path.exists(self.marker)
+        for net in self.db.networks():
+            if not net.is_bridge or not (wired or (net.name == BRIDGE and self.default == BRIDGE)):
+                continue
+            fixed = ipaddress.IPv4Network(net.subnet) if net.subnet else None
+            unused = net.name == BRIDGE and not self.db.endpoints(network_id=net.id)
+            try:
+                subnet = await anyio.to_thread.run_sync(self._claim_fn(net, fixed, repick=unused))
+            except InvalidArgument as exc:  # a user's network the host now overlaps: said, kept
+                log.warning("network %s: %s; its bridge is made when a container needs it", net.name, exc)
+                continue
+            self._record_subnet(net, subnet)
 
     def _overlapping(self, net: ipaddress.IPv4Network) -> NetworkRecord | None:
         for other in self.db.networks():
@@ -139,23 +200,65 @@ class Networks:
         if self.db.find_networks(name) and any(n.name == name for n in self.db.find_networks(name)):
             raise AlreadyExists(f"network with name {name} already exists", field="name")
         subnet_s = p.string("subnet")
-        host = await self._host_networks()
+        subnet: ipaddress.IPv4Network | None = None
+        ip_range = gateway = ""
         if subnet_s:
             subnet = ipam.parse_subnet(subnet_s)
-            clash = self._overlapping(subnet)
-            if clash is not None:
+            ip_range, gateway = self._check_subnet(p, subnet)
+        elif p.string("gateway") or p.string("ip_range"):
+            raise InvalidArgument("--gateway and --ip-range need --subnet", field="subnet")
+        subnet6, gateway6 = self._parse_v6(p)
+        mtu = p.integer("mtu") or 0  # 0: the uplink's (see _mtu)
+        if mtu and not 576 <= mtu <= 9000:
+            raise InvalidArgument("mtu must be within 576-9000", field="mtu")
+        nid = secrets.token_hex(32)
+        rec = NetworkRecord(
+            id=nid,
+            name=name,
+            driver="bridge",
+            bridge="tb-" + nid[:12],  # random: never another instance's (claim checks it is free)
+            subnet="",
+            gateway=gateway,
+            ip_range=ip_range,
+            mtu=mtu,
+            internal=p.boolean("internal"),
+            labels=p.dict_of_str("labels"),
+            created=_now(),
+            subnet6=subnet6,
+            gateway6=gateway6,
+        )
+        async with self.lock:
+            if subnet is not None and (other := self._overlapping(subnet)) is not None:  # made meanwhile
                 raise InvalidArgument(
-                    f"subnet {subnet} overlaps with network {clash.name} ({clash.subnet})", field="subnet"
+                    f"subnet {subnet} overlaps with network {other.name} ({other.subnet})", field="subnet"
                 )
-            for h, ifname in host:
-                if h.overlaps(subnet):
-                    raise InvalidArgument(
-                        f"subnet {subnet} overlaps the host's {h} on {ifname}", field="subnet"
-                    )
-        else:
-            if p.string("gateway") or p.string("ip_range"):
-                raise InvalidArgument("--gateway and --ip-range need --subnet", field="subnet")
-            subnet = ipaddress.IPv4Network(self._free_subnet(ipam.AUTO_POOLS[0], [h for h, _ in host]))
+            # The subnet is checked against (or chosen among) the host's and the bridge made
+            # now, under the host-wide lock: another tugd sees it taken from then on.
+            kw: dict[str, Any] = {"fresh": True}
+            if gateway:
+                kw["gateway_of"] = lambda _net: gateway
+            made = await anyio.to_thread.run_sync(self._claim_fn(rec, subnet, **kw))
+            rec.subnet, rec.gateway = str(made), gateway or str(next(made.hosts()))
+            try:
+                self.db.insert_network(rec)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    from . import netlink
+
+                    await anyio.to_thread.run_sync(netlink.delete_link, rec.bridge)
+                if "UNIQUE" in str(exc):
+                    raise AlreadyExists(f"network with name {name} already exists", field="name") from None
+                raise
+        self._publish("create", rec)
+        return rec
+
+    def _check_subnet(self, p: jsonrpc.Params, subnet: ipaddress.IPv4Network) -> tuple[str, str]:
+        """An explicit subnet against our networks, and its ``ip_range`` and ``gateway``."""
+        other = self._overlapping(subnet)
+        if other is not None:
+            raise InvalidArgument(
+                f"subnet {subnet} overlaps with network {other.name} ({other.subnet})", field="subnet"
+            )
         ip_range = ""
         if p.string("ip_range"):
             rng = ipam.parse_subnet(p.string("ip_range"), "ip_range")
@@ -163,6 +266,7 @@ class Networks:
                 raise InvalidArgument(f"ip range {rng} is not within subnet {subnet}", field="ip_range")
             ip_range = str(rng)
         gateway_s = p.string("gateway")
+        gateway = ""
         if gateway_s:
             gw = ipam.parse_ip(gateway_s, "gateway")
             if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
@@ -170,37 +274,7 @@ class Networks:
                     f"gateway {gw} is not a host address of subnet {subnet}", field="gateway"
                 )
             gateway = str(gw)
-        else:
-            gateway = str(next(subnet.hosts()))
-        subnet6, gateway6 = self._parse_v6(p)
-        mtu = p.integer("mtu") or 0  # 0: the uplink's (see _mtu)
-        if mtu and not 576 <= mtu <= 9000:
-            raise InvalidArgument("mtu must be within 576-9000", field="mtu")
-        labels = p.dict_of_str("labels")
-        nid = secrets.token_hex(32)
-        rec = NetworkRecord(
-            id=nid,
-            name=name,
-            driver="bridge",
-            bridge="tb-" + nid[:12],
-            subnet=str(subnet),
-            gateway=gateway,
-            ip_range=ip_range,
-            mtu=mtu,
-            internal=p.boolean("internal"),
-            labels=labels,
-            created=_now(),
-            subnet6=subnet6,
-            gateway6=gateway6,
-        )
-        try:
-            self.db.insert_network(rec)
-        except Exception as exc:
-            if "UNIQUE" in str(exc):
-                raise AlreadyExists(f"network with name {name} already exists", field="name") from None
-            raise
-        self._publish("create", rec)
-        return rec
+        return ip_range, gateway
 
     def _parse_v6(self, p: jsonrpc.Params) -> tuple[str, str]:
         """``subnet6`` and ``gateway6`` (IPv6 is optional: a dual-stack network)."""
@@ -225,17 +299,6 @@ class Networks:
                 )
             return str(net6), str(gw6)
         return str(net6), str(net6.network_address + 1)
-
-    async def _host_networks(self) -> list[tuple[ipaddress.IPv4Network, str]]:
-        """The IPv4 networks of the addresses of tugd's namespace (not ours, not loopback): a
-        network overlapping one would shadow it. (Loads pyroute2: a network is being made.)"""
-        from . import netlink
-
-        out = []
-        for addr, plen, ifname in await anyio.to_thread.run_sync(netlink.addresses):
-            if not ifname.startswith("tb-") and not addr.startswith("127."):
-                out.append((ipaddress.IPv4Network(f"{addr}/{plen}", strict=False), ifname))
-        return out
 
     def describe(
         self, net: NetworkRecord, containers: dict[str, ContainerRecord] | None = None
@@ -286,7 +349,7 @@ class Networks:
             )
         async with self.lock:
             self.db.delete_network(net.id)
-            if os.path.exists(self.marker):
+            if os.path.exists(self.marker):  # else no bridge of ours was ever made
                 from . import netlink
 
                 await anyio.to_thread.run_sync(netlink.delete_link, net.bridge)
@@ -308,7 +371,7 @@ class Networks:
     def parse_create(self, p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any]:
         """The network options of ``container.create``, validated (nothing allocated yet)."""
         mode = p.string("network") or self.default
-        net = self.get(mode)
+        net = self._decide_default(self.get(mode))
         opts: dict[str, Any] = {"network": net.name}
         ip = p.string("ip")
         aliases = [ipam.check_alias(a) for a in p.list_of_str("network_aliases")]
@@ -362,23 +425,6 @@ class Networks:
         opts["ports"] = [pt.to_json() for pt in ports]
         return opts
 
-    def _used_host_ports(self, exclude: str = "") -> set[tuple[int, str]]:
-        used = set()
-        for rec in self.store.list_containers():
-            if rec.id != exclude:
-                for d in rec.config.get("ports") or []:
-                    used.add((int(d["host_port"]), str(d["proto"])))
-        return used
-
-    def _pick_port(self, proto: str, used: set[tuple[int, str]]) -> int:
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        for _ in range(200):
-            port = random.randint(*EPHEMERAL)
-            if (port, proto) in used or not _bindable("", port, kind):
-                continue
-            return port
-        raise FailedPrecondition("no free host port found for a published port")
-
     def spec_for(self, cid: str, opts: dict[str, Any], files_dir: str) -> dict[str, Any]:
         """What :func:`supervisor.spec.build` needs: the namespace (None: runc makes one; "":
         the host's) and the files to mount."""
@@ -403,12 +449,12 @@ class Networks:
                 ip6 = ipam.allocate6(net.subnet6, net.gateway6, self.db.taken_ip6s(net.id), opts.get("ip6"))
             aliases = list(opts.get("network_aliases") or [])
             self.db.insert_endpoint(Endpoint(net.id, rec.id, 0, ip, ipam.mac_for(ip), aliases, ip6))
-            used = self._used_host_ports(exclude=rec.id)
+            used = ports_.used(self.store, exclude=rec.id)
             ports = []
             for d in opts.get("ports") or []:
                 pt = Port.from_json(d)
                 if not pt.host_port:
-                    pt = Port(pt.host_ip, self._pick_port(pt.proto, used), pt.container_port, pt.proto)
+                    pt = Port(pt.host_ip, ports_.pick(pt.proto, used), pt.container_port, pt.proto)
                 used.add((pt.host_port, pt.proto))
                 ports.append(pt.to_json())
             opts["ports"] = ports
@@ -416,41 +462,8 @@ class Networks:
 
     # ---------------------------------------------------------------------------- /etc files
 
-    def _snapshot(
-        self,
-    ) -> tuple[dict[str, list[Endpoint]], dict[str, list[Endpoint]], _Records]:
-        """Every endpoint by network and by container, and the containers by id, read once each
-        (not once per peer): what the /etc/hosts of many containers are built from. Records are
-        read on first use: a create with ``--network none`` among 500 containers reads none of
-        them (reading them all cost O(containers) per create: 12 ms each at 500)."""
-        by_net: dict[str, list[Endpoint]] = {}
-        by_cid: dict[str, list[Endpoint]] = {}
-        for ep in self.db.endpoints():
-            by_net.setdefault(ep.network_id, []).append(ep)
-            by_cid.setdefault(ep.container_id, []).append(ep)
-        return by_net, by_cid, _Records(self.store)
-
-    def _etc(self, rec: ContainerRecord, snap: Any = None) -> files.EtcFiles:
-        by_net, by_cid, recs = snap or self._snapshot()
-        cfg = rec.config
-        hostname = cfg.get("hostname") or rec.id[:12]
-        ef = files.EtcFiles(
-            hostname=hostname,
-            dns=list(cfg.get("dns") or []),
-            host_mode=cfg.get("network") == HOST,
-            extra=[files.HostsEntry(ip, [name]) for name, ip in cfg.get("add_hosts") or []],
-        )
-        for ep in by_cid.get(rec.id, []):
-            for ip in filter(None, (ep.ip, ep.ip6)):
-                ef.own.append(files.HostsEntry(ip, [hostname, rec.name, *ep.aliases]))
-            for peer in by_net.get(ep.network_id, []):
-                if peer.container_id == rec.id:
-                    continue
-                other = recs.get(peer.container_id)
-                if other is not None:
-                    for ip in filter(None, (peer.ip, peer.ip6)):
-                        ef.peers.append(files.HostsEntry(ip, [other.name, *peer.aliases, other.id[:12]]))
-        return ef
+    def _etc(self, rec: ContainerRecord) -> files.EtcFiles:
+        return etc.etc_of(rec, etc.snapshot(self.db, self.store))
 
     def write_files(self, rec: ContainerRecord, files_dir: str) -> None:
         files.write_all(files_dir, self._etc(rec))
@@ -458,17 +471,7 @@ class Networks:
     def refresh_hosts(self, network_ids: Iterable[str], dirs: Any) -> None:
         """Rewrite /etc/hosts of every container on these networks; ``dirs(cid)`` is a
         container's bundle dir."""
-        done: set[str] = set()
-        snap = self._snapshot()
-        by_net, _, recs = snap
-        for nid in network_ids:
-            for ep in by_net.get(nid, []):
-                if ep.container_id in done:
-                    continue
-                done.add(ep.container_id)
-                rec = recs.get(ep.container_id)
-                if rec is not None:
-                    files.update_hosts(dirs(rec.id), self._etc(rec, snap))
+        etc.refresh_hosts(etc.snapshot(self.db, self.store), network_ids, dirs)
 
     def network_ids_of(self, cid: str) -> list[str]:
         return [ep.network_id for ep in self.db.endpoints(container_id=cid)]
@@ -489,7 +492,11 @@ class Networks:
         nets = {ep.network_id: self.db.network(ep.network_id) for ep in eps}
         ports = [Port.from_json(d) for d in rec.config.get("ports") or []]
         async with self.lock:
-            self._check_ports(rec.id, ports)
+            ports_.check(self.store, self._wired, rec.id, ports)
+            if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
+                ports_.check_others(
+                    await anyio.to_thread.run_sync(host.forwards_of_others, self.table), ports
+                )
             path = self.netns_path(rec.id)
             try:
                 await anyio.to_thread.run_sync(self._wire_sync, rec.id, path, eps, nets)
@@ -507,28 +514,6 @@ class Networks:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(self._unwire_sync, rec.id, path)
                     raise
-
-    def _check_ports(self, cid: str, ports: list[Port]) -> None:
-        for pt in ports:
-            for other in self._wired:
-                if other == cid:
-                    continue
-                rec = self.store.get_container(other)
-                for d in (rec.config.get("ports") or []) if rec else []:
-                    o = Port.from_json(d)
-                    if (
-                        o.host_port == pt.host_port
-                        and o.proto == pt.proto
-                        and (not o.host_ip or not pt.host_ip or o.host_ip == pt.host_ip)
-                    ):
-                        raise FailedPrecondition(
-                            f"Bind for {pt.host_ip or '0.0.0.0'}:{pt.host_port} failed: port is already "
-                            f"allocated (container {rec.name if rec else other[:12]})"
-                        )
-            kind = socket.SOCK_STREAM if pt.proto == "tcp" else socket.SOCK_DGRAM
-            if not _bindable(pt.host_ip, pt.host_port, kind):
-                where = f"{pt.host_ip or '0.0.0.0'}:{pt.host_port}/{pt.proto}"
-                raise FailedPrecondition(f"Bind for {where} failed: port is in use on the host")
 
     def _wire_sync(
         self, cid: str, path: str, eps: list[Endpoint], nets: dict[str, NetworkRecord | None]
@@ -555,7 +540,9 @@ class Networks:
         prefix = ipaddress.ip_network(net.subnet).prefixlen
         mtu = self._mtu(netlink, net)
         v6 = (net.gateway6, ipaddress.IPv6Network(net.subnet6).prefixlen) if net.subnet6 else None
-        netlink.ensure_bridge(net.bridge, net.gateway, prefix, mtu, route_localnet=True, v6=v6)
+        netlink.ensure_bridge(
+            net.bridge, net.gateway, prefix, mtu, route_localnet=True, v6=v6, alias=self.alias
+        )
         netlink.attach(
             path,
             veth_name(cid, ep.idx),
@@ -568,6 +555,7 @@ class Networks:
             mtu,
             v6=(ep.ip6, v6[1], net.gateway6) if v6 and ep.ip6 else None,
             default_route=primary and not net.internal,
+            alias=self.alias,
         )
 
     def _mtu(self, netlink: Any, net: NetworkRecord) -> int:
@@ -604,7 +592,7 @@ class Networks:
     async def connect(
         self, net_ref: Any, rec: ContainerRecord, ip: str | None, aliases: list[str], dirs: Any
     ) -> Endpoint:
-        net = self.get(net_ref)
+        net = self._decide_default(self.get(net_ref))
         mode = rec.config.get("network") or NONE
         if not net.is_bridge:
             raise InvalidArgument(f"cannot connect a container to the {net.name} network", field="network")
@@ -691,13 +679,13 @@ class Networks:
 
     async def _apply_nft(self) -> None:
         ruleset = self._ruleset()
-        await anyio.to_thread.run_sync(nft.apply, ruleset)
+        await anyio.to_thread.run_sync(nft.apply, self.table, ruleset)
         self._nft_bridges = {b.bridge for b in ruleset.bridges}
 
     def _ruleset(self) -> nft.Ruleset:
         rs = nft.Ruleset()
         for net in self.db.networks():
-            if net.is_bridge:
+            if net.is_bridge and net.subnet:  # (the default bridge's may be undecided yet)
                 rs.bridges.append(nft.BridgeRules(net.bridge, net.subnet, net.internal, net.subnet6))
         for cid in sorted(self._wired):
             rec = self.store.get_container(cid)
@@ -712,41 +700,64 @@ class Networks:
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
-        """At start: keep the namespaces of the containers in ``keep`` (running, paused, or of
-        an unknown fate), remove every other namespace file, veth and bridge of ours, and rebuild
-        the nft table. Nothing to do (and pyroute2 not loaded) if no bridge was ever wired."""
+        """At start: the bridges of our networks made if missing (:meth:`_ensure_bridges`); keep
+        the namespaces of the containers in ``keep`` (running, paused, or of an unknown fate),
+        remove every other namespace file, veth and bridge of ours (never another instance's),
+        delete the shared table of an older tugd once nobody else uses it, and rebuild our nft
+        table. Nothing to do (and pyroute2 not loaded) if no bridge was ever wired and the
+        default network is not ``bridge``."""
         for cid in self.db.orphan_endpoints():
             self.db.delete_endpoints_of(cid)
+        keep_set = {cid for cid in keep if self._is_wirable_id(cid)}
+        async with self.lock:
+            await self._ensure_bridges()
         if not os.path.exists(self.marker):
             return
-        keep_set = {cid for cid in keep if self._is_wirable_id(cid)}
-        from . import netlink
-
-        bridges = {n.bridge for n in self.db.networks() if n.is_bridge}
+        bridges = self._bridges()
+        keep_veths = {
+            veth_name(cid, ep.idx) for cid in keep_set for ep in self.db.endpoints(container_id=cid)
+        }
 
         def sweep() -> list[str]:  # in a worker thread: no store access
+            from . import netlink
+
             done = []
             for entry in _listdir(self.netns_dir):
                 if entry not in keep_set:
                     netlink.delete_netns(os.path.join(self.netns_dir, entry))
                     done.append(entry)
-            short = {cid[:12] for cid in keep_set}
-            for name in netlink.link_names("tv"):
-                if name[3:] not in short:
-                    netlink.delete_link(name)
-                    done.append(name)
-            for name in netlink.link_names("tb-"):
-                if name not in bridges:
-                    netlink.delete_link(name)
-                    done.append(name)
+            done += host.sweep_links(self.instance, bridges, keep_veths)
             return done
 
         async with self.lock:
             removed = await anyio.to_thread.run_sync(sweep)
             self._wired = {cid for cid in keep_set if os.path.exists(self.netns_path(cid))}
             await self._apply_nft()
+            # Only now that our table forwards our ports: an older tugd's shared table goes.
+            removed += await anyio.to_thread.run_sync(host.drop_legacy_tables, bridges)
         if removed:
             log.info("network reconcile removed %d leftovers: %s", len(removed), ", ".join(removed[:10]))
+
+    async def reset(self) -> list[str]:
+        """``system.reset``: remove everything of ours from the host (namespaces, veths, bridges,
+        the nft tables); refused while any container exists. The networks stay defined, their
+        subnets kept: their bridges come back when a container needs them or tugd next starts.
+        What was removed."""
+        recs = self.store.list_containers()
+        if recs:
+            names = ", ".join(r.name for r in recs[:5]) + (", ..." if len(recs) > 5 else "")
+            raise FailedPrecondition(
+                f"cannot reset: {len(recs)} container(s) exist ({names}); remove them first (tug rm -f)"
+            )
+        async with self.lock:
+            bridges = self._bridges()
+            gone = await anyio.to_thread.run_sync(
+                host.remove_all, self.instance, self.table, bridges, self.netns_dir, self.marker
+            )
+            self._wired.clear()
+            self._nft_bridges = set()
+        log.info("reset removed: %s", ", ".join(gone) or "nothing")
+        return gone
 
     def _is_wirable_id(self, cid: str) -> bool:
         rec = self.store.get_container(cid)
@@ -758,32 +769,8 @@ def veth_name(cid: str, idx: int) -> str:
     return f"tv{idx}{cid[:12]}"
 
 
-def _bindable(host_ip: str, port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host_ip or "0.0.0.0", port))
-        except OSError as exc:
-            # EADDRNOTAVAIL: an address not (yet) ours, so nothing of ours listens there.
-            return exc.errno == errno.EADDRNOTAVAIL
-    return True
-
-
 def _listdir(path: str) -> list[str]:
     try:
         return [e for e in os.listdir(path) if not e.startswith(".")]
     except FileNotFoundError:
         return []
-
-
-class _Records:
-    """Container records by id, each read from the store on first use."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cache: dict[str, ContainerRecord | None] = {}
-
-    def get(self, cid: str) -> ContainerRecord | None:
-        if cid not in self.cache:
-            self.cache[cid] = self.store.get_container(cid)
-        return self.cache[cid]

@@ -24,6 +24,7 @@ class NetworkApi:
         d.add("network.connect", self.connect)
         d.add("network.disconnect", self.disconnect)
         d.add("network.prune", self.prune)
+        d.add("system.reset", self.reset)  # a system.* method, but all of it is networks' work
 
     async def create(self, call: jsonrpc.Call) -> Any:
         """Create a bridge network. Returns ``{id, name}``."""
@@ -72,3 +73,8 @@ class NetworkApi:
     async def prune(self, call: jsonrpc.Call) -> Any:
         """Remove every user-defined network that no container uses. Returns ``{removed}``."""
         return {"removed": await self.networks.prune()}
+
+    async def reset(self, call: jsonrpc.Call) -> Any:
+        """Remove this tugd's bridges, nft tables and namespaces from the host; refused while any
+        container exists. Returns ``{removed}``."""
+        return {"removed": await self.networks.reset()}

@@ -53,9 +53,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS endpoints_ip6 ON endpoints (network_id, ip6) W
 BRIDGE, HOST, NONE = "bridge", "host", "none"
 DRIVERS = {BRIDGE: "bridge", HOST: "host", NONE: "null"}
 DEFAULT_MTU = 1500
-DEFAULT_SUBNET = "172.17.0.0/16"
-# Where user networks without --subnet are carved from: 172.18-31.0.0/16, then 192.168.X.0/24.
-AUTO_POOLS = [f"172.{i}.0.0/16" for i in range(18, 32)] + [f"192.168.{i}.0/24" for i in range(0, 256, 16)]
 MAX_ENDPOINTS = 10  # per container: the host-side veth name has one digit for it
 NETWORK_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
 ALIAS_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,62})")
@@ -134,6 +131,10 @@ class NetStore:
         row = rec.row()
         cols = ",".join(row)
         self.db.execute(f"INSERT INTO networks ({cols}) VALUES ({','.join(':' + c for c in row)})", row)
+
+    def set_subnet(self, nid: str, subnet: str, gateway: str) -> None:
+        """Record a network's subnet and gateway (the default bridge's, chosen on first use)."""
+        self.db.execute("UPDATE networks SET subnet=?, gateway=? WHERE id=?", (subnet, gateway, nid))
 
     def delete_network(self, nid: str) -> None:
         self.db.execute("DELETE FROM networks WHERE id=?", (nid,))

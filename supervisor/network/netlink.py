@@ -35,8 +35,9 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _in_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread of its own (it may change the thread's network namespace)."""
+def in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread of its own and wait for it (it may change the thread's network
+    namespace; pyroute2 runs an asyncio loop of its own, which a thread running one cannot)."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -74,7 +75,7 @@ def create_netns(path: str) -> None:
         _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), f"bind mount of {path}")
 
     try:
-        _in_thread(make)  # the thread ends in the new namespace: nothing else ever uses it
+        in_thread(make)  # the thread ends in the new namespace: nothing else ever uses it
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -109,7 +110,7 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
             os.close(fd)
         return fn()
 
-    return _in_thread(run)
+    return in_thread(run)
 
 
 # ---------------------------------------------------------------------------------- links
@@ -124,11 +125,17 @@ IFA_F_NODAD = 0x02  # an IPv6 address usable at once, without duplicate address 
 
 
 def ensure_bridge(
-    name: str, gateway: str, prefixlen: int, mtu: int, route_localnet: bool, v6: tuple[str, int] | None = None
+    name: str,
+    gateway: str,
+    prefixlen: int,
+    mtu: int,
+    route_localnet: bool,
+    v6: tuple[str, int] | None = None,
+    alias: str = "",
 ) -> bool:
-    """The bridge ``name`` up with ``gateway/prefixlen``; True if it was made now. Turns on IPv4
-    forwarding (the NAT of outbound traffic needs it) and, on the bridge only, route_localnet
-    (published ports on 127.0.0.1 are DNATed out of it)."""
+    """The bridge ``name`` up with ``gateway/prefixlen`` and the owner's ``alias``; True if it
+    was made now. Turns on IPv4 forwarding (the NAT of outbound traffic needs it) and, on the
+    bridge only, route_localnet (published ports on 127.0.0.1 are DNATed out of it)."""
     made = False
     with iproute() as ipr:
         found = ipr.link_lookup(ifname=name)
@@ -138,7 +145,7 @@ def ensure_bridge(
             made = True
             found = ipr.link_lookup(ifname=name)
         index = found[0]
-        ipr.link("set", index=index, mtu=mtu)
+        ipr.link("set", index=index, mtu=mtu, **({"ifalias": alias} if alias else {}))
         have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
         if (gateway, prefixlen) not in have:
             ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
@@ -167,6 +174,7 @@ def attach(
     mtu: int,
     default_route: bool,
     v6: tuple[str, int, str] | None = None,
+    alias: str = "",
 ) -> None:
     """A veth pair: ``host_if`` on ``bridge``, its peer ``eth<idx>`` in ``netns`` with the
     address, up, loopback up, and the default route through the gateway if asked."""
@@ -187,7 +195,7 @@ def attach(
             os.close(ns_fd)
         index = ipr.link_lookup(ifname=host_if)[0]
         master = ipr.link_lookup(ifname=bridge)[0]
-        ipr.link("set", index=index, master=master, state="up")
+        ipr.link("set", index=index, master=master, state="up", **({"ifalias": alias} if alias else {}))
 
     def inside() -> None:
         with iproute() as ipr:
@@ -245,3 +253,43 @@ def addresses() -> list[tuple[str, int, str]]:
             (a.get("address") or "", int(a["prefixlen"]), names.get(a["index"], ""))
             for a in ipr.get_addr(family=2)
         ]
+
+
+def links() -> list[tuple[str, str, str]]:
+    """(name, name of its master or "", alias or "") of every link of this namespace."""
+    with iproute() as ipr:
+        found = ipr.get_links()
+    names = {link["index"]: link.get("ifname") or "" for link in found}
+    return [
+        (
+            link.get("ifname") or "",
+            names.get(link.get_attr("IFLA_MASTER") or 0, ""),
+            link.get_attr("IFLA_IFALIAS") or "",
+        )
+        for link in found
+    ]
+
+
+RT_TABLE_LOCAL = 255
+RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT = 1, 6, 7, 8
+
+
+def routes() -> list[tuple[str, int, str]]:
+    """(destination, prefix length, link name or "") of the IPv4 routes of every table but
+    ``local`` (unicast ones and those that refuse traffic: each claims its destination)."""
+    with iproute() as ipr:
+        names = {link["index"]: link.get("ifname") or "" for link in ipr.get_links()}
+        out = []
+        for r in ipr.get_routes(family=2):
+            table = r.get_attr("RTA_TABLE") or r["table"]
+            if table == RT_TABLE_LOCAL or r["type"] not in (
+                RTN_UNICAST,
+                RTN_BLACKHOLE,
+                RTN_UNREACHABLE,
+                RTN_PROHIBIT,
+            ):
+                continue
+            dst = r.get_attr("RTA_DST")
+            if dst:
+                out.append((str(dst), int(r["dst_len"]), names.get(r.get_attr("RTA_OIF") or 0, "")))
+        return out

@@ -1,9 +1,14 @@
-"""tugd's nftables table (``ip tugboat``): NAT out, published ports in, isolation between networks.
+"""tugd's nftables tables (``ip tugboat-<instance>`` and its ``ip6`` twin): NAT out, published
+ports in, isolation between networks.
 
-The whole table is rendered from the store and replaced in one ``nft -f`` transaction (create if
-missing, delete, create again): there is never a half-applied table, and a rebuild at start is
-the same code as any change, which is what makes reconciliation after a crash complete. nftables
-rules go through the ``nft`` tool: pyroute2's nftables support does not cover NAT expressions.
+Each tugd has tables of its own, named after its instance (:func:`supervisor.network.host.table_name`):
+one tugd's rebuild, restart or stop never touches another's rules. The whole table is rendered
+from the store and replaced in one ``nft -f`` transaction (create if missing, delete, create
+again): there is never a half-applied table, and a rebuild at start is the same code as any
+change, which is what makes reconciliation after a crash complete. A normal stop leaves the
+table in place: containers outlive tugd and keep their published ports; only a clean-up
+(``tugd --cleanup``, ``system.reset``) deletes it. nftables rules go through the ``nft`` tool:
+pyroute2's nftables support does not cover NAT expressions.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from dataclasses import dataclass, field
 
 from tugwire.errors import Unavailable
 
-TABLE = "tugboat"
 BRIDGE_GLOB = "tb-*"
 
 
@@ -41,7 +45,7 @@ class Ruleset:
     bridges: list[BridgeRules] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
 
-    def render(self) -> str:
+    def render(self, table: str) -> str:
         pre: list[str] = []
         out: list[str] = []
         post: list[str] = []
@@ -73,34 +77,35 @@ class Ruleset:
             return f"  chain {name} {{\n    {hook};\n{body}  }}\n"
 
         return (
-            f"table ip {TABLE} {{\n"
+            f"table ip {table} {{\n"
             + chain("prerouting", "type nat hook prerouting priority dstnat", pre)
             + chain("output", "type nat hook output priority -100", out)
             + chain("postrouting", "type nat hook postrouting priority srcnat", post)
             + chain("forward", "type filter hook forward priority filter", fwd)
             + "}\n"
             # IPv6 (dual-stack networks): NAT out and the same isolation; no published ports.
-            + f"table ip6 {TABLE} {{\n"
+            + f"table ip6 {table} {{\n"
             + chain("postrouting", "type nat hook postrouting priority srcnat", post6)
             + chain("forward", "type filter hook forward priority filter", fwd)
             + "}\n"
         )
 
 
-def _nft() -> str:
+def nft_path() -> str:
+    """The ``nft`` tool (Unavailable if it is not installed)."""
     path = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
     if path is None:
         raise Unavailable("nft (the nftables package) is needed for container networks")
     return path
 
 
-def apply(ruleset: Ruleset | None) -> None:
-    """Replace the table by ``ruleset`` (None: remove it). Blocking."""
+def apply(table: str, ruleset: Ruleset | None) -> None:
+    """Replace the tables named ``table`` by ``ruleset`` (None: remove them). Blocking."""
     script = "".join(
-        f"table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\n" for family in ("ip", "ip6")
+        f"table {family} {table} {{}}\ndelete table {family} {table}\n" for family in ("ip", "ip6")
     )
     if ruleset is not None:
-        script += ruleset.render()
-    result = subprocess.run([_nft(), "-f", "-"], input=script.encode(), capture_output=True, timeout=30)
+        script += ruleset.render(table)
+    result = subprocess.run([nft_path(), "-f", "-"], input=script.encode(), capture_output=True, timeout=30)
     if result.returncode != 0:
         raise Unavailable(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
