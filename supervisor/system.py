@@ -1,4 +1,5 @@
-"""Disk usage (``system.df``) and clean-up (``system.prune``) of the data root.
+"""The daemon as a whole: its versions and figures (``info``), disk usage (``df``) and clean-up
+(``prune``) of the data root.
 
 Sizes are apparent sizes (``st_size``, as docker reports them), hard links counted once, symbolic
 links not followed, mount points not crossed (a container's ``rootfs`` is its overlay mount and is
@@ -11,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,44 @@ from .store import ContainerRecord, ImageRecord, Store
 log = logging.getLogger("tugboat.system")
 
 LOG_PREFIX = "container.log"  # the CRI log and its rotations, container.log.1, ...
+VERSION = "0.1.0"
+
+
+def cgroup_version() -> str:
+    """``2``, ``1 (hybrid)`` or ``1``: the cgroup hierarchy of this host."""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "2"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "1 (hybrid)"
+    return "1"
+
+
+def runtime_version(path: str) -> str:
+    """The first line of ``<runtime> --version``, or ``unknown``."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """Versions, roots, runtime, cgroup version and counts (``tug info``)."""
+
+    version: str
+    python: str
+    backend: str
+    root: str
+    state: str
+    socket: str
+    runtime: str
+    runtime_version: str
+    cgroup_version: str
+    shim_birth: str
+    containers: dict[str, int]
+    images: int
+    pid: int
 
 
 def du(path: str) -> int:
@@ -92,7 +133,7 @@ def _measure_container(directory: str) -> tuple[int, int]:
 
 
 class System:
-    """``system.df`` and ``system.prune``."""
+    """``info``, ``df`` and ``prune``."""
 
     def __init__(
         self, cfg: Config, store: Store, containers: Containers, images: Images, bus: EventBus
@@ -102,6 +143,25 @@ class System:
         self.containers = containers
         self.images = images
         self.bus = bus
+        self._runtime_version = runtime_version(cfg.runtime)
+
+    def info(self) -> SystemInfo:
+        """Versions, roots, runtime, cgroup version and counts."""
+        return SystemInfo(
+            version=VERSION,
+            python=platform.python_version(),
+            backend=self.cfg.backend,
+            root=self.cfg.root,
+            state=self.cfg.state,
+            socket=self.cfg.socket,
+            runtime=self.cfg.runtime,
+            runtime_version=self._runtime_version,
+            cgroup_version=cgroup_version(),
+            shim_birth=self.cfg.shim_birth,
+            containers=self.containers.counts(),
+            images=self.images.store.image_count(),
+            pid=os.getpid(),
+        )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:
         blob_paths: dict[str, str] = {}

@@ -26,6 +26,7 @@ removes leftovers at its next start.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
@@ -41,14 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire import errors, fsutil, jsonrpc
-from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError, Unavailable
+from tugwire import errors, fsutil
+from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError
 
 from .. import spec
 from ..config import Config
 from ..images import Images, chain_ids, now_rfc3339
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
+from ..streams import Feed, run_feed
 from . import layers, runner
 from .dockerfile import (
     DockerfileError,
@@ -72,6 +74,25 @@ _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 PREDEFINED_ARGS = frozenset(_PROXIES) | frozenset(n.lower() for n in _PROXIES)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One thing a build reports: ``step`` (``{step, total, instruction}``), ``status``
+    (``{message}``) or ``output`` (``{stream, data}``, the data base64)."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A built image: its id, the tag given (if any), the steps run and how many were cached."""
+
+    id: str
+    ref: str | None
+    steps: int
+    cached: int
 
 
 @dataclass
@@ -167,47 +188,53 @@ class Builder:
         for entry in os.listdir(self.dir):
             fsutil.remove_tree(os.path.join(self.dir, entry))
 
-    # ---------------------------------------------------------------------------------- API
+    # ------------------------------------------------------------------------------ the verb
 
-    def register(self, d: jsonrpc.Dispatcher) -> None:
-        d.add("image.build", self.build)
-
-    def parse_options(self, p: jsonrpc.Params) -> Options:
-        context = p.string("context", required=True)
+    def options(
+        self,
+        *,
+        context: str,
+        dockerfile: str | None = None,
+        tag: str | None = None,
+        build_args: dict[str, str] | None = None,
+        no_cache: bool = False,
+        network: str | None = None,
+    ) -> Options:
+        """A build's options, checked (InvalidArgument): ``context`` an absolute path to a
+        directory, ``dockerfile`` relative to it (default ``Dockerfile``), ``tag`` a valid
+        reference, build arg names identifiers, ``network`` ``none`` (default) or ``host``."""
         if not os.path.isabs(context):
             raise InvalidArgument(f"the build context must be an absolute path: {context!r}", field="context")
         if not os.path.isdir(context):
             raise InvalidArgument(f"the build context {context} is not a directory", field="context")
-        dockerfile = p.string("dockerfile") or "Dockerfile"
-        dockerfile = os.path.normpath(os.path.join(context, dockerfile))
-        tag = p.string("tag")
+        dockerfile = os.path.normpath(os.path.join(context, dockerfile or "Dockerfile"))
         if tag is not None:
             _check_tag(tag)
-        build_args = p.dict_of_str("build_args") if p.raw.get("build_args") is not None else {}
+        build_args = dict(build_args or {})
         for key in build_args:
             if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key):
                 raise InvalidArgument(f"invalid build arg name {key!r}", field="build_args")
-        network = p.string("network") or "none"
+        network = network or "none"
         if network not in ("none", "host"):
             raise InvalidArgument(
                 f"a build's RUN steps run with network none or host, not {network!r}", field="network"
             )
-        return Options(context, dockerfile, tag, build_args, p.boolean("no_cache"), network)
+        return Options(context, dockerfile, tag, build_args, no_cache, network)
 
-    async def build(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """``image.build``: parse, run every step (streaming ``image.build.*`` notifications),
-        commit and tag. Returns ``{id, ref, steps, cached}``."""
-        opts = self.parse_options(call.params)
+    def build(self, opts: Options) -> contextlib.AbstractAsyncContextManager[Feed[BuildEvent, BuildResult]]:
+        """Parse the Dockerfile, run every step, commit and tag, in the ``async with``: iterating
+        the :class:`~supervisor.streams.Feed` gives its :class:`BuildEvent` items, then ``result``
+        its :class:`BuildResult`. Cancelled (leaving early, or the caller cancelled), the RUN
+        container is killed and removed and nothing is tagged."""
 
-        async def emit(method: str, params: dict[str, Any]) -> None:
-            await call.notify(method, params)
+        async def op(send: Callable[[BuildEvent], Awaitable[None]]) -> BuildResult:
+            async def emit(method: str, params: dict[str, Any]) -> None:
+                await send(BuildEvent(method.rsplit(".", 1)[-1], params))
 
-        # A client that goes away (ctrl-c) cancels the build: its RUN container is killed and
-        # removed, nothing is tagged.
-        done, result = await call.until_disconnected(lambda: self.run(opts, emit))
-        if not done or result is None:
-            raise Unavailable("the build was cancelled: the client went away")
-        return result
+            out = await self.run(opts, emit)
+            return BuildResult(str(out["id"]), out["ref"], int(out["steps"]), int(out["cached"]))
+
+        return run_feed(op)
 
     async def run(self, opts: Options, emit: Emit) -> dict[str, Any]:
         try:

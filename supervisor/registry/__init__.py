@@ -26,7 +26,16 @@ for the front doors).
 
 from __future__ import annotations
 
-from .service import ProgressRelay, RegistryService
+from .service import (
+    LoginRequest,
+    PulledImage,
+    PullRequest,
+    PushedImage,
+    PushRequest,
+    RegistryService,
+    Transfer,
+    run_transfer,
+)
 from .session import (
     ACCEPT,
     DEFAULT_CHUNK_SIZE,
@@ -64,17 +73,23 @@ __all__ = [
     "RETRYABLE_STATUS",
     "BlobSink",
     "DigestMismatch",
+    "LoginRequest",
     "Progress",
-    "ProgressRelay",
+    "PullRequest",
+    "PulledImage",
     "PushBlob",
+    "PushRequest",
     "PushResult",
+    "PushedImage",
     "RegistryService",
     "RegistrySource",
     "RegistryTarget",
     "RetryPolicy",
     "Session",
+    "Transfer",
     "Unauthorized",
     "make_http_client",
     "run_all",
+    "run_transfer",
     "sha256_digest",
 ]

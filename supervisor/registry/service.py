@@ -1,20 +1,24 @@
-"""The registry service: ``image.pull``, ``image.push``, ``auth.login`` and ``auth.logout``."""
+"""The registry service: pull, push, login and logout, with typed requests and records and no
+knowledge of any transport. A pull or a push is a :class:`Transfer`: an async iterator of its
+progress, then its result; the front doors turn the progress into whatever their clients read
+(``image.pull.progress`` notifications for JSON-RPC)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
-from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument
 
 from .. import imageref
 from ..auth import AuthStore, Credentials, TransportPolicy, check_host
 from ..events import Event
+from ..store import ImageRecord
 from .session import DEFAULT_CHUNK_SIZE, Session, make_http_client
 from .transfer import PushBlob, RegistrySource, RegistryTarget
 
@@ -26,58 +30,138 @@ if TYPE_CHECKING:
     from ..images import Images
 
 log = logging.getLogger("supervisor.registry")
+T = TypeVar("T")
 
 
-class ProgressRelay:
-    """Turns the synchronous progress callbacks of a transfer into ``method`` notifications of
-    one call, coalesced: only the latest state of each layer waits to be sent, so a slow client
-    never slows a pull (and the last state of every layer is always sent)."""
+# ------------------------------------------------------------------------- requests and records
 
-    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        self._send = send
+
+@dataclass(frozen=True)
+class PullRequest:
+    """Pull ``ref`` (``[registry/]repo[:tag][@digest]``); ``platform`` (``os/arch[/variant]``)
+    picks from an index (default: the host's); ``concurrency`` transfers at a time (1 to 32)."""
+
+    ref: str
+    platform: str | None = None
+    concurrency: int = 3
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """A pulled image and the name it was recorded under."""
+
+    record: ImageRecord
+    ref: str
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """Push the local image ``ref`` to ``dest`` (default: ``ref``; a tag, not a digest), blobs
+    over ``chunk_size`` bytes in PATCH chunks, ``concurrency`` transfers at a time (1 to 32)."""
+
+    ref: str
+    dest: str | None = None
+    concurrency: int = 3
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """What a push did: the manifest's digest and which blobs were uploaded, already there, or
+    mounted from another repository."""
+
+    ref: str
+    digest: str
+    uploaded: list[str]
+    existing: list[str]
+    mounted: list[str]
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    registry: str
+    username: str
+    password: str
+
+
+# ------------------------------------------------------------------------------------ transfers
+
+
+class Transfer(Generic[T]):
+    """A pull or push in progress (from :meth:`RegistryService.pull` or ``push``, as an async
+    context manager). Iterating gives its progress events (``{id, digest, action, current,
+    total}``), coalesced: only the latest state of each layer waits to be read, so a slow reader
+    never slows the transfer, and the last state of every layer is always given. The iteration
+    ends when the transfer does; then :attr:`result` holds its record (a failure is raised by the
+    ``async with``, as itself). Leaving the ``async with`` early waits for the transfer."""
+
+    def __init__(self) -> None:
         self._pending: dict[str, dict[str, Any]] = {}
         self._wake = anyio.Event()
-        self._broken = False
+        self._finished = False
+        self._result: T | None = None
+
+    def __repr__(self) -> str:
+        return f"<Transfer pending={len(self._pending)} finished={self._finished}>"
 
     def update(self, event: dict[str, Any]) -> None:
+        """Record a progress event (the synchronous callback the transfer code calls)."""
         key = str(event.get("id", ""))
         self._pending.pop(key, None)
         self._pending[key] = dict(event)
         self._wake.set()
 
-    async def flush(self) -> None:
-        while self._pending and not self._broken:
-            batch = list(self._pending.values())
-            self._pending.clear()
-            for event in batch:
-                try:
-                    await self._send(event)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._broken = True  # the client went away: the transfer goes on regardless
-                    break
+    def _finish(self) -> None:
+        self._finished = True
+        self._wake.set()
 
-    async def run(self) -> None:
+    def __aiter__(self) -> Transfer[T]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
         while True:
+            if self._pending:
+                return self._pending.pop(next(iter(self._pending)))
+            if self._finished:
+                raise StopAsyncIteration
             await self._wake.wait()
             self._wake = anyio.Event()
-            await self.flush()
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[ProgressRelay]:
-        # The body's exception is raised as itself, not wrapped in the task group's
-        # ExceptionGroup: the API maps TugError subclasses to their codes.
-        body_exc: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.run)
-            try:
-                yield self
-            except BaseException as exc:
-                body_exc = exc
-            finally:
-                tg.cancel_scope.cancel()
-        if body_exc is not None:
-            raise body_exc
-        await self.flush()
+    @property
+    def result(self) -> T:
+        """The transfer's record, once it has ended well."""
+        if self._result is None:
+            raise RuntimeError("the transfer has not completed")
+        return self._result
+
+
+@contextlib.asynccontextmanager
+async def run_transfer(op: Callable[[Transfer[T]], Awaitable[T]]) -> AsyncIterator[Transfer[T]]:
+    """Run ``op`` in a task of its own while the body reads its :class:`Transfer`. The first
+    failure of either is raised as itself, not wrapped in an exception group."""
+    transfer: Transfer[T] = Transfer()
+    failure: list[Exception] = []
+    body_exc: BaseException | None = None
+
+    async def run() -> None:
+        try:
+            transfer._result = await op(transfer)
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            transfer._finish()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            yield transfer
+        except BaseException as exc:
+            body_exc = exc
+            tg.cancel_scope.cancel()
+    if body_exc is not None:
+        raise body_exc
+    if failure:
+        raise failure[0]
 
 
 def store_progress(event: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +176,18 @@ def store_progress(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_concurrency(n: int) -> int:
+    if not 1 <= n <= 32:
+        raise InvalidArgument("concurrency must be between 1 and 32", field="concurrency")
+    return n
+
+
+# ------------------------------------------------------------------------------------ the service
+
+
 class RegistryService:
-    """The JSON-RPC methods ``image.pull``, ``image.push``, ``auth.login`` and ``auth.logout``."""
+    """Pull, push, login and logout, with the saved credentials and the transport policy
+    (``--insecure-registry``); publishes the ``pull`` and ``push`` events."""
 
     def __init__(self, cfg: Config, images: Images, bus: EventBus) -> None:
         self.cfg = cfg
@@ -102,70 +196,47 @@ class RegistryService:
         self.policy = TransportPolicy.from_list(cfg.insecure_registries)
         self.auth = AuthStore(cfg.auth_path)
 
-    def register(self, d: jsonrpc.Dispatcher) -> None:
-        d.add("image.pull", self.pull, accept_late=True)
-        d.add("image.push", self.push, accept_late=True)
-        d.add("auth.login", self.login)
-        d.add("auth.logout", self.logout)
-
     def session(self, http: httpx.AsyncClient, host: str) -> Session:
         return Session(http, host, scheme=self.policy.scheme(host), credentials=self.auth.get(host))
 
-    @staticmethod
-    def _concurrency(p: jsonrpc.Params) -> int:
-        n = p.integer("concurrency", 3)
-        if not 1 <= n <= 32:
-            raise InvalidArgument("concurrency must be between 1 and 32", field="concurrency")
-        return int(n)
-
-    async def pull(self, call: jsonrpc.Call) -> Any:
-        """Pull ``ref`` (``[registry/]repo[:tag][@digest]``) from its registry: the manifest (the
-        ``platform``'s, ``os/arch[/variant]``, from an index; default the host's), config and
-        missing layers, ``concurrency`` at a time. Streams ``image.pull.progress`` notifications
-        (``id``, ``digest``, ``action``, ``current``, ``total``); answers with the image."""
-        p = call.params
-        ref = imageref.parse(p.string("ref", required=True))
-        platform = p.string("platform")
-        concurrency = self._concurrency(p)
-
-        async def send(event: dict[str, Any]) -> None:
-            await call.notify("image.pull.progress", event)
-
+    def pull(self, req: PullRequest) -> contextlib.AbstractAsyncContextManager[Transfer[PulledImage]]:
+        """Pull ``req.ref`` from its registry: the manifest (the platform's, from an index),
+        config and missing layers. The request is checked at once (InvalidArgument), the
+        transfer runs in the ``async with`` (see :class:`Transfer`)."""
+        ref = imageref.parse(req.ref)
+        check_concurrency(req.concurrency)
         name = ref.tag_name() or ref.digest_name() or ref.familiar()
-        call.accept()
-        async with make_http_client() as http, ProgressRelay(send).running() as relay:
 
-            def from_store(event: dict[str, Any]) -> None:
-                relay.update(store_progress(event))
+        async def op(transfer: Transfer[PulledImage]) -> PulledImage:
+            async with make_http_client() as http:
 
-            source = RegistrySource(self.session(http, ref.domain), ref.path, progress=relay.update)
-            rec = await self.images.ingest(
-                source,
-                ref.object,
-                name,
-                platform=platform,
-                concurrency=concurrency,
-                progress=from_store,
-            )
-        self.bus.publish(Event("image", "pull", rec.id, name, name))
-        out = self.images.describe(rec)
-        out["ref"] = name
-        return out
+                def from_store(event: dict[str, Any]) -> None:
+                    transfer.update(store_progress(event))
 
-    async def push(self, call: jsonrpc.Call) -> Any:
-        """Push the local image ``ref`` to ``dest`` (default: ``ref``; a tag, not a digest):
-        blobs the repository has are skipped, blobs another repository of the same registry has
-        are mounted, the rest uploaded (in PATCH chunks of ``chunk_size`` bytes when larger),
-        ``concurrency`` at a time; then the manifest. Streams ``image.push.progress``; answers
-        ``{ref, digest, uploaded, existing, mounted}``."""
-        p = call.params
-        local = p.string("ref", required=True)
-        dest = imageref.parse(p.string("dest") or local)
+                source = RegistrySource(self.session(http, ref.domain), ref.path, progress=transfer.update)
+                rec = await self.images.ingest(
+                    source,
+                    ref.object,
+                    name,
+                    platform=req.platform,
+                    concurrency=req.concurrency,
+                    progress=from_store,
+                )
+            self.bus.publish(Event("image", "pull", rec.id, name, name))
+            return PulledImage(rec, name)
+
+        return run_transfer(op)
+
+    def push(self, req: PushRequest) -> contextlib.AbstractAsyncContextManager[Transfer[PushedImage]]:
+        """Push the local image ``req.ref`` to ``req.dest``: blobs the repository has are
+        skipped, blobs another repository of the same registry has are mounted, the rest
+        uploaded; then the manifest. The request and the image are checked at once (NotFound,
+        InvalidArgument); the transfer runs in the ``async with`` (see :class:`Transfer`)."""
+        dest = imageref.parse(req.dest or req.ref)
         if dest.tag is None:
             raise InvalidArgument(f"push needs a tag to push to, not only a digest: {dest}", field="dest")
-        concurrency = self._concurrency(p)
-        chunk_size = p.integer("chunk_size", DEFAULT_CHUNK_SIZE)
-        exported = self.images.export(local)
+        check_concurrency(req.concurrency)
+        exported = self.images.export(req.ref)
         blobs = [
             PushBlob(d["digest"], int(d["size"]), exported.blob_path(d["digest"]), d.get("mediaType", ""))
             for d in [exported.config, *exported.layers]
@@ -173,34 +244,33 @@ class RegistryService:
         image_id = exported.record.id
         known = [*exported.repo_tags, *self.images.store.repo_digests(image_id)]
         mount_from = self._mount_sources(known, dest)
+        tag = dest.tag
 
-        async def send(event: dict[str, Any]) -> None:
-            await call.notify("image.push.progress", event)
+        async def op(transfer: Transfer[PushedImage]) -> PushedImage:
+            async with make_http_client() as http:
+                target = RegistryTarget(
+                    self.session(http, dest.domain),
+                    dest.path,
+                    progress=transfer.update,
+                    chunk_size=req.chunk_size,
+                )
+                result = await target.push(
+                    tag,
+                    exported.manifest_bytes,
+                    exported.media_type,
+                    blobs,
+                    concurrency=req.concurrency,
+                    mount_from=mount_from,
+                )
+            if self.images.store.get_image(image_id) is not None:  # not removed meanwhile
+                with self.images.store.transaction():
+                    self.images.store.set_repo_digest(f"{dest.familiar_repository}@{result.digest}", image_id)
+            self.bus.publish(Event("image", "push", image_id, dest.familiar(), dest.familiar()))
+            return PushedImage(
+                dest.familiar(), result.digest, result.uploaded, result.existing, result.mounted
+            )
 
-        call.accept()
-        async with make_http_client() as http, ProgressRelay(send).running() as relay:
-            target = RegistryTarget(
-                self.session(http, dest.domain), dest.path, progress=relay.update, chunk_size=chunk_size
-            )
-            result = await target.push(
-                dest.tag,
-                exported.manifest_bytes,
-                exported.media_type,
-                blobs,
-                concurrency=concurrency,
-                mount_from=mount_from,
-            )
-        if self.images.store.get_image(image_id) is not None:  # not removed meanwhile
-            with self.images.store.transaction():
-                self.images.store.set_repo_digest(f"{dest.familiar_repository}@{result.digest}", image_id)
-        self.bus.publish(Event("image", "push", image_id, dest.familiar(), dest.familiar()))
-        return {
-            "ref": dest.familiar(),
-            "digest": result.digest,
-            "uploaded": result.uploaded,
-            "existing": result.existing,
-            "mounted": result.mounted,
-        }
+        return run_transfer(op)
 
     @staticmethod
     def _mount_sources(names: Iterable[str], dest: imageref.Reference) -> list[str]:
@@ -216,28 +286,25 @@ class RegistryService:
                 out.append(r.path)
         return out
 
-    async def login(self, call: jsonrpc.Call) -> Any:
-        """Check ``username``/``password`` against ``registry``'s ``GET /v2/`` (through its
-        challenge: basic, or a bearer token) and save them (0600 file). Answers ``{registry}``;
+    async def login(self, req: LoginRequest) -> str:
+        """Check the credentials against the registry's ``GET /v2/`` (through its challenge:
+        basic, or a bearer token) and save them (0600 file). Returns the registry's host;
         Unauthorized (failed_precondition) when the registry refuses them, nothing saved."""
-        p = call.params
-        host = check_host(p.string("registry", required=True))
-        username = p.string("username", required=True)
-        password = p.string("password", required=True)
-        if not username or ":" in username:
+        host = check_host(req.registry)
+        if not req.username or ":" in req.username:
             raise InvalidArgument("a username is required and may not contain ':'", field="username")
-        if not password:
+        if not req.password:
             raise InvalidArgument("a password is required", field="password")
-        creds = Credentials(username, password)
+        creds = Credentials(req.username, req.password)
         async with make_http_client(timeout=30.0) as http:
             session = Session(http, host, scheme=self.policy.scheme(host), credentials=creds)
             await session.ping()
             if session._challenge is None:
                 log.info("%s asked for no authentication; saving the credentials anyway", host)
         self.auth.set(host, creds)
-        return {"registry": host}
+        return host
 
-    async def logout(self, call: jsonrpc.Call) -> Any:
-        """Forget the credentials of ``registry``. Answers ``{registry, removed}``."""
-        host = check_host(call.params.string("registry", required=True))
-        return {"registry": host, "removed": self.auth.remove(host)}
+    def logout(self, registry: str) -> tuple[str, bool]:
+        """Forget the credentials of ``registry``: (its host, whether there were any)."""
+        host = check_host(registry)
+        return host, self.auth.remove(host)
