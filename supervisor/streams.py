@@ -67,11 +67,13 @@ async def run_feed(op: Callable[[Callable[[E], Awaitable[None]]], Awaitable[T]])
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         try:
-            with receive:
-                yield feed
+            yield feed
         except BaseException as exc:
             body_exc = exc
-            tg.cancel_scope.cancel()
+        # The body is done with the feed: an operation still running (the body left before the
+        # end) is stopped; one that ended has nothing left to cancel.
+        tg.cancel_scope.cancel()
+    receive.close()
     if body_exc is not None:
         raise body_exc
     if failure:
