@@ -16,7 +16,6 @@ import platform
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 
@@ -107,6 +106,72 @@ def du(path: str) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class UsageGroup:
+    """One kind of thing on disk: how many, how many in use, their bytes, and the bytes a prune
+    could reclaim."""
+
+    count: int
+    active: int
+    size: int
+    reclaimable: int
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    id: str
+    repo_tags: list[str]
+    size: int
+    shared_size: int  # bytes of layers other images use too
+    containers: int  # how many containers use it
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    id: str
+    name: str
+    image: str
+    state: str
+    size: int  # its writable layer
+    log_size: int
+
+
+@dataclass(frozen=True)
+class ImagesUsage(UsageGroup):
+    items: list[ImageUsage]
+
+
+@dataclass(frozen=True)
+class ContainersUsage(UsageGroup):
+    items: list[ContainerUsage]
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    size: int  # the metadata database, with its WAL
+    events: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """``df``: images, containers (writable layers), logs and the metadata store."""
+
+    images: ImagesUsage
+    containers: ContainersUsage
+    logs: UsageGroup
+    store: StoreUsage
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """``prune``: what went and the bytes reclaimed."""
+
+    containers_deleted: list[str]
+    images_untagged: list[str]
+    images_deleted: list[str]
+    space_reclaimed: int
+
+
 @dataclass
 class Usage:
     """One measurement of the data root."""
@@ -187,7 +252,7 @@ class System:
         size = sum(usage.blobs.get(d, 0) for d in blobs) + sum(usage.snapshots.get(c, 0) for c in snapshots)
         return size, set(blobs), set(snapshots)
 
-    async def df(self) -> dict[str, Any]:
+    async def df(self) -> DiskUsage:
         """Space used by images, containers (writable layers) and logs, and how much of it a
         prune could reclaim (images no container uses; containers not running, and their logs)."""
         images = self.store.list_images()
@@ -215,24 +280,11 @@ class System:
         for rec in images:
             size, pieces = parts[rec.id]
             shared = sum(piece_size(p) for p in pieces if refs[p] > 1)
-            image_items.append(
-                {
-                    "id": rec.id,
-                    "repo_tags": rec.names,
-                    "size": size,
-                    "shared_size": shared,
-                    "containers": users.get(rec.id, 0),
-                }
-            )
+            image_items.append(ImageUsage(rec.id, rec.names, size, shared, users.get(rec.id, 0)))
         container_items = [
-            {
-                "id": c.id,
-                "name": c.name,
-                "image": c.image,
-                "state": c.state,
-                "size": usage.writable.get(c.id, 0),
-                "log_size": usage.logs.get(c.id, 0),
-            }
+            ContainerUsage(
+                c.id, c.name, c.image, c.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
+            )
             for c in containers
         ]
         inactive = [c for c in containers if c.state not in ACTIVE]
@@ -240,31 +292,31 @@ class System:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 db_size += os.stat(self.cfg.db_path + suffix).st_size
-        return {
-            "images": {
-                "count": len(images),
-                "active": sum(1 for rec in images if users.get(rec.id)),
-                "size": sum(piece_size(p) for p in all_pieces),
-                "reclaimable": sum(piece_size(p) for p in all_pieces - used_pieces),
-                "items": image_items,
-            },
-            "containers": {
-                "count": len(containers),
-                "active": len(containers) - len(inactive),
-                "size": sum(usage.writable.values()),
-                "reclaimable": sum(usage.writable.get(c.id, 0) for c in inactive),
-                "items": container_items,
-            },
-            "logs": {
-                "count": len(containers),
-                "active": len(containers) - len(inactive),
-                "size": sum(usage.logs.values()),
-                "reclaimable": sum(usage.logs.get(c.id, 0) for c in inactive),
-            },
-            "store": {"size": db_size, "events": self.store.count_events()},
-        }
+        return DiskUsage(
+            images=ImagesUsage(
+                count=len(images),
+                active=sum(1 for rec in images if users.get(rec.id)),
+                size=sum(piece_size(p) for p in all_pieces),
+                reclaimable=sum(piece_size(p) for p in all_pieces - used_pieces),
+                items=image_items,
+            ),
+            containers=ContainersUsage(
+                count=len(containers),
+                active=len(containers) - len(inactive),
+                size=sum(usage.writable.values()),
+                reclaimable=sum(usage.writable.get(c.id, 0) for c in inactive),
+                items=container_items,
+            ),
+            logs=UsageGroup(
+                count=len(containers),
+                active=len(containers) - len(inactive),
+                size=sum(usage.logs.values()),
+                reclaimable=sum(usage.logs.get(c.id, 0) for c in inactive),
+            ),
+            store=StoreUsage(size=db_size, events=self.store.count_events()),
+        )
 
-    async def prune(self, *, all_images: bool = False) -> dict[str, Any]:
+    async def prune(self, *, all_images: bool = False) -> PruneReport:
         """Remove every container that is not running (created or exited; one in state
         ``unknown`` is left for a look), then the images no container uses: those without a
         name, or with ``all_images`` every one. Returns what went and the bytes reclaimed."""
@@ -317,9 +369,9 @@ class System:
             gone_snapshots.update(set(snapshots) - left_snapshots)
         reclaimed += sum(usage.blobs.get(d, 0) for d in gone_blobs)
         reclaimed += sum(usage.snapshots.get(c, 0) for c in gone_snapshots)
-        return {
-            "containers_deleted": removed_containers,
-            "images_untagged": untagged,
-            "images_deleted": deleted_images,
-            "space_reclaimed": reclaimed,
-        }
+        return PruneReport(
+            containers_deleted=removed_containers,
+            images_untagged=untagged,
+            images_deleted=deleted_images,
+            space_reclaimed=reclaimed,
+        )

@@ -25,8 +25,8 @@ class SystemApi:
 
     async def system_df(self, call: jsonrpc.Call) -> Any:
         """Space used by images, containers and logs, and what a prune would reclaim."""
-        return await self.system.df()
+        return dataclasses.asdict(await self.system.df())
 
     async def system_prune(self, call: jsonrpc.Call) -> Any:
         """Remove containers that are not running and unused images (``all``: named ones too)."""
-        return await self.system.prune(all_images=call.params.boolean("all"))
+        return dataclasses.asdict(await self.system.prune(all_images=call.params.boolean("all")))
