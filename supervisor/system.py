@@ -163,7 +163,7 @@ class DiskUsage:
 
 
 @dataclass(frozen=True)
-class PruneReport:
+class SystemPruneReport:
     """``prune``: what went and the bytes reclaimed."""
 
     containers_deleted: list[str]
@@ -316,7 +316,7 @@ class System:
             store=StoreUsage(size=db_size, events=self.store.count_events()),
         )
 
-    async def prune(self, *, all_images: bool = False) -> PruneReport:
+    async def prune(self, *, all_images: bool = False) -> SystemPruneReport:
         """Remove every container that is not running (created or exited; one in state
         ``unknown`` is left for a look), then the images no container uses: those without a
         name, or with ``all_images`` every one. Returns what went and the bytes reclaimed."""
@@ -369,7 +369,7 @@ class System:
             gone_snapshots.update(set(snapshots) - left_snapshots)
         reclaimed += sum(usage.blobs.get(d, 0) for d in gone_blobs)
         reclaimed += sum(usage.snapshots.get(c, 0) for c in gone_snapshots)
-        return PruneReport(
+        return SystemPruneReport(
             containers_deleted=removed_containers,
             images_untagged=untagged,
             images_deleted=deleted_images,

@@ -77,7 +77,7 @@ class LoadedImage:
 
 
 @dataclass(frozen=True)
-class PruneReport:
+class ImagePruneReport:
     untagged: list[str]
     deleted: list[str]  # image ids
     blobs: int
@@ -127,13 +127,13 @@ class ImageService:
         self.bus.publish(Event("image", "tag", rec.id, req.target, req.target))
         return rec
 
-    def prune(self, *, all_images: bool = False) -> PruneReport:
+    def prune(self, *, all_images: bool = False) -> ImagePruneReport:
         """Remove the images no container uses (untagged ones; ``all_images``: every one), then
         free every blob and snapshot nothing references; publishes ``delete`` for each image."""
         result = self.images.prune(all_images=all_images)
         for image_id in result["deleted"]:
             self.bus.publish(Event("image", "delete", image_id, image_id, image_id))
-        return PruneReport(
+        return ImagePruneReport(
             untagged=list(result["untagged"]),
             deleted=list(result["deleted"]),
             blobs=int(result["blobs"]),
