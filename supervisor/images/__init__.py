@@ -8,7 +8,10 @@ unpacked into snapshots that overlayfs stacks under each container.
 - :mod:`.unpack`: layer unpacking: one pass that hashes and inflates (:class:`Inflater`) and the
   tar extractor that refuses unsafe entries and tar bombs (:func:`unpack_tar`).
 - :mod:`.service`: the :class:`Images` service: lookups, ingest, export, commit, import, tag,
-  remove, prune, garbage collection.
+  remove, prune, garbage collection. The engine the rest of the core shares.
+- :mod:`.ops`: :class:`~.ops.ImageService`, the image verbs as the front doors see them (typed
+  requests and records, the ``image`` events). Imported from ``supervisor.images.ops``, not
+  from here: it uses :mod:`supervisor.archive`, which uses this package.
 
 Images come in through :meth:`Images.ingest` from any :class:`ImageSource` (an OCI layout, a
 docker-archive, a registry: :mod:`supervisor.registry`) and go out through :meth:`Images.export`
