@@ -260,17 +260,12 @@ class Builder:
         transport policy), publishing the ``pull`` event."""
         if self.registry is None:
             raise NotFound(f"image {ref} not found locally; run tug pull {ref} first", field="dockerfile")
-        from .. import imageref
-        from ..events import Event
-        from ..registry import RegistrySource, make_http_client
+        from ..registry import PullRequest
 
-        parsed = imageref.parse(ref)
-        name = parsed.tag_name() or parsed.digest_name() or parsed.familiar()
-        async with make_http_client() as http:
-            source = RegistrySource(self.registry.session(http, parsed.domain), parsed.path)
-            rec = await self.images.ingest(source, parsed.object, name)
-        self.registry.bus.publish(Event("image", "pull", rec.id, name, name))
-        return rec
+        async with self.registry.pull(PullRequest(ref)) as transfer:
+            async for _ in transfer:
+                pass  # a build shows no layer progress
+        return transfer.result.record
 
     # -------------------------------------------------------------------------------- cache
 
