@@ -59,6 +59,7 @@ def stamp(tag: str, log: str) -> str:
 
 # (file, the statement a stamp goes next to, "before" or "after" it, tag): each statement occurs
 # once in its file; the stamp gets the statement's indentation.
+_API = "supervisor/api/containers.py"
 POINTS = [
     ("shimd/birth.py", "pid = birth(config, conn.fileno(), keep_fds=())", "before", "tpl_got"),
     ("shimd/birth.py", "logging.basicConfig(", "before", "shim_start"),
@@ -66,10 +67,10 @@ POINTS = [
     ("shimd/runc.py", "code, _ = exit_code(status)", "after", "runc_{verb}_done"),
     ("shimd/server.py", '_notify(notify_fd, {"pid": task.pid', "after", "shim_notified"),
     ("shimd/server.py", "fsutil.write_atomic(self.cfg.path(EXIT_FILE)", "after", "exit_recorded"),
-    ("supervisor/api.py", "rec = await self.containers.create(call.params)", "before", "create_begin"),
-    ("supervisor/api.py", "rec = await self.containers.create(call.params)", "after", "create_end"),
-    ("supervisor/api.py", "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
-    ("supervisor/api.py", "rec = await self.containers.start(call.params.string(", "after", "start_end"),
+    (_API, "rec = await self.containers.create(call.params)", "before", "create_begin"),
+    (_API, "rec = await self.containers.create(call.params)", "after", "create_end"),
+    (_API, "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
+    (_API, "rec = await self.containers.start(call.params.string(", "after", "start_end"),
     ("supervisor/containers.py", "await self.delete(cid, force=False)", "after", "removed"),
     ("supervisor/cli/main.py", "parser = build_parser(argv)", "before", "cli_main"),
     ("supervisor/cli/main.py", "code = main()", "after", "cli_done"),

@@ -28,12 +28,11 @@ from tugwire import httpserve, jsonrpc
 from tugwire.errors import PermissionDenied
 
 from . import shims, systemd
-from .api import VERSION, Api
+from .api import Api
 from .config import Config
-from .containers import Containers
-from .events import EventBus
-from .images import Images
+from .core import Core
 from .store import Store
+from .system import VERSION
 
 log = logging.getLogger("tugboat")
 
@@ -193,8 +192,6 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
     prepare_dirs(cfg, gid)
     lock_fd = lock_root(cfg)
     store = Store(cfg.db_path)
-    bus = EventBus(store)
-    images = Images(cfg, store)
     launcher: shims.ShimLauncher
     if cfg.shim_birth == "template":
         launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
@@ -210,23 +207,13 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             metrics = Metrics(version=VERSION, runtime=cfg.runtime, backend=cfg.backend)
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.run_watchdog)  # from the start: recovery may take a while
-            containers = Containers(
-                cfg,
-                store,
-                images,
-                launcher,
-                bus,
-                tg,
-                on_start_latency=metrics.observe_start if metrics else None,
-                on_exit=metrics.observe_exit if metrics else None,
-                on_restart=metrics.restarts.inc if metrics else None,
-            )
-            await containers.recover()
-            api = Api(cfg, containers, images, bus, cfg.shim_birth)
+            core = Core.build(cfg, store, launcher, tg, metrics)  # every service, once
+            await core.containers.recover()
+            api = Api(core)  # the JSON-RPC front door
             if metrics is not None and metrics_sock is not None:
                 api.dispatcher.on_call = metrics.observe_call
                 metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
-                tg.start_soon(metrics.serve, metrics_listener, containers)
+                tg.start_soon(metrics.serve, metrics_listener, core.containers)
                 log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
             listener = await make_listener(cfg, gid, inherited)
             tg.start_soon(_signals, tg.cancel_scope, notifier)
@@ -242,7 +229,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             # Ready once the socket serves and every shim has been re-attached (recover above).
             status = status_line(store)
             notifier.notify(f"READY=1\nSTATUS={status}")
-            tg.start_soon(notifier.run_status, partial(status_line, store), bus.next_change, status)
+            tg.start_soon(notifier.run_status, partial(status_line, store), core.bus.next_change, status)
             task_status.started()
     finally:
         notifier.stopping_now()

@@ -13,6 +13,7 @@ A subscriber that falls more than ``QUEUE`` events behind is dropped (its stream
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import logging
@@ -270,6 +271,19 @@ class EventBus:
         if gone:
             log.debug("pruned %d old events", gone)
 
+    def watch(
+        self,
+        predicate: Callable[[Event], bool],
+        *,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> EventStream:
+        """The events ``predicate`` accepts as an async iterator (use it as an async context
+        manager, which unsubscribes on exit): the stored ones from ``since_ns`` (if given), then
+        the live ones, each once and in order, until ``until_ns`` (if given; otherwise the
+        iteration never ends by itself). Subscribed to live events from this call on."""
+        return EventStream(self, predicate, since_ns=since_ns, until_ns=until_ns)
+
     async def stream(
         self,
         predicate: Callable[[Event], bool],
@@ -279,62 +293,138 @@ class EventBus:
         until_ns: int | None = None,
         ready: Callable[[], None] = lambda: None,
     ) -> None:
-        """Send the stored events from ``since_ns`` (if given), then the live ones, each once and
-        in order, until ``until_ns`` (if given; otherwise until cancelled).
+        """:meth:`watch`, each event handed to ``send``; ``ready`` is called once subscribed."""
+        async with self.watch(predicate, since_ns=since_ns, until_ns=until_ns) as events:
+            ready()
+            async for event in events:
+                await send(event)
 
-        No gap and no duplicate at the boundary: we subscribe to live events first (``ready`` is
-        called then), then replay the store, and drop the live events the replay already sent.
-        Raises Unavailable if the subscriber fell too far behind."""
+
+class EventStream:
+    """One subscriber's events, as an async iterator (from :meth:`EventBus.watch`).
+
+    No gap and no duplicate at the boundary between the past and the present: it subscribes to
+    live events first, then replays the store, and drops the live events the replay already
+    gave. Raises Unavailable if the subscriber fell too far behind (its queue overflowed)."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        predicate: Callable[[Event], bool],
+        *,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> None:
         if until_ns is not None and since_ns is None:
             since_ns = 0  # as docker: --until alone shows the past up to that time
-        sub = self.subscribe(predicate)
-        ready()
-        try:
-            # The highest sequence number the replay has read (matching or not): a live event at
-            # or below it was in the store when the replay looked, so it was sent already.
-            replayed = 0
-            store = self.store
-            first = None if since_ns is None or store is None else store.first_event_seq_since(since_ns)
-            if since_ns is not None and store is not None and first is not None:
-                replayed = first - 1  # nothing at or below it is in the time range
-                while True:
-                    rows = store.events_after(
-                        replayed, since_ns=since_ns, until_ns=until_ns, limit=REPLAY_PAGE
-                    )
-                    for row in rows:
-                        replayed = row.seq
-                        event = Event.from_row(row)
-                        if predicate(event):
-                            await send(event)
-                    if len(rows) < REPLAY_PAGE:
-                        break
+        self._store = bus.store
+        self._predicate = predicate
+        self._since_ns = since_ns
+        self._until_ns = until_ns
+        self._sub = bus.subscribe(predicate)
+        # The highest sequence number the replay has read (matching or not): a live event at or
+        # below it was in the store when the replay looked, so it was given already.
+        self._replayed = 0
+        self._replay: bool | None = None  # None: not started; True: pages left; False: done
+        self._page: collections.deque[Event] = collections.deque()
+        self._deadline: float | None = None  # monotonic; set when the live part starts
+        self._draining = False
+        self._done = False
 
-            async def deliver(event: Event) -> bool:
-                """Send a live event unless replayed or out of range; False once past ``until``."""
-                if event.seq and event.seq <= replayed:
-                    return True
-                if until_ns is not None and event.time_ns > until_ns:
-                    return False
-                if since_ns is None or event.time_ns >= since_ns:
-                    await send(event)
-                return True
+    def __repr__(self) -> str:
+        phase = "replay" if self._replay else "drain" if self._draining else "live"
+        return f"<EventStream {phase} since={self._since_ns} until={self._until_ns} done={self._done}>"
 
-            with anyio.move_on_after(_seconds_until(until_ns)):
-                async for event in sub.receive:
-                    if not await deliver(event):
-                        return
-            if sub.overflowed:
-                raise Unavailable("event subscriber too slow: events were dropped; subscribe again")
-            # Past ``until``: what is queued was published before it; send that, then stop.
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        self._sub.close()
+        self._done = True
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    def _verdict(self, event: Event) -> bool | None:
+        """A live event: True to give it, None to skip it (replayed, or before ``since``), False
+        once past ``until`` (the end)."""
+        if event.seq and event.seq <= self._replayed:
+            return None
+        if self._until_ns is not None and event.time_ns > self._until_ns:
+            return False
+        if self._since_ns is None or event.time_ns >= self._since_ns:
+            return True
+        return None
+
+    def _next_page(self) -> None:
+        store = self._store
+        if self._replay is None:
+            first = None
+            if self._since_ns is not None and store is not None:
+                first = store.first_event_seq_since(self._since_ns)
+            if first is None:
+                self._replay = False
+                return
+            self._replayed = first - 1  # nothing at or below it is in the time range
+            self._replay = True
+        assert store is not None
+        assert self._since_ns is not None
+        rows = store.events_after(
+            self._replayed, since_ns=self._since_ns, until_ns=self._until_ns, limit=REPLAY_PAGE
+        )
+        for row in rows:
+            self._replayed = row.seq
+            event = Event.from_row(row)
+            if self._predicate(event):
+                self._page.append(event)
+        if len(rows) < REPLAY_PAGE:
+            self._replay = False
+
+    def _end(self) -> StopAsyncIteration:
+        self._done = True
+        return StopAsyncIteration()
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        while self._replay is not False or self._page:
+            if self._page:
+                return self._page.popleft()
+            self._next_page()
+        if not self._draining:
+            if self._deadline is None:
+                self._deadline = anyio.current_time() + _seconds_until(self._until_ns)
             while True:
-                try:
-                    event = sub.receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    return
-                if not await deliver(event):
-                    return
-        finally:
-            sub.close()
+                with anyio.move_on_after(self._deadline - anyio.current_time()):
+                    try:
+                        event = await self._sub.receive.receive()
+                    except anyio.EndOfStream:
+                        break  # dropped: the queue overflowed
+                    verdict = self._verdict(event)
+                    if verdict:
+                        return event
+                    if verdict is False:
+                        raise self._end()
+                    continue
+                break  # past ``until``
+            if self._sub.overflowed:
+                raise Unavailable("event subscriber too slow: events were dropped; subscribe again")
+            self._draining = True
+        # Past ``until``: what is queued was published before it; give that, then stop.
+        while True:
+            try:
+                event = self._sub.receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                raise self._end() from None
+            verdict = self._verdict(event)
+            if verdict:
+                return event
+            if verdict is False:
+                raise self._end()
 
 
 def _seconds_until(until_ns: int | None) -> float:

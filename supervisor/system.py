@@ -1,4 +1,5 @@
-"""Disk usage (``system.df``) and clean-up (``system.prune``) of the data root.
+"""The daemon as a whole: its versions and figures (``info``), disk usage (``df``) and clean-up
+(``prune``) of the data root.
 
 Sizes are apparent sizes (``st_size``, as docker reports them), hard links counted once, symbolic
 links not followed, mount points not crossed (a container's ``rootfs`` is its overlay mount and is
@@ -11,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import stat
+import subprocess
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 
@@ -28,6 +30,44 @@ from .store import ContainerRecord, ImageRecord, Store
 log = logging.getLogger("tugboat.system")
 
 LOG_PREFIX = "container.log"  # the CRI log and its rotations, container.log.1, ...
+VERSION = "0.1.0"
+
+
+def cgroup_version() -> str:
+    """``2``, ``1 (hybrid)`` or ``1``: the cgroup hierarchy of this host."""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "2"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "1 (hybrid)"
+    return "1"
+
+
+def runtime_version(path: str) -> str:
+    """The first line of ``<runtime> --version``, or ``unknown``."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """Versions, roots, runtime, cgroup version and counts (``tug info``)."""
+
+    version: str
+    python: str
+    backend: str
+    root: str
+    state: str
+    socket: str
+    runtime: str
+    runtime_version: str
+    cgroup_version: str
+    shim_birth: str
+    containers: dict[str, int]
+    images: int
+    pid: int
 
 
 def du(path: str) -> int:
@@ -66,6 +106,72 @@ def du(path: str) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class UsageGroup:
+    """One kind of thing on disk: how many, how many in use, their bytes, and the bytes a prune
+    could reclaim."""
+
+    count: int
+    active: int
+    size: int
+    reclaimable: int
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    id: str
+    repo_tags: list[str]
+    size: int
+    shared_size: int  # bytes of layers other images use too
+    containers: int  # how many containers use it
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    id: str
+    name: str
+    image: str
+    state: str
+    size: int  # its writable layer
+    log_size: int
+
+
+@dataclass(frozen=True)
+class ImagesUsage(UsageGroup):
+    items: list[ImageUsage]
+
+
+@dataclass(frozen=True)
+class ContainersUsage(UsageGroup):
+    items: list[ContainerUsage]
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    size: int  # the metadata database, with its WAL
+    events: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """``df``: images, containers (writable layers), logs and the metadata store."""
+
+    images: ImagesUsage
+    containers: ContainersUsage
+    logs: UsageGroup
+    store: StoreUsage
+
+
+@dataclass(frozen=True)
+class SystemPruneReport:
+    """``prune``: what went and the bytes reclaimed."""
+
+    containers_deleted: list[str]
+    images_untagged: list[str]
+    images_deleted: list[str]
+    space_reclaimed: int
+
+
 @dataclass
 class Usage:
     """One measurement of the data root."""
@@ -92,7 +198,7 @@ def _measure_container(directory: str) -> tuple[int, int]:
 
 
 class System:
-    """``system.df`` and ``system.prune``."""
+    """``info``, ``df`` and ``prune``."""
 
     def __init__(
         self, cfg: Config, store: Store, containers: Containers, images: Images, bus: EventBus
@@ -102,6 +208,25 @@ class System:
         self.containers = containers
         self.images = images
         self.bus = bus
+        self._runtime_version = runtime_version(cfg.runtime)
+
+    def info(self) -> SystemInfo:
+        """Versions, roots, runtime, cgroup version and counts."""
+        return SystemInfo(
+            version=VERSION,
+            python=platform.python_version(),
+            backend=self.cfg.backend,
+            root=self.cfg.root,
+            state=self.cfg.state,
+            socket=self.cfg.socket,
+            runtime=self.cfg.runtime,
+            runtime_version=self._runtime_version,
+            cgroup_version=cgroup_version(),
+            shim_birth=self.cfg.shim_birth,
+            containers=self.containers.counts(),
+            images=self.images.store.image_count(),
+            pid=os.getpid(),
+        )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:
         blob_paths: dict[str, str] = {}
@@ -127,7 +252,7 @@ class System:
         size = sum(usage.blobs.get(d, 0) for d in blobs) + sum(usage.snapshots.get(c, 0) for c in snapshots)
         return size, set(blobs), set(snapshots)
 
-    async def df(self) -> dict[str, Any]:
+    async def df(self) -> DiskUsage:
         """Space used by images, containers (writable layers) and logs, and how much of it a
         prune could reclaim (images no container uses; containers not running, and their logs)."""
         images = self.store.list_images()
@@ -155,24 +280,11 @@ class System:
         for rec in images:
             size, pieces = parts[rec.id]
             shared = sum(piece_size(p) for p in pieces if refs[p] > 1)
-            image_items.append(
-                {
-                    "id": rec.id,
-                    "repo_tags": rec.names,
-                    "size": size,
-                    "shared_size": shared,
-                    "containers": users.get(rec.id, 0),
-                }
-            )
+            image_items.append(ImageUsage(rec.id, rec.names, size, shared, users.get(rec.id, 0)))
         container_items = [
-            {
-                "id": c.id,
-                "name": c.name,
-                "image": c.image,
-                "state": c.state,
-                "size": usage.writable.get(c.id, 0),
-                "log_size": usage.logs.get(c.id, 0),
-            }
+            ContainerUsage(
+                c.id, c.name, c.image, c.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
+            )
             for c in containers
         ]
         inactive = [c for c in containers if c.state not in ACTIVE]
@@ -180,31 +292,31 @@ class System:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 db_size += os.stat(self.cfg.db_path + suffix).st_size
-        return {
-            "images": {
-                "count": len(images),
-                "active": sum(1 for rec in images if users.get(rec.id)),
-                "size": sum(piece_size(p) for p in all_pieces),
-                "reclaimable": sum(piece_size(p) for p in all_pieces - used_pieces),
-                "items": image_items,
-            },
-            "containers": {
-                "count": len(containers),
-                "active": len(containers) - len(inactive),
-                "size": sum(usage.writable.values()),
-                "reclaimable": sum(usage.writable.get(c.id, 0) for c in inactive),
-                "items": container_items,
-            },
-            "logs": {
-                "count": len(containers),
-                "active": len(containers) - len(inactive),
-                "size": sum(usage.logs.values()),
-                "reclaimable": sum(usage.logs.get(c.id, 0) for c in inactive),
-            },
-            "store": {"size": db_size, "events": self.store.count_events()},
-        }
+        return DiskUsage(
+            images=ImagesUsage(
+                count=len(images),
+                active=sum(1 for rec in images if users.get(rec.id)),
+                size=sum(piece_size(p) for p in all_pieces),
+                reclaimable=sum(piece_size(p) for p in all_pieces - used_pieces),
+                items=image_items,
+            ),
+            containers=ContainersUsage(
+                count=len(containers),
+                active=len(containers) - len(inactive),
+                size=sum(usage.writable.values()),
+                reclaimable=sum(usage.writable.get(c.id, 0) for c in inactive),
+                items=container_items,
+            ),
+            logs=UsageGroup(
+                count=len(containers),
+                active=len(containers) - len(inactive),
+                size=sum(usage.logs.values()),
+                reclaimable=sum(usage.logs.get(c.id, 0) for c in inactive),
+            ),
+            store=StoreUsage(size=db_size, events=self.store.count_events()),
+        )
 
-    async def prune(self, *, all_images: bool = False) -> dict[str, Any]:
+    async def prune(self, *, all_images: bool = False) -> SystemPruneReport:
         """Remove every container that is not running (created or exited; one in state
         ``unknown`` is left for a look), then the images no container uses: those without a
         name, or with ``all_images`` every one. Returns what went and the bytes reclaimed."""
@@ -257,9 +369,9 @@ class System:
             gone_snapshots.update(set(snapshots) - left_snapshots)
         reclaimed += sum(usage.blobs.get(d, 0) for d in gone_blobs)
         reclaimed += sum(usage.snapshots.get(c, 0) for c in gone_snapshots)
-        return {
-            "containers_deleted": removed_containers,
-            "images_untagged": untagged,
-            "images_deleted": deleted_images,
-            "space_reclaimed": reclaimed,
-        }
+        return SystemPruneReport(
+            containers_deleted=removed_containers,
+            images_untagged=untagged,
+            images_deleted=deleted_images,
+            space_reclaimed=reclaimed,
+        )

@@ -899,7 +899,7 @@ async def test_docker_schema2_manifest_list_is_ingested(images: Images, tmp_path
 
 
 def test_inflater_reads_multi_member_gzip_padding_and_refuses_truncated() -> None:
-    from supervisor.images import _Inflater
+    from supervisor.images import Inflater as _Inflater
 
     data = os.urandom(3 << 20)
     blob = gzip.compress(data[: 1 << 20]) + gzip.compress(data[1 << 20 :]) + b"\0" * 1024

@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import auth, registry
-from tugwire.errors import InvalidArgument
+from tugwire.errors import InvalidArgument, Unavailable
 
 from .conftest import TUG, free_port, http_get, needs_root, needs_runc
 
@@ -542,7 +542,7 @@ def test_client_gives_up_after_its_attempts_with_a_clear_error(open_registry: Re
                 scheme="http",
                 retry=registry.RetryPolicy(attempts=3, base_delay=0.01),
             )
-            with pytest.raises(registry.Unavailable, match="cannot reach registry"):
+            with pytest.raises(Unavailable, match="cannot reach registry"):
                 await registry.RegistrySource(session, "x").get_manifest("latest")
 
     anyio.run(main)

@@ -26,30 +26,30 @@ removes leftovers at its next start.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import re
 import secrets
-import shutil
-import stat
-import tarfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire import errors, fsutil, jsonrpc
-from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError, Unavailable
+from tugwire import errors, fsutil
+from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError
 
 from .. import spec
 from ..config import Config
 from ..images import Images, chain_ids, now_rfc3339
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
+from ..streams import Feed, run_feed
 from . import layers, runner
+from .context import BuildContext
 from .dockerfile import (
     DockerfileError,
     Instruction,
@@ -59,19 +59,37 @@ from .dockerfile import (
     key_values,
     parse,
 )
-from .dockerignore import DockerIgnore, compile_pattern
+from .dockerignore import DockerIgnore
 
 if TYPE_CHECKING:
     from ..registry import RegistryService
 
 MAX_DOCKERFILE = 1 << 20
-_GLOB = re.compile(r"[*?\[]")
 _PORT = re.compile(r"^\d{1,5}(?:-\d{1,5})?(?:/(?:tcp|udp|sctp))?$")
 # Build args docker accepts without an ARG instruction (proxies): never a warning.
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 PREDEFINED_ARGS = frozenset(_PROXIES) | frozenset(n.lower() for n in _PROXIES)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One thing a build reports: ``step`` (``{step, total, instruction}``), ``status``
+    (``{message}``) or ``output`` (``{stream, data}``, the data base64)."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A built image: its id, the tag given (if any), the steps run and how many were cached."""
+
+    id: str
+    ref: str | None
+    steps: int
+    cached: int
 
 
 @dataclass
@@ -167,47 +185,53 @@ class Builder:
         for entry in os.listdir(self.dir):
             fsutil.remove_tree(os.path.join(self.dir, entry))
 
-    # ---------------------------------------------------------------------------------- API
+    # ------------------------------------------------------------------------------ the verb
 
-    def register(self, d: jsonrpc.Dispatcher) -> None:
-        d.add("image.build", self.build)
-
-    def parse_options(self, p: jsonrpc.Params) -> Options:
-        context = p.string("context", required=True)
+    def options(
+        self,
+        *,
+        context: str,
+        dockerfile: str | None = None,
+        tag: str | None = None,
+        build_args: dict[str, str] | None = None,
+        no_cache: bool = False,
+        network: str | None = None,
+    ) -> Options:
+        """A build's options, checked (InvalidArgument): ``context`` an absolute path to a
+        directory, ``dockerfile`` relative to it (default ``Dockerfile``), ``tag`` a valid
+        reference, build arg names identifiers, ``network`` ``none`` (default) or ``host``."""
         if not os.path.isabs(context):
             raise InvalidArgument(f"the build context must be an absolute path: {context!r}", field="context")
         if not os.path.isdir(context):
             raise InvalidArgument(f"the build context {context} is not a directory", field="context")
-        dockerfile = p.string("dockerfile") or "Dockerfile"
-        dockerfile = os.path.normpath(os.path.join(context, dockerfile))
-        tag = p.string("tag")
+        dockerfile = os.path.normpath(os.path.join(context, dockerfile or "Dockerfile"))
         if tag is not None:
             _check_tag(tag)
-        build_args = p.dict_of_str("build_args") if p.raw.get("build_args") is not None else {}
+        build_args = dict(build_args or {})
         for key in build_args:
             if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key):
                 raise InvalidArgument(f"invalid build arg name {key!r}", field="build_args")
-        network = p.string("network") or "none"
+        network = network or "none"
         if network not in ("none", "host"):
             raise InvalidArgument(
                 f"a build's RUN steps run with network none or host, not {network!r}", field="network"
             )
-        return Options(context, dockerfile, tag, build_args, p.boolean("no_cache"), network)
+        return Options(context, dockerfile, tag, build_args, no_cache, network)
 
-    async def build(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """``image.build``: parse, run every step (streaming ``image.build.*`` notifications),
-        commit and tag. Returns ``{id, ref, steps, cached}``."""
-        opts = self.parse_options(call.params)
+    def build(self, opts: Options) -> contextlib.AbstractAsyncContextManager[Feed[BuildEvent, BuildResult]]:
+        """Parse the Dockerfile, run every step, commit and tag, in the ``async with``: iterating
+        the :class:`~supervisor.streams.Feed` gives its :class:`BuildEvent` items, then ``result``
+        its :class:`BuildResult`. Cancelled (leaving early, or the caller cancelled), the RUN
+        container is killed and removed and nothing is tagged."""
 
-        async def emit(method: str, params: dict[str, Any]) -> None:
-            await call.notify(method, params)
+        async def op(send: Callable[[BuildEvent], Awaitable[None]]) -> BuildResult:
+            async def emit(method: str, params: dict[str, Any]) -> None:
+                await send(BuildEvent(method.rsplit(".", 1)[-1], params))
 
-        # A client that goes away (ctrl-c) cancels the build: its RUN container is killed and
-        # removed, nothing is tagged.
-        done, result = await call.until_disconnected(lambda: self.run(opts, emit))
-        if not done or result is None:
-            raise Unavailable("the build was cancelled: the client went away")
-        return result
+            out = await self.run(opts, emit)
+            return BuildResult(str(out["id"]), out["ref"], int(out["steps"]), int(out["cached"]))
+
+        return run_feed(op)
 
     async def run(self, opts: Options, emit: Emit) -> dict[str, Any]:
         try:
@@ -236,17 +260,12 @@ class Builder:
         transport policy), publishing the ``pull`` event."""
         if self.registry is None:
             raise NotFound(f"image {ref} not found locally; run tug pull {ref} first", field="dockerfile")
-        from .. import imageref
-        from ..events import Event
-        from ..registry import RegistrySource, make_http_client
+        from ..registry import PullRequest
 
-        parsed = imageref.parse(ref)
-        name = parsed.tag_name() or parsed.digest_name() or parsed.familiar()
-        async with make_http_client() as http:
-            source = RegistrySource(self.registry.session(http, parsed.domain), parsed.path)
-            rec = await self.images.ingest(source, parsed.object, name)
-        self.registry.bus.publish(Event("image", "pull", rec.id, name, name))
-        return rec
+        async with self.registry.pull(PullRequest(ref)) as transfer:
+            async for _ in transfer:
+                pass  # a build shows no layer progress
+        return transfer.result.record
 
     # -------------------------------------------------------------------------------- cache
 
@@ -298,6 +317,7 @@ class _Build:
         self.instructions = instructions
         self.escape = escape
         self.ignore = ignore
+        self.ctx = BuildContext(opts.context, ignore)
         self.work = work
         self.emit = emit
         self.state = State()
@@ -362,8 +382,11 @@ class _Build:
             if len(words) < 2:
                 raise DockerfileError(f"{kw} requires at least two arguments: SOURCE... DEST", inst.line)
             flags = {k: expand(v, variables, self.escape) for k, v in inst.flags.items()}
-            sources = self.sources(inst, words[:-1])
-            extra = {"content": await anyio.to_thread.run_sync(self.content_hash, sources), "flags": flags}
+            sources = self.ctx.sources(inst, words[:-1])
+            extra = {
+                "content": await anyio.to_thread.run_sync(self.ctx.content_hash, sources),
+                "flags": flags,
+            }
             text = f"{kw} {json.dumps(flags, sort_keys=True)} {json.dumps(words)}"
         elif kw == "RUN":
             in_scope = {k: v for k, v in st.args.items() if v is not None}
@@ -659,109 +682,6 @@ class _Build:
 
     # ------------------------------------------------------------------------------ COPY/ADD
 
-    def sources(self, inst: Instruction, patterns: list[str]) -> list[tuple[str, str]]:
-        """(relative path in the context, absolute path) of every source, globs expanded,
-        ``.dockerignore`` applied; a source that matches nothing is an error."""
-        context = self.opts.context
-        out: list[tuple[str, str]] = []
-        for pattern in patterns:
-            if "://" in pattern:
-                raise DockerfileError(
-                    f"{inst.keyword} of a URL ({pattern}) is not supported: download it into the context "
-                    "and COPY it",
-                    inst.line,
-                )
-            cleaned = os.path.normpath(pattern)
-            if cleaned == ".." or cleaned.startswith("../"):
-                raise DockerfileError(f"forbidden path outside the build context: {pattern}", inst.line)
-            rel = os.path.normpath("/" + pattern).lstrip("/")
-            if _GLOB.search(rel):
-                regex = compile_pattern(rel)
-                matches = [(r, p) for r, p in self._walk_context() if regex.match(r)]
-                if not matches:
-                    raise DockerfileError(
-                        f"{inst.keyword} failed: no source files were specified ({pattern})", inst.line
-                    )
-                # A directory and files inside it may both match: keep the top-most.
-                kept: list[tuple[str, str]] = []
-                for r, p in matches:
-                    if not any(r.startswith(k + "/") for k, _ in kept):
-                        kept.append((r, p))
-                out.extend(kept)
-                continue
-            path = os.path.join(context, rel) if rel and rel != "." else context
-            if path != context and not _inside(os.path.realpath(os.path.dirname(path)), context):
-                # A symlink on the way (``COPY link/file``, link -> /etc) would read the host.
-                raise DockerfileError(f"forbidden path outside the build context: {pattern}", inst.line)
-            if not os.path.lexists(path) or (rel not in ("", ".") and self.ignore.excluded(rel)):
-                raise DockerfileError(
-                    f"{inst.keyword} failed: file not found in build context or excluded by .dockerignore: "
-                    f"{pattern}",
-                    inst.line,
-                )
-            out.append(("" if rel == "." else rel, path))
-        return out
-
-    def _walk_context(self, rel: str = "") -> list[tuple[str, str]]:
-        base = os.path.join(self.opts.context, rel) if rel else self.opts.context
-        out: list[tuple[str, str]] = []
-        with os.scandir(base) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if is_dir and self.ignore.skip_dir(child):
-                continue
-            if not self.ignore.excluded(child):
-                out.append((child, entry.path))
-            if is_dir:
-                out.extend(self._walk_context(child))
-        return out
-
-    def _tree(self, rel: str, path: str) -> list[tuple[str, str, os.stat_result]]:
-        """(path below the source, absolute path, lstat) of a source and everything in it that
-        .dockerignore does not exclude; the source itself as ``""``."""
-        st = os.lstat(path)
-        out = [("", path, st)]
-        if not stat.S_ISDIR(st.st_mode):
-            return out
-        stack = [("", path)]
-        while stack:
-            sub, directory = stack.pop()
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for entry in entries:
-                below = f"{sub}/{entry.name}" if sub else entry.name
-                in_context = f"{rel}/{below}" if rel else below
-                est = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(est.st_mode) and self.ignore.skip_dir(in_context):
-                    continue
-                if self.ignore.excluded(in_context):
-                    if stat.S_ISDIR(est.st_mode):
-                        stack.append((below, entry.path))  # a ! pattern may bring back a child
-                    continue
-                out.append((below, entry.path, est))
-                if stat.S_ISDIR(est.st_mode):
-                    stack.append((below, entry.path))
-        return out
-
-    def content_hash(self, sources: list[tuple[str, str]]) -> str:
-        """A hash of what COPY/ADD would copy: names, types, modes, link targets and bytes (not
-        times, as docker)."""
-        h = hashlib.sha256()
-        for rel, path in sources:
-            h.update(f"source {rel}\0".encode())
-            for below, full, st in self._tree(rel, path):
-                h.update(f"{below}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
-                if stat.S_ISLNK(st.st_mode):
-                    h.update(os.readlink(full).encode() + b"\0")
-                elif stat.S_ISREG(st.st_mode):
-                    with open(full, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            h.update(chunk)
-                    h.update(b"\0")
-        return h.hexdigest()
-
     async def copy_step(
         self, inst: Instruction, dest: str, sources: list[tuple[str, str]], flags: dict[str, str]
     ) -> dict[str, Any]:
@@ -786,7 +706,7 @@ class _Build:
         layer_dir = self._path("copy-")
         os.mkdir(layer_dir, 0o755)
         await anyio.to_thread.run_sync(
-            self._copy_all, inst, sources, dest, is_dir_dest, layer_dir, lowers, uid, gid, chmod
+            self.ctx.copy_all, inst, sources, dest, is_dir_dest, layer_dir, lowers, uid, gid, chmod
         )
         layer = await self.commit_layer(layer_dir)
         result = self.result(inst, copy.deepcopy(st.config), layer)
@@ -807,48 +727,6 @@ class _Build:
         except InvalidArgument as exc:
             raise DockerfileError(f"--chown={value}: {exc.message}", inst.line) from None
         return uid, gid
-
-    def _copy_all(
-        self,
-        inst: Instruction,
-        sources: list[tuple[str, str]],
-        dest: str,
-        is_dir_dest: bool,
-        layer_dir: str,
-        lowers: list[str],
-        uid: int,
-        gid: int,
-        chmod: int | None,
-    ) -> None:
-        for rel, path in sources:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                target = dest
-            elif is_dir_dest or _lower_is_dir(lowers, dest):
-                target = os.path.join(dest, os.path.basename(path))
-            else:
-                target = dest
-            if inst.keyword == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
-                target_dir = os.path.join(layer_dir, dest.lstrip("/"))
-                _make_parents(layer_dir, dest + "/x", lowers)
-                os.makedirs(target_dir, exist_ok=True)
-                layers.tar_to_dir(path, target_dir)
-                continue
-            # A directory's contents are copied, not the directory itself: the destination dir
-            # keeps what the image below has (else root, 0755), as its parents do.
-            _make_parents(layer_dir, target + "/x" if stat.S_ISDIR(st.st_mode) else target, lowers)
-            for below, full, est in self._tree(rel, path):
-                if not below and stat.S_ISDIR(st.st_mode):
-                    continue
-                _copy_entry(
-                    full, os.path.join(layer_dir, target.lstrip("/"), below).rstrip("/"), est, uid, gid, chmod
-                )
-            # Directories' times last: creating entries in them changed their mtime.
-            for below, _full, est in reversed(self._tree(rel, path)):
-                if stat.S_ISDIR(est.st_mode) and below:
-                    out = os.path.join(layer_dir, target.lstrip("/"), below)
-                    if os.path.isdir(out):
-                        os.utime(out, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
 
     # -------------------------------------------------------------------------------- commit
 
@@ -871,78 +749,3 @@ class _Build:
         )
         self.b.cache_put(key, {"id": rec.id})
         return rec
-
-
-def _inside(path: str, root: str) -> bool:
-    root = os.path.realpath(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _lower_is_dir(lowers: list[str], path: str) -> bool:
-    rel = path.lstrip("/")
-    for lower in lowers:
-        p = os.path.join(lower, rel)
-        if os.path.lexists(p):
-            st = os.lstat(p)
-            if layers.is_whiteout(st):
-                return False
-            return stat.S_ISDIR(st.st_mode)
-    return False
-
-
-def _make_parents(layer_dir: str, target: str, lowers: list[str]) -> None:
-    """Create the directories above ``target`` in the layer, each with the owner, mode and time
-    it has in the image below (else root, 0755), so that the layer does not change them."""
-    parts = [p for p in target.strip("/").split("/")[:-1] if p]
-    cur = ""
-    for part in parts:
-        cur = f"{cur}/{part}" if cur else part
-        path = os.path.join(layer_dir, cur)
-        if os.path.isdir(path):
-            continue
-        os.mkdir(path, 0o755)
-        for lower in lowers:
-            existing = os.path.join(lower, cur)
-            if os.path.lexists(existing):
-                est = os.lstat(existing)
-                if stat.S_ISDIR(est.st_mode):
-                    os.chown(path, est.st_uid, est.st_gid)
-                    os.chmod(path, stat.S_IMODE(est.st_mode))
-                    os.utime(path, ns=(est.st_atime_ns, est.st_mtime_ns))
-                break
-
-
-def _copy_entry(src: str, out: str, st: os.stat_result, uid: int, gid: int, chmod: int | None) -> None:
-    mode = stat.S_IMODE(st.st_mode)
-    if stat.S_ISDIR(st.st_mode):
-        if not os.path.isdir(out) or os.path.islink(out):
-            fsutil.remove_path(out)
-            os.mkdir(out, 0o700)
-        os.chown(out, uid, gid)
-        os.chmod(out, mode if chmod is None else chmod)
-        return
-    fsutil.remove_path(out)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), out)
-        os.lchown(out, uid, gid)
-    elif stat.S_ISREG(st.st_mode):
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            os.fchown(fout.fileno(), uid, gid)
-            os.fchmod(fout.fileno(), mode if chmod is None else chmod)
-    elif stat.S_ISFIFO(st.st_mode):
-        os.mkfifo(out, mode)
-        os.chown(out, uid, gid)
-    else:
-        return  # sockets and devices are not copied from a context
-    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _is_archive(path: str) -> bool:
-    """Whether ADD unpacks the file: a tar, plain or compressed (gzip, bzip2, xz)."""
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            return tf.next() is not None
-    except (tarfile.TarError, OSError, EOFError):
-        return False

@@ -1,0 +1,167 @@
+"""The ``container.*`` JSON-RPC methods (docs/api.md, "Containers"), and the registration of the
+exec and attach methods, which :class:`supervisor.execs.Execs` and :class:`supervisor.attach.Attach`
+define themselves. Moved here as they were from ``supervisor/api.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from tugwire import jsonrpc
+from tugwire.errors import InvalidArgument, TugError
+
+from ..containers import parse_signal
+from ..core import Core
+
+
+class ContainerApi:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.containers = core.containers
+        self.verbs = core.verbs
+
+    def register(self, d: jsonrpc.Dispatcher) -> None:
+        d.add("container.create", self.container_create)
+        d.add("container.start", self.container_start)
+        d.add("container.list", self.container_list)
+        d.add("container.inspect", self.container_inspect)
+        d.add("container.kill", self.container_kill)
+        d.add("container.stop", self.container_stop)
+        d.add("container.delete", self.container_delete)
+        d.add("container.wait", self.containers.wait, accept_late=True)
+        d.add("container.pause", self.container_pause)
+        d.add("container.unpause", self.container_unpause)
+        d.add("container.top", self.container_top)
+        d.add("container.stats", self.container_stats)
+        d.add("container.update", self.container_update)
+        d.add("container.rename", self.container_rename)
+        d.add("container.restart", self.container_restart)
+        d.add("container.copy_from", self.container_copy_from)
+        d.add("container.copy_to", self.container_copy_to)
+        d.add("container.logs", self.containers.logs, accept_late=True)
+        self.core.execs.register(d)
+        self.core.attach.register(d)
+
+    async def container_create(self, call: jsonrpc.Call) -> Any:
+        """Create a container (no process yet). Returns ``{id, name}``."""
+        rec = await self.containers.create(call.params)
+        return {"id": rec.id, "name": rec.name}
+
+    async def container_start(self, call: jsonrpc.Call) -> Any:
+        """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
+        rec = await self.containers.start(call.params.string("id", required=True))
+        return {"id": rec.id, "pid": rec.pid}
+
+    async def container_list(self, call: jsonrpc.Call) -> Any:
+        """Summaries of running containers (``all`` for every one)."""
+        everything = call.params.boolean("all")
+        return [
+            self.containers.summary(r)
+            for r in self.containers.store.list_containers()
+            if everything or r.state in ("running", "paused")
+        ]
+
+    async def container_inspect(self, call: jsonrpc.Call) -> Any:
+        """Everything known about one container."""
+        return self.containers.inspect(self.containers.get(call.params.string("id", required=True)))
+
+    async def container_kill(self, call: jsonrpc.Call) -> Any:
+        """Send a signal (SIGKILL by default) to a running container."""
+        sig = parse_signal(call.params.raw.get("signal"))
+        rec = await self.containers.kill(
+            call.params.string("id", required=True), sig, all_processes=call.params.boolean("all")
+        )
+        return {"id": rec.id}
+
+    async def container_stop(self, call: jsonrpc.Call) -> Any:
+        """The stop signal, SIGKILL after ``timeout``; returns once the exit is recorded."""
+        timeout = call.params.integer("timeout")
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout must not be negative", field="timeout")
+        rec = await self.containers.stop(call.params.string("id", required=True), timeout)
+        return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
+
+    async def container_delete(self, call: jsonrpc.Call) -> Any:
+        """Remove a container (``force`` kills it first)."""
+        rec = await self.containers.delete(
+            call.params.string("id", required=True), force=call.params.boolean("force")
+        )
+        return {"id": rec.id}
+
+    async def container_pause(self, call: jsonrpc.Call) -> Any:
+        """Freeze every process of a running container (``runc pause``)."""
+        rec = await self.containers.set_paused(call.params.string("id", required=True), True)
+        return {"id": rec.id, "state": rec.state}
+
+    async def container_unpause(self, call: jsonrpc.Call) -> Any:
+        """Thaw a paused container (``runc resume``)."""
+        rec = await self.containers.set_paused(call.params.string("id", required=True), False)
+        return {"id": rec.id, "state": rec.state}
+
+    async def container_top(self, call: jsonrpc.Call) -> Any:
+        """The processes of a running container: ``{titles, processes}`` (host pids)."""
+        return await self.verbs.top(call.params.string("id", required=True))
+
+    async def container_stats(self, call: jsonrpc.Call) -> Any:
+        """One sample of each container's cgroup figures (``id``: one container; else the running
+        ones, ``all``: every one)."""
+        ref = call.params.string("id")
+        if ref:
+            return [await self.verbs.stats(ref)]
+        everything = call.params.boolean("all")
+        recs = [
+            r
+            for r in self.containers.store.list_containers()
+            if everything or r.state in ("running", "paused")
+        ]
+        results: list[Any] = [None] * len(recs)
+
+        async def one(i: int, cid: str) -> None:
+            try:
+                results[i] = await self.verbs.stats(cid)
+            except TugError:
+                results[i] = None  # removed meanwhile
+
+        async with anyio.create_task_group() as tg:
+            for i, r in enumerate(recs):
+                tg.start_soon(one, i, r.id)
+        return [r for r in results if r is not None]
+
+    async def container_update(self, call: jsonrpc.Call) -> Any:
+        """New limits (``memory``, ``cpus``, ``pids_limit``) for a container, running or not."""
+        rec = await self.verbs.update(call.params)
+        return {"id": rec.id}
+
+    async def container_rename(self, call: jsonrpc.Call) -> Any:
+        """Rename a container (``id``, ``name``)."""
+        rec = await self.verbs.rename(
+            call.params.string("id", required=True), call.params.string("name", required=True)
+        )
+        return {"id": rec.id, "name": rec.name}
+
+    async def container_restart(self, call: jsonrpc.Call) -> Any:
+        """Stop (stop signal, SIGKILL after ``timeout``) then start a container."""
+        timeout = call.params.integer("timeout")
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout must not be negative", field="timeout")
+        rec = await self.verbs.restart(call.params.string("id", required=True), timeout)
+        return {"id": rec.id, "pid": rec.pid}
+
+    async def container_copy_from(self, call: jsonrpc.Call) -> Any:
+        """Copy ``path`` of a container to ``host_path`` (absolute, on tugd's host)."""
+        p = call.params
+        return await self.verbs.copy_from(
+            p.string("id", required=True),
+            p.string("path", required=True),
+            p.string("host_path", required=True),
+        )
+
+    async def container_copy_to(self, call: jsonrpc.Call) -> Any:
+        """Copy ``host_path`` (absolute, on tugd's host) to ``path`` in a container."""
+        p = call.params
+        return await self.verbs.copy_to(
+            p.string("id", required=True),
+            p.string("host_path", required=True),
+            p.string("path", required=True),
+        )
