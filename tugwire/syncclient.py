@@ -119,6 +119,21 @@ class Client:
         """Send a request and wait for its result; its error is raised as a :class:`TugError`."""
         return self.wait_for(self.send(method, params))
 
+    def call_many(self, method: str, params: list[dict[str, Any]]) -> list[Any]:
+        """Pipelined calls of ``method``, one per item of ``params``, on this connection (tugd
+        runs them concurrently): each result, or the :class:`TugError` it raised, in order. A
+        broken connection (:class:`Disconnected`) is raised."""
+        ids = [self.send(method, p) for p in params]
+        results: list[Any] = []
+        for req_id in ids:
+            try:
+                results.append(self.wait_for(req_id))
+            except Disconnected:
+                raise
+            except errors.TugError as exc:
+                results.append(exc)
+        return results
+
     def wait_for(self, req_id: int) -> Any:
         """Wait for the response to ``req_id`` and return its result (or raise its error).
 

@@ -23,7 +23,8 @@ from typing import Any
 from tugwire import errors
 from tugwire.syncclient import Client, is_response, response_result
 
-from .main import LogDecoder, _log_data, _print_error, _write_output
+from .format import print_error
+from .logs import LogDecoder, log_data, write_output
 from .tty import DEFAULT_DETACH_KEYS, DetachScanner, parse_detach_keys, raw_mode, window_size
 
 COMMANDS = ("attach",)
@@ -142,9 +143,9 @@ def _loop(
                     session.resize()
             continue
         if not is_response(msg):
-            data = _log_data(msg, logs_id)
+            data = log_data(msg, logs_id)
             if data:
-                _write_output(decoder.feed(data))
+                write_output(decoder.feed(data))
             continue
         rid = msg.get("id")
         if rid == start_id:
@@ -161,7 +162,7 @@ def _loop(
             try:
                 response_result(msg)
             except errors.TugError as exc:
-                _print_error(f"logs: {exc.message}")
+                print_error(f"logs: {exc.message}")
         elif rid == wait_id:
             waited = response_result(msg)
     code = waited.get("exit_code")

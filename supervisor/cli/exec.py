@@ -21,7 +21,7 @@ from typing import Any
 from tugwire import errors
 from tugwire.syncclient import Client, is_response, response_result
 
-from .main import _env_items
+from .options import env_items
 from .tty import DEFAULT_DETACH_KEYS, DetachScanner, parse_detach_keys, raw_mode, window_size
 
 COMMANDS = ("exec",)
@@ -148,7 +148,7 @@ def _cmd_exec(args: argparse.Namespace, client: Client) -> int:
     params: dict[str, Any] = {
         "id": args.container,
         "cmd": args.cmd,
-        "env": _env_items(args.env),
+        "env": env_items(args.env),
         "stdin": bool(args.interactive and not args.detach),
         "detach": args.detach,
     }

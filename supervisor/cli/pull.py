@@ -16,7 +16,8 @@ from typing import IO, Any
 from tugwire import errors
 from tugwire.syncclient import Client, is_response, response_result
 
-from .main import human_size
+from .format import human_size
+from .options import size_arg
 
 COMMANDS = ("pull", "push", "login", "logout")
 BAR_WIDTH = 30
@@ -176,8 +177,6 @@ def _concurrency_arg(text: str) -> int:
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add pull, push, login and logout through ``build_parser``'s ``add``."""
-    from .main import _size_arg
-
     p = add("pull", "pull an image from a registry")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the name")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from a multi-platform image")
@@ -189,7 +188,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the digest")
     p.add_argument("--concurrency", type=_concurrency_arg, default=3, help="layers at a time (3)")
     p.add_argument(
-        "--chunk-size", type=_size_arg, metavar="SIZE", help="upload blobs larger than this in chunks (32m)"
+        "--chunk-size", type=size_arg, metavar="SIZE", help="upload blobs larger than this in chunks (32m)"
     )
     p.add_argument("ref", metavar="NAME[:TAG]")
     p.add_argument("dest", nargs="?", metavar="DEST[:TAG]", help="where to push it (default: NAME[:TAG])")
