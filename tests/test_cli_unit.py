@@ -166,7 +166,8 @@ def test_a_command_imports_only_its_own_module() -> None:
     # main, and the shared pieces every command uses: the parser class and the error printer.
     shared = ["supervisor.cli.format", "supervisor.cli.main", "supervisor.cli.options"]
     cases = (
-        (["ps"], ["supervisor.cli.containers", "supervisor.cli.create", "supervisor.cli.logs"]),
+        (["ps"], ["supervisor.cli.containers"]),
+        (["run", "busybox"], ["supervisor.cli.create", "supervisor.cli.logs", "supervisor.cli.run"]),
         (["info"], ["supervisor.cli.system"]),
         (["pull", "x"], ["supervisor.cli.pull"]),
         (["logs", "x"], ["supervisor.cli.logs"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tugwire import errors
-from tugwire.syncclient import Client, is_response, response_result
+from tugwire.syncclient import Client
 
 from .format import json_line
 from .options import time_arg
@@ -36,25 +36,15 @@ def _cmd_events(args: argparse.Namespace, client: Client) -> int:
         subscribe["since"] = args.since
     if args.until is not None:
         subscribe["until"] = args.until
-    req_id = client.send("events.subscribe", subscribe)
     try:
-        while True:
-            msg = client.next_message()
-            assert msg is not None
-            if is_response(msg):
-                if msg.get("id") == req_id:
-                    response_result(msg)
-                    return 0
+        for msg in client.stream("events.subscribe", subscribe):
+            if msg.get("method") != "event":
                 continue
-            params = msg.get("params")
-            if msg.get("method") != "event" or not isinstance(params, dict):
-                continue
-            if params.get("request") != req_id:
-                continue
-            event = {k: v for k, v in params.items() if k != "request"}
+            event = {k: v for k, v in msg["params"].items() if k != "request"}
             print(json_line(event) if args.format == "json" else format_event(event), flush=True)
     except KeyboardInterrupt:
         return 0
+    return 0
 
 
 def format_event(event: dict[str, Any]) -> str:

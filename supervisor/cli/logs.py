@@ -11,7 +11,7 @@ import sys
 
 from tugwire import errors
 from tugwire.crilog import parse_record, timestamp
-from tugwire.syncclient import Client, is_response, response_result
+from tugwire.syncclient import Client
 
 from .options import parse_since
 
@@ -165,18 +165,12 @@ def _cmd_logs(args: argparse.Namespace, client: Client) -> int:
     if args.since is not None:
         params["since"] = args.since
     decoder = LogDecoder(timestamps=args.timestamps)
-    req_id = client.send("container.logs", params)
-    while True:
-        msg = client.next_message()
-        assert msg is not None
-        if is_response(msg):
-            if msg.get("id") == req_id:
-                response_result(msg)
-                return 0
-            continue
-        data = log_data(msg, req_id)
+    logs = client.stream("container.logs", params)
+    for msg in logs:
+        data = log_data(msg, logs.id)
         if data:
             write_output(decoder.feed(data))
+    return 0
 
 
 def _tail_arg(text: str) -> int | None:

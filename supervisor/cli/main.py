@@ -5,7 +5,7 @@ It talks JSON-RPC to tugd over a Unix socket (``--socket``, else ``$TUGBOAT_SOCK
 nothing heavy (no anyio, no asyncio, no datetime): a ``tug`` command must start in milliseconds.
 
 This module only parses the command line and dispatches: each command lives in a module of this
-package (``containers``, ``logs``, ``inspect``, ``images``, ``events``, ``system``, ``verbs``,
+package (``run``, ``containers``, ``logs``, ``inspect``, ``images``, ``events``, ``system``, ``verbs``,
 ``exec``, ``attach``, ``network``, ``pull``, ``build``), and only the module of the command being
 run is imported. Shared pieces: ``options`` (the parser class, option types), ``format`` (tables,
 sizes, errors), ``create`` (run/create options), ``tty`` (the terminal), ``stdin`` (the stdin pump).
@@ -62,7 +62,8 @@ class _Skipped:
 # `tug` command several ms (-X importtime; the pull module alone ~3 ms).
 # tests/test_cli_unit.py checks this table against each module's own COMMANDS.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "containers": ("run", "create", "start", "stop", "kill", "rm", "wait", "ps"),
+    "run": ("run", "create"),
+    "containers": ("start", "stop", "kill", "rm", "wait", "ps"),
     "inspect": ("inspect",),
     "logs": ("logs",),
     "images": ("import", "images", "rmi", "image", "save", "load", "tag"),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from tugwire import errors
-from tugwire.syncclient import Client, is_response, response_result
+from tugwire.syncclient import Client
 
 from .format import human_size
 from .options import size_arg
@@ -78,17 +78,11 @@ def _stream(
     client: Client, method: str, params: dict[str, Any], on_progress: Callable[[dict[str, Any]], None] | None
 ) -> Any:
     """Call a streaming method, feeding its progress notifications to ``on_progress``."""
-    req_id = client.send(method, params)
-    while True:
-        msg = client.next_message()
-        assert msg is not None
-        if is_response(msg):
-            if msg.get("id") == req_id:
-                return response_result(msg)
-            continue
-        note = msg.get("params") or {}
-        if msg.get("method") == f"{method}.progress" and note.get("request") == req_id and on_progress:
-            on_progress(note)
+    stream = client.stream(method, params)
+    for msg in stream:
+        if msg.get("method") == f"{method}.progress" and on_progress:
+            on_progress(msg["params"])
+    return stream.result
 
 
 def _bars(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
