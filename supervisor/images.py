@@ -32,6 +32,7 @@ import anyio
 
 from tugwire import fsutil
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
+from tugwire.timefmt import rfc3339
 
 from . import imageref
 from .config import Config
@@ -64,12 +65,6 @@ _OPAQUE = ".wh..wh..opq"
 # Tar bombs: what one layer may unpack to (its files' bytes, its entries); above, it is refused.
 MAX_LAYER_BYTES = 64 << 30
 MAX_LAYER_ENTRIES = 2_000_000
-
-
-def now_rfc3339() -> str:
-    ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 class CorruptBlob(InvalidArgument):
@@ -637,7 +632,7 @@ class Images:
             config = _json_object(self.blobs.read_verified(config_desc["digest"]), "image config")
             failpoint("image.ingest.after_unpack")
             self.blobs.put_bytes(raw)
-            created = config.get("created") if isinstance(config.get("created"), str) else now_rfc3339()
+            created = config.get("created") if isinstance(config.get("created"), str) else rfc3339()
             rec = ImageRecord(
                 id=config_desc["digest"],
                 digest=manifest_digest,
@@ -733,7 +728,7 @@ class Images:
                     }
                 )
                 new_diffs.append(diff_id)
-            created = now_rfc3339()
+            created = rfc3339()
             base_cfg = base.config if base is not None else {}
             base_layers = list(base.manifest.get("layers", [])) if base is not None else []
             diff_ids = list(base_cfg.get("rootfs", {}).get("diff_ids", [])) + new_diffs
@@ -810,7 +805,7 @@ class Images:
                 raise InvalidArgument(f"{path} is a directory, not a tar archive", field="path") from exc
             lease.add(layer_digest)
             lease.add(diff_id)
-            created = now_rfc3339()
+            created = rfc3339()
             layer = {
                 "mediaType": MEDIA_LAYER_GZIP if gzipped else MEDIA_LAYER_TAR,
                 "digest": layer_digest,

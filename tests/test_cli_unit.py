@@ -371,14 +371,14 @@ def records(*items: tuple[bytes, bytes, bytes]) -> bytes:
 
 def test_decode_full_lines_of_one_stream_fast_path() -> None:
     data = records((b"stdout", b"F", b"hello"), (b"stdout", b"F", b""), (b"stdout", b"F", b"x y"))
-    assert logs.LogDecoder().feed(data) == [(1, b"hello\n\nx y\n")]
+    assert crilog.LogDecoder().feed(data) == [(1, b"hello\n\nx y\n")]
 
 
 def test_decode_partial_records_are_joined_without_newline() -> None:
     data = records((b"stderr", b"P", b"abc"), (b"stderr", b"P", b"def"), (b"stderr", b"F", b"g"))
-    assert logs.LogDecoder().feed(data) == [(2, b"abcdefg\n")]
+    assert crilog.LogDecoder().feed(data) == [(2, b"abcdefg\n")]
     # A last line without a newline stays partial.
-    assert logs.LogDecoder().feed(records((b"stdout", b"P", b"no newline"))) == [(1, b"no newline")]
+    assert crilog.LogDecoder().feed(records((b"stdout", b"P", b"no newline"))) == [(1, b"no newline")]
 
 
 def test_decode_mixed_streams_in_order() -> None:
@@ -389,7 +389,7 @@ def test_decode_mixed_streams_in_order() -> None:
         (b"stdout", b"F", b"out3"),
         (b"stderr", b"F", b"!"),
     )
-    assert logs.LogDecoder().feed(data) == [
+    assert crilog.LogDecoder().feed(data) == [
         (1, b"out1\nout2\n"),
         (2, b"err"),
         (1, b"out3\n"),
@@ -400,14 +400,14 @@ def test_decode_mixed_streams_in_order() -> None:
 def test_decode_binary_content() -> None:
     blob = bytes(b for b in range(256) if b != 0x0A)  # a record's content is anything but \n
     data = records((b"stdout", b"F", blob), (b"stdout", b"P", b"\r\x00\xff stderr F x"))
-    assert logs.LogDecoder().feed(data) == [(1, blob + b"\n\r\x00\xff stderr F x")]
+    assert crilog.LogDecoder().feed(data) == [(1, blob + b"\n\r\x00\xff stderr F x")]
 
 
 def test_decode_records_written_by_crilog_round_trip() -> None:
     written = b"line one\n" + b"x" * (crilog.MAX_LINE * 2 + 5) + b"\nlast \x00 piece"
     data = crilog.format_chunk(b"stdout", written, crilog.timestamp())
     assert b" P " in data
-    decoder = logs.LogDecoder()
+    decoder = crilog.LogDecoder()
     out = b"".join(chunk for _, chunk in decoder.feed(data[:1000]) + decoder.feed(data[1000:]))
     assert out == written
 
@@ -420,12 +420,12 @@ def test_decode_one_stream_with_partial_records_takes_the_fast_path() -> None:
     items.append((b"stdout", b"P", b"tail without newline"))
     data = records(*items)
     expected = b"".join(c + (b"\n" if tag == b"F" else b"") for _, tag, c in items)
-    decoder = logs.LogDecoder()
+    decoder = crilog.LogDecoder()
     assert decoder._one_stream(data, b"stdout") == expected
-    assert logs.LogDecoder()._slow(data) == [(1, expected)]
+    assert crilog.LogDecoder()._slow(data) == [(1, expected)]
     assert decoder.feed(data) == [(1, expected)]
     # The same with stderr in it: not one stream, so the per-record path.
-    assert logs.LogDecoder()._one_stream(data + records((b"stderr", b"F", b"e")), b"stdout") is None
+    assert crilog.LogDecoder()._one_stream(data + records((b"stderr", b"F", b"e")), b"stdout") is None
 
 
 def _merged(chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -459,7 +459,7 @@ def test_decode_gives_what_was_written_however_the_data_is_cut(
         items = [(b"stdout", tag, content) for _, tag, content in items]
     data = records(*items)
     expected = [(1 if s == b"stdout" else 2, c + (b"\n" if tag == b"F" else b"")) for s, tag, c in items]
-    decoder = logs.LogDecoder()
+    decoder = crilog.LogDecoder()
     got: list[tuple[int, bytes]] = []
     pos = 0
     for cut in sorted(c % (len(data) + 1) for c in cuts):
@@ -471,7 +471,7 @@ def test_decode_gives_what_was_written_however_the_data_is_cut(
 
 def test_decode_torn_record_waits_for_its_rest() -> None:
     data = records((b"stdout", b"F", b"hello"), (b"stderr", b"F", b"world"))
-    decoder = logs.LogDecoder()
+    decoder = crilog.LogDecoder()
     cut = len(data) - 4
     assert decoder.feed(data[:cut]) == [(1, b"hello\n")]
     assert decoder.feed(data[cut:]) == [(2, b"world\n")]
@@ -485,7 +485,7 @@ def test_decode_with_timestamps_prefixes_each_line_once() -> None:
         (b"stdout", b"F", b"cd"),
         (b"stdout", b"F", b"ef"),
     )
-    assert logs.LogDecoder(timestamps=True).feed(data) == [
+    assert crilog.LogDecoder(timestamps=True).feed(data) == [
         (1, ts + b" ab"),
         (2, ts + b" err\n"),
         (1, b"cd\n" + ts + b" ef\n"),

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from tugwire import errors
+from tugwire.crilog import LogDecoder
 from tugwire.syncclient import Client, Disconnected
 
 from .format import print_error
-from .logs import LogDecoder, log_data, write_output
+from .logs import log_data, write_output
 from .stdin import StdinPump
 from .tty import DEFAULT_DETACH_KEYS, parse_detach_keys, raw_mode
 

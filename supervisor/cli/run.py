@@ -13,11 +13,12 @@ import os
 import signal
 
 from tugwire import errors
+from tugwire.crilog import LogDecoder
 from tugwire.syncclient import Client, Disconnected
 
 from .create import add_create_options, create_params
 from .format import print_error
-from .logs import LogDecoder, log_data, write_output
+from .logs import log_data, write_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
