@@ -661,3 +661,12 @@ def test_cli_modules_have_no_import_circles_and_use_no_private_names_issue13() -
 
     for module in edges:
         visit(module, ())
+
+
+def test_moved_public_names_still_resolve_through_main() -> None:
+    """Callers of ``cli.main.X`` for the public helpers that moved to the command modules still
+    find them (looked up on use), and nothing else is invented."""
+    for name, module in cli._MOVED.items():
+        assert getattr(cli, name) is getattr(__import__(f"supervisor.cli.{module}", fromlist=["_"]), name)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        _ = cli.nonexistent
