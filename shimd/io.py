@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import BinaryIO
 
@@ -152,21 +151,8 @@ async def follow(
 def _select(files: list[BinaryIO], tail: int | None, since: bytes | None) -> bytes:
     """Records of ``files`` that pass ``tail``/``since``; leaves each file after its last whole
     record, so that following continues exactly there."""
-    selected: deque[bytes] | list[bytes] = deque(maxlen=tail) if tail is not None else []
-    for f in files:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        f.seek(end)
-        if not end:
-            continue
-        records = data[: end - 1].split(b"\n")
-        if since is not None:
-            n = len(since)
-            records = [r for r in records if r[:n] >= since]
-        selected.extend(records)
-    if tail == 0 or not selected:
-        return b""
-    return b"\n".join(selected) + b"\n"
+    selected = crilog.select(crilog.records_of(files), tail=tail, since=since)
+    return b"\n".join(selected) + b"\n" if selected else b""
 
 
 async def _send_file(f: BinaryIO, send: Callable[[bytes], Awaitable[None]]) -> None:

@@ -6,7 +6,6 @@ import enum
 import json
 import os
 import signal as signals
-import time
 from dataclasses import asdict, dataclass
 
 from tugwire.errors import FailedPrecondition
@@ -63,13 +62,6 @@ class ExitRecord:
             oom_killed=bool(obj.get("oom_killed", False)),
             log_dropped_bytes=int(obj.get("log_dropped_bytes", 0)),
         )
-
-
-def rfc3339(ns: int | None = None) -> str:
-    if ns is None:
-        ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 def signal_name(num: int | None) -> str | None:

@@ -27,11 +27,12 @@ import anyio.lowlevel
 
 from tugwire import crilog, fsutil, httpserve, jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
+from tugwire.timefmt import rfc3339
 
 from . import console, control, stats
 from . import exec as shimexec
 from . import io as shimio
-from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
+from .process import ExitRecord, State, check, oom_kills, signal_name
 from .reaper import Reaper, exit_code
 from .runc import DEFAULT_TIMEOUT as DEFAULT_RUNC_TIMEOUT
 from .runc import Runc, classify

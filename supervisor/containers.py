@@ -33,12 +33,13 @@ from tugwire.errors import (
     TugError,
     Unavailable,
 )
+from tugwire.timefmt import epoch_seconds, rfc3339
 
 from . import health, mounts, policy, security, shims, spec
 from .config import Config
 from .events import Event, EventBus
 from .failpoints import failpoint
-from .images import Images, now_rfc3339
+from .images import Images
 from .network import Networks
 from .store import ContainerRecord, Store
 
@@ -390,7 +391,7 @@ class Containers:
                 name=name,
                 image=image.ref,
                 image_id=image.record.id,
-                created_at=now_rfc3339(),
+                created_at=rfc3339(),
                 config=opts,
                 state=CREATED,
             )
@@ -488,7 +489,7 @@ class Containers:
             rec.state = RUNNING
             rec.pid = int(reply.get("pid", 0))
             rec.shim_pid = int(reply.get("shim_pid", 0))
-            rec.started_at = now_rfc3339()
+            rec.started_at = rfc3339()
             rec.exit_code = None
             rec.exit_signal = None
             rec.oom_killed = False
@@ -550,7 +551,7 @@ class Containers:
                 rec.exit_signal = record.get("signal")
                 rec.oom_killed = bool(record.get("oom_killed"))
                 rec.config["log_dropped_bytes"] = int(record.get("log_dropped_bytes") or 0)
-                rec.finished_at = str(record.get("exited_at") or now_rfc3339())
+                rec.finished_at = str(record.get("exited_at") or rfc3339())
                 rec.pid = 0
                 rec.reason = ""
                 self.store.update_container(rec)
@@ -583,7 +584,7 @@ class Containers:
         """After an exit: schedule the restart its policy asks for (cancelled by stop, rm, start)."""
         live = self.live(rec.id)
         ran_for = 0.0
-        started, finished = _epoch(rec.started_at), _epoch(rec.finished_at)
+        started, finished = epoch_seconds(rec.started_at), epoch_seconds(rec.finished_at)
         if started is not None and finished is not None:
             ran_for = max(finished - started, 0.0)
         decision = policy.decide(
@@ -1061,7 +1062,7 @@ class Containers:
                     rec.state = shim_state
                     rec.pid = int(state.get("pid", 0))
                     rec.shim_pid = int(state.get("shim_pid", 0))
-                    rec.started_at = rec.started_at or now_rfc3339()
+                    rec.started_at = rec.started_at or rfc3339()
                     self._update(rec)
                 self.tg.start_soon(self._watch, rec.id)
                 if rec.config.get("health"):
@@ -1167,20 +1168,6 @@ def _command(rec: ContainerRecord) -> str:
     if args is None:
         args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
     return " ".join(args)
-
-
-def _epoch(value: str | None) -> float | None:
-    """Seconds since the epoch of an RFC 3339 UTC time as the store keeps them."""
-    if not value:
-        return None
-    import calendar
-
-    try:
-        whole, _, frac = value.rstrip("Z").partition(".")
-        secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None
-    return secs + (float("0." + frac) if frac.isdigit() else 0.0)
 
 
 def _valid_hostname(name: str) -> bool:

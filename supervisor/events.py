@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +26,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tugwire.errors import InvalidArgument, Unavailable
+from tugwire.timefmt import parse_rfc3339, rfc3339
 
 from .store import EventRow, Store
 
@@ -72,15 +71,6 @@ class Event:
         return cls(row.type, row.action, row.id, row.name, row.image, row.attributes, row.time_ns, row.seq)
 
 
-def rfc3339(ns: int) -> str:
-    """``2026-01-02T03:04:05.123456789Z``: UTC, nanoseconds, fixed width."""
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
-_FRACTION = re.compile(r"(\.\d+)(?=Z|z|[+-]\d\d:?\d\d$|$)")
-
-
 def parse_time(value: Any, param: str) -> int:
     """A time given to the API: integer nanoseconds since the epoch, or an RFC 3339 string
     (``2026-01-02T03:04:05.123456789Z``, ``...+02:00``; without a zone it is UTC)."""
@@ -89,23 +79,15 @@ def parse_time(value: Any, param: str) -> int:
             raise InvalidArgument(f"{param} must not be negative", field=param)
         return value
     if isinstance(value, str):
-        text = value.strip()
-        frac_ns = 0
-        m = _FRACTION.search(text)
-        if m is not None:
-            frac_ns = int(m.group(1)[1:10].ljust(9, "0"))
-            text = text[: m.start()] + text[m.end() :]
         try:
-            dt = datetime.datetime.fromisoformat(text)
+            ns = parse_rfc3339(value)
         except ValueError:
             raise InvalidArgument(
                 f"invalid {param} {value!r}: want nanoseconds since the epoch or an RFC 3339 time "
                 "like 2026-01-02T03:04:05Z",
                 field=param,
             ) from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=datetime.UTC)
-        return max(int(dt.timestamp()) * 1_000_000_000 + frac_ns, 0)
+        return max(ns, 0)
     raise InvalidArgument(f"{param} must be an integer (ns) or an RFC 3339 string", field=param)
 
 

@@ -5,7 +5,8 @@ cheap stdlib modules and :mod:`tugwire.errors` (no anyio).
 
 Requests on one connection may be answered out of order, and streaming methods send notifications
 (whose ``params.request`` is the request's id) before their final response. :meth:`Client.call`
-waits for one response and keeps whatever else arrives meanwhile for :meth:`Client.next_message`,
+waits for one response; :meth:`Client.stream` sends a streaming request and iterates over its
+notifications until its response. Whatever arrives for another request meanwhile is kept for it,
 so calls and streams can share a connection.
 """
 
@@ -75,6 +76,7 @@ class Client:
         self._eof = False
         self._next_id = 1
         self._held: deque[dict[str, Any]] = deque()  # read while call() waited for its answer
+        self._forgotten: set[int] = set()  # requests whose answers are dropped when they come
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "open"
@@ -119,6 +121,40 @@ class Client:
         """Send a request and wait for its result; its error is raised as a :class:`TugError`."""
         return self.wait_for(self.send(method, params))
 
+    def call_many(self, method: str, params: list[dict[str, Any]]) -> list[Any]:
+        """Pipelined calls of ``method``, one per item of ``params``, on this connection (tugd
+        runs them concurrently): each result, or the :class:`TugError` it raised, in order. A
+        broken connection (:class:`Disconnected`) is raised."""
+        ids = [self.send(method, p) for p in params]
+        results: list[Any] = []
+        for req_id in ids:
+            try:
+                results.append(self.wait_for(req_id))
+            except Disconnected:
+                raise
+            except errors.TugError as exc:
+                results.append(exc)
+        return results
+
+    def stream(
+        self, method: str, params: dict[str, Any] | None = None, *, wakeup_fd: int | None = None
+    ) -> Stream:
+        """Send a request whose answer is preceded by notifications, and return its
+        :class:`Stream`: iterate over it for the notifications, then read its ``result``."""
+        return Stream(self, self.send(method, params), wakeup_fd)
+
+    def forget(self, req_id: int) -> None:
+        """Drop the answer to ``req_id`` when it comes (a request sent for its effect only)."""
+        for i, msg in enumerate(self._held):
+            if is_response(msg) and msg.get("id") == req_id:
+                del self._held[i]
+                return
+        self._forgotten.add(req_id)
+
+    def answered(self, req_id: int) -> bool:
+        """Whether the answer to ``req_id`` has arrived and is kept for :meth:`wait_for`."""
+        return any(is_response(msg) and msg.get("id") == req_id for msg in self._held)
+
     def wait_for(self, req_id: int) -> Any:
         """Wait for the response to ``req_id`` and return its result (or raise its error).
 
@@ -137,7 +173,7 @@ class Client:
                 # An error without an id (a refused peer, a line tugd could not parse) answers
                 # what we sent: raise it rather than wait for an answer that will not come.
                 return response_result(got)
-            self._held.append(got)
+            self._hold(got)
 
     # ------------------------------------------------------------------------------- reading
 
@@ -150,6 +186,21 @@ class Client:
         if self._held:
             return self._held.popleft()
         return self._read_message(wakeup_fd)
+
+    def _hold(self, msg: dict[str, Any]) -> None:
+        """Keep ``msg`` for whoever waits for it, unless it answers a forgotten request."""
+        if is_response(msg) and msg.get("id") in self._forgotten:
+            self._forgotten.discard(msg["id"])
+            return
+        self._held.append(msg)
+
+    def _take_held(self, req_id: int) -> dict[str, Any] | None:
+        """The first kept message of request ``req_id`` (its notification or its answer)."""
+        for i, msg in enumerate(self._held):
+            if _belongs_to(msg, req_id):
+                del self._held[i]
+                return msg
+        return None
 
     def _read_message(self, wakeup_fd: int | None) -> dict[str, Any] | None:
         while True:
@@ -204,3 +255,77 @@ class Client:
             self._socket().sendall(data)
         except OSError as exc:
             raise Disconnected(f"lost the connection to tugd: {exc.strerror or exc}") from exc
+
+
+def _belongs_to(msg: dict[str, Any], req_id: int) -> bool:
+    """Whether ``msg`` is the answer to request ``req_id`` or one of its notifications."""
+    if is_response(msg):
+        return msg.get("id") == req_id
+    params = msg.get("params")
+    return isinstance(params, dict) and params.get("request") == req_id
+
+
+class Stream:
+    """A request whose answer is preceded by notifications (``container.logs``, ``exec``,
+    ``events.subscribe``, ``image.build``, ``image.pull``...), made by :meth:`Client.stream`.
+
+    Iterating yields each notification of the request (the whole message: ``method`` and
+    ``params``, whose ``request`` is :attr:`id`) until its answer arrives; then iteration stops
+    with the answer's result in :attr:`result`, or raises its error as the matching
+    :class:`errors.TugError` (and :class:`Disconnected` if the connection ends first).
+
+    With a ``wakeup_fd``, it also yields an empty dict (no message) as soon as that fd is readable
+    (the caller drains it), and whenever a message for another request arrived: that one is kept
+    for it (see :meth:`Client.answered`), so that one loop can serve a stream and other requests.
+    """
+
+    def __init__(self, client: Client, req_id: int, wakeup_fd: int | None = None) -> None:
+        self.client = client
+        self.id = req_id
+        self.wakeup_fd = wakeup_fd
+        self.done = False
+        self.result: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id} {'done' if self.done else 'open'}>"
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        msg = self._next(self.wakeup_fd)
+        if msg is None:
+            if self.done:
+                raise StopIteration
+            return {}  # woken
+        return msg
+
+    def _next(self, wakeup_fd: int | None) -> dict[str, Any] | None:
+        """The next notification; None for a wakeup, or once the answer has come."""
+        client = self.client
+        while not self.done:
+            msg = client._take_held(self.id) if client._held else None
+            if msg is None:
+                msg = client._read_message(wakeup_fd)
+                if msg is None:
+                    return None  # the wakeup fd is readable
+                if not _belongs_to(msg, self.id):
+                    if is_response(msg) and msg.get("id") is None and "error" in msg:
+                        self.done = True  # an error without an id answers what we sent
+                        response_result(msg)
+                    client._hold(msg)
+                    if wakeup_fd is not None:
+                        return None  # for the caller's other requests
+                    continue
+            if not is_response(msg):
+                return msg
+            self.done = True
+            self.result = response_result(msg)
+        return None
+
+    def wait(self) -> Any:
+        """Skip the remaining notifications and return the result (or raise the error),
+        blocking until it comes (the wakeup fd is not watched)."""
+        while not self.done:
+            self._next(None)
+        return self.result

@@ -41,10 +41,11 @@ import anyio
 
 from tugwire import errors, fsutil
 from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed, TugError
+from tugwire.timefmt import rfc3339
 
 from .. import spec
 from ..config import Config
-from ..images import Images, chain_ids, now_rfc3339
+from ..images import Images, chain_ids
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
 from ..streams import Feed, run_feed
@@ -282,7 +283,7 @@ class Builder:
     def cache_put(self, key: str, result: dict[str, Any]) -> None:
         self.store.db.execute(
             "INSERT OR REPLACE INTO build_cache (key, result, created) VALUES (?,?,?)",
-            (key, json.dumps(result, sort_keys=True), now_rfc3339()),
+            (key, json.dumps(result, sort_keys=True), rfc3339()),
         )
 
 
@@ -429,7 +430,7 @@ class _Build:
     def result(
         self, inst: Instruction, config: dict[str, Any], layer: dict[str, Any] | None
     ) -> dict[str, Any]:
-        history: dict[str, Any] = {"created": now_rfc3339(), "created_by": str(inst)}
+        history: dict[str, Any] = {"created": rfc3339(), "created_by": str(inst)}
         if layer is None:
             history["empty_layer"] = True
         return {"config": config, "history": history, "layer": layer, "cmd_set": self.state.cmd_set}

@@ -132,17 +132,14 @@ def _network(mode: str, lower: list[str]) -> dict[str, Any] | None:
 async def _stream_output(socket_path: str, on_output: Output) -> None:
     """Follow the container's log through its shim until it has exited and every byte is sent;
     CRI records turned back into the bytes the container wrote."""
-    pending = b""
+    decoder = crilog.LogDecoder()
     async with (
         jsonrpc.connect(socket_path) as client,
         client.stream("task.logs", {"follow": True}) as stream,
     ):
         async for note in stream:
-            pending += base64.b64decode(str(note.get("data", "")))
-            *records, pending = pending.split(b"\n")
-            for record in records:
-                _ts, name, full, content = crilog.parse_record(record)
-                await on_output(name.decode(errors="replace"), content + (b"\n" if full else b""))
+            for fd, data in decoder.feed(base64.b64decode(str(note.get("data", "")))):
+                await on_output("stdout" if fd == 1 else "stderr", data)
         await stream.result()
 
 

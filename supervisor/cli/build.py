@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tugwire import errors
-from tugwire.syncclient import Client, is_response, response_result
+from tugwire.syncclient import Client
 
 COMMANDS = ("build",)
 
@@ -54,21 +54,10 @@ def _cmd_build(args: argparse.Namespace, client: Client) -> int:
     params["build_args"] = build_args(args.build_arg)
     if args.network:
         params["network"] = args.network
-    req_id = client.send("image.build", params)
+    build = client.stream("image.build", params)
     mid_line = False  # the last RUN output ended without a newline: end it before our own lines
-    while True:
-        msg = client.next_message()
-        assert msg is not None
-        if is_response(msg):
-            if msg.get("id") != req_id:
-                continue
-            result = response_result(msg)
-            if args.quiet:
-                print(result["id"], flush=True)
-            return 0
-        note = msg.get("params")
-        if not isinstance(note, dict) or note.get("request") != req_id:
-            continue
+    for msg in build:
+        note = msg["params"]
         method = msg.get("method")
         if args.quiet:
             continue
@@ -89,6 +78,9 @@ def _cmd_build(args: argparse.Namespace, client: Client) -> int:
             elif data:
                 _write(sys.stdout, data)
                 mid_line = not data.endswith(b"\n")
+    if args.quiet:
+        print(build.result["id"], flush=True)
+    return 0
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from tugwire.syncclient import Client
 
-from .main import _call_many, _json_line, _Parser, _report, _table
+from .format import json_line, report, table
+from .options import Parser
 
 COMMANDS = ("network",)
 
@@ -48,7 +49,7 @@ def _cmd_ls(args: argparse.Namespace, client: Client) -> int:
         return 0
     if args.format == "json":
         for n in nets:
-            print(_json_line(n))
+            print(json_line(n))
         return 0
     rows = [
         [
@@ -60,12 +61,12 @@ def _cmd_ls(args: argparse.Namespace, client: Client) -> int:
         ]
         for n in nets
     ]
-    print(_table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "CONTAINERS"], rows))
+    print(table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "CONTAINERS"], rows))
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace, client: Client) -> int:
-    results = _call_many(client, "network.inspect", [{"id": n} for n in args.networks])
+    results = client.call_many("network.inspect", [{"id": n} for n in args.networks])
     found = [r for r in results if not isinstance(r, Exception)]
     print(json.dumps(found, indent=4))
     status = 0
@@ -77,7 +78,7 @@ def _cmd_inspect(args: argparse.Namespace, client: Client) -> int:
 
 
 def _cmd_rm(args: argparse.Namespace, client: Client) -> int:
-    return _report(args.networks, _call_many(client, "network.delete", [{"id": n} for n in args.networks]))
+    return report(args.networks, client.call_many("network.delete", [{"id": n} for n in args.networks]))
 
 
 def _cmd_connect(args: argparse.Namespace, client: Client) -> int:
@@ -106,7 +107,7 @@ def _cmd_prune(args: argparse.Namespace, client: Client) -> int:
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("network", "manage networks")
-    sub = p.add_subparsers(dest="network_command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="network_command", metavar="COMMAND", required=True, parser_class=Parser)
 
     c = sub.add_parser("create", help="create a bridge network")
     c.add_argument("-d", "--driver", default="bridge", help="bridge (the only driver)")

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from tugwire import errors
-from tugwire.syncclient import Client, is_response, response_result
+from tugwire.syncclient import Client
 
-from .main import human_size
+from .format import human_size
+from .options import size_arg
 
 COMMANDS = ("pull", "push", "login", "logout")
 BAR_WIDTH = 30
@@ -77,17 +78,11 @@ def _stream(
     client: Client, method: str, params: dict[str, Any], on_progress: Callable[[dict[str, Any]], None] | None
 ) -> Any:
     """Call a streaming method, feeding its progress notifications to ``on_progress``."""
-    req_id = client.send(method, params)
-    while True:
-        msg = client.next_message()
-        assert msg is not None
-        if is_response(msg):
-            if msg.get("id") == req_id:
-                return response_result(msg)
-            continue
-        note = msg.get("params") or {}
-        if msg.get("method") == f"{method}.progress" and note.get("request") == req_id and on_progress:
-            on_progress(note)
+    stream = client.stream(method, params)
+    for msg in stream:
+        if msg.get("method") == f"{method}.progress" and on_progress:
+            on_progress(msg["params"])
+    return stream.result
 
 
 def _bars(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
@@ -176,8 +171,6 @@ def _concurrency_arg(text: str) -> int:
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add pull, push, login and logout through ``build_parser``'s ``add``."""
-    from .main import _size_arg
-
     p = add("pull", "pull an image from a registry")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the name")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from a multi-platform image")
@@ -189,7 +182,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the digest")
     p.add_argument("--concurrency", type=_concurrency_arg, default=3, help="layers at a time (3)")
     p.add_argument(
-        "--chunk-size", type=_size_arg, metavar="SIZE", help="upload blobs larger than this in chunks (32m)"
+        "--chunk-size", type=size_arg, metavar="SIZE", help="upload blobs larger than this in chunks (32m)"
     )
     p.add_argument("ref", metavar="NAME[:TAG]")
     p.add_argument("dest", nargs="?", metavar="DEST[:TAG]", help="where to push it (default: NAME[:TAG])")

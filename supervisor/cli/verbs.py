@@ -16,7 +16,8 @@ from typing import Any
 from tugwire import errors
 from tugwire.syncclient import Client
 
-from .main import _call_many, _cpus_arg, _json_line, _report, _size_arg, _table
+from .format import json_line, report, table
+from .options import cpus_arg, size_arg
 
 COMMANDS = ("pause", "unpause", "top", "stats", "update", "restart", "rename", "cp")
 STATS_INTERVAL = 0.5  # between the two samples of ``--no-stream``
@@ -25,12 +26,12 @@ STATS_REFRESH = 1.0
 
 def _cmd_pause(args: argparse.Namespace, client: Client) -> int:
     params = [{"id": c} for c in args.containers]
-    return _report(args.containers, _call_many(client, "container.pause", params))
+    return report(args.containers, client.call_many("container.pause", params))
 
 
 def _cmd_unpause(args: argparse.Namespace, client: Client) -> int:
     params = [{"id": c} for c in args.containers]
-    return _report(args.containers, _call_many(client, "container.unpause", params))
+    return report(args.containers, client.call_many("container.unpause", params))
 
 
 def _cmd_restart(args: argparse.Namespace, client: Client) -> int:
@@ -40,7 +41,7 @@ def _cmd_restart(args: argparse.Namespace, client: Client) -> int:
         if args.time is not None:
             p["timeout"] = args.time
         params.append(p)
-    return _report(args.containers, _call_many(client, "container.restart", params))
+    return report(args.containers, client.call_many("container.restart", params))
 
 
 def _cmd_rename(args: argparse.Namespace, client: Client) -> int:
@@ -50,7 +51,7 @@ def _cmd_rename(args: argparse.Namespace, client: Client) -> int:
 
 def _cmd_top(args: argparse.Namespace, client: Client) -> int:
     result = client.call("container.top", {"id": args.container})
-    print(_table(result["titles"], result["processes"]))
+    print(table(result["titles"], result["processes"]))
     return 0
 
 
@@ -63,7 +64,7 @@ def _cmd_update(args: argparse.Namespace, client: Client) -> int:
     if not base:
         raise errors.InvalidArgument("give at least one of --memory, --cpus, --pids-limit")
     params = [{"id": c, **base} for c in args.containers]
-    return _report(args.containers, _call_many(client, "container.update", params))
+    return report(args.containers, client.call_many("container.update", params))
 
 
 # ----------------------------------------------------------------------------------- stats
@@ -146,12 +147,12 @@ def _cmd_stats(args: argparse.Namespace, client: Client) -> int:
         if args.format == "json":
             for s in samples:
                 pct = cpu_percent(first.get(s["id"]), s)
-                print(_json_line({**s, "cpu_percent": pct}), flush=True)
+                print(json_line({**s, "cpu_percent": pct}), flush=True)
         else:
-            table = _table(STATS_HEADERS, stats_rows(first, samples))
+            text = table(STATS_HEADERS, stats_rows(first, samples))
             if not args.no_stream and sys.stdout.isatty():
                 sys.stdout.write("\033[2J\033[H")  # clear the screen, as docker does
-            print(table, flush=True)
+            print(text, flush=True)
         if args.no_stream:
             return 0
         first = {s["id"]: s for s in samples}
@@ -229,8 +230,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_top)
 
     p = add("update", "change the limits of containers (kept for their next start)")
-    p.add_argument("-m", "--memory", type=_size_arg, help="memory limit (e.g. 64m)")
-    p.add_argument("--cpus", type=_cpus_arg, help="number of CPUs (e.g. 0.5)")
+    p.add_argument("-m", "--memory", type=size_arg, help="memory limit (e.g. 64m)")
+    p.add_argument("--cpus", type=cpus_arg, help="number of CPUs (e.g. 0.5)")
     p.add_argument("--pids-limit", type=int, help="limit on the number of processes")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=_cmd_update)

@@ -28,7 +28,6 @@ from .content import (
     Lease,
     Leases,
     check_digest,
-    now_rfc3339,
     sha256_digest,
 )
 from .manifests import (
@@ -96,7 +95,6 @@ __all__ = [
     "host_arch",
     "host_platform",
     "manifest_media_type",
-    "now_rfc3339",
     "parse_platform",
     "sha256_digest",
     "unpack_tar",

@@ -25,12 +25,6 @@ from .. import imageref
 CHUNK = 1 << 20
 
 
-def now_rfc3339() -> str:
-    ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
 class CorruptBlob(InvalidArgument):
     """A blob whose bytes do not match its digest (or size): never stored, never used."""
 

@@ -20,6 +20,7 @@ import anyio
 
 from tugwire import fsutil
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
+from tugwire.timefmt import rfc3339
 
 from .. import imageref
 from ..config import Config
@@ -32,7 +33,6 @@ from .content import (
     Lease,
     Leases,
     check_digest,
-    now_rfc3339,
     sha256_digest,
     tmp_name,
 )
@@ -272,7 +272,7 @@ class Images:
             config = json_object(self.blobs.read_verified(config_desc["digest"]), "image config")
             failpoint("image.ingest.after_unpack")
             self.blobs.put_bytes(raw)
-            created = config.get("created") if isinstance(config.get("created"), str) else now_rfc3339()
+            created = config.get("created") if isinstance(config.get("created"), str) else rfc3339()
             rec = ImageRecord(
                 id=config_desc["digest"],
                 digest=manifest_digest,
@@ -368,7 +368,7 @@ class Images:
                     }
                 )
                 new_diffs.append(diff_id)
-            created = now_rfc3339()
+            created = rfc3339()
             base_cfg = base.config if base is not None else {}
             base_layers = list(base.manifest.get("layers", [])) if base is not None else []
             diff_ids = list(base_cfg.get("rootfs", {}).get("diff_ids", [])) + new_diffs
@@ -445,7 +445,7 @@ class Images:
                 raise InvalidArgument(f"{path} is a directory, not a tar archive", field="path") from exc
             lease.add(layer_digest)
             lease.add(diff_id)
-            created = now_rfc3339()
+            created = rfc3339()
             layer = {
                 "mediaType": MEDIA_LAYER_GZIP if gzipped else MEDIA_LAYER_TAR,
                 "digest": layer_digest,

@@ -25,6 +25,7 @@ import anyio
 
 from tugwire import jsonrpc
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tugwire.timefmt import rfc3339
 
 from ..failpoints import failpoint
 from . import etc, files, host, ipam, nft
@@ -40,12 +41,6 @@ log = logging.getLogger("tugboat.network")
 
 BUILTIN = (BRIDGE, HOST, NONE)
 ACTIVE_STATES = ("running", "paused", "unknown")  # whose namespaces a reconcile keeps
-
-
-def _now() -> str:
-    from ..images import now_rfc3339
-
-    return now_rfc3339()
 
 
 class Networks:
@@ -92,7 +87,7 @@ class Networks:
                     subnet=subnet,
                     gateway=gateway,
                     ip_range="",
-                    created=_now(),
+                    created=rfc3339(),
                 )
             )
         if self.default not in BUILTIN and not self.db.find_networks(self.default):
@@ -223,7 +218,7 @@ class Networks:
             mtu=mtu,
             internal=p.boolean("internal"),
             labels=p.dict_of_str("labels"),
-            created=_now(),
+            created=rfc3339(),
             subnet6=subnet6,
             gateway6=gateway6,
         )

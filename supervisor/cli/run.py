@@ -1,0 +1,210 @@
+"""``tug run`` and ``tug create``: a container from an image and options, and a foreground run
+(its output to ours, our signals to it, its exit status ours).
+
+Exit statuses follow docker: 125 when ``run``/``create`` fail before the container runs (126
+when its command cannot be executed, 127 when it is not found), the container's own exit status
+for a foreground ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+from tugwire import errors
+from tugwire.crilog import LogDecoder
+from tugwire.syncclient import Client, Disconnected
+
+from .create import add_create_options, create_params
+from .format import print_error
+from .logs import log_data, write_output
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+COMMANDS = ("run", "create")
+
+# Signals a foreground ``run`` forwards to its container (docker's sig-proxy does the same).
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+FORCE_DETACH_INTERRUPTS = 3  # the third Ctrl-C leaves a container that ignores SIGINT running
+
+
+def _start_failure_status(exc: errors.TugError) -> int:
+    """docker's statuses for a failed start: 127 not found, 126 not executable, 125 otherwise."""
+    text = exc.message.lower()
+    if "executable file not found" in text or "no such file or directory" in text:
+        return 127
+    if "permission denied" in text or "is a directory" in text:
+        return 126
+    return 125
+
+
+def _start_failed(client: Client, cid: str, exc: errors.TugError, auto_remove: bool) -> int:
+    print_error(exc.message)
+    if auto_remove:
+        try:
+            client.call("container.delete", {"id": cid, "force": True})
+        except errors.TugError:
+            pass  # best effort: tugd may have removed it already
+    return _start_failure_status(exc)
+
+
+def _cmd_create(args: argparse.Namespace, client: Client) -> int:
+    created = client.call("container.create", create_params(args))
+    print(created["id"])
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, client: Client) -> int:
+    created = client.call("container.create", create_params(args))
+    cid = str(created["id"])
+    if args.detach:
+        try:
+            client.call("container.start", {"id": cid})
+        except Disconnected:
+            raise
+        except errors.TugError as exc:
+            return _start_failed(client, cid, exc, args.rm)
+        print(cid)
+        return 0
+    if args.tty or args.interactive:
+        from . import attach, tty  # run -i / -t: the container's terminal or stdin is ours
+
+        return attach.attach(
+            client,
+            cid,
+            tty=args.tty,
+            stdin=args.interactive,
+            detach_keys=tty.parse_detach_keys(args.detach_keys),
+            start=True,
+            auto_remove=args.rm,
+            on_start_error=lambda exc: _start_failed(client, cid, exc, args.rm),
+        )
+    return _run_foreground(client, cid, auto_remove=args.rm)
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        out += data
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Only there so that the signal reaches the wakeup fd instead of killing us."""
+
+
+def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
+    """Stream the container's output, forward signals to it, and return its exit status.
+
+    ``logs {follow}`` and ``wait`` are sent before ``start`` on the same connection: tugd accepts
+    them in order once registered, so nothing that ``start`` causes can be missed. Signals reach
+    the loop through a ``set_wakeup_fd`` pipe; the handler itself writes nothing to the socket.
+    """
+    decoder = LogDecoder()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    old_handlers = {s: signal.signal(s, _ignore_signal) for s in FORWARDED_SIGNALS}
+    try:
+        logs = client.stream("container.logs", {"id": cid, "follow": True}, wakeup_fd=wake_r)
+        condition = "removed" if auto_remove else "next-exit"
+        wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=wake_r)
+        starting = client.stream("container.start", {"id": cid}, wakeup_fd=wake_r)
+        held_signals: list[int] = []  # signals that came before start had answered
+        interrupts = 0
+
+        def woken() -> int | None:
+            """Forward (or hold) the signals that came, and take start's answer once it is
+            there; an exit status when the run ends here."""
+            nonlocal interrupts
+            for signum in _drain(wake_r):
+                if signum == signal.SIGINT:
+                    interrupts += 1
+                    if interrupts >= FORCE_DETACH_INTERRUPTS:
+                        print_error(f"detached from container {cid[:12]}; it keeps running")
+                        return 130
+                if starting.done:
+                    _forward(client, cid, signum)
+                else:
+                    held_signals.append(signum)
+            if not starting.done and client.answered(starting.id):
+                try:
+                    starting.wait()
+                except errors.TugError as exc:
+                    return _start_failed(client, cid, exc, auto_remove)
+                for signum in held_signals:
+                    _forward(client, cid, signum)
+                held_signals.clear()
+            return None
+
+        while True:
+            try:
+                msg = next(logs)
+            except StopIteration:
+                break
+            except Disconnected:
+                raise
+            except errors.TugError as exc:
+                print_error(f"logs: {exc.message}")
+                break
+            if msg:
+                data = log_data(msg, logs.id)
+                if data:
+                    write_output(decoder.feed(data))
+            elif (code := woken()) is not None:
+                return code
+        for _ in wait:  # a request without notifications: each turn is a wakeup
+            if (code := woken()) is not None:
+                return code
+        # an error of wait is raised: the run's error (125)
+        waited: dict[str, Any] = wait.result if isinstance(wait.result, dict) else {}
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+    code = waited.get("exit_code")
+    if not isinstance(code, int):
+        print_error(
+            f"the exit status of container {cid[:12]} is not known (state {waited.get('state', 'unknown')})"
+        )
+        return 125
+    return code
+
+
+def _forward(client: Client, cid: str, signum: int) -> None:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = str(signum)
+    client.forget(client.send("container.kill", {"id": cid, "signal": name}))  # sent for its effect
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``run`` and ``create`` through ``build_parser``'s ``add``."""
+    p = add("run", "create and start a container", add_help=False, exit_status=125)
+    p.add_argument("-d", "--detach", action="store_true", help="print the id and do not wait")
+    add_create_options(p)
+    p.set_defaults(func=_cmd_run, error_status=125)
+
+    p = add("create", "create a container", add_help=False, exit_status=125)
+    add_create_options(p)
+    p.set_defaults(func=_cmd_create, error_status=125)
