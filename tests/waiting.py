@@ -80,22 +80,20 @@ def _alarm(timeout: float) -> Iterator[int]:
         os.close(w)
 
 
-def wait_stream(
-    socket_path: str,
-    method: str,
-    params: dict[str, Any],
+def read_stream(
+    c: Client,
+    rid: int,
     done: Callable[[list[dict[str, Any]]], bool],
     *,
     timeout: float = 30.0,
     what: str = "",
 ) -> list[dict[str, Any]]:
-    """Send a streaming request to tugd and collect the params of its notifications until
-    ``done(collected)`` holds; returns them. Fails if the stream ends first (its response came)
-    or after ``timeout`` seconds."""
-    what = what or f"{method} {params}"
+    """Read the notifications of request ``rid`` (sent on ``c``, a stream) and collect their params
+    until ``done(collected)`` holds; returns them. Fails if the stream ends first (its response
+    came) or after ``timeout`` seconds."""
+    what = what or f"request {rid}'s stream"
     got: list[dict[str, Any]] = []
-    with Client(socket_path) as c, _alarm(timeout) as alarm:
-        rid = c.send(method, params)
+    with _alarm(timeout) as alarm:
         while not done(got):
             msg = c.next_message(alarm)
             if msg is None:
@@ -106,6 +104,22 @@ def wait_stream(
             if "id" not in msg and isinstance(msg.get("params"), dict):
                 got.append(msg["params"])
     return got
+
+
+def wait_stream(
+    socket_path: str,
+    method: str,
+    params: dict[str, Any],
+    done: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout: float = 30.0,
+    what: str = "",
+) -> list[dict[str, Any]]:
+    """Send a streaming request to tugd on a connection of its own and read its
+    notifications until ``done(collected)`` holds (see :func:`read_stream`)."""
+    with Client(socket_path) as c:
+        rid = c.send(method, params)
+        return read_stream(c, rid, done, timeout=timeout, what=what or f"{method} {params}")
 
 
 def wait_events(
