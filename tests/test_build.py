@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import TUG, needs_root, needs_runc, ps_json
+from .conftest import TUG, Daemon, needs_root, needs_runc, ps_json
 from .test_registry import Registry, needs_registry, open_registry
 
 __all__ = ["open_registry"]  # the fixture, used by name
@@ -37,7 +37,7 @@ def context(d: Any, files: dict[str, str], name: str = "ctx") -> str:
     return write(path, files)
 
 
-def build(d: Any, ctx: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def build(d: Daemon, ctx: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     return d.tug("build", *args, ctx, check=check, timeout=120)
 
 
@@ -45,7 +45,7 @@ def image_id(d: Any, ref: str) -> str:
     return str(d.call("image.inspect", {"ref": ref})["id"])
 
 
-def run(d: Any, *args: str) -> subprocess.CompletedProcess[bytes]:
+def run(d: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
     return d.tug("run", "--rm", *args, check=False)
 
 

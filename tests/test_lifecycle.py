@@ -296,7 +296,7 @@ def test_events_in_order(daemon: Any) -> None:
         rid = sub.send("events.subscribe", {"filters": {"type": "container"}})
         cid, _ = run(daemon, ["true"])
         daemon.call("container.delete", {"id": cid})
-        actions = []
+        actions: list[str] = []
         while len(actions) < 4:
             msg = sub.next_message()
             assert msg is not None and msg.get("id") != rid

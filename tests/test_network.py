@@ -451,7 +451,7 @@ def test_bad_input_is_refused_and_changes_nothing(make_daemon: Any) -> None:
     taken = d.call(
         "container.create", {"image": "busybox", "cmd": ["true"], "network": "base", "ip": "10.96.0.9"}
     )["id"]
-    bad_containers = [
+    bad_containers: list[tuple[dict[str, Any], str]] = [
         ({"network": "base", "ip": "10.1.0.9"}, "not in the subnet"),
         ({"network": "base", "ip": "10.96.0.9"}, "already in use"),
         ({"network": "base", "ip": "10.96.0.1"}, "reserved"),

@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import auth, registry
-from tugwire.errors import InvalidArgument
+from tugwire.errors import InvalidArgument, Unavailable
 
 from .conftest import TUG, free_port, http_get, needs_root, needs_runc
 
@@ -414,6 +414,9 @@ class _Sink:
         self.size += len(data)
 
 
+P = TypeVar("P", bound="FlakyProxy")
+
+
 class FlakyProxy:
     """A reverse proxy in front of a real registry that fails on purpose: the first try of each
     request whose path contains ``fail_on`` gets ``status`` (or, with ``cut``, the first half of
@@ -487,7 +490,7 @@ class FlakyProxy:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FlakyProxy:
+    def __enter__(self: P) -> P:
         self.thread.start()
         return self
 
@@ -542,7 +545,7 @@ def test_client_gives_up_after_its_attempts_with_a_clear_error(open_registry: Re
                 scheme="http",
                 retry=registry.RetryPolicy(attempts=3, base_delay=0.01),
             )
-            with pytest.raises(registry.Unavailable, match="cannot reach registry"):
+            with pytest.raises(Unavailable, match="cannot reach registry"):
                 await registry.RegistrySource(session, "x").get_manifest("latest")
 
     anyio.run(main)

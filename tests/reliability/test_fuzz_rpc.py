@@ -424,7 +424,7 @@ def test_more_connections_than_file_descriptors(make_daemon: Any, backend: str) 
     pid = tugd_pid(daemon)
     before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, before[1]))
-    conns = []
+    conns: list[Conn] = []
     try:
         conns.extend(Conn(daemon.socket, timeout=5) for _ in range(400))  # the kernel's backlog takes them
         deadline = time.monotonic() + 60

@@ -194,11 +194,11 @@ def test_start_stop_load_with_random_kill9_of_tugd(make_daemon: Any, tmp_path: A
 
     # No leak: the last tugd's fds do not grow with more work, no zombie children, nothing left.
     assert settled_leaks(d) == []
-    assert zombie_children(d.proc.pid) == []  # type: ignore[union-attr]
+    assert zombie_children(d.proc.pid) == []
     before = tugd_fds(d)
     for cid in ids[: min(n, 10)]:
         d.call("container.start", {"id": cid})
         d.call("container.stop", {"id": cid, "timeout": 30})
     assert settled_leaks(d) == []
     assert tugd_fds(d) <= before + 2, (before, tugd_fds(d))
-    assert zombie_children(d.proc.pid) == []  # type: ignore[union-attr]
+    assert zombie_children(d.proc.pid) == []
