@@ -27,6 +27,7 @@ from tugwire.errors import FailedPrecondition, TugError
 from tugwire.syncclient import Disconnected
 
 from ..conftest import Daemon, needs_root, needs_runc
+from ..waiting import wait_until
 from .conftest import container_pids, scale, scaled, settled_leaks
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, needs_root, needs_runc]
@@ -59,14 +60,16 @@ def command(i: int) -> tuple[list[str], int, int]:
 
 def call(d: Daemon, tally: Tally, method: str, params: dict[str, Any], deadline: float) -> Any:
     """A call that waits out tugd's deaths (the killer restarts it) until ``deadline``."""
-    while True:
+
+    def attempt() -> tuple[Any] | None:
         try:
-            return d.call(method, params)
+            return (d.call(method, params),)
         except Disconnected:
-            if time.monotonic() > deadline:
-                raise
             tally.add("retried")
-            time.sleep(0.1)
+            return None
+
+    [result] = wait_until(attempt, deadline - time.monotonic(), f"tugd to answer {method}", interval=0.1)
+    return result
 
 
 def client(d: Daemon, ids: list[str], until: float, tally: Tally, errors: list[str], seed: int) -> None:
@@ -98,7 +101,7 @@ def client(d: Daemon, ids: list[str], until: float, tally: Tally, errors: list[s
 def killer(d: Daemon, until: float, period: float, tally: Tally, seed: int) -> None:
     rng = random.Random(seed)
     while True:
-        time.sleep(rng.uniform(period / 2, period * 1.5))
+        time.sleep(rng.uniform(period / 2, period * 1.5))  # the killer's pace: the scenario, not a wait
         if time.monotonic() > until:
             return
         d.kill9()
