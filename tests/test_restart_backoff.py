@@ -104,7 +104,7 @@ async def tugd(tmp_path: Any) -> AsyncIterator[Tugd]:
 async def test_on_failure_n_backs_off_doubling_then_never_again(tugd: Tugd) -> None:
     cid = tugd.add("on-failure:3", exit_code=1)
     await tugd.containers.recover()  # a restart that was pending when tugd stopped
-    await anyio.sleep(HOUR)
+    await anyio.sleep(HOUR)  # on the fake clock: an hour passes at once (three restarts, then none)
     assert tugd.delays() == [0.1, 0.2, 0.4]
     info = tugd.inspect(cid)
     assert info["restart_count"] == 3 and not info["restarting"]
@@ -123,7 +123,7 @@ async def test_always_doubles_up_to_the_cap_and_stop_cancels_the_pending_one(tug
     count = info["restart_count"]
     await tugd.containers.stop(cid, 0)
     assert not tugd.inspect(cid)["restarting"]
-    await anyio.sleep(HOUR)
+    await anyio.sleep(HOUR)  # on the fake clock: an hour passes at once, and nothing happens in it
     assert tugd.inspect(cid)["restart_count"] == count
     assert len(tugd.restarts) == count
 
@@ -132,6 +132,6 @@ async def test_always_doubles_up_to_the_cap_and_stop_cancels_the_pending_one(tug
 async def test_on_failure_leaves_a_clean_exit_alone_for_an_hour(tugd: Tugd) -> None:
     cid = tugd.add("on-failure", exit_code=0)
     await tugd.containers.recover()
-    await anyio.sleep(HOUR)
+    await anyio.sleep(HOUR)  # on the fake clock: an hour passes at once, and nothing happens in it
     assert tugd.restarts == []
     assert tugd.inspect(cid)["restart_count"] == 0 and not tugd.inspect(cid)["restarting"]

@@ -106,7 +106,7 @@ def killer(d: Daemon, until: float, period: float, tally: Tally, seed: int) -> N
             return
         d.kill9()
         tally.add("kills")
-        time.sleep(rng.uniform(0, 0.5))  # clients meet a dead socket for a while
+        time.sleep(rng.uniform(0, 0.5))  # the scenario: clients meet a dead socket for a while
         d.start(timeout=60)
 
 
