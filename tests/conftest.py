@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from .waiting import WaitTimeout, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -212,10 +213,9 @@ class Daemon:
             except Exception as exc:
                 problems.append(f"listing containers: {exc}")
             self.stop()
-        deadline = time.monotonic() + 10
-        while (left := _pids_mentioning(self.base)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in left:
+        with contextlib.suppress(WaitTimeout):  # what is still there after 10 s is reported below
+            wait_until(lambda: not _pids_mentioning(self.base), 10, "the processes of this tugd to go")
+        for pid in _pids_mentioning(self.base):
             problems.append(f"process left: {pid}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -335,6 +335,19 @@ needs_prometheus = pytest.mark.skipif(
 )
 
 
+def http_ready(
+    proc: subprocess.Popen[bytes] | None, url: str, ok: tuple[int, ...], read_log: Callable[[], str]
+) -> bool:
+    """Whether a server we started answers ``url`` with one of ``ok`` (a readiness poll, for
+    servers that notify nobody); raises if it exited."""
+    assert proc is not None
+    if proc.poll() is not None:
+        raise RuntimeError(f"{proc.args!r} exited {proc.returncode}:\n{read_log()}")
+    with contextlib.suppress(OSError):
+        return http_get(url, timeout=1)[0] in ok
+    return False
+
+
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
     """(status, body) of a GET; an HTTP error status is returned, not raised."""
     import urllib.error
@@ -379,16 +392,13 @@ class Prometheus:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + timeout
-        while True:  # Prometheus has no readiness notification of its own: poll /-/ready
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {self.proc.returncode}:\n{self.read_log()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + "/-/ready", timeout=1)[0] == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready in {timeout:g}s:\n{self.read_log()}")
-            time.sleep(0.1)
+        wait_until(  # Prometheus has no readiness notification of its own: poll /-/ready
+            lambda: http_ready(self.proc, self.url + "/-/ready", (200,), self.read_log),
+            timeout,
+            "prometheus to be ready",
+            interval=0.1,
+            describe=self.read_log,
+        )
 
     def read_log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -417,14 +427,15 @@ class Prometheus:
     def wait_for(self, expr: str, check: Any, timeout: float = 30.0) -> float:
         """Poll ``expr`` until ``check(value)`` holds; scrapes come every second, so this is a
         bounded wait for the next scrapes, not a sleep for synchronisation."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def holds() -> tuple[float] | None:
             value = self.value(expr)
-            if value is not None and check(value):
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expr} = {value} after {timeout:g}s")
-            time.sleep(0.25)
+            return (value,) if value is not None and check(value) else None
+
+        [value] = wait_until(
+            holds, timeout, f"{expr} to pass its check", interval=0.25, describe=lambda: self.value(expr)
+        )
+        return value
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -9,13 +9,13 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 from typing import Any
 
 import pytest
 
-from .conftest import TUG, needs_root, needs_runc, ps_json
+from .conftest import TUG, Daemon, needs_root, needs_runc, ps_json
 from .test_registry import Registry, needs_registry, open_registry
+from .waiting import wait_events, wait_until
 
 __all__ = ["open_registry"]  # the fixture, used by name
 
@@ -37,7 +37,7 @@ def context(d: Any, files: dict[str, str], name: str = "ctx") -> str:
     return write(path, files)
 
 
-def build(d: Any, ctx: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def build(d: Daemon, ctx: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     return d.tug("build", *args, ctx, check=check, timeout=120)
 
 
@@ -45,7 +45,7 @@ def image_id(d: Any, ref: str) -> str:
     return str(d.call("image.inspect", {"ref": ref})["id"])
 
 
-def run(d: Any, *args: str) -> subprocess.CompletedProcess[bytes]:
+def run(d: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
     return d.tug("run", "--rm", *args, check=False)
 
 
@@ -348,15 +348,17 @@ def test_client_that_goes_away_cancels_the_build(make_daemon: Any, backend: str)
     proc.stdout.close()
     # tugd notices the closed connection, kills and removes the RUN container: wait for it (a
     # bounded wait for tugd's cleanup, which has no event a client can subscribe to).
-    deadline = time.monotonic() + 30
-    while True:
+    left: list[str] = []
+
+    def cleaned() -> bool:
         try:
             assert_no_build_leftovers(daemon)
-            break
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        except AssertionError as exc:
+            left.append(str(exc))
+            return False
+        return True
+
+    wait_until(cleaned, 30, "tugd to remove the cancelled build's RUN container", describe=lambda: left[-1])
     with pytest.raises(Exception, match="no such image"):
         daemon.call("image.inspect", {"ref": "cancelled"})
 
@@ -483,10 +485,13 @@ def test_shell_and_healthcheck(daemon: Any) -> None:
     }
     # tug run applies the image's check: the container becomes healthy (checks every 200 ms).
     cid = daemon.tug("run", "-d", "checked").stdout.decode().strip()
-    deadline = time.monotonic() + 30
-    while daemon.call("container.inspect", {"id": cid})["health_check"]["status"] != "healthy":
-        assert time.monotonic() < deadline, "never healthy"
-        time.sleep(0.1)
+    wait_events(
+        daemon,
+        lambda evs: any(e["attributes"]["status"] == "healthy" for e in evs),
+        what="the container to be healthy",
+        container=cid,
+        event="health_status",
+    )
     bad = context(daemon, {"Dockerfile": "FROM busybox\nHEALTHCHECK --interval=soon CMD true\n"}, "bad")
     r = build(daemon, bad, check=False)
     assert "Dockerfile line 2: --interval: invalid duration 'soon'" in r.stderr.decode()

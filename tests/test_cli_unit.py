@@ -149,7 +149,7 @@ def test_command_modules_table_matches_the_modules() -> None:
         assert tuple(module.COMMANDS) == commands, name
         for command in commands:
             parser = cli.build_parser([command])
-            assert command in parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+            assert command in parser._subparsers._group_actions[0].choices  # type: ignore[union-attr,operator]
 
 
 def test_a_command_imports_only_its_own_module() -> None:

@@ -16,9 +16,11 @@ from supervisor import events as ev
 from supervisor.store import Store
 from tugwire import errors
 from tugwire.syncclient import Client, response_result
+from tugwire.timefmt import rfc3339
 
 from .conftest import TUG, needs_root, needs_runc
 from .helpers import run, start
+from .waiting import read_stream
 
 MiB = 1024 * 1024
 F = Any
@@ -31,7 +33,7 @@ def integration(fn: F) -> F:
 
 def collect(d: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
     """The events of a bounded ``events.subscribe`` (one with ``until``), until its response."""
-    out = []
+    out: list[dict[str, Any]] = []
     with Client(d.socket) as c:
         rid = c.send("events.subscribe", params)
         while True:
@@ -153,16 +155,21 @@ async def test_until_bounds_the_stream(tmp_path: Any) -> None:
         assert got == ["c1", "c2"]
         # A future ``until``: live events until then, then the end.
         got.clear()
+        subscribed = anyio.Event()
         async with anyio.create_task_group() as tg:
 
-            async def publish_soon() -> None:
-                await anyio.sleep(0.05)
+            async def publish_when_subscribed() -> None:
+                await subscribed.wait()
                 bus.publish(ev.Event("container", "die", "live"))
 
-            tg.start_soon(publish_soon)
+            tg.start_soon(publish_when_subscribed)
             with anyio.fail_after(5):
                 await bus.stream(
-                    lambda e: True, send, until_ns=time.time_ns() + 300_000_000, since_ns=t0 + 10
+                    lambda e: True,
+                    send,
+                    until_ns=time.time_ns() + 300_000_000,
+                    since_ns=t0 + 10,
+                    ready=subscribed.set,
                 )
         assert got == ["live"]
     finally:
@@ -181,6 +188,7 @@ def test_filters() -> None:
     assert img(ev.Event("container", "start", "x", "n", "busybox:latest"))
     assert img(ev.Event("image", "untag", "sha256:" + "d" * 64, "busybox:latest", "busybox:latest"))
     assert not img(ev.Event("container", "start", "x", "n", "alpine:latest"))
+    bad: Any
     for bad in ({"colour": "red"}, {"type": "volume"}, {"container": ""}, {"container": 3}, []):
         with pytest.raises(errors.InvalidArgument):
             ev.Filters(bad, known.get)
@@ -233,11 +241,7 @@ def test_events_are_ordered_per_container_with_exit_codes(make_daemon: Any, back
         daemon.call("container.wait", {"id": b})
         daemon.call("container.delete", {"id": a})
         daemon.call("container.delete", {"id": b})
-        live = []
-        while sum(e["action"] == "destroy" for e in live) < 2:
-            msg = sub.next_message()
-            assert msg is not None and msg.get("id") != rid, msg
-            live.append(msg["params"])
+        live = read_stream(sub, rid, lambda got: sum(e["action"] == "destroy" for e in got) >= 2)
     assert of(live, a) == ["create", "start", "die", "destroy"]
     assert of(live, b) == ["create", "start", "kill", "die", "destroy"]
     die_a = next(e for e in live if e["id"] == a and e["action"] == "die")
@@ -264,7 +268,7 @@ def test_since_works_after_tugd_restarts(make_daemon: Any, backend: str) -> None
     assert of(events, after) == ["create", "start", "die"]
     assert next(e for e in events if e["id"] == cid and e["action"] == "die")["attributes"]["exit_code"] == 5
     # since/until select by time, in RFC 3339 too.
-    later = collect(daemon, {"since": ev.rfc3339(t_restart), "until": ev.rfc3339(time.time_ns())})
+    later = collect(daemon, {"since": rfc3339(t_restart), "until": rfc3339(time.time_ns())})
     assert {e["id"] for e in later} == {after}
     # The CLI: a bounded stream in JSON lines, exit 0.
     r = daemon.tug(
@@ -360,11 +364,7 @@ def test_a_container_past_its_memory_limit_is_reported_oom_killed(daemon: Any, c
             "signal": "SIGKILL",
             "oom_killed": True,
         }
-        live = []
-        while not live or live[-1]["action"] != "die":
-            msg = sub.next_message()
-            assert msg is not None and msg.get("id") != rid, msg
-            live.append(msg["params"])
+        live = read_stream(sub, rid, lambda got: bool(got) and got[-1]["action"] == "die")
     assert [e["action"] for e in live] == ["create", "start", "oom", "die"]
     assert live[-1]["attributes"] == {"exit_code": 137, "signal": "SIGKILL", "oom_killed": True}
     info = daemon.call("container.inspect", {"id": cid})

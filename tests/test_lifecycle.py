@@ -13,6 +13,7 @@ from tugwire.syncclient import Client
 
 from .conftest import needs_root, needs_runc
 from .helpers import output, records, run, start
+from .waiting import read_stream
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
@@ -296,12 +297,8 @@ def test_events_in_order(daemon: Any) -> None:
         rid = sub.send("events.subscribe", {"filters": {"type": "container"}})
         cid, _ = run(daemon, ["true"])
         daemon.call("container.delete", {"id": cid})
-        actions = []
-        while len(actions) < 4:
-            msg = sub.next_message()
-            assert msg is not None and msg.get("id") != rid
-            if msg["params"]["id"] == cid:
-                actions.append(msg["params"]["action"])
+        events = read_stream(sub, rid, lambda got: sum(e["id"] == cid for e in got) >= 4, what="4 events")
+        actions = [e["action"] for e in events if e["id"] == cid]
     assert actions == ["create", "start", "die", "destroy"]
 
 

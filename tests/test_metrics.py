@@ -4,7 +4,6 @@ a scrape; a shim's own HTTP listener."""
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from tugwire import errors
 
 from .conftest import TUGD, free_port, http_get, needs_prometheus, needs_root, needs_runc
 from .helpers import run, start
+from .waiting import wait_output
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
@@ -47,22 +47,6 @@ def samples(text: str, name: str) -> dict[str, float]:
 
 def promtool(text: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
-
-
-def wait_output(d: Any, cid: str, marker: bytes, timeout: float = 30) -> None:
-    """Follow the container's log until ``marker`` shows (the container got that far)."""
-    from tugwire.syncclient import Client
-
-    with Client(d.socket) as c:
-        c.send("container.logs", {"id": cid, "follow": True})
-        deadline = time.monotonic() + timeout
-        seen = b""
-        while marker not in seen:
-            assert time.monotonic() < deadline, seen
-            msg = c.next_message()
-            assert msg is not None
-            if msg.get("method") == "container.logs.data":
-                seen += base64.b64decode(msg["params"]["data"])
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (prometheus)")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from tugwire import errors
 
 from .conftest import needs_root, needs_runc, netns_links
 from .helpers import output, run, start
+from .waiting import wait_actions, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
 
@@ -40,15 +40,17 @@ def ip_of(d: Any, cid: str, network: str) -> str:
 
 
 def wait_http(d: Any, url: str, timeout: float = 20) -> str:
-    """GET ``url`` from tugd's namespace with busybox wget until the server answers."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """GET ``url`` from tugd's namespace with busybox wget until the server answers (a server
+    in a container tells nobody when it listens)."""
+    stderr: list[str] = []
+
+    def get() -> subprocess.CompletedProcess[str] | None:
         res = in_ns(d, "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-", url)
-        if res.returncode == 0:
-            return res.stdout
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no answer from {url}: {res.stderr}")
-        time.sleep(0.1)
+        stderr.append(res.stderr)
+        return res if res.returncode == 0 else None
+
+    answer = wait_until(get, timeout, f"an answer from {url}", interval=0.1, describe=lambda: stderr[-1])
+    return answer.stdout
 
 
 def nft_rules(d: Any) -> str:
@@ -347,15 +349,10 @@ def test_crashes_leave_nothing_behind(make_daemon: Any, backend: str) -> None:
     ):
         subprocess.run(["ip", "-n", d.netns, *cmd], check=True)
     subprocess.run(["ip", "-n", d.netns, "link", "add", "tb-0123456789ab", "type", "bridge"], check=True)
-    deadline = time.monotonic() + 20
     goes_ns = os.path.join(d.state, "netns", goes)
-    while True:  # "goes" exits while tugd is down
-        with open(os.path.join(d.state, "shims", goes, "exit.json"), "a+") as f:
-            f.seek(0)
-            if f.read():
-                break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    exit_record = os.path.join(d.state, "shims", goes, "exit.json")
+    # "goes" exits while tugd is down: its shim writes the exit record
+    wait_until(lambda: os.path.exists(exit_record), 20, "the exit record of 'goes'")
     assert os.path.exists(goes_ns)
     d.start()
     assert d.call("container.inspect", {"id": goes})["state"] == "exited"
@@ -367,10 +364,8 @@ def test_crashes_leave_nothing_behind(make_daemon: Any, backend: str) -> None:
     # A shim killed: the container's fate is unknown until rm, which cleans everything.
     shim_pid = d.call("container.inspect", {"id": shim_dies})["shim_pid"]
     os.kill(shim_pid, 9)
-    deadline = time.monotonic() + 20
-    while d.call("container.inspect", {"id": shim_dies})["state"] != "unknown":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_actions(d, shim_dies, lambda a: "die" in a, what="the die of the container whose shim died")
+    assert d.call("container.inspect", {"id": shim_dies})["state"] == "unknown"
     d.call("container.delete", {"id": shim_dies, "force": True})
     d.call("container.delete", {"id": goes})
     assert links(d, "tv") == [f"tv0{stays[:12]}"]
@@ -465,7 +460,7 @@ def test_bad_input_is_refused_and_changes_nothing(make_daemon: Any) -> None:
     taken = d.call(
         "container.create", {"image": "busybox", "cmd": ["true"], "network": "base", "ip": "10.96.0.9"}
     )["id"]
-    bad_containers = [
+    bad_containers: list[tuple[dict[str, Any], str]] = [
         ({"network": "base", "ip": "10.1.0.9"}, "not in the subnet"),
         ({"network": "base", "ip": "10.96.0.9"}, "already in use"),
         ({"network": "base", "ip": "10.96.0.1"}, "reserved"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -13,22 +12,9 @@ from tugwire.syncclient import Client
 
 from .conftest import needs_root, needs_runc
 from .helpers import output, start
+from .waiting import wait_gone, wait_until
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
-
-
-def _wait_gone(pid: int, timeout: float = 10) -> None:
-    """Until ``pid`` is gone or a zombie (this machine's init reaps orphans lazily)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"pid {pid} still alive")
 
 
 def test_containers_survive_tugd_kill9_and_exits_while_down_are_kept(
@@ -53,10 +39,7 @@ def test_containers_survive_tugd_kill9_and_exits_while_down_are_kept(
     (gate / "go").write_text("")
     # The shim records the exit on its own; wait for its record rather than guessing a time.
     exit_file = os.path.join(d.state, "shims", leaver, "exit.json")
-    deadline = time.monotonic() + 20
-    while not os.path.exists(exit_file):
-        assert time.monotonic() < deadline, "the shim did not record the exit"
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(exit_file), 20, "the shim to record the exit")
     d.start()
     info = d.call("container.inspect", {"id": "leaver"})
     assert info["state"] == "exited"
@@ -64,7 +47,7 @@ def test_containers_survive_tugd_kill9_and_exits_while_down_are_kept(
     out, err = output(d, leaver)
     assert out == b"before\n" + b"".join(b"%d\n" % i for i in range(1, 5001))
     assert err == b"bye\n"
-    _wait_gone(shim_pids[leaver])
+    wait_gone(shim_pids[leaver])  # a zombie counts: this machine's init reaps orphans lazily
     info = d.call("container.inspect", {"id": "runner"})
     assert info["state"] == "running"
     assert info["shim_pid"] == shim_pids[runner]
@@ -97,10 +80,7 @@ def test_shim_kill9_after_the_exit_keeps_the_true_code(daemon: Any, tmp_path: An
     shim_pid = daemon.call("container.inspect", {"id": cid})["shim_pid"]
     daemon.kill9()
     exit_file = os.path.join(daemon.state, "shims", cid, "exit.json")
-    deadline = time.monotonic() + 20
-    while not os.path.exists(exit_file):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(exit_file), 20, "the shim to record the exit")
     os.kill(shim_pid, signal.SIGKILL)
     daemon.start()
     info = daemon.call("container.inspect", {"id": cid})
@@ -126,7 +106,7 @@ def test_template_death_leaves_shims_alone(daemon: Any) -> None:
     cid2 = start(daemon, ["sleep", "1000"])
     assert daemon.call("container.inspect", {"id": cid2})["state"] == "running"
     daemon.kill9()  # the template dies with tugd (PDEATHSIG), the shims do not
-    _wait_gone(template[0])
+    wait_gone(template[0])
     os.kill(info["shim_pid"], 0)
     daemon.start()
     assert daemon.call("container.inspect", {"id": cid})["state"] == "running"

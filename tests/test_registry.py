@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from supervisor import auth, registry
 from tugwire.errors import InvalidArgument, Unavailable
 
-from .conftest import TUG, free_port, http_get, needs_root, needs_runc
+from .conftest import TUG, free_port, http_ready, needs_root, needs_runc
+from .waiting import wait_until
 
 needs_registry = pytest.mark.skipif(
     shutil.which("docker-registry") is None
@@ -74,16 +75,13 @@ class Registry:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + timeout
-        while True:  # the registry has no readiness notification: poll GET /v2/
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited {self.proc.returncode}: {self.read_log()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + "/v2/", timeout=1)[0] in (200, 401):
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry not ready in {timeout:g}s: {self.read_log()}")
-            time.sleep(0.05)
+        wait_until(  # the registry has no readiness notification: poll GET /v2/
+            lambda: http_ready(self.proc, self.url + "/v2/", (200, 401), self.read_log),
+            timeout,
+            "docker-registry to be ready",
+            interval=0.05,
+            describe=self.read_log,
+        )
 
     def read_log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -414,6 +412,9 @@ class _Sink:
         self.size += len(data)
 
 
+P = TypeVar("P", bound="FlakyProxy")
+
+
 class FlakyProxy:
     """A reverse proxy in front of a real registry that fails on purpose: the first try of each
     request whose path contains ``fail_on`` gets ``status`` (or, with ``cut``, the first half of
@@ -487,7 +488,7 @@ class FlakyProxy:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FlakyProxy:
+    def __enter__(self: P) -> P:
         self.thread.start()
         return self
 

@@ -23,6 +23,7 @@ from tugwire.syncclient import Client, Disconnected
 
 from .conftest import REPO, TUGD, Daemon, needs_root, needs_runc
 from .helpers import run, start
+from .waiting import wait_until
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -265,17 +266,17 @@ class ActivatedDaemon(Daemon):
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         # systemd-socket-activate binds, then execs tugd on the first connection: make it. (The
         # socket's appearance has no event to wait on; the connection then waits in the backlog.)
-        deadline = time.monotonic() + timeout
-        while True:
+        proc = self.proc
+
+        def connected() -> Client | None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"systemd-socket-activate exited:\n{self.read_log()}")
             try:
-                client = Client(self.socket)
-                break
+                return Client(self.socket)
             except Disconnected:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"systemd-socket-activate did not listen:\n{self.read_log()}"
-                    ) from None
-                time.sleep(0.02)
+                return None
+
+        client = wait_until(connected, timeout, "systemd-socket-activate to listen", describe=self.read_log)
         with client:
             rid = client.send("system.info")
             self.notify.wait_for(lambda ms: any("READY=1" in m for m in ms), timeout)

@@ -15,7 +15,8 @@ from tugwire import errors
 from tugwire.syncclient import Client
 
 from .conftest import needs_root, needs_runc
-from .helpers import output, run, start
+from .helpers import run, start
+from .waiting import wait_output, wait_until
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 def events(d: Any, cid: str) -> list[str]:
     with Client(d.socket) as c:
         rid = c.send("events.subscribe", {"since": 0, "until": time.time_ns(), "filters": {"container": cid}})
-        actions = []
+        actions: list[str] = []
         while True:
             msg = c.next_message()
             assert msg is not None
@@ -71,8 +72,8 @@ def test_pause_unpause_and_the_states_that_forbid_them(make_daemon: Any, backend
 
 
 def test_stop_and_kill_of_a_paused_container(daemon: Any) -> None:
-    cid = start(daemon, ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.1; done"])
-    time.sleep(0.3)  # let the trap be set (the shell runs it before the loop)
+    cid = start(daemon, ["sh", "-c", "trap 'exit 3' TERM; echo ready; while true; do sleep 0.1; done"])
+    wait_output(daemon, cid, b"ready")  # the trap is set
     daemon.call("container.pause", {"id": cid})
     result = daemon.call("container.stop", {"id": cid, "timeout": 10})
     assert result["exit_code"] == 3  # thawed, then the stop signal: a clean exit, not SIGKILL
@@ -97,13 +98,14 @@ def test_paused_survives_a_tugd_restart(daemon: Any) -> None:
 
 def test_top_lists_the_processes_with_host_pids(daemon: Any) -> None:
     cid = start(daemon, ["sh", "-c", "sleep 1000 & sleep 2000"])
-    deadline = time.monotonic() + 10
-    while True:
-        top = daemon.call("container.top", {"id": cid})
-        cmds = [p[-1] for p in top["processes"]]
-        if len(cmds) >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+
+    def both() -> dict[str, Any] | None:
+        top: dict[str, Any] = daemon.call("container.top", {"id": cid})
+        cmds = {p[-1] for p in top["processes"]}
+        return top if {"sleep 1000", "sleep 2000"} <= cmds else None
+
+    top = wait_until(both, 10, "both sleeps to run")
+    cmds = [p[-1] for p in top["processes"]]
     assert top["titles"] == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
     assert "sleep 1000" in cmds and "sleep 2000" in cmds
     pid1 = daemon.call("container.inspect", {"id": cid})["pid"]
@@ -182,15 +184,15 @@ def test_restart_of_a_running_and_of_an_exited_container(daemon: Any) -> None:
 
 
 def test_stop_signal_from_the_option_and_from_the_image(daemon: Any, busybox_tar: str) -> None:
-    script = "trap 'exit 10' USR1; trap 'exit 11' TERM; while true; do sleep 0.1; done"
+    script = "trap 'exit 10' USR1; trap 'exit 11' TERM; echo ready; while true; do sleep 0.1; done"
     cid = start(daemon, ["sh", "-c", script], stop_signal="SIGUSR1")
-    time.sleep(0.3)
+    wait_output(daemon, cid, b"ready")  # the traps are set
     assert daemon.call("container.stop", {"id": cid, "timeout": 10})["exit_code"] == 10
     daemon.call("image.import", {"path": busybox_tar, "ref": "usr1box", "config": {"StopSignal": "SIGUSR1"}})
     cid = daemon.call("container.create", {"image": "usr1box", "cmd": ["sh", "-c", script]})["id"]
     daemon.call("container.start", {"id": cid})
     assert daemon.call("container.inspect", {"id": cid})["config"]["stop_signal"] == "SIGUSR1"
-    time.sleep(0.3)
+    wait_output(daemon, cid, b"ready")
     assert daemon.call("container.stop", {"id": cid, "timeout": 10})["exit_code"] == 10
 
 
@@ -211,35 +213,35 @@ def _states(d: Any, cid: str) -> list[str]:
     return states
 
 
-def _wait_ready(d: Any, cid: str) -> None:
-    deadline = time.monotonic() + 10
-    while b"ready" not in output(d, cid)[0]:
-        assert time.monotonic() < deadline, "the container never got ready"
-        time.sleep(0.05)
-
-
 def test_init_reaps_zombies_and_forwards_signals(daemon: Any) -> None:
     # Orphans re-parent to PID 1 and exit; a PID 1 that never waits (sleep) leaves them zombies.
     cmd = ["sh", "-c", "(sleep 0.3 &); (sleep 0.3 &); echo ready; exec sleep 1000"]
     cid = start(daemon, cmd, init=True)
-    _wait_ready(daemon, cid)
-    time.sleep(1.0)  # the orphans exit 0.3 s after they started
+    wait_output(daemon, cid, b"ready")
     top = daemon.call("container.top", {"id": cid})
     assert top["processes"][0][-1].startswith("/dev/init")
     assert daemon.call("container.inspect", {"id": cid})["command"] == " ".join(cmd)  # not tini's
-    assert "Z" not in _states(daemon, cid)
+    # the orphans exit 0.3 s after they started, and tini reaps them: left are tini and sleep
+    wait_until(
+        lambda: _states(daemon, cid) == ["S", "S"],
+        what="the orphans to exit and be reaped",
+        describe=lambda: _states(daemon, cid),
+    )
     daemon.call("container.kill", {"id": cid})
     # without --init, the same orphans stay zombies (so the test above proves something)
     cid = start(daemon, cmd)
-    _wait_ready(daemon, cid)
-    time.sleep(1.0)  # the orphans exit 0.3 s after they started
-    assert _states(daemon, cid).count("Z") >= 1
+    wait_output(daemon, cid, b"ready")
+    wait_until(
+        lambda: _states(daemon, cid).count("Z") == 2,
+        what="the orphans to exit (and stay zombies: nobody reaps them)",
+        describe=lambda: _states(daemon, cid),
+    )
     daemon.call("container.kill", {"id": cid})
     # tini passes the stop signal on to the command, and its exit status back
     cid = start(
         daemon, ["sh", "-c", "trap 'exit 5' TERM; echo ready; while true; do sleep 0.1; done"], init=True
     )
-    _wait_ready(daemon, cid)
+    wait_output(daemon, cid, b"ready")
     assert daemon.call("container.stop", {"id": cid, "timeout": 10})["exit_code"] == 5
 
 
@@ -251,18 +253,12 @@ def test_cp_both_ways(daemon: Any) -> None:
             [
                 "sh",
                 "-c",
-                "mkdir -p /data/sub && echo hi > /data/sub/f && ln -s /etc/passwd /data/link && sleep 1000",
+                "mkdir -p /data/sub && echo hi > /data/sub/f && ln -s /etc/passwd /data/link && "
+                "echo ready && sleep 1000",
             ],
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                daemon.call(
-                    "container.copy_from", {"id": cid, "path": "/data/sub/f", "host_path": host + "/f"}
-                )
-                break
-            except errors.NotFound:
-                time.sleep(0.05)
+        wait_output(daemon, cid, b"ready")
+        daemon.call("container.copy_from", {"id": cid, "path": "/data/sub/f", "host_path": host + "/f"})
         with open(host + "/f") as f:
             assert f.read() == "hi\n"
         daemon.tug("cp", f"{cid}:/data", host)
@@ -297,10 +293,10 @@ def test_cp_never_escapes_the_container_root(daemon: Any) -> None:
                 "sh",
                 "-c",
                 f"ln -s {secret} /esc && ln -s ../../../../../../{secret.lstrip('/')} /rel && "
-                f"mkdir -p {secret} && echo container > {secret}/s && sleep 1000",
+                f"mkdir -p {secret} && echo container > {secret}/s && echo ready && sleep 1000",
             ],
         )
-        time.sleep(0.5)
+        wait_output(daemon, cid, b"ready")
         out = os.path.join(host, "out")
         os.mkdir(out)
         # /esc/s in the container is the container's own file, never the host's

@@ -8,17 +8,19 @@ docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from ..conftest import Daemon, _mounts_under, _pids_mentioning
+from ..waiting import WaitTimeout, wait_gone, wait_until
+
+__all__ = ["wait_gone", "wait_until"]  # the suite's one wait helper, for the tests here
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WRAPPER = os.path.join(HERE, "runc-wrapper")
@@ -72,27 +74,6 @@ def runc_faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuncFaults
     faults = RuncFaults(base)
     yield faults
     faults.clear()  # the cleanup of the daemon (after this) must run the real runc
-
-
-def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` (a bounded wait for something outside our control, e.g. a process that
-    another process kills); fails the test with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_gone(pid: int, timeout: float = 20.0) -> None:
-    def gone() -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except FileNotFoundError:
-            return True
-
-    wait_until(gone, timeout, f"pid {pid} to go")
 
 
 def alive(pid: int) -> bool:
@@ -178,7 +159,6 @@ def runc_list(d: Daemon) -> list[str]:
 def settled_leaks(d: Daemon, *, live: set[str] | None = None, timeout: float = 20.0) -> list[str]:
     """:func:`leaks` once the asynchronous release of exited containers (shim delete, unmount) has
     had up to ``timeout`` seconds to finish: [] as soon as nothing is left, else what is."""
-    deadline = time.monotonic() + timeout
-    while (found := leaks(d, live=live)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
+    with contextlib.suppress(WaitTimeout):  # what is left after ``timeout`` is the answer
+        wait_until(lambda: not leaks(d, live=live), timeout, "the release of exited containers")
+    return leaks(d, live=live)

@@ -134,7 +134,7 @@ def test_kill9_after_launch_adopts_the_running_container(make_daemon: Any, backe
     assert state(d, cid) == ("exited", 137)
     assert output(d, cid)[0] == b"up\n"
     wait_gone(info["shim_pid"])
-    assert leaks(d) == []
+    assert settled_leaks(d) == []  # the unmount after the shim's exit is tugd's, a moment later
 
 
 def test_kill9_after_stop_signal_records_the_exit_that_happened_while_down(make_daemon: Any) -> None:
@@ -255,7 +255,7 @@ def test_kill9_of_tugd_while_runc_creates_adopts_the_container(
     assert leaks(d, live={cid}) == []
     assert d.call("container.stop", {"id": cid, "timeout": 0})["exit_code"] == 137
     wait_gone(info["shim_pid"])
-    assert leaks(d) == []
+    assert settled_leaks(d) == []  # the unmount after the shim's exit is tugd's, a moment later
 
 
 @pytest.mark.parametrize("when", ["kill-parent", "kill-parent-after"])

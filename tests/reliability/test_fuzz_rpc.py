@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..conftest import needs_root, needs_runc
+from ..waiting import wait_output, wait_until
 from .conftest import scaled
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, needs_root, needs_runc]
@@ -145,19 +145,19 @@ class Conn:
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def connected() -> bool:
             try:
                 self.sock.connect(path)
-                break
             except BlockingIOError:  # the listen backlog is full: tugd is accepting, wait
-                if time.monotonic() > deadline:
-                    self.sock.close()
-                    raise
-                time.sleep(0.01)
-            except OSError:
-                self.sock.close()
-                raise
+                return False
+            return True
+
+        try:
+            wait_until(connected, timeout, f"a place in tugd's listen backlog at {path}", interval=0.01)
+        except BaseException:
+            self.sock.close()
+            raise
         self.buf = b""
         self.n = 0
 
@@ -396,19 +396,26 @@ def test_thousands_of_idle_connections(make_daemon: Any, backend: str) -> None:
             idle.extend(Conn(daemon.socket) for _ in range(n))
             # A normal call behind them all answers.
             assert "result" in probe.call("container.list", {"all": True})
-            deadline = time.monotonic() + 60
-            while fds(pid) < fds_before + n and time.monotonic() < deadline:
-                time.sleep(0.05)  # accepting is tugd's business: a bounded wait for it to catch up
-            assert fds(pid) >= fds_before + n
+            # accepting is tugd's business: a bounded wait for it to catch up
+            wait_until(
+                lambda: fds(pid) >= fds_before + n,
+                60,
+                f"tugd to accept {n} connections",
+                interval=0.05,
+                describe=lambda: fds(pid),
+            )
             peaks.append(rss_kib(pid))
         finally:
             for c in idle:
                 c.close()
         assert "result" in probe.call("system.info")
-        deadline = time.monotonic() + 60
-        while fds(pid) > fds_before + 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fds(pid) <= fds_before + 5, f"{fds(pid)} fds, {fds_before} before"
+        wait_until(
+            lambda: fds(pid) <= fds_before + 5,
+            60,
+            f"tugd's fds to drop back to {fds_before} + 5",
+            interval=0.05,
+            describe=lambda: fds(pid),
+        )
     per_conn = (peaks[0] - rss_before) / n
     assert per_conn < 64, f"{per_conn:.1f} KiB per idle connection"
     assert peaks[1] - peaks[0] < 8 * 1024, f"second wave peaked at {peaks[1]} KiB, first {peaks[0]}"
@@ -424,13 +431,15 @@ def test_more_connections_than_file_descriptors(make_daemon: Any, backend: str) 
     pid = tugd_pid(daemon)
     before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, before[1]))
-    conns = []
+    conns: list[Conn] = []
     try:
         conns.extend(Conn(daemon.socket, timeout=5) for _ in range(400))  # the kernel's backlog takes them
-        deadline = time.monotonic() + 60
-        while "cannot accept a connection: Too many open files" not in daemon.read_log():
-            assert time.monotonic() < deadline, "tugd never ran out of fds"
-            time.sleep(0.05)
+        wait_until(
+            lambda: "cannot accept a connection: Too many open files" in daemon.read_log(),
+            60,
+            "tugd to run out of fds",
+            interval=0.05,
+        )
         assert fds(pid) >= 250
         assert daemon.proc.poll() is None, daemon.read_log()[-3000:]
     finally:
@@ -511,16 +520,10 @@ def test_cp_cannot_escape_through_the_containers_links(daemon: Any, tmp_path: An
             "sh",
             "-c",
             f"ln -s {outside} /abs; ln -s {up}{str(outside)[1:]} /rel; ln -s / /root-link;"
-            f"mkdir -p {outside}; echo container > {outside}/secret; sleep 1000",
+            f"mkdir -p {outside}; echo container > {outside}/secret; echo ready; sleep 1000",
         ],
     )
-    deadline = time.monotonic() + 30
-    while True:  # the links exist once the shell ran: a bounded wait for a process of the container
-        res = daemon.tug("exec", cid, "test", "-L", "/root-link", check=False)
-        if res.returncode == 0:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_output(daemon, cid, b"ready")  # the links exist
     src = tmp_path / "payload"
     src.write_text("payload\n")
     for target in ("/abs/pwned", "/rel/pwned", f"/root-link{outside}/pwned"):

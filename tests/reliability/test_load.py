@@ -27,6 +27,7 @@ from tugwire.errors import FailedPrecondition, TugError
 from tugwire.syncclient import Disconnected
 
 from ..conftest import Daemon, needs_root, needs_runc
+from ..waiting import wait_until
 from .conftest import container_pids, scale, scaled, settled_leaks
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, needs_root, needs_runc]
@@ -59,14 +60,16 @@ def command(i: int) -> tuple[list[str], int, int]:
 
 def call(d: Daemon, tally: Tally, method: str, params: dict[str, Any], deadline: float) -> Any:
     """A call that waits out tugd's deaths (the killer restarts it) until ``deadline``."""
-    while True:
+
+    def attempt() -> tuple[Any] | None:
         try:
-            return d.call(method, params)
+            return (d.call(method, params),)
         except Disconnected:
-            if time.monotonic() > deadline:
-                raise
             tally.add("retried")
-            time.sleep(0.1)
+            return None
+
+    [result] = wait_until(attempt, deadline - time.monotonic(), f"tugd to answer {method}", interval=0.1)
+    return result
 
 
 def client(d: Daemon, ids: list[str], until: float, tally: Tally, errors: list[str], seed: int) -> None:
@@ -98,12 +101,12 @@ def client(d: Daemon, ids: list[str], until: float, tally: Tally, errors: list[s
 def killer(d: Daemon, until: float, period: float, tally: Tally, seed: int) -> None:
     rng = random.Random(seed)
     while True:
-        time.sleep(rng.uniform(period / 2, period * 1.5))
+        time.sleep(rng.uniform(period / 2, period * 1.5))  # the killer's pace: the scenario, not a wait
         if time.monotonic() > until:
             return
         d.kill9()
         tally.add("kills")
-        time.sleep(rng.uniform(0, 0.5))  # clients meet a dead socket for a while
+        time.sleep(rng.uniform(0, 0.5))  # the scenario: clients meet a dead socket for a while
         d.start(timeout=60)
 
 
@@ -194,11 +197,11 @@ def test_start_stop_load_with_random_kill9_of_tugd(make_daemon: Any, tmp_path: A
 
     # No leak: the last tugd's fds do not grow with more work, no zombie children, nothing left.
     assert settled_leaks(d) == []
-    assert zombie_children(d.proc.pid) == []  # type: ignore[union-attr]
+    assert zombie_children(d.proc.pid) == []
     before = tugd_fds(d)
     for cid in ids[: min(n, 10)]:
         d.call("container.start", {"id": cid})
         d.call("container.stop", {"id": cid, "timeout": 30})
     assert settled_leaks(d) == []
     assert tugd_fds(d) <= before + 2, (before, tugd_fds(d))
-    assert zombie_children(d.proc.pid) == []  # type: ignore[union-attr]
+    assert zombie_children(d.proc.pid) == []
