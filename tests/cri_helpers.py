@@ -5,6 +5,7 @@ by its pid; and crictl, built by scripts/install-cri-tools.sh (cached outside th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -147,21 +148,13 @@ def crictl_path() -> str:
 def crictl(
     path: str, server: TugCri, *args: str, check: bool = True, timeout: float = 120
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run crictl against ``server`` (runtime and image endpoint), with no config file of the
-    host's (``--config`` names one that does not exist)."""
+    """Run crictl against ``server`` with a config file of the test's own (never the host's
+    /etc/crictl.yaml): ``server`` as runtime and image endpoint."""
+    config = os.path.join(server.base, "crictl.yaml")
+    with open(config, "w") as f:
+        json.dump({"runtime-endpoint": server.endpoint, "image-endpoint": server.endpoint, "timeout": 60}, f)
     result = subprocess.run(
-        [
-            path,
-            "--config",
-            os.path.join(server.base, "no-crictl.yaml"),
-            "--runtime-endpoint",
-            server.endpoint,
-            "--image-endpoint",
-            server.endpoint,
-            "--timeout",
-            "60s",
-            *args,
-        ],
+        [path, "--config", config, *args],
         capture_output=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
