@@ -18,6 +18,8 @@ import grpc.aio
 
 from tugwire import errors
 
+from .gen import api_pb2
+
 log = logging.getLogger("tugboat.cri")
 
 STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
@@ -78,8 +80,6 @@ def unimplemented_rest(servicer: object, base: type, service: str) -> list[str]:
     The generated base class's methods answer UNIMPLEMENTED too, but they are plain functions:
     grpc.aio runs them in a thread and logs each call as an unexpected exception with its
     traceback, and kubelet would call some of them every second."""
-    from .gen import api_pb2
-
     missing = []
     for method in api_pb2.DESCRIPTOR.services_by_name[service].methods:
         name = method.name
