@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cri import errors as cri_errors
 from cri import images
@@ -104,6 +106,27 @@ def test_names_are_answered_fully_qualified(stored: str, answered: str) -> None:
     assert images.qualified(stored) == answered
     # tugd takes the answer back as the same name.
     assert tugd_imageref.familiar(answered) == tugd_imageref.familiar(stored)
+
+
+_component = st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,8})?", fullmatch=True)
+
+
+@given(
+    host=st.sampled_from(["", "docker.io/", "localhost/", "localhost:5000/", "quay.io/", "127.0.0.1:5000/"]),
+    path=st.lists(_component, min_size=1, max_size=3),
+    tag=st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)),
+    digest=st.one_of(st.none(), st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_stored_name_is_answered_as_a_name_tugd_reads_back(
+    host: str, path: list[str], tag: str | None, digest: str | None
+) -> None:
+    ref = host + "/".join(path) + (f":{tag}" if tag else "") + (f"@sha256:{digest}" if digest else "")
+    stored = tugd_imageref.familiar(ref)  # what tugd keeps and image.list shows
+    answered = images.qualified(stored)
+    assert tugd_imageref.parse(answered) == tugd_imageref.parse(stored)
+    assert answered == tugd_imageref.parse(stored).string()  # fully qualified
+    images.check_reference(answered)
 
 
 def test_tugwire_imageref_is_tugds_reference_grammar() -> None:
