@@ -117,8 +117,7 @@ def make_tug_cri() -> Iterator[Any]:
         code = server.stop()
         if code not in (0, None):
             problems.append(f"tug-cri exited {code}:\n{server.read_log()}")
-        if os.path.exists(server.socket):
-            problems.append(f"socket left: {server.socket}")
+    problems += [f"socket left: {server.socket}" for server in servers if os.path.exists(server.socket)]
     assert not problems, problems
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import pytest
 from cri.gen import api_pb2
 
 from .conftest import needs_root, needs_runc
-from .cri_helpers import TugCri, make_tug_cri
+from .cri_helpers import TUG_CRI, TugCri, make_tug_cri
 from .test_registry import PASSWORD, USER, Registry, _htpasswd, needs_registry, running_registry
 
 __all__ = ["make_tug_cri"]  # the fixture, imported for this module's tests
@@ -117,14 +118,10 @@ def test_version_status_runtime_config_and_tugd_going_away(make_daemon: Any, mak
 
 
 @integration
-def test_a_second_tug_cri_on_a_busy_socket_refuses_and_steals_nothing(
+def test_busy_socket_refused_stale_socket_replaced_after_a_kill_9(
     make_daemon: Any, make_tug_cri: Any
 ) -> None:
-    import subprocess
-
-    from .cri_helpers import TUG_CRI
-
-    d = make_daemon(image=False)
+    d = make_daemon()
     cri: TugCri = make_tug_cri(d)
     r = subprocess.run(
         [TUG_CRI, "--listen", cri.socket, "--socket", d.socket], capture_output=True, timeout=60
@@ -139,6 +136,18 @@ def test_a_second_tug_cri_on_a_busy_socket_refuses_and_steals_nothing(
     assert (r.returncode, b"is not a socket" in r.stderr) == (1, True)
     with open(not_a_socket) as f:
         assert f.read() == "mine\n"
+
+    # kill -9: the socket file stays behind; a new tug-cri replaces it and answers as the old one
+    # did (it had nothing of its own to lose).
+    before = listed(cri)
+    assert cri.proc is not None
+    cri.proc.kill()
+    cri.proc.wait()
+    cri.proc = None
+    assert os.path.exists(cri.socket)
+    again: TugCri = make_tug_cri(d)
+    assert again.socket == cri.socket
+    assert listed(again) == before
 
 
 # ============================================================================== ImageService
