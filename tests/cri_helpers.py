@@ -121,17 +121,18 @@ def make_tug_cri() -> Iterator[Any]:
     assert not problems, problems
 
 
-def build_crictl() -> str:
-    """crictl's path, built by scripts/install-cri-tools.sh when it is not in the cache yet
-    (minutes, once per machine); a failed build fails the test with the script's output."""
+def build_cri_tool(name: str) -> str:
+    """The path of ``name`` (crictl, critest), built by scripts/install-cri-tools.sh when it is
+    not in the cache yet (minutes, once per machine); a failed build fails the test with the
+    script's output, never skips it."""
     result = subprocess.run(
-        ["bash", os.path.join(REPO, "scripts", "install-cri-tools.sh"), "crictl"],
+        ["bash", os.path.join(REPO, "scripts", "install-cri-tools.sh"), name],
         capture_output=True,
         timeout=3000,
     )
     if result.returncode != 0:
         pytest.fail(
-            "crictl is not built and scripts/install-cri-tools.sh could not build it "
+            f"{name} is not built and scripts/install-cri-tools.sh could not build it "
             f"(exit {result.returncode}):\n{result.stderr.decode(errors='replace')[-4000:]}"
         )
     path = result.stdout.decode().strip().splitlines()[-1]
@@ -141,7 +142,12 @@ def build_crictl() -> str:
 
 @pytest.fixture(scope="session")
 def crictl_path() -> str:
-    return build_crictl()
+    return build_cri_tool("crictl")
+
+
+@pytest.fixture(scope="session")
+def critest_path() -> str:
+    return build_cri_tool("critest")
 
 
 def crictl(
