@@ -154,8 +154,11 @@ def test_busy_socket_refused_stale_socket_replaced_after_a_kill_9(
 
 
 @integration
-def test_list_status_and_remove_every_tag(make_daemon: Any, make_tug_cri: Any, busybox_tar: str) -> None:
-    d = make_daemon()
+def test_list_status_and_remove_every_tag(
+    make_daemon: Any, make_tug_cri: Any, busybox_tar: str, backend: str
+) -> None:
+    """On both of tugd's backends: tug-cri (asyncio) is only a client of its API."""
+    d = make_daemon(backend=backend)
     cri: TugCri = make_tug_cri(d)
     bb = d.call("image.inspect", {"ref": "busybox"})
     d.call("image.tag", {"source": "busybox", "target": "example.com/team/tool:1"})
