@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (run as root on Debian 12).
-.PHONY: install install-systemd test demo
+.PHONY: install install-systemd test demo gen-cri cri-tools
 
 install:  ## Debian packages and the project's .venv
 	bash scripts/install.sh
@@ -12,3 +12,9 @@ test:  ## ruff, mypy --strict, pytest
 
 demo:
 	bash scripts/demo.sh
+
+gen-cri:  ## regenerate the CRI stubs in cri/gen from cri/proto/api.proto
+	bash scripts/gen-cri.sh
+
+cri-tools:  ## build crictl and critest (Go module proxy) into /var/cache/tugboat-test-tools
+	bash scripts/install-cri-tools.sh

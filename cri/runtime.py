@@ -1,0 +1,97 @@
+"""The CRI RuntimeService: what exists so far is the runtime's identity and health.
+
+Version, Status, RuntimeConfig and UpdateRuntimeConfig are answered here; pods and containers
+come with tugd's ``pod.*`` methods (docs/cri.md), and until then every other RuntimeService method
+answers ``UNIMPLEMENTED`` (the generated base class does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc.aio
+
+from tugwire.errors import TugError
+
+from .errors import rpc
+from .gen import api_pb2, api_pb2_grpc
+from .tugd import Tugd
+
+log = logging.getLogger("tugboat.cri.runtime")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+KUBELET_API_VERSION = "0.1.0"  # the only value kubelet accepts in VersionResponse.version
+RUNTIME_API_VERSION = "v1"
+RUNTIME_NAME = "tugboat"
+
+NO_POD_NETWORK = "NoPodNetwork"
+NO_POD_NETWORK_MESSAGE = (
+    "tug-cri has no pod networking yet: pods (RunPodSandbox) are not implemented, so there is no "
+    "network to give them"
+)
+
+
+class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
+    """RuntimeService over one tugd."""
+
+    def __init__(self, tugd: Tugd, listen: str) -> None:
+        self.tugd = tugd
+        self.listen = listen
+
+    @rpc
+    async def Version(self, request: api_pb2.VersionRequest, context: Context) -> api_pb2.VersionResponse:
+        """``0.1.0`` (kubelet's one accepted value), ``tugboat``, tugd's version, ``v1``.
+        UNAVAILABLE when tugd does not answer: there is no runtime to describe."""
+        info = await self.tugd.call("system.info")
+        return api_pb2.VersionResponse(
+            version=KUBELET_API_VERSION,
+            runtime_name=RUNTIME_NAME,
+            runtime_version=str(info["version"]),
+            runtime_api_version=RUNTIME_API_VERSION,
+        )
+
+    @rpc
+    async def Status(self, request: api_pb2.StatusRequest, context: Context) -> api_pb2.StatusResponse:
+        """``RuntimeReady`` is whether tugd answers ``system.info``; ``NetworkReady`` is false
+        with reason ``NoPodNetwork`` until pods have networks. ``verbose`` adds ``info``:
+        ``config`` (tug-cri's sockets) and ``tugd`` (its ``system.info``) as JSON."""
+        info: dict[str, Any] | None = None
+        try:
+            info = await self.tugd.call("system.info")
+            runtime = api_pb2.RuntimeCondition(type="RuntimeReady", status=True)
+        except TugError as exc:
+            runtime = api_pb2.RuntimeCondition(
+                type="RuntimeReady", status=False, reason="TugdUnavailable", message=exc.message
+            )
+        network = api_pb2.RuntimeCondition(
+            type="NetworkReady", status=False, reason=NO_POD_NETWORK, message=NO_POD_NETWORK_MESSAGE
+        )
+        out = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
+        if request.verbose:
+            out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})
+            if info is not None:
+                out.info["tugd"] = json.dumps(info, sort_keys=True)
+        return out
+
+    @rpc
+    async def RuntimeConfig(
+        self, request: api_pb2.RuntimeConfigRequest, context: Context
+    ) -> api_pb2.RuntimeConfigResponse:
+        """The cgroup driver: cgroupfs (tugd makes its cgroups itself; the proto's zero value,
+        SYSTEMD, would be a wrong answer, so the field is always set)."""
+        linux = api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CgroupDriver.CGROUPFS)
+        return api_pb2.RuntimeConfigResponse(linux=linux)
+
+    @rpc
+    async def UpdateRuntimeConfig(
+        self, request: api_pb2.UpdateRuntimeConfigRequest, context: Context
+    ) -> api_pb2.UpdateRuntimeConfigResponse:
+        """Accepted and logged. The pod CIDR kubelet sends here will be the subnet of the pods'
+        network, kept by tugd; tug-cri keeps nothing a restart could lose, and until pods exist
+        there is nothing to apply it to."""
+        cidr = request.runtime_config.network_config.pod_cidr
+        log.info("UpdateRuntimeConfig: pod CIDR %r (not applied: no pod networking yet)", cidr)
+        return api_pb2.UpdateRuntimeConfigResponse()
