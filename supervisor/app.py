@@ -27,22 +27,23 @@ from anyio.abc import SocketAttribute
 from tugwire import httpserve, jsonrpc
 from tugwire.errors import PermissionDenied
 
-from . import shims, systemd
+from . import rebuild, shims, systemd
 from .api import VERSION, Api
 from .config import Config
 from .containers import Containers
 from .events import EventBus
 from .images import Images
 from .store import Store
+from .storecheck import StartupError, open_store, startup_errors
 
 log = logging.getLogger("tugboat")
 
 
-class AlreadyRunning(Exception):
-    pass
+class AlreadyRunning(StartupError):
+    """Another tugd holds the data root or the state directory."""
 
 
-class ListenError(Exception):
+class ListenError(StartupError):
     """An address tugd was told to listen on cannot be had."""
 
 
@@ -69,14 +70,27 @@ def prepare_dirs(cfg: Config, gid: int | None) -> None:
         os.makedirs(sock_dir, mode=0o700, exist_ok=True)
 
 
-def lock_root(cfg: Config) -> int:
-    fd = os.open(os.path.join(cfg.root, "tugd.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock(directory: str, what: str) -> int:
+    fd = os.open(os.path.join(directory, "tugd.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyRunning(f"another tugd is already using {cfg.root}") from None
+        raise AlreadyRunning(
+            f"another tugd is already using {what} {directory}; stop it first (or give this one "
+            f"another --{'root' if what == 'the data root' else 'state'})"
+        ) from None
     return fd
+
+
+def lock_root(cfg: Config) -> int:
+    """Hold the data root: one tugd per root (the lock goes with the process)."""
+    return _lock(cfg.root, "the data root")
+
+
+def lock_state(cfg: Config) -> int:
+    """Hold the state directory too: two tugds on one state dir would take each other's shims."""
+    return _lock(cfg.state, "the state directory")
 
 
 async def make_listener(
@@ -190,19 +204,28 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
         if isinstance(bound, str) and bound.startswith("/"):
             cfg = dataclasses.replace(cfg, socket=bound)
     gid = _group_id(cfg.group) if cfg.group else None
-    prepare_dirs(cfg, gid)
-    lock_fd = lock_root(cfg)
-    store = Store(cfg.db_path)
-    bus = EventBus(store)
-    images = Images(cfg, store)
-    launcher: shims.ShimLauncher
-    if cfg.shim_birth == "template":
-        launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
-    else:
-        launcher = shims.ExecLauncher(cfg.shim_timeout)
+    locks: list[int] = []
+    store: Store | None = None
+    launcher: shims.ShimLauncher | None = None
     metrics_sock: socket.socket | None = None
     try:
-        metrics_sock = bind_metrics(cfg)
+        with startup_errors(cfg):
+            prepare_dirs(cfg, gid)
+            locks.append(lock_root(cfg))
+            locks.append(lock_state(cfg))
+            if cfg.rebuild_store:
+                summary = rebuild.rebuild(cfg)
+                log.warning("%s", summary.line(cfg.db_path))
+            store = open_store(cfg)
+            if cfg.rebuild_store:
+                store.rebuilt_from = summary.set_aside[0] if summary.set_aside else cfg.db_path
+            bus = EventBus(store)
+            images = Images(cfg, store)
+            if cfg.shim_birth == "template":
+                launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
+            else:
+                launcher = shims.ExecLauncher(cfg.shim_timeout)
+            metrics_sock = bind_metrics(cfg)
         metrics = None
         if metrics_sock is not None:
             from .metrics import Metrics  # prometheus_client costs ~50 ms to import: only when on
@@ -210,25 +233,29 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             metrics = Metrics(version=VERSION, runtime=cfg.runtime, backend=cfg.backend)
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.run_watchdog)  # from the start: recovery may take a while
-            containers = Containers(
-                cfg,
-                store,
-                images,
-                launcher,
-                bus,
-                tg,
-                on_start_latency=metrics.observe_start if metrics else None,
-                on_exit=metrics.observe_exit if metrics else None,
-                on_restart=metrics.restarts.inc if metrics else None,
-            )
-            await containers.recover()
-            api = Api(cfg, containers, images, bus, cfg.shim_birth)
-            if metrics is not None and metrics_sock is not None:
-                api.dispatcher.on_call = metrics.observe_call
-                metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
-                tg.start_soon(metrics.serve, metrics_listener, containers)
-                log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
-            listener = await make_listener(cfg, gid, inherited)
+            with startup_errors(cfg):
+                containers = Containers(
+                    cfg,
+                    store,
+                    images,
+                    launcher,
+                    bus,
+                    tg,
+                    on_start_latency=metrics.observe_start if metrics else None,
+                    on_exit=metrics.observe_exit if metrics else None,
+                    on_restart=metrics.restarts.inc if metrics else None,
+                )
+                if store.mirror is not None:
+                    # After the network store made its tables: their rows are mirrored too.
+                    store.mirror.attach(store.db)
+                await containers.recover()
+                api = Api(cfg, containers, images, bus, cfg.shim_birth)
+                if metrics is not None and metrics_sock is not None:
+                    api.dispatcher.on_call = metrics.observe_call
+                    metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
+                    tg.start_soon(metrics.serve, metrics_listener, containers)
+                    log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
+                listener = await make_listener(cfg, gid, inherited)
             tg.start_soon(_signals, tg.cancel_scope, notifier)
             tg.start_soon(partial(jsonrpc.serve_listener, accept=peer_allowed(gid)), listener, api.dispatcher)
             log.info(
@@ -246,12 +273,15 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             task_status.started()
     finally:
         notifier.stopping_now()
-        with anyio.CancelScope(shield=True):
-            await launcher.aclose()
-        if inherited is None:  # a socket systemd passed stays: it is the socket unit's
+        if launcher is not None:
+            with anyio.CancelScope(shield=True):
+                await launcher.aclose()
+        if inherited is None and locks:  # a socket systemd passed stays: it is the socket unit's
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cfg.socket)
         if metrics_sock is not None:
             metrics_sock.close()  # closed already if it served; not if the start failed first
-        store.close()
-        os.close(lock_fd)
+        if store is not None:
+            store.close()
+        for fd in locks:
+            os.close(fd)

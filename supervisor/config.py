@@ -31,6 +31,7 @@ class Config:
     metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
     insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] spoken to over plain HTTP (auth.py)
     default_network: str = "bridge"  # of containers created without --network (supervisor/network)
+    rebuild_store: bool = False  # --rebuild-store: make tugboat.db again from disk (supervisor/rebuild.py)
     extra: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> Config:
@@ -86,6 +87,7 @@ class Config:
             metrics_address=metrics_address,
             insecure_registries=insecure,
             default_network=self.default_network,
+            rebuild_store=self.rebuild_store,
             extra=dict(self.extra),
         )
 

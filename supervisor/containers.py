@@ -397,11 +397,9 @@ class Containers:
             with self.store.transaction():  # the container and its addresses, or neither
                 self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.config
                 self.store.insert_container(rec)
-        except BaseException as exc:
+        except BaseException:
             fsutil.remove_tree(paths["dir"])
-            if isinstance(exc, Exception) and "UNIQUE" in str(exc):
-                raise AlreadyExists(f"the container name {name!r} is already in use", field="name") from exc
-            raise
+            raise  # a name taken meanwhile: AlreadyExists, from the store
         failpoint("container.create.after_db")
         self.networks.refresh_hosts(self.networks.network_ids_of(cid), self.cfg.container_dir)
         self._publish("create", rec)

@@ -193,12 +193,7 @@ class Networks:
             subnet6=subnet6,
             gateway6=gateway6,
         )
-        try:
-            self.db.insert_network(rec)
-        except Exception as exc:
-            if "UNIQUE" in str(exc):
-                raise AlreadyExists(f"network with name {name} already exists", field="name") from None
-            raise
+        self.db.insert_network(rec)  # AlreadyExists if the name was taken meanwhile
         self._publish("create", rec)
         return rec
 
