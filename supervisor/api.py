@@ -19,7 +19,7 @@ from .events import Event, EventBus, Filters, image_removal_events, parse_time
 from .execs import Execs
 from .images import Images
 from .registry import RegistryService
-from .system import System
+from .system import System, store_health
 from .verbs import Verbs
 
 VERSION = "0.1.0"
@@ -111,6 +111,7 @@ class Api:
             "shim_birth": self.shim_birth,
             "containers": self.containers.counts(),
             "images": self.images.store.image_count(),
+            "store": store_health(self.containers.store),  # issue 19
             "pid": os.getpid(),
         }
 

@@ -276,7 +276,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
         if launcher is not None:
             with anyio.CancelScope(shield=True):
                 await launcher.aclose()
-        if inherited is None and locks:  # a socket systemd passed stays: it is the socket unit's
+        if inherited is None and len(locks) == 2:  # ours (a socket systemd passed is the unit's)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cfg.socket)
         if metrics_sock is not None:

@@ -165,7 +165,11 @@ class Store:
         their index entries: linear in the file's size, 10-20 ms for a few MB): "ok", or the
         first problem it found."""
         rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
-        return str(rows[0][0]) if rows else "ok"
+        if not rows:
+            return "ok"
+        # One line: SQLite's report may span several ("*** in database main ***\nPage 5: ...").
+        text = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+        return text if len(text) <= 160 else text[:157] + "..."
 
     def close(self) -> None:
         self.db.close()

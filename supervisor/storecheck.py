@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -93,6 +94,10 @@ def startup_errors(cfg: Config) -> Iterator[None]:
         raise StartupError(describe_sqlite_error(cfg.db_path, exc)) from exc
     except TugError:
         raise  # a setting only the store can check (--default-network): said by __main__
+    except UnicodeDecodeError as exc:  # a ValueError: first
+        raise StartupError(f"{cfg.db_path} is damaged (a record does not decode: {exc}); {REBUILD}") from exc
+    except json.JSONDecodeError as exc:
+        raise StartupError(f"{cfg.db_path} is damaged (a record is not JSON: {exc}); {REBUILD}") from exc
     except Exception as exc:
         log.debug("start failed", exc_info=True)
         raise StartupError(

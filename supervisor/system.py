@@ -30,6 +30,30 @@ log = logging.getLogger("tugboat.system")
 LOG_PREFIX = "container.log"  # the CRI log and its rotations, container.log.1, ...
 
 
+def store_health(store: Store) -> dict[str, Any]:
+    """The store's health for ``system.info``: the start-up check's result (``ok``, or what
+    ``PRAGMA quick_check`` found), the file's size, and how many records on disk
+    (supervisor/ondisk.py) are behind the database (a full disk; written again later)."""
+    try:
+        size = os.path.getsize(store.path)
+    except OSError:
+        size = 0
+    behind = store.mirror.behind() if store.mirror is not None else 0
+    status = store.check_result
+    if status == "ok" and behind:
+        status = "degraded"
+    return {
+        "path": store.path,
+        "status": status,
+        "check": store.check_result,
+        "check_ms": round(store.check_ms, 1),
+        "size_bytes": size,
+        "records_behind": behind,
+        "records_error": store.mirror.last_error if store.mirror is not None else "",
+        "rebuilt_from": store.rebuilt_from,
+    }
+
+
 def du(path: str) -> int:
     """Bytes under ``path`` (apparent sizes; hard links once; no symlinks followed; one file
     system). 0 if it does not exist; files that vanish meanwhile are skipped."""

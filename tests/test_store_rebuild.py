@@ -1,0 +1,294 @@
+"""A damaged store never costs the host its containers (issue 19).
+
+Real tugd, real shims, real runc: a running container on a fixed address of a user network, an
+exited one with exit code 3 after two restarts, a tagged image; then ``tugboat.db`` damaged the
+ways disks and people damage it (pages overwritten, the file cut short, deleted, its WAL lost).
+tugd must refuse to start with one clear line (exit 2, no traceback) that offers
+``--rebuild-store``; started with it, every one of them is back, the running container still
+supervised (its exit, later, reported with its code). tugd runs in a network namespace the test
+made (``make_daemon(netns=True)``), as every network test does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import TUGD, Daemon, needs_root, needs_runc
+from .helpers import output, start
+
+pytestmark = [pytest.mark.integration, needs_root, needs_runc]
+
+REBUILD = "--rebuild-store"
+
+
+def argv(d: Daemon, *extra: str) -> list[str]:
+    """The command line ``d.start()`` runs, with ``extra`` options."""
+    ns = ["nsenter", f"--net=/run/netns/{d.netns}"] if d.netns else []
+    return [*ns, TUGD, "--root", d.root, "--state", d.state, "--runtime", d.runtime, *d.extra, *extra]
+
+
+def start_fails(d: Daemon, *extra: str) -> str:
+    """Start tugd, which must end at once with exit status 2 and one line (no traceback);
+    returns the line."""
+    res = subprocess.run(
+        argv(d, *extra), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("tugd: ")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll ``check()`` (an API call) until it returns something true, under a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"no {what} in {timeout:g}s"
+        time.sleep(0.05)
+
+
+def make_world(d: Daemon, gate: str) -> dict[str, Any]:
+    """A tagged image, a user network, a running container on a fixed address of it, and one
+    that exited with code 3 after its two restarts. Returns what must come back."""
+    d.call("image.tag", {"source": "busybox", "target": "mine/tool:v1"})
+    d.call("network.create", {"name": "keep", "subnet": "10.93.0.0/24"})
+    runner = start(
+        d,
+        ["sh", "-c", "echo up; while [ ! -e /gate/go ]; do sleep 0.05; done; echo bye; exit 5"],
+        name="runner",
+        network="keep",
+        ip="10.93.0.50",
+        volumes=[{"source": gate, "destination": "/gate"}],
+    )
+    quitter = start(d, ["sh", "-c", "echo try; exit 3"], name="quitter", restart="on-failure:2")
+
+    def quitter_done() -> bool:
+        if output(d, quitter)[0] != b"try\n" * 3:  # its third run (the second restart) began
+            return False
+        info = d.call("container.inspect", {"id": quitter})
+        return bool(info["state"] == "exited" and info["restart_count"] == 2 and not info["restarting"])
+
+    wait_for(quitter_done, "third exit of quitter")
+    wait_for(lambda: output(d, runner)[0] == b"up\n", "output of runner")
+    info = d.call("container.inspect", {"id": runner})
+    image = d.call("image.inspect", {"ref": "mine/tool:v1"})
+    return {
+        "runner": runner,
+        "quitter": quitter,
+        "shim_pid": info["shim_pid"],
+        "image_id": image["id"],
+        "image_names": sorted(image["repo_tags"]),
+        "network": d.call("network.inspect", {"id": "keep"}),
+    }
+
+
+def check_world(d: Daemon, world: dict[str, Any]) -> None:
+    runner = d.call("container.inspect", {"id": "runner"})
+    assert runner["id"] == world["runner"]
+    assert (runner["state"], runner["shim_pid"]) == ("running", world["shim_pid"])
+    assert runner["networks"]["keep"]["ip"] == "10.93.0.50"
+    quitter = d.call("container.inspect", {"id": "quitter"})
+    assert (quitter["state"], quitter["exit_code"], quitter["restart_count"]) == ("exited", 3, 2)
+    assert output(d, world["quitter"]) == (b"try\n" * 3, b"")
+    assert quitter["restart_policy"] == "on-failure:2"
+    image = d.call("image.inspect", {"ref": "mine/tool:v1"})
+    assert image["id"] == world["image_id"]
+    assert sorted(image["repo_tags"]) == world["image_names"]
+    assert d.call("image.inspect", {"ref": "busybox"})["id"] == world["image_id"]
+    net = d.call("network.inspect", {"id": "keep"})
+    for key in ("id", "subnet", "gateway", "driver"):
+        assert net[key] == world["network"][key], key
+
+
+def corrupt(d: Daemon, how: str, rng: random.Random) -> None:
+    db = os.path.join(d.root, "tugboat.db")
+    if how == "wal":
+        d.kill9()  # its last writes are in the WAL, not yet in the file
+        assert os.path.getsize(db + "-wal") > 0
+        os.unlink(db + "-wal")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db + "-shm")
+        return
+    d.stop()  # containers keep running; the WAL is checkpointed into the file
+    if how == "delete":
+        os.unlink(db)
+    elif how == "truncate":
+        with open(db, "r+b") as f:
+            f.truncate(os.path.getsize(db) // 3)
+    elif how == "pages":
+        page = 4096
+        pages = os.path.getsize(db) // page
+        with open(db, "r+b") as f:
+            for n in rng.sample(range(1, pages), max(1, (pages - 1) // 2)):
+                f.seek(n * page)
+                f.write(rng.randbytes(page))
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("how", ["pages", "truncate", "delete", "wal"])
+def test_a_damaged_store_is_refused_clearly_then_rebuilt_from_disk(make_daemon: Any, how: str) -> None:
+    d: Daemon = make_daemon(netns=True)
+    gate = tempfile.mkdtemp(prefix="gate", dir=d.base)
+    world = make_world(d, gate)
+    corrupt(d, how, random.Random(how))
+    try:
+        _refused_then_rebuilt(d, how, world, gate)
+    finally:
+        if d.proc is None:  # failed half-way: a tugd that can clean up after the test
+            with contextlib.suppress(Exception):
+                d.extra = [*d.extra, REBUILD]
+                d.start()
+
+
+def _refused_then_rebuilt(d: Daemon, how: str, world: dict[str, Any], gate: str) -> None:
+    line = start_fails(d)
+    assert os.path.join(d.root, "tugboat.db") in line and REBUILD in line, line
+    expected = {
+        "pages": "is damaged",
+        "truncate": "is damaged",
+        "delete": "is missing",
+        "wal": "does not know",
+    }[how]
+    assert expected in line, line
+    d.extra = [*d.extra, REBUILD]
+    d.start()
+    d.extra = d.extra[:-1]
+    check_world(d, world)
+    info = d.call("system.info")["store"]
+    assert (info["status"], info["records_behind"]) == ("ok", 0)
+    if how != "delete":
+        assert ".damaged-" in info["rebuilt_from"] and os.path.exists(info["rebuilt_from"])
+    # A second start without the flag keeps everything (the records on disk agree with it).
+    d.restart()
+    check_world(d, world)
+    assert d.call("system.info")["store"]["rebuilt_from"] == ""
+    # The running container is still supervised: its exit is reported with its code.
+    with open(os.path.join(gate, "go"), "w"):
+        pass
+    result = d.call("container.wait", {"id": "runner"})
+    assert result["exit_code"] == 5
+    assert output(d, world["runner"])[0] == b"up\nbye\n"
+    # The network still hands out addresses, never the one the runner had while it exists.
+    other = d.call("container.create", {"image": "busybox", "cmd": ["true"], "network": "keep"})["id"]
+    assert d.call("container.inspect", {"id": other})["networks"]["keep"]["ip"] != "10.93.0.50"
+
+
+def test_the_store_is_healthy_in_system_info_and_records_follow_it(make_daemon: Any) -> None:
+    d: Daemon = make_daemon()
+    info = d.call("system.info")["store"]
+    assert (info["status"], info["check"], info["records_behind"]) == ("ok", "ok", 0)
+    assert info["path"] == os.path.join(d.root, "tugboat.db") and info["size_bytes"] > 0
+    cid = d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "one"})["id"]
+    record = os.path.join(d.root, "containers", cid, "record.json")
+    assert os.path.exists(record)
+    d.call("container.rename", {"id": cid, "name": "two"})
+    with open(record) as f:
+        assert '"name":"two"' in f.read()
+    d.call("image.tag", {"source": "busybox", "target": "other:v2"})
+    image_id = d.call("image.inspect", {"ref": "busybox"})["id"]
+    meta = os.path.join(d.root, "meta", "images", image_id.partition(":")[2] + ".json")
+    with open(meta) as f:
+        assert "other:v2" in f.read()
+    # A name taken is the store's AlreadyExists (no matching of SQLite's words), and changes nothing.
+    from tugwire import errors
+
+    with pytest.raises(errors.AlreadyExists):
+        d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "two"})
+    d.call("container.delete", {"id": cid})
+    assert not os.path.exists(os.path.join(d.root, "containers", cid))
+    d.call("image.remove", {"ref": "other:v2"})
+    with open(meta) as f:
+        assert "other:v2" not in f.read()
+
+
+def test_a_second_tugd_on_the_same_state_dir_is_refused(make_daemon: Any) -> None:
+    d: Daemon = make_daemon(image=False)
+    other = Daemon(tempfile.mkdtemp(prefix="tb", dir="/tmp"))
+    try:
+        other.state, other.socket = d.state, d.socket
+        line = start_fails(other)
+        assert line == (
+            f"tugd: another tugd is already using the state directory {d.state}; "
+            "stop it first (or give this one another --state)"
+        )
+        line = start_fails(d)
+        assert "already using the data root" in line
+        assert d.proc is not None and d.call("system.info")["pid"] == d.proc.pid
+    finally:
+        shutil.rmtree(other.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def small_fs(size: str) -> Any:
+    """A tmpfs of ``size`` mounted for the test, unmounted after."""
+    where = tempfile.mkdtemp(prefix="tbfs", dir="/tmp")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+        os.rmdir(where)
+
+
+def test_a_read_only_root_is_refused_clearly(busybox_tar: str) -> None:
+    with small_fs("16m") as fs:
+        d = Daemon(fs)
+        try:
+            d.start()
+            d.stop()
+            subprocess.run(["mount", "-o", "remount,ro", fs], check=True)
+            line = start_fails(d)
+            assert "read-only file system" in line and d.root in line, line
+        finally:
+            d.stop()
+            subprocess.run(["mount", "-o", "remount,rw", fs], check=False)
+
+
+def _run_until_ready_or_exit(cmd: list[str], base: str, timeout: float = 30.0) -> tuple[int | None, str]:
+    """Start tugd; (None, log) once it is ready (then stopped), or (status, stderr) if it ended."""
+    notify_path = os.path.join(base, "notify.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(notify_path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(0.05)
+    err_path = os.path.join(base, "stderr")
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NOTIFY_SOCKET": notify_path},
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in notify.recv(4096):
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=20)
+                    return None, open(err_path).read()
+            if proc.poll() is not None:
+                return proc.returncode, open(err_path).read()
+            assert time.monotonic() < deadline, "tugd neither got ready nor ended"
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
