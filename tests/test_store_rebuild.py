@@ -259,6 +259,11 @@ def test_a_read_only_root_is_refused_clearly(busybox_tar: str) -> None:
             subprocess.run(["mount", "-o", "remount,rw", fs], check=False)
 
 
+def _read(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
 def _run_until_ready_or_exit(cmd: list[str], base: str, timeout: float = 30.0) -> tuple[int | None, str]:
     """Start tugd; (None, log) once it is ready (then stopped), or (status, stderr) if it ended."""
     notify_path = os.path.join(base, "notify.sock")
@@ -283,12 +288,69 @@ def _run_until_ready_or_exit(cmd: list[str], base: str, timeout: float = 30.0) -
                 if b"READY=1" in notify.recv(4096):
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=20)
-                    return None, open(err_path).read()
+                    return None, _read(err_path)
             if proc.poll() is not None:
-                return proc.returncode, open(err_path).read()
+                return proc.returncode, _read(err_path)
             assert time.monotonic() < deadline, "tugd neither got ready nor ended"
     finally:
         notify.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_random_damage_either_starts_or_fails_in_one_clear_line(make_daemon: Any) -> None:
+    """Property: whatever bytes of a real store are overwritten, tugd either starts or ends with
+    exit status 2 and one line naming the store and the way out; never a traceback."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    d: Daemon = make_daemon()
+    cid = d.call("container.create", {"image": "busybox", "cmd": ["sh", "-c", "exit 3"], "name": "q"})["id"]
+    d.call("container.start", {"id": cid})
+    assert d.call("container.wait", {"id": cid})["exit_code"] == 3
+    d.call("image.tag", {"source": "busybox", "target": "mine/tool:v1"})
+    d.stop()
+    pristine = os.path.join(d.base, "pristine.db")
+    shutil.copyfile(os.path.join(d.root, "tugboat.db"), pristine)
+    size = os.path.getsize(pristine)
+    runs: list[str] = []
+
+    @settings(
+        max_examples=8,
+        deadline=60_000,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, size - 1), st.binary(min_size=1, max_size=512)), min_size=1, max_size=6
+        )
+    )
+    def damaged(writes: list[tuple[int, bytes]]) -> None:
+        base = tempfile.mkdtemp(prefix="tbh", dir="/tmp")
+        try:
+            root = os.path.join(base, "r")
+            shutil.copytree(d.root, root, symlinks=True, ignore=shutil.ignore_patterns("tugd.lock"))
+            db = os.path.join(root, "tugboat.db")
+            shutil.copyfile(pristine, db)
+            with open(db, "r+b") as f:
+                for offset, data in writes:
+                    f.seek(offset)
+                    f.write(data)
+            cmd = [TUGD, "--root", root, "--state", os.path.join(base, "s"), *d.extra]
+            status, err = _run_until_ready_or_exit(cmd, base)
+            assert "Traceback" not in err, err
+            if status is None:
+                runs.append("started")
+                return
+            runs.append("refused")
+            lines = [line for line in err.splitlines() if line.startswith("tugd: ")]
+            assert status == 2 and len(lines) == 1, (status, err)
+            assert root in lines[0] and REBUILD in lines[0], lines[0]
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    damaged()
+    assert runs, runs
+    d.start()
