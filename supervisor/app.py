@@ -27,7 +27,7 @@ from anyio.abc import SocketAttribute
 from tugwire import httpserve, jsonrpc
 from tugwire.errors import PermissionDenied
 
-from . import rebuild, shims, systemd
+from . import diskfull, rebuild, shims, systemd
 from .api import VERSION, Api
 from .config import Config
 from .containers import Containers
@@ -250,6 +250,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
                     store.mirror.attach(store.db)
                 await containers.recover()
                 api = Api(cfg, containers, images, bus, cfg.shim_birth)
+                api.dispatcher.map_error = diskfull.as_tug_error  # ENOSPC: a typed, clear error
                 if metrics is not None and metrics_sock is not None:
                     api.dispatcher.on_call = metrics.observe_call
                     metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)

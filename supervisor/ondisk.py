@@ -54,14 +54,7 @@ _WATCHED = [
 
 def _write(path: str, obj: dict[str, Any], durable: bool) -> None:
     data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    try:
-        fsutil.write_atomic(path, data, mode=0o600, durable=durable)
-    except OSError:
-        # write_atomic leaves its temp file on a failed write (a full disk): never keep one.
-        d, b = os.path.split(path)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(d, f".{b}.tmp.{os.getpid()}"))
-        raise
+    fsutil.write_atomic(path, data, mode=0o600, durable=durable)  # no temp file left on a failure
 
 
 def _read(path: str) -> dict[str, Any] | None:

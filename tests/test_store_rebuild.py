@@ -12,6 +12,7 @@ made (``make_daemon(netns=True)``), as every network test does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import shutil
@@ -354,3 +355,82 @@ def test_random_damage_either_starts_or_fails_in_one_clear_line(make_daemon: Any
     damaged()
     assert runs, runs
     d.start()
+
+
+def _write_until_error(f: Any, chunk: bytes) -> int | None:
+    try:
+        while True:
+            f.write(chunk)
+    except OSError as exc:
+        return exc.errno
+
+
+def _fill(path: str) -> None:
+    """Write ``path`` until the file system is full (big writes, then small ones)."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1 << 9):
+            assert _write_until_error(f, b"\0" * size) == errno.ENOSPC
+
+
+def _temp_files(root: str) -> list[str]:
+    out = []
+    for sub in ("blobs/sha256", "snapshots", "containers", "meta/images", "meta/networks"):
+        d = os.path.join(root, sub)
+        entries = os.listdir(d) if os.path.isdir(d) else []
+        out += [os.path.join(sub, e) for e in entries if e.startswith(".")]
+    return out
+
+
+def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
+    busybox_tar: str, tmp_path: Any
+) -> None:
+    from tugwire import errors
+
+    base = tempfile.mkdtemp(prefix="tbf", dir="/tmp")
+    root = os.path.join(base, "root")
+    os.mkdir(root)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", root], check=True)
+    d = Daemon(base)
+    try:
+        d.start()
+        d.call("image.import", {"path": busybox_tar, "ref": "busybox"})
+        big = tmp_path / "big.tar"
+        payload = tmp_path / "payload"
+        payload.write_bytes(os.urandom(4 << 20))
+        subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(big), "payload"], check=True)
+        images_before = d.call("image.list")
+        filler = os.path.join(root, "filler")
+        _fill(filler)
+        with pytest.raises(errors.ResourceExhausted, match="no space left on the device"):
+            d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "late"})
+        with pytest.raises(errors.ResourceExhausted, match="no space left"):
+            d.call("image.import", {"path": str(big), "ref": "big:v1"})
+        # A change of the store itself: refused whole, or made whole (SQLite may find room).
+        try:
+            d.call("image.tag", {"source": "busybox", "target": "named:v1"})
+            tagged = True
+        except errors.ResourceExhausted:
+            tagged = False
+        # Nothing half-made was kept, and tugd serves on.
+        assert d.call("container.list", {"all": True}) == []
+        assert [e for e in os.listdir(os.path.join(root, "containers")) if not e.startswith("lost-")] == []
+        assert _temp_files(root) == []
+        names = sorted(n for i in d.call("image.list") for n in i["repo_tags"])
+        assert names == sorted(["busybox:latest", *(["named:v1"] if tagged else [])])
+        assert d.call("system.info")["store"]["check"] == "ok"
+        # Room again: everything works, and the records on disk catch up.
+        os.unlink(filler)
+        opts = {"image": "busybox", "cmd": ["sh", "-c", "exit 4"], "name": "late"}
+        cid = d.call("container.create", opts)["id"]
+        d.call("container.start", {"id": cid})
+        assert d.call("container.wait", {"id": cid})["exit_code"] == 4
+        d.call("image.import", {"path": str(big), "ref": "big:v1"})
+        assert len(d.call("image.list")) == len(images_before) + 1
+        info = d.call("system.info")["store"]
+        assert (info["status"], info["records_behind"]) == ("ok", 0), info
+        d.call("container.delete", {"id": cid})
+    finally:
+        problems = [p for p in d.cleanup() if p != f"mount left: {root}"]  # the test's own tmpfs
+        subprocess.run(["umount", "-l", root], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not problems, problems
