@@ -14,12 +14,19 @@ loses it.
 
 How the files follow the database without a hook in every writer: the store's connection gets
 temporary triggers (they live in this connection only, never in the file) that call
-:meth:`Mirror.dirty` with the key of each row a statement changes; when the connection leaves a
+:meth:`Mirror.dirty` with the key of each row a statement changes, and count the change in the
+store's ``store_generation`` (in the same transaction); when the connection leaves a
 transaction (autocommit statements, ``COMMIT``, ``ROLLBACK``), :meth:`Mirror.flush` writes the
 *current* rows of those keys (or removes the file of a row that is gone). A rolled back change thus
 writes the old row again: the files never hold what the database did not commit. Each file is
 written atomically (temp file, rename). A file that cannot be written (a full disk) stays dirty and
 is written again at the next flush; :meth:`Mirror.behind` counts them (``tug system info``).
+
+Each file carries the store's generation when it was written (``gen``). A file whose generation is
+above the store's was written after changes the store no longer has (its WAL lost, a torn
+write): supervisor/storecheck.py refuses to start on it. A file whose row is gone and whose
+generation the store has passed is a removal whose file tugd did not get to delete (killed in
+between): it is removed.
 """
 
 from __future__ import annotations
@@ -55,6 +62,16 @@ _WATCHED = [
 def _write(path: str, obj: dict[str, Any], durable: bool) -> None:
     data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     fsutil.write_atomic(path, data, mode=0o600, durable=durable)  # no temp file left on a failure
+
+
+def generation_of(obj: dict[str, Any] | None) -> int | None:
+    """The store generation a record was written at (None: unreadable)."""
+    gen = obj.get("gen") if obj else None
+    return gen if isinstance(gen, int) else None
+
+
+def _payload(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if obj is None else {k: v for k, v in obj.items() if k != "gen"}
 
 
 def _read(path: str) -> dict[str, Any] | None:
@@ -123,6 +140,15 @@ class Layout:
         for nid in self.network_ids():
             yield nid, _read(self.network(nid))
 
+    def records(self) -> Iterator[tuple[str, str, str, dict[str, Any] | None]]:
+        """Every record on disk: (kind, key, path, content or None if unreadable)."""
+        for cid, obj in self.containers():
+            yield CONTAINER, cid, self.container(cid), obj
+        for image_id, obj in self.images():
+            yield IMAGE, image_id, self.image(image_id), obj
+        for nid, obj in self.networks():
+            yield NETWORK, nid, self.network(nid), obj
+
 
 def _listdir(path: str) -> list[str]:
     try:
@@ -184,7 +210,8 @@ class Mirror:
                     db,
                     f"CREATE TEMP TRIGGER IF NOT EXISTS tug_mirror_{table}_{event.lower()} "
                     f"AFTER {event} ON main.{table} BEGIN "
-                    f"SELECT tug_dirty('{kind}', {row}.{col});{extra} END",
+                    f"SELECT tug_dirty('{kind}', {row}.{col});{extra} "
+                    "UPDATE store_generation SET n = n + 1; END",
                 )
         self.sync(db)
 
@@ -203,7 +230,7 @@ class Mirror:
         written = 0
         for kind, key in sorted(keys):
             path, obj = self._current(db, present, kind, key)
-            if obj is not None and _read(path) != obj:
+            if obj is not None and _payload(_read(path)) != obj:
                 self._dirty.add((kind, key))
                 written += 1
         self.flush(db)
@@ -218,6 +245,7 @@ class Mirror:
         failed: set[tuple[str, str]] = set()
         errors: list[str] = []
         tables = _tables(db)
+        gen = int(sqlite3.Connection.execute(db, "SELECT n FROM store_generation").fetchone()[0])
         for kind, key in sorted(pending):
             try:
                 path, obj = self._current(db, tables, kind, key)
@@ -232,10 +260,10 @@ class Mirror:
                     # Not fsynced: a container's record changes at every start and exit; the
                     # rename is atomic across a crash of tugd, and ext4 flushes the data of a
                     # file renamed over another before the rename (auto_da_alloc).
-                    _write(path, obj, durable=False)
+                    _write(path, {**obj, "gen": gen}, durable=False)
                 else:
                     os.makedirs(directory, mode=0o700, exist_ok=True)
-                    _write(path, obj, durable=True)
+                    _write(path, {**obj, "gen": gen}, durable=True)
             except (OSError, sqlite3.Error) as exc:
                 failed.add((kind, key))
                 errors.append(f"{kind}:{key[:19]}: {exc}")

@@ -101,6 +101,9 @@ def rebuild(cfg: Config) -> Summary:
             _images(cfg, layout, store, summary)
             known_nets = _networks(layout, nets, summary)
             _containers(cfg, layout, store, nets, known_nets, summary)
+            # At least as new as every record, so that the start's check takes them as its own.
+            gens = [ondisk.generation_of(obj) for _k, _key, _p, obj in layout.records()]
+            store.set_generation(max([g for g in gens if g is not None], default=0))
     finally:
         store.close()
     return summary

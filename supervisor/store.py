@@ -65,6 +65,11 @@ CREATE TABLE IF NOT EXISTS events (
     attributes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
+CREATE TABLE IF NOT EXISTS store_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    n INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_generation (id, n) VALUES (0, 0);
 """
 
 # What the events table keeps: every event of the last day, and always at least the last
@@ -159,6 +164,15 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+
+    def generation(self) -> int:
+        """How many changes of mirrored rows the store has committed (supervisor/ondisk.py): each
+        record on disk carries the generation it was written at, so a store that went back in
+        time (a lost WAL) is seen at start."""
+        return int(self.db.execute("SELECT n FROM store_generation").fetchone()[0])
+
+    def set_generation(self, n: int) -> None:
+        self.db.execute("UPDATE store_generation SET n=?", (n,))
 
     def quick_check(self) -> str:
         """SQLite's ``PRAGMA quick_check`` (every page and index walked, rows not matched to

@@ -62,7 +62,7 @@ def describe_sqlite_error(path: str, exc: sqlite3.Error) -> str:
         return f"{path} cannot be read: a disk I/O error ({detail}); check the disk (dmesg), then {REBUILD}"
     if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
         return f"{path} cannot be opened ({detail}); check the owner and mode of it and of {root}"
-    return f"{path} cannot be used ({detail}); {REBUILD}"
+    return f"{path} cannot be used ({detail}); if it is damaged, {REBUILD}"
 
 
 def describe_os_error(cfg: Config, exc: OSError) -> str:
@@ -155,13 +155,27 @@ def open_store(cfg: Config) -> Store:
         if store is not None:
             store.close()
         raise
-    unknown = {w: len(disk[w] - known[w]) for w in disk}
-    if any(unknown.values()):
+    # Records written after the store's last change (it went back in time), or unreadable ones
+    # the store does not know: refuse. Records of rows the store removed: leftovers.
+    generation = store.generation()
+    newer = dict.fromkeys(disk, 0)
+    leftovers: list[str] = []
+    for kind, key, record, obj in layout.records():
+        what = {ondisk.CONTAINER: "container", ondisk.IMAGE: "image", ondisk.NETWORK: "network"}[kind]
+        gen = ondisk.generation_of(obj)
+        if (key not in known[what]) if gen is None else (gen > generation):
+            newer[what] += 1
+        elif key not in known[what]:
+            leftovers.append(record)
+    if any(newer.values()):
         store.close()
         raise StartupError(
-            f"{path} does not know {_found(unknown)} found on disk (it lost its recent writes: "
+            f"{path} is older than what is on disk ({_found(newer)} changed after its last write: "
             f"a lost -wal file or a torn write?); {REBUILD}"
         )
+    for record in leftovers:  # tugd was killed between a removal and the removal of its record
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record)
     store.check_result = "ok"
     store.check_ms = (time.monotonic() - t0) * 1000
     return store

@@ -163,7 +163,7 @@ def _refused_then_rebuilt(d: Daemon, how: str, world: dict[str, Any], gate: str)
         "pages": "is damaged",
         "truncate": "is damaged",
         "delete": "is missing",
-        "wal": "does not know",
+        "wal": "is older than what is on disk",
     }[how]
     assert expected in line, line
     d.extra = [*d.extra, REBUILD]
