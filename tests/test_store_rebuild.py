@@ -434,3 +434,42 @@ def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
         subprocess.run(["umount", "-l", root], check=False)
         shutil.rmtree(base, ignore_errors=True)
     assert not problems, problems
+
+
+def test_records_of_rows_removed_while_tugd_was_killed_are_leftovers_not_a_lost_store(
+    make_daemon: Any,
+) -> None:
+    """tugd killed between a removal's commit and the removal of its record on disk: the next
+    start takes the record for what it is (its generation is one the store has passed) and
+    removes it, instead of refusing to start on a store 'older than the disk'."""
+    d: Daemon = make_daemon()
+    cid = d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "gone"})["id"]
+    record = os.path.join(d.root, "containers", cid, "record.json")
+    with open(record, "rb") as f:
+        saved = f.read()
+    d.call("image.tag", {"source": "busybox", "target": "gone:v1"})
+    d.call("network.create", {"name": "gone"})
+    net_id = d.call("network.inspect", {"id": "gone"})["id"]
+    net_record = os.path.join(d.root, "meta", "networks", net_id + ".json")
+    with open(net_record, "rb") as f:
+        saved_net = f.read()
+    d.call("container.delete", {"id": cid})
+    d.call("network.delete", {"id": "gone"})
+    d.kill9()
+    # As if tugd had died right after each commit: the records are still there.
+    os.makedirs(os.path.dirname(record))
+    with open(record, "wb") as f:
+        f.write(saved)
+    with open(net_record, "wb") as f:
+        f.write(saved_net)
+    d.start()
+    assert not os.path.exists(os.path.dirname(record)) and not os.path.exists(net_record)
+    assert [c["name"] for c in d.call("container.list", {"all": True})] == []
+    # A record newer than the store is another matter: the store lost writes.
+    d.kill9()
+    with open(net_record, "wb") as f:
+        f.write(saved_net.replace(b'"gen":', b'"gen":1000000,"x":'))
+    line = start_fails(d)
+    assert "is older than what is on disk (1 network changed after its last write" in line, line
+    os.unlink(net_record)
+    d.start()
