@@ -381,7 +381,7 @@ def _temp_files(root: str) -> list[str]:
     return out
 
 
-def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
+def test_a_full_disk_fails_create_import_load_build_clearly_and_keeps_the_store_whole(
     busybox_tar: str, tmp_path: Any
 ) -> None:
     from tugwire import errors
@@ -398,6 +398,15 @@ def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
         payload = tmp_path / "payload"
         payload.write_bytes(os.urandom(4 << 20))
         subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(big), "payload"], check=True)
+        # An archive to load later: an image saved, then removed (its blobs freed).
+        d.call("image.import", {"path": str(big), "ref": "saved:v1"})
+        archive = str(tmp_path / "saved.tar")
+        d.call("image.save", {"path": archive, "refs": ["saved:v1"]})
+        d.call("image.remove", {"ref": "saved:v1"})
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM busybox\nCOPY payload /payload\n")
+        shutil.copyfile(payload, ctx / "payload")
         images_before = d.call("image.list")
         filler = os.path.join(root, "filler")
         _fill(filler)
@@ -405,6 +414,10 @@ def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
             d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "late"})
         with pytest.raises(errors.ResourceExhausted, match="no space left"):
             d.call("image.import", {"path": str(big), "ref": "big:v1"})
+        with pytest.raises(errors.ResourceExhausted, match="no space left"):
+            d.call("image.load", {"path": archive})
+        with pytest.raises(errors.ResourceExhausted, match="no space left"):
+            d.call("image.build", {"context": str(ctx), "tag": "built:v1"})
         # A change of the store itself: refused whole, or made whole (SQLite may find room).
         try:
             d.call("image.tag", {"source": "busybox", "target": "named:v1"})
@@ -415,6 +428,7 @@ def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
         assert d.call("container.list", {"all": True}) == []
         assert [e for e in os.listdir(os.path.join(root, "containers")) if not e.startswith("lost-")] == []
         assert _temp_files(root) == []
+        assert os.listdir(os.path.join(root, "builds")) == []
         names = sorted(n for i in d.call("image.list") for n in i["repo_tags"])
         assert names == sorted(["busybox:latest", *(["named:v1"] if tagged else [])])
         assert d.call("system.info")["store"]["check"] == "ok"
@@ -425,7 +439,9 @@ def test_a_full_disk_fails_create_and_import_clearly_and_keeps_the_store_whole(
         d.call("container.start", {"id": cid})
         assert d.call("container.wait", {"id": cid})["exit_code"] == 4
         d.call("image.import", {"path": str(big), "ref": "big:v1"})
-        assert len(d.call("image.list")) == len(images_before) + 1
+        d.call("image.load", {"path": archive})
+        d.call("image.build", {"context": str(ctx), "tag": "built:v1"})
+        assert len(d.call("image.list")) == len(images_before) + 3
         info = d.call("system.info")["store"]
         assert (info["status"], info["records_behind"]) == ("ok", 0), info
         d.call("container.delete", {"id": cid})
