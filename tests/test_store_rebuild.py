@@ -381,9 +381,18 @@ def _temp_files(root: str) -> list[str]:
     return out
 
 
-def test_a_full_disk_fails_create_import_load_build_clearly_and_keeps_the_store_whole(
+@pytest.mark.registry
+@pytest.mark.skipif(shutil.which("docker-registry") is None, reason="needs docker-registry")
+def test_a_full_disk_fails_create_import_load_build_pull_clearly_and_keeps_the_store_whole(
     busybox_tar: str, tmp_path: Any
 ) -> None:
+    from .test_registry import running_registry
+
+    with running_registry() as registry:
+        _full_disk(busybox_tar, tmp_path, registry.host)
+
+
+def _full_disk(busybox_tar: str, tmp_path: Any, registry: str) -> None:
     from tugwire import errors
 
     base = tempfile.mkdtemp(prefix="tbf", dir="/tmp")
@@ -402,6 +411,8 @@ def test_a_full_disk_fails_create_import_load_build_clearly_and_keeps_the_store_
         d.call("image.import", {"path": str(big), "ref": "saved:v1"})
         archive = str(tmp_path / "saved.tar")
         d.call("image.save", {"path": archive, "refs": ["saved:v1"]})
+        remote = f"{registry}/full/saved:v1"
+        d.call("image.push", {"ref": "saved:v1", "dest": remote})
         d.call("image.remove", {"ref": "saved:v1"})
         ctx = tmp_path / "ctx"
         ctx.mkdir()
@@ -418,6 +429,8 @@ def test_a_full_disk_fails_create_import_load_build_clearly_and_keeps_the_store_
             d.call("image.load", {"path": archive})
         with pytest.raises(errors.ResourceExhausted, match="no space left"):
             d.call("image.build", {"context": str(ctx), "tag": "built:v1"})
+        with pytest.raises(errors.ResourceExhausted, match="no space left"):
+            d.call("image.pull", {"ref": remote})
         # A change of the store itself: refused whole, or made whole (SQLite may find room).
         try:
             d.call("image.tag", {"source": "busybox", "target": "named:v1"})
@@ -441,7 +454,8 @@ def test_a_full_disk_fails_create_import_load_build_clearly_and_keeps_the_store_
         d.call("image.import", {"path": str(big), "ref": "big:v1"})
         d.call("image.load", {"path": archive})
         d.call("image.build", {"context": str(ctx), "tag": "built:v1"})
-        assert len(d.call("image.list")) == len(images_before) + 3
+        d.call("image.pull", {"ref": remote})
+        assert len(d.call("image.list")) == len(images_before) + 3  # load and pull: one image
         info = d.call("system.info")["store"]
         assert (info["status"], info["records_behind"]) == ("ok", 0), info
         d.call("container.delete", {"id": cid})
