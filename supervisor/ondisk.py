@@ -233,6 +233,11 @@ class Mirror:
             if obj is not None and _payload(_read(path)) != obj:
                 self._dirty.add((kind, key))
                 written += 1
+        if written:
+            # Rows written without the triggers (before them: the built-in networks of a new
+            # store, or every row at the first start with records) get a generation of their own,
+            # above 0: a store emptied later is then seen to be older than them.
+            sqlite3.Connection.execute(db, "UPDATE store_generation SET n = n + 1")
         self.flush(db)
         return written
 

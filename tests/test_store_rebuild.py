@@ -141,9 +141,13 @@ def corrupt(d: Daemon, how: str, rng: random.Random) -> None:
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("how", ["pages", "truncate", "delete", "wal"])
-def test_a_damaged_store_is_refused_clearly_then_rebuilt_from_disk(make_daemon: Any, how: str) -> None:
-    d: Daemon = make_daemon(netns=True)
+@pytest.mark.parametrize(
+    ("how", "backend"), [("pages", "asyncio"), ("truncate", "trio"), ("delete", "trio"), ("wal", "asyncio")]
+)
+def test_a_damaged_store_is_refused_clearly_then_rebuilt_from_disk(
+    make_daemon: Any, how: str, backend: str
+) -> None:
+    d: Daemon = make_daemon(netns=True, backend=backend)
     gate = tempfile.mkdtemp(prefix="gate", dir=d.base)
     world = make_world(d, gate)
     corrupt(d, how, random.Random(how))
@@ -215,6 +219,36 @@ def test_the_store_is_healthy_in_system_info_and_records_follow_it(make_daemon: 
     d.call("image.remove", {"ref": "other:v2"})
     with open(meta) as f:
         assert "other:v2" not in f.read()
+
+
+@pytest.mark.parametrize("how", ["garbage", "directory", "empty"])
+def test_a_store_that_is_not_one_is_refused_clearly(make_daemon: Any, how: str) -> None:
+    """Not a database, not a file, or emptied (a zero-length file is a valid empty SQLite
+    database: the records on disk show it lost everything)."""
+    d: Daemon = make_daemon()
+    d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "kept"})
+    d.stop()
+    db = os.path.join(d.root, "tugboat.db")
+    os.unlink(db)
+    if how == "garbage":
+        with open(db, "wb") as f:
+            f.write(b"this is not a database\n" * 300)
+    elif how == "directory":
+        os.mkdir(db)
+    else:
+        open(db, "wb").close()
+    line = start_fails(d)
+    expected = {
+        "garbage": "is damaged (file is not a database)",
+        "directory": "cannot be opened (unable to open database file)",
+        "empty": "is older than what is on disk (1 container, 1 image, 3 networks changed",
+    }[how]
+    assert line.startswith(f"tugd: {db} ") and expected in line, line
+    if how == "directory":
+        os.rmdir(db)
+    d.extra = [*d.extra, REBUILD]
+    d.start()
+    assert [c["name"] for c in d.call("container.list", {"all": True})] == ["kept"]
 
 
 def test_a_second_tugd_on_the_same_state_dir_is_refused(make_daemon: Any) -> None:
