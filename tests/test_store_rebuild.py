@@ -479,8 +479,16 @@ def _full_disk(busybox_tar: str, tmp_path: Any, registry: str) -> None:
         names = sorted(n for i in d.call("image.list") for n in i["repo_tags"])
         assert names == sorted(["busybox:latest", *(["named:v1"] if tagged else [])])
         assert d.call("system.info")["store"]["check"] == "ok"
+        # A start on the full disk: it serves, or it ends in one line that says the disk is full.
+        d.stop()
+        status, err = _run_until_ready_or_exit(argv(d), base)
+        assert "Traceback" not in err, err
+        if status is not None:
+            lines = [line for line in err.splitlines() if line.startswith("tugd: ")]
+            assert status == 2 and len(lines) == 1 and ("space" in lines[0] or "full" in lines[0]), err
         # Room again: everything works, and the records on disk catch up.
         os.unlink(filler)
+        d.start()
         opts = {"image": "busybox", "cmd": ["sh", "-c", "exit 4"], "name": "late"}
         cid = d.call("container.create", opts)["id"]
         d.call("container.start", {"id": cid})
