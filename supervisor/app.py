@@ -213,12 +213,13 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             prepare_dirs(cfg, gid)
             locks.append(lock_root(cfg))
             locks.append(lock_state(cfg))
-            if cfg.rebuild_store:
-                summary = rebuild.rebuild(cfg)
-                log.warning("%s", summary.line(cfg.db_path))
+            rebuilt = rebuild.rebuild(cfg) if cfg.rebuild_store else None
+            if rebuilt is not None:
+                log.warning("%s", rebuilt.line(cfg.db_path))
             store = open_store(cfg)
-            if cfg.rebuild_store:
-                store.rebuilt_from = summary.set_aside[0] if summary.set_aside else cfg.db_path
+            if rebuilt is not None:
+                store.rebuilt = True
+                store.rebuilt_from = rebuilt.set_aside[0] if rebuilt.set_aside else ""
             bus = EventBus(store)
             images = Images(cfg, store)
             if cfg.shim_birth == "template":

@@ -152,7 +152,8 @@ class Store:
         self.mirror = mirror
         self.check_result = "not checked"  # set by storecheck.open_store at start
         self.check_ms = 0.0
-        self.rebuilt_from = ""  # the damaged file set aside by --rebuild-store at this start
+        self.rebuilt = False  # made again by --rebuild-store at this start
+        self.rebuilt_from = ""  # the damaged file it set aside ("" if there was none)
         if mirror is not None:
             self.db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, factory=mirror.connection_class()

@@ -50,6 +50,7 @@ def store_health(store: Store) -> dict[str, Any]:
         "size_bytes": size,
         "records_behind": behind,
         "records_error": store.mirror.last_error if store.mirror is not None else "",
+        "rebuilt": store.rebuilt,
         "rebuilt_from": store.rebuilt_from,
     }
 

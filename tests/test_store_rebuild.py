@@ -175,13 +175,13 @@ def _refused_then_rebuilt(d: Daemon, how: str, world: dict[str, Any], gate: str)
     d.extra = d.extra[:-1]
     check_world(d, world)
     info = d.call("system.info")["store"]
-    assert (info["status"], info["records_behind"]) == ("ok", 0)
+    assert (info["status"], info["records_behind"], info["rebuilt"]) == ("ok", 0, True)
     if how != "delete":
         assert ".damaged-" in info["rebuilt_from"] and os.path.exists(info["rebuilt_from"])
     # A second start without the flag keeps everything (the records on disk agree with it).
     d.restart()
     check_world(d, world)
-    assert d.call("system.info")["store"]["rebuilt_from"] == ""
+    assert d.call("system.info")["store"]["rebuilt"] is False
     # The running container is still supervised: its exit is reported with its code.
     with open(os.path.join(gate, "go"), "w"):
         pass
