@@ -177,8 +177,9 @@ class Store:
 
     def quick_check(self) -> str:
         """SQLite's ``PRAGMA quick_check`` (every page and index walked, rows not matched to
-        their index entries: linear in the file's size, 10-20 ms for a few MB): "ok", or the
-        first problem it found."""
+        their index entries: linear in the file's size; measured on the loaded 2-core test
+        machine, 2-18 ms for 2.2 MB, 170-360 ms for 29 MB, the events table's cap): "ok", or
+        the first problem it found."""
         rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
         if not rows:
             return "ok"
