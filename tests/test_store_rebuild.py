@@ -198,6 +198,8 @@ def test_the_store_is_healthy_in_system_info_and_records_follow_it(make_daemon: 
     info = d.call("system.info")["store"]
     assert (info["status"], info["check"], info["records_behind"]) == ("ok", "ok", 0)
     assert info["path"] == os.path.join(d.root, "tugboat.db") and info["size_bytes"] > 0
+    text = d.tug("system", "info").stdout.decode()
+    assert "\nstore:\n  path: " in text and "\n  status: ok\n" in text, text
     cid = d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "one"})["id"]
     record = os.path.join(d.root, "containers", cid, "record.json")
     assert os.path.exists(record)
