@@ -62,6 +62,10 @@ class Summary:
 def set_aside(path: str) -> list[str]:
     """Rename the database and its ``-wal`` and ``-shm`` to ``<name>.damaged-<UTC time>...``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while any(os.path.exists(f"{path}.damaged-{stamp}{s}") for s in ("", "-wal", "-shm")):
+        n += 1  # a second rebuild within the same second never overwrites the first's files
+        stamp = f"{stamp.split('.')[0]}.{n}"
     moved = []
     for suffix in ("", "-wal", "-shm"):
         src = path + suffix

@@ -547,3 +547,127 @@ def test_records_of_rows_removed_while_tugd_was_killed_are_leftovers_not_a_lost_
     assert "is older than what is on disk (1 network changed after its last write" in line, line
     os.unlink(net_record)
     d.start()
+
+
+# ----------------------------------------------------------------------- units: no tugd needed
+
+
+def _unit_store(root: str) -> Any:
+    from supervisor import ondisk
+    from supervisor.network.ipam import NetStore
+    from supervisor.store import Store
+
+    os.makedirs(os.path.join(root, "containers"), exist_ok=True)
+    store = Store(os.path.join(root, "tugboat.db"), ondisk.Mirror(ondisk.Layout(root)))
+    NetStore(store.db)
+    assert store.mirror is not None
+    store.mirror.attach(store.db)
+    return store
+
+
+def _record(cid: str, name: str) -> Any:
+    from supervisor.store import ContainerRecord
+
+    return ContainerRecord(
+        id=cid,
+        name=name,
+        image="busybox",
+        image_id="sha256:" + "0" * 64,
+        created_at="t",
+        config={},
+        state="created",
+    )
+
+
+def _image(image_id: str) -> Any:
+    from supervisor.store import ImageRecord
+
+    return ImageRecord(id=image_id, digest="sha256:" + "f" * 64, manifest={}, config={}, size=1, created="t")
+
+
+def test_records_follow_commits_and_rollbacks(tmp_path: Any) -> None:
+    import json
+
+    from supervisor import ondisk
+
+    root = str(tmp_path)
+    store = _unit_store(root)
+    layout = ondisk.Layout(root)
+    cid = "a" * 64
+    os.mkdir(os.path.join(root, "containers", cid))
+    store.insert_container(_record(cid, "one"))
+
+    def on_disk(path: str) -> Any:
+        with open(path) as f:
+            return json.load(f)
+
+    assert on_disk(layout.container(cid))["container"]["name"] == "one"
+    gen = on_disk(layout.container(cid))["gen"]
+    assert gen == store.generation() and gen > 0
+    # A change rolled back leaves the committed row on disk.
+    rec = _record(cid, "two")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.update_container(rec)
+        raise RuntimeError("abandoned")
+    assert on_disk(layout.container(cid))["container"]["name"] == "one"
+    # A name that moves from one image to another is on disk with the second only.
+    a, b = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    with store.transaction():
+        store.put_image(_image(a))
+        store.put_image(_image(b))
+        store.set_name("x:1", a)
+    assert on_disk(layout.image(a))["image"]["names"] == ["x:1"]
+    store.set_name("x:1", b)
+    assert on_disk(layout.image(a))["image"]["names"] == []
+    assert on_disk(layout.image(b))["image"]["names"] == ["x:1"]
+    store.delete_image(a)
+    assert not os.path.exists(layout.image(a))
+    store.delete_container(cid)
+    assert not os.path.exists(layout.container(cid))
+    store.close()
+
+
+def test_a_record_that_cannot_be_written_is_counted_and_written_later(tmp_path: Any) -> None:
+    from supervisor import ondisk
+
+    root = str(tmp_path)
+    store = _unit_store(root)
+    layout = ondisk.Layout(root)
+    a = "sha256:" + "3" * 64
+    os.makedirs(layout.images_dir, exist_ok=True)
+    os.chmod(layout.images_dir, 0o500)
+    blocked = os.geteuid() != 0  # root writes through the mode: block with a file instead
+    if not blocked:
+        os.chmod(layout.images_dir, 0o700)
+        os.rmdir(layout.images_dir)
+        with open(layout.images_dir, "w"):
+            pass
+    store.put_image(_image(a))  # committed: the database is the truth
+    assert store.get_image(a) is not None
+    assert store.mirror is not None and store.mirror.behind() == 1 and store.mirror.last_error
+    if blocked:
+        os.chmod(layout.images_dir, 0o700)
+    else:
+        os.unlink(layout.images_dir)
+    store.set_name("y:1", a)  # the next flush writes what was behind
+    assert store.mirror.behind() == 0 and os.path.exists(layout.image(a))
+    store.close()
+
+
+def test_set_aside_never_overwrites_an_earlier_damaged_file(tmp_path: Any) -> None:
+    from supervisor.rebuild import set_aside
+
+    db = str(tmp_path / "tugboat.db")
+    moved = []
+    for i in range(3):
+        with open(db, "w") as f:
+            f.write(str(i))
+        with open(db + "-wal", "w") as f:
+            f.write("w")
+        moved += set_aside(db)
+    assert len(set(moved)) == 6 and not os.path.exists(db)
+    contents = []
+    for path in moved[::2]:
+        with open(path) as f:
+            contents.append(f.read())
+    assert contents == ["0", "1", "2"]
