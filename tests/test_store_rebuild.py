@@ -585,6 +585,12 @@ def _image(image_id: str) -> Any:
     return ImageRecord(id=image_id, digest="sha256:" + "f" * 64, manifest={}, config={}, size=1, created="t")
 
 
+def _abandoned_rename(store: Any, cid: str) -> None:
+    with store.transaction():
+        store.update_container(_record(cid, "two"))
+        raise RuntimeError("abandoned")
+
+
 def test_records_follow_commits_and_rollbacks(tmp_path: Any) -> None:
     import json
 
@@ -605,10 +611,8 @@ def test_records_follow_commits_and_rollbacks(tmp_path: Any) -> None:
     gen = on_disk(layout.container(cid))["gen"]
     assert gen == store.generation() and gen > 0
     # A change rolled back leaves the committed row on disk.
-    rec = _record(cid, "two")
-    with pytest.raises(RuntimeError), store.transaction():
-        store.update_container(rec)
-        raise RuntimeError("abandoned")
+    with pytest.raises(RuntimeError, match="abandoned"):
+        _abandoned_rename(store, cid)
     assert on_disk(layout.container(cid))["container"]["name"] == "one"
     # A name that moves from one image to another is on disk with the second only.
     a, b = "sha256:" + "1" * 64, "sha256:" + "2" * 64
