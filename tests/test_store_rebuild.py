@@ -253,6 +253,28 @@ def test_a_store_that_is_not_one_is_refused_clearly(make_daemon: Any, how: str) 
     assert [c["name"] for c in d.call("container.list", {"all": True})] == ["kept"]
 
 
+def test_a_bundle_without_a_record_is_kept_aside_by_a_rebuild(make_daemon: Any) -> None:
+    """A container made by a tugd older than the records, whose store is then lost: nothing
+    says what it was, so the rebuild keeps its directory (logs, writable layer) as
+    ``containers/lost-<id>`` instead of letting the start clean it up as a leftover."""
+    d: Daemon = make_daemon()
+    old = d.call("container.create", {"image": "busybox", "cmd": ["echo", "old"], "name": "old"})["id"]
+    d.call("container.start", {"id": old})
+    assert d.call("container.wait", {"id": old})["exit_code"] == 0
+    new = d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "new"})["id"]
+    d.stop()
+    os.unlink(os.path.join(d.root, "containers", old, "record.json"))
+    os.unlink(os.path.join(d.root, "tugboat.db"))
+    assert "is missing but" in start_fails(d)
+    d.extra = [*d.extra, REBUILD]
+    d.start()
+    assert [c["id"] for c in d.call("container.list", {"all": True})] == [new]
+    kept = os.path.join(d.root, "containers", "lost-" + old)
+    with open(os.path.join(kept, "container.log"), "rb") as f:
+        assert f.read().endswith(b" stdout F old\n")
+    assert f"container {old[:12]}: no usable record (kept as lost-{old})" in d.read_log()
+
+
 def test_a_second_tugd_on_the_same_state_dir_is_refused(make_daemon: Any) -> None:
     d: Daemon = make_daemon(image=False)
     other = Daemon(tempfile.mkdtemp(prefix="tb", dir="/tmp"))
