@@ -7,14 +7,25 @@ through a temp file renamed only when whole: a blob (``BlobWriter``, ``put_bytes
 ``put_stream``), a snapshot (``.unpack-`` dirs), a bundle (removed with the container's dir when
 its record cannot be made), a record (a transaction, rolled back). Nothing half-written is ever
 used; temp files left by a crash are collected at the next start.
+
+What tugd writes on its own (a container's exit, a restart of its policy, an auto-remove) cannot
+fail back to a client: a full disk there must not end tugd. The exit is recorded again until there
+is room (:func:`retry_while_full`; the shim keeps its exit record meanwhile), the restart waits, the
+auto-remove is left to the next start.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
+
+import anyio
 
 from tugwire.errors import ResourceExhausted, TugError
+
+log = logging.getLogger("tugboat.diskfull")
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -51,3 +62,26 @@ def as_tug_error(exc: BaseException) -> TugError | None:
                 "free some space and try again"
             )
     return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk."""
+    return as_tug_error(exc) is not None
+
+
+async def retry_while_full(what: str, fn: Callable[[], Awaitable[None]], every: float = 1.0) -> None:
+    """Run ``fn``; while it fails on a full disk, log once and run it again every ``every``
+    seconds (no event says that space came back). For what tugd does on its own and must not
+    lose: recording an exit (the shim keeps its exit record until then), a lost shim."""
+    warned = False
+    while True:
+        try:
+            await fn()
+            return
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            if not warned:
+                log.warning("cannot record %s: the disk is full; trying again every %gs", what, every)
+                warned = True
+        await anyio.sleep(every)
