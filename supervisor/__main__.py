@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         help="remove this root's bridges, nft table and network namespaces from the host, then "
         "exit (refused while containers exist or its tugd runs)",
     )
+    parser.add_argument(
+        "--rebuild-store",
+        action="store_true",
+        help="set tugboat.db aside (renamed with the time) and rebuild it from what is on disk, then "
+        "start as usual; the event history is lost (docs/design.md, 'Store and rebuild')",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import AlreadyRunning, ListenError
     from .app import main as app_main
     from .config import Config, ConfigError
+    from .storecheck import StartupError
     from .systemd import ActivationError
 
     if args.group:  # named on the command line: it must exist (a typo would lock its members out)
@@ -106,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             address_pools=tuple(args.default_address_pool),
             insecure_registries=tuple(args.insecure_registry),
             runtime_timeout=args.runtime_timeout,
+            rebuild_store=args.rebuild_store,
         ).validated()
     except ConfigError as exc:
         print(f"tugd: {exc}", file=sys.stderr)
@@ -123,20 +131,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tugwire.errors import InvalidArgument
 
+    # Every failure to start is one line and exit status 2 (supervisor/storecheck.py).
+    startup = (AlreadyRunning, ActivationError, ListenError, StartupError)
     try:
         anyio.run(app_main, cfg, backend=cfg.backend)
-    except (AlreadyRunning, ActivationError, ListenError) as exc:
+    except startup as exc:
         print(f"tugd: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         pass
     except BaseExceptionGroup as group:
-        # A setting that only the store can check (``--default-network NAME`` names a network
-        # that does not exist) fails inside the task groups: one line, like the errors above.
+        # What fails inside the task groups: a start-up error, or a setting that only the store
+        # can check (``--default-network NAME`` names a network that does not exist).
         leaves = _leaves(group)
-        if not leaves or not all(isinstance(e, InvalidArgument) for e in leaves):
+        if not leaves or not all(isinstance(e, (InvalidArgument, *startup)) for e in leaves):
             raise
-        for leaf in leaves:
+        for leaf in leaves[:1]:  # one line: the first cause
             print(f"tugd: {leaf.message if isinstance(leaf, InvalidArgument) else leaf}", file=sys.stderr)
         return 2
     return 0

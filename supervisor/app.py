@@ -27,21 +27,22 @@ from anyio.abc import SocketAttribute
 from tugwire import httpserve, jsonrpc
 from tugwire.errors import PermissionDenied
 
-from . import shims, systemd
+from . import diskfull, rebuild, shims, systemd
 from .api import Api
 from .config import Config
 from .core import Core
 from .store import Store
+from .storecheck import StartupError, open_store, startup_errors
 from .system import VERSION
 
 log = logging.getLogger("tugboat")
 
 
-class AlreadyRunning(Exception):
-    pass
+class AlreadyRunning(StartupError):
+    """Another tugd holds the data root or the state directory."""
 
 
-class ListenError(Exception):
+class ListenError(StartupError):
     """An address tugd was told to listen on cannot be had."""
 
 
@@ -68,14 +69,27 @@ def prepare_dirs(cfg: Config, gid: int | None) -> None:
         os.makedirs(sock_dir, mode=0o700, exist_ok=True)
 
 
-def lock_root(cfg: Config) -> int:
-    fd = os.open(os.path.join(cfg.root, "tugd.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock(directory: str, what: str) -> int:
+    fd = os.open(os.path.join(directory, "tugd.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyRunning(f"another tugd is already using {cfg.root}") from None
+        raise AlreadyRunning(
+            f"another tugd is already using {what} {directory}; stop it first (or give this one "
+            f"another --{'root' if what == 'the data root' else 'state'})"
+        ) from None
     return fd
+
+
+def lock_root(cfg: Config) -> int:
+    """Hold the data root: one tugd per root (the lock goes with the process)."""
+    return _lock(cfg.root, "the data root")
+
+
+def lock_state(cfg: Config) -> int:
+    """Hold the state directory too: two tugds on one state dir would take each other's shims."""
+    return _lock(cfg.state, "the state directory")
 
 
 async def make_listener(
@@ -189,17 +203,27 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
         if isinstance(bound, str) and bound.startswith("/"):
             cfg = dataclasses.replace(cfg, socket=bound)
     gid = _group_id(cfg.group) if cfg.group else None
-    prepare_dirs(cfg, gid)
-    lock_fd = lock_root(cfg)
-    store = Store(cfg.db_path)
-    launcher: shims.ShimLauncher
-    if cfg.shim_birth == "template":
-        launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
-    else:
-        launcher = shims.ExecLauncher(cfg.shim_timeout)
+    locks: list[int] = []
+    store: Store | None = None
+    launcher: shims.ShimLauncher | None = None
     metrics_sock: socket.socket | None = None
     try:
-        metrics_sock = bind_metrics(cfg)
+        with startup_errors(cfg):
+            prepare_dirs(cfg, gid)
+            locks.append(lock_root(cfg))
+            locks.append(lock_state(cfg))
+            rebuilt = rebuild.rebuild(cfg) if cfg.rebuild_store else None
+            if rebuilt is not None:
+                log.warning("%s", rebuilt.line(cfg.db_path))
+            store = open_store(cfg)
+            if rebuilt is not None:
+                store.rebuilt = True
+                store.rebuilt_from = rebuilt.set_aside[0] if rebuilt.set_aside else ""
+            if cfg.shim_birth == "template":
+                launcher = shims.TemplateLauncher(cfg.template_socket, cfg.shim_timeout, cfg.backend)
+            else:
+                launcher = shims.ExecLauncher(cfg.shim_timeout)
+            metrics_sock = bind_metrics(cfg)
         metrics = None
         if metrics_sock is not None:
             from .metrics import Metrics  # prometheus_client costs ~50 ms to import: only when on
@@ -207,15 +231,20 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             metrics = Metrics(version=VERSION, runtime=cfg.runtime, backend=cfg.backend)
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.run_watchdog)  # from the start: recovery may take a while
-            core = Core.build(cfg, store, launcher, tg, metrics)  # every service, once
-            await core.containers.recover()
-            api = Api(core)  # the JSON-RPC front door
-            if metrics is not None and metrics_sock is not None:
-                api.dispatcher.on_call = metrics.observe_call
-                metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
-                tg.start_soon(metrics.serve, metrics_listener, core.containers)
-                log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
-            listener = await make_listener(cfg, gid, inherited)
+            with startup_errors(cfg):
+                core = Core.build(cfg, store, launcher, tg, metrics)  # every service, once
+                if store.mirror is not None:
+                    # After the network store made its tables: their rows are mirrored too.
+                    store.mirror.attach(store.db)
+                await core.containers.recover()
+                api = Api(core)  # the JSON-RPC front door
+                api.dispatcher.map_error = diskfull.as_tug_error  # ENOSPC: a typed, clear error
+                if metrics is not None and metrics_sock is not None:
+                    api.dispatcher.on_call = metrics.observe_call
+                    metrics_listener = await anyio.abc.SocketListener.from_socket(metrics_sock)
+                    tg.start_soon(metrics.serve, metrics_listener, core.containers)
+                    log.info("metrics on http://%s/metrics", httpserve.bound_address(metrics_listener))
+                listener = await make_listener(cfg, gid, inherited)
             tg.start_soon(_signals, tg.cancel_scope, notifier)
             tg.start_soon(partial(jsonrpc.serve_listener, accept=peer_allowed(gid)), listener, api.dispatcher)
             log.info(
@@ -233,12 +262,15 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             task_status.started()
     finally:
         notifier.stopping_now()
-        with anyio.CancelScope(shield=True):
-            await launcher.aclose()
-        if inherited is None:  # a socket systemd passed stays: it is the socket unit's
+        if launcher is not None:
+            with anyio.CancelScope(shield=True):
+                await launcher.aclose()
+        if inherited is None and len(locks) == 2:  # ours (a socket systemd passed is the unit's)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cfg.socket)
         if metrics_sock is not None:
             metrics_sock.close()  # closed already if it served; not if the start failed first
-        store.close()
-        os.close(lock_fd)
+        if store is not None:
+            store.close()
+        for fd in locks:
+            os.close(fd)

@@ -34,6 +34,7 @@ class Config:
     # Where subnets of networks without --subnet come from, in order: "base=CIDR,size=N" each
     # (--default-address-pool); empty: docker's default-address-pools (network/host.py).
     address_pools: tuple[str, ...] = ()
+    rebuild_store: bool = False  # --rebuild-store: make tugboat.db again from disk (supervisor/rebuild.py)
     extra: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> Config:
@@ -96,6 +97,7 @@ class Config:
             insecure_registries=insecure,
             default_network=self.default_network,
             address_pools=pools,
+            rebuild_store=self.rebuild_store,
             extra=dict(self.extra),
         )
 

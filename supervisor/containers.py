@@ -19,6 +19,7 @@ import signal as signals
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -35,7 +36,7 @@ from tugwire.errors import (
 )
 from tugwire.timefmt import epoch_seconds, rfc3339
 
-from . import health, mounts, policy, security, shims, spec
+from . import diskfull, health, mounts, policy, security, shims, spec
 from .config import Config
 from .events import Event, EventBus
 from .failpoints import failpoint
@@ -398,11 +399,9 @@ class Containers:
             with self.store.transaction():  # the container and its addresses, or neither
                 self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.config
                 self.store.insert_container(rec)
-        except BaseException as exc:
+        except BaseException:
             fsutil.remove_tree(paths["dir"])
-            if isinstance(exc, Exception) and "UNIQUE" in str(exc):
-                raise AlreadyExists(f"the container name {name!r} is already in use", field="name") from exc
-            raise
+            raise  # a name taken meanwhile: AlreadyExists, from the store
         failpoint("container.create.after_db")
         self.networks.refresh_hosts(self.networks.network_ids_of(cid), self.cfg.container_dir)
         self._publish("create", rec)
@@ -529,10 +528,12 @@ class Containers:
                 # The connection failed but the shim lives (a loaded host): it is not lost.
                 log.warning("lost the connection to the shim of %s (%s); again", cid[:12], exc)
                 await anyio.sleep(0.5)
+        # A full disk must not lose the exit nor end tugd: recorded once there is room (issue 19).
         if record is None:
-            await self._shim_lost(cid)
+            await diskfull.retry_while_full(f"the lost shim of {cid[:12]}", partial(self._shim_lost, cid))
         else:
-            await self._handle_exit(cid, record)
+            done = partial(self._handle_exit, cid, record)
+            await diskfull.retry_while_full(f"the exit of {cid[:12]}", done)
 
     async def _handle_exit(self, cid: str, record: dict[str, Any]) -> None:
         """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
@@ -615,7 +616,14 @@ class Containers:
                 if rec is None or rec.state in ACTIVE or rec.config.get("stopped_by_user"):
                     return
                 rec.config["restart_count"] = int(rec.config.get("restart_count") or 0) + 1
-                self._update(rec)
+                try:
+                    self._update(rec)
+                except Exception as exc:
+                    if not diskfull.is_disk_full(exc):
+                        raise
+                    log.warning("restart of %s waits for disk space", cid[:12])  # issue 19
+                    self._schedule_restart(cid, max(delay, 1.0))
+                    return
             if live.restart is scope:
                 live.restart = None
             self._publish("restart", rec, restart_count=rec.config["restart_count"])
@@ -690,8 +698,14 @@ class Containers:
         with anyio.move_on_after(AUTO_REMOVE_GRACE):
             while live.holds > 0:
                 await live.wait_changed()
-        with contextlib.suppress(NotFound):
+        try:
             await self.delete(cid, force=False)
+        except NotFound:
+            pass
+        except Exception as exc:
+            if not diskfull.is_disk_full(exc):
+                raise
+            log.warning("auto-remove of %s failed on a full disk: the next start of tugd retries", cid[:12])
 
     # ------------------------------------------------------------------- kill, stop, delete
 
@@ -1082,7 +1096,10 @@ class Containers:
                     self.tg.start_soon(self._auto_remove, rec.id)
                 elif rec.state == EXITED and not self._restart_on_boot(rec):
                     self._apply_policy(rec)  # a restart that was pending when tugd stopped
-        except Exception:
+        except Exception as exc:
+            if diskfull.is_disk_full(exc):  # not recorded yet: a watch records it once there is room
+                self.tg.start_soon(self._watch, rec.id)
+                return
             log.exception("recovery of %s failed", rec.id[:12])
 
     async def _shim_state(self, cid: str) -> dict[str, Any] | None:

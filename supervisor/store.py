@@ -13,7 +13,12 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tugwire.errors import AlreadyExists
+
+if TYPE_CHECKING:
+    from .ondisk import Mirror
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
@@ -60,6 +65,11 @@ CREATE TABLE IF NOT EXISTS events (
     attributes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
+CREATE TABLE IF NOT EXISTS store_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    n INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_generation (id, n) VALUES (0, 0);
 """
 
 # What the events table keeps: every event of the last day, and always at least the last
@@ -132,14 +142,50 @@ _CONTAINER_COLS = [f.name for f in fields(ContainerRecord)]
 
 
 class Store:
-    def __init__(self, path: str) -> None:
+    """The metadata store. With a ``mirror`` (supervisor/ondisk.py), every committed change of a
+    container, image or network is also written to a file beside what it describes, so that
+    ``tugd --rebuild-store`` can make the database again from disk (docs/design.md, "Store and
+    rebuild"). Opening checks nothing: supervisor/storecheck.py opens and checks it at start."""
+
+    def __init__(self, path: str, mirror: Mirror | None = None) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.mirror = mirror
+        self.check_result = "not checked"  # set by storecheck.open_store at start
+        self.check_ms = 0.0
+        self.rebuilt = False  # made again by --rebuild-store at this start
+        self.rebuilt_from = ""  # the damaged file it set aside ("" if there was none)
+        if mirror is not None:
+            self.db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, factory=mirror.connection_class()
+            )
+        else:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+
+    def generation(self) -> int:
+        """How many changes of mirrored rows the store has committed (supervisor/ondisk.py): each
+        record on disk carries the generation it was written at, so a store that went back in
+        time (a lost WAL) is seen at start."""
+        return int(self.db.execute("SELECT n FROM store_generation").fetchone()[0])
+
+    def set_generation(self, n: int) -> None:
+        self.db.execute("UPDATE store_generation SET n=?", (n,))
+
+    def quick_check(self) -> str:
+        """SQLite's ``PRAGMA quick_check`` (every page and index walked, rows not matched to
+        their index entries: linear in the file's size; measured on the loaded 2-core test
+        machine, 2-18 ms for 2.2 MB, 170-360 ms for 29 MB, the events table's cap): "ok", or
+        the first problem it found."""
+        rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
+        if not rows:
+            return "ok"
+        # One line: SQLite's report may span several ("*** in database main ***\nPage 5: ...").
+        text = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+        return text if len(text) <= 160 else text[:157] + "..."
 
     def close(self) -> None:
         self.db.close()
@@ -157,15 +203,23 @@ class Store:
     # ----------------------------------------------------------------------------- containers
 
     def insert_container(self, rec: ContainerRecord) -> None:
+        """Record a new container; :class:`AlreadyExists` if its name (or id) is taken."""
         row = rec.row()
         cols = ",".join(_CONTAINER_COLS)
         marks = ",".join(f":{c}" for c in _CONTAINER_COLS)
-        self.db.execute(f"INSERT INTO containers ({cols}) VALUES ({marks})", row)
+        try:
+            self.db.execute(f"INSERT INTO containers ({cols}) VALUES ({marks})", row)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"the container name {rec.name!r} is already in use", field="name") from None
 
     def update_container(self, rec: ContainerRecord) -> None:
+        """Write back a container; :class:`AlreadyExists` if it was renamed to a name taken."""
         row = rec.row()
         sets = ",".join(f"{c}=:{c}" for c in _CONTAINER_COLS if c != "id")
-        self.db.execute(f"UPDATE containers SET {sets} WHERE id=:id", row)
+        try:
+            self.db.execute(f"UPDATE containers SET {sets} WHERE id=:id", row)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"the container name {rec.name!r} is already in use", field="name") from None
 
     def delete_container(self, cid: str) -> None:
         self.db.execute("DELETE FROM containers WHERE id=?", (cid,))

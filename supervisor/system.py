@@ -16,6 +16,7 @@ import platform
 import stat
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -67,7 +68,33 @@ class SystemInfo:
     shim_birth: str
     containers: dict[str, int]
     images: int
+    store: dict[str, Any]  # the store's health (store_health; issue 19)
     pid: int
+
+
+def store_health(store: Store) -> dict[str, Any]:
+    """The store's health for ``system.info``: the start-up check's result (``ok``, or what
+    ``PRAGMA quick_check`` found), the file's size, and how many records on disk
+    (supervisor/ondisk.py) are behind the database (a full disk; written again later)."""
+    try:
+        size = os.path.getsize(store.path)
+    except OSError:
+        size = 0
+    behind = store.mirror.behind() if store.mirror is not None else 0
+    status = store.check_result
+    if status == "ok" and behind:
+        status = "degraded"
+    return {
+        "path": store.path,
+        "status": status,
+        "check": store.check_result,
+        "check_ms": round(store.check_ms, 1),
+        "size_bytes": size,
+        "records_behind": behind,
+        "records_error": store.mirror.last_error if store.mirror is not None else "",
+        "rebuilt": store.rebuilt,
+        "rebuilt_from": store.rebuilt_from,
+    }
 
 
 def du(path: str) -> int:
@@ -225,6 +252,7 @@ class System:
             shim_birth=self.cfg.shim_birth,
             containers=self.containers.counts(),
             images=self.images.store.image_count(),
+            store=store_health(self.store),
             pid=os.getpid(),
         )
 

@@ -122,12 +122,7 @@ class Verbs:
             if self.c.store.name_taken(new_name):
                 raise AlreadyExists(f"the container name {new_name!r} is already in use", field="name")
             rec.name = new_name
-            try:
-                self.c._update(rec)
-            except Exception as exc:
-                if "UNIQUE" in str(exc):
-                    raise AlreadyExists(f"the container name {new_name!r} is already in use") from exc
-                raise
+            self.c._update(rec)  # AlreadyExists (from the store) if taken meanwhile
             # Its peers on its networks resolve the new name (their /etc/hosts, rewritten).
             self.c.networks.refresh_hosts(self.c.networks.network_ids_of(rec.id), self.c.cfg.container_dir)
         self.c._publish("rename", rec, oldName=old)

@@ -182,7 +182,7 @@ def test_metrics_address_in_use_stops_tugd() -> None:
                 capture_output=True,
                 timeout=30,
             )
-        assert result.returncode == 1
+        assert result.returncode == 2  # every failure to start: exit 2, one line
         assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr.decode()
         bad = subprocess.run(
             [TUGD, "--root", f"{base}/r", "--state", f"{base}/s", "--metrics-address", "nowhere"],

@@ -115,6 +115,14 @@ class PermissionDenied(TugError):
     kind = "permission_denied"
 
 
+class ResourceExhausted(TugError):
+    """The host ran out of something the request needs: disk space (ENOSPC, a quota). Nothing
+    half-made of the request is kept; the daemon goes on serving."""
+
+    code = -32008
+    kind = "resource_exhausted"
+
+
 ALL: tuple[type[TugError], ...] = (
     ParseError,
     InvalidRequest,
@@ -128,6 +136,7 @@ ALL: tuple[type[TugError], ...] = (
     Unavailable,
     RuntimeFailed,
     PermissionDenied,
+    ResourceExhausted,
 )
 _BY_KIND = {cls.kind: cls for cls in ALL}
 _BY_CODE = {cls.code: cls for cls in ALL}

@@ -245,6 +245,9 @@ class Dispatcher:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
         self.on_call: Callable[[str, str, float], None] | None = None  # (method, outcome, seconds)
+        # Turns an unexpected exception into a typed error when it is a known condition (a full
+        # disk: supervisor/diskfull.py); None: an internal error, logged with its traceback.
+        self.map_error: Callable[[BaseException], TugError | None] | None = None
 
     def add(self, name: str, fn: Handler, *, accept_late: bool = False) -> None:
         self.methods[name] = Method(fn, accept_late)
@@ -391,13 +394,17 @@ class ServerConnection:
                 task_status.started()
             return None
         except Exception as exc:
-            outcome = "internal"
+            mapped = self.dispatcher.map_error(exc) if self.dispatcher.map_error is not None else None
+            outcome = mapped.kind if mapped is not None else "internal"
             if call is None:
                 task_status.started()
-            log.exception("method %s failed", method)
+            if mapped is None:
+                log.exception("method %s failed", method)
+            else:
+                log.warning("method %s failed: %s", method, mapped.message)
             if req_id is _NO_ID:
                 return None
-            return _error_response(reply_id, errors.Internal(f"internal error in {method}: {exc}"))
+            return _error_response(reply_id, mapped or errors.Internal(f"internal error in {method}: {exc}"))
         finally:
             if self.dispatcher.on_call is not None and method in self.dispatcher.methods:
                 self.dispatcher.on_call(method, outcome, anyio.current_time() - started)

@@ -99,7 +99,8 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop whatever was written (idempotent)."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the close's flush too
+                self._file.close()
             self._file = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)

@@ -235,14 +235,12 @@ class Networks:
             made = await anyio.to_thread.run_sync(self._claim_fn(rec, subnet, **kw))
             rec.subnet, rec.gateway = str(made), gateway or str(next(made.hosts()))
             try:
-                self.db.insert_network(rec)
-            except BaseException as exc:
+                self.db.insert_network(rec)  # AlreadyExists if the name was taken meanwhile
+            except BaseException:
                 with anyio.CancelScope(shield=True):
                     from . import netlink
 
                     await anyio.to_thread.run_sync(netlink.delete_link, rec.bridge)
-                if "UNIQUE" in str(exc):
-                    raise AlreadyExists(f"network with name {name} already exists", field="name") from None
                 raise
         self._publish("create", rec)
         return rec

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from tugwire.errors import InvalidArgument
+from tugwire.errors import AlreadyExists, InvalidArgument
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -130,7 +130,10 @@ class NetStore:
     def insert_network(self, rec: NetworkRecord) -> None:
         row = rec.row()
         cols = ",".join(row)
-        self.db.execute(f"INSERT INTO networks ({cols}) VALUES ({','.join(':' + c for c in row)})", row)
+        try:
+            self.db.execute(f"INSERT INTO networks ({cols}) VALUES ({','.join(':' + c for c in row)})", row)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"network with name {rec.name} already exists", field="name") from None
 
     def set_subnet(self, nid: str, subnet: str, gateway: str) -> None:
         """Record a network's subnet and gateway (the default bridge's, chosen on first use)."""
