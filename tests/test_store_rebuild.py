@@ -565,7 +565,7 @@ def test_records_of_rows_removed_while_tugd_was_killed_are_leftovers_not_a_lost_
     """tugd killed between a removal's commit and the removal of its record on disk: the next
     start takes the record for what it is (its generation is one the store has passed) and
     removes it, instead of refusing to start on a store 'older than the disk'."""
-    d: Daemon = make_daemon()
+    d: Daemon = make_daemon(netns=True)  # network.create makes a bridge: not on the host
     cid = d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "gone"})["id"]
     record = os.path.join(d.root, "containers", cid, "record.json")
     with open(record, "rb") as f:
