@@ -75,10 +75,14 @@ async def list_images(ctx: Ctx) -> None:
     out = []
     for img in images:
         tags = img.get("repo_tags") or []
-        if refs and not any(_ref_matches(t, r) for t in tags for r in refs):
-            continue
         if dangling and (dangling[0] in ("true", "1")) == bool(tags):
             continue
+        if refs:
+            # as dockerd: only the names that match are listed
+            tags = [t for t in tags if any(_ref_matches(t, r) for r in refs)]
+            if not tags:
+                continue
+            img = {**img, "repo_tags": tags}
         out.append(summary(img))
     out.sort(key=lambda i: i["Created"], reverse=True)
     await ctx.conn.respond_json(200, out)

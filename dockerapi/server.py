@@ -190,6 +190,8 @@ class Server:
                 if req is None:
                     return
                 await self.handle(conn, req)
+                if not conn.hijacked and conn.h11.our_state is h11.DONE:
+                    await conn.drain_body()  # an unread body (or only its end) keeps the cycle open
                 if not _reusable(conn):
                     return
         except (ClientGone, HttpError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:

@@ -4,6 +4,7 @@ of the nouns Tugboat does not have (volumes, plugins, swarm), which ``docker ins
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -14,6 +15,8 @@ from tugwire.errors import InvalidArgument
 from . import API_VERSION, MIN_API_VERSION, VERSION
 from .http import HttpError, watch_disconnect
 from .server import Ctx, Router
+
+log = logging.getLogger("tugboat.dockerapi")
 
 
 def register(r: Router) -> None:
@@ -265,6 +268,7 @@ async def events(ctx: Ctx) -> None:
                 # The subscription is registered once a call after it on this connection answers.
                 await rpc.call("system.info")
                 await ctx.conn.start_stream(200, "application/json")
+                log.debug("events: subscribed")
                 async with watch_disconnect(ctx.conn):
                     async for note in notes:
                         await ctx.conn.send_chunk(json.dumps(docker_event(note)).encode() + b"\n")

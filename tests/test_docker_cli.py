@@ -4,29 +4,297 @@ tugd, real shims and runc (issue 15): exact output, exit codes and states."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 
 import pytest
 
 from .conftest import needs_root, needs_runc
-from .docker_helpers import DockerApi, dapi, make_docker_api
+from .docker_helpers import DockerApi, dapi, docker_cli, make_docker_api, wait_until
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
 
-def test_version_and_info(dapi: DockerApi) -> None:
+def test_version_info_and_ping(dapi: DockerApi) -> None:
     out = dapi.docker(
         "version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}} {{.Client.APIVersion}}"
     )
     assert out.stdout.split() == ["1.43", "1.24", "1.43"]
     info = json.loads(dapi.docker("info", "--format", "{{json .}}").stdout)
-    assert info["Images"] == 1
-    assert info["OSType"] == "linux"
-    assert info["Containers"] == 0
+    assert (info["Images"], info["Containers"], info["OSType"]) == (1, 0, "linux")
+    assert dapi.docker("info").returncode == 0  # the default template renders
 
 
-def test_run_rm_echo(dapi: DockerApi) -> None:
+def test_run_rm_echo_hi(dapi: DockerApi) -> None:
     out = dapi.docker("run", "--rm", "busybox", "echo", "hi")
-    assert out.stdout == "hi\n"
-    assert out.stderr == ""
+    assert (out.stdout, out.stderr) == ("hi\n", "")
     # --rm is done on the server: nothing is listed right after run returns.
     assert dapi.ps_names("-a") == []
+
+
+def test_run_streams_exit_code_env_workdir_user(dapi: DockerApi) -> None:
+    out = dapi.docker("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (3, "out\n", "err\n")
+    out = dapi.docker(
+        "run", "--rm", "-e", "A=1", "-w", "/tmp", "-u", "1000", "busybox", "sh", "-c", "echo $A; pwd; id -u"
+    )
+    assert out.stdout == "1\n/tmp\n1000\n"
+    out = dapi.docker("run", "--rm", "--entrypoint", "echo", "busybox", "via", "entrypoint")
+    assert out.stdout == "via entrypoint\n"
+
+
+def test_run_stdin_half_close(dapi: DockerApi) -> None:
+    # The CLI half-closes after stdin's EOF: cat sees EOF, exits, its output is all there.
+    out = dapi.docker("run", "-i", "--rm", "busybox", "cat", input=b"hello\nworld\n")
+    assert out.stdout == "hello\nworld\n"
+    out = dapi.docker("run", "-i", "--rm", "busybox", "wc", "-l", input=b"a\nb\nc\n")
+    assert out.stdout.strip() == "3"
+
+
+def test_detached_lifecycle(dapi: DockerApi) -> None:
+    cid = dapi.docker("run", "-d", "--name", "web", "busybox", "sleep", "300").stdout.strip()
+    assert len(cid) == 64
+    assert dapi.ps_names() == ["web"]
+    c = dapi.inspect("web")
+    assert (c["Id"], c["Name"], c["State"]["Status"], c["State"]["Running"]) == (cid, "/web", "running", True)
+    assert c["Config"]["Cmd"] == ["sleep", "300"]
+    # start of a running container: 304, the CLI still prints the name
+    assert dapi.docker("start", "web").stdout == "web\n"
+    # rm of a running one: 409
+    rm = dapi.docker("rm", "web", check=False)
+    assert rm.returncode == 1
+    assert "You cannot remove a running container" in rm.stderr
+    assert dapi.docker("pause", "web").stdout == "web\n"
+    assert dapi.docker("ps", "--format", "{{.Status}}").stdout.endswith("(Paused)\n")
+    assert dapi.inspect("web")["State"]["Paused"] is True
+    assert dapi.docker("unpause", "web").stdout == "web\n"
+    assert dapi.docker("rename", "web", "web2").returncode == 0
+    assert dapi.ps_names() == ["web2"]
+    top = dapi.docker("top", "web2").stdout.splitlines()
+    assert top[0].split()[:3] == ["UID", "PID", "PPID"]
+    assert top[1].endswith("sleep 300")
+    assert dapi.docker("stop", "-t", "1", "web2").stdout == "web2\n"
+    c = dapi.inspect("web2")
+    assert (c["State"]["Status"], c["State"]["ExitCode"]) == ("exited", 137)  # no trap: SIGKILL
+    # stop of a stopped container: 304, still the name and exit 0
+    assert dapi.docker("stop", "web2").stdout == "web2\n"
+    kill = dapi.docker("kill", "web2", check=False)
+    assert kill.returncode == 1
+    assert "is not running" in kill.stderr
+    assert dapi.docker("restart", "-t", "1", "web2").stdout == "web2\n"
+    assert dapi.inspect("web2")["State"]["Running"] is True
+    assert dapi.docker("kill", "web2").stdout == "web2\n"
+    assert dapi.docker("wait", "web2").stdout == "137\n"
+    assert dapi.docker("rm", "web2").stdout == "web2\n"
+    assert dapi.ps_names("-a") == []
+
+
+def test_rm_force_and_missing(dapi: DockerApi) -> None:
+    dapi.docker("run", "-d", "--name", "doomed", "busybox", "sleep", "300")
+    assert dapi.docker("rm", "-f", "doomed").stdout == "doomed\n"
+    for verb in (["rm"], ["stop"], ["start"], ["kill"], ["logs"], ["wait"], ["pause"]):
+        out = dapi.docker(*verb, "doomed", check=False)
+        assert out.returncode == 1, verb
+        assert "No such container: doomed" in out.stderr, (verb, out.stderr)
+
+
+def test_inspect_missing_is_no_such_object(dapi: DockerApi) -> None:
+    out = dapi.docker("inspect", "nosuch", check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "[]\n", "Error: No such object: nosuch\n")
+
+
+def test_bad_name_and_conflict(dapi: DockerApi) -> None:
+    out = dapi.docker("run", "--name", "x", "busybox", "true", check=False)
+    assert out.returncode == 125
+    assert "Invalid container name (x)" in out.stderr
+    dapi.docker("create", "--name", "twice", "busybox", "true")
+    out = dapi.docker("create", "--name", "twice", "busybox", "true", check=False)
+    assert out.returncode == 1
+    assert 'The container name "/twice" is already in use' in out.stderr
+
+
+def test_missing_image_is_404(dapi: DockerApi) -> None:
+    out = dapi.docker("create", "--pull", "never", "nosuchimage:1", check=False)
+    assert out.returncode == 1
+    assert "No such image: nosuchimage:1" in out.stderr
+
+
+def test_ps_filters_and_json(dapi: DockerApi) -> None:
+    dapi.docker("run", "-d", "--name", "alpha", "busybox", "sleep", "300")
+    dapi.docker("run", "-d", "--name", "beta", "busybox", "sleep", "300")
+    dapi.docker("run", "--name", "gamma", "busybox", "true")
+    assert sorted(dapi.ps_names()) == ["alpha", "beta"]
+    assert sorted(dapi.ps_names("-a")) == ["alpha", "beta", "gamma"]
+    assert dapi.ps_names("--filter", "name=^alpha$") == ["alpha"]
+    assert dapi.ps_names("--filter", "name=/beta") == ["beta"]
+    assert dapi.ps_names("-a", "--filter", "status=exited") == ["gamma"]
+    assert dapi.ps_names("-a", "--filter", "exited=0") == ["gamma"]
+    # tugd keeps no labels yet: a label filter matches nothing (see docs/docker-api.md)
+    assert dapi.ps_names("-a", "--filter", "label=x=y") == []
+    rows = [json.loads(line) for line in dapi.docker("ps", "--format", "json").stdout.splitlines()]
+    assert sorted(r["Names"] for r in rows) == ["alpha", "beta"]
+    assert {r["State"] for r in rows} == {"running"}
+    assert all(r["Image"] == "busybox:latest" and r["Command"] == '"sleep 300"' for r in rows)
+    assert (
+        dapi.docker("ps", "-q", "--no-trunc", "--filter", "name=alpha").stdout.strip()
+        == dapi.inspect("alpha")["Id"]
+    )
+    bad = dapi.docker("ps", "--filter", "nosuchfilter=1", check=False)
+    assert bad.returncode == 1
+    assert "invalid filter 'nosuchfilter'" in bad.stderr
+
+
+def test_logs_tail_timestamps_follow(dapi: DockerApi) -> None:
+    dapi.docker(
+        "run", "--name", "talk", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo l$i; done; echo e >&2"
+    )
+    out = dapi.docker("logs", "talk")
+    assert (out.stdout, out.stderr) == ("l1\nl2\nl3\nl4\nl5\n", "e\n")
+    assert dapi.docker("logs", "--tail", "2", "talk").stdout == "l5\n"
+    assert dapi.docker("logs", "--tail", "2", "talk").stderr == "e\n"
+    stamped = dapi.docker("logs", "-t", "talk").stdout.splitlines()
+    assert len(stamped) == 5
+    for line, i in zip(stamped, range(1, 6), strict=True):
+        ts, text = line.split(" ")
+        assert text == f"l{i}"
+        assert ts.endswith("Z") and len(ts) == 30 and ts[4] == "-" and ts[10] == "T", ts
+    # -f on a running container ends when it exits, with everything it wrote
+    dapi.docker("run", "-d", "--name", "slow", "busybox", "sh", "-c", "echo a; sleep 1; echo b")
+    assert dapi.docker("logs", "-f", "slow").stdout == "a\nb\n"
+
+
+def test_exec_exit_code_stdin_detach(dapi: DockerApi) -> None:
+    dapi.docker("run", "-d", "--name", "box", "busybox", "sleep", "300")
+    out = dapi.docker("exec", "box", "sh", "-c", "echo in; echo err >&2; exit 5", check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (5, "in\n", "err\n")
+    out = dapi.docker("exec", "-i", "box", "cat", input=b"piped\n")
+    assert out.stdout == "piped\n"
+    out = dapi.docker(
+        "exec", "-e", "X=7", "-w", "/tmp", "-u", "1000", "box", "sh", "-c", "echo $X $(pwd) $(id -u)"
+    )
+    assert out.stdout == "7 /tmp 1000\n"
+    assert dapi.docker("exec", "-d", "box", "touch", "/tmp/made").stdout == ""
+    wait_until(lambda: dapi.docker("exec", "box", "test", "-e", "/tmp/made", check=False).returncode == 0)
+    missing = dapi.docker("exec", "box", "/no/such/binary", check=False)
+    assert missing.returncode == 127
+    dapi.docker("stop", "-t", "0", "box")
+    out = dapi.docker("exec", "box", "true", check=False)
+    assert out.returncode == 1
+    assert "is not running" in out.stderr
+
+
+def test_images_tag_rmi_save_load(dapi: DockerApi) -> None:
+    lines = dapi.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert lines == ["busybox:latest"]
+    dapi.docker("tag", "busybox", "my/bb:1")
+    assert sorted(dapi.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()) == [
+        "busybox:latest",
+        "my/bb:1",
+    ]
+    assert dapi.docker("images", "--format", "{{.Repository}}", "my/bb").stdout == "my/bb\n"
+    img = json.loads(dapi.docker("image", "inspect", "my/bb:1").stdout)[0]
+    assert img["RepoTags"] == ["busybox:latest", "my/bb:1"] or sorted(img["RepoTags"]) == [
+        "busybox:latest",
+        "my/bb:1",
+    ]
+    assert (img["Os"], img["RootFS"]["Type"]) == ("linux", "layers")
+    assert dapi.docker("rmi", "my/bb:1").stdout == "Untagged: my/bb:1\n"
+    missing = dapi.docker("rmi", "my/bb:1", check=False)
+    assert missing.returncode == 1
+    assert "No such image: my/bb:1" in missing.stderr
+    tar = os.path.join(dapi.daemon.base, "bb.tar")
+    dapi.docker("save", "busybox", "-o", tar)
+    image_id = img["Id"]
+    out = dapi.docker("rmi", "busybox").stdout
+    assert out == f"Untagged: busybox:latest\nDeleted: {image_id}\n"
+    assert dapi.docker("images", "-q").stdout == ""
+    assert dapi.docker("load", "-i", tar).stdout == "Loaded image: busybox:latest\n"
+    assert dapi.docker("run", "--rm", "busybox", "echo", "back").stdout == "back\n"
+
+
+def test_events_since_until(dapi: DockerApi) -> None:
+    dapi.docker("run", "--name", "ev", "busybox", "sh", "-c", "exit 4", check=False)
+    dapi.docker("rm", "ev")
+    # The CLI sends whole seconds: an ``until`` in the past could cut the last second's events.
+    until = str(int(time.time()) + 2)
+    out = dapi.docker(
+        "events",
+        "--since",
+        "5m",
+        "--until",
+        until,
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ).stdout.splitlines()
+    actions = [line.split()[0] for line in out]
+    assert actions == ["create", "attach", "start", "die", "destroy"] or actions == [
+        "create",
+        "start",
+        "die",
+        "destroy",
+    ]
+    assert "die ev 4" in out
+    out = dapi.docker(
+        "events",
+        "--since",
+        "5m",
+        "--until",
+        until,
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.Status}} {{.From}}",
+    ).stdout
+    assert out == "die busybox:latest\n"
+
+
+def test_events_follow_disconnect(dapi: DockerApi) -> None:
+    """A live ``docker events`` gets what happens; killing it leaves the front door serving."""
+    proc = subprocess.Popen(
+        [docker_cli(), "events", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dapi.env,
+    )
+    try:
+        # The subscription is live once the CLI has its response head; a container's events
+        # then arrive in order.
+        wait_until(lambda: "events: subscribed" in dapi.read_log(), what="the events subscription")
+        dapi.docker("run", "--rm", "--name", "live", "busybox", "true")
+        assert proc.stdout is not None
+        seen = [proc.stdout.readline().strip() for _ in range(3)]
+        assert seen == ["create live", "start live", "die live"]
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert dapi.docker("version", "--format", "{{.Server.APIVersion}}").stdout == "1.43\n"
+
+
+def test_system_df(dapi: DockerApi) -> None:
+    dapi.docker("run", "--name", "one", "busybox", "true")
+    rows = [line.split()[0] for line in dapi.docker("system", "df").stdout.splitlines()[1:]]
+    assert rows == ["Images", "Containers", "Local", "Build"]
+    df = json.loads(dapi.docker("system", "df", "--format", "{{json .}}").stdout.splitlines()[0])
+    assert (df["Type"], df["TotalCount"], df["Active"]) == ("Images", "1", "1")
+
+
+def test_too_new_version_prefix(dapi: DockerApi) -> None:
+    env = {**dapi.env, "DOCKER_API_VERSION": "1.50"}
+    out = subprocess.run([docker_cli(), "ps"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 1
+    assert "client version 1.50 is too new. Maximum supported API version is 1.43" in out.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_both_backends_run(make_docker_api: object, backend: str) -> None:
+    api: DockerApi = make_docker_api(backend=backend)  # type: ignore[operator]
+    assert api.docker("run", "--rm", "busybox", "echo", backend).stdout == f"{backend}\n"
+    assert api.docker("run", "-i", "--rm", "busybox", "cat", input=b"x\n").stdout == "x\n"
+    out = api.docker("run", "-d", "--name", "ex", "busybox", "sleep", "60").stdout
+    assert len(out.strip()) == 64
+    assert api.docker("exec", "ex", "sh", "-c", "exit 9", check=False).returncode == 9
