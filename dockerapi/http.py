@@ -209,11 +209,14 @@ class HttpConnection:
             out.write(chunk)
         return size
 
-    async def drain_body(self) -> None:
-        """Read and drop what is left of the request's body (before answering it)."""
+    async def drain_body(self, limit: int = MAX_UPLOAD) -> None:
+        """Read and drop what is left of the request's body, at most ``limit`` bytes (413)."""
         if self.h11.their_state is h11.SEND_BODY:
-            async for _ in self.body_chunks():
-                pass
+            size = 0
+            async for chunk in self.body_chunks():
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, f"request body exceeds {limit} bytes")
 
     @property
     def can_respond(self) -> bool:

@@ -20,7 +20,7 @@ from anyio.abc import SocketAttribute
 from tugwire import errors, jsonrpc, peers
 
 from . import API_VERSION, MIN_API_VERSION
-from .http import ClientGone, HttpConnection, HttpError, Request
+from .http import MAX_BODY, ClientGone, HttpConnection, HttpError, Request
 
 log = logging.getLogger("tugboat.dockerapi")
 
@@ -191,7 +191,12 @@ class Server:
                     return
                 await self.handle(conn, req)
                 if not conn.hijacked and conn.h11.our_state is h11.DONE:
-                    await conn.drain_body()  # an unread body (or only its end) keeps the cycle open
+                    # A body the handler left unread (or only its end): read it to keep the
+                    # connection, a bounded amount only; else the connection is closed.
+                    try:
+                        await conn.drain_body(limit=MAX_BODY)
+                    except HttpError:
+                        return
                 if not _reusable(conn):
                     return
         except (ClientGone, HttpError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
@@ -222,12 +227,22 @@ class Server:
 
     async def _fail(self, conn: HttpConnection, status: int, message: str) -> None:
         if conn.can_respond:
-            try:
-                await conn.drain_body()
-            except HttpError:
-                pass
+            if status not in (400, 413):
+                # The rest of a body that was fine: read it, so the connection can be kept.
+                with anyio.move_on_after(5):
+                    try:
+                        await conn.drain_body(limit=MAX_BODY)
+                    except HttpError:
+                        pass
             if conn.can_respond:
-                await conn.respond_error(status, message)
+                if status in (400, 413):  # the rest of the request cannot be trusted: close
+                    await conn.respond(
+                        status,
+                        json.dumps({"message": message}).encode() + b"\n",
+                        headers=[("Connection", "close")],
+                    )
+                else:
+                    await conn.respond_error(status, message)
                 return
         # The head went out already (a stream that failed half-way): close the connection, so
         # the client sees a truncated body rather than a complete one.
