@@ -365,7 +365,8 @@ def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
                 f"{v['source']}:{v['destination']}{':ro' if v.get('readonly') else ''}"
                 for v in cfg.get("volumes") or []
             ],
-            "LogConfig": {"Type": "cri", "Config": {}},
+            # docker-py reads the logs of json-file and journald containers only; ours read alike.
+            "LogConfig": {"Type": "json-file", "Config": {}},
         },
         "GraphDriver": {"Name": "overlay2", "Data": {}},
         "Mounts": [
