@@ -298,3 +298,73 @@ def test_both_backends_run(make_docker_api: object, backend: str) -> None:
     out = api.docker("run", "-d", "--name", "ex", "busybox", "sleep", "60").stdout
     assert len(out.strip()) == 64
     assert api.docker("exec", "ex", "sh", "-c", "exit 9", check=False).returncode == 9
+
+
+@pytest.mark.network
+def test_networks_and_published_port(make_docker_api: object) -> None:
+    """tugd in a network namespace of the test's own: network create/ls/inspect/connect/
+    disconnect/rm (403 while in use), and ``run -p`` reachable on the published port."""
+    api: DockerApi = make_docker_api(netns=True)  # type: ignore[operator]
+    ns = api.daemon.netns
+    assert ns is not None
+    net_id = api.docker("network", "create", "n1").stdout.strip()
+    assert len(net_id) == 64
+    dup = api.docker("network", "create", "n1", check=False)
+    assert dup.returncode == 1
+    assert "network with name n1 already exists" in dup.stderr
+    names = api.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.splitlines()
+    assert sorted(names) == ["bridge bridge", "host host", "n1 bridge", "none null"]
+    net = json.loads(api.docker("network", "inspect", "n1").stdout)[0]
+    assert (net["Id"], net["Driver"], net["Scope"]) == (net_id, "bridge", "local")
+    subnet = net["IPAM"]["Config"][0]["Subnet"]
+    api.docker("run", "-d", "--name", "a1", "--network", "n1", "busybox", "sleep", "300")
+    ip = api.docker("inspect", "--format", "{{.NetworkSettings.Networks.n1.IPAddress}}", "a1").stdout.strip()
+    assert ip.split(".")[:2] == subnet.split(".")[:2]
+    busy = api.docker("network", "rm", "n1", check=False)
+    assert busy.returncode == 1
+    assert "has active endpoints" in busy.stderr
+    assert api.docker("network", "disconnect", "n1", "a1").returncode == 0
+    assert json.loads(api.docker("network", "inspect", "n1").stdout)[0]["Containers"] == {}
+    assert api.docker("network", "connect", "n1", "a1").returncode == 0
+    containers = json.loads(api.docker("network", "inspect", "n1").stdout)[0]["Containers"]
+    assert [c["Name"] for c in containers.values()] == ["a1"]
+    api.docker("rm", "-f", "a1")
+    assert api.docker("network", "rm", "n1").stdout == "n1\n"
+    missing = api.docker("network", "inspect", "n1", check=False)
+    assert missing.returncode == 1
+    assert "network n1 not found" in missing.stderr
+    # A published port, served by busybox httpd in the container, fetched in tugd's namespace.
+    api.docker(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1:18080:80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    )
+    hostname = api.docker("exec", "web", "cat", "/etc/hostname").stdout
+
+    def fetch() -> str:
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                "busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:18080/hostname",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    wait_until(lambda: fetch() == hostname, what="the published port to answer")
