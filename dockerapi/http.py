@@ -248,9 +248,14 @@ class HttpConnection:
         """Docker's error body ``{"message": ...}``."""
         await self.respond_json(status, {"message": message})
 
-    async def start_stream(self, status: int = 200, content_type: str | None = "application/json") -> None:
+    async def start_stream(
+        self,
+        status: int = 200,
+        content_type: str | None = "application/json",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         """Send a streaming response's head at once (chunked transfer encoding follows)."""
-        hdrs = [*_common_headers()]
+        hdrs = [*_common_headers(), *(headers or [])]
         if content_type:
             hdrs.append(("Content-Type", content_type))
         await self._send(h11.Response(status_code=status, headers=hdrs))

@@ -101,10 +101,10 @@ class Router:
 
 
 def make_router() -> Router:
-    from . import containers, execs, images, networks, system
+    from . import archive, containers, execs, images, networks, system
 
     router = Router()
-    for module in (system, containers, execs, images, networks):
+    for module in (system, containers, execs, images, networks, archive):
         module.register(router)
     return router
 

@@ -368,3 +368,32 @@ def test_networks_and_published_port(make_docker_api: object) -> None:
         return out.stdout
 
     wait_until(lambda: fetch() == hostname, what="the published port to answer")
+
+
+def test_cp_both_ways(dapi: DockerApi, tmp_path: object) -> None:
+    base = str(tmp_path)
+    src = os.path.join(base, "src")
+    os.makedirs(os.path.join(src, "sub"))
+    with open(os.path.join(src, "sub", "y"), "w") as f:
+        f.write("deep\n")
+    with open(os.path.join(base, "f.txt"), "w") as f:
+        f.write("hello\n")
+    os.chmod(os.path.join(base, "f.txt"), 0o640)
+    dapi.docker("run", "-d", "--name", "cpc", "busybox", "sleep", "300")
+    dapi.docker("cp", os.path.join(base, "f.txt"), "cpc:/tmp/")
+    dapi.docker("cp", src, "cpc:/tmp/")
+    out = dapi.docker(
+        "exec", "cpc", "sh", "-c", "cat /tmp/f.txt /tmp/src/sub/y; stat -c %a /tmp/f.txt"
+    ).stdout
+    assert out == "hello\ndeep\n640\n"
+    dapi.docker(
+        "exec", "cpc", "sh", "-c", "mkdir -p /out/d && echo made > /out/d/file && ln -s file /out/d/link"
+    )
+    back = os.path.join(base, "back")
+    dapi.docker("cp", "cpc:/out/d", back)
+    with open(os.path.join(back, "file")) as f:
+        assert f.read() == "made\n"
+    assert os.readlink(os.path.join(back, "link")) == "file"
+    missing = dapi.docker("cp", "cpc:/nosuch", os.path.join(base, "x"), check=False)
+    assert missing.returncode == 1
+    assert "Could not find the file /nosuch" in missing.stderr

@@ -339,3 +339,62 @@ def test_backend_trio_edge(make_docker_api: Any) -> None:
         )[0]
         == 400
     )
+
+
+def _tar(entries: list[tuple[str, str, bytes]]) -> bytes:
+    """A tar of (name, kind, data or link target) entries, written as given (no sanitising)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            elif kind == "sym":
+                info.type = tarfile.SYMTYPE
+                info.linkname = data.decode()
+                tar.addfile(info)
+            elif kind == "dev":
+                info.type = tarfile.CHRTYPE
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_archive_put_refuses_escapes(dapi: DockerApi) -> None:
+    cid = json.loads(
+        request(dapi, "POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})[2]
+    )["Id"]
+    assert request(dapi, "POST", f"/containers/{cid}/start")[0] == 204
+    marker = "/tmp/tug-docker-escape-marker"
+    cases = [
+        ([("../escaped", "file", b"x")], "escapes the destination"),
+        ([("/abs", "file", b"x")], "escapes the destination"),
+        ([("ok", "file", b"x"), ("a/../../b", "file", b"x")], "escapes the destination"),
+        ([("l", "sym", b"/tmp"), ("l/tug-docker-escape-marker", "file", b"x")], "through a link"),
+        ([("null", "dev", b"")], "unsupported type"),
+    ]
+    for entries, fragment in cases:
+        status, _, body = request(
+            dapi,
+            "PUT",
+            f"/containers/{cid}/archive?path=/tmp",
+            _tar(entries),
+            {"Content-Type": "application/x-tar"},
+        )
+        assert status == 400, (entries, body)
+        assert fragment in message(body), (entries, body)
+    assert not os.path.exists(marker)
+    # nothing of any refused archive reached the container
+    listing = dapi.docker("exec", cid, "ls", "-A", "/tmp").stdout
+    assert listing == ""
+    status, _, body = request(dapi, "PUT", f"/containers/{cid}/archive?path=/tmp", b"not a tar at all")
+    assert status == 400
+    # a good one goes in
+    assert (
+        request(dapi, "PUT", f"/containers/{cid}/archive?path=/tmp", _tar([("good", "file", b"ok\n")]))[0]
+        == 200
+    )
+    assert dapi.docker("exec", cid, "cat", "/tmp/good").stdout == "ok\n"
