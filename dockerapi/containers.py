@@ -14,7 +14,7 @@ import anyio.abc
 from tugwire import errors, jsonrpc
 
 from . import shapes, streams
-from .http import HttpError, watch_disconnect
+from .http import HttpError, read_raw, watch_disconnect
 from .server import Ctx, Router
 from .shapes import get_bool, get_int, get_obj, get_str, get_str_map, get_strs
 
@@ -656,9 +656,8 @@ async def pump_stdin(
                     await wait_running(rpc, cid)
                     started = True
                 await streams.send_container_stdin(rpc, cid, data)
-            try:
-                data = await raw.receive(1 << 16)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            data = await read_raw(raw)
+            if not data:
                 break
         if not started:
             await wait_running(rpc, cid)
@@ -672,10 +671,7 @@ async def drop_input(raw: anyio.abc.ByteStream) -> None:
     """Without stdin, read and drop what the client sends. Its EOF is no sign that it went away:
     the CLI half-closes at once when it attaches no stdin; a client that is gone is seen when the
     next output cannot be sent, or when the container exits."""
-    try:
-        while await raw.receive(1 << 16):
-            pass
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+    while await read_raw(raw):
         pass
 
 

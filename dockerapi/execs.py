@@ -21,7 +21,7 @@ from tugwire import errors
 
 from . import streams
 from .containers import lookup
-from .http import HttpError
+from .http import HttpError, read_raw
 from .server import Ctx, Router
 from .shapes import get_bool, get_str, get_strs
 
@@ -227,9 +227,8 @@ async def _pump_stdin(
     while True:
         if data:
             await run.send_stdin(data)
-        try:
-            data = await raw.receive(1 << 16)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        data = await read_raw(raw)
+        if not data:
             break
     try:
         await run.close_stdin()
@@ -238,8 +237,5 @@ async def _pump_stdin(
 
 
 async def _watch_gone(raw: anyio.abc.ByteStream, tg: anyio.abc.TaskGroup) -> None:
-    try:
-        while await raw.receive(1 << 16):
-            pass
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+    while await read_raw(raw):
         pass

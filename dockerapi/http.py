@@ -310,6 +310,23 @@ def _common_headers() -> list[tuple[str, str]]:
     ]
 
 
+async def read_raw(stream: anyio.abc.ByteStream, max_bytes: int = READ_SIZE) -> bytes:
+    """What the client sent on a raw (or watched) connection, ``b""`` at its EOF or reset.
+
+    Waits with ``anyio.wait_readable`` and reads without blocking, instead of a pending
+    ``receive()``: cancelling that one on asyncio races with the socket becoming readable and
+    logs ``InvalidStateError`` from the reader callback; ``wait_readable`` tolerates it."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            return bytes(sock.recv(max_bytes))
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            return b""
+
+
 @asynccontextmanager
 async def watch_disconnect(conn: HttpConnection) -> AsyncIterator[anyio.CancelScope]:
     """A scope cancelled when the client closes (or writes to) its connection while a long
@@ -320,8 +337,8 @@ async def watch_disconnect(conn: HttpConnection) -> AsyncIterator[anyio.CancelSc
 
         async def watch() -> None:
             try:
-                await conn.stream.receive(1)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await read_raw(conn.stream, 1)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
             tg.cancel_scope.cancel()
 

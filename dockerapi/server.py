@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h11
 from anyio.abc import SocketAttribute
 
@@ -205,6 +206,10 @@ class Server:
             log.exception("connection failed")
         finally:
             with anyio.CancelScope(shield=True):
+                # One turn of the loop first: a receive cancelled just now (watch_disconnect)
+                # clears its future from a callback, and aclose() before that callback raises
+                # InvalidStateError on asyncio (anyio issue #1267).
+                await anyio.lowlevel.checkpoint()
                 await stream.aclose()
 
     async def handle(self, conn: HttpConnection, req: Request) -> None:

@@ -397,3 +397,51 @@ def test_cp_both_ways(dapi: DockerApi, tmp_path: object) -> None:
     missing = dapi.docker("cp", "cpc:/nosuch", os.path.join(base, "x"), check=False)
     assert missing.returncode == 1
     assert "Could not find the file /nosuch" in missing.stderr
+
+
+def test_stats_no_stream_and_tty(dapi: DockerApi) -> None:
+    dapi.docker("run", "-d", "--name", "st", "busybox", "sleep", "300")
+    # The CLI ignores SIGTERM while streaming; --no-stream ends by itself (a KILL deadline anyway).
+    out = subprocess.run(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            docker_cli(),
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.PIDs}}",
+        ],
+        capture_output=True,
+        text=True,
+        env=dapi.env,
+    )
+    assert (out.returncode, out.stdout) == (0, "st 1\n")
+    out = subprocess.run(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            docker_cli(),
+            "stats",
+            "--no-stream",
+            "st",
+            "--format",
+            "{{.MemUsage}}",
+        ],
+        capture_output=True,
+        text=True,
+        env=dapi.env,
+    )
+    assert out.returncode == 0
+    assert out.stdout.split(" / ")[0].endswith("iB")
+    out = dapi.docker("run", "-t", "--rm", "busybox", "sh", "-c", "tty")
+    assert out.stdout.strip() == "/dev/pts/0"
+    assert (
+        dapi.docker("run", "-i", "--rm", "busybox", "sh", input=b"echo hi\nexit 3\n", check=False).returncode
+        == 3
+    )
+    assert "ERROR" not in dapi.read_log()  # no error of the front door itself (nor asyncio's)
