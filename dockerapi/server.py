@@ -102,10 +102,10 @@ class Router:
 
 
 def make_router() -> Router:
-    from . import archive, containers, execs, images, networks, system
+    from . import archive, build, containers, execs, images, networks, system
 
     router = Router()
-    for module in (system, containers, execs, images, networks, archive):
+    for module in (system, containers, execs, images, networks, archive, build):
         module.register(router)
     return router
 

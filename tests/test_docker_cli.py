@@ -445,3 +445,30 @@ def test_stats_no_stream_and_tty(dapi: DockerApi) -> None:
         == 3
     )
     assert "ERROR" not in dapi.read_log()  # no error of the front door itself (nor asyncio's)
+
+
+def test_build_classic(dapi: DockerApi, tmp_path: object) -> None:
+    ctx = os.path.join(str(tmp_path), "ctx")
+    os.makedirs(ctx)
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(
+            "FROM busybox\nARG X=1\nCOPY data.txt /data.txt\n"
+            'RUN echo built-$X >> /data.txt\nCMD ["cat", "/data.txt"]\n'
+        )
+    with open(os.path.join(ctx, "data.txt"), "w") as f:
+        f.write("from-context\n")
+    with open(os.path.join(ctx, "Bad.Dockerfile"), "w") as f:
+        f.write("FROM busybox\nRUN exit 3\n")
+    out = dapi.docker("build", "-t", "mine:1", "-t", "mine:2", "--build-arg", "X=7", ctx)
+    lines = out.stdout.splitlines()
+    assert "Step 1/5 : FROM busybox" in lines
+    assert "Step 4/5 : RUN echo built-$X >> /data.txt" in lines
+    assert lines[-2:] == ["Successfully tagged mine:1", "Successfully tagged mine:2"]
+    assert "BuildKit is currently disabled" in out.stderr  # the classic builder, DOCKER_BUILDKIT=0
+    assert dapi.docker("run", "--rm", "mine:2").stdout == "from-context\nbuilt-7\n"
+    quiet = dapi.docker("build", "-q", "--no-cache", ctx).stdout
+    assert quiet.startswith("sha256:") and len(quiet.strip()) == 71
+    bad = dapi.docker("build", "-f", os.path.join(ctx, "Bad.Dockerfile"), "-t", "bad:1", ctx, check=False)
+    assert bad.returncode == 1
+    assert "exit" in bad.stderr and "3" in bad.stderr
+    assert "bad:1" not in dapi.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
