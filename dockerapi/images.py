@@ -36,6 +36,7 @@ def register(r: Router) -> None:
     r.add("POST", f"/images/{NAME}/tag", tag)
     r.add("POST", f"/images/{NAME}/push", push)
     r.add("DELETE", f"/images/{NAME}", remove)
+    r.add("POST", "/auth", login)
 
 
 def no_such_image(ref: str) -> HttpError:
@@ -245,12 +246,15 @@ def _progress(note: dict[str, Any], verb: str) -> dict[str, Any]:
     return out
 
 
-async def _stream_transfer(ctx: Ctx, method: str, params: dict[str, Any], verb: str, done: Any) -> None:
+async def _stream_transfer(
+    ctx: Ctx, method: str, params: dict[str, Any], verb: str, done: Any, first: dict[str, Any]
+) -> None:
     """A pull or push as docker's NDJSON progress; a failure before the stream is an HTTP
     error, after it an in-stream ``errorDetail``."""
     async with ctx.rpc() as rpc, rpc.stream(method, params, buffer=64) as notes:
         await ctx.conn.start_stream(200, "application/json")
         async with watch_disconnect(ctx.conn):
+            await ctx.conn.send_chunk(json.dumps(first).encode() + b"\n")
             try:
                 async for note in notes:
                     await ctx.conn.send_chunk(json.dumps(_progress(note, verb)).encode() + b"\n")
@@ -278,7 +282,8 @@ async def pull(ctx: Ctx) -> None:
             {"status": f"Status: Downloaded newer image for {ref}"},
         ]
 
-    await _stream_transfer(ctx, "image.pull", {"ref": ref}, "pull", done)
+    first = {"status": f"Pulling from {_repository_path(image)}", "id": tag_ or "latest"}
+    await _stream_transfer(ctx, "image.pull", {"ref": ref}, "pull", done, first)
 
 
 async def push(ctx: Ctx, name: str) -> None:
@@ -296,9 +301,33 @@ async def push(ctx: Ctx, name: str) -> None:
     def done(result: dict[str, Any]) -> list[dict[str, Any]]:
         digest = result.get("digest", "")
         t = ref.rsplit(":", 1)[-1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
-        return [
-            {"status": f"{t}: digest: {digest} size: 0"},
-            {"aux": {"Tag": t, "Digest": digest, "Size": 0}},
-        ]
+        # tugd's push result has no manifest size: the line leaves it out (dockerd: "size: N").
+        return [{"status": f"{t}: digest: {digest}"}, {"aux": {"Tag": t, "Digest": digest, "Size": 0}}]
 
-    await _stream_transfer(ctx, "image.push", {"ref": ref}, "push", done)
+    first = {"status": f"The push refers to repository [{name}]"}
+    await _stream_transfer(ctx, "image.push", {"ref": ref}, "push", done, first)
+
+
+def _repository_path(image: str) -> str:
+    """``tug/bb`` of ``127.0.0.1:5000/tug/bb``; ``library/busybox`` of ``docker.io/library/busybox``."""
+    first, _, rest = image.partition("/")
+    return rest if rest and ("." in first or ":" in first or first == "localhost") else image
+
+
+async def login(ctx: Ctx) -> None:
+    """``POST /auth`` ``{username, password, serveraddress}`` (``docker login``): checked and
+    saved by tugd's ``auth.login``, then used for every pull and push to that registry."""
+    body = await ctx.body_json(required=True)
+    if not isinstance(body, dict):
+        raise HttpError(400, "the login body must be a JSON object")
+    from .shapes import get_str
+
+    user, password = get_str(body, "username") or "", get_str(body, "password") or ""
+    registry = get_str(body, "serveraddress") or "docker.io"
+    try:
+        await ctx.call("auth.login", {"registry": registry, "username": user, "password": password})
+    except errors.FailedPrecondition as exc:
+        raise HttpError(
+            401, f"login attempt to {registry} failed with status: 401 Unauthorized ({exc.message})"
+        ) from None
+    await ctx.conn.respond_json(200, {"Status": "Login Succeeded", "IdentityToken": ""})

@@ -472,3 +472,33 @@ def test_build_classic(dapi: DockerApi, tmp_path: object) -> None:
     assert bad.returncode == 1
     assert "exit" in bad.stderr and "3" in bad.stderr
     assert "bad:1" not in dapi.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+
+
+@pytest.mark.registry
+def test_push_pull_login_with_a_local_registry(dapi: DockerApi) -> None:
+    from .test_registry import PASSWORD, USER, _htpasswd, running_registry
+
+    with running_registry() as reg:
+        ref = f"{reg.host}/tug/bb:1"
+        dapi.docker("tag", "busybox", ref)
+        out = dapi.docker("push", ref)
+        assert f"The push refers to repository [{reg.host}/tug/bb]" in out.stdout
+        assert out.stdout.splitlines()[-1].startswith("1: digest: sha256:"), out.stdout
+        digest = out.stdout.splitlines()[-1].split()[2]
+        dapi.docker("rmi", ref)
+        out = dapi.docker("pull", ref)
+        assert f"Status: Downloaded newer image for {ref}" in out.stdout
+        assert out.stdout.splitlines()[-1] == ref
+        assert dapi.docker("run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+        img = json.loads(dapi.docker("image", "inspect", ref).stdout)[0]
+        assert f"{reg.host}/tug/bb@{digest}" in img["RepoDigests"]
+        missing = dapi.docker("pull", f"{reg.host}/tug/nosuch:1", check=False)
+        assert missing.returncode == 1
+    with running_registry(prep=_htpasswd) as reg:
+        bad = dapi.docker("login", reg.host, "-u", USER, "--password-stdin", input=b"wrong\n", check=False)
+        assert bad.returncode == 1
+        good = dapi.docker("login", reg.host, "-u", USER, "--password-stdin", input=PASSWORD.encode() + b"\n")
+        assert "Login Succeeded" in good.stdout
+        ref = f"{reg.host}/private/bb:1"
+        dapi.docker("tag", "busybox", ref)
+        assert dapi.docker("push", ref).stdout.splitlines()[-1].startswith("1: digest: sha256:")
