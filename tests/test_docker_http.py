@@ -322,7 +322,8 @@ def test_request_edge_fuzz(
     if answer:
         assert answer.startswith(b"HTTP/1."), answer[:200]
         status = int(answer.split(b" ", 2)[1])
-        assert status < 500 or status == 503, answer[:500]
+        # 501 is h11's (and RFC 9112's) answer to a transfer coding it does not implement
+        assert status < 500 or status == 501, answer[:500]
     assert request(dapi, "GET", "/_ping")[0] == 200
 
 
