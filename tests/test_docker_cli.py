@@ -502,3 +502,36 @@ def test_push_pull_login_with_a_local_registry(dapi: DockerApi) -> None:
         ref = f"{reg.host}/private/bb:1"
         dapi.docker("tag", "busybox", ref)
         assert dapi.docker("push", ref).stdout.splitlines()[-1].startswith("1: digest: sha256:")
+
+
+def test_run_limits_restart_volume(dapi: DockerApi, tmp_path: object) -> None:
+    host_dir = os.path.join(str(tmp_path), "vol")
+    os.makedirs(host_dir)
+    with open(os.path.join(host_dir, "in.txt"), "w") as f:
+        f.write("from-host\n")
+    out = dapi.docker(
+        "run",
+        "--rm",
+        "-m",
+        "64m",
+        "-v",
+        f"{host_dir}:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/in.txt; echo out > /data/out.txt",
+    )
+    assert out.stdout == "from-host\n"
+    with open(os.path.join(host_dir, "out.txt")) as f:
+        assert f.read() == "out\n"
+    out = dapi.docker(
+        "run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c", "echo x > /data/y", check=False
+    )
+    assert out.returncode != 0
+    assert "Read-only file system" in out.stderr
+    dapi.docker("create", "--name", "lim", "-m", "64m", "--restart", "on-failure:2", "busybox", "true")
+    c = dapi.inspect("lim")
+    assert c["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    assert c["HostConfig"]["RestartPolicy"]["Name"] == "on-failure"
+    conflict = dapi.docker("run", "--rm", "--restart", "always", "busybox", "true", check=False)
+    assert conflict.returncode != 0  # the CLI refuses --rm with a restart policy itself
