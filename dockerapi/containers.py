@@ -315,6 +315,12 @@ def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
             "Aliases": net.get("aliases"),
         }
     first = next(iter(networks.values()), {})
+    ports: dict[str, list[dict[str, str]]] = {}
+    for port in c.get("ports") or []:
+        key = f"{port.get('container_port')}/{port.get('proto') or 'tcp'}"
+        ports.setdefault(key, []).append(
+            {"HostIp": port.get("host_ip") or "0.0.0.0", "HostPort": str(port.get("host_port", ""))}
+        )
     return {
         "Id": c["id"],
         "Created": c.get("created_at", ""),
@@ -403,7 +409,7 @@ def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
         "NetworkSettings": {
             "Bridge": "",
             "SandboxID": "",
-            "Ports": {},
+            "Ports": ports,
             "Gateway": first.get("Gateway", ""),
             "IPAddress": first.get("IPAddress", ""),
             "IPPrefixLen": first.get("IPPrefixLen", 0),

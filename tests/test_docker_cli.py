@@ -350,6 +350,7 @@ def test_networks_and_published_port(make_docker_api: object) -> None:
         "/etc",
     )
     hostname = api.docker("exec", "web", "cat", "/etc/hostname").stdout
+    assert api.docker("port", "web").stdout == "80/tcp -> 127.0.0.1:18080\n"
 
     def fetch() -> str:
         out = subprocess.run(
