@@ -173,13 +173,21 @@ class Server:
             allowed, peer = peers.is_allowed(sock, self.gid)
             if not allowed:
                 log.warning("refused a connection from uid %d gid %d (pid %d)", peer.uid, peer.gid, peer.pid)
-                await conn.next_request()
-                await conn.drain_body()
-                await conn.respond_error(
-                    403,
+                # Read its request first (a second at most, a bounded body) so that it gets the
+                # answer instead of a reset, then answer 403 and close.
+                with anyio.move_on_after(1):
+                    try:
+                        await conn.next_request()
+                        await conn.drain_body(limit=1 << 20)
+                    except HttpError:
+                        pass
+                message = (
                     f"permission denied: only {peers.who_may(self.gid)} may use this socket "
-                    f"(you are uid {peer.uid})",
+                    f"(you are uid {peer.uid})"
                 )
+                if conn.can_respond:
+                    body = json.dumps({"message": message}).encode() + b"\n"
+                    await conn.respond(403, body, headers=[("Connection", "close")])
                 return
             while True:
                 try:
