@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -681,6 +682,30 @@ async def drop_input(raw: anyio.abc.ByteStream) -> None:
         pass
 
 
+async def attach_output(
+    rpc: jsonrpc.RpcClient, c: dict[str, Any], replay: bool
+) -> AsyncGenerator[tuple[int, bytes], None]:
+    """What an attached client sees: first ``(-1, b"")`` once nothing that follows can be
+    missed, then the output. A new container's log from its start (empty before it); a running
+    one's from now on; a stopped one's from its next start (``docker start -a``): its log is
+    followed from now, once its ``start`` event has come."""
+    cid = c["id"]
+    if c.get("state") in ("created", "running", "paused") or replay:
+        fresh = c.get("state") == "created"
+        tail = None if replay or fresh else 0
+        async for item in streams.container_output(rpc, cid, follow=True, tail=tail, barrier=True):
+            yield item
+        return
+    since = shapes.rfc3339_ns(time.time_ns())
+    async with rpc.stream("events.subscribe", {"filters": {"container": cid, "event": "start"}}) as notes:
+        await rpc.call("container.inspect", {"id": cid})  # after the subscription: no gap
+        yield -1, b""
+        async for _ in notes:
+            break
+    async for stream, data in streams.container_output(rpc, cid, follow=True, since=since):
+        yield stream, data
+
+
 async def attach(ctx: Ctx, ref: str) -> None:
     """``POST /containers/{id}/attach?stream=1&stdin=&stdout=&stderr=``, hijacked: ``101
     UPGRADED``, then the output (frames, or raw for a TTY) until the container exits, and the
@@ -694,11 +719,7 @@ async def attach(ctx: Ctx, ref: str) -> None:
         tty = bool((c.get("config") or {}).get("tty"))
         mux = not tty
         ctype = streams.MULTIPLEXED if mux and ctx.at_least("1.42") else streams.RAW
-        # A new container's log from its start (empty before it); a running one's from now on.
-        fresh = c.get("state") == "created"
-        output = streams.container_output(
-            rpc, cid, follow=True, tail=None if replay or fresh else 0, barrier=True
-        )
+        output = attach_output(rpc, c, replay)
         await anext(output)  # the follower is registered: start may come now
         raw, first = await ctx.conn.hijack(ctype)
         async with anyio.create_task_group() as tg:

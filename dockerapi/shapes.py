@@ -24,6 +24,12 @@ def epoch(value: str | None) -> int:
     return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
 
 
+def rfc3339_ns(ns: int) -> str:
+    """``2026-01-02T03:04:05.123456789Z`` of nanoseconds since the epoch (UTC)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
 def human_duration(seconds: float) -> str:
     """Docker's ``units.HumanDuration`` (``Up 5 seconds``, ``Exited (0) 2 minutes ago``)."""
     s = int(seconds)

@@ -536,3 +536,17 @@ def test_run_limits_restart_volume(dapi: DockerApi, tmp_path: object) -> None:
     assert c["HostConfig"]["RestartPolicy"]["Name"] == "on-failure"
     conflict = dapi.docker("run", "--rm", "--restart", "always", "busybox", "true", check=False)
     assert conflict.returncode != 0  # the CLI refuses --rm with a restart policy itself
+
+
+def test_attach_and_start_attached_again(dapi: DockerApi) -> None:
+    dapi.docker("run", "--name", "again", "busybox", "sh", "-c", "echo run")
+    # start -a of an exited container shows its new run's output (and only that)
+    out = dapi.docker("start", "-a", "again")
+    assert out.stdout == "run\n"
+    assert dapi.docker("logs", "again").stdout == "run\nrun\n"
+    # attach to a running container with stdin open (-i): input in, both streams out
+    dapi.docker(
+        "run", "-d", "-i", "--name", "talker", "busybox", "sh", "-c", "read x; echo got-$x; echo bye >&2"
+    )
+    out = dapi.docker("attach", "talker", input=b"line\n")
+    assert (out.stdout, out.stderr) == ("got-line\n", "bye\n")
