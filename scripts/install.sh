@@ -34,4 +34,4 @@ fi
 
 # Byte-compile the project: with PYTHONDONTWRITEBYTECODE set (as on some hosts) nothing would be
 # cached and every `tug` would recompile its modules (measured: ~15 ms per command).
-.venv/bin/python -m compileall -q tugwire shimd supervisor >/dev/null
+.venv/bin/python -m compileall -q tugwire shimd supervisor dockerapi >/dev/null

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/ruff check tugwire shimd supervisor tests bench scripts
-.venv/bin/ruff format --check tugwire shimd supervisor tests bench scripts
+.venv/bin/ruff check tugwire shimd supervisor dockerapi tests bench scripts
+.venv/bin/ruff format --check tugwire shimd supervisor dockerapi tests bench scripts
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest "$@"
