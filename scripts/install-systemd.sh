@@ -4,6 +4,7 @@
 #
 #   /etc/systemd/system/tugd.service   ExecStart= this checkout's .venv/bin/tugd
 #   /etc/systemd/system/tugd.socket    the API socket, /run/tugboat/tugd.sock, 0660 root:tugboat
+#   /etc/systemd/system/tug-docker-api.{service,socket}   the Docker API, /run/tugboat/docker.sock
 #   /etc/tmpfiles.d/tugboat.conf       /run/tugboat (0710 root:tugboat) and /var/lib/tugboat (0700)
 #
 # and the `tugboat` system group (its members may use `tug` without root), then, if systemd is
@@ -39,6 +40,11 @@ sed -e "s#/opt/tugboat/#$repo/#g" systemd/tugd.service >"$unitdir/.tugd.service.
 chmod 0644 "$unitdir/.tugd.service.tmp"
 mv -f "$unitdir/.tugd.service.tmp" "$unitdir/tugd.service"
 install -m 0644 systemd/tugd.socket "$unitdir/tugd.socket"
+# The Docker API front door (docs/docker-api.md), beside tugd: enabled separately.
+sed -e "s#/opt/tugboat/#$repo/#g" systemd/tug-docker-api.service >"$unitdir/.tug-docker-api.service.tmp"
+chmod 0644 "$unitdir/.tug-docker-api.service.tmp"
+mv -f "$unitdir/.tug-docker-api.service.tmp" "$unitdir/tug-docker-api.service"
+install -m 0644 systemd/tug-docker-api.socket "$unitdir/tug-docker-api.socket"
 install -m 0644 systemd/tugboat.conf "$tmpfilesdir/tugboat.conf"
 echo "installed $unitdir/tugd.service (ExecStart=$tugd), $unitdir/tugd.socket, $tmpfilesdir/tugboat.conf"
 
@@ -54,6 +60,7 @@ if [ -d /run/systemd/system ]; then
     systemd-tmpfiles --create "$tmpfilesdir/tugboat.conf"
     systemctl daemon-reload
     echo "enable and start with:  systemctl enable --now tugd.socket tugd.service"
+    echo "the Docker API:         systemctl enable --now tug-docker-api.socket"
 else
     echo "systemd is not the init system here (PID 1 is $(cat /proc/1/comm)): the units are in place" \
         "for when it is; start tugd by hand meanwhile: $tugd"

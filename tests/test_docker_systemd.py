@@ -32,12 +32,15 @@ def _settings(path: str) -> dict[str, str]:
 def test_units_pass_systemd_analyze_verify(tmp_path: Any) -> None:
     if SYSTEMD_ANALYZE is None:
         pytest.fail("systemd-analyze is needed to check the units (Debian package systemd)")
-    unitdir = tmp_path / "units"
-    unitdir.mkdir()
-    for name in ("tugd.service", "tugd.socket", "tug-docker-api.service", "tug-docker-api.socket"):
-        with open(os.path.join(REPO, "systemd", name)) as f:
-            text = f.read().replace("/opt/tugboat/", REPO + "/")
-        (unitdir / name).write_text(text)
+    # as scripts/install-systemd.sh puts them in place (DESTDIR: files only)
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "install-systemd.sh")],
+        env={**os.environ, "DESTDIR": str(tmp_path / "dest")},
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    unitdir = tmp_path / "dest" / "etc" / "systemd" / "system"
     units = [str(unitdir / "tug-docker-api.service"), str(unitdir / "tug-docker-api.socket")]
     result = subprocess.run([SYSTEMD_ANALYZE, "verify", *units], capture_output=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), result
