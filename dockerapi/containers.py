@@ -26,6 +26,7 @@ def register(r: Router) -> None:
     """Add the container routes."""
     r.add("POST", "/containers/create", create)
     r.add("GET", "/containers/json", ps)
+    r.add("POST", "/containers/prune", prune)
     r.add("GET", f"/containers/{ID}/json", inspect)
     r.add("POST", f"/containers/{ID}/start", start)
     r.add("POST", f"/containers/{ID}/attach", attach)
@@ -40,7 +41,6 @@ def register(r: Router) -> None:
     r.add("POST", f"/containers/{ID}/rename", rename)
     r.add("GET", f"/containers/{ID}/top", top)
     r.add("POST", f"/containers/{ID}/resize", resize)
-    r.add("GET", f"/containers/{ID}/stats", stats)
 
 
 def no_such_container(ref: str) -> HttpError:
@@ -297,6 +297,24 @@ async def ps(ctx: Ctx) -> None:
     if limit is not None and limit > 0:
         out = out[:limit]
     await ctx.conn.respond_json(200, out)
+
+
+async def prune(ctx: Ctx) -> None:
+    """``POST /containers/prune``: remove every container that does not run."""
+    from .system import docker_filters
+
+    if docker_filters(ctx.req.json_arg("filters")):
+        raise HttpError(400, "container prune filters are not supported")
+    deleted = []
+    async with ctx.rpc() as rpc:
+        for c in await rpc.call("container.list", {"all": True}):
+            if c.get("state") in ("created", "exited"):
+                try:
+                    await rpc.call("container.delete", {"id": c["id"]})
+                except (errors.NotFound, errors.FailedPrecondition):
+                    continue  # removed, or started, meanwhile
+                deleted.append(c["id"])
+    await ctx.conn.respond_json(200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
 
 
 def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
@@ -736,61 +754,3 @@ async def attach(ctx: Ctx, ref: str) -> None:
             finally:
                 await output.aclose()
             tg.cancel_scope.cancel()
-
-
-# ------------------------------------------------------------------------------------- stats
-
-
-def stats_shape(s: dict[str, Any], read: str) -> dict[str, Any]:
-    """A ``/containers/{id}/stats`` sample from tugd's (no previous sample: ``precpu`` empty)."""
-    cpu_ns = int((s.get("cpu_seconds") or 0) * 1e9)
-    online = int(s.get("online_cpus") or 1)
-    usage = int(s.get("memory_usage") or 0)
-    limit = s.get("memory_limit") or shapes_mem_total()
-    return {
-        "read": read,
-        "preread": shapes.ZERO_TIME,
-        "pids_stats": {"current": int(s.get("pids") or 0)},
-        "blkio_stats": {"io_service_bytes_recursive": None},
-        "num_procs": 0,
-        "storage_stats": {},
-        "cpu_stats": {
-            "cpu_usage": {"total_usage": cpu_ns, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
-            "system_cpu_usage": int(time.monotonic() * 1e9) * online,
-            "online_cpus": online,
-            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
-        },
-        "precpu_stats": {
-            "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
-            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
-        },
-        "memory_stats": {"usage": usage, "limit": int(limit), "stats": {}},
-        "name": "/" + str(s.get("name", "")),
-        "id": s.get("id", ""),
-    }
-
-
-def shapes_mem_total() -> int:
-    from .system import _mem_total
-
-    return _mem_total()
-
-
-async def stats(ctx: Ctx, ref: str) -> None:
-    """``GET /containers/{id}/stats?stream=0``: one sample (``stream=1``: one a second)."""
-    stream = ctx.req.flag("stream", True) and not ctx.req.flag("one-shot")
-    c = await lookup(ctx, ref)
-
-    async def sample() -> bytes:
-        got = await ctx.call("container.stats", {"id": c["id"]})
-        read = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
-        return json.dumps(stats_shape(got[0], read)).encode() + b"\n"
-
-    if not stream:
-        await ctx.conn.respond(200, await sample())
-        return
-    await ctx.conn.start_stream(200, "application/json")
-    async with watch_disconnect(ctx.conn):
-        while True:
-            await ctx.conn.send_chunk(await sample())
-            await anyio.sleep(1)  # docker's rate: one sample a second

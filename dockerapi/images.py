@@ -31,7 +31,9 @@ def register(r: Router) -> None:
     r.add("POST", "/images/load", load)
     r.add("GET", "/images/get", save)
     r.add("POST", "/images/create", pull)
+    r.add("POST", "/images/prune", prune)
     r.add("GET", f"/images/{NAME}/json", inspect)
+    r.add("GET", f"/images/{NAME}/history", history)
     r.add("GET", f"/images/{NAME}/get", save_one)
     r.add("POST", f"/images/{NAME}/tag", tag)
     r.add("POST", f"/images/{NAME}/push", push)
@@ -331,3 +333,40 @@ async def login(ctx: Ctx) -> None:
             401, f"login attempt to {registry} failed with status: 401 Unauthorized ({exc.message})"
         ) from None
     await ctx.conn.respond_json(200, {"Status": "Login Succeeded", "IdentityToken": ""})
+
+
+async def prune(ctx: Ctx) -> None:
+    """``POST /images/prune`` (``dangling=false``: every unused image, ``image prune -a``)."""
+    from .system import docker_filters
+
+    filters = docker_filters(ctx.req.json_arg("filters"))
+    dangling = filters.pop("dangling", ["true"])
+    if filters:
+        raise HttpError(400, f"invalid filter '{next(iter(filters))}'")
+    result = await ctx.call("image.prune", {"all": dangling[0] in ("false", "0")})
+    deleted = [{"Untagged": n} for n in result.get("untagged", [])]
+    deleted += [{"Deleted": i} for i in result.get("deleted", [])]
+    body = {"ImagesDeleted": deleted or None, "SpaceReclaimed": int(result.get("space_reclaimed", 0))}
+    await ctx.conn.respond_json(200, body)
+
+
+async def history(ctx: Ctx, name: str) -> None:
+    """``GET /images/{name}/history``: the image config's history, newest first."""
+    try:
+        img = await ctx.call("image.inspect", {"ref": name})
+    except (errors.NotFound, errors.InvalidArgument):
+        raise no_such_image(name) from None
+    entries = list(img.get("history") or [])
+    out = []
+    for i, h in enumerate(reversed(entries)):
+        out.append(
+            {
+                "Id": img["id"] if i == 0 else "<missing>",
+                "Created": shapes.epoch(h.get("created")),
+                "CreatedBy": h.get("created_by", ""),
+                "Tags": (img.get("repo_tags") or None) if i == 0 else None,
+                "Size": 0,
+                "Comment": h.get("comment", ""),
+            }
+        )
+    await ctx.conn.respond_json(200, out)

@@ -102,10 +102,10 @@ class Router:
 
 
 def make_router() -> Router:
-    from . import archive, build, containers, execs, images, networks, system
+    from . import archive, build, containers, execs, images, networks, stats, system
 
     router = Router()
-    for module in (system, containers, execs, images, networks, archive, build):
+    for module in (system, containers, execs, images, networks, archive, build, stats):
         module.register(router)
     return router
 

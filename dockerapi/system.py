@@ -131,7 +131,7 @@ async def info(ctx: Ctx) -> None:
         "IndexServerAddress": "https://index.docker.io/v1/",
         "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
         "NCPU": os.cpu_count() or 1,
-        "MemTotal": _mem_total(),
+        "MemTotal": mem_total(),
         "DockerRootDir": info.get("root", ""),
         "Name": platform.node(),
         "Labels": [],
@@ -167,7 +167,8 @@ def _os_name() -> str:
     return "Linux"
 
 
-def _mem_total() -> int:
+def mem_total() -> int:
+    """The host's memory in bytes (/proc/meminfo), 0 if unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -550,3 +550,20 @@ def test_attach_and_start_attached_again(dapi: DockerApi) -> None:
     )
     out = dapi.docker("attach", "talker", input=b"line\n")
     assert (out.stdout, out.stderr) == ("got-line\n", "bye\n")
+
+
+def test_prune_and_history(dapi: DockerApi) -> None:
+    dapi.docker("run", "--name", "done1", "busybox", "true")
+    dapi.docker("create", "--name", "made1", "busybox", "true")
+    dapi.docker("run", "-d", "--name", "alive", "busybox", "sleep", "300")
+    out = dapi.docker("container", "prune", "-f").stdout
+    assert out.startswith("Deleted Containers:\n")
+    assert dapi.ps_names("-a") == ["alive"]
+    dapi.docker("tag", "busybox", "extra:1")
+    hist = dapi.docker("history", "--no-trunc", "--format", "{{.ID}}", "busybox").stdout.splitlines()
+    assert hist[0].startswith("sha256:")
+    dapi.docker("rm", "-f", "alive")
+    dapi.docker("rmi", "busybox")
+    out = dapi.docker("image", "prune", "-a", "-f").stdout
+    assert "untagged: extra:1" in out.lower()
+    assert dapi.docker("images", "-q").stdout == ""
