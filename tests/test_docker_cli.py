@@ -151,8 +151,10 @@ def test_logs_tail_timestamps_follow(dapi: DockerApi) -> None:
     )
     out = dapi.docker("logs", "talk")
     assert (out.stdout, out.stderr) == ("l1\nl2\nl3\nl4\nl5\n", "e\n")
-    assert dapi.docker("logs", "--tail", "2", "talk").stdout == "l5\n"
-    assert dapi.docker("logs", "--tail", "2", "talk").stderr == "e\n"
+    # the last 2 records: l5 and e, in whichever order the shim read its two pipes; never more
+    tail = dapi.docker("logs", "--tail", "2", "talk")
+    assert (tail.stdout, tail.stderr) in (("l5\n", "e\n"), ("l4\nl5\n", ""))
+    assert dapi.docker("logs", "--tail", "1", "--", "talk").stdout in ("l5\n", "")
     stamped = dapi.docker("logs", "-t", "talk").stdout.splitlines()
     assert len(stamped) == 5
     for line, i in zip(stamped, range(1, 6), strict=True):
