@@ -15,7 +15,7 @@ import anyio.abc
 from tugwire import errors, jsonrpc
 
 from . import shapes, streams
-from .http import HttpError, read_raw, watch_disconnect
+from .http import HttpError, peer_closed, read_raw, watch_disconnect
 from .server import Ctx, Router
 from .shapes import get_bool, get_int, get_obj, get_str, get_str_map, get_strs
 
@@ -684,6 +684,9 @@ async def pump_stdin(
             data = await read_raw(raw)
             if not data:
                 break
+        if peer_closed(raw):
+            tg.cancel_scope.cancel()  # the client went away: stop following for it
+            return
         if not started:
             await wait_running(rpc, cid)
         try:
@@ -692,12 +695,14 @@ async def pump_stdin(
             pass  # exited already, or a terminal (no EOF to send)
 
 
-async def drop_input(raw: anyio.abc.ByteStream) -> None:
-    """Without stdin, read and drop what the client sends. Its EOF is no sign that it went away:
-    the CLI half-closes at once when it attaches no stdin; a client that is gone is seen when the
-    next output cannot be sent, or when the container exits."""
+async def drop_input(raw: anyio.abc.ByteStream, tg: anyio.abc.TaskGroup) -> None:
+    """Without stdin, read and drop what the client sends. A half-close is no sign that it went
+    away (the CLI half-closes at once when it attaches no stdin); a whole close is: the attach
+    then ends, its tugd connection with it."""
     while await read_raw(raw):
         pass
+    if peer_closed(raw):
+        tg.cancel_scope.cancel()
 
 
 async def attach_output(
@@ -744,7 +749,7 @@ async def attach(ctx: Ctx, ref: str) -> None:
             if use_stdin and (c.get("config") or {}).get("stdin"):
                 tg.start_soon(pump_stdin, ctx, raw, first, cid, tg)
             else:
-                tg.start_soon(drop_input, raw)
+                tg.start_soon(drop_input, raw, tg)
             try:
                 async for stream, data in output:
                     if want.get(stream, True):

@@ -21,7 +21,7 @@ from tugwire import errors
 
 from . import streams
 from .containers import lookup
-from .http import HttpError, read_raw
+from .http import HttpError, peer_closed, read_raw
 from .server import Ctx, Router
 from .shapes import get_bool, get_str, get_strs
 
@@ -186,7 +186,7 @@ async def start(ctx: Ctx, eid: str) -> None:
             started = anyio.Event()
             async with anyio.create_task_group() as tg:
                 if ex.stdin:
-                    tg.start_soon(_pump_stdin, ctx, run, raw, first, started)
+                    tg.start_soon(_pump_stdin, run, raw, first, started, tg)
                 else:
                     tg.start_soon(_watch_gone, raw, tg)
                 want = {streams.STDOUT: ex.stdout, streams.STDERR: ex.stderr}
@@ -220,8 +220,14 @@ async def start(ctx: Ctx, eid: str) -> None:
 
 
 async def _pump_stdin(
-    ctx: Ctx, run: streams.ExecRun, raw: anyio.abc.ByteStream, first: bytes, started: anyio.Event
+    run: streams.ExecRun,
+    raw: anyio.abc.ByteStream,
+    first: bytes,
+    started: anyio.Event,
+    tg: anyio.abc.TaskGroup,
 ) -> None:
+    """Client bytes to the exec's stdin; a half-close closes it, a whole close (the client went
+    away) stops streaming to it (the process runs on, as docker's)."""
     await started.wait()
     data = first
     while True:
@@ -230,6 +236,9 @@ async def _pump_stdin(
         data = await read_raw(raw)
         if not data:
             break
+    if peer_closed(raw):
+        tg.cancel_scope.cancel()
+        return
     try:
         await run.close_stdin()
     except errors.NotFound:
@@ -237,5 +246,8 @@ async def _pump_stdin(
 
 
 async def _watch_gone(raw: anyio.abc.ByteStream, tg: anyio.abc.TaskGroup) -> None:
+    """Without stdin: drop what the client sends; stop streaming to it once it went away."""
     while await read_raw(raw):
         pass
+    if peer_closed(raw):
+        tg.cancel_scope.cancel()

@@ -12,6 +12,7 @@ contexts) at most :data:`MAX_UPLOAD`. A request with both ``Content-Length`` and
 from __future__ import annotations
 
 import json
+import select
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -325,6 +326,16 @@ async def read_raw(stream: anyio.abc.ByteStream, max_bytes: int = READ_SIZE) -> 
             continue
         except OSError:
             return b""
+
+
+def peer_closed(stream: anyio.abc.ByteStream) -> bool:
+    """After an EOF from :func:`read_raw`: whether the client closed its whole connection
+    (``POLLHUP``: it went away) rather than only its sending side (a half-close, as the docker
+    CLI does at the end of stdin, or at once when it attaches none). Asked once, not polled."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLHUP)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 @asynccontextmanager

@@ -229,7 +229,8 @@ def test_hijack_head_and_frames(dapi: DockerApi) -> None:
 
 
 def test_disconnect_mid_stream_leaves_nothing(dapi: DockerApi) -> None:
-    """Clients that drop a ``logs -f``, a ``wait`` and an ``events`` stream: the front door
+    """Clients that drop a ``logs -f``, a ``wait``, an ``events`` stream and a hijacked attach of a
+    quiet container: the front door
     closes its tugd connections for them (its open descriptors come back to where they were)."""
     assert dapi.proc is not None
     fd_dir = f"/proc/{dapi.proc.pid}/fd"
@@ -238,17 +239,20 @@ def test_disconnect_mid_stream_leaves_nothing(dapi: DockerApi) -> None:
     )["Id"]
     assert request(dapi, "POST", f"/containers/{cid}/start")[0] == 204
     baseline = len(os.listdir(fd_dir))
-    for path, method in (
-        (f"/containers/{cid}/logs?stdout=1&follow=1", "GET"),
-        (f"/containers/{cid}/wait", "POST"),
-        ("/events", "GET"),
+    upgrade = "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+    for path, method, extra in (
+        (f"/containers/{cid}/logs?stdout=1&follow=1", "GET", ""),
+        (f"/containers/{cid}/wait", "POST", ""),
+        ("/events", "GET", ""),
+        (f"/containers/{cid}/attach?stream=1&stdout=1&stderr=1", "POST", upgrade),
+        (f"/containers/{cid}/attach?stream=1&stdin=1&stdout=1", "POST", upgrade),
     ):
         with connect(dapi) as s:
-            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 0\r\n\r\n".encode())
             head = b""
             while b"\r\n\r\n" not in head:
                 head += s.recv(1)
-            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert head.startswith(b"HTTP/1.1 200 " if not extra else b"HTTP/1.1 101 UPGRADED"), head
             assert len(os.listdir(fd_dir)) > baseline  # the stream holds a tugd connection
         wait_until(lambda: len(os.listdir(fd_dir)) <= baseline, what=f"{path} to let go")
     assert request(dapi, "GET", "/_ping")[0] == 200
