@@ -230,8 +230,8 @@ def test_hijack_head_and_frames(dapi: DockerApi) -> None:
 
 def test_disconnect_mid_stream_leaves_nothing(dapi: DockerApi) -> None:
     """Clients that drop a ``logs -f``, a ``wait``, an ``events`` stream and a hijacked attach of a
-    quiet container: the front door
-    closes its tugd connections for them (its open descriptors come back to where they were)."""
+    quiet container: the front door closes its tugd connections for them (its open descriptors
+    come back to where they were)."""
     assert dapi.proc is not None
     fd_dir = f"/proc/{dapi.proc.pid}/fd"
     cid = json.loads(
