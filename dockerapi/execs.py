@@ -11,7 +11,7 @@ the hijacked stream is closed: ``docker exec`` inspects the moment its stream en
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -47,7 +47,6 @@ class Exec:
     pid: int = 0
     tugd_id: str | None = None
     started: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def register(r: Router) -> None:

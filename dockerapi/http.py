@@ -109,7 +109,6 @@ class HttpConnection:
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self._streaming = False
         self.hijacked = False
         self.method = "GET"  # of the request being answered (a HEAD's answer has no body)
 
@@ -260,7 +259,6 @@ class HttpConnection:
         if content_type:
             hdrs.append(("Content-Type", content_type))
         await self._send(h11.Response(status_code=status, headers=hdrs))
-        self._streaming = True
 
     async def send_chunk(self, data: bytes) -> None:
         """One chunk of a streaming response (nothing for empty data)."""
@@ -270,7 +268,6 @@ class HttpConnection:
     async def end_stream(self) -> None:
         """The end of a streaming response."""
         await self._send(h11.EndOfMessage())
-        self._streaming = False
 
     async def hijack(self, content_type: str) -> tuple[anyio.abc.ByteStream, bytes]:
         """Answer ``101 UPGRADED`` (docker's reason phrase and headers) and hand over the raw
