@@ -158,3 +158,28 @@ def test_docker_py_is_installed_by_the_project() -> None:
     """docker-py comes from the project's test extras, not from the machine."""
     with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "pyproject.toml")) as f:
         assert '"docker>=' in f.read()
+
+
+@pytest.mark.registry
+def test_build_push_pull(client: Any, tmp_path: Any) -> None:
+    from .test_registry import running_registry
+
+    (tmp_path / "Dockerfile").write_text('FROM busybox\nRUN echo built > /b\nCMD ["cat", "/b"]\n')
+    image, logs = client.images.build(path=str(tmp_path), tag="pyb:1", rm=True)
+    assert "pyb:1" in image.tags
+    assert any("Step 2/3 : RUN echo built > /b" in line.get("stream", "") for line in logs)
+    assert client.containers.run("pyb:1", remove=True) == b"built\n"
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN exit 3\n")
+    with pytest.raises(docker.errors.BuildError):
+        client.images.build(path=str(tmp_path), tag="pyb:bad")
+    with running_registry() as reg:
+        ref = f"{reg.host}/py/b"
+        assert image.tag(ref, "1") is True
+        out = client.images.push(ref, tag="1", stream=True, decode=True)
+        lines = list(out)
+        assert not [x for x in lines if "error" in x], lines
+        assert lines[-1]["aux"]["Tag"] == "1"
+        client.images.remove(f"{ref}:1")
+        pulled = client.images.pull(ref, tag="1")
+        assert f"{ref}:1" in pulled.tags
+        assert pulled.id == image.id
