@@ -102,6 +102,10 @@ def test_rm_force_and_missing(dapi: DockerApi) -> None:
 def test_inspect_missing_is_no_such_object(dapi: DockerApi) -> None:
     out = dapi.docker("inspect", "nosuch", check=False)
     assert (out.returncode, out.stdout, out.stderr) == (1, "[]\n", "Error: No such object: nosuch\n")
+    # the same probe finds an image, then a network, by name
+    assert json.loads(dapi.docker("inspect", "busybox").stdout)[0]["RepoTags"] == ["busybox:latest"]
+    assert json.loads(dapi.docker("inspect", "none").stdout)[0]["Name"] == "none"
+    assert dapi.docker("inspect", "--type", "container", "busybox", check=False).returncode == 1
 
 
 def test_bad_name_and_conflict(dapi: DockerApi) -> None:
