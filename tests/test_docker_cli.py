@@ -445,6 +445,28 @@ def test_stats_no_stream_and_tty(dapi: DockerApi) -> None:
     )
     assert out.returncode == 0
     assert out.stdout.split(" / ")[0].endswith("iB")
+    # a busy container: the CPU % comes from two samples a second apart (as dockerd's)
+    dapi.docker("run", "-d", "--name", "busy", "busybox", "sh", "-c", "while :; do :; done")
+    out = subprocess.run(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            docker_cli(),
+            "stats",
+            "--no-stream",
+            "busy",
+            "--format",
+            "{{.CPUPerc}}",
+        ],
+        capture_output=True,
+        text=True,
+        env=dapi.env,
+    )
+    assert out.returncode == 0
+    assert float(out.stdout.strip().rstrip("%")) > 1.0, out.stdout
+    dapi.docker("rm", "-f", "busy")
     out = dapi.docker("run", "-t", "--rm", "busybox", "sh", "-c", "tty")
     assert out.stdout.strip() == "/dev/pts/0"
     assert (
