@@ -165,6 +165,11 @@ def test_logs_tail_timestamps_follow(dapi: DockerApi) -> None:
         ts, text = line.split(" ")
         assert text == f"l{i}"
         assert ts.endswith("Z") and len(ts) == 30 and ts[4] == "-" and ts[10] == "T", ts
+    # --since / --until (the CLI sends unix seconds): a window before the run has nothing
+    assert dapi.docker("logs", "--until", "2000-01-01T00:00:00Z", "talk").stdout == ""
+    assert dapi.docker("logs", "--since", "2000-01-01T00:00:00Z", "talk").stdout == "l1\nl2\nl3\nl4\nl5\n"
+    assert dapi.docker("logs", "--since", "2099-01-01T00:00:00Z", "talk").stdout == ""
+    assert dapi.docker("logs", "--until", "2099-01-01T00:00:00Z", "talk").stdout == "l1\nl2\nl3\nl4\nl5\n"
     # -f on a running container ends when it exits, with everything it wrote
     dapi.docker("run", "-d", "--name", "slow", "busybox", "sh", "-c", "echo a; sleep 1; echo b")
     assert dapi.docker("logs", "-f", "slow").stdout == "a\nb\n"
