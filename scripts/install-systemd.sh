@@ -5,6 +5,7 @@
 #   /etc/systemd/system/tugd.service   ExecStart= this checkout's .venv/bin/tugd
 #   /etc/systemd/system/tugd.socket    the API socket, /run/tugboat/tugd.sock, 0660 root:tugboat
 #   /etc/systemd/system/tug-cri.service the Kubernetes CRI on /run/tugboat/cri.sock (needs tugd)
+#   /etc/systemd/system/tug-docker-api.{service,socket}   the Docker API, /run/tugboat/docker.sock
 #   /etc/tmpfiles.d/tugboat.conf       /run/tugboat (0710 root:tugboat) and /var/lib/tugboat (0700)
 #
 # and the `tugboat` system group (its members may use `tug` without root), then, if systemd is
@@ -36,15 +37,17 @@ esac
 
 install -d -m 0755 "$unitdir" "$tmpfilesdir"
 # The shipped units name /opt/tugboat as the checkout; point them at this one.
-for unit in tugd.service tug-cri.service; do
+# The front doors (tug-cri: docs/cri.md; tug-docker-api: docs/docker-api.md) are enabled separately.
+for unit in tugd.service tug-cri.service tug-docker-api.service; do
     sed -e "s#/opt/tugboat/#$repo/#g" "systemd/$unit" >"$unitdir/.$unit.tmp"
     chmod 0644 "$unitdir/.$unit.tmp"
     mv -f "$unitdir/.$unit.tmp" "$unitdir/$unit"
 done
 install -m 0644 systemd/tugd.socket "$unitdir/tugd.socket"
+install -m 0644 systemd/tug-docker-api.socket "$unitdir/tug-docker-api.socket"
 install -m 0644 systemd/tugboat.conf "$tmpfilesdir/tugboat.conf"
 echo "installed $unitdir/tugd.service (ExecStart=$tugd), $unitdir/tugd.socket, $unitdir/tug-cri.service," \
-    "$tmpfilesdir/tugboat.conf"
+    "$unitdir/tug-docker-api.service, $unitdir/tug-docker-api.socket, $tmpfilesdir/tugboat.conf"
 
 if [ -n "$dest" ]; then
     exit 0
@@ -60,6 +63,7 @@ if [ -d /run/systemd/system ]; then
     echo "enable and start with:  systemctl enable --now tugd.socket tugd.service"
     echo "and for Kubernetes (kubelet --container-runtime-endpoint unix:///run/tugboat/cri.sock):" \
         " systemctl enable --now tug-cri.service"
+    echo "the Docker API:         systemctl enable --now tug-docker-api.socket"
 else
     echo "systemd is not the init system here (PID 1 is $(cat /proc/1/comm)): the units are in place" \
         "for when it is; start tugd by hand meanwhile: $tugd"

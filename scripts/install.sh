@@ -34,7 +34,7 @@ fi
 
 # Byte-compile the project: with PYTHONDONTWRITEBYTECODE set (as on some hosts) nothing would be
 # cached and every `tug` would recompile its modules (measured: ~15 ms per command).
-.venv/bin/python -m compileall -q tugwire shimd supervisor cri >/dev/null
+.venv/bin/python -m compileall -q tugwire shimd supervisor cri dockerapi >/dev/null
 
 # The Kubernetes CRI test tools (crictl, critest: Go, from the Go module proxy) into a cache outside
 # the repo, only when asked: TUGBOAT_CRI_TOOLS=1 for both, or a list (TUGBOAT_CRI_TOOLS=crictl).

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # crictl and critest (Go, from the module proxy; cached outside the repo, built once per machine)
 bash scripts/install-cri-tools.sh >/dev/null
-.venv/bin/ruff check tugwire shimd supervisor cri tests bench scripts
-.venv/bin/ruff format --check tugwire shimd supervisor cri tests bench scripts
+.venv/bin/ruff check tugwire shimd supervisor cri dockerapi tests bench scripts
+.venv/bin/ruff format --check tugwire shimd supervisor cri dockerapi tests bench scripts
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest "$@"

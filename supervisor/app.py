@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import grp
 import logging
 import os
 import signal
 import socket
-import struct
 from collections.abc import Callable
 from functools import partial
 
@@ -24,7 +22,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from tugwire import httpserve, jsonrpc
+from tugwire import httpserve, jsonrpc, peers
 from tugwire.errors import PermissionDenied
 
 from . import diskfull, rebuild, shims, systemd
@@ -122,57 +120,21 @@ def bind_metrics(cfg: Config) -> socket.socket | None:
         ) from exc
 
 
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not in Python's socket
-
-
-def peer_groups(sock: socket.socket) -> list[int] | None:
-    """The peer's supplementary groups as they were when it connected (SO_PEERGROUPS), or None
-    where the kernel cannot tell."""
-    size = 256 * 4
-    for _ in range(4):
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
-        except OSError as exc:
-            if exc.errno == errno.ERANGE:
-                size *= 8
-                continue
-            return None
-        return list(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
-    return None
-
-
 def peer_allowed(gid: int | None) -> Callable[[anyio.abc.SocketStream], bool]:
     """Root, and members of the tugboat group, checked with the peer's credentials (SO_PEERCRED
-    and SO_PEERGROUPS, what the peer process really holds), not only the socket's mode. A
-    refused peer gets a ``permission_denied`` error, then the connection is closed."""
+    and SO_PEERGROUPS, what the peer process really holds: :mod:`tugwire.peers`, shared with the
+    Docker API front door), not only the socket's mode. A refused peer gets a
+    ``permission_denied`` error, then the connection is closed."""
 
     def check(stream: anyio.abc.SocketStream) -> bool:
         sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, peer_gid = struct.unpack("3i", creds)
-        if uid == 0:
+        allowed, peer = peers.is_allowed(sock, gid)
+        if allowed:
             return True
-        if gid is not None:
-            if peer_gid == gid:
-                return True
-            groups = peer_groups(sock)
-            if groups is not None:
-                if gid in groups:
-                    return True
-            else:  # an old kernel: the group database instead
-                with contextlib.suppress(OSError, KeyError):
-                    import pwd
-
-                    if pwd.getpwuid(uid).pw_name in grp.getgrgid(gid).gr_mem:
-                        return True
-        log.warning("refused a connection from uid %d gid %d (pid %d)", uid, peer_gid, pid)
-        allowed = "root"
-        if gid is not None:
-            try:
-                allowed = f"root and the members of group {grp.getgrgid(gid).gr_name}"
-            except KeyError:
-                allowed = f"root and the members of group {gid}"
-        raise PermissionDenied(f"permission denied: only {allowed} may use tugd (you are uid {uid})")
+        log.warning("refused a connection from uid %d gid %d (pid %d)", peer.uid, peer.gid, peer.pid)
+        raise PermissionDenied(
+            f"permission denied: only {peers.who_may(gid)} may use tugd (you are uid {peer.uid})"
+        )
 
     return check
 

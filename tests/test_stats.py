@@ -242,15 +242,19 @@ async def test_http_server() -> None:
         assert b"Content-Length: %d" % len(body) in head
         assert body == b"# HELP x y\n# TYPE x gauge\nx 1\n"
         assert seen[0]["x-prometheus-scrape-timeout-seconds"] == "3"
-        assert (await _http(port, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
-        assert (await _http(port, b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+        assert (await _http(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")
+        assert (await _http(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 405")
         assert (await _http(port, b"nonsense\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        # HTTP/1.1 without Host (RFC 9112): h11 refuses it
+        assert (await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
         head_only = await _http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
         assert head_only.startswith(b"HTTP/1.1 200") and head_only.endswith(b"\r\n\r\n")
         # A client that connects and goes away without a word harms nothing.
         async with await anyio.connect_tcp("127.0.0.1", port):
             pass
-        assert (await _http(port, b"GET /metrics?x=1 HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert (await _http(port, b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 200"
+        )
         tg.cancel_scope.cancel()
 
 
@@ -263,6 +267,8 @@ async def test_http_render_failure_is_a_500() -> None:
     port = int(httpserve.bound_address(listener).rsplit(":", 1)[1])
     async with anyio.create_task_group() as tg:
         tg.start_soon(httpserve.serve, listener, render)
-        assert (await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500")
-        assert (await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500")  # still up
+        assert (await _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 500")
+        assert (await _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 500"
+        )  # still up
         tg.cancel_scope.cancel()

@@ -1,7 +1,7 @@
-"""A tiny HTTP/1.1 server for one page: ``GET /metrics`` in the Prometheus text format.
+"""A tiny HTTP/1.1 server for one page: ``GET /metrics`` in the Prometheus text format, on h11.
 
 tugd serves its metrics with it, and a shim asked for a listener of its own too; both run it on
-their anyio event loop (asyncio or trio), so no thread and no HTTP library is needed. One request
+their anyio event loop (asyncio or trio), so no thread is needed. One request
 per connection (``Connection: close``): a scraper asks every few seconds, and Prometheus opens a
 new connection when the old one is closed. Each connection has a deadline, so a client that never
 sends its request (or never reads the answer) holds nothing for long.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -69,64 +70,93 @@ def bound_address(listener: anyio.abc.SocketListener) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _response(status: bytes, body: bytes, content_type: bytes, *, head: bool, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n%s" % (
-        status,
-        content_type,
-        len(body),
-        extra,
-        b"" if head else body,
-    )
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    500: b"Internal Server Error",
+}
 
 
-async def _read_head(stream: anyio.abc.ByteStream) -> bytes:
-    buf = b""
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        if len(buf) > MAX_HEAD:
-            raise ValueError("request head too long")
-        buf += await stream.receive(4096)
-    return buf
+async def _reply(
+    conn: Any,
+    stream: anyio.abc.ByteStream,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    head: bool = False,
+) -> None:
+    """One whole response through h11, then the connection is closed (``Connection: close``)."""
+    import h11
+
+    headers = [
+        (b"Content-Type", content_type),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Connection", b"close"),
+        *(extra or []),
+    ]
+    data = conn.send(h11.Response(status_code=status, reason=_REASONS.get(status, b""), headers=headers))
+    if body and conn.our_state is h11.SEND_BODY and not head:
+        data += conn.send(h11.Data(data=body))
+    if conn.our_state is h11.SEND_BODY:
+        data += conn.send(h11.EndOfMessage())
+    await stream.send(data)
 
 
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    parts = lines[0].decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise ValueError("bad request line")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.decode("latin-1").partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], headers
+async def _request(conn: Any, stream: anyio.abc.ByteStream) -> Any:
+    """The request's head, parsed by h11 (``h11.RemoteProtocolError`` for a bad one)."""
+    import h11
+
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive(4096)
+            except anyio.EndOfStream:
+                data = b""
+            conn.receive_data(data)
+            continue
+        return event
 
 
 async def handle(stream: anyio.abc.ByteStream, render: Render, path: str = "/metrics") -> None:
-    """Answer one request on ``stream`` and close it. Never raises (a failure is logged)."""
+    """Answer one request on ``stream`` and close it. Never raises (a failure is logged).
+
+    HTTP is parsed and framed by h11 (the parser under httpcore and uvicorn), the library of the
+    Docker API front door too; imported at the first request, so that a shim that serves no
+    metrics never loads it."""
+    import h11
+
     text = b"text/plain; charset=utf-8"
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     try:
         async with stream:
             with anyio.move_on_after(CONNECTION_DEADLINE):
                 try:
-                    method, target, headers = _parse_head(await _read_head(stream))
-                except ValueError as exc:
-                    await stream.send(_response(b"400 Bad Request", f"{exc}\n".encode(), text, head=False))
+                    event = await _request(conn, stream)
+                except h11.RemoteProtocolError as exc:
+                    await _reply(conn, stream, 400, f"{exc}\n".encode(), text)
                     return
-                head = method == "HEAD"
+                if not isinstance(event, h11.Request):
+                    return  # closed without a request
+                method = event.method.decode("latin-1")
+                target = event.target.decode("latin-1")
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 if method not in ("GET", "HEAD"):
-                    allow = b"Allow: GET, HEAD\r\n"
-                    reply = _response(b"405 Method Not Allowed", b"only GET\n", text, head=False, extra=allow)
+                    await _reply(conn, stream, 405, b"only GET\n", text, [(b"Allow", b"GET, HEAD")])
                 elif target.split("?", 1)[0] != path:
-                    reply = _response(b"404 Not Found", f"try {path}\n".encode(), text, head=head)
+                    await _reply(conn, stream, 404, f"try {path}\n".encode(), text, head=method == "HEAD")
                 else:
                     try:
                         body = await render(headers)
                     except Exception:
                         log.exception("rendering %s failed", path)
-                        reply = _response(b"500 Internal Server Error", b"see the log\n", text, head=head)
+                        await _reply(conn, stream, 500, b"see the log\n", text, head=method == "HEAD")
                     else:
-                        reply = _response(b"200 OK", body, CONTENT_TYPE, head=head)
-                await stream.send(reply)
+                        await _reply(conn, stream, 200, body, CONTENT_TYPE, head=method == "HEAD")
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         pass  # the client went away
     except Exception:
