@@ -1,0 +1,77 @@
+"""The hand-made rtnetlink requests of a container's wiring (``supervisor/network/rtnl.py``),
+against the real kernel, in namespaces the test makes (nothing touches the host's network)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.network import netlink, rtnl
+
+from .conftest import make_test_netns, needs_root
+
+pytestmark = [pytest.mark.network, needs_root]
+
+
+@pytest.fixture
+def two_netns() -> Iterator[tuple[str, str]]:
+    names: list[str] = []
+    try:
+        yield make_test_netns(names), make_test_netns(names)
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def ip_json(ns: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    found: list[dict[str, object]] = json.loads(out or "[]")
+    return found
+
+
+def test_a_veth_wired_into_another_namespace_in_three_batches(two_netns: tuple[str, str]) -> None:
+    outer, inner = (f"/run/netns/{n}" for n in two_netns)
+    with netlink.in_netns(outer, rtnl.open_socket) as host:
+        host.batch([rtnl.link_del("tbnobody")])  # deleting what is not there is fine
+        with pytest.raises(OSError, match="No such device") as info:
+            host.batch([rtnl.link_set("tbnobody", up=True)])
+        assert info.value.errno == errno.ENODEV
+        with pytest.raises(OSError, match="tbnobody"):
+            host.link_index("tbnobody")
+        fd = os.open(inner, os.O_RDONLY)
+        try:
+            host.batch([rtnl.veth_add("tv0test", "eth3", fd, "02:42:0a:0b:0c:0d", 1400)])
+        finally:
+            os.close(fd)
+        host.batch([rtnl.link_set("tv0test", up=True, alias="tugboat test")])
+        (link,) = ip_json(two_netns[0], "link", "show", "tv0test")
+        assert link["mtu"] == 1400 and link["ifalias"] == "tugboat test"
+        with netlink.in_netns(inner, rtnl.open_socket) as sock:
+            eth = sock.link_index("eth3")
+            sock.batch(
+                [
+                    rtnl.link_set(index=rtnl.LOOPBACK_INDEX, up=True),
+                    rtnl.addr_add(eth, "10.66.0.2", 24),
+                    rtnl.link_set(index=eth, up=True),
+                    rtnl.default_route("10.66.0.1", eth),
+                    rtnl.addr_add(eth, "fd66::2", 64, netlink.IFA_F_NODAD),
+                ]
+            )
+            with pytest.raises(OSError, match="exists") as info:  # the same address twice
+                sock.batch([rtnl.addr_add(eth, "10.66.0.2", 24)])
+            assert info.value.errno == errno.EEXIST
+        (eth3,) = ip_json(two_netns[1], "addr", "show", "eth3")
+        assert eth3["address"] == "02:42:0a:0b:0c:0d" and eth3["mtu"] == 1400
+        addrs = {(a["local"], a["prefixlen"]) for a in eth3["addr_info"]}  # type: ignore[attr-defined]
+        assert {("10.66.0.2", 24), ("fd66::2", 64)} <= addrs
+        routes = ip_json(two_netns[1], "route", "show", "default")
+        assert routes[0]["gateway"] == "10.66.0.1" and routes[0]["dev"] == "eth3"
+        # One batch deletes by name whatever of several names exists; the peer goes along.
+        host.batch([rtnl.link_del(f"tv{i}test") for i in range(10)])
+    assert ip_json(two_netns[0], "link", "show", "type", "veth") == []
+    assert ip_json(two_netns[1], "link", "show", "type", "veth") == []
