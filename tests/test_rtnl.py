@@ -75,3 +75,34 @@ def test_a_veth_wired_into_another_namespace_in_three_batches(two_netns: tuple[s
         host.batch([rtnl.link_del(f"tv{i}test") for i in range(10)])
     assert ip_json(two_netns[0], "link", "show", "type", "veth") == []
     assert ip_json(two_netns[1], "link", "show", "type", "veth") == []
+
+
+def test_nft_in_process_and_the_tool_agree(
+    two_netns: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``nft.run`` through libnftables, and through the ``nft`` tool where the library does not
+    load: the same output, status and errors, in a namespace of the test's."""
+    from supervisor.network import nft
+
+    ns = f"/run/netns/{two_netns[0]}"
+    rules = nft.Ruleset(
+        [nft.BridgeRules("tb-000000000001", "10.67.0.0/24")], [nft.Forward("", 18080, "tcp", "10.67.0.2", 80)]
+    )
+
+    def session() -> list[tuple[int, str]]:
+        nft.apply("tugboat-test", rules)
+        out = [nft.run(["list", "tables"]), nft.run(["list", "chain", "ip", "tugboat-test", "prerouting"])]
+        out.append(nft.run(["list", "table", "ip", "nosuchtable"]))
+        nft.apply("tugboat-test", None)
+        out.append(nft.run(["list", "tables"]))
+        return [(r.returncode, (r.stdout or r.stderr).decode()) for r in out]
+
+    in_process = netlink.in_netns(ns, session)
+    assert nft._library() is not None  # the library is what ran
+    monkeypatch.setattr(nft, "_lib", None)
+    monkeypatch.setattr(nft, "_lib_tried", True)
+    assert netlink.in_netns(ns, session) == in_process
+    assert in_process[0] == (0, "table ip tugboat-test\ntable ip6 tugboat-test\n")
+    assert "tcp dport 18080 dnat to 10.67.0.2:80" in in_process[1][1]
+    assert in_process[2][0] == 1 and "No such file or directory" in in_process[2][1]
+    assert in_process[3] == (0, "")
