@@ -683,3 +683,17 @@ def test_unknown_default_network_is_one_clear_line() -> None:
         assert not os.path.exists(f"{base}/s/tugd.sock")
     finally:
         shutil.rmtree(base)
+
+
+def test_a_bridge_deleted_behind_tugds_back_is_made_again(make_daemon: Any) -> None:
+    """tugd sets a bridge up once and keeps its index: a bridge deleted by someone else since
+    fails the next wiring, which sets the bridge up anew and wires again."""
+    d = make_daemon(netns=True)
+    d.call("network.create", {"name": "gone", "subnet": "10.89.0.0/24"})
+    bridge = d.call("network.inspect", {"id": "gone"})["bridge"]
+    start(d, ["sleep", "1000"], network="gone")  # the bridge is set up, its index kept
+    subprocess.run(["ip", "-n", d.netns, "link", "del", bridge], check=True)
+    assert bridge not in links(d, "tb-")
+    cid, result = run(d, ["ping", "-c", "1", "-W", "2", "10.89.0.1"], network="gone")
+    assert result["exit_code"] == 0, output(d, cid)
+    assert bridge in links(d, "tb-")

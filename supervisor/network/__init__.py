@@ -548,41 +548,28 @@ class Networks:
         v6 = (net.gateway6, ipaddress.IPv6Network(net.subnet6).prefixlen) if net.subnet6 else None
 
         def ensure() -> int:
-            _made, index = netlink.ensure_bridge(
-                net.bridge, net.gateway, prefix, mtu, route_localnet=True, v6=v6, alias=self.alias
-            )
+            index = netlink.ensure_bridge(net.bridge, net.gateway, prefix, mtu, True, v6, self.alias)[1]
             self._bridge_index[net.bridge] = index
             return int(index)
 
         def attach(index: int) -> None:
+            v6_ep = (ep.ip6, v6[1], net.gateway6) if v6 and ep.ip6 else None
+            default = primary and not net.internal
+            veth = veth_name(cid, ep.idx)
             netlink.attach(
-                path,
-                veth_name(cid, ep.idx),
-                index,
-                ep.idx,
-                ep.ip,
-                prefix,
-                net.gateway,
-                ep.mac,
-                mtu,
-                v6=(ep.ip6, v6[1], net.gateway6) if v6 and ep.ip6 else None,
-                default_route=primary and not net.internal,
-                alias=self.alias,
+                path, veth, index, ep.idx, ep.ip, prefix, net.gateway, ep.mac, mtu, default, v6_ep, self.alias
             )
 
-        # The bridge is set up (made if missing, its address, MTU, sysctls) once per tugd, its
-        # index kept: a container's wiring is then the veth's requests only. Should the bridge
-        # have gone meanwhile (someone deleted it), the wiring fails and is done again after
-        # the bridge is set up anew.
+        # The bridge is set up (made if missing, address, MTU, sysctls) once per tugd, its index
+        # kept; should it have gone meanwhile (deleted by someone), the wiring fails and is done
+        # again after the bridge is set up anew.
         cached = self._bridge_index.get(net.bridge)
-        if cached is None:
-            attach(ensure())
-            return
         try:
-            attach(cached)
+            attach(cached if cached is not None else ensure())
         except OSError as exc:
+            if cached is None:
+                raise
             log.info("wiring %s on %s failed (%s): setting the bridge up again", cid[:12], net.bridge, exc)
-            self._bridge_index.pop(net.bridge, None)
             attach(ensure())
 
     def _mtu(self, netlink: Any, net: NetworkRecord) -> int:
