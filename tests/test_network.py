@@ -697,3 +697,24 @@ def test_a_bridge_deleted_behind_tugds_back_is_made_again(make_daemon: Any) -> N
     cid, result = run(d, ["ping", "-c", "1", "-W", "2", "10.89.0.1"], network="gone")
     assert result["exit_code"] == 0, output(d, cid)
     assert bridge in links(d, "tb-")
+
+
+def test_forwards_added_to_the_table_are_what_a_rebuild_makes(make_daemon: Any) -> None:
+    """A ``-p`` start adds its rules to the table as it stands (one small transaction); the
+    table is then what the rebuild at the next start makes of the store, and a removal rebuilds
+    it without them."""
+    d = make_daemon(netns=True)
+    first = start(d, ["sleep", "1000"], ports=["18092:80"])  # the bridge's rules are in by now
+    second = start(d, ["sleep", "1000"], ports=["127.0.0.1:18093:80/udp", "18094:81"])
+
+    def rules() -> list[str]:
+        return sorted(line.strip() for line in nft_rules(d).splitlines() if "dnat to" in line)
+
+    added = rules()
+    assert len(added) == 6 and sum("dport 18093" in r and "udp" in r for r in added) == 2
+    d.restart()
+    assert rules() == added
+    d.call("container.delete", {"id": second, "force": True})  # the exit: rebuilt without them
+    assert rules() == [r for r in added if "dport 18092 " in r]
+    d.call("container.delete", {"id": first, "force": True})
+    assert rules() == []

@@ -93,7 +93,14 @@ def test_nft_in_process_and_the_tool_agree(
         nft.apply("tugboat-test", rules)
         out = [nft.run(["list", "tables"]), nft.run(["list", "chain", "ip", "tugboat-test", "prerouting"])]
         out.append(nft.run(["list", "table", "ip", "nosuchtable"]))
+        # Forwards added to the table as it stands: the same table as a rebuild with them.
+        more = [nft.Forward("127.0.0.1", 18081, "udp", "10.67.0.3", 53)]
+        assert nft.add_forwards("tugboat-test", more)
+        out.append(nft.run(["list", "table", "ip", "tugboat-test"]))
+        nft.apply("tugboat-test", nft.Ruleset(rules.bridges, rules.forwards + more))
+        assert nft.run(["list", "table", "ip", "tugboat-test"]).stdout.decode() == out[-1].stdout.decode()
         nft.apply("tugboat-test", None)
+        assert not nft.add_forwards("tugboat-test", more)  # no table: nothing done
         out.append(nft.run(["list", "tables"]))
         return [(r.returncode, (r.stdout or r.stderr).decode()) for r in out]
 
@@ -105,4 +112,5 @@ def test_nft_in_process_and_the_tool_agree(
     assert in_process[0] == (0, "table ip tugboat-test\ntable ip6 tugboat-test\n")
     assert "tcp dport 18080 dnat to 10.67.0.2:80" in in_process[1][1]
     assert in_process[2][0] == 1 and "No such file or directory" in in_process[2][1]
-    assert in_process[3] == (0, "")
+    assert in_process[3][1].count("ip daddr 127.0.0.1 udp dport 18081 dnat to 10.67.0.3:53") == 2
+    assert in_process[4] == (0, "")

@@ -495,6 +495,7 @@ class Networks:
         nets = {ep.network_id: self.db.network(ep.network_id) for ep in eps}
         ports = [Port.from_json(d) for d in rec.config.get("ports") or []]
         async with self.lock:
+            fresh = rec.id not in self._forwarding  # (else its rules may be in the table still)
             ports_.check(self.store, self._wired, rec.id, ports)
             if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
                 ports_.check_others(
@@ -511,9 +512,13 @@ class Networks:
             if ports:
                 self._forwarding.add(rec.id)
             bridges = {n.bridge for n in nets.values() if n is not None and n.is_bridge}
-            if ports or not bridges <= self._nft_bridges:  # new forwards, or a bridge's NAT rules
+            # New forwards (added to the table if it has the bridges' rules), or a bridge's NAT.
+            if ports or not bridges <= self._nft_bridges:
                 try:
-                    await self._apply_nft()
+                    add = fresh and bool(eps) and bridges <= self._nft_bridges
+                    fwd = forwards(eps[0].ip, ports) if add else []
+                    if not (add and await anyio.to_thread.run_sync(nft.add_forwards, self.table, fwd)):
+                        await self._apply_nft()
                 except BaseException:
                     self._wired.discard(rec.id)
                     self._forwarding.discard(rec.id)
@@ -706,11 +711,7 @@ class Networks:
             eps = self.db.endpoints(container_id=cid)
             if rec is None or not eps:
                 continue
-            for d in rec.config.get("ports") or []:
-                pt = Port.from_json(d)
-                rs.forwards.append(
-                    nft.Forward(pt.host_ip, pt.host_port, pt.proto, eps[0].ip, pt.container_port)
-                )
+            rs.forwards += forwards(eps[0].ip, [Port.from_json(d) for d in rec.config.get("ports") or []])
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
@@ -746,7 +747,8 @@ class Networks:
         async with self.lock:
             removed = await anyio.to_thread.run_sync(sweep)
             self._wired = {cid for cid in keep_set if os.path.exists(self.netns_path(cid))}
-            self._forwarding = {cid for cid in self._wired if self._has_ports(cid)}
+            recs = {cid: self.store.get_container(cid) for cid in self._wired}
+            self._forwarding = {cid for cid, r in recs.items() if r is not None and r.config.get("ports")}
             self._bridge_index.clear()  # set up again on first use (a reboot, a sweep)
             await self._apply_nft()
             # Only now that our table forwards our ports: an older tugd's shared table goes.
@@ -777,13 +779,14 @@ class Networks:
         log.info("reset removed: %s", ", ".join(gone) or "nothing")
         return gone
 
-    def _has_ports(self, cid: str) -> bool:
-        rec = self.store.get_container(cid)
-        return rec is not None and bool(rec.config.get("ports"))
-
     def _is_wirable_id(self, cid: str) -> bool:
         rec = self.store.get_container(cid)
         return rec is not None and self._is_wirable(rec)
+
+
+def forwards(ip: str, ports: Iterable[Port]) -> list[nft.Forward]:
+    """The nft forwards of a container at ``ip`` publishing ``ports``."""
+    return [nft.Forward(p.host_ip, p.host_port, p.proto, ip, p.container_port) for p in ports]
 
 
 def veth_name(cid: str, idx: int) -> str:

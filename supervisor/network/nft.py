@@ -44,6 +44,13 @@ class Forward:
     ip: str  # the container's address
     port: int
 
+    def rule(self) -> str:
+        """Its rule, the same in the ``prerouting`` and ``output`` chains."""
+        target = f"dnat to {self.ip}:{self.port}"
+        if self.host_ip:
+            return f"ip daddr {self.host_ip} {self.proto} dport {self.host_port} {target}"
+        return f"fib daddr type local {self.proto} dport {self.host_port} {target}"
+
 
 @dataclass
 class Ruleset:
@@ -57,13 +64,8 @@ class Ruleset:
         fwd: list[str] = []
         post6: list[str] = []
         for f in self.forwards:
-            target = f"dnat to {f.ip}:{f.port}"
-            if f.host_ip:
-                match = f"ip daddr {f.host_ip} {f.proto} dport {f.host_port}"
-            else:
-                match = f"fib daddr type local {f.proto} dport {f.host_port}"
-            pre.append(f"{match} {target}")
-            out.append(f"{match} {target}")
+            pre.append(f.rule())
+            out.append(f.rule())
         for b in self.bridges:
             if not b.internal:
                 post.append(f'ip saddr {b.subnet} oifname != "{b.bridge}" masquerade')
@@ -166,6 +168,17 @@ def run(args: list[str] | None = None, script: str | None = None) -> subprocess.
     return subprocess.run(
         cmd, input=script.encode() if script is not None else None, capture_output=True, timeout=30
     )
+
+
+def add_forwards(table: str, forwards: list[Forward]) -> bool:
+    """Add ``forwards`` to the table ``table`` as it stands, in one transaction; False (nothing
+    changed) if that failed, the table gone for one. Blocking. A start with ``-p`` adds its
+    rules so (1.7 ms measured) rather than replacing the table (12 ms: the NAT hooks are
+    registered again); removing rules costs as much as the replacement, so an exit rebuilds."""
+    script = "".join(
+        f"add rule ip {table} {chain} {f.rule()}\n" for f in forwards for chain in ("prerouting", "output")
+    )
+    return run(script=script).returncode == 0
 
 
 def apply(table: str, ruleset: Ruleset | None) -> None:
