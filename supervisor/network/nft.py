@@ -3,9 +3,10 @@ ports in, isolation between networks.
 
 Each tugd has tables of its own, named after its instance (:func:`supervisor.network.host.table_name`):
 one tugd's rebuild, restart or stop never touches another's rules. The whole table is rendered
-from the store and replaced in one ``nft -f`` transaction (create if missing, delete, create
-again): there is never a half-applied table, and a rebuild at start is the same code as any
-change, which is what makes reconciliation after a crash complete. A normal stop leaves the
+from the store and replaced in one transaction (create if missing, delete, create again):
+there is never a half-applied table, and a rebuild at start is the same code as any change,
+which is what makes reconciliation after a crash complete. Only a ``-p`` start adds its rules
+to the table as it stands (:func:`add_forwards`), the same text in one transaction. A normal stop leaves the
 table in place: containers outlive tugd and keep their published ports; only a clean-up
 (``tugd --cleanup``, ``system.reset``) deletes it. nftables rules go through nft's own parser:
 pyroute2's nftables support does not cover NAT expressions. :func:`run` calls it in-process
