@@ -678,3 +678,38 @@ def test_unknown_default_network_is_one_clear_line() -> None:
         assert not os.path.exists(f"{base}/s/tugd.sock")
     finally:
         shutil.rmtree(base)
+
+
+def test_a_bridge_deleted_behind_tugds_back_is_made_again(make_daemon: Any) -> None:
+    """tugd sets a bridge up once and keeps its index: a bridge deleted by someone else since
+    fails the next wiring, which sets the bridge up anew and wires again."""
+    d = make_daemon(netns=True)
+    d.call("network.create", {"name": "gone", "subnet": "10.89.0.0/24"})
+    bridge = d.call("network.inspect", {"id": "gone"})["bridge"]
+    start(d, ["sleep", "1000"], network="gone")  # the bridge is set up, its index kept
+    subprocess.run(["ip", "-n", d.netns, "link", "del", bridge], check=True)
+    assert bridge not in links(d, "tb-")
+    cid, result = run(d, ["ping", "-c", "1", "-W", "2", "10.89.0.1"], network="gone")
+    assert result["exit_code"] == 0, output(d, cid)
+    assert bridge in links(d, "tb-")
+
+
+def test_forwards_added_to_the_table_are_what_a_rebuild_makes(make_daemon: Any) -> None:
+    """A ``-p`` start adds its rules to the table as it stands (one small transaction); the
+    table is then what the rebuild at the next start makes of the store, and a removal rebuilds
+    it without them."""
+    d = make_daemon(netns=True)
+    first = start(d, ["sleep", "1000"], ports=["18092:80"])  # the bridge's rules are in by now
+    second = start(d, ["sleep", "1000"], ports=["127.0.0.1:18093:80/udp", "18094:81"])
+
+    def rules() -> list[str]:
+        return sorted(line.strip() for line in nft_rules(d).splitlines() if "dnat to" in line)
+
+    added = rules()
+    assert len(added) == 6 and sum("dport 18093" in r and "udp" in r for r in added) == 2
+    d.restart()
+    assert rules() == added
+    d.call("container.delete", {"id": second, "force": True})  # the exit: rebuilt without them
+    assert rules() == [r for r in added if "dport 18092 " in r]
+    d.call("container.delete", {"id": first, "force": True})
+    assert rules() == []

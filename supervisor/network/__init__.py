@@ -52,7 +52,9 @@ class Networks:
         self.lock = anyio.Lock()  # serialises kernel changes (bridges, the nft table)
         self.netns_dir = os.path.join(cfg.state, "netns")
         self.marker = os.path.join(cfg.state, "network.active")  # set once a bridge was wired
-        self._wired: set[str] = set()  # containers whose namespace is set up (ports forwarded)
+        self._wired: set[str] = set()  # containers whose namespace is set up
+        self._forwarding: set[str] = set()  # the wired ones with published ports (in the table)
+        self._bridge_index: dict[str, int] = {}  # bridges set up by this tugd, by name (a cache)
         self._uplink_mtu: int | None = None
         self._nft_bridges: set[str] = set()  # the bridges the applied nft table has rules for
         self.default = getattr(cfg, "default_network", BRIDGE) or BRIDGE
@@ -346,6 +348,7 @@ class Networks:
                 from . import netlink
 
                 await anyio.to_thread.run_sync(netlink.delete_link, net.bridge)
+                self._bridge_index.pop(net.bridge, None)
                 await self._apply_nft()
         self._publish("destroy", net)
         return net
@@ -485,6 +488,7 @@ class Networks:
         nets = {ep.network_id: self.db.network(ep.network_id) for ep in eps}
         ports = [Port.from_json(d) for d in rec.config.get("ports") or []]
         async with self.lock:
+            fresh = rec.id not in self._forwarding  # (else its rules may be in the table still)
             ports_.check(self.store, self._wired, rec.id, ports)
             if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
                 ports_.check_others(
@@ -498,12 +502,19 @@ class Networks:
                     await anyio.to_thread.run_sync(self._unwire_sync, rec.id, path)
                 raise
             self._wired.add(rec.id)
+            if ports:
+                self._forwarding.add(rec.id)
             bridges = {n.bridge for n in nets.values() if n is not None and n.is_bridge}
-            if ports or not bridges <= self._nft_bridges:  # new forwards, or a bridge's NAT rules
+            # New forwards (added to the table if it has the bridges' rules), or a bridge's NAT.
+            if ports or not bridges <= self._nft_bridges:
                 try:
-                    await self._apply_nft()
+                    add = fresh and bool(eps) and bridges <= self._nft_bridges
+                    fwd = forwards(eps[0].ip, ports) if add else []
+                    if not (add and await anyio.to_thread.run_sync(nft.add_forwards, self.table, fwd)):
+                        await self._apply_nft()
                 except BaseException:
                     self._wired.discard(rec.id)
+                    self._forwarding.discard(rec.id)
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(self._unwire_sync, rec.id, path)
                     raise
@@ -533,23 +544,31 @@ class Networks:
         prefix = ipaddress.ip_network(net.subnet).prefixlen
         mtu = self._mtu(netlink, net)
         v6 = (net.gateway6, ipaddress.IPv6Network(net.subnet6).prefixlen) if net.subnet6 else None
-        netlink.ensure_bridge(
-            net.bridge, net.gateway, prefix, mtu, route_localnet=True, v6=v6, alias=self.alias
-        )
-        netlink.attach(
-            path,
-            veth_name(cid, ep.idx),
-            net.bridge,
-            ep.idx,
-            ep.ip,
-            prefix,
-            net.gateway,
-            ep.mac,
-            mtu,
-            v6=(ep.ip6, v6[1], net.gateway6) if v6 and ep.ip6 else None,
-            default_route=primary and not net.internal,
-            alias=self.alias,
-        )
+
+        def ensure() -> int:
+            index = netlink.ensure_bridge(net.bridge, net.gateway, prefix, mtu, True, v6, self.alias)[1]
+            self._bridge_index[net.bridge] = index
+            return int(index)
+
+        def attach(index: int) -> None:
+            v6_ep = (ep.ip6, v6[1], net.gateway6) if v6 and ep.ip6 else None
+            default = primary and not net.internal
+            veth = veth_name(cid, ep.idx)
+            netlink.attach(
+                path, veth, index, ep.idx, ep.ip, prefix, net.gateway, ep.mac, mtu, default, v6_ep, self.alias
+            )
+
+        # The bridge is set up (made if missing, address, MTU, sysctls) once per tugd, its index
+        # kept; should it have gone meanwhile (deleted by someone), the wiring fails and is done
+        # again after the bridge is set up anew.
+        cached = self._bridge_index.get(net.bridge)
+        try:
+            attach(cached if cached is not None else ensure())
+        except OSError as exc:
+            if cached is None:
+                raise
+            log.info("wiring %s on %s failed (%s): setting the bridge up again", cid[:12], net.bridge, exc)
+            attach(ensure())
 
     def _mtu(self, netlink: Any, net: NetworkRecord) -> int:
         """The network's MTU; 0 (the default) is the uplink's, at most 1500, found once."""
@@ -562,9 +581,8 @@ class Networks:
     def _unwire_sync(self, cid: str, path: str) -> None:
         from . import netlink
 
-        for name in netlink.link_names("tv"):
-            if name[3:] == cid[:12]:
-                netlink.delete_link(name)
+        # By name, every index a container may have: one batch of requests, no dump of links.
+        netlink.delete_links([veth_name(cid, idx) for idx in range(ipam.MAX_ENDPOINTS)])
         netlink.delete_netns(path)
 
     async def teardown(self, cid: str) -> None:
@@ -574,8 +592,9 @@ class Networks:
         if cid not in self._wired and not os.path.exists(path):
             return
         async with self.lock:
-            had_ports = cid in self._wired
+            had_ports = cid in self._forwarding  # else the table has no rule of this container
             self._wired.discard(cid)
+            self._forwarding.discard(cid)
             await anyio.to_thread.run_sync(self._unwire_sync, cid, path)
             if had_ports:
                 await self._apply_nft()
@@ -685,11 +704,7 @@ class Networks:
             eps = self.db.endpoints(container_id=cid)
             if rec is None or not eps:
                 continue
-            for d in rec.config.get("ports") or []:
-                pt = Port.from_json(d)
-                rs.forwards.append(
-                    nft.Forward(pt.host_ip, pt.host_port, pt.proto, eps[0].ip, pt.container_port)
-                )
+            rs.forwards += forwards(eps[0].ip, [Port.from_json(d) for d in rec.config.get("ports") or []])
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
@@ -725,6 +740,9 @@ class Networks:
         async with self.lock:
             removed = await anyio.to_thread.run_sync(sweep)
             self._wired = {cid for cid in keep_set if os.path.exists(self.netns_path(cid))}
+            recs = {cid: self.store.get_container(cid) for cid in self._wired}
+            self._forwarding = {cid for cid, r in recs.items() if r is not None and r.config.get("ports")}
+            self._bridge_index.clear()  # set up again on first use (a reboot, a sweep)
             await self._apply_nft()
             # Only now that our table forwards our ports: an older tugd's shared table goes.
             removed += await anyio.to_thread.run_sync(host.drop_legacy_tables, bridges)
@@ -748,6 +766,8 @@ class Networks:
                 host.remove_all, self.instance, self.table, bridges, self.netns_dir, self.marker
             )
             self._wired.clear()
+            self._forwarding.clear()
+            self._bridge_index.clear()
             self._nft_bridges = set()
         log.info("reset removed: %s", ", ".join(gone) or "nothing")
         return gone
@@ -755,6 +775,11 @@ class Networks:
     def _is_wirable_id(self, cid: str) -> bool:
         rec = self.store.get_container(cid)
         return rec is not None and self._is_wirable(rec)
+
+
+def forwards(ip: str, ports: Iterable[Port]) -> list[nft.Forward]:
+    """The nft forwards of a container at ``ip`` publishing ``ports``."""
+    return [nft.Forward(p.host_ip, p.host_port, p.proto, ip, p.container_port) for p in ports]
 
 
 def veth_name(cid: str, idx: int) -> str:

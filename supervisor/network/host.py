@@ -228,15 +228,10 @@ def claim(
 # ------------------------------------------------------------------------------ clean-up
 
 
-def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    from .nft import nft_path
+def _nft(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    from .nft import run
 
-    return subprocess.run(
-        [nft_path(), *args],
-        input=script.encode() if script is not None else None,
-        capture_output=True,
-        timeout=30,
-    )
+    return run(args)
 
 
 def delete_tables(table: str) -> list[str]:

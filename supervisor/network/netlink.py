@@ -132,9 +132,9 @@ def ensure_bridge(
     route_localnet: bool,
     v6: tuple[str, int] | None = None,
     alias: str = "",
-) -> bool:
-    """The bridge ``name`` up with ``gateway/prefixlen`` and the owner's ``alias``; True if it
-    was made now. Turns on IPv4 forwarding (the NAT of outbound traffic needs it) and, on the
+) -> tuple[bool, int]:
+    """The bridge ``name`` up with ``gateway/prefixlen`` and the owner's ``alias``: whether it
+    was made now, and its index. Turns on IPv4 forwarding (the NAT of outbound traffic needs it) and, on the
     bridge only, route_localnet (published ports on 127.0.0.1 are DNATed out of it)."""
     made = False
     with iproute() as ipr:
@@ -159,13 +159,13 @@ def ensure_bridge(
         _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
     if route_localnet:
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
-    return made
+    return made, int(index)
 
 
 def attach(
     netns: str,
     host_if: str,
-    bridge: str,
+    bridge_index: int,
     idx: int,
     ip: str,
     prefixlen: int,
@@ -176,42 +176,45 @@ def attach(
     v6: tuple[str, int, str] | None = None,
     alias: str = "",
 ) -> None:
-    """A veth pair: ``host_if`` on ``bridge``, its peer ``eth<idx>`` in ``netns`` with the
-    address, up, loopback up, and the default route through the gateway if asked."""
+    """A veth pair: ``host_if`` on the bridge of index ``bridge_index``, up, with ``alias``; its
+    peer ``eth<idx>`` made directly in ``netns`` with the address, up, loopback up, and the
+    default route through the gateway if asked. Three batches of rtnetlink requests in all
+    (:mod:`.rtnl`): one on tugd's socket, two on a socket made inside the namespace."""
+    from . import rtnl
+
     inner = f"eth{idx}"
-    with iproute() as ipr:
-        with contextlib.suppress(Exception):  # a leftover of a crash in the middle of this
-            ipr.link("del", ifname=host_if)
-        ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ipr.link(
-                "add",
-                ifname=host_if,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": inner, "net_ns_fd": ns_fd, "address": mac, "mtu": mtu},
-            )
-        finally:
-            os.close(ns_fd)
-        index = ipr.link_lookup(ifname=host_if)[0]
-        master = ipr.link_lookup(ifname=bridge)[0]
-        ipr.link("set", index=index, master=master, state="up", **({"ifalias": alias} if alias else {}))
-
-    def inside() -> None:
-        with iproute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
-            eth = ipr.link_lookup(ifname=inner)[0]
-            ipr.addr("add", index=eth, address=ip, prefixlen=prefixlen)
-            ipr.link("set", index=eth, state="up")
+    ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        rtnl.host().batch(
+            [
+                rtnl.link_del(host_if),  # a leftover of a crash in the middle of this
+                rtnl.veth_add(host_if, inner, ns_fd, mac, mtu),
+                rtnl.link_set(host_if, up=True, master=bridge_index, alias=alias),
+            ]
+        )
+    finally:
+        os.close(ns_fd)
+    with in_netns(netns, rtnl.open_socket) as sock:
+        eth = sock.link_index(inner)
+        reqs = [
+            rtnl.link_set(index=rtnl.LOOPBACK_INDEX, up=True),
+            rtnl.addr_add(eth, ip, prefixlen),
+            rtnl.link_set(index=eth, up=True),
+        ]
+        if default_route:
+            reqs.append(rtnl.default_route(gateway, eth))
+        if v6 is not None:  # (address, prefix length, gateway)
+            reqs.append(rtnl.addr_add(eth, v6[0], v6[1], IFA_F_NODAD))
             if default_route:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=eth)
-            if v6 is not None:  # (address, prefix length, gateway)
-                ipr.addr("add", index=eth, address=v6[0], prefixlen=v6[1], family=10, flags=IFA_F_NODAD)
-                if default_route:
-                    ipr.route("add", dst="::/0", gateway=v6[2], oif=eth, family=10)
+                reqs.append(rtnl.default_route(v6[2], eth))
+        sock.batch(reqs)
 
-    in_netns(netns, inside)
+
+def delete_links(names: list[str]) -> None:
+    """Delete the links ``names`` that exist (a veth takes its peer along), in one batch."""
+    from . import rtnl
+
+    rtnl.host().batch([rtnl.link_del(n) for n in names])
 
 
 def uplink_mtu(fallback: int = 1500) -> int:
