@@ -18,22 +18,21 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from tugwire import crilog, fsutil, httpserve, jsonrpc
+from tugwire import crilog, fsutil, httpserve, jsonrpc, shimapi
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
+from tugwire.shimapi import EXIT_FILE, INIT_PID_FILE, PID_FILE, RUNC_LOG, SOCKET, ShimConfig
 
 from . import console, control, stats
 from . import exec as shimexec
 from . import io as shimio
 from .process import ExitRecord, State, check, oom_kills, rfc3339, signal_name
 from .reaper import Reaper, exit_code
-from .runc import DEFAULT_TIMEOUT as DEFAULT_RUNC_TIMEOUT
 from .runc import Runc, classify
 
 log = logging.getLogger("tugboat.shim")
@@ -44,70 +43,6 @@ DRAIN_GRACE = 10.0  # after PID 1 exits, how long the pipes may stay open (a lea
 # client's pace: cutting them off early would lose the end of `tug run`'s output (a 5 s grace did,
 # for 200 MB through a terminal), so the shim outlives its container while someone still reads.
 SHUTDOWN_GRACE = 3600.0
-
-SOCKET = "shim.sock"
-PID_FILE = "shim.pid"
-EXIT_FILE = "exit.json"
-INIT_PID_FILE = "init.pid"
-RUNC_LOG = "runc.log"
-
-
-@dataclass(frozen=True)
-class ShimConfig:
-    id: str
-    bundle: str
-    dir: str
-    runtime: str
-    runtime_root: str
-    log_path: str
-    log_max_size: int = crilog.DEFAULT_MAX_SIZE
-    log_max_files: int = crilog.DEFAULT_MAX_FILES
-    cgroup_path: str | None = None
-    requested_at: float = 0.0  # time.monotonic() when tugd asked for this shim (for the log)
-    name: str = ""  # the container's name and image: labels of its metrics
-    image: str = ""
-    metrics_address: str = ""  # HOST:PORT of an HTTP listener for this container's metrics, if asked
-    tty: bool = False  # PID 1 on a terminal whose master the shim holds (see shimd.console)
-    stdin: bool = False  # PID 1's stdin a pipe the shim holds, else /dev/null
-    runtime_timeout: float = DEFAULT_RUNC_TIMEOUT  # the deadline of each runc call
-
-    @classmethod
-    def from_json(cls, obj: Any) -> ShimConfig:
-        if not isinstance(obj, dict):
-            raise InvalidArgument("shim config must be an object")
-        try:
-            cfg = cls(
-                id=str(obj["id"]),
-                bundle=str(obj["bundle"]),
-                dir=str(obj["dir"]),
-                runtime=str(obj["runtime"]),
-                runtime_root=str(obj["runtime_root"]),
-                log_path=str(obj["log_path"]),
-                log_max_size=int(obj.get("log_max_size", crilog.DEFAULT_MAX_SIZE)),
-                log_max_files=int(obj.get("log_max_files", crilog.DEFAULT_MAX_FILES)),
-                cgroup_path=obj.get("cgroup_path"),
-                requested_at=float(obj.get("requested_at", 0.0)),
-                name=str(obj.get("name") or ""),
-                image=str(obj.get("image") or ""),
-                metrics_address=str(obj.get("metrics_address") or ""),
-                tty=bool(obj.get("tty", False)),
-                stdin=bool(obj.get("stdin", False)),
-                runtime_timeout=float(obj.get("runtime_timeout", DEFAULT_RUNC_TIMEOUT)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"bad shim config: {exc}") from exc
-        if cfg.metrics_address:
-            try:
-                httpserve.parse_address(cfg.metrics_address)
-            except httpserve.AddressError as exc:
-                raise InvalidArgument(str(exc), field="metrics_address") from exc
-        for path in (cfg.bundle, cfg.dir, cfg.runtime_root, cfg.log_path):
-            if not os.path.isabs(path):
-                raise InvalidArgument(f"shim config paths must be absolute: {path!r}")
-        return cfg
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
 
 
 class Task:
@@ -229,15 +164,15 @@ class Task:
 
     def describe(self) -> dict[str, Any]:
         sink = self.sink
-        return {
-            "id": self.cfg.id,
-            "pid": self.pid,
-            "status": self.state.value,
-            "shim_pid": os.getpid(),
-            "exit": self.exit.to_json() if self.exit else None,
-            "log_bytes": {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {},
-            "log_dropped_bytes": sink.writer.dropped_bytes if sink else 0,
-        }
+        return shimapi.TaskState(
+            id=self.cfg.id,
+            pid=self.pid,
+            status=self.state.value,
+            shim_pid=os.getpid(),
+            exit=self.exit,
+            log_bytes={k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {},
+            log_dropped_bytes=sink.writer.dropped_bytes if sink else 0,
+        ).to_json()
 
     def metrics(self) -> str:
         """The container's figures in the Prometheus text format (see :mod:`shimd.stats`). The
@@ -260,17 +195,17 @@ class Service:
         self.shutdown = anyio.Event()
         self.dispatcher = jsonrpc.Dispatcher()
         d = self.dispatcher
-        d.add("task.state", self.state)
-        d.add("task.wait", self.wait)
-        d.add("task.kill", self.kill)
-        d.add("task.delete", self.delete)
-        d.add("task.logs", self.logs, accept_late=True)
-        d.add("task.metrics", self.metrics)
-        d.add("task.pause", self.pause)
-        d.add("task.resume", self.resume)
-        d.add("task.update", self.update)
-        d.add("task.top", self.top)
-        d.add("task.stats", self.stats)
+        d.add(shimapi.TASK_STATE, self.state)
+        d.add(shimapi.TASK_WAIT, self.wait)
+        d.add(shimapi.TASK_KILL, self.kill)
+        d.add(shimapi.TASK_DELETE, self.delete)
+        d.add(shimapi.TASK_LOGS, self.logs, accept_late=True)
+        d.add(shimapi.TASK_METRICS, self.metrics)
+        d.add(shimapi.TASK_PAUSE, self.pause)
+        d.add(shimapi.TASK_RESUME, self.resume)
+        d.add(shimapi.TASK_UPDATE, self.update)
+        d.add(shimapi.TASK_TOP, self.top)
+        d.add(shimapi.TASK_STATS, self.stats)
         cfg = task.cfg
         self.execs = shimexec.Execs(task.runc, task.reaper, cfg.id, cfg.bundle, cfg.dir)
         shimexec.register(d, self.execs, lambda: State.STOPPED if task.reaped else task.state)
@@ -353,7 +288,7 @@ class Service:
 
         async def send(data: bytes) -> None:
             call.accept()
-            await call.notify_data("logs.data", base64.b64encode(data))
+            await call.notify_data(shimapi.LOGS_DATA, base64.b64encode(data))
 
         await shimio.follow(
             sink,
@@ -496,7 +431,7 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             _unlink_if(sock_path, own_socket)
             tg.cancel_scope.cancel()
             return
-        _notify(notify_fd, {"pid": task.pid, "shim_pid": os.getpid(), "socket": sock_path})
+        _notify(notify_fd, shimapi.LaunchReply(task.pid, os.getpid(), sock_path).to_json())
         now = time.monotonic()
         log.info(
             "container %s running as pid %d: %.1f ms from request to runc, runc run %.1f ms",

@@ -33,6 +33,7 @@ from tugwire.errors import (
     TugError,
     Unavailable,
 )
+from tugwire.shimapi import ExitRecord, LogsParams, ShimConfig, TaskState
 
 from . import health, mounts, policy, security, shims, spec
 from .config import Config
@@ -210,6 +211,14 @@ class Containers:
     def _publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
         self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
 
+    def shim(self, cid: str) -> shims.ShimClient:
+        """The client of container ``cid``'s shim (whether or not one runs)."""
+        return shims.ShimClient(self.cfg.shim_dir(cid), self.cfg.shim_timeout)
+
+    def rootfs(self, cid: str) -> str:
+        """Where container ``cid``'s root filesystem is mounted (while it runs)."""
+        return os.path.join(self.cfg.container_dir(cid), "rootfs")
+
     def _paths(self, cid: str) -> dict[str, str]:
         cdir = self.cfg.container_dir(cid)
         sdir = self.cfg.shim_dir(cid)
@@ -221,8 +230,6 @@ class Containers:
             "spec": os.path.join(cdir, "config.json"),
             "log": os.path.join(cdir, "container.log"),
             "shim": sdir,
-            "socket": os.path.join(sdir, "shim.sock"),
-            "exit": os.path.join(sdir, "exit.json"),
         }
 
     def _log_files(self, rec: ContainerRecord) -> list[str]:
@@ -443,25 +450,25 @@ class Containers:
             fsutil.remove_tree(paths["shim"])
             os.makedirs(paths["shim"], mode=0o700)
             failpoint("container.start.after_mount")
-            config = {
-                "id": rec.id,
-                "bundle": paths["dir"],
-                "dir": paths["shim"],
-                "runtime": self.cfg.runtime,
-                "runtime_root": self.cfg.runtime_root,
-                "runtime_timeout": self.cfg.runtime_timeout,
-                "log_path": paths["log"],
-                "log_max_size": int(rec.config.get("log_max_size") or self.cfg.log_max_size),
-                "log_max_files": int(rec.config.get("log_max_files") or self.cfg.log_max_files),
-                "cgroup_path": spec.cgroup_path(rec.id),
-                "name": rec.name,  # name and image label the container's metrics
-                "image": rec.image,
-                "metrics_address": rec.config.get("metrics_address") or "",
-                "tty": bool(rec.config.get("tty")),
-                "stdin": bool(rec.config.get("stdin")),
-                "backend": self.cfg.backend,  # shims run on the daemon's anyio backend
-                "requested_at": time.monotonic(),
-            }
+            config = ShimConfig(
+                id=rec.id,
+                bundle=paths["dir"],
+                dir=paths["shim"],
+                runtime=self.cfg.runtime,
+                runtime_root=self.cfg.runtime_root,
+                runtime_timeout=self.cfg.runtime_timeout,
+                log_path=paths["log"],
+                log_max_size=int(rec.config.get("log_max_size") or self.cfg.log_max_size),
+                log_max_files=int(rec.config.get("log_max_files") or self.cfg.log_max_files),
+                cgroup_path=spec.cgroup_path(rec.id),
+                name=rec.name,  # name and image label the container's metrics
+                image=rec.image,
+                metrics_address=rec.config.get("metrics_address") or "",
+                tty=bool(rec.config.get("tty")),
+                stdin=bool(rec.config.get("stdin")),
+                backend=self.cfg.backend,  # shims run on the daemon's anyio backend
+                requested_at=time.monotonic(),
+            )
             try:
                 await self.networks.setup(rec)
                 failpoint("container.start.after_network")
@@ -473,9 +480,8 @@ class Containers:
                     # answered with runc's error has cleaned up after runc itself.
                     with anyio.move_on_after(RELEASE_GRACE, shield=True):
                         try:
-                            await shims.delete_dead(
-                                paths["shim"], rec.id, self.cfg.runtime, self.cfg.runtime_root
-                            )
+                            shim = self.shim(rec.id)
+                            await shim.delete_dead(rec.id, self.cfg.runtime, self.cfg.runtime_root)
                         except Exception as cleanup_exc:
                             log.warning("cleanup after the shim of %s: %s", rec.id[:12], cleanup_exc)
                 fsutil.remove_tree(paths["shim"])
@@ -486,8 +492,8 @@ class Containers:
                 raise
             failpoint("container.start.after_launch")
             rec.state = RUNNING
-            rec.pid = int(reply.get("pid", 0))
-            rec.shim_pid = int(reply.get("shim_pid", 0))
+            rec.pid = reply.pid
+            rec.shim_pid = reply.shim_pid
             rec.started_at = now_rfc3339()
             rec.exit_code = None
             rec.exit_signal = None
@@ -513,16 +519,15 @@ class Containers:
 
     async def _watch(self, cid: str) -> None:
         """Wait for the shim to report the exit; a shim that goes away first is reconciled."""
-        paths = self._paths(cid)
-        record: dict[str, Any] | None = None
+        shim = self.shim(cid)
+        record: ExitRecord | None = None
         while True:
             try:
-                async with jsonrpc.connect(paths["socket"]) as client:
-                    record = await client.call("task.wait")
+                record = await shim.wait()
                 break
             except TugError as exc:
-                record = _read_exit(paths["exit"])
-                if record is not None or not _shim_alive(paths["shim"]):
+                record = shim.read_exit()
+                if record is not None or not shim.alive():
                     log.info("shim of %s went away: %s", cid[:12], exc)
                     break
                 # The connection failed but the shim lives (a loaded host): it is not lost.
@@ -533,7 +538,7 @@ class Containers:
         else:
             await self._handle_exit(cid, record)
 
-    async def _handle_exit(self, cid: str, record: dict[str, Any]) -> None:
+    async def _handle_exit(self, cid: str, record: ExitRecord) -> None:
         """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
         unmount) while still holding the container's lock: whoever acts on the exit (a restart,
         a delete) waits for the lock and finds the old shim gone."""
@@ -546,11 +551,11 @@ class Containers:
             if newly:
                 failpoint("container.exit.before_record")
                 rec.state = EXITED
-                rec.exit_code = int(record["exit_code"])
-                rec.exit_signal = record.get("signal")
-                rec.oom_killed = bool(record.get("oom_killed"))
-                rec.config["log_dropped_bytes"] = int(record.get("log_dropped_bytes") or 0)
-                rec.finished_at = str(record.get("exited_at") or now_rfc3339())
+                rec.exit_code = record.exit_code
+                rec.exit_signal = record.signal
+                rec.oom_killed = record.oom_killed
+                rec.config["log_dropped_bytes"] = record.log_dropped_bytes
+                rec.finished_at = record.exited_at or now_rfc3339()
                 rec.pid = 0
                 rec.reason = ""
                 self.store.update_container(rec)
@@ -657,18 +662,15 @@ class Containers:
                     # keep the unmount and the network teardown below from happening.
                     # If the cleanup fails too, the shim dir stays: the next tugd start retries.
                     deleted = False
+                    shim = self.shim(cid)
                     with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
                         try:
-                            await shims.call(
-                                paths["socket"], "task.delete", {"force": True}, timeout=self.cfg.shim_timeout
-                            )
+                            await shim.delete(force=True)
                             deleted = True
                         except TugError as exc:
                             log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
                             try:
-                                await shims.delete_dead(
-                                    paths["shim"], cid, self.cfg.runtime, self.cfg.runtime_root
-                                )
+                                await shim.delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
                                 deleted = True
                             except Exception as cleanup_exc:
                                 log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
@@ -703,12 +705,7 @@ class Containers:
             if rec.state not in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
             try:
-                await shims.call(
-                    self._paths(rec.id)["socket"],
-                    "task.kill",
-                    {"signal": sig, "all": all_processes},
-                    timeout=self.cfg.shim_timeout,
-                )
+                await self.shim(rec.id).kill(sig, all_processes=all_processes)
             except FailedPrecondition as exc:
                 raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
             self._publish(
@@ -785,11 +782,8 @@ class Containers:
                     f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
                 )
             try:
-                await shims.call(
-                    self._paths(rec.id)["socket"],
-                    "task.pause" if paused else "task.resume",
-                    timeout=self.cfg.shim_timeout,
-                )
+                shim = self.shim(rec.id)
+                await (shim.pause() if paused else shim.resume())
             except FailedPrecondition as exc:
                 raise FailedPrecondition(
                     f"cannot {verb} container {rec.name}: {exc.message}", state=rec.state
@@ -919,18 +913,13 @@ class Containers:
         """Proxy the shim's follow stream; None if the shim is gone before it sent anything (the
         files are then complete: the exit is recorded only after the pipes are drained)."""
         sent = False
-        params: dict[str, Any] = {"follow": True, "tail": tail, "since": since}
         try:
-            async with (
-                jsonrpc.connect(self._paths(rec.id)["socket"]) as client,
-                client.stream("task.logs", params) as stream,
-            ):
-                async for note in stream:
+            async with self.shim(rec.id).logs(LogsParams(follow=True, tail=tail, since=since)) as stream:
+                async for chunk in stream:
                     # Passed on as the shim encoded it: no decode and re-encode per chunk.
-                    await send_b64(str(note.get("data", "")))
+                    await send_b64(chunk)
                     sent = True
-                result = await stream.result()
-                return result if isinstance(result, dict) else {"dropped_bytes": 0}
+                return await stream.result()
         except Unavailable as exc:
             if sent:
                 # Never end a broken stream as if it were complete: the client must know.
@@ -981,9 +970,9 @@ class Containers:
         )
         return out
 
-    def shim_sockets(self) -> list[str]:
-        """The sockets of the shims of running and paused containers (asked at a metrics scrape)."""
-        return [self._paths(r.id)["socket"] for r in self.store.list_containers() if r.state in ACTIVE]
+    def shim_clients(self) -> list[shims.ShimClient]:
+        """The shims of running and paused containers (asked at a metrics scrape)."""
+        return [self.shim(r.id) for r in self.store.list_containers() if r.state in ACTIVE]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((CREATED, RUNNING, PAUSED, EXITED, UNKNOWN), 0)
@@ -1033,14 +1022,15 @@ class Containers:
 
     async def _recover_one(self, rec: ContainerRecord) -> None:
         paths = self._paths(rec.id)
+        shim = self.shim(rec.id)
         try:
             if os.path.isdir(paths["shim"]):
-                record = _read_exit(paths["exit"])
+                record = shim.read_exit()
                 if record is not None:
                     await self._handle_exit(rec.id, record)
                     return
                 state = await self._shim_state(rec.id)
-                if state is None and (record := _read_exit(paths["exit"])) is not None:
+                if state is None and (record := shim.read_exit()) is not None:
                     await self._handle_exit(rec.id, record)
                     return
                 if state is None:
@@ -1051,16 +1041,16 @@ class Containers:
                         # it ran anything): nothing runs; leave no shim dir, mount or runc state.
                         await self._release(rec.id)
                     return
-                if state.get("exit"):
-                    await self._handle_exit(rec.id, state["exit"])
+                if state.exit is not None:
+                    await self._handle_exit(rec.id, state.exit)
                     return
-                shim_state = PAUSED if state.get("status") == "paused" else RUNNING
+                shim_state = PAUSED if state.status == "paused" else RUNNING
                 if rec.state != shim_state:
                     # tugd died between the shim's start and the store's update (adopt it), or
                     # between a pause or unpause and its record: the shim knows.
                     rec.state = shim_state
-                    rec.pid = int(state.get("pid", 0))
-                    rec.shim_pid = int(state.get("shim_pid", 0))
+                    rec.pid = state.pid
+                    rec.shim_pid = state.shim_pid
                     rec.started_at = rec.started_at or now_rfc3339()
                     self._update(rec)
                 self.tg.start_soon(self._watch, rec.id)
@@ -1084,20 +1074,19 @@ class Containers:
         except Exception:
             log.exception("recovery of %s failed", rec.id[:12])
 
-    async def _shim_state(self, cid: str) -> dict[str, Any] | None:
+    async def _shim_state(self, cid: str) -> TaskState | None:
         """The shim's ``task.state`` at recovery, or None if it is gone. A shim whose process lives
         but does not answer (being born when tugd died: its socket not bound yet, or ``runc run``
         still going; or slow on a loaded host) is asked again until the shim deadline: taking it
         for lost would start a second shim beside it, or call a live container unknown."""
-        paths = self._paths(cid)
+        shim = self.shim(cid)
         deadline = anyio.current_time() + self.cfg.shim_timeout
         warned = False
         while True:
             try:
-                state: dict[str, Any] = await shims.call(paths["socket"], "task.state", timeout=5)
-                return state
+                return await shim.state(timeout=5)
             except TugError:
-                if not _shim_alive(paths["shim"]) or anyio.current_time() > deadline:
+                if not shim.alive() or anyio.current_time() > deadline:
                     return None
             if not warned:
                 log.warning("shim of %s lives but does not answer yet; waiting for it", cid[:12])
@@ -1120,7 +1109,7 @@ class Containers:
         """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
         directory = self.cfg.shim_dir(cid)
         try:
-            await shims.delete_dead(directory, cid, self.cfg.runtime, self.cfg.runtime_root)
+            await self.shim(cid).delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
         except Exception:
             log.exception("cleanup of orphan shim %s failed", cid[:12])
         fsutil.remove_tree(directory)
@@ -1134,32 +1123,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
-
-
-def _shim_alive(directory: str) -> bool:
-    """Whether the shim whose pid its directory records still runs (not a zombie, and a shim:
-    its command line says so, also for one forked from the template)."""
-    try:
-        with open(os.path.join(directory, "shim.pid")) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"shim" in f.read()
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def _read_exit(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("exit_code"), int):
-        return None
-    return obj
 
 
 def _command(rec: ContainerRecord) -> str:

@@ -23,6 +23,7 @@ import anyio
 
 from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
+from tugwire.shimapi import ExecParams
 
 if TYPE_CHECKING:
     from .containers import Containers
@@ -161,7 +162,7 @@ class Monitor:
 
     async def _probe(self, cid: str, cfg: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Run the check once as an exec of the container's shim."""
-        socket_path = os.path.join(self.c.cfg.shim_dir(cid), "shim.sock")
+        shim = self.c.shim(cid)
         start = time.time()
         output = bytearray()
         pid = 0
@@ -169,19 +170,16 @@ class Monitor:
         note = ""
         with anyio.move_on_after(float(cfg["timeout"])) as deadline:
             try:
-                async with (
-                    jsonrpc.connect(socket_path) as shim,
-                    shim.stream("task.exec", {"args": cfg["args"]}) as stream,
-                ):
-                    async for msg in stream:
+                async with shim.exec(ExecParams(args=list(cfg["args"]))) as session:
+                    async for msg in session:
                         if "pid" in msg:
                             pid = int(msg["pid"])
                         data = msg.get("data")
                         if isinstance(data, str) and len(output) < OUTPUT_LIMIT:
                             output += base64.b64decode(data)[: OUTPUT_LIMIT - len(output)]
-                    result = await stream.result()
-                code = int(result.get("exit_code", -1)) if isinstance(result, dict) else -1
-                if isinstance(result, dict) and result.get("error"):
+                    result = await session.result()
+                code = int(result.get("exit_code", -1))
+                if result.get("error"):
                     note = str(result["error"])
             except TugError as exc:
                 note = f"the check could not run: {exc.message}"

@@ -53,7 +53,7 @@ class Source(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
-    def shim_sockets(self) -> list[str]: ...
+    def shim_clients(self) -> list[shims.ShimClient]: ...
 
 
 class _StateCollector(Collector):
@@ -174,22 +174,19 @@ class Metrics:
         deadline = SHIM_DEADLINE
         if scrape_timeout is not None:
             deadline = max(0.05, min(SHIM_DEADLINE, scrape_timeout / 2))
-        sockets = source.shim_sockets()
-        texts: list[str] = [""] * len(sockets)
+        clients = source.shim_clients()
+        texts: list[str] = [""] * len(clients)
 
-        async def ask(i: int, path: str) -> None:
+        async def ask(i: int, shim: shims.ShimClient) -> None:
             try:
-                reply = await shims.call(path, "task.metrics", timeout=deadline)
+                texts[i] = await shim.metrics(timeout=deadline)
             except (TugError, OSError) as exc:
-                log.debug("shim at %s: no metrics: %s", path, exc)
+                log.debug("shim at %s: no metrics: %s", shim.dir, exc)
                 self.shim_scrape_errors.inc()
-                return
-            if isinstance(reply, dict) and isinstance(reply.get("text"), str):
-                texts[i] = reply["text"]
 
         async with anyio.create_task_group() as tg:
-            for i, path in enumerate(sockets):
-                tg.start_soon(ask, i, path)
+            for i, shim in enumerate(clients):
+                tg.start_soon(ask, i, shim)
         return generate_latest(self.registry) + merge(texts).encode()
 
     async def serve(self, listener: anyio.abc.SocketListener, source: Source) -> None:

@@ -14,8 +14,9 @@ import anyio
 
 from tugwire import fsutil, jsonrpc, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tugwire.shimapi import UpdateParams
 
-from . import copy, mounts, shims, spec
+from . import copy, mounts, spec
 from .containers import ACTIVE, Containers
 from .store import ContainerRecord
 
@@ -28,9 +29,6 @@ class Verbs:
     def __init__(self, containers: Containers) -> None:
         self.c = containers
 
-    def _socket(self, rec: ContainerRecord) -> str:
-        return os.path.join(self.c.cfg.shim_dir(rec.id), "shim.sock")
-
     def _require_active(self, rec: ContainerRecord, verb: str) -> None:
         if rec.state not in ACTIVE:
             raise FailedPrecondition(
@@ -42,9 +40,7 @@ class Verbs:
         rec = self.c.get(ref)
         self._require_active(rec, "list the processes of")
         try:
-            result: dict[str, Any] = await shims.call(
-                self._socket(rec), "task.top", timeout=self.c.cfg.shim_timeout
-            )
+            result = await self.c.shim(rec.id).top()
         except FailedPrecondition as exc:
             raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
         return result
@@ -55,7 +51,7 @@ class Verbs:
         sample: dict[str, Any] = {"running": False}
         if rec.state in ACTIVE:
             with contextlib.suppress(FailedPrecondition):
-                sample = await shims.call(self._socket(rec), "task.stats", timeout=self.c.cfg.shim_timeout)
+                sample = await self.c.shim(rec.id).stats()
         return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
 
     async def update(self, p: jsonrpc.Params) -> ContainerRecord:
@@ -77,14 +73,14 @@ class Verbs:
         async with self.c.live(rec.id).lock:
             rec = self.c._reload(rec.id)
             if rec.state in ACTIVE:
-                params: dict[str, Any] = {"memory": memory, "pids_limit": pids}
-                if cpus is not None:
-                    params["cpu_quota"] = int(cpus * spec.CPU_PERIOD)
-                    params["cpu_period"] = spec.CPU_PERIOD
+                params = UpdateParams(
+                    memory=memory,
+                    pids_limit=pids,
+                    cpu_quota=None if cpus is None else int(cpus * spec.CPU_PERIOD),
+                    cpu_period=None if cpus is None else spec.CPU_PERIOD,
+                )
                 try:
-                    await shims.call(
-                        self._socket(rec), "task.update", params, timeout=self.c.cfg.shim_timeout
-                    )
+                    await self.c.shim(rec.id).update(params)
                 except FailedPrecondition as exc:
                     raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
             for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):

@@ -24,8 +24,9 @@ from typing import Any
 
 import anyio
 
-from tugwire import crilog, fsutil, jsonrpc
+from tugwire import crilog, fsutil
 from tugwire.errors import TugError
+from tugwire.shimapi import DEFAULT_RUNTIME_TIMEOUT, LogsParams, ShimConfig
 
 from .. import mounts, shims, spec
 from ..config import Config
@@ -59,7 +60,7 @@ async def run_step(
     cdir = cfg.container_dir(cid)
     sdir = cfg.shim_dir(cid)
     rootfs = os.path.join(cdir, "rootfs")
-    socket_path = os.path.join(sdir, "shim.sock")
+    shim = shims.ShimClient(sdir, cfg.shim_timeout)
     opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
     oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
     launched = False
@@ -70,22 +71,20 @@ async def run_step(
         fsutil.write_atomic(os.path.join(cdir, "config.json"), json.dumps(oci).encode(), mode=0o600)
         mounts.mount_overlay(lower, upper, work, rootfs)
         os.makedirs(sdir, mode=0o700)
-        config = {
-            "id": cid,
-            "bundle": cdir,
-            "dir": sdir,
-            "runtime": cfg.runtime,
-            "runtime_root": cfg.runtime_root,
-            "log_path": os.path.join(cdir, "container.log"),
-            "cgroup_path": spec.cgroup_path(cid),
-            "name": f"build-{cid[:12]}",
-            "image": label,
-            "backend": cfg.backend,
-            "requested_at": time.monotonic(),
-        }
-        runtime_timeout = getattr(cfg, "runtime_timeout", None)
-        if runtime_timeout:
-            config["runtime_timeout"] = runtime_timeout
+        config = ShimConfig(
+            id=cid,
+            bundle=cdir,
+            dir=sdir,
+            runtime=cfg.runtime,
+            runtime_root=cfg.runtime_root,
+            log_path=os.path.join(cdir, "container.log"),
+            cgroup_path=spec.cgroup_path(cid),
+            name=f"build-{cid[:12]}",
+            image=label,
+            backend=cfg.backend,
+            requested_at=time.monotonic(),
+            runtime_timeout=getattr(cfg, "runtime_timeout", None) or DEFAULT_RUNTIME_TIMEOUT,
+        )
         try:
             await launcher.launch(config)
         except BaseException as exc:
@@ -94,12 +93,12 @@ async def run_step(
             launched = not isinstance(exc, TugError) or exc.kind == "internal"
             raise
         launched = True
-        await _stream_output(socket_path, on_output)
-        record = await shims.call(socket_path, "task.wait", timeout=cfg.shim_timeout)
-        return int(record["exit_code"])
+        await _stream_output(shim, on_output)
+        record = await shim.wait(timeout=cfg.shim_timeout)
+        return record.exit_code
     finally:
         with anyio.move_on_after(CLEANUP_GRACE, shield=True):
-            await _remove(cfg, cid, sdir, socket_path, rootfs, launched)
+            await _remove(cfg, cid, shim, rootfs, launched)
         fsutil.remove_tree(cdir)
 
 
@@ -129,16 +128,13 @@ def _network(mode: str, lower: list[str]) -> dict[str, Any] | None:
     return {"netns": "", "mounts": binds}
 
 
-async def _stream_output(socket_path: str, on_output: Output) -> None:
+async def _stream_output(shim: shims.ShimClient, on_output: Output) -> None:
     """Follow the container's log through its shim until it has exited and every byte is sent;
     CRI records turned back into the bytes the container wrote."""
     pending = b""
-    async with (
-        jsonrpc.connect(socket_path) as client,
-        client.stream("task.logs", {"follow": True}) as stream,
-    ):
-        async for note in stream:
-            pending += base64.b64decode(str(note.get("data", "")))
+    async with shim.logs(LogsParams(follow=True)) as stream:
+        async for chunk in stream:
+            pending += base64.b64decode(chunk)
             *records, pending = pending.split(b"\n")
             for record in records:
                 _ts, name, full, content = crilog.parse_record(record)
@@ -146,20 +142,20 @@ async def _stream_output(socket_path: str, on_output: Output) -> None:
         await stream.result()
 
 
-async def _remove(cfg: Config, cid: str, sdir: str, socket_path: str, rootfs: str, launched: bool) -> None:
+async def _remove(cfg: Config, cid: str, shim: shims.ShimClient, rootfs: str, launched: bool) -> None:
     """Kill (if it still runs) and delete the task, then unmount; each step tolerates what an
     earlier failure left undone."""
-    if launched and os.path.isdir(sdir):
+    if launched and os.path.isdir(shim.dir):
         try:
             with contextlib.suppress(TugError):
-                await shims.call(socket_path, "task.kill", {"signal": int(signal.SIGKILL)}, timeout=5)
-            await shims.call(socket_path, "task.delete", {"force": True}, timeout=cfg.shim_timeout)
+                await shim.kill(int(signal.SIGKILL), timeout=5)
+            await shim.delete(force=True)
         except TugError as exc:
             log.info("build container %s: the shim did not delete (%s): cleaning up after it", cid[:12], exc)
             try:
-                await shims.delete_dead(sdir, cid, cfg.runtime, cfg.runtime_root)
+                await shim.delete_dead(cid, cfg.runtime, cfg.runtime_root)
             except Exception:
                 log.exception("cleanup of build container %s failed", cid[:12])
-    fsutil.remove_tree(sdir)
+    fsutil.remove_tree(shim.dir)
     with contextlib.suppress(OSError):
         mounts.unmount(rootfs)
