@@ -70,7 +70,7 @@ POINTS = [
     ("supervisor/api.py", "rec = await self.containers.create(call.params)", "after", "create_end"),
     ("supervisor/api.py", "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
     ("supervisor/api.py", "rec = await self.containers.start(call.params.string(", "after", "start_end"),
-    ("supervisor/containers.py", "await self.delete(cid, force=False)", "after", "removed"),
+    ("supervisor/containers/exits.py", "await self.delete(cid, force=False)", "after", "removed"),
     ("supervisor/cli/main.py", "parser = build_parser(argv)", "before", "cli_main"),
     ("supervisor/cli/main.py", "code = main()", "after", "cli_done"),
 ]

@@ -137,7 +137,7 @@ class Api:
         everything = call.params.boolean("all")
         return [
             self.containers.summary(r)
-            for r in self.containers.store.list_containers()
+            for r in self.containers.records()
             if everything or r.state in ("running", "paused")
         ]
 
@@ -189,11 +189,7 @@ class Api:
         if ref:
             return [await self.verbs.stats(ref)]
         everything = call.params.boolean("all")
-        recs = [
-            r
-            for r in self.containers.store.list_containers()
-            if everything or r.state in ("running", "paused")
-        ]
+        recs = [r for r in self.containers.records() if everything or r.state in ("running", "paused")]
         results: list[Any] = [None] * len(recs)
 
         async def one(i: int, cid: str) -> None:

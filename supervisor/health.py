@@ -17,16 +17,17 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 from tugwire.shimapi import ExecParams
 
-if TYPE_CHECKING:
-    from .containers import Containers
+from .shims import ShimClient
+from .store import ContainerRecord
 
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 DEFAULT_INTERVAL = 30.0
@@ -78,6 +79,21 @@ def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | N
     }
 
 
+class Host(Protocol):
+    """What the monitor needs of the containers service (which owns it)."""
+
+    @property
+    def tg(self) -> anyio.abc.TaskGroup: ...
+
+    def find(self, cid: str) -> ContainerRecord | None: ...
+
+    def shim(self, cid: str) -> ShimClient: ...
+
+    def wake(self, cid: str) -> None: ...
+
+    def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None: ...
+
+
 @dataclass
 class Health:
     """One container's health, as ``inspect`` shows it."""
@@ -94,7 +110,7 @@ class Health:
 class Monitor:
     """Runs the checks of every running container that has one, each in a task of tugd's group."""
 
-    def __init__(self, containers: Containers) -> None:
+    def __init__(self, containers: Host) -> None:
         self.c = containers
         self._health: dict[str, Health] = {}
 
@@ -125,22 +141,22 @@ class Monitor:
         if h.status == status:
             return
         h.status = status
-        rec = self.c.store.get_container(cid)
+        rec = self.c.find(cid)
         if rec is None:
             return
-        self.c.live(cid).changed()
-        self.c._publish("health_status", rec, status=status)
+        self.c.wake(cid)
+        self.c.publish("health_status", rec, status=status)
 
     async def _run(self, cid: str, cfg: dict[str, Any], h: Health) -> None:
         with h.scope:
-            rec = self.c.store.get_container(cid)
+            rec = self.c.find(cid)
             if rec is not None:
-                self.c._publish("health_status", rec, status=STARTING)
+                self.c.publish("health_status", rec, status=STARTING)
             started = anyio.current_time()
             in_start_period = float(cfg["start_period"]) > 0
             while True:
                 await anyio.sleep(float(cfg["interval"]))
-                rec = self.c.store.get_container(cid)
+                rec = self.c.find(cid)
                 if rec is None or rec.state not in ("running", "paused"):
                     break
                 if rec.state == "paused":

@@ -71,7 +71,7 @@ class Verbs:
         if memory is None and cpus is None and pids is None:
             raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
         async with self.c.live(rec.id).lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             if rec.state in ACTIVE:
                 params = UpdateParams(
                     memory=memory,
@@ -87,8 +87,8 @@ class Verbs:
                 if value is not None:
                     rec.config[key] = value
             self._rewrite_resources(rec)
-            self.c._update(rec)
-        self.c._publish("update", rec)
+            self.c.save(rec)
+        self.c.publish("update", rec)
         return rec
 
     def _rewrite_resources(self, rec: ContainerRecord) -> None:
@@ -111,22 +111,22 @@ class Verbs:
         names.check_name(new_name)
         rec = self.c.get(ref)
         async with self.c.live(rec.id).lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             old = rec.name
             if new_name == old:
                 raise InvalidArgument(f"renaming a container with the same name ({old}) changes nothing")
-            if self.c.store.name_taken(new_name):
+            if self.c.name_taken(new_name):
                 raise AlreadyExists(f"the container name {new_name!r} is already in use", field="name")
             rec.name = new_name
             try:
-                self.c._update(rec)
+                self.c.save(rec)
             except Exception as exc:
                 if "UNIQUE" in str(exc):
                     raise AlreadyExists(f"the container name {new_name!r} is already in use") from exc
                 raise
             # Its peers on its networks resolve the new name (their /etc/hosts, rewritten).
             self.c.networks.refresh_hosts(self.c.networks.network_ids_of(rec.id), self.c.cfg.container_dir)
-        self.c._publish("rename", rec, oldName=old)
+        self.c.publish("rename", rec, oldName=old)
         return rec
 
     async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
@@ -134,7 +134,7 @@ class Verbs:
         rec = self.c.get(ref)
         await self.c.stop(rec.id, timeout)
         rec = await self.c.start(rec.id)
-        self.c._publish("restart", rec)
+        self.c.publish("restart", rec)
         return rec
 
     # ------------------------------------------------------------------------------------ cp
@@ -186,7 +186,7 @@ class Verbs:
         that no start mounts it at the same time) and detached after."""
         live = self.c.live(rec.id)
         rootfs = os.path.join(self.c.cfg.container_dir(rec.id), "rootfs")
-        rec = self.c._reload(rec.id)
+        rec = self.c.reload(rec.id)
         if rec.state in ACTIVE and mounts.is_mounted(rootfs):
             fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -195,13 +195,10 @@ class Verbs:
                 os.close(fd)
             return
         async with live.lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             if rec.state in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} changed state; try again")
-            image = self.c.store.get_image(rec.image_id)
-            if image is None:
-                raise NotFound(f"the image of container {rec.name} is gone")
-            lower = await self.c.images.ensure_unpacked(image)
+            lower = await self.c.lower_layers(rec)
             cdir = self.c.cfg.container_dir(rec.id)
             mounted = False
             if not mounts.is_mounted(rootfs):

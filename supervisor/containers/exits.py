@@ -1,0 +1,222 @@
+"""Exits: waiting for the shim to report one, recording it, releasing the task, and the
+restart policy's scheduling after it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+
+import anyio
+
+from tugwire import fsutil
+from tugwire.errors import NotFound, TugError
+from tugwire.shimapi import ExitRecord
+
+from .. import mounts, policy
+from ..failpoints import failpoint
+from ..images import now_rfc3339
+from ..store import ContainerRecord
+from .base import ContainersBase
+from .state import ACTIVE, CREATED, EXITED, UNKNOWN, wait_result
+
+log = logging.getLogger("tugboat.containers")
+
+RELEASE_GRACE = 30.0
+AUTO_REMOVE_GRACE = 10.0  # how long auto-remove waits for log streams to finish
+
+
+class Exits(ContainersBase):
+    """What happens when a container's PID 1 exits, or its shim goes away."""
+
+    async def _watch(self, cid: str) -> None:
+        """Wait for the shim to report the exit; a shim that goes away first is reconciled."""
+        shim = self.shim(cid)
+        record: ExitRecord | None = None
+        while True:
+            try:
+                record = await shim.wait()
+                break
+            except TugError as exc:
+                record = shim.read_exit()
+                if record is not None or not shim.alive():
+                    log.info("shim of %s went away: %s", cid[:12], exc)
+                    break
+                # The connection failed but the shim lives (a loaded host): it is not lost.
+                log.warning("lost the connection to the shim of %s (%s); again", cid[:12], exc)
+                await anyio.sleep(0.5)
+        if record is None:
+            await self._shim_lost(cid)
+        else:
+            await self._handle_exit(cid, record)
+
+    async def _handle_exit(self, cid: str, record: ExitRecord) -> None:
+        """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
+        unmount) while still holding the container's lock: whoever acts on the exit (a restart,
+        a delete) waits for the lock and finds the old shim gone."""
+        live = self.live(cid)
+        async with live.lock:
+            rec = self.store.get_container(cid)
+            if rec is None:
+                return
+            newly = rec.state in (*ACTIVE, UNKNOWN, CREATED)
+            if newly:
+                failpoint("container.exit.before_record")
+                rec.state = EXITED
+                rec.exit_code = record.exit_code
+                rec.exit_signal = record.signal
+                rec.oom_killed = record.oom_killed
+                rec.config["log_dropped_bytes"] = record.log_dropped_bytes
+                rec.finished_at = record.exited_at or now_rfc3339()
+                rec.pid = 0
+                rec.reason = ""
+                self.store.update_container(rec)
+                live.exits += 1
+                live.last_result = wait_result(rec)
+                self.health.forget(cid)
+                live.changed()
+                if rec.oom_killed:
+                    # Read from the cgroup's own OOM counter by the shim before the cgroup went.
+                    self.publish("oom", rec)
+                dropped = {"log_dropped_bytes": rec.config["log_dropped_bytes"]}
+                self.publish(
+                    "die",
+                    rec,
+                    exit_code=rec.exit_code,
+                    signal=rec.exit_signal,
+                    oom_killed=rec.oom_killed,
+                    **(dropped if rec.config["log_dropped_bytes"] else {}),
+                )
+                if self._on_exit is not None:
+                    self._on_exit(rec.exit_code, rec.oom_killed)
+                failpoint("container.exit.after_record")
+            await self._release(cid)
+            if newly:
+                self._apply_policy(rec)
+        if rec.config.get("auto_remove"):
+            self.tg.start_soon(self._auto_remove, cid)
+
+    def _apply_policy(self, rec: ContainerRecord) -> None:
+        """After an exit: schedule the restart its policy asks for (cancelled by stop, rm, start)."""
+        live = self.live(rec.id)
+        ran_for = 0.0
+        started, finished = _epoch(rec.started_at), _epoch(rec.finished_at)
+        if started is not None and finished is not None:
+            ran_for = max(finished - started, 0.0)
+        decision = policy.decide(
+            policy.parse(rec.config.get("restart")),
+            exit_code=rec.exit_code if rec.state == EXITED else None,
+            stopped_by_user=bool(rec.config.get("stopped_by_user")),
+            restart_count=int(rec.config.get("restart_count") or 0),
+            previous_delay=live.restart_delay,
+            ran_for=ran_for,
+        )
+        if not decision.restart or rec.config.get("auto_remove"):
+            return
+        live.restart_delay = decision.delay
+        self._schedule_restart(rec.id, decision.delay)
+
+    def _schedule_restart(self, cid: str, delay: float) -> None:
+        live = self.live(cid)
+        live.cancel_restart()
+        scope = live.restart = anyio.CancelScope()
+        self.tg.start_soon(self._restart_later, cid, delay, scope)
+
+    async def _restart_later(self, cid: str, delay: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            live = self.live(cid)
+            async with live.lock:
+                rec = self.store.get_container(cid)
+                if rec is None or rec.state in ACTIVE or rec.config.get("stopped_by_user"):
+                    return
+                rec.config["restart_count"] = int(rec.config.get("restart_count") or 0) + 1
+                self.save(rec)
+            if live.restart is scope:
+                live.restart = None
+            self.publish("restart", rec, restart_count=rec.config["restart_count"])
+            if self._on_restart is not None:
+                self._on_restart()
+            try:
+                await self.start(cid, by_policy=True)
+            except TugError as exc:
+                log.warning("restart of %s failed: %s", cid[:12], exc)
+                # A start that fails is an exit too: the policy decides again, with its backoff.
+                rec = self.store.get_container(cid)
+                if rec is not None and rec.state not in ACTIVE:
+                    rec.reason = f"restart failed: {exc.message}"
+                    self.save(rec)
+                    self._apply_policy(rec)
+
+    async def _shim_lost(self, cid: str) -> None:
+        rec = self.store.get_container(cid)
+        if rec is None or rec.state not in ACTIVE:
+            return
+        rec.state = UNKNOWN
+        rec.reason = (
+            f"the shim (pid {rec.shim_pid}) went away without recording an exit; the exit code is not known"
+        )
+        self.live(cid).last_result = wait_result(rec)
+        self.live(cid).exits += 1
+        self.save(rec)
+        self.publish("die", rec, exit_code=None, reason=rec.reason)
+        if self._on_exit is not None:
+            self._on_exit(None, False)
+
+    async def _release(self, cid: str) -> None:
+        """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent."""
+        paths = self._paths(cid)
+        live = self.live(cid)
+        with anyio.move_on_after(RELEASE_GRACE, shield=True):
+            async with live.release_lock:
+                if os.path.isdir(paths["shim"]):
+                    # Under a deadline of its own: a runtime that hangs even in the cleanup must not
+                    # keep the unmount and the network teardown below from happening.
+                    # If the cleanup fails too, the shim dir stays: the next tugd start retries.
+                    deleted = False
+                    shim = self.shim(cid)
+                    with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
+                        try:
+                            await shim.delete(force=True)
+                            deleted = True
+                        except TugError as exc:
+                            log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
+                            try:
+                                await shim.delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
+                                deleted = True
+                            except Exception as cleanup_exc:
+                                log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
+                    if deleted:
+                        fsutil.remove_tree(paths["shim"])
+                # In a worker thread: unmounting an overlay syncs its upper filesystem, which
+                # holds the log files too. Measured after a container wrote 100 MiB of output:
+                # 80 ms, during which the event loop (every other client) used to stand still.
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
+                try:
+                    await self.networks.teardown(cid)
+                except Exception:
+                    log.exception("network teardown of %s failed (the next start of tugd retries)", cid[:12])
+
+    async def _auto_remove(self, cid: str) -> None:
+        live = self.live(cid)
+        with anyio.move_on_after(AUTO_REMOVE_GRACE):
+            while live.holds > 0:
+                await live.wait_changed()
+        with contextlib.suppress(NotFound):
+            await self.delete(cid, force=False)
+
+
+def _epoch(value: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 UTC time as the store keeps them."""
+    if not value:
+        return None
+    import calendar
+
+    try:
+        whole, _, frac = value.rstrip("Z").partition(".")
+        secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return secs + (float("0." + frac) if frac.isdigit() else 0.0)
