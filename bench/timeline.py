@@ -65,7 +65,7 @@ POINTS = [
     ("shimd/runc.py", "offset = self._log_offset()", "before", "runc_{verb}_spawn"),
     ("shimd/runc.py", "code, _ = exit_code(status)", "after", "runc_{verb}_done"),
     ("shimd/server.py", "_notify(notify_fd, shimapi.LaunchReply(", "after", "shim_notified"),
-    ("shimd/server.py", "fsutil.write_atomic(self.cfg.path(EXIT_FILE)", "after", "exit_recorded"),
+    ("shimd/task.py", "fsutil.write_atomic(self.cfg.path(EXIT_FILE)", "after", "exit_recorded"),
     ("supervisor/api.py", "rec = await self.containers.create(call.params)", "before", "create_begin"),
     ("supervisor/api.py", "rec = await self.containers.create(call.params)", "after", "create_end"),
     ("supervisor/api.py", "rec = await self.containers.start(call.params.string(", "before", "start_begin"),

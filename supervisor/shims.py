@@ -76,7 +76,9 @@ class ExecLauncher:
     async def launch(self, config: ShimConfig) -> LaunchReply:
         with anyio.fail_after(self.timeout):
             result = await anyio.run_process(
-                [*shim_command(), "start"], input=json.dumps(config.to_json()).encode(), check=False
+                [*shim_command(), "start", config.id],
+                input=json.dumps(config.to_json()).encode(),
+                check=False,
             )
         return _parse_reply(result.stdout, "shim start")
 
