@@ -14,7 +14,7 @@ from tugwire.errors import InvalidArgument, TugError
 
 from .attach import Attach
 from .config import Config
-from .containers import Containers, parse_signal
+from .containers import ACTIVE, Containers, parse_signal
 from .events import Event, EventBus, Filters, image_removal_events, parse_time
 from .execs import Execs
 from .images import Images
@@ -136,9 +136,7 @@ class Api:
         """Summaries of running containers (``all`` for every one)."""
         everything = call.params.boolean("all")
         return [
-            self.containers.summary(r)
-            for r in self.containers.records()
-            if everything or r.state in ("running", "paused")
+            self.containers.summary(r) for r in self.containers.records() if everything or r.state in ACTIVE
         ]
 
     async def container_inspect(self, call: jsonrpc.Call) -> Any:
@@ -189,7 +187,7 @@ class Api:
         if ref:
             return [await self.verbs.stats(ref)]
         everything = call.params.boolean("all")
-        recs = [r for r in self.containers.records() if everything or r.state in ("running", "paused")]
+        recs = [r for r in self.containers.records() if everything or r.state in ACTIVE]
         results: list[Any] = [None] * len(recs)
 
         async def one(i: int, cid: str) -> None:

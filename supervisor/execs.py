@@ -20,7 +20,7 @@ from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import ExecParams
 
 from . import shims, spec
-from .containers import RUNNING, Containers
+from .containers import EXITED, RUNNING, Containers
 
 
 class Execs:
@@ -88,7 +88,7 @@ class Execs:
                 result = await session.result()
         except FailedPrecondition as exc:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: it is not running", state="exited"
+                f"cannot exec in container {rec.name}: it is not running", state=EXITED
             ) from exc
         finally:
             self._shims.pop(eid, None)

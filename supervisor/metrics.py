@@ -39,11 +39,12 @@ from tugwire import httpserve
 from tugwire.errors import TugError
 
 from . import shims
+from .containers.state import ACTIVE, State
 
 log = logging.getLogger("tugboat.metrics")
 
 SHIM_DEADLINE = 1.0  # seconds a shim has to answer at scrape time
-STATES = ("created", "running", "paused", "exited", "unknown")
+STATES = tuple(State)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 START_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -74,7 +75,7 @@ class _StateCollector(Collector):
         for state in STATES:
             by_state.add_metric([state], counts.get(state, 0))
         live = GaugeMetricFamily("tugboat_shims_live", "Shims alive: containers running or paused.")
-        live.add_metric([], counts.get("running", 0) + counts.get("paused", 0))
+        live.add_metric([], sum(counts.get(s, 0) for s in ACTIVE))
         return [by_state, live]
 
 

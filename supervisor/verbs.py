@@ -17,7 +17,7 @@ from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from tugwire.shimapi import UpdateParams
 
 from . import copy, mounts, spec
-from .containers import ACTIVE, Containers
+from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
 
 MIN_MEMORY = 6 * 1024 * 1024
@@ -42,7 +42,7 @@ class Verbs:
         try:
             result = await self.c.shim(rec.id).top()
         except FailedPrecondition as exc:
-            raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+            raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
         return result
 
     async def stats(self, ref: Any) -> dict[str, Any]:
@@ -82,7 +82,7 @@ class Verbs:
                 try:
                     await self.c.shim(rec.id).update(params)
                 except FailedPrecondition as exc:
-                    raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+                    raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
             for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):
                 if value is not None:
                     rec.config[key] = value

@@ -241,6 +241,11 @@ class TaskState:
     log_bytes: dict[str, int] = field(default_factory=dict)
     log_dropped_bytes: int = 0
 
+    @property
+    def paused(self) -> bool:
+        """Whether the task is paused (frozen)."""
+        return self.status == "paused"
+
     def to_json(self) -> dict[str, Any]:
         """The state as the shim answers it."""
         out = asdict(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .options import parse_signal
 from .service import Containers
-from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, UNKNOWN, Live, wait_result
+from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, UNKNOWN, Live, Move, State, wait_result
 
 __all__ = [
     "ACTIVE",
@@ -25,6 +25,8 @@ __all__ = [
     "UNKNOWN",
     "Containers",
     "Live",
+    "Move",
+    "State",
     "parse_signal",
     "wait_result",
 ]

@@ -16,12 +16,13 @@ import anyio.abc
 from tugwire import crilog
 from tugwire.errors import InvalidArgument, NotFound
 
-from .. import health, shims
+from .. import shims
 from ..config import Config
 from ..events import Event, EventBus
 from ..images import Images
 from ..network import Networks
 from ..store import ContainerRecord, Store
+from . import health
 from .state import Live
 
 

@@ -19,7 +19,7 @@ from ..failpoints import failpoint
 from ..images import now_rfc3339
 from ..store import ContainerRecord
 from .base import ContainersBase
-from .state import ACTIVE, CREATED, EXITED, UNKNOWN, wait_result
+from .state import ACTIVE, EXITED, Move, allowed, transition, wait_result
 
 log = logging.getLogger("tugboat.containers")
 
@@ -60,10 +60,10 @@ class Exits(ContainersBase):
             rec = self.store.get_container(cid)
             if rec is None:
                 return
-            newly = rec.state in (*ACTIVE, UNKNOWN, CREATED)
+            newly = allowed(rec.state, Move.EXIT)
             if newly:
                 failpoint("container.exit.before_record")
-                rec.state = EXITED
+                transition(rec, Move.EXIT)
                 rec.exit_code = record.exit_code
                 rec.exit_signal = record.signal
                 rec.oom_killed = record.oom_killed
@@ -151,9 +151,9 @@ class Exits(ContainersBase):
 
     async def _shim_lost(self, cid: str) -> None:
         rec = self.store.get_container(cid)
-        if rec is None or rec.state not in ACTIVE:
+        if rec is None or not allowed(rec.state, Move.LOSE):
             return
-        rec.state = UNKNOWN
+        transition(rec, Move.LOSE)
         rec.reason = (
             f"the shim (pid {rec.shim_pid}) went away without recording an exit; the exit code is not known"
         )

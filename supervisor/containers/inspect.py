@@ -7,7 +7,7 @@ from typing import Any
 from .. import shims
 from ..store import ContainerRecord
 from .base import ContainersBase
-from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, UNKNOWN
+from .state import ACTIVE, EXITED, State
 
 
 class Inspect(ContainersBase):
@@ -60,7 +60,7 @@ class Inspect(ContainersBase):
         return [self.shim(r.id) for r in self.store.list_containers() if r.state in ACTIVE]
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((CREATED, RUNNING, PAUSED, EXITED, UNKNOWN), 0)
+        counts: dict[str, int] = {str(state): 0 for state in State}
         for state, n in self.store.container_counts().items():
             counts[state] = counts.get(state, 0) + n
         counts["total"] = sum(counts.values())

@@ -17,7 +17,7 @@ from .. import mounts, policy
 from ..images import now_rfc3339
 from ..store import ContainerRecord
 from .exits import Exits
-from .state import ACTIVE, EXITED, PAUSED, RUNNING, UNKNOWN
+from .state import ACTIVE, EXITED, TRANSITIONS, UNKNOWN, Move, transition
 
 log = logging.getLogger("tugboat.containers")
 
@@ -86,11 +86,11 @@ class Recovery(Exits):
                 if state.exit is not None:
                     await self._handle_exit(rec.id, state.exit)
                     return
-                shim_state = PAUSED if state.status == "paused" else RUNNING
-                if rec.state != shim_state:
+                adopt = Move.ADOPT_PAUSED if state.paused else Move.ADOPT_RUNNING
+                if rec.state != TRANSITIONS[adopt][1]:
                     # tugd died between the shim's start and the store's update (adopt it), or
                     # between a pause or unpause and its record: the shim knows.
-                    rec.state = shim_state
+                    transition(rec, adopt)
                     rec.pid = state.pid
                     rec.shim_pid = state.shim_pid
                     rec.started_at = rec.started_at or now_rfc3339()
@@ -100,7 +100,7 @@ class Recovery(Exits):
                     self.health.watch(rec.id, rec.config["health"])
             elif rec.state in ACTIVE:
                 # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
-                rec.state = UNKNOWN
+                transition(rec, Move.LOSE)
                 rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
                 self.save(rec)
                 with contextlib.suppress(OSError):

@@ -26,16 +26,29 @@ from tugwire import fsutil, jsonrpc
 from tugwire.errors import AlreadyExists, FailedPrecondition, TugError, Unavailable
 from tugwire.shimapi import ShimConfig
 
-from .. import health, mounts, spec
+from .. import mounts, spec
 from ..failpoints import failpoint
 from ..images import now_rfc3339
 from ..store import ContainerRecord
+from . import health
 from .exits import RELEASE_GRACE
 from .inspect import Inspect
 from .logs import Logs
 from .options import generate_name, parse_create, parse_signal
 from .recovery import Recovery
-from .state import ACTIVE, CREATED, PAUSED, RUNNING, UNKNOWN, wait_result
+from .state import (
+    ACTIVE,
+    CREATED,
+    EXITED,
+    PAUSED,
+    REMOVED,
+    RUNNING,
+    UNKNOWN,
+    Move,
+    allowed,
+    transition,
+    wait_result,
+)
 
 log = logging.getLogger("tugboat.containers")
 
@@ -175,7 +188,7 @@ class Containers(Recovery, Logs, Inspect):
                     await self.networks.teardown(rec.id)
                 raise
             failpoint("container.start.after_launch")
-            rec.state = RUNNING
+            transition(rec, Move.START)
             rec.pid = reply.pid
             rec.shim_pid = reply.shim_pid
             rec.started_at = now_rfc3339()
@@ -206,7 +219,7 @@ class Containers(Recovery, Logs, Inspect):
             try:
                 await self.shim(rec.id).kill(sig, all_processes=all_processes)
             except FailedPrecondition as exc:
-                raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+                raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
             self.publish(
                 "kill",
                 rec,
@@ -271,8 +284,8 @@ class Containers(Recovery, Logs, Inspect):
         verb = "pause" if paused else "unpause"
         async with self.live(rec.id).lock:
             rec = self.reload(rec.id)
-            want = RUNNING if paused else PAUSED
-            if rec.state != want:
+            move = Move.PAUSE if paused else Move.UNPAUSE
+            if not allowed(rec.state, move):
                 if rec.state == PAUSED:
                     raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.state)
                 if rec.state == RUNNING:
@@ -287,7 +300,7 @@ class Containers(Recovery, Logs, Inspect):
                 raise FailedPrecondition(
                     f"cannot {verb} container {rec.name}: {exc.message}", state=rec.state
                 ) from exc
-            rec.state = PAUSED if paused else RUNNING
+            transition(rec, move)
             self.save(rec)
             self.publish(verb, rec)
         return rec
@@ -328,7 +341,7 @@ class Containers(Recovery, Logs, Inspect):
             await anyio.to_thread.run_sync(fsutil.remove_tree, paths["dir"])
             if not live.last_result:
                 live.last_result = wait_result(rec)
-            live.last_result = {**live.last_result, "state": "removed"}
+            live.last_result = {**live.last_result, "state": REMOVED}
             self._live.pop(rec.id, None)
             live.changed()
         self.publish("destroy", rec)

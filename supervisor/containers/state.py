@@ -1,16 +1,78 @@
-"""A container's states and its in-memory companion (:class:`Live`)."""
+"""A container's states, the one table of the transitions between them, and its in-memory
+companion (:class:`Live`)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from tugwire.errors import FailedPrecondition
+
 from ..store import ContainerRecord
 
-CREATED, RUNNING, PAUSED, EXITED, UNKNOWN = "created", "running", "paused", "exited", "unknown"
-ACTIVE = (RUNNING, PAUSED)
+
+class State(enum.StrEnum):
+    """A container's state, as the store keeps it and clients see it."""
+
+    CREATED = "created"  # made, never started
+    RUNNING = "running"
+    PAUSED = "paused"  # frozen (the cgroup freezer)
+    EXITED = "exited"  # PID 1 exited; its exit record is kept
+    UNKNOWN = "unknown"  # the shim went away without an exit record: the exit code is not known
+
+
+CREATED, RUNNING, PAUSED, EXITED, UNKNOWN = (
+    State.CREATED,
+    State.RUNNING,
+    State.PAUSED,
+    State.EXITED,
+    State.UNKNOWN,
+)
+ACTIVE = (RUNNING, PAUSED)  # a shim runs the container
+REMOVED = "removed"  # not a state: what ``container.wait`` reports of a container that is gone
+
+
+class Move(enum.StrEnum):
+    """What changes a container's state."""
+
+    START = "start"  # the shim runs it (an unknown one only by its restart policy)
+    PAUSE = "pause"
+    UNPAUSE = "unpause"
+    EXIT = "exit"  # the shim recorded PID 1's exit
+    LOSE = "lose"  # the shim, or the whole state dir, went away without an exit record
+    ADOPT_RUNNING = "adopt_running"  # recovery: the shim says it runs (tugd died before recording)
+    ADOPT_PAUSED = "adopt_paused"  # recovery: the shim says it is paused
+
+
+# The one table of transitions: a move, the states it may start from, and where it leads.
+TRANSITIONS: dict[Move, tuple[frozenset[State], State]] = {
+    Move.START: (frozenset({CREATED, EXITED, UNKNOWN}), RUNNING),
+    Move.PAUSE: (frozenset({RUNNING}), PAUSED),
+    Move.UNPAUSE: (frozenset({PAUSED}), RUNNING),
+    Move.EXIT: (frozenset({CREATED, RUNNING, PAUSED, UNKNOWN}), EXITED),
+    Move.LOSE: (frozenset({RUNNING, PAUSED}), UNKNOWN),
+    Move.ADOPT_RUNNING: (frozenset({CREATED, PAUSED, EXITED, UNKNOWN}), RUNNING),
+    Move.ADOPT_PAUSED: (frozenset({CREATED, RUNNING, EXITED, UNKNOWN}), PAUSED),
+}
+
+
+def allowed(state: str, move: Move) -> bool:
+    """Whether ``move`` may happen to a container in ``state``."""
+    return state in TRANSITIONS[move][0]
+
+
+def transition(rec: ContainerRecord, move: Move) -> None:
+    """Apply ``move`` to ``rec.state`` (not stored yet); FailedPrecondition, changing nothing, if
+    the table forbids it."""
+    sources, target = TRANSITIONS[move]
+    if rec.state not in sources:
+        raise FailedPrecondition(
+            f"cannot {move.value} container {rec.name}: it is {rec.state}", state=rec.state
+        )
+    rec.state = target
 
 
 @dataclass

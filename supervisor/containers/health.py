@@ -26,8 +26,9 @@ from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 from tugwire.shimapi import ExecParams
 
-from .shims import ShimClient
-from .store import ContainerRecord
+from ..shims import ShimClient
+from ..store import ContainerRecord
+from .state import ACTIVE, PAUSED
 
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 DEFAULT_INTERVAL = 30.0
@@ -157,9 +158,9 @@ class Monitor:
             while True:
                 await anyio.sleep(float(cfg["interval"]))
                 rec = self.c.find(cid)
-                if rec is None or rec.state not in ("running", "paused"):
+                if rec is None or rec.state not in ACTIVE:
                     break
-                if rec.state == "paused":
+                if rec.state == PAUSED:
                     continue
                 ok, entry = await self._probe(cid, cfg)
                 h.log = [*h.log, entry][-LOG_ENTRIES:]
