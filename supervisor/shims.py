@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from tugwire import errors, jsonrpc, shimapi
+from tugwire import errors, fsutil, jsonrpc, shimapi
 from tugwire.shimapi import (
     ExecParams,
     ExitRecord,
@@ -30,7 +31,70 @@ from tugwire.shimapi import (
     UpdateParams,
 )
 
+from . import spec
+from .config import Config
+
 log = logging.getLogger("tugboat.shims")
+
+LOG_FILE = "container.log"  # in the bundle
+CLEANUP_GRACE = 30.0  # after a shim that died at birth: how long its cleanup may take
+
+
+def task_config(
+    cfg: Config,
+    cid: str,
+    *,
+    name: str,
+    image: str,
+    log_max_size: int | None = None,
+    log_max_files: int | None = None,
+    metrics_address: str = "",
+    tty: bool = False,
+    stdin: bool = False,
+) -> ShimConfig:
+    """The shim config of task ``cid``, for a container and a build step alike: its bundle
+    ``containers/<id>/`` (``config.json``, ``rootfs``, the log), its shim's state dir
+    ``shims/<id>/``, its cgroup, and the daemon's runtime and anyio backend."""
+    bundle = cfg.container_dir(cid)
+    return ShimConfig(
+        id=cid,
+        bundle=bundle,
+        dir=cfg.shim_dir(cid),
+        runtime=cfg.runtime,
+        runtime_root=cfg.runtime_root,
+        runtime_timeout=cfg.runtime_timeout,
+        log_path=os.path.join(bundle, LOG_FILE),
+        log_max_size=log_max_size or cfg.log_max_size,
+        log_max_files=log_max_files or cfg.log_max_files,
+        cgroup_path=spec.cgroup_path(cid),
+        name=name,  # name and image label the container's metrics
+        image=image,
+        metrics_address=metrics_address,
+        tty=tty,
+        stdin=stdin,
+        backend=cfg.backend,  # shims run on the daemon's anyio backend
+        requested_at=time.monotonic(),
+    )
+
+
+async def launch_task(launcher: ShimLauncher, config: ShimConfig) -> LaunchReply:
+    """Start the shim of ``config`` (its state dir made if need be); its reply once the container
+    runs. If the shim died or went silent without an answer, maybe after runc made the container,
+    its runtime state and processes would be nobody's: they are cleaned up (``tug-shim delete``)
+    and its state dir removed before the error is raised. A shim that answered with runc's error
+    has cleaned up after runc itself."""
+    os.makedirs(config.dir, mode=0o700, exist_ok=True)
+    try:
+        return await launcher.launch(config)
+    except BaseException as exc:
+        if not isinstance(exc, errors.TugError) or exc.kind == "internal":
+            with anyio.move_on_after(CLEANUP_GRACE, shield=True):
+                try:
+                    await delete_dead(config.dir, config.id, config.runtime, config.runtime_root)
+                except Exception as cleanup_exc:
+                    log.warning("cleanup after the shim of %s: %s", config.id[:12], cleanup_exc)
+        fsutil.remove_tree(config.dir)
+        raise
 
 
 def shim_command() -> list[str]:
@@ -357,6 +421,24 @@ class ShimClient:
                 return b"shim" in f.read()
         except (OSError, ValueError, IndexError):
             return False
+
+    async def release(self, cid: str, runtime: str, runtime_root: str) -> bool:
+        """Delete the task (the shim runs ``runc delete`` and exits), or clean up after a shim
+        that does not answer; then remove its state dir. False, leaving the dir for the next
+        start of tugd to retry, if the cleanup failed too."""
+        if not os.path.isdir(self.dir):
+            return True
+        try:
+            await self.delete(force=True)
+        except errors.TugError as exc:
+            log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
+            try:
+                await self.delete_dead(cid, runtime, runtime_root)
+            except Exception as cleanup_exc:
+                log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
+                return False
+        fsutil.remove_tree(self.dir)
+        return True
 
     async def delete_dead(
         self, cid: str, runtime: str, runtime_root: str, *, timeout: float = 60.0

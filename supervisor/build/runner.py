@@ -18,15 +18,14 @@ import logging
 import os
 import secrets
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from tugwire import crilog, fsutil
+from tugwire import crilog, fsutil, shimapi
 from tugwire.errors import TugError
-from tugwire.shimapi import DEFAULT_RUNTIME_TIMEOUT, LogsParams, ShimConfig
+from tugwire.shimapi import LogsParams
 
 from .. import mounts, shims, spec
 from ..config import Config
@@ -57,10 +56,17 @@ async def run_step(
     its output to ``on_output(stream, data)``; return its exit status (128+N if killed by signal
     N). ``upper`` keeps the step's changes; everything else is gone when this returns."""
     cid = secrets.token_hex(32)
-    cdir = cfg.container_dir(cid)
-    sdir = cfg.shim_dir(cid)
+    config = shims.task_config(
+        cfg,
+        cid,
+        name=f"build-{cid[:12]}",
+        image=label,
+        log_max_size=shimapi.DEFAULT_LOG_MAX_SIZE,
+        log_max_files=shimapi.DEFAULT_LOG_MAX_FILES,
+    )
+    cdir = config.bundle
     rootfs = os.path.join(cdir, "rootfs")
-    shim = shims.ShimClient(sdir, cfg.shim_timeout)
+    shim = shims.ShimClient(config.dir, cfg.shim_timeout)
     opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
     oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
     launched = False
@@ -70,28 +76,8 @@ async def run_step(
         os.mkdir(rootfs, 0o755)
         fsutil.write_atomic(os.path.join(cdir, "config.json"), json.dumps(oci).encode(), mode=0o600)
         mounts.mount_overlay(lower, upper, work, rootfs)
-        os.makedirs(sdir, mode=0o700)
-        config = ShimConfig(
-            id=cid,
-            bundle=cdir,
-            dir=sdir,
-            runtime=cfg.runtime,
-            runtime_root=cfg.runtime_root,
-            log_path=os.path.join(cdir, "container.log"),
-            cgroup_path=spec.cgroup_path(cid),
-            name=f"build-{cid[:12]}",
-            image=label,
-            backend=cfg.backend,
-            requested_at=time.monotonic(),
-            runtime_timeout=getattr(cfg, "runtime_timeout", None) or DEFAULT_RUNTIME_TIMEOUT,
-        )
-        try:
-            await launcher.launch(config)
-        except BaseException as exc:
-            # A shim that answered with runc's error has cleaned up after runc itself; one that
-            # died or went silent may have left a container behind: clean up after it.
-            launched = not isinstance(exc, TugError) or exc.kind == "internal"
-            raise
+        # The same birth as any container's: a shim that died or went silent is cleaned up after.
+        await shims.launch_task(launcher, config)
         launched = True
         await _stream_output(shim, on_output)
         record = await shim.wait(timeout=cfg.shim_timeout)
@@ -146,16 +132,9 @@ async def _remove(cfg: Config, cid: str, shim: shims.ShimClient, rootfs: str, la
     """Kill (if it still runs) and delete the task, then unmount; each step tolerates what an
     earlier failure left undone."""
     if launched and os.path.isdir(shim.dir):
-        try:
-            with contextlib.suppress(TugError):
-                await shim.kill(int(signal.SIGKILL), timeout=5)
-            await shim.delete(force=True)
-        except TugError as exc:
-            log.info("build container %s: the shim did not delete (%s): cleaning up after it", cid[:12], exc)
-            try:
-                await shim.delete_dead(cid, cfg.runtime, cfg.runtime_root)
-            except Exception:
-                log.exception("cleanup of build container %s failed", cid[:12])
+        with contextlib.suppress(TugError):
+            await shim.kill(int(signal.SIGKILL), timeout=5)
+        await shim.release(cid, cfg.runtime, cfg.runtime_root)
     fsutil.remove_tree(shim.dir)
     with contextlib.suppress(OSError):
         mounts.unmount(rootfs)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 
 import anyio
 
-from tugwire import fsutil
 from tugwire.errors import NotFound, TugError
 from tugwire.shimapi import ExitRecord
 
@@ -121,7 +119,7 @@ class Exits(ContainersBase):
         live = self.live(cid)
         live.cancel_restart()
         scope = live.restart = anyio.CancelScope()
-        self.tg.start_soon(self._restart_later, cid, delay, scope)
+        self.spawn(cid, self._restart_later, cid, delay, scope)
 
     async def _restart_later(self, cid: str, delay: float, scope: anyio.CancelScope) -> None:
         with scope:
@@ -170,25 +168,11 @@ class Exits(ContainersBase):
         live = self.live(cid)
         with anyio.move_on_after(RELEASE_GRACE, shield=True):
             async with live.release_lock:
-                if os.path.isdir(paths["shim"]):
-                    # Under a deadline of its own: a runtime that hangs even in the cleanup must not
-                    # keep the unmount and the network teardown below from happening.
-                    # If the cleanup fails too, the shim dir stays: the next tugd start retries.
-                    deleted = False
-                    shim = self.shim(cid)
-                    with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
-                        try:
-                            await shim.delete(force=True)
-                            deleted = True
-                        except TugError as exc:
-                            log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
-                            try:
-                                await shim.delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
-                                deleted = True
-                            except Exception as cleanup_exc:
-                                log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
-                    if deleted:
-                        fsutil.remove_tree(paths["shim"])
+                # Under a deadline of its own: a runtime that hangs even in the cleanup must not
+                # keep the unmount and the network teardown below from happening.
+                # If the cleanup fails too, the shim dir stays: the next tugd start retries.
+                with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
+                    await self.shim(cid).release(cid, self.cfg.runtime, self.cfg.runtime_root)
                 # In a worker thread: unmounting an overlay syncs its upper filesystem, which
                 # holds the log files too. Measured after a container wrote 100 MiB of output:
                 # 80 ms, during which the event loop (every other client) used to stand still.

@@ -18,20 +18,17 @@ import logging
 import os
 import secrets
 import signal as signals
-import time
 
 import anyio
 
 from tugwire import fsutil, jsonrpc
-from tugwire.errors import AlreadyExists, FailedPrecondition, TugError, Unavailable
-from tugwire.shimapi import ShimConfig
+from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
 
-from .. import mounts, spec
+from .. import mounts, shims, spec
 from ..failpoints import failpoint
 from ..images import now_rfc3339
 from ..store import ContainerRecord
 from . import health
-from .exits import RELEASE_GRACE
 from .inspect import Inspect
 from .logs import Logs
 from .options import generate_name, parse_create, parse_signal
@@ -147,40 +144,22 @@ class Containers(Recovery, Logs, Inspect):
             fsutil.remove_tree(paths["shim"])
             os.makedirs(paths["shim"], mode=0o700)
             failpoint("container.start.after_mount")
-            config = ShimConfig(
-                id=rec.id,
-                bundle=paths["dir"],
-                dir=paths["shim"],
-                runtime=self.cfg.runtime,
-                runtime_root=self.cfg.runtime_root,
-                runtime_timeout=self.cfg.runtime_timeout,
-                log_path=paths["log"],
-                log_max_size=int(rec.config.get("log_max_size") or self.cfg.log_max_size),
-                log_max_files=int(rec.config.get("log_max_files") or self.cfg.log_max_files),
-                cgroup_path=spec.cgroup_path(rec.id),
-                name=rec.name,  # name and image label the container's metrics
+            config = shims.task_config(
+                self.cfg,
+                rec.id,
+                name=rec.name,
                 image=rec.image,
+                log_max_size=int(rec.config.get("log_max_size") or 0),
+                log_max_files=int(rec.config.get("log_max_files") or 0),
                 metrics_address=rec.config.get("metrics_address") or "",
                 tty=bool(rec.config.get("tty")),
                 stdin=bool(rec.config.get("stdin")),
-                backend=self.cfg.backend,  # shims run on the daemon's anyio backend
-                requested_at=time.monotonic(),
             )
             try:
                 await self.networks.setup(rec)
                 failpoint("container.start.after_network")
-                reply = await self.launcher.launch(config)
-            except BaseException as exc:
-                if not isinstance(exc, TugError) or exc.kind == "internal":
-                    # The shim died (or went silent) without an answer, maybe after runc made the
-                    # container: its runtime state and processes would be nobody's. A shim that
-                    # answered with runc's error has cleaned up after runc itself.
-                    with anyio.move_on_after(RELEASE_GRACE, shield=True):
-                        try:
-                            shim = self.shim(rec.id)
-                            await shim.delete_dead(rec.id, self.cfg.runtime, self.cfg.runtime_root)
-                        except Exception as cleanup_exc:
-                            log.warning("cleanup after the shim of %s: %s", rec.id[:12], cleanup_exc)
+                reply = await shims.launch_task(self.launcher, config)
+            except BaseException:
                 fsutil.remove_tree(paths["shim"])
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(OSError):
@@ -199,7 +178,7 @@ class Containers(Recovery, Logs, Inspect):
             rec.reason = ""
             self.save(rec)
             self.publish("start", rec)
-            self.tg.start_soon(self._watch, rec.id)
+            self.spawn(rec.id, self._watch, rec.id)
             if rec.config.get("health"):
                 self.health.watch(rec.id, rec.config["health"])
             if self._on_start_latency is not None:
@@ -343,6 +322,7 @@ class Containers(Recovery, Logs, Inspect):
                 live.last_result = wait_result(rec)
             live.last_result = {**live.last_result, "state": REMOVED}
             self._live.pop(rec.id, None)
+            live.cancel_tasks()  # what is left of its watcher, restart timer and health checks
             live.changed()
         self.publish("destroy", rec)
         self.images.gc_unused(rec.image_id)
