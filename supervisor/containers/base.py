@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -80,6 +80,23 @@ class ContainersBase(abc.ABC):
                 raise InvalidArgument(f"multiple containers match {ref!r}; give more of the id")
             return exact[0]
         return found[0]
+
+    def spawn(self, cid: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` in tugd's task group as one of container ``cid``'s tasks (its exit
+        watcher, restart timer, health checks), which are cancelled as a unit when it is
+        removed (:meth:`Live.cancel_tasks`)."""
+        live = self.live(cid)
+        scope = anyio.CancelScope()
+        live.tasks.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await fn(*args)
+            finally:
+                live.tasks.discard(scope)
+
+        self.tg.start_soon(run)
 
     def reload(self, cid: str) -> ContainerRecord:
         """Container ``cid`` as the store has it now (NotFound if it is gone)."""

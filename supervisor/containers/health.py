@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -83,8 +84,7 @@ def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | N
 class Host(Protocol):
     """What the monitor needs of the containers service (which owns it)."""
 
-    @property
-    def tg(self) -> anyio.abc.TaskGroup: ...
+    def spawn(self, cid: str, fn: Callable[..., Awaitable[object]], *args: object) -> None: ...
 
     def find(self, cid: str) -> ContainerRecord | None: ...
 
@@ -130,7 +130,7 @@ class Monitor:
         """Start checking a container that has just started (or was re-attached)."""
         self.forget(cid)
         h = self._health[cid] = Health()
-        self.c.tg.start_soon(self._run, cid, config, h)
+        self.c.spawn(cid, self._run, cid, config, h)
 
     def forget(self, cid: str) -> None:
         """Stop checking (the container exited or was removed)."""

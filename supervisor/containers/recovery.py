@@ -95,7 +95,7 @@ class Recovery(Exits):
                     rec.shim_pid = state.shim_pid
                     rec.started_at = rec.started_at or now_rfc3339()
                     self.save(rec)
-                self.tg.start_soon(self._watch, rec.id)
+                self.spawn(rec.id, self._watch, rec.id)
                 if rec.config.get("health"):
                     self.health.watch(rec.id, rec.config["health"])
             elif rec.state in ACTIVE:

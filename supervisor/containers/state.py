@@ -86,7 +86,15 @@ class Live:
     last_result: dict[str, Any] = field(default_factory=dict)
     restart: anyio.CancelScope | None = None  # a pending restart of the restart policy
     restart_delay: float = 0.0  # the last backoff delay of the restart policy
+    # The container's task group: its exit watcher, restart timer and health checks, each in a
+    # scope of its own here, cancelled as a unit when the container is removed.
+    tasks: set[anyio.CancelScope] = field(default_factory=set)
     _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def cancel_tasks(self) -> None:
+        """Cancel every task of the container (its watcher, restart timer, health checks)."""
+        for scope in list(self.tasks):
+            scope.cancel()
 
     def cancel_restart(self) -> None:
         """Cancel a pending restart of the restart policy, if any."""
