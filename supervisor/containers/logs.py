@@ -7,13 +7,13 @@ import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tugwire import crilog, jsonrpc
+from tugwire import crilog
 from tugwire.errors import InvalidArgument, Unavailable
 from tugwire.shimapi import LogsParams
 
 from ..store import ContainerRecord
 from .base import ContainersBase
-from .state import ACTIVE, CREATED, wait_result
+from .state import ACTIVE, CREATED, REMOVED, Live, wait_result
 
 LOG_CHUNK = 256 * 1024
 
@@ -21,14 +21,17 @@ LOG_CHUNK = 256 * 1024
 class Logs(ContainersBase):
     """Waiting and logs."""
 
-    async def wait(self, call: jsonrpc.Call) -> dict[str, Any]:
-        rec = self.get(call.params.raw.get("id"))
-        condition = call.params.string("condition", "not-running")
-        if condition not in ("not-running", "next-exit", "removed"):
+    def wait(self, ref: Any, condition: str = "not-running") -> Awaitable[dict[str, Any]]:
+        """Check the request at once (NotFound, InvalidArgument); the awaitable answers when the
+        container meets ``condition`` (``not-running``, ``next-exit`` or ``removed``): its
+        state, exit code, signal and OOM flag."""
+        rec = self.get(ref)
+        if condition not in ("not-running", "next-exit", REMOVED):
             raise InvalidArgument(f"unknown wait condition {condition!r}", field="condition")
         live = self.live(rec.id)
-        seen = live.exits
-        call.accept()
+        return self._wait(rec, condition, live, live.exits)
+
+    async def _wait(self, rec: ContainerRecord, condition: str, live: Live, seen: int) -> dict[str, Any]:
         while True:
             current = self.store.get_container(rec.id)
             if current is None:
@@ -39,24 +42,40 @@ class Logs(ContainersBase):
                 return live.last_result
             await live.wait_changed()
 
-    async def logs(self, call: jsonrpc.Call) -> dict[str, Any]:
-        p = call.params
-        rec = self.get(p.raw.get("id"))
-        follow = p.boolean("follow")
-        tail = p.integer("tail")
+    def logs(
+        self,
+        ref: Any,
+        sink: Callable[[bytes | str], Awaitable[None]],
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: str | None = None,
+    ) -> Awaitable[dict[str, Any]]:
+        """Check the request at once (NotFound, InvalidArgument); the awaitable passes the log to
+        ``sink`` in base64 chunks of whole CRI records (``bytes`` encoded here, or ``str`` as the
+        shim encoded it), the whole log or its last ``tail`` records or those ``since`` a time,
+        and with ``follow`` until the container exits; then ``{"dropped_bytes": N}``."""
+        rec = self.get(ref)
         if tail is not None and tail < 0:
             tail = None
-        since_raw = p.string("since")
-        since = _since(since_raw) if since_raw else None
+        return self._logs(rec, sink, follow, tail, _since(since) if since else None)
+
+    async def _logs(
+        self,
+        rec: ContainerRecord,
+        sink: Callable[[bytes | str], Awaitable[None]],
+        follow: bool,
+        tail: int | None,
+        since: str | None,
+    ) -> dict[str, Any]:
         live = self.live(rec.id)
         live.holds += 1
-        call.accept()
 
         async def send_b64(text: str) -> None:
-            await call.notify_data("container.logs.data", text)  # relayed from the shim: checked
+            await sink(text)  # relayed from the shim as it encoded it
 
         async def send(data: bytes) -> None:
-            await call.notify_data("container.logs.data", base64.b64encode(data))
+            await sink(base64.b64encode(data))
 
         try:
             if follow:
