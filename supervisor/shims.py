@@ -237,7 +237,7 @@ class TemplateLauncher:
             self._proc = None
 
 
-async def call(
+async def _call(
     socket_path: str, method: str, params: dict[str, Any] | None = None, *, timeout: float = 10.0
 ) -> Any:
     """One call to a shim on a connection of its own, under a deadline."""
@@ -319,7 +319,7 @@ class ShimClient:
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
         """One call under a deadline (the client's, unless ``timeout`` is given)."""
-        return await call(self.socket, method, params, timeout=self.timeout if timeout is None else timeout)
+        return await _call(self.socket, method, params, timeout=self.timeout if timeout is None else timeout)
 
     async def state(self, *, timeout: float | None = None) -> TaskState:
         """``task.state``: the task's status, pids and exit record (if it has exited)."""
