@@ -12,11 +12,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tug-shim", description="Tugboat's per-container shim")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser(
+    s = sub.add_parser(
         "start",
         help="read a shim config (JSON) on stdin, start the shim detached, "
         "print its answer (pid, or the runtime's error) on stdout",
     )
+    # Only room in the command line for the shim's title, ``tug-shim ID`` (see birth.set_title):
+    # the config's id is the one that counts.
+    s.add_argument("id", nargs="?", default="", help="the container's id (shown by ps)")
     t = sub.add_parser("template", help="serve shim births on a socket (used by tugd)")
     t.add_argument("--socket", required=True)
     t.add_argument("--parent", type=int, required=True, help="die when this process dies")

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 
 from tugwire.errors import TugError
+from tugwire.shimapi import PID_FILE, RUNC_LOG, ExitRecord
 
-from .process import ExitRecord, pid_alive
+from .process import pid_alive
 from .reaper import Reaper
 from .runc import Runc, classify
-from .server import EXIT_FILE, PID_FILE, RUNC_LOG
 
 
 def delete(directory: str, cid: str, runtime: str, runtime_root: str) -> dict[str, Any]:
@@ -45,13 +45,8 @@ async def _delete(directory: str, cid: str, runtime: str, runtime_root: str) -> 
             if err.kind != "not_found":
                 errors.append(err.message)
         tg.cancel_scope.cancel()
-    record = None
-    try:
-        with open(os.path.join(directory, EXIT_FILE), "rb") as f:
-            record = ExitRecord.decode(f.read()).to_json()
-    except (FileNotFoundError, ValueError, KeyError):
-        record = None
-    return {"exit": record, "errors": errors}
+    record = ExitRecord.read(directory)
+    return {"exit": record.to_json() if record else None, "errors": errors}
 
 
 def _read_int(path: str) -> int | None:

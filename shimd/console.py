@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc
+from tugwire import jsonrpc, shimapi
 from tugwire.errors import FailedPrecondition, Internal, InvalidArgument
 
 from .io import READ_SIZE, LogSink
@@ -253,6 +253,6 @@ def register(d: jsonrpc.Dispatcher, task_input: TaskInput) -> None:
         return {}
 
     # Accepted once done: the next request on the connection waits, so the input keeps its order.
-    d.add("task.stdin", stdin, accept_late=True)
-    d.add("task.close_stdin", close_stdin, accept_late=True)
-    d.add("task.resize", resize, accept_late=True)
+    d.add(shimapi.TASK_STDIN, stdin, accept_late=True)
+    d.add(shimapi.TASK_CLOSE_STDIN, close_stdin, accept_late=True)
+    d.add(shimapi.TASK_RESIZE, resize, accept_late=True)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
 
 from . import stats
 from .process import State, check
 from .runc import classify
-
-if TYPE_CHECKING:
-    from .server import Task
+from .task import Task
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TOP_TITLES = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
@@ -41,28 +39,7 @@ async def pause(task: Task) -> None:
 async def resume(task: Task) -> None:
     """Thaw the container; FailedPrecondition unless it is paused."""
     check(task.state, "resume")
-    await _thaw(task)
-
-
-async def _thaw(task: Task) -> None:
-    try:
-        await task.runc.resume(task.cfg.id)
-    except TugError as exc:
-        err = classify(exc)
-        if not task.reaped:
-            raise err from exc
-        # PID 1 went meanwhile (a SIGKILL): nothing is left to thaw.
-    if task.state is State.PAUSED:
-        task.state = State.RUNNING
-
-
-async def kill(task: Task, sig: int) -> None:
-    """Signal PID 1. A paused container queues the signal; SIGKILL also thaws it, so that it dies
-    (with the cgroup v1 freezer a frozen task only acts on a signal once thawed)."""
-    paused = task.state is State.PAUSED
-    task.kill(sig)
-    if paused and sig == 9:
-        await _thaw(task)
+    await task.thaw()
 
 
 async def update(

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc
+from tugwire import jsonrpc, shimapi
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
 
 from .console import ConsoleSocket, set_size, write_all
@@ -172,7 +172,7 @@ class Execs:
             if detach:
                 self.reaper.discard(pid)
                 return {"exec_id": eid, "pid": pid}
-            await send("exec.started", {"exec_id": eid, "pid": pid})
+            await send(shimapi.EXEC_STARTED, {"exec_id": eid, "pid": pid})
             async with anyio.create_task_group() as drains:
                 drains.start_soon(_drain, out_r, "stdout", eid, send)
                 if err_r >= 0:  # on a terminal stderr is the pty too
@@ -289,7 +289,7 @@ async def _drain(fd: int, stream: str, eid: str, send: Send) -> None:
             raise
         if not data:
             return
-        await send("exec.output", {"exec_id": eid, "stream": stream, "data": b64(data)})
+        await send(shimapi.EXEC_OUTPUT, {"exec_id": eid, "stream": stream, "data": b64(data)})
 
 
 def register(d: jsonrpc.Dispatcher, execs: Execs, state: Callable[[], State]) -> None:
@@ -336,12 +336,12 @@ def register(d: jsonrpc.Dispatcher, execs: Execs, state: Callable[[], State]) ->
         execs.resize(call.params.string("exec_id", required=True), rows, cols)
         return {}
 
-    d.add("task.exec", task_exec)
-    d.add("exec.resize", exec_resize)
+    d.add(shimapi.TASK_EXEC, task_exec)
+    d.add(shimapi.EXEC_RESIZE, exec_resize)
     # Accepted only once written: the next request (more data, or the close) waits for it, so
     # that the bytes go in in the order they were sent.
-    d.add("exec.stdin", exec_stdin, accept_late=True)
-    d.add("exec.close_stdin", exec_close_stdin, accept_late=True)
+    d.add(shimapi.EXEC_STDIN, exec_stdin, accept_late=True)
+    d.add(shimapi.EXEC_CLOSE_STDIN, exec_close_stdin, accept_late=True)
 
 
 def _size(p: jsonrpc.Params) -> tuple[int, int]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-import json
 import os
 import signal as signals
-from dataclasses import asdict, dataclass
 
 from tugwire.errors import FailedPrecondition
+from tugwire.shimapi import ExitRecord
+
+__all__ = ["ExitRecord", "State", "check", "oom_kills", "pid_alive", "signal_name"]
 
 
 class State(enum.Enum):
@@ -32,36 +33,6 @@ _ALLOWED = {
 def check(state: State, verb: str) -> None:
     if state not in _ALLOWED[verb]:
         raise FailedPrecondition(f"cannot {verb}: task is {state.value}", state=state.value)
-
-
-@dataclass(frozen=True)
-class ExitRecord:
-    """What the shim knows of an exit; written once, atomically, to ``exit.json``."""
-
-    pid: int
-    exit_code: int
-    signal: str | None
-    exited_at: str
-    oom_killed: bool
-    log_dropped_bytes: int = 0  # output the log could not keep (a full disk), in bytes
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-    def encode(self) -> bytes:
-        return json.dumps(self.to_json()).encode() + b"\n"
-
-    @classmethod
-    def decode(cls, data: bytes) -> ExitRecord:
-        obj = json.loads(data)
-        return cls(
-            pid=int(obj["pid"]),
-            exit_code=int(obj["exit_code"]),
-            signal=obj.get("signal"),
-            exited_at=str(obj["exited_at"]),
-            oom_killed=bool(obj.get("oom_killed", False)),
-            log_dropped_bytes=int(obj.get("log_dropped_bytes", 0)),
-        )
 
 
 def signal_name(num: int | None) -> str | None:

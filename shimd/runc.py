@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import anyio
 
+from tugwire import shimapi
 from tugwire.errors import FailedPrecondition, NotFound, RuntimeFailed, TugError
 
 from .reaper import Reaper, exit_code
 
-DEFAULT_TIMEOUT = 60.0  # no runc call may hang the shim for ever
+DEFAULT_TIMEOUT = shimapi.DEFAULT_RUNTIME_TIMEOUT  # no runc call may hang the shim for ever
 
 
 class RuncError(RuntimeFailed):

@@ -18,239 +18,31 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from tugwire import crilog, fsutil, httpserve, jsonrpc
-from tugwire.errors import FailedPrecondition, InvalidArgument, TugError
-from tugwire.timefmt import rfc3339
+from tugwire import fsutil, httpserve, jsonrpc, shimapi
+from tugwire.errors import InvalidArgument, TugError
+from tugwire.shimapi import PID_FILE, SOCKET, ShimConfig
 
-from . import console, control, stats
+from . import console, control
 from . import exec as shimexec
 from . import io as shimio
-from .process import ExitRecord, State, check, oom_kills, signal_name
-from .reaper import Reaper, exit_code
-from .runc import DEFAULT_TIMEOUT as DEFAULT_RUNC_TIMEOUT
-from .runc import Runc, classify
+from .process import State, check
+from .reaper import Reaper
+from .runc import classify
+from .task import Task
 
 log = logging.getLogger("tugboat.shim")
 
 PR_SET_CHILD_SUBREAPER = 36
-DRAIN_GRACE = 10.0  # after PID 1 exits, how long the pipes may stay open (a leaked fd elsewhere)
 # After delete, how long connections may take to finish. Log followers read the file at their
 # client's pace: cutting them off early would lose the end of `tug run`'s output (a 5 s grace did,
 # for 200 MB through a terminal), so the shim outlives its container while someone still reads.
 SHUTDOWN_GRACE = 3600.0
-
-SOCKET = "shim.sock"
-PID_FILE = "shim.pid"
-EXIT_FILE = "exit.json"
-INIT_PID_FILE = "init.pid"
-RUNC_LOG = "runc.log"
-
-
-@dataclass(frozen=True)
-class ShimConfig:
-    id: str
-    bundle: str
-    dir: str
-    runtime: str
-    runtime_root: str
-    log_path: str
-    log_max_size: int = crilog.DEFAULT_MAX_SIZE
-    log_max_files: int = crilog.DEFAULT_MAX_FILES
-    cgroup_path: str | None = None
-    requested_at: float = 0.0  # time.monotonic() when tugd asked for this shim (for the log)
-    name: str = ""  # the container's name and image: labels of its metrics
-    image: str = ""
-    metrics_address: str = ""  # HOST:PORT of an HTTP listener for this container's metrics, if asked
-    tty: bool = False  # PID 1 on a terminal whose master the shim holds (see shimd.console)
-    stdin: bool = False  # PID 1's stdin a pipe the shim holds, else /dev/null
-    runtime_timeout: float = DEFAULT_RUNC_TIMEOUT  # the deadline of each runc call
-
-    @classmethod
-    def from_json(cls, obj: Any) -> ShimConfig:
-        if not isinstance(obj, dict):
-            raise InvalidArgument("shim config must be an object")
-        try:
-            cfg = cls(
-                id=str(obj["id"]),
-                bundle=str(obj["bundle"]),
-                dir=str(obj["dir"]),
-                runtime=str(obj["runtime"]),
-                runtime_root=str(obj["runtime_root"]),
-                log_path=str(obj["log_path"]),
-                log_max_size=int(obj.get("log_max_size", crilog.DEFAULT_MAX_SIZE)),
-                log_max_files=int(obj.get("log_max_files", crilog.DEFAULT_MAX_FILES)),
-                cgroup_path=obj.get("cgroup_path"),
-                requested_at=float(obj.get("requested_at", 0.0)),
-                name=str(obj.get("name") or ""),
-                image=str(obj.get("image") or ""),
-                metrics_address=str(obj.get("metrics_address") or ""),
-                tty=bool(obj.get("tty", False)),
-                stdin=bool(obj.get("stdin", False)),
-                runtime_timeout=float(obj.get("runtime_timeout", DEFAULT_RUNC_TIMEOUT)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"bad shim config: {exc}") from exc
-        if cfg.metrics_address:
-            try:
-                httpserve.parse_address(cfg.metrics_address)
-            except httpserve.AddressError as exc:
-                raise InvalidArgument(str(exc), field="metrics_address") from exc
-        for path in (cfg.bundle, cfg.dir, cfg.runtime_root, cfg.log_path):
-            if not os.path.isabs(path):
-                raise InvalidArgument(f"shim config paths must be absolute: {path!r}")
-        return cfg
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
-
-
-class Task:
-    """The container's init process as the shim sees it."""
-
-    def __init__(self, cfg: ShimConfig, reaper: Reaper) -> None:
-        self.cfg = cfg
-        self.reaper = reaper
-        self.runc = Runc(reaper, cfg.runtime, cfg.runtime_root, cfg.path(RUNC_LOG), cfg.runtime_timeout)
-        self.state = State.CREATING
-        self.pid = 0
-        self.reaped = False
-        self.exit: ExitRecord | None = None
-        self.exited = anyio.Event()
-        self.runtime_deleted = anyio.Event()
-        self.delete_error: TugError | None = None
-        self.sink: shimio.LogSink | None = None
-        self.input = console.TaskInput(cfg.dir, tty=cfg.tty, stdin=cfg.stdin)
-        self._labels = stats.labels(id=cfg.id, name=cfg.name or cfg.id[:12], image=cfg.image)
-
-    def __repr__(self) -> str:
-        return f"<Task {self.cfg.id[:12]} {self.state.value} pid={self.pid}>"
-
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Create and start the container; its supervision then runs in ``tg``."""
-        pipes = shimio.StdioPipes()
-        writer = crilog.LogWriter(self.cfg.log_path, self.cfg.log_max_size, self.cfg.log_max_files)
-        pid_file = self.cfg.path(INIT_PID_FILE)
-
-        async def run(stdin: int, console_socket: str | None) -> None:
-            await self.runc.run_detached(
-                self.cfg.id,
-                self.cfg.bundle,
-                pid_file,
-                stdin=stdin,
-                stdout=pipes.stdout_w,
-                stderr=pipes.stderr_w,
-                console_socket=console_socket,
-            )
-
-        try:
-            await self.input.start(run, pipes.stdin)
-            pipes.close_child_ends()
-            with open(pid_file) as f:
-                self.pid = int(f.read().strip())
-        except BaseException:
-            pipes.close()
-            self.input.close()
-            writer.close()
-            raise
-        self.sink = shimio.LogSink(writer)
-        self.state = State.RUNNING
-        tg.start_soon(self._supervise, pipes)
-
-    async def _supervise(self, pipes: shimio.StdioPipes) -> None:
-        await self._wait_exit(pipes)
-        # The runtime's state is of no use once PID 1 is gone: delete it now, so that tugd's
-        # task.delete finds it done (it overlaps with tugd recording the exit).
-        await self._delete_runtime()
-
-    async def _delete_runtime(self) -> None:
-        try:
-            await self.runc.delete(self.cfg.id, force=True)
-        except TugError as exc:
-            err = classify(exc)
-            if err.kind != "not_found":
-                self.delete_error = err
-        finally:
-            self.runtime_deleted.set()
-
-    async def _wait_exit(self, pipes: shimio.StdioPipes) -> None:
-        assert self.sink is not None
-        sink = self.sink
-        try:
-            async with anyio.create_task_group() as drains:
-                drains.start_soon(shimio.drain, pipes.stdout_r, b"stdout", sink)
-                drains.start_soon(shimio.drain, pipes.stderr_r, b"stderr", sink)
-                if self.input.master >= 0:
-                    drains.start_soon(console.copy_to_log, self.input.master, sink)
-                status = await self.reaper.wait(self.pid)
-                self.reaped = True  # from here on the pid may be reused: never signal it again
-                exited_at = rfc3339()
-                oom = oom_kills(self.cfg.cgroup_path) > 0  # before runc delete removes the cgroup
-                # The exit is reported only after the pipes are drained to their end.
-                drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
-        finally:
-            pipes.close()
-            self.input.close()
-        # No fsync of the log: the bytes are in the page cache, which outlives every process
-        # (shim, tugd); only a power loss could take them, and it takes the container too.
-        sink.close()
-        code, sig = exit_code(status)
-        record = ExitRecord(self.pid, code, signal_name(sig), exited_at, oom, sink.writer.dropped_bytes)
-        # Atomic (temp file + rename), not fsynced: the state dir is a tmpfs by design, and the
-        # record must survive crashes of processes, not of the host.
-        fsutil.write_atomic(self.cfg.path(EXIT_FILE), record.encode(), durable=False)
-        self.exit = record
-        self.state = State.STOPPED
-        self.exited.set()
-
-    def kill(self, sig: int) -> None:
-        check(self.state, "kill")
-        if self.reaped or self.reaper.exited(self.pid):
-            raise FailedPrecondition("cannot kill: task is stopped", state="stopped")
-        # The pid is our own child and not reaped yet, so it cannot have been reused.
-        os.kill(self.pid, sig)
-
-    async def delete(self, *, force: bool) -> ExitRecord | None:
-        if self.state in (State.RUNNING, State.PAUSED) and not self.exited.is_set():
-            if not force:
-                raise FailedPrecondition(f"cannot delete: task is {self.state.value}", state=self.state.value)
-            await control.kill(self, signal.SIGKILL)  # thaws a paused task, so that it dies
-            await self.exited.wait()
-        await self.runtime_deleted.wait()
-        if self.delete_error is not None:
-            raise self.delete_error
-        self.state = State.DELETED
-        return self.exit
-
-    def describe(self) -> dict[str, Any]:
-        sink = self.sink
-        return {
-            "id": self.cfg.id,
-            "pid": self.pid,
-            "status": self.state.value,
-            "shim_pid": os.getpid(),
-            "exit": self.exit.to_json() if self.exit else None,
-            "log_bytes": {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {},
-            "log_dropped_bytes": sink.writer.dropped_bytes if sink else 0,
-        }
-
-    def metrics(self) -> str:
-        """The container's figures in the Prometheus text format (see :mod:`shimd.stats`). The
-        cgroup and the network namespace are read only while PID 1 is ours and not reaped: after
-        that the cgroup is going and the pid may be anybody's."""
-        live = self.state in (State.RUNNING, State.PAUSED) and not self.reaped and self.pid > 0
-        cgroup = stats.read_cgroup(self.cfg.cgroup_path) if live and self.cfg.cgroup_path else None
-        net = stats.read_net(self.pid) if live else []
-        sink = self.sink
-        log_bytes = {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {}
-        dropped = sink.writer.dropped_bytes if sink else None
-        return stats.render(self._labels, cgroup, log_bytes, dropped, net)
 
 
 class Service:
@@ -261,17 +53,17 @@ class Service:
         self.shutdown = anyio.Event()
         self.dispatcher = jsonrpc.Dispatcher()
         d = self.dispatcher
-        d.add("task.state", self.state)
-        d.add("task.wait", self.wait)
-        d.add("task.kill", self.kill)
-        d.add("task.delete", self.delete)
-        d.add("task.logs", self.logs, accept_late=True)
-        d.add("task.metrics", self.metrics)
-        d.add("task.pause", self.pause)
-        d.add("task.resume", self.resume)
-        d.add("task.update", self.update)
-        d.add("task.top", self.top)
-        d.add("task.stats", self.stats)
+        d.add(shimapi.TASK_STATE, self.state)
+        d.add(shimapi.TASK_WAIT, self.wait)
+        d.add(shimapi.TASK_KILL, self.kill)
+        d.add(shimapi.TASK_DELETE, self.delete)
+        d.add(shimapi.TASK_LOGS, self.logs, accept_late=True)
+        d.add(shimapi.TASK_METRICS, self.metrics)
+        d.add(shimapi.TASK_PAUSE, self.pause)
+        d.add(shimapi.TASK_RESUME, self.resume)
+        d.add(shimapi.TASK_UPDATE, self.update)
+        d.add(shimapi.TASK_TOP, self.top)
+        d.add(shimapi.TASK_STATS, self.stats)
         cfg = task.cfg
         self.execs = shimexec.Execs(task.runc, task.reaper, cfg.id, cfg.bundle, cfg.dir)
         shimexec.register(d, self.execs, lambda: State.STOPPED if task.reaped else task.state)
@@ -334,7 +126,7 @@ class Service:
             check(self.task.state, "kill")
             await self.task.runc.kill(self.task.cfg.id, sig, all_processes=True)
         else:
-            await control.kill(self.task, sig)
+            await self.task.signal(sig)
         return {}
 
     async def delete(self, call: jsonrpc.Call) -> Any:
@@ -354,7 +146,7 @@ class Service:
 
         async def send(data: bytes) -> None:
             call.accept()
-            await call.notify_data("logs.data", base64.b64encode(data))
+            await call.notify_data(shimapi.LOGS_DATA, base64.b64encode(data))
 
         await shimio.follow(
             sink,
@@ -497,7 +289,7 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             _unlink_if(sock_path, own_socket)
             tg.cancel_scope.cancel()
             return
-        _notify(notify_fd, {"pid": task.pid, "shim_pid": os.getpid(), "socket": sock_path})
+        _notify(notify_fd, shimapi.LaunchReply(task.pid, os.getpid(), sock_path).to_json())
         now = time.monotonic()
         log.info(
             "container %s running as pid %d: %.1f ms from request to runc, runc run %.1f ms",

@@ -6,12 +6,12 @@ its stdin pipe). Output is the log: an attached client follows it (``container.l
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from tugwire import jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument
 
-from . import shims
 from .containers import RUNNING, Containers
 from .store import ContainerRecord
 
@@ -40,9 +40,9 @@ class Attach:
             )
         return rec
 
-    async def _forward(self, rec: ContainerRecord, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _forward(self, rec: ContainerRecord, request: Awaitable[None]) -> dict[str, Any]:
         try:
-            await shims.call(self.c._paths(rec.id)["socket"], method, params, timeout=self.c.cfg.shim_timeout)
+            await request
         except FailedPrecondition as exc:
             raise FailedPrecondition(f"container {rec.name}: {exc.message}", state=rec.state) from exc
         return {}
@@ -51,12 +51,12 @@ class Attach:
         """Write ``data`` (base64) to the terminal or stdin of running container ``id``."""
         rec = self._running(call, "write to")
         data = call.params.string("data", "")
-        return await self._forward(rec, "task.stdin", {"data": data})
+        return await self._forward(rec, self.c.shim(rec.id).stdin(data))
 
     async def close_stdin(self, call: jsonrpc.Call) -> dict[str, Any]:
         """Close the stdin of running container ``id`` (created with ``stdin`` and no ``tty``)."""
         rec = self._running(call, "close the stdin of")
-        return await self._forward(rec, "task.close_stdin", {})
+        return await self._forward(rec, self.c.shim(rec.id).close_stdin())
 
     async def resize(self, call: jsonrpc.Call) -> dict[str, Any]:
         """Set the terminal of running container ``id`` to ``rows`` x ``cols``."""
@@ -64,4 +64,4 @@ class Attach:
         rows, cols = call.params.integer("rows", 24), call.params.integer("cols", 80)
         if not (0 < rows < 65536 and 0 < cols < 65536):
             raise InvalidArgument(f"bad terminal size {rows}x{cols}", field="rows")
-        return await self._forward(rec, "task.resize", {"rows": rows, "cols": cols})
+        return await self._forward(rec, self.c.shim(rec.id).resize(rows, cols))

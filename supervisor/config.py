@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from tugwire import crilog, httpserve
+from tugwire import crilog, httpserve, shimapi
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
@@ -73,7 +73,7 @@ class Config:
             pools = tuple(str(parse_pool(p)) for p in self.address_pools)
         except InvalidArgument as exc:
             raise ConfigError(f"--default-address-pool: {exc.message}") from None
-        longest = os.path.join(state, "shims", "0" * 64, "shim.sock")
+        longest = os.path.join(state, "shims", "0" * 64, shimapi.SOCKET)
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
                 raise ConfigError(

@@ -17,9 +17,10 @@ from typing import Any
 
 from tugwire import jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+from tugwire.shimapi import ExecParams
 
-from . import spec
-from .containers import RUNNING, Containers
+from . import shims, spec
+from .containers import EXITED, RUNNING, Containers
 
 
 class Execs:
@@ -27,7 +28,7 @@ class Execs:
 
     def __init__(self, containers: Containers) -> None:
         self.c = containers
-        self._shims: dict[str, jsonrpc.RpcClient] = {}  # exec id -> its shim connection
+        self._shims: dict[str, shims.ExecSession] = {}  # exec id -> its session with the shim
 
     def __repr__(self) -> str:
         return f"<Execs with_stdin={len(self._shims)}>"
@@ -59,69 +60,66 @@ class Execs:
             raise FailedPrecondition(
                 f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
             )
-        paths = self.c._paths(rec.id)
-        params: dict[str, Any] = {
-            "exec_id": uuid.uuid4().hex,
-            "args": cmd,
-            "env": env,
-            "cwd": workdir,
-            "stdin": p.boolean("stdin"),
-            "detach": p.boolean("detach"),
-            "tty": p.boolean("tty") and not p.boolean("detach"),
-            "rows": p.integer("rows", 24),
-            "cols": p.integer("cols", 80),
-        }
+        resolved: dict[str, Any] | None = None
         user = p.string("user")
         if user:
-            uid, gid, extra = spec.resolve_user(user, [paths["rootfs"]])
-            params["user"] = {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})}
-        eid = params["exec_id"]
+            uid, gid, extra = spec.resolve_user(user, [self.c.rootfs(rec.id)])
+            resolved = {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})}
+        eid = uuid.uuid4().hex
+        params = ExecParams(
+            args=cmd,
+            exec_id=eid,
+            env=env,
+            cwd=workdir,
+            user=resolved,
+            stdin=p.boolean("stdin"),
+            detach=p.boolean("detach"),
+            tty=p.boolean("tty") and not p.boolean("detach"),
+            rows=p.integer("rows", 24),
+            cols=p.integer("cols", 80),
+        )
         try:
-            async with (
-                jsonrpc.connect(paths["socket"]) as shim,
-                shim.stream("task.exec", params) as stream,
-            ):
-                self._shims[eid] = shim
-                async for note in stream:
+            async with self.c.shim(rec.id).exec(params) as session:
+                self._shims[eid] = session
+                async for note in session:
                     method = "container.exec.output" if "stream" in note else "container.exec.started"
                     note.pop("request", None)
                     await call.notify(method, note)
-                result: dict[str, Any] = await stream.result()
+                result = await session.result()
         except FailedPrecondition as exc:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: it is not running", state="exited"
+                f"cannot exec in container {rec.name}: it is not running", state=EXITED
             ) from exc
         finally:
             self._shims.pop(eid, None)
         return result
 
-    def _shim(self, call: jsonrpc.Call) -> tuple[str, jsonrpc.RpcClient]:
+    def _shim(self, call: jsonrpc.Call) -> shims.ExecSession:
         eid = call.params.string("exec_id", required=True)
-        shim = self._shims.get(eid)
-        if shim is None:
+        session = self._shims.get(eid)
+        if session is None:
             raise NotFound(f"no running exec {eid!r}")
-        return eid, shim
+        return session
 
     async def stdin(self, call: jsonrpc.Call) -> dict[str, Any]:
         """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
-        eid, shim = self._shim(call)
+        session = self._shim(call)
         data = call.params.string("data", "")
         try:
             base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
-        await shim.notify("exec.stdin", {"exec_id": eid, "data": data})
+        await session.stdin(data)
         return {}
 
     async def resize(self, call: jsonrpc.Call) -> dict[str, Any]:
         """Set the window size (``rows``, ``cols``) of exec ``exec_id``'s terminal."""
-        eid, shim = self._shim(call)
+        session = self._shim(call)
         rows, cols = call.params.integer("rows", 24), call.params.integer("cols", 80)
-        await shim.notify("exec.resize", {"exec_id": eid, "rows": rows, "cols": cols})
+        await session.resize(rows, cols)
         return {}
 
     async def close_stdin(self, call: jsonrpc.Call) -> dict[str, Any]:
         """Close the stdin of exec ``exec_id`` after the data sent before."""
-        eid, shim = self._shim(call)
-        await shim.notify("exec.close_stdin", {"exec_id": eid})
+        await self._shim(call).close_stdin()
         return {}

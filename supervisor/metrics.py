@@ -39,11 +39,12 @@ from tugwire import httpserve
 from tugwire.errors import TugError
 
 from . import shims
+from .containers.state import ACTIVE, State
 
 log = logging.getLogger("tugboat.metrics")
 
 SHIM_DEADLINE = 1.0  # seconds a shim has to answer at scrape time
-STATES = ("created", "running", "paused", "exited", "unknown")
+STATES = tuple(State)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 START_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -53,7 +54,7 @@ class Source(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
-    def shim_sockets(self) -> list[str]: ...
+    def shim_clients(self) -> list[shims.ShimClient]: ...
 
 
 class _StateCollector(Collector):
@@ -74,7 +75,7 @@ class _StateCollector(Collector):
         for state in STATES:
             by_state.add_metric([state], counts.get(state, 0))
         live = GaugeMetricFamily("tugboat_shims_live", "Shims alive: containers running or paused.")
-        live.add_metric([], counts.get("running", 0) + counts.get("paused", 0))
+        live.add_metric([], sum(counts.get(s, 0) for s in ACTIVE))
         return [by_state, live]
 
 
@@ -174,22 +175,19 @@ class Metrics:
         deadline = SHIM_DEADLINE
         if scrape_timeout is not None:
             deadline = max(0.05, min(SHIM_DEADLINE, scrape_timeout / 2))
-        sockets = source.shim_sockets()
-        texts: list[str] = [""] * len(sockets)
+        clients = source.shim_clients()
+        texts: list[str] = [""] * len(clients)
 
-        async def ask(i: int, path: str) -> None:
+        async def ask(i: int, shim: shims.ShimClient) -> None:
             try:
-                reply = await shims.call(path, "task.metrics", timeout=deadline)
+                texts[i] = await shim.metrics(timeout=deadline)
             except (TugError, OSError) as exc:
-                log.debug("shim at %s: no metrics: %s", path, exc)
+                log.debug("shim at %s: no metrics: %s", shim.dir, exc)
                 self.shim_scrape_errors.inc()
-                return
-            if isinstance(reply, dict) and isinstance(reply.get("text"), str):
-                texts[i] = reply["text"]
 
         async with anyio.create_task_group() as tg:
-            for i, path in enumerate(sockets):
-                tg.start_soon(ask, i, path)
+            for i, shim in enumerate(clients):
+                tg.start_soon(ask, i, shim)
         return generate_latest(self.registry) + merge(texts).encode()
 
     async def serve(self, listener: anyio.abc.SocketListener, source: Source) -> None:

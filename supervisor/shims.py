@@ -1,23 +1,100 @@
 """Starting shims, talking to them, and cleaning up after dead ones. Every call has a deadline.
 
 How a shim is born is decided here and only here (:class:`ShimLauncher`): by the pre-imported
-template (default), or by a cold ``tug-shim start`` per container.
+template (default), or by a cold ``tug-shim start`` per container. Everything tugd says to a
+shim afterwards goes through one :class:`ShimClient` (containers, execs, attach, stats, health,
+build, metrics), in the terms of the shim contract, :mod:`tugwire.shimapi`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from tugwire import errors, jsonrpc
+from tugwire import errors, fsutil, jsonrpc, shimapi
+from tugwire.shimapi import (
+    ExecParams,
+    ExitRecord,
+    LaunchReply,
+    LogsParams,
+    ShimConfig,
+    TaskState,
+    UpdateParams,
+)
+
+from . import spec
+from .config import Config
 
 log = logging.getLogger("tugboat.shims")
+
+LOG_FILE = "container.log"  # in the bundle
+CLEANUP_GRACE = 30.0  # after a shim that died at birth: how long its cleanup may take
+
+
+def task_config(
+    cfg: Config,
+    cid: str,
+    *,
+    name: str,
+    image: str,
+    log_max_size: int | None = None,
+    log_max_files: int | None = None,
+    metrics_address: str = "",
+    tty: bool = False,
+    stdin: bool = False,
+) -> ShimConfig:
+    """The shim config of task ``cid``, for a container and a build step alike: its bundle
+    ``containers/<id>/`` (``config.json``, ``rootfs``, the log), its shim's state dir
+    ``shims/<id>/``, its cgroup, and the daemon's runtime and anyio backend."""
+    bundle = cfg.container_dir(cid)
+    return ShimConfig(
+        id=cid,
+        bundle=bundle,
+        dir=cfg.shim_dir(cid),
+        runtime=cfg.runtime,
+        runtime_root=cfg.runtime_root,
+        runtime_timeout=cfg.runtime_timeout,
+        log_path=os.path.join(bundle, LOG_FILE),
+        log_max_size=log_max_size or cfg.log_max_size,
+        log_max_files=log_max_files or cfg.log_max_files,
+        cgroup_path=spec.cgroup_path(cid),
+        name=name,  # name and image label the container's metrics
+        image=image,
+        metrics_address=metrics_address,
+        tty=tty,
+        stdin=stdin,
+        backend=cfg.backend,  # shims run on the daemon's anyio backend
+        requested_at=time.monotonic(),
+    )
+
+
+async def launch_task(launcher: ShimLauncher, config: ShimConfig) -> LaunchReply:
+    """Start the shim of ``config`` (its state dir made if need be); its reply once the container
+    runs. If the shim died or went silent without an answer, maybe after runc made the container,
+    its runtime state and processes would be nobody's: they are cleaned up (``tug-shim delete``)
+    and its state dir removed before the error is raised. A shim that answered with runc's error
+    has cleaned up after runc itself."""
+    os.makedirs(config.dir, mode=0o700, exist_ok=True)
+    try:
+        return await launcher.launch(config)
+    except BaseException as exc:
+        if not isinstance(exc, errors.TugError) or exc.kind == "internal":
+            with anyio.move_on_after(CLEANUP_GRACE, shield=True):
+                try:
+                    await delete_dead(config.dir, config.id, config.runtime, config.runtime_root)
+                except Exception as cleanup_exc:
+                    log.warning("cleanup after the shim of %s: %s", config.id[:12], cleanup_exc)
+        fsutil.remove_tree(config.dir)
+        raise
 
 
 def shim_command() -> list[str]:
@@ -28,7 +105,7 @@ def shim_command() -> list[str]:
     return [sys.executable, "-m", "shimd"]
 
 
-def _parse_reply(raw: bytes, what: str) -> dict[str, Any]:
+def _parse_reply(raw: bytes, what: str) -> LaunchReply:
     line = raw.strip().splitlines()[-1] if raw.strip() else b""
     if not line:
         raise errors.Internal(f"{what}: the shim died before it answered (see its shim.log)")
@@ -40,13 +117,13 @@ def _parse_reply(raw: bytes, what: str) -> dict[str, Any]:
         raise errors.Internal(f"{what}: bad answer from the shim: {line[:200]!r}")
     if "error" in reply:
         raise errors.from_json(reply["error"])
-    return reply
+    return LaunchReply.from_json(reply)
 
 
 class ShimLauncher(Protocol):
-    async def launch(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Start a shim for ``config``; return ``{pid, shim_pid, socket}`` once the container runs,
-        or raise the runtime's error."""
+    async def launch(self, config: ShimConfig) -> LaunchReply:
+        """Start a shim for ``config``; return its reply once the container runs, or raise the
+        runtime's error."""
         ...
 
     async def aclose(self) -> None: ...
@@ -60,10 +137,12 @@ class ExecLauncher:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    async def launch(self, config: dict[str, Any]) -> dict[str, Any]:
+    async def launch(self, config: ShimConfig) -> LaunchReply:
         with anyio.fail_after(self.timeout):
             result = await anyio.run_process(
-                [*shim_command(), "start"], input=json.dumps(config).encode(), check=False
+                [*shim_command(), "start", config.id],
+                input=json.dumps(config.to_json()).encode(),
+                check=False,
             )
         return _parse_reply(result.stdout, "shim start")
 
@@ -126,7 +205,7 @@ class TemplateLauncher:
                 raise errors.Internal(f"the shim template said {line!r}")
             self._proc = proc
 
-    async def launch(self, config: dict[str, Any]) -> dict[str, Any]:
+    async def launch(self, config: ShimConfig) -> LaunchReply:
         await self._ensure()
         try:
             return await self._ask(config)
@@ -137,10 +216,10 @@ class TemplateLauncher:
             await self._ensure()
             return await self._ask(config)
 
-    async def _ask(self, config: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, config: ShimConfig) -> LaunchReply:
         stream = await anyio.connect_unix(self.socket_path)
         async with stream:
-            await stream.send(json.dumps(config).encode() + b"\n")
+            await stream.send(json.dumps(config.to_json()).encode() + b"\n")
             reader = jsonrpc.LineReader(stream, 1 << 20)
             with anyio.fail_after(self.timeout):
                 try:
@@ -158,7 +237,7 @@ class TemplateLauncher:
             self._proc = None
 
 
-async def call(
+async def _call(
     socket_path: str, method: str, params: dict[str, Any] | None = None, *, timeout: float = 10.0
 ) -> Any:
     """One call to a shim on a connection of its own, under a deadline."""
@@ -170,9 +249,207 @@ async def call(
         raise errors.Unavailable(f"shim at {socket_path} did not answer {method} in {timeout:g}s") from exc
 
 
+def _dict(reply: Any) -> dict[str, Any]:
+    return reply if isinstance(reply, dict) else {}
+
+
+class LogStream:
+    """The shim's ``task.logs`` stream: the base64 text of whole CRI records, chunk by chunk,
+    passed on as the shim encoded it; then :meth:`result`."""
+
+    def __init__(self, stream: jsonrpc.Stream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[str]:
+        async for note in self._stream:
+            yield str(note.get("data", ""))
+
+    async def result(self) -> dict[str, Any]:
+        """``{"dropped_bytes": N}`` once the stream has ended."""
+        result = _dict(await self._stream.result())
+        return result or {"dropped_bytes": 0}
+
+
+class ExecSession:
+    """A running ``task.exec``: its notifications (``exec.started``, ``exec.output``), its input
+    (forwarded on the same connection, in order), then its result."""
+
+    def __init__(self, client: jsonrpc.RpcClient, stream: jsonrpc.Stream, exec_id: str) -> None:
+        self._client = client
+        self._stream = stream
+        self.exec_id = exec_id
+
+    def __aiter__(self) -> jsonrpc.Stream:
+        return self._stream
+
+    async def result(self) -> dict[str, Any]:
+        """The exec's result (``exit_code``, ...), once it has ended."""
+        return _dict(await self._stream.result())
+
+    async def stdin(self, data_b64: str) -> None:
+        """Write ``data_b64`` (base64, checked by the caller) to the exec's stdin."""
+        await self._client.notify(shimapi.EXEC_STDIN, {"exec_id": self.exec_id, "data": data_b64})
+
+    async def close_stdin(self) -> None:
+        """Close the exec's stdin, after the data sent before."""
+        await self._client.notify(shimapi.EXEC_CLOSE_STDIN, {"exec_id": self.exec_id})
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the exec's terminal."""
+        await self._client.notify(shimapi.EXEC_RESIZE, {"exec_id": self.exec_id, "rows": rows, "cols": cols})
+
+
+class ShimClient:
+    """The one way tugd talks to the shim whose state directory is ``directory``: each method of
+    the shim contract (:mod:`tugwire.shimapi`), typed, on a connection of its own. Short calls
+    have a deadline (``timeout``); ``wait``, ``logs`` and ``exec`` last as long as the task."""
+
+    def __init__(self, directory: str, timeout: float = 10.0) -> None:
+        self.dir = directory
+        self.socket = shimapi.path(directory, shimapi.SOCKET)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<ShimClient {self.dir}>"
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """One call under a deadline (the client's, unless ``timeout`` is given)."""
+        return await _call(self.socket, method, params, timeout=self.timeout if timeout is None else timeout)
+
+    async def state(self, *, timeout: float | None = None) -> TaskState:
+        """``task.state``: the task's status, pids and exit record (if it has exited)."""
+        return TaskState.from_json(await self.call(shimapi.TASK_STATE, timeout=timeout))
+
+    async def wait(self, *, timeout: float | None = None) -> ExitRecord:
+        """``task.wait``: the exit record, once PID 1 has exited and its output is on disk (with
+        ``timeout``: Unavailable if that takes longer)."""
+        if timeout is not None:
+            reply = await self.call(shimapi.TASK_WAIT, timeout=timeout)
+        else:
+            async with jsonrpc.connect(self.socket) as client:
+                reply = await client.call(shimapi.TASK_WAIT)
+        try:
+            return ExitRecord.from_json(reply)
+        except ValueError as exc:
+            raise errors.Internal(f"the shim at {self.dir} answered a bad exit record: {exc}") from exc
+
+    async def kill(self, sig: int, *, all_processes: bool = False, timeout: float | None = None) -> None:
+        """``task.kill``: signal PID 1 (or every process of the task)."""
+        await self.call(
+            shimapi.TASK_KILL, shimapi.params(shimapi.KillParams(sig, all_processes)), timeout=timeout
+        )
+
+    async def delete(self, *, force: bool = True) -> ExitRecord | None:
+        """``task.delete``: the shim deletes the runtime's state and exits; its exit record."""
+        reply = _dict(await self.call(shimapi.TASK_DELETE, shimapi.params(shimapi.DeleteParams(force))))
+        return ExitRecord.optional(reply.get("exit"))
+
+    async def pause(self) -> None:
+        """``task.pause``: freeze the container."""
+        await self.call(shimapi.TASK_PAUSE)
+
+    async def resume(self) -> None:
+        """``task.resume``: thaw the container."""
+        await self.call(shimapi.TASK_RESUME)
+
+    async def update(self, params: UpdateParams) -> None:
+        """``task.update``: new limits, now (``runc update``)."""
+        await self.call(shimapi.TASK_UPDATE, shimapi.params(params))
+
+    async def top(self) -> dict[str, Any]:
+        """``task.top``: ``{titles, processes}`` as ``ps -ef`` shows them."""
+        return _dict(await self.call(shimapi.TASK_TOP))
+
+    async def stats(self) -> dict[str, Any]:
+        """``task.stats``: one sample of the cgroup's figures."""
+        return _dict(await self.call(shimapi.TASK_STATS))
+
+    async def metrics(self, *, timeout: float | None = None) -> str:
+        """``task.metrics``: the container's figures in the Prometheus text format."""
+        text = _dict(await self.call(shimapi.TASK_METRICS, timeout=timeout)).get("text")
+        return text if isinstance(text, str) else ""
+
+    async def stdin(self, data_b64: str) -> None:
+        """``task.stdin``: write to PID 1's terminal or stdin."""
+        await self.call(shimapi.TASK_STDIN, {"data": data_b64})
+
+    async def close_stdin(self) -> None:
+        """``task.close_stdin``: EOF on PID 1's stdin."""
+        await self.call(shimapi.TASK_CLOSE_STDIN, {})
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """``task.resize``: the size of PID 1's terminal."""
+        await self.call(shimapi.TASK_RESIZE, shimapi.params(shimapi.ResizeParams(rows, cols)))
+
+    @contextlib.asynccontextmanager
+    async def logs(self, params: LogsParams) -> AsyncIterator[LogStream]:
+        """``task.logs``: the log as the shim streams it."""
+        async with (
+            jsonrpc.connect(self.socket) as client,
+            client.stream(shimapi.TASK_LOGS, shimapi.params(params)) as stream,
+        ):
+            yield LogStream(stream)
+
+    @contextlib.asynccontextmanager
+    async def exec(self, params: ExecParams) -> AsyncIterator[ExecSession]:
+        """``task.exec``: a process run in the container, with its input on the same connection."""
+        async with (
+            jsonrpc.connect(self.socket) as client,
+            client.stream(shimapi.TASK_EXEC, shimapi.params(params)) as stream,
+        ):
+            yield ExecSession(client, stream, params.exec_id or "")
+
+    def read_exit(self) -> ExitRecord | None:
+        """The exit record the shim left in its directory, if any."""
+        return ExitRecord.read(self.dir)
+
+    def alive(self) -> bool:
+        """Whether the shim whose pid its directory records still runs (not a zombie, and a shim:
+        its command line says so, also for one forked from the template)."""
+        try:
+            with open(shimapi.path(self.dir, shimapi.PID_FILE)) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"shim" in f.read()
+        except (OSError, ValueError, IndexError):
+            return False
+
+    async def release(self, cid: str, runtime: str, runtime_root: str) -> bool:
+        """Delete the task (the shim runs ``runc delete`` and exits), or clean up after a shim
+        that does not answer; then remove its state dir. False, leaving the dir for the next
+        start of tugd to retry, if the cleanup failed too."""
+        if not os.path.isdir(self.dir):
+            return True
+        try:
+            await self.delete(force=True)
+        except errors.TugError as exc:
+            log.info("shim of %s did not delete (%s): cleaning up after it", cid[:12], exc)
+            try:
+                await self.delete_dead(cid, runtime, runtime_root)
+            except Exception as cleanup_exc:
+                log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
+                return False
+        fsutil.remove_tree(self.dir)
+        return True
+
+    async def delete_dead(
+        self, cid: str, runtime: str, runtime_root: str, *, timeout: float = 60.0
+    ) -> ExitRecord | None:
+        """``tug-shim delete``: clean up after a shim that is gone; its exit record, if any."""
+        return await delete_dead(self.dir, cid, runtime, runtime_root, timeout=timeout)
+
+
 async def delete_dead(
     directory: str, cid: str, runtime: str, runtime_root: str, *, timeout: float = 60.0
-) -> dict[str, Any]:
+) -> ExitRecord | None:
     """``tug-shim delete``: clean up after a shim that is gone; returns its exit record, if any."""
     with anyio.fail_after(timeout):
         result = await anyio.run_process(
@@ -192,5 +469,8 @@ async def delete_dead(
         )
     if result.returncode != 0:
         raise errors.Internal(f"tug-shim delete failed: {result.stderr.decode(errors='replace')[-500:]}")
-    reply = json.loads(result.stdout)
-    return reply if isinstance(reply, dict) else {}
+    try:
+        reply = json.loads(result.stdout)
+    except ValueError:
+        return None
+    return ExitRecord.optional(reply.get("exit")) if isinstance(reply, dict) else None

@@ -14,9 +14,10 @@ import anyio
 
 from tugwire import fsutil, jsonrpc, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tugwire.shimapi import UpdateParams
 
-from . import copy, mounts, shims, spec
-from .containers import ACTIVE, Containers
+from . import copy, mounts, spec
+from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
 
 MIN_MEMORY = 6 * 1024 * 1024
@@ -27,9 +28,6 @@ class Verbs:
 
     def __init__(self, containers: Containers) -> None:
         self.c = containers
-
-    def _socket(self, rec: ContainerRecord) -> str:
-        return os.path.join(self.c.cfg.shim_dir(rec.id), "shim.sock")
 
     def _require_active(self, rec: ContainerRecord, verb: str) -> None:
         if rec.state not in ACTIVE:
@@ -42,11 +40,9 @@ class Verbs:
         rec = self.c.get(ref)
         self._require_active(rec, "list the processes of")
         try:
-            result: dict[str, Any] = await shims.call(
-                self._socket(rec), "task.top", timeout=self.c.cfg.shim_timeout
-            )
+            result = await self.c.shim(rec.id).top()
         except FailedPrecondition as exc:
-            raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+            raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
         return result
 
     async def stats(self, ref: Any) -> dict[str, Any]:
@@ -55,7 +51,7 @@ class Verbs:
         sample: dict[str, Any] = {"running": False}
         if rec.state in ACTIVE:
             with contextlib.suppress(FailedPrecondition):
-                sample = await shims.call(self._socket(rec), "task.stats", timeout=self.c.cfg.shim_timeout)
+                sample = await self.c.shim(rec.id).stats()
         return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
 
     async def update(self, p: jsonrpc.Params) -> ContainerRecord:
@@ -75,24 +71,24 @@ class Verbs:
         if memory is None and cpus is None and pids is None:
             raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
         async with self.c.live(rec.id).lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             if rec.state in ACTIVE:
-                params: dict[str, Any] = {"memory": memory, "pids_limit": pids}
-                if cpus is not None:
-                    params["cpu_quota"] = int(cpus * spec.CPU_PERIOD)
-                    params["cpu_period"] = spec.CPU_PERIOD
+                params = UpdateParams(
+                    memory=memory,
+                    pids_limit=pids,
+                    cpu_quota=None if cpus is None else int(cpus * spec.CPU_PERIOD),
+                    cpu_period=None if cpus is None else spec.CPU_PERIOD,
+                )
                 try:
-                    await shims.call(
-                        self._socket(rec), "task.update", params, timeout=self.c.cfg.shim_timeout
-                    )
+                    await self.c.shim(rec.id).update(params)
                 except FailedPrecondition as exc:
-                    raise FailedPrecondition(f"container {rec.name} is not running", state="exited") from exc
+                    raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
             for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):
                 if value is not None:
                     rec.config[key] = value
             self._rewrite_resources(rec)
-            self.c._update(rec)
-        self.c._publish("update", rec)
+            self.c.save(rec)
+        self.c.publish("update", rec)
         return rec
 
     def _rewrite_resources(self, rec: ContainerRecord) -> None:
@@ -115,17 +111,17 @@ class Verbs:
         names.check_name(new_name)
         rec = self.c.get(ref)
         async with self.c.live(rec.id).lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             old = rec.name
             if new_name == old:
                 raise InvalidArgument(f"renaming a container with the same name ({old}) changes nothing")
-            if self.c.store.name_taken(new_name):
+            if self.c.name_taken(new_name):
                 raise AlreadyExists(f"the container name {new_name!r} is already in use", field="name")
             rec.name = new_name
-            self.c._update(rec)  # AlreadyExists (from the store) if taken meanwhile
+            self.c.save(rec)  # AlreadyExists (from the store) if taken meanwhile
             # Its peers on its networks resolve the new name (their /etc/hosts, rewritten).
             self.c.networks.refresh_hosts(self.c.networks.network_ids_of(rec.id), self.c.cfg.container_dir)
-        self.c._publish("rename", rec, oldName=old)
+        self.c.publish("rename", rec, oldName=old)
         return rec
 
     async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
@@ -133,7 +129,7 @@ class Verbs:
         rec = self.c.get(ref)
         await self.c.stop(rec.id, timeout)
         rec = await self.c.start(rec.id)
-        self.c._publish("restart", rec)
+        self.c.publish("restart", rec)
         return rec
 
     # ------------------------------------------------------------------------------------ cp
@@ -185,7 +181,7 @@ class Verbs:
         that no start mounts it at the same time) and detached after."""
         live = self.c.live(rec.id)
         rootfs = os.path.join(self.c.cfg.container_dir(rec.id), "rootfs")
-        rec = self.c._reload(rec.id)
+        rec = self.c.reload(rec.id)
         if rec.state in ACTIVE and mounts.is_mounted(rootfs):
             fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -194,13 +190,10 @@ class Verbs:
                 os.close(fd)
             return
         async with live.lock:
-            rec = self.c._reload(rec.id)
+            rec = self.c.reload(rec.id)
             if rec.state in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} changed state; try again")
-            image = self.c.store.get_image(rec.image_id)
-            if image is None:
-                raise NotFound(f"the image of container {rec.name} is gone")
-            lower = await self.c.images.ensure_unpacked(image)
+            lower = await self.c.lower_layers(rec)
             cdir = self.c.cfg.container_dir(rec.id)
             mounted = False
             if not mounts.is_mounted(rootfs):

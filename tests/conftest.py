@@ -41,7 +41,9 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line or cwd mentions ``text`` (a test's own temp roots)."""
+    """Processes whose command line or stdout mentions ``text`` (a test's own temp roots). A
+    shim's command line is its title (``tug-shim ID``); its stdout, the ``shim.log`` in its state
+    dir, says whose it is."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -51,6 +53,9 @@ def _pids_mentioning(text: str) -> list[int]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
+            if text not in cmd:
+                with contextlib.suppress(OSError):
+                    cmd += " " + os.readlink(f"/proc/{entry}/fd/1")
         except OSError:
             continue
         if text in cmd and state != "Z":

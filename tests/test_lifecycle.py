@@ -343,6 +343,23 @@ def test_shims_born_cold_work_too(make_daemon: Any) -> None:
     assert output(d, cid)[0] == b"cold\n"
 
 
+@pytest.mark.parametrize("birth", ["template", "exec"])
+def test_a_shim_names_its_container(make_daemon: Any, birth: str) -> None:
+    """``ps`` shows ``tug-shim <container id>`` for each shim, however it was born (a forked
+    shim would otherwise show its template's command line)."""
+    d = make_daemon(extra=["--shim-birth", birth])
+    cids = [start(d, ["sleep", "60"]) for _ in range(2)]
+    try:
+        for cid in cids:
+            pid = d.call("container.inspect", {"id": cid})["shim_pid"]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [a for a in f.read().split(b"\0") if a]
+            assert args == [b"tug-shim", cid.encode()]
+    finally:
+        for cid in cids:
+            d.call("container.delete", {"id": cid, "force": True})
+
+
 def test_crun_as_the_runtime(make_daemon: Any) -> None:
     import shutil
 

@@ -280,3 +280,52 @@ def test_iter_chunks_yields_whole_records_and_skips_a_torn_tail(tmp_path: Any) -
     chunks = list(crilog.iter_chunks([str(a), str(b), str(tmp_path / "missing")], size=1000))
     assert all(c.endswith(b"\n") for c in chunks)
     assert b"".join(chunks) == b"".join(r + b"\n" for r in records)
+
+
+def test_container_transitions_follow_the_one_table() -> None:
+    """Each move goes where the table says, and a move the table forbids changes nothing."""
+    from supervisor.containers.state import TRANSITIONS, Move, State, allowed, transition
+    from supervisor.store import ContainerRecord
+
+    for move, (sources, target) in TRANSITIONS.items():
+        for state in State:
+            rec = ContainerRecord("a" * 64, "n", "busybox", "sha256:x", "t", {}, state)
+            assert allowed(state, move) == (state in sources)
+            if state in sources:
+                transition(rec, move)
+                assert rec.state == target
+            else:
+                with pytest.raises(errors.FailedPrecondition) as exc:
+                    transition(rec, move)
+                assert rec.state == state
+                assert exc.value.to_json()["data"]["state"] == state
+    assert not allowed(State.EXITED, Move.PAUSE)
+    assert not allowed(State.RUNNING, Move.START)
+
+
+@given(
+    st.integers(-(2**31), 2**31),
+    st.one_of(st.none(), st.text(max_size=20)),
+    st.booleans(),
+    st.integers(0, 2**40),
+)
+def test_exit_record_round_trips_and_is_never_guessed(
+    code: int, sig: str | None, oom: bool, dropped: int
+) -> None:
+    from tugwire.shimapi import ExitRecord
+
+    rec = ExitRecord(7, code, sig, "2026-01-02T03:04:05.000000000Z", oom, dropped)
+    assert ExitRecord.decode(rec.encode()) == rec
+    assert ExitRecord.optional({"exit_code": "1"}) is None  # an exit code is never guessed
+    assert ExitRecord.optional(None) is None
+
+
+def test_shim_config_round_trips_and_refuses_relative_paths() -> None:
+    from tugwire.shimapi import ShimConfig
+
+    cfg = ShimConfig("a" * 64, "/b", "/d", "runc", "/r", "/l", tty=True, backend="trio")
+    assert ShimConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(errors.InvalidArgument):
+        ShimConfig.from_json({**cfg.to_json(), "bundle": "relative"})
+    with pytest.raises(errors.InvalidArgument):
+        ShimConfig.from_json({"id": "x"})

@@ -11,7 +11,7 @@ import anyio
 from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 
-from ..containers import parse_signal
+from ..containers import ACTIVE, parse_signal
 from ..core import Core
 
 
@@ -29,7 +29,7 @@ class ContainerApi:
         d.add("container.kill", self.container_kill)
         d.add("container.stop", self.container_stop)
         d.add("container.delete", self.container_delete)
-        d.add("container.wait", self.containers.wait, accept_late=True)
+        d.add("container.wait", self.container_wait, accept_late=True)
         d.add("container.pause", self.container_pause)
         d.add("container.unpause", self.container_unpause)
         d.add("container.top", self.container_top)
@@ -39,7 +39,7 @@ class ContainerApi:
         d.add("container.restart", self.container_restart)
         d.add("container.copy_from", self.container_copy_from)
         d.add("container.copy_to", self.container_copy_to)
-        d.add("container.logs", self.containers.logs, accept_late=True)
+        d.add("container.logs", self.container_logs, accept_late=True)
         self.core.execs.register(d)
         self.core.attach.register(d)
 
@@ -47,6 +47,27 @@ class ContainerApi:
         """Create a container (no process yet). Returns ``{id, name}``."""
         rec = await self.containers.create(call.params)
         return {"id": rec.id, "name": rec.name}
+
+    async def container_wait(self, call: jsonrpc.Call) -> Any:
+        """Answers once container ``id`` meets ``condition``; accepted (the connection goes on)
+        once the request is checked."""
+        p = call.params
+        waiting = self.containers.wait(p.raw.get("id"), p.string("condition", "not-running"))
+        call.accept()
+        return await waiting
+
+    async def container_logs(self, call: jsonrpc.Call) -> Any:
+        """The log of container ``id`` as ``container.logs.data`` notifications (base64)."""
+        p = call.params
+
+        async def sink(data: bytes | str) -> None:
+            await call.notify_data("container.logs.data", data)
+
+        reading = self.containers.logs(
+            p.raw.get("id"), sink, follow=p.boolean("follow"), tail=p.integer("tail"), since=p.string("since")
+        )
+        call.accept()
+        return await reading
 
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
@@ -57,9 +78,7 @@ class ContainerApi:
         """Summaries of running containers (``all`` for every one)."""
         everything = call.params.boolean("all")
         return [
-            self.containers.summary(r)
-            for r in self.containers.store.list_containers()
-            if everything or r.state in ("running", "paused")
+            self.containers.summary(r) for r in self.containers.records() if everything or r.state in ACTIVE
         ]
 
     async def container_inspect(self, call: jsonrpc.Call) -> Any:
@@ -110,11 +129,7 @@ class ContainerApi:
         if ref:
             return [await self.verbs.stats(ref)]
         everything = call.params.boolean("all")
-        recs = [
-            r
-            for r in self.containers.store.list_containers()
-            if everything or r.state in ("running", "paused")
-        ]
+        recs = [r for r in self.containers.records() if everything or r.state in ACTIVE]
         results: list[Any] = [None] * len(recs)
 
         async def one(i: int, cid: str) -> None:

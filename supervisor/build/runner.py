@@ -18,14 +18,14 @@ import logging
 import os
 import secrets
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from tugwire import crilog, fsutil, jsonrpc
+from tugwire import crilog, fsutil, shimapi
 from tugwire.errors import TugError
+from tugwire.shimapi import LogsParams
 
 from .. import mounts, shims, spec
 from ..config import Config
@@ -56,10 +56,17 @@ async def run_step(
     its output to ``on_output(stream, data)``; return its exit status (128+N if killed by signal
     N). ``upper`` keeps the step's changes; everything else is gone when this returns."""
     cid = secrets.token_hex(32)
-    cdir = cfg.container_dir(cid)
-    sdir = cfg.shim_dir(cid)
+    config = shims.task_config(
+        cfg,
+        cid,
+        name=f"build-{cid[:12]}",
+        image=label,
+        log_max_size=shimapi.DEFAULT_LOG_MAX_SIZE,
+        log_max_files=shimapi.DEFAULT_LOG_MAX_FILES,
+    )
+    cdir = config.bundle
     rootfs = os.path.join(cdir, "rootfs")
-    socket_path = os.path.join(sdir, "shim.sock")
+    shim = shims.ShimClient(config.dir, cfg.shim_timeout)
     opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
     oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
     launched = False
@@ -69,37 +76,15 @@ async def run_step(
         os.mkdir(rootfs, 0o755)
         fsutil.write_atomic(os.path.join(cdir, "config.json"), json.dumps(oci).encode(), mode=0o600)
         mounts.mount_overlay(lower, upper, work, rootfs)
-        os.makedirs(sdir, mode=0o700)
-        config = {
-            "id": cid,
-            "bundle": cdir,
-            "dir": sdir,
-            "runtime": cfg.runtime,
-            "runtime_root": cfg.runtime_root,
-            "log_path": os.path.join(cdir, "container.log"),
-            "cgroup_path": spec.cgroup_path(cid),
-            "name": f"build-{cid[:12]}",
-            "image": label,
-            "backend": cfg.backend,
-            "requested_at": time.monotonic(),
-        }
-        runtime_timeout = getattr(cfg, "runtime_timeout", None)
-        if runtime_timeout:
-            config["runtime_timeout"] = runtime_timeout
-        try:
-            await launcher.launch(config)
-        except BaseException as exc:
-            # A shim that answered with runc's error has cleaned up after runc itself; one that
-            # died or went silent may have left a container behind: clean up after it.
-            launched = not isinstance(exc, TugError) or exc.kind == "internal"
-            raise
+        # The same birth as any container's: a shim that died or went silent is cleaned up after.
+        await shims.launch_task(launcher, config)
         launched = True
-        await _stream_output(socket_path, on_output)
-        record = await shims.call(socket_path, "task.wait", timeout=cfg.shim_timeout)
-        return int(record["exit_code"])
+        await _stream_output(shim, on_output)
+        record = await shim.wait(timeout=cfg.shim_timeout)
+        return record.exit_code
     finally:
         with anyio.move_on_after(CLEANUP_GRACE, shield=True):
-            await _remove(cfg, cid, sdir, socket_path, rootfs, launched)
+            await _remove(cfg, cid, shim, rootfs, launched)
         fsutil.remove_tree(cdir)
 
 
@@ -129,34 +114,24 @@ def _network(mode: str, lower: list[str]) -> dict[str, Any] | None:
     return {"netns": "", "mounts": binds}
 
 
-async def _stream_output(socket_path: str, on_output: Output) -> None:
+async def _stream_output(shim: shims.ShimClient, on_output: Output) -> None:
     """Follow the container's log through its shim until it has exited and every byte is sent;
     CRI records turned back into the bytes the container wrote."""
     decoder = crilog.LogDecoder()
-    async with (
-        jsonrpc.connect(socket_path) as client,
-        client.stream("task.logs", {"follow": True}) as stream,
-    ):
-        async for note in stream:
-            for fd, data in decoder.feed(base64.b64decode(str(note.get("data", "")))):
+    async with shim.logs(LogsParams(follow=True)) as stream:
+        async for chunk in stream:
+            for fd, data in decoder.feed(base64.b64decode(chunk)):
                 await on_output("stdout" if fd == 1 else "stderr", data)
         await stream.result()
 
 
-async def _remove(cfg: Config, cid: str, sdir: str, socket_path: str, rootfs: str, launched: bool) -> None:
+async def _remove(cfg: Config, cid: str, shim: shims.ShimClient, rootfs: str, launched: bool) -> None:
     """Kill (if it still runs) and delete the task, then unmount; each step tolerates what an
     earlier failure left undone."""
-    if launched and os.path.isdir(sdir):
-        try:
-            with contextlib.suppress(TugError):
-                await shims.call(socket_path, "task.kill", {"signal": int(signal.SIGKILL)}, timeout=5)
-            await shims.call(socket_path, "task.delete", {"force": True}, timeout=cfg.shim_timeout)
-        except TugError as exc:
-            log.info("build container %s: the shim did not delete (%s): cleaning up after it", cid[:12], exc)
-            try:
-                await shims.delete_dead(sdir, cid, cfg.runtime, cfg.runtime_root)
-            except Exception:
-                log.exception("cleanup of build container %s failed", cid[:12])
-    fsutil.remove_tree(sdir)
+    if launched and os.path.isdir(shim.dir):
+        with contextlib.suppress(TugError):
+            await shim.kill(int(signal.SIGKILL), timeout=5)
+        await shim.release(cid, cfg.runtime, cfg.runtime_root)
+    fsutil.remove_tree(shim.dir)
     with contextlib.suppress(OSError):
         mounts.unmount(rootfs)

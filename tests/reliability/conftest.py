@@ -119,7 +119,7 @@ def leaks(d: Daemon, *, live: set[str] | None = None) -> list[str]:
         if not cmd.strip():
             continue  # gone between the listing and the read (a zombie has no command line)
         if ppid in own and " template " in cmd and d.proc is not None and ppid == d.proc.pid:
-            continue  # tugd's template (shims forked from it keep its command line)
+            continue  # tugd's template (the shims it forks name themselves: tug-shim ID)
         found.append(f"process {pid}: {cmd[:160]}")
     found += [f"mount {m}" for m in _mounts_under(d.base) if not any(cid in m for cid in live)]
     found += [f"runc state {e}" for e in _listdir(os.path.join(d.state, "runc")) if e not in live]

@@ -16,16 +16,20 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
+from tugwire.shimapi import ExecParams
 
-if TYPE_CHECKING:
-    from .containers import Containers
+from ..shims import ShimClient
+from ..store import ContainerRecord
+from .state import ACTIVE, PAUSED
 
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 DEFAULT_INTERVAL = 30.0
@@ -77,6 +81,20 @@ def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | N
     }
 
 
+class Host(Protocol):
+    """What the monitor needs of the containers service (which owns it)."""
+
+    def spawn(self, cid: str, fn: Callable[..., Awaitable[object]], *args: object) -> None: ...
+
+    def find(self, cid: str) -> ContainerRecord | None: ...
+
+    def shim(self, cid: str) -> ShimClient: ...
+
+    def wake(self, cid: str) -> None: ...
+
+    def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None: ...
+
+
 @dataclass
 class Health:
     """One container's health, as ``inspect`` shows it."""
@@ -93,7 +111,7 @@ class Health:
 class Monitor:
     """Runs the checks of every running container that has one, each in a task of tugd's group."""
 
-    def __init__(self, containers: Containers) -> None:
+    def __init__(self, containers: Host) -> None:
         self.c = containers
         self._health: dict[str, Health] = {}
 
@@ -112,7 +130,7 @@ class Monitor:
         """Start checking a container that has just started (or was re-attached)."""
         self.forget(cid)
         h = self._health[cid] = Health()
-        self.c.tg.start_soon(self._run, cid, config, h)
+        self.c.spawn(cid, self._run, cid, config, h)
 
     def forget(self, cid: str) -> None:
         """Stop checking (the container exited or was removed)."""
@@ -124,25 +142,25 @@ class Monitor:
         if h.status == status:
             return
         h.status = status
-        rec = self.c.store.get_container(cid)
+        rec = self.c.find(cid)
         if rec is None:
             return
-        self.c.live(cid).changed()
-        self.c._publish("health_status", rec, status=status)
+        self.c.wake(cid)
+        self.c.publish("health_status", rec, status=status)
 
     async def _run(self, cid: str, cfg: dict[str, Any], h: Health) -> None:
         with h.scope:
-            rec = self.c.store.get_container(cid)
+            rec = self.c.find(cid)
             if rec is not None:
-                self.c._publish("health_status", rec, status=STARTING)
+                self.c.publish("health_status", rec, status=STARTING)
             started = anyio.current_time()
             in_start_period = float(cfg["start_period"]) > 0
             while True:
                 await anyio.sleep(float(cfg["interval"]))
-                rec = self.c.store.get_container(cid)
-                if rec is None or rec.state not in ("running", "paused"):
+                rec = self.c.find(cid)
+                if rec is None or rec.state not in ACTIVE:
                     break
-                if rec.state == "paused":
+                if rec.state == PAUSED:
                     continue
                 ok, entry = await self._probe(cid, cfg)
                 h.log = [*h.log, entry][-LOG_ENTRIES:]
@@ -161,7 +179,7 @@ class Monitor:
 
     async def _probe(self, cid: str, cfg: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Run the check once as an exec of the container's shim."""
-        socket_path = os.path.join(self.c.cfg.shim_dir(cid), "shim.sock")
+        shim = self.c.shim(cid)
         start = time.time()
         output = bytearray()
         pid = 0
@@ -169,19 +187,16 @@ class Monitor:
         note = ""
         with anyio.move_on_after(float(cfg["timeout"])) as deadline:
             try:
-                async with (
-                    jsonrpc.connect(socket_path) as shim,
-                    shim.stream("task.exec", {"args": cfg["args"]}) as stream,
-                ):
-                    async for msg in stream:
+                async with shim.exec(ExecParams(args=list(cfg["args"]))) as session:
+                    async for msg in session:
                         if "pid" in msg:
                             pid = int(msg["pid"])
                         data = msg.get("data")
                         if isinstance(data, str) and len(output) < OUTPUT_LIMIT:
                             output += base64.b64decode(data)[: OUTPUT_LIMIT - len(output)]
-                    result = await stream.result()
-                code = int(result.get("exit_code", -1)) if isinstance(result, dict) else -1
-                if isinstance(result, dict) and result.get("error"):
+                    result = await session.result()
+                code = int(result.get("exit_code", -1))
+                if result.get("error"):
                     note = str(result["error"])
             except TugError as exc:
                 note = f"the check could not run: {exc.message}"

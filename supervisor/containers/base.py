@@ -1,0 +1,171 @@
+"""What every part of the containers service shares: the store, the event bus, the shims, and a
+:class:`~supervisor.containers.state.Live` per container. The parts (exits, logs, inspect,
+recovery, and the lifecycle in :mod:`.service`) are classes on this base, put together in
+:class:`supervisor.containers.Containers`."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from tugwire import crilog
+from tugwire.errors import InvalidArgument, NotFound
+
+from .. import shims
+from ..config import Config
+from ..events import Event, EventBus
+from ..images import Images
+from ..network import Networks
+from ..store import ContainerRecord, Store
+from . import health
+from .state import Live
+
+
+class ContainersBase(abc.ABC):
+    """The containers service's shared state and helpers."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        images: Images,
+        launcher: shims.ShimLauncher,
+        bus: EventBus,
+        tg: anyio.abc.TaskGroup,
+        on_start_latency: Callable[[float], None] | None = None,
+        on_exit: Callable[[int | None, bool], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.images = images
+        self.launcher = launcher
+        self.bus = bus
+        self.tg = tg
+        self._live: dict[str, Live] = {}
+        self._on_start_latency = on_start_latency
+        self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
+        self._on_restart = on_restart  # a restart by the restart policy: for the metrics
+        self.health = health.Monitor(self)  # health checks, as execs of the shims
+        self.networks = Networks(cfg, store, bus)  # namespaces, veths, addresses, ports
+        os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
+        os.makedirs(cfg.shims_dir, mode=0o700, exist_ok=True)
+        os.makedirs(cfg.runtime_root, mode=0o700, exist_ok=True)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def live(self, cid: str) -> Live:
+        """The in-memory companion of container ``cid``."""
+        live = self._live.get(cid)
+        if live is None:
+            live = self._live[cid] = Live()
+        return live
+
+    def get(self, ref: Any) -> ContainerRecord:
+        """The container whose id, id prefix or name is ``ref``: NotFound, or InvalidArgument if
+        it is ambiguous."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgument("a container id or name is required", field="id")
+        found = self.store.find_containers(ref)
+        if not found:
+            raise NotFound(f"no such container: {ref}")
+        if len(found) > 1:
+            exact = [r for r in found if r.name == ref or r.id == ref]
+            if len(exact) != 1:
+                raise InvalidArgument(f"multiple containers match {ref!r}; give more of the id")
+            return exact[0]
+        return found[0]
+
+    def spawn(self, cid: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` in tugd's task group as one of container ``cid``'s tasks (its exit
+        watcher, restart timer, health checks), which are cancelled as a unit when it is
+        removed (:meth:`Live.cancel_tasks`)."""
+        live = self.live(cid)
+        scope = anyio.CancelScope()
+        live.tasks.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await fn(*args)
+            finally:
+                live.tasks.discard(scope)
+
+        self.tg.start_soon(run)
+
+    def reload(self, cid: str) -> ContainerRecord:
+        """Container ``cid`` as the store has it now (NotFound if it is gone)."""
+        rec = self.store.get_container(cid)
+        if rec is None:
+            raise NotFound(f"no such container: {cid}")
+        return rec
+
+    def find(self, cid: str) -> ContainerRecord | None:
+        """Container ``cid`` as the store has it now, or None."""
+        return self.store.get_container(cid)
+
+    def records(self) -> list[ContainerRecord]:
+        """Every container."""
+        return self.store.list_containers()
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a container has the name ``name``."""
+        return self.store.name_taken(name)
+
+    def save(self, rec: ContainerRecord) -> None:
+        """Store ``rec`` and wake whoever waits for a change of it."""
+        self.store.update_container(rec)
+        self.live(rec.id).changed()
+
+    def wake(self, cid: str) -> None:
+        """Wake whoever waits for a change of container ``cid`` (its health changed)."""
+        self.live(cid).changed()
+
+    async def lower_layers(self, rec: ContainerRecord) -> list[str]:
+        """The unpacked layers of ``rec``'s image, top first (NotFound if the image is gone)."""
+        image = self.store.get_image(rec.image_id)
+        if image is None:
+            raise NotFound(f"the image of container {rec.name} is gone")
+        return await self.images.ensure_unpacked(image)
+
+    def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
+        """Publish the event ``container.<action>`` of ``rec``."""
+        self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
+
+    def shim(self, cid: str) -> shims.ShimClient:
+        """The client of container ``cid``'s shim (whether or not one runs)."""
+        return shims.ShimClient(self.cfg.shim_dir(cid), self.cfg.shim_timeout)
+
+    def rootfs(self, cid: str) -> str:
+        """Where container ``cid``'s root filesystem is mounted (while it runs)."""
+        return os.path.join(self.cfg.container_dir(cid), "rootfs")
+
+    def _paths(self, cid: str) -> dict[str, str]:
+        cdir = self.cfg.container_dir(cid)
+        sdir = self.cfg.shim_dir(cid)
+        return {
+            "dir": cdir,
+            "rootfs": os.path.join(cdir, "rootfs"),
+            "upper": os.path.join(cdir, "upper"),
+            "work": os.path.join(cdir, "work"),
+            "spec": os.path.join(cdir, "config.json"),
+            "log": os.path.join(cdir, "container.log"),
+            "shim": sdir,
+        }
+
+    def _log_files(self, rec: ContainerRecord) -> list[str]:
+        max_files = int(rec.config.get("log_max_files") or self.cfg.log_max_files)
+        return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
+
+    @abc.abstractmethod
+    async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:
+        """Start a created or exited container (see :class:`.service.Lifecycle`)."""
+
+    @abc.abstractmethod
+    async def delete(self, ref: str, *, force: bool) -> ContainerRecord:
+        """Remove a container (see :class:`.service.Lifecycle`)."""

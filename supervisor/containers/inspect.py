@@ -1,0 +1,74 @@
+"""Containers as records for clients: summaries (``container.list``), ``inspect``, counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import shims
+from ..store import ContainerRecord
+from .base import ContainersBase
+from .state import ACTIVE, EXITED, State
+
+
+class Inspect(ContainersBase):
+    """Records to dicts."""
+
+    def summary(self, rec: ContainerRecord) -> dict[str, Any]:
+        return {
+            "id": rec.id,
+            "name": rec.name,
+            "image": rec.image,
+            "image_id": rec.image_id,
+            "command": _command(rec),
+            "state": rec.state,
+            "exit_code": rec.exit_code if rec.state == EXITED else None,
+            "pid": rec.pid if rec.state in ACTIVE else 0,
+            "created_at": rec.created_at,
+            "started_at": rec.started_at,
+            "finished_at": rec.finished_at,
+            "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
+            "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
+        }
+
+    def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
+        paths = self._paths(rec.id)
+        out = self.summary(rec)
+        out.update(
+            {
+                "oom_killed": rec.oom_killed,
+                "exit_signal": rec.exit_signal,
+                "reason": rec.reason,
+                "config": rec.config,
+                "auto_remove": bool(rec.config.get("auto_remove")),
+                "log_path": paths["log"],
+                "bundle": paths["dir"],
+                "rootfs": paths["rootfs"],
+                "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
+                "restart_policy": rec.config.get("restart") or "no",
+                "restart_count": int(rec.config.get("restart_count") or 0),
+                # Output the log could not keep (a full disk) in the last run, recorded at its exit.
+                "log_dropped_bytes": int(rec.config.get("log_dropped_bytes") or 0),
+                "health_check": self.health.describe(rec.id) if rec.state in ACTIVE else None,
+                "networks": self.networks.container_networks(rec),
+                "ports": rec.config.get("ports") or [],
+            }
+        )
+        return out
+
+    def shim_clients(self) -> list[shims.ShimClient]:
+        """The shims of running and paused containers (asked at a metrics scrape)."""
+        return [self.shim(r.id) for r in self.store.list_containers() if r.state in ACTIVE]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {str(state): 0 for state in State}
+        for state, n in self.store.container_counts().items():
+            counts[state] = counts.get(state, 0) + n
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+def _command(rec: ContainerRecord) -> str:
+    args = rec.config.get("args")
+    if args is None:
+        args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
+    return " ".join(args)

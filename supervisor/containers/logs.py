@@ -1,0 +1,141 @@
+"""``container.wait`` and ``container.logs``: waiting for a state, and a container's log, whole or
+followed through its shim."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tugwire import crilog
+from tugwire.errors import InvalidArgument, Unavailable
+from tugwire.shimapi import LogsParams
+
+from ..store import ContainerRecord
+from .base import ContainersBase
+from .state import ACTIVE, CREATED, REMOVED, Live, wait_result
+
+LOG_CHUNK = 256 * 1024
+
+
+class Logs(ContainersBase):
+    """Waiting and logs."""
+
+    def wait(self, ref: Any, condition: str = "not-running") -> Awaitable[dict[str, Any]]:
+        """Check the request at once (NotFound, InvalidArgument); the awaitable answers when the
+        container meets ``condition`` (``not-running``, ``next-exit`` or ``removed``): its
+        state, exit code, signal and OOM flag."""
+        rec = self.get(ref)
+        if condition not in ("not-running", "next-exit", REMOVED):
+            raise InvalidArgument(f"unknown wait condition {condition!r}", field="condition")
+        live = self.live(rec.id)
+        return self._wait(rec, condition, live, live.exits)
+
+    async def _wait(self, rec: ContainerRecord, condition: str, live: Live, seen: int) -> dict[str, Any]:
+        while True:
+            current = self.store.get_container(rec.id)
+            if current is None:
+                return live.last_result or wait_result(rec)
+            if condition == "not-running" and current.state not in ACTIVE:
+                return wait_result(current)
+            if condition == "next-exit" and live.exits > seen:
+                return live.last_result
+            await live.wait_changed()
+
+    def logs(
+        self,
+        ref: Any,
+        sink: Callable[[bytes | str], Awaitable[None]],
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: str | None = None,
+    ) -> Awaitable[dict[str, Any]]:
+        """Check the request at once (NotFound, InvalidArgument); the awaitable passes the log to
+        ``sink`` in base64 chunks of whole CRI records (``bytes`` encoded here, or ``str`` as the
+        shim encoded it), the whole log or its last ``tail`` records or those ``since`` a time,
+        and with ``follow`` until the container exits; then ``{"dropped_bytes": N}``."""
+        rec = self.get(ref)
+        if tail is not None and tail < 0:
+            tail = None
+        return self._logs(rec, sink, follow, tail, _since(since) if since else None)
+
+    async def _logs(
+        self,
+        rec: ContainerRecord,
+        sink: Callable[[bytes | str], Awaitable[None]],
+        follow: bool,
+        tail: int | None,
+        since: str | None,
+    ) -> dict[str, Any]:
+        live = self.live(rec.id)
+        live.holds += 1
+
+        async def send_b64(text: str) -> None:
+            await sink(text)  # relayed from the shim as it encoded it
+
+        async def send(data: bytes) -> None:
+            await sink(base64.b64encode(data))
+
+        try:
+            if follow:
+                while rec.state == CREATED:
+                    await live.wait_changed()
+                    current = self.store.get_container(rec.id)
+                    if current is None:
+                        return {"dropped_bytes": 0}
+                    rec = current
+            if follow and rec.state in ACTIVE:
+                result = await self._follow_from_shim(rec, tail, since, send_b64)
+                if result is not None:
+                    return result
+            if tail is None and since is None:
+                # The whole log: whole records straight from the files, never split into lines.
+                for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
+                    await send(chunk)
+                return {"dropped_bytes": 0}
+            records = crilog.select_records(
+                self._log_files(rec), tail=tail, since=since.encode() if since else None
+            )
+            data = b"".join(r + b"\n" for r in records)
+            for i in range(0, len(data), LOG_CHUNK):
+                await send(data[i : i + LOG_CHUNK])
+            return {"dropped_bytes": 0}
+        finally:
+            live.holds -= 1
+            live.changed()
+
+    async def _follow_from_shim(
+        self,
+        rec: ContainerRecord,
+        tail: int | None,
+        since: str | None,
+        send_b64: Callable[[str], Awaitable[None]],
+    ) -> dict[str, Any] | None:
+        """Proxy the shim's follow stream; None if the shim is gone before it sent anything (the
+        files are then complete: the exit is recorded only after the pipes are drained)."""
+        sent = False
+        try:
+            async with self.shim(rec.id).logs(LogsParams(follow=True, tail=tail, since=since)) as stream:
+                async for chunk in stream:
+                    # Passed on as the shim encoded it: no decode and re-encode per chunk.
+                    await send_b64(chunk)
+                    sent = True
+                return await stream.result()
+        except Unavailable as exc:
+            if sent:
+                # Never end a broken stream as if it were complete: the client must know.
+                raise Unavailable(f"the log stream from the shim broke off: {exc.message}") from exc
+            return None
+
+
+def _since(value: str) -> str:
+    """An RFC 3339 UTC timestamp, made fixed-width like the log's own (nanoseconds, Z)."""
+    import re
+
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z", value)
+    if m is None:
+        raise InvalidArgument(
+            f"invalid since {value!r}: want an RFC 3339 time in UTC like 2026-01-02T03:04:05Z", field="since"
+        )
+    return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}Z"

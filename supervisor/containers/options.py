@@ -1,0 +1,216 @@
+"""The user's settings of a container: ``container.create``'s options, checked, and names."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal as signals
+from typing import Any
+
+from tugwire import httpserve, jsonrpc, names
+from tugwire.errors import InvalidArgument
+
+from .. import policy, security, spec
+from ..config import Config
+from ..store import Store
+
+
+def parse_signal(value: Any, default: int = int(signals.SIGKILL)) -> int:
+    """``SIGTERM``, ``TERM``, ``term``, ``15`` or 15."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        num = value
+    elif isinstance(value, str) and value.isdigit():
+        num = int(value)
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            num = int(signals.Signals[name])
+        except KeyError:
+            raise InvalidArgument(f"invalid signal: {value}", field="signal") from None
+    else:
+        raise InvalidArgument(f"invalid signal: {value!r}", field="signal")
+    if not 0 < num < 65:
+        raise InvalidArgument(f"invalid signal: {value}", field="signal")
+    return num
+
+
+_ADJ = [
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "quiet",
+    "sharp",
+    "steady",
+    "swift",
+    "tender",
+    "vivid",
+    "witty",
+    "zealous",
+    "bold",
+    "gentle",
+    "jolly",
+    "proud",
+]
+_NOUN = [
+    "otter",
+    "heron",
+    "marlin",
+    "puffin",
+    "walrus",
+    "gull",
+    "seal",
+    "orca",
+    "pelican",
+    "tern",
+    "narwhal",
+    "dolphin",
+    "beaver",
+    "crab",
+    "skate",
+    "cormorant",
+    "manatee",
+    "plover",
+    "eel",
+    "kelp",
+]
+
+
+def parse_create(p: jsonrpc.Params, cfg: Config) -> dict[str, Any]:
+    """The user's settings of ``container.create``, checked: InvalidArgument on the first
+    bad one (the image, its health check and its network are resolved by the caller)."""
+    opts: dict[str, Any] = {}
+    opts["image"] = p.string("image", required=True)
+    name = p.string("name")
+    if name is not None:
+        names.check_name(name)
+    opts["name"] = name
+    cmd = p.list_of_str("cmd")
+    opts["cmd"] = cmd
+    raw_ep = p.raw.get("entrypoint")
+    if raw_ep is not None:
+        opts["entrypoint"] = p.list_of_str("entrypoint")
+    env = p.list_of_str("env")
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise InvalidArgument(f"invalid environment variable {item!r}: want KEY=VALUE", field="env")
+        if "\x00" in item:
+            raise InvalidArgument("environment variables may not contain NUL", field="env")
+    opts["env"] = env
+    workdir = p.string("workdir")
+    if workdir is not None and (not workdir.startswith("/") or "\x00" in workdir):
+        raise InvalidArgument(f"the working directory {workdir!r} must be an absolute path", field="workdir")
+    opts["workdir"] = workdir
+    opts["user"] = p.string("user")
+    hostname = p.string("hostname")
+    if hostname is not None and not _valid_hostname(hostname):
+        raise InvalidArgument(f"invalid hostname {hostname!r}", field="hostname")
+    opts["hostname"] = hostname
+    volumes = []
+    for vol in p.list_of_dict("volumes"):
+        src, dst = vol.get("source"), vol.get("destination")
+        if not isinstance(src, str) or not os.path.isabs(src):
+            raise InvalidArgument(f"volume source {src!r} must be an absolute host path", field="volumes")
+        if not isinstance(dst, str) or not os.path.isabs(dst) or ".." in dst.split("/"):
+            raise InvalidArgument(
+                f"volume destination {dst!r} must be an absolute path without '..'", field="volumes"
+            )
+        if dst.rstrip("/") in ("", "/proc", "/sys", "/dev"):
+            raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
+        if not os.path.exists(src):
+            raise InvalidArgument(f"volume source {src} does not exist on the host", field="volumes")
+        volumes.append(
+            {
+                "source": os.path.normpath(src),
+                "destination": os.path.normpath(dst),
+                "readonly": bool(vol.get("readonly", False)),
+            }
+        )
+    opts["volumes"] = volumes
+    opts["read_only"] = p.boolean("read_only")
+    opts["tty"] = p.boolean("tty")  # PID 1 on a terminal the shim holds (run -t)
+    opts["stdin"] = p.boolean("stdin")  # PID 1's stdin open for attach (run -i)
+    memory = p.integer("memory")
+    if memory is not None and memory < 6 * 1024 * 1024:
+        raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
+    opts["memory"] = memory
+    cpus = p.number("cpus")
+    if cpus is not None and not 0.01 <= cpus <= (os.cpu_count() or 1):
+        raise InvalidArgument(
+            f"range of CPUs is from 0.01 to {os.cpu_count() or 1}, as there are only "
+            f"{os.cpu_count() or 1} CPUs available",
+            field="cpus",
+        )
+    opts["cpus"] = cpus
+    pids = p.integer("pids_limit")
+    if pids is not None and pids < 1:
+        raise InvalidArgument("pids limit must be positive", field="pids_limit")
+    opts["pids_limit"] = pids
+    opts["auto_remove"] = p.boolean("auto_remove")
+    stop_signal = p.string("stop_signal")
+    parse_signal(stop_signal, int(signals.SIGTERM))
+    opts["stop_signal"] = stop_signal  # None: the image's StopSignal, else SIGTERM (see create)
+    opts["restart"] = str(policy.parse(p.string("restart")))
+    if opts["restart"] != policy.NO and opts["auto_remove"]:
+        raise InvalidArgument("conflicting options: a restart policy and auto-remove (--rm)", field="restart")
+    opts["init"] = p.boolean("init")
+    if opts["init"] and not os.path.exists(spec.INIT_BINARY):
+        raise InvalidArgument(
+            f"--init needs {spec.INIT_BINARY} on the host (Debian package tini)", field="init"
+        )
+    opts["security"] = security.parse(
+        p.boolean("privileged"),
+        p.list_of_str("cap_add"),
+        p.list_of_str("cap_drop"),
+        p.list_of_str("security_opt"),
+    )
+    stop_timeout = p.integer("stop_timeout")
+    if stop_timeout is not None and stop_timeout < 0:
+        raise InvalidArgument("stop timeout must not be negative", field="stop_timeout")
+    opts["stop_timeout"] = 10 if stop_timeout is None else stop_timeout
+    size = p.integer("log_max_size")
+    if size is not None and size < 4096:
+        raise InvalidArgument("log max size must be at least 4096 bytes", field="log_max_size")
+    opts["log_max_size"] = size or cfg.log_max_size
+    files = p.integer("log_max_files")
+    if files is not None and files < 1:
+        raise InvalidArgument("log max files must be at least 1", field="log_max_files")
+    opts["log_max_files"] = files or cfg.log_max_files
+    metrics_address = p.string("metrics_address")
+    if metrics_address:
+        try:
+            httpserve.parse_address(metrics_address)
+        except httpserve.AddressError as exc:
+            raise InvalidArgument(str(exc), field="metrics_address") from None
+    opts["metrics_address"] = metrics_address or None
+    return opts
+
+
+def generate_name(store: Store) -> str:
+    """A free name like ``brave_otter``."""
+    for _ in range(100):
+        name = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
+        if not store.name_taken(name):
+            return name
+    return f"tug_{secrets.token_hex(4)}"
+
+
+def _valid_hostname(name: str) -> bool:
+    if not 0 < len(name) <= 253:
+        return False
+    return all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label)
+        and label.isascii()
+        for label in name.split(".")
+    )

@@ -1,0 +1,170 @@
+"""Recovery after a (re)start of tugd: re-attach to live shims, collect the exits that happened
+while it was down, clean up what nothing owns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import anyio
+
+from tugwire import fsutil, names
+from tugwire.errors import TugError
+from tugwire.shimapi import TaskState
+from tugwire.timefmt import rfc3339
+
+from .. import diskfull, mounts, policy
+from ..store import ContainerRecord
+from .exits import Exits
+from .state import ACTIVE, EXITED, TRANSITIONS, UNKNOWN, Move, transition
+
+log = logging.getLogger("tugboat.containers")
+
+
+class Recovery(Exits):
+    """Rebuilding the service's picture from disk and the shims."""
+
+    async def recover(self) -> None:
+        """Rebuild from disk after a (re)start: re-attach to live shims, collect exits that
+        happened while we were down, clean up what nothing owns. Shims in parallel, each under a
+        deadline."""
+        known = {rec.id: rec for rec in self.store.list_containers()}
+        async with anyio.create_task_group() as tg:
+            for rec in known.values():
+                tg.start_soon(self._recover_one, rec)
+            for entry in _listdir(self.cfg.shims_dir):
+                if not entry.startswith(".") and entry not in known and names.is_id(entry):
+                    tg.start_soon(self._remove_orphan, entry)
+                elif entry.startswith(".deleting-"):
+                    # A removal tugd died in (renamed, not yet deleted): its shim had exited.
+                    fsutil.remove_tree(os.path.join(self.cfg.shims_dir, entry))
+        # Bundles nothing refers to (tugd died between writing one and recording it, or in the
+        # middle of a remove), and hidden leftovers of interrupted removals.
+        for entry in _listdir(self.cfg.containers_dir):
+            path = os.path.join(self.cfg.containers_dir, entry)
+            if entry.startswith(".deleting-") or (names.is_id(entry) and entry not in known):
+                with contextlib.suppress(OSError):
+                    mounts.unmount(os.path.join(path, "rootfs"))
+                fsutil.remove_tree(path)
+        # Namespaces, veths, bridges and nft rules of containers that are gone or not running.
+        keep = [r.id for r in self.store.list_containers() if r.state in (*ACTIVE, UNKNOWN)]
+        try:
+            await self.networks.reconcile(keep)
+        except Exception:
+            log.exception("network reconcile failed")
+        # Blobs and snapshots of a pull, load or build that tugd died in (no image records them;
+        # nothing is in flight yet at start), and the temp files it was writing.
+        try:
+            blobs, snaps = self.images.collect()
+            if blobs or snaps:
+                log.info("freed %d blobs and %d snapshots no image uses", blobs, snaps)
+        except OSError:
+            log.exception("collecting unused blobs and snapshots failed")
+
+    async def _recover_one(self, rec: ContainerRecord) -> None:
+        paths = self._paths(rec.id)
+        shim = self.shim(rec.id)
+        try:
+            if os.path.isdir(paths["shim"]):
+                record = shim.read_exit()
+                if record is not None:
+                    await self._handle_exit(rec.id, record)
+                    return
+                state = await self._shim_state(rec.id)
+                if state is None and (record := shim.read_exit()) is not None:
+                    await self._handle_exit(rec.id, record)
+                    return
+                if state is None:
+                    if rec.state in ACTIVE:
+                        await self._shim_lost(rec.id)
+                    else:
+                        # tugd died in a start before the shim answered (or the shim died before
+                        # it ran anything): nothing runs; leave no shim dir, mount or runc state.
+                        await self._release(rec.id)
+                    return
+                if state.exit is not None:
+                    await self._handle_exit(rec.id, state.exit)
+                    return
+                adopt = Move.ADOPT_PAUSED if state.paused else Move.ADOPT_RUNNING
+                if rec.state != TRANSITIONS[adopt][1]:
+                    # tugd died between the shim's start and the store's update (adopt it), or
+                    # between a pause or unpause and its record: the shim knows.
+                    transition(rec, adopt)
+                    rec.pid = state.pid
+                    rec.shim_pid = state.shim_pid
+                    rec.started_at = rec.started_at or rfc3339()
+                    self.save(rec)
+                self.spawn(rec.id, self._watch, rec.id)
+                if rec.config.get("health"):
+                    self.health.watch(rec.id, rec.config["health"])
+            elif rec.state in ACTIVE:
+                # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
+                transition(rec, Move.LOSE)
+                rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
+                self.save(rec)
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
+                self._restart_on_boot(rec)
+            else:
+                with contextlib.suppress(OSError):
+                    mounts.unmount(paths["rootfs"])
+                if rec.state == EXITED and rec.config.get("auto_remove"):
+                    self.tg.start_soon(self._auto_remove, rec.id)
+                elif rec.state == EXITED and not self._restart_on_boot(rec):
+                    self._apply_policy(rec)  # a restart that was pending when tugd stopped
+        except Exception as exc:
+            if diskfull.is_disk_full(exc):  # not recorded yet: a watch records it once there is room
+                self.spawn(rec.id, self._watch, rec.id)
+                return
+            log.exception("recovery of %s failed", rec.id[:12])
+
+    async def _shim_state(self, cid: str) -> TaskState | None:
+        """The shim's ``task.state`` at recovery, or None if it is gone. A shim whose process lives
+        but does not answer (being born when tugd died: its socket not bound yet, or ``runc run``
+        still going; or slow on a loaded host) is asked again until the shim deadline: taking it
+        for lost would start a second shim beside it, or call a live container unknown."""
+        shim = self.shim(cid)
+        deadline = anyio.current_time() + self.cfg.shim_timeout
+        warned = False
+        while True:
+            try:
+                return await shim.state(timeout=5)
+            except TugError:
+                if not shim.alive() or anyio.current_time() > deadline:
+                    return None
+            if not warned:
+                log.warning("shim of %s lives but does not answer yet; waiting for it", cid[:12])
+                warned = True
+            await anyio.sleep(0.2)
+
+    def _restart_on_boot(self, rec: ContainerRecord) -> bool:
+        """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
+        starts (after a reboot, or it was stopped); True if one is scheduled."""
+        rule = policy.parse(rec.config.get("restart"))
+        if not policy.start_on_boot(rule, stopped_by_user=bool(rec.config.get("stopped_by_user"))):
+            return False
+        if rec.config.get("stopped_by_user"):
+            rec.config["stopped_by_user"] = False
+            self.save(rec)
+        self._schedule_restart(rec.id, 0.0)
+        return True
+
+    async def _remove_orphan(self, cid: str) -> None:
+        """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
+        directory = self.cfg.shim_dir(cid)
+        try:
+            await self.shim(cid).delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
+        except Exception:
+            log.exception("cleanup of orphan shim %s failed", cid[:12])
+        fsutil.remove_tree(directory)
+        rootfs = os.path.join(self.cfg.container_dir(cid), "rootfs")
+        with contextlib.suppress(OSError):
+            mounts.unmount(rootfs)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
