@@ -281,7 +281,8 @@ async def pull(ctx: Ctx) -> None:
     def done(result: dict[str, Any]) -> list[dict[str, Any]]:
         return [
             {"status": f"Digest: {result.get('digest', '')}"},
-            {"status": f"Status: Downloaded newer image for {ref}"},
+            # as dockerd: the familiar name (busybox:latest), which tugd's result holds
+            {"status": f"Status: Downloaded newer image for {result.get('ref') or ref}"},
         ]
 
     first = {"status": f"Pulling from {_repository_path(image)}", "id": tag_ or "latest"}
