@@ -49,7 +49,7 @@ from ..images import Images, chain_ids
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
 from ..streams import Feed, run_feed
-from . import layers, runner
+from . import layers, metadata, runner
 from .context import BuildContext
 from .dockerfile import (
     NOT_TRIGGERS,
@@ -58,8 +58,6 @@ from .dockerfile import (
     Instruction,
     expand,
     expand_words,
-    healthcheck,
-    key_values,
     parse,
     parse_trigger,
     split_stages,
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
     from ..registry import RegistryService
 
 MAX_DOCKERFILE = 1 << 20
-_PORT = re.compile(r"^\d{1,5}(?:-\d{1,5})?(?:/(?:tcp|udp|sctp))?$")
 # Build args docker accepts without an ARG instruction (proxies): never a warning.
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 PREDEFINED_ARGS = frozenset(_PROXIES) | frozenset(n.lower() for n in _PROXIES)
@@ -601,77 +598,14 @@ class _Build:
         return await self.unpacked(resolved.record)
 
     def metadata_step(self, inst: Instruction, variables: dict[str, str]) -> dict[str, Any]:
-        st = self.state
-        config = copy.deepcopy(st.config)
-        kw = inst.keyword
-        if kw == "ENV":
-            env = list(config.get("Env") or [])
-            for key, value in key_values(inst, variables, self.escape):
-                env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
-            config["Env"] = env
-        elif kw == "LABEL":
-            labels = dict(config.get("Labels") or {})
-            labels.update(key_values(inst, variables, self.escape))
-            config["Labels"] = labels
-        elif kw == "WORKDIR":
-            path = expand(inst.rest, variables, self.escape)
-            config["WorkingDir"] = os.path.normpath(os.path.join(config.get("WorkingDir") or "/", path))
-        elif kw == "USER":
-            user = expand(inst.rest, variables, self.escape)
-            if not user:
-                raise DockerfileError("USER requires an argument", inst.line)
-            config["User"] = user
-        elif kw == "SHELL":
-            config["Shell"] = list(inst.exec_form or [])
-        elif kw == "VOLUME":
-            paths = (
-                [expand(w, variables, self.escape) for w in inst.exec_form]
-                if inst.exec_form is not None
-                else expand_words(inst.rest, variables, self.escape)
-            )
-            if not paths or any(not path.strip() for path in paths):
-                raise DockerfileError("VOLUME specified can not be an empty string", inst.line)
-            volumes = dict(config.get("Volumes") or {})
-            volumes.update({path: {} for path in paths})
-            config["Volumes"] = volumes
-        elif kw == "ONBUILD":
-            config["OnBuild"] = [*(config.get("OnBuild") or []), inst.rest]
-        elif kw == "HEALTHCHECK":
-            config["Healthcheck"] = healthcheck(inst)
-        elif kw in ("CMD", "ENTRYPOINT"):
-            command = inst.exec_form if inst.exec_form is not None else [*self.shell(), inst.rest]
-            if inst.exec_form is None and not inst.rest:
-                command = []
-            if kw == "CMD":
-                config["Cmd"] = command
-                st.cmd_set = True
-            else:
-                config["Entrypoint"] = command
-                if not st.cmd_set:
-                    config["Cmd"] = None  # docker: an ENTRYPOINT resets the base image's CMD
-        elif kw == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for word in expand_words(inst.rest, variables, self.escape):
-                if not _PORT.match(word):
-                    raise DockerfileError(
-                        f"invalid port {word!r} in EXPOSE (want PORT[/tcp|udp|sctp])", inst.line
-                    )
-                ports[word if "/" in word else word + "/tcp"] = {}
-            config["ExposedPorts"] = ports
-        elif kw == "STOPSIGNAL":
-            from ..containers import parse_signal
-
-            signal_name = expand(inst.rest, variables, self.escape)
-            try:
-                parse_signal(signal_name)
-            except InvalidArgument:
-                raise DockerfileError(f"invalid STOPSIGNAL {signal_name!r}", inst.line) from None
-            config["StopSignal"] = signal_name
+        config, self.state.cmd_set = metadata.apply(
+            inst, self.state.config, variables, self.escape, cmd_set=self.state.cmd_set
+        )
         return self.result(inst, config, None)
 
     def shell(self) -> list[str]:
         """What runs the shell form of RUN, CMD and ENTRYPOINT: SHELL's, else ``/bin/sh -c``."""
-        return list(self.state.config.get("Shell") or ["/bin/sh", "-c"])
+        return metadata.shell(self.state.config)
 
     # -------------------------------------------------------------------------------- lowers
 
