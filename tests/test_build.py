@@ -308,7 +308,7 @@ def test_add_archive_chown_and_chmod(daemon: Any) -> None:
         ("FROM busybox\nCOPY Dockerfile Dockerfile /one\n", (), "must be a directory and end with a /"),
         ("FROM busybox\nCOPY --chown=nobodyknows Dockerfile /\n", (), "unable to find user nobodyknows"),
         ("FROM busybox AS a\nFROM busybox AS A\n", (), "duplicate name 'A' of a build stage"),
-        ("FROM busybox\nCOPY --from=1 /bin/sh /x\n", (), "COPY --from=1: stage 1 is not built before this one"),
+        ("FROM busybox\nCOPY --from=1 /bin/sh /x\n", (), "stage 1 is not built before this one"),
         ("FROM busybox AS one\n", ("--target", "two"), "failed to reach build target two in Dockerfile"),
         ("FROM busybox\nEXPOSE eighty\n", (), "invalid port"),
         ("FROM busybox\n", ("-t", "Bad Name"), "invalid"),
