@@ -137,6 +137,7 @@ async def inspect(ctx: Ctx, name: str) -> None:
             **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
             **({"StopSignal": cfg["StopSignal"]} if cfg.get("StopSignal") else {}),
             **({"Healthcheck": cfg["Healthcheck"]} if cfg.get("Healthcheck") else {}),
+            **({"Shell": cfg["Shell"]} if cfg.get("Shell") else {}),
         },
         "Architecture": img.get("architecture") or "",
         "Os": img.get("os") or "linux",

@@ -186,9 +186,6 @@ CMD echo shell-form
     assert config["Healthcheck"] == {"Test": ["NONE"]}
     r = run(daemon, "child", "cat", "/onbuild/marker.txt", "/onbuild/ran")
     assert r.stdout == b"m\ntrigger ran\n"
-    # The inspect of the front door shows them where docker does.
-    image = daemon.call("image.inspect", {"ref": "parent"})
-    assert image["config"]["OnBuild"] and image["config"]["Volumes"]
     assert_no_build_leftovers(daemon)
 
 
@@ -204,3 +201,20 @@ def test_docker_build_target_through_the_front_door(make_docker_api: Any) -> Non
     assert len(inspect["RootFS"]["Layers"]) == 2
     bad = api.docker("build", "--target", "nosuch", ctx, check=False, timeout=180)
     assert bad.returncode != 0 and "failed to reach build target nosuch" in bad.stderr
+    # docker image inspect shows what VOLUME, ONBUILD, HEALTHCHECK and SHELL recorded.
+    meta = context(
+        api.daemon,
+        {
+            "Dockerfile": 'FROM busybox\nVOLUME /data\nONBUILD RUN true\nSHELL ["/bin/sh", "-ec"]\n'
+            "HEALTHCHECK --interval=3s CMD true\n"
+        },
+        "meta",
+    )
+    api.docker("build", "-q", "-t", "meta:1", meta, timeout=180)
+    config = json.loads(api.docker("image", "inspect", "meta:1").stdout)[0]["Config"]
+    assert (config["Volumes"], config["OnBuild"], config["Shell"]) == (
+        {"/data": {}},
+        ["RUN true"],
+        ["/bin/sh", "-ec"],
+    )
+    assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 3 * 10**9}
