@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import needs_runc
+from .conftest import free_port, needs_runc
 from .docker_helpers import DockerApi, make_docker_api
 from .test_registry import (
     Registry,
@@ -60,12 +60,12 @@ def test_registry_mirror_option_is_validated() -> None:
 def test_docker_io_names_pull_through_the_mirrors_in_order(
     make_daemon: Any, mirror: Registry, empty_registry: Registry, oci_image: tuple[str, str], backend: str
 ) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    mirrors = [dead, empty_registry.url, mirror.url]
     d = make_daemon(
-        backend=backend,
-        image=False,
-        extra=["--registry-mirror", empty_registry.url, "--registry-mirror", mirror.url],
+        backend=backend, image=False, extra=[a for m in mirrors for a in ("--registry-mirror", m)]
     )
-    assert d.call("system.info")["registry_mirrors"] == [empty_registry.url, mirror.url]
+    assert d.call("system.info")["registry_mirrors"] == mirrors
     digest = remote_digest(f"{mirror.host}/library/busybox:latest")
     assert digest == layout_digests(oci_image[1])["manifest"]
 
@@ -73,8 +73,10 @@ def test_docker_io_names_pull_through_the_mirrors_in_order(
     assert out == f"Digest: {digest}\nStatus: pulled busybox:latest\nbusybox:latest\n"
     info = json.loads(d.tug("image", "inspect", "docker.io/library/busybox").stdout)
     assert info["digest"] == digest and info["repo_tags"] == ["busybox:latest"]
-    # The first mirror lacks it: its reason is logged, the second served it.
+    # The first mirror does not answer, the second lacks it: their reasons are logged, the
+    # third served it.
     log = d.read_log()
+    assert f"mirror {dead} failed" in log and "cannot reach registry" in log
     assert f"mirror {empty_registry.url} failed" in log and "manifest unknown" in log
     assert f"from mirror {mirror.url}" in log
     # A user's repository, by its full name, from the mirror as well.

@@ -19,7 +19,7 @@ from .. import imageref
 from ..auth import DOCKER_HUB, AuthStore, Credentials, TransportPolicy, check_host
 from ..events import Event
 from ..store import ImageRecord
-from .session import DEFAULT_CHUNK_SIZE, Session, make_http_client
+from .session import DEFAULT_CHUNK_SIZE, RetryPolicy, Session, make_http_client
 from .transfer import PushBlob, RegistrySource, RegistryTarget
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.registry")
 T = TypeVar("T")
+# A mirror that does not answer is given one more try, not five: docker.io is behind it.
+MIRROR_RETRY = RetryPolicy(attempts=2)
 
 
 # ------------------------------------------------------------------------- requests and records
@@ -201,13 +203,15 @@ class RegistryService:
 
     def _sources(self, http: httpx.AsyncClient, domain: str) -> list[Session]:
         """Where a pull from ``domain`` tries, in order: for docker.io its mirrors
-        (``--registry-mirror``, each with its own scheme and saved credentials) first, then
-        the registry itself, always last."""
+        (``--registry-mirror``, each with its own scheme and saved credentials, and a shorter
+        retry policy) first, then the registry itself, always last."""
         out: list[Session] = []
         if domain == DOCKER_HUB:
             for url in self.cfg.registry_mirrors:
                 scheme, _, host = url.partition("://")
-                out.append(Session(http, host, scheme=scheme, credentials=self.auth.get(host)))
+                out.append(
+                    Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
+                )
         out.append(self.session(http, domain))
         return out
 
