@@ -93,12 +93,14 @@ def test_target_stops_at_the_named_stage(daemon: Any) -> None:
 def test_copy_from_an_image_and_from_a_stage_built_on_a_stage(daemon: Any) -> None:
     dockerfile = """\
 FROM busybox AS base
-RUN echo base > /base.txt && rm /bin/vi
+RUN echo base > /base.txt && rm /bin/vi && mkdir -p /opt/real && echo linked > /opt/real/f
+RUN ln -s /opt/real /abs
 FROM base AS child
 RUN echo child > /child.txt
 FROM busybox
 COPY --from=busybox /bin/busybox /copied/busybox
 COPY --from=child /base.txt /child.txt /from-child/
+COPY --from=base /abs/f /linked.txt
 RUN ls /from-child && test -x /copied/busybox && /copied/busybox echo ok
 RUN if [ -e /bin/vi ]; then echo vi here; fi
 """
@@ -106,8 +108,9 @@ RUN if [ -e /bin/vi ]; then echo vi here; fi
     r = build(daemon, ctx, "-t", "copied")
     out = r.stdout.decode() + r.stderr.decode()
     assert "base.txt\nchild.txt\n" in out and "ok\n" in out and "vi here\n" in out
-    r = run(daemon, "copied", "sh", "-c", "cat /from-child/*; ls /copied")
-    assert r.stdout == b"base\nchild\nbusybox\n"
+    r = run(daemon, "copied", "sh", "-c", "cat /from-child/* /linked.txt; ls /copied")
+    # /abs -> /opt/real is followed inside stage one's root, not the host's
+    assert r.stdout == b"base\nchild\nlinked\nbusybox\n"
     # A file the earlier stage deleted is not there to copy (the stage's whiteout is seen).
     bad = context(
         daemon,

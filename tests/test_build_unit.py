@@ -306,3 +306,19 @@ def test_stages_their_names_and_the_args_before_the_first_from() -> None:
     assert healthcheck(none) == {"Test": ["NONE"]}
     check = parse('FROM s\nHEALTHCHECK --start-period=2s --timeout=1s CMD ["true"]\n').instructions[1]
     assert healthcheck(check) == {"Test": ["CMD", "true"], "StartPeriod": 2 * 10**9, "Timeout": 10**9}
+
+
+def test_in_root_follows_links_inside_the_root_only(tmp_path: pathlib.Path) -> None:
+    from supervisor.build.context import in_root
+
+    root = str(tmp_path)
+    os.makedirs(tmp_path / "usr" / "lib")
+    os.symlink("/usr/lib", tmp_path / "lib")  # absolute: the root's /usr/lib, not the host's
+    os.symlink("../../..", tmp_path / "usr" / "up")  # climbs past the root: stops at it
+    os.symlink("loop", tmp_path / "loop")
+    assert in_root(root, "lib/x.so") == os.path.join(root, "usr/lib/x.so")
+    assert in_root(root, "usr/up/etc/passwd") == os.path.join(root, "etc/passwd")
+    assert in_root(root, "../../etc") == os.path.join(root, "etc")
+    assert in_root(root, "") == root
+    with pytest.raises(DockerfileError, match="too many levels of symbolic links"):
+        in_root(root, "loop/x")

@@ -404,7 +404,7 @@ class _Build:
             value = expand(inst.flags["from"], self.state.variables(), self.escape)
             lowers = await self.from_lowers(inst, value)
             async with mounted_rootfs(lowers, self._path("from-")) as root:
-                await self.step_in(n, inst, BuildContext(root, DockerIgnore([])))
+                await self.step_in(n, inst, BuildContext(root, DockerIgnore([]), rootfs=True))
             return
         await self.step_in(n, inst, self.ctx)
 
