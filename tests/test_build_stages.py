@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 TWO_STAGES = """\
 ARG BASE=busybox
 ARG GREETING=built
-FROM $BASE AS builder
+FROM --platform=$BUILDPLATFORM $BASE AS builder
 ARG GREETING
 RUN mkdir /out && echo "$GREETING in stage one" > /out/artefact && echo junk > /junk
 COPY src.txt /out/src.txt
@@ -135,6 +135,8 @@ RUN if [ -e /bin/vi ]; then echo vi here; fi
         ),
         ("FROM busybox\nCOPY --from=0 /bin/sh /x\n", "COPY --from=0: stage 0 is not built before this one"),
         ("FROM busybox\nCOPY --from=127.0.0.1:1/nothing /a /a\n", "COPY --from=127.0.0.1:1/nothing: image"),
+        ("FROM --platform=linux/s390x busybox\n", "FROM --platform=linux/s390x: only the host's platform"),
+        ("FROM --platform=a/b/c/d busybox\n", "FROM --platform=a/b/c/d: invalid platform"),
     ],
 )
 def test_bad_copy_from_is_a_clear_error_and_leaves_nothing(

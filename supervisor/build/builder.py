@@ -46,6 +46,7 @@ from tugwire.timefmt import rfc3339
 from .. import spec
 from ..config import Config
 from ..images import Images, chain_ids
+from ..images.manifests import host_platform, parse_platform
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
 from ..streams import Feed, run_feed
@@ -513,6 +514,8 @@ class _Build:
         if len(words) != 1:
             raise DockerfileError("FROM takes an image and optionally AS NAME", inst.line)
         ref = words[0]
+        if inst.flags.get("platform"):
+            self.check_platform(inst, expand(inst.flags["platform"], variables, self.escape))
         self.state = st = State()
         earlier = self.earlier_stage(ref)
         if earlier is not None:
@@ -538,6 +541,22 @@ class _Build:
                 if trigger.keyword in NOT_TRIGGERS:
                     raise DockerfileError(f"{trigger.keyword} isn't allowed as an ONBUILD trigger", inst.line)
                 await self.step(n, trigger)
+
+    @staticmethod
+    def check_platform(inst: Instruction, value: str) -> None:
+        """``FROM --platform=``: empty (``$BUILDPLATFORM`` is not set by the classic builder)
+        or the host's; a build for another platform is refused (no emulation here)."""
+        if not value:
+            return
+        try:
+            wanted = parse_platform(value)
+        except InvalidArgument as exc:
+            raise DockerfileError(f"FROM --platform={value}: {exc.message}", inst.line) from None
+        if wanted[:2] != parse_platform(host_platform())[:2]:
+            raise DockerfileError(
+                f"FROM --platform={value}: only the host's platform ({host_platform()}) can be built",
+                inst.line,
+            )
 
     def earlier_stage(self, name: str) -> State | None:
         """The state of a stage built before this one and named ``name`` (its ``AS``)."""

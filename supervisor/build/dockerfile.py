@@ -49,7 +49,7 @@ NOT_TRIGGERS = frozenset({"ONBUILD", "FROM", "MAINTAINER"})
 FLAGS: dict[str, frozenset[str]] = {
     "COPY": frozenset({"chown", "chmod", "from"}),
     "ADD": frozenset({"chown", "chmod"}),
-    "FROM": frozenset(),
+    "FROM": frozenset({"platform"}),
     "RUN": frozenset(),
     "HEALTHCHECK": frozenset({"interval", "timeout", "start-period", "start-interval", "retries"}),
 }
