@@ -56,7 +56,7 @@ def build_params(ctx: Ctx, context: str) -> tuple[dict[str, Any], list[str]]:
     if network == "host":
         params["network"] = "host"
     if req.arg("target"):
-        raise HttpError(400, "multi-stage builds (--target) are not supported yet")
+        params["target"] = req.arg("target")
     return params, tags[1:]
 
 

@@ -137,6 +137,7 @@ async def inspect(ctx: Ctx, name: str) -> None:
             **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
             **({"StopSignal": cfg["StopSignal"]} if cfg.get("StopSignal") else {}),
             **({"Healthcheck": cfg["Healthcheck"]} if cfg.get("Healthcheck") else {}),
+            **({"Shell": cfg["Shell"]} if cfg.get("Shell") else {}),
         },
         "Architecture": img.get("architecture") or "",
         "Os": img.get("os") or "linux",
@@ -281,7 +282,8 @@ async def pull(ctx: Ctx) -> None:
     def done(result: dict[str, Any]) -> list[dict[str, Any]]:
         return [
             {"status": f"Digest: {result.get('digest', '')}"},
-            {"status": f"Status: Downloaded newer image for {ref}"},
+            # as dockerd: the familiar name (busybox:latest), which tugd's result holds
+            {"status": f"Status: Downloaded newer image for {result.get('ref') or ref}"},
         ]
 
     first = {"status": f"Pulling from {_repository_path(image)}", "id": tag_ or "latest"}

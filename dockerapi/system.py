@@ -129,7 +129,11 @@ async def info(ctx: Ctx) -> None:
         "OSType": "linux",
         "Architecture": platform.machine(),
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+        "RegistryConfig": {
+            "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+            "IndexConfigs": {},
+            "Mirrors": [m + "/" for m in info.get("registry_mirrors", [])],
+        },
         "NCPU": os.cpu_count() or 1,
         "MemTotal": mem_total(),
         "DockerRootDir": info.get("root", ""),

@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a registry to reach over plain HTTP (repeatable; loopback ones always are)",
     )
     parser.add_argument(
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a mirror of docker.io (http://HOST[:PORT] or https://...), tried before it; "
+        "repeatable, in order (as dockerd's registry-mirrors)",
+    )
+    parser.add_argument(
         "--default-network",
         default="bridge",
         help="network of containers created without --network: bridge, none, host or a name "
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             default_network=args.default_network,
             address_pools=tuple(args.default_address_pool),
             insecure_registries=tuple(args.insecure_registry),
+            registry_mirrors=tuple(args.registry_mirror),
             runtime_timeout=args.runtime_timeout,
             rebuild_store=args.rebuild_store,
         ).validated()

@@ -56,6 +56,29 @@ def check_host(host: str) -> str:
     return h.lower()
 
 
+def check_mirror(url: str) -> str:
+    """A registry mirror as ``dockerd --registry-mirror`` takes it: ``http://HOST[:PORT]`` or
+    ``https://HOST[:PORT]`` (a trailing ``/`` allowed, no other path); normalised to
+    ``SCHEME://host``. A mirror named ``http://`` is spoken to over plain HTTP, as an insecure
+    registry is."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidArgument("a registry mirror URL is required", field="registry_mirror")
+    u = url.strip()
+    scheme, sep, rest = u.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise InvalidArgument(
+            f"invalid registry mirror {url!r}: want http://HOST[:PORT] or https://HOST[:PORT]",
+            field="registry_mirror",
+        )
+    rest = rest.rstrip("/")
+    if "/" in rest or _HOST_RE.fullmatch(rest) is None:
+        raise InvalidArgument(
+            f"invalid registry mirror {url!r}: want http://HOST[:PORT] or https://HOST[:PORT], no path",
+            field="registry_mirror",
+        )
+    return f"{scheme.lower()}://{rest.lower()}"
+
+
 def endpoint_host(host: str) -> str:
     """Where a registry's API actually is: docker.io's is registry-1.docker.io."""
     return DOCKER_HUB_ENDPOINT if host == DOCKER_HUB else host

@@ -30,6 +30,9 @@ class Config:
     runtime_timeout: float = 60.0  # the deadline of every runtime (runc) call a shim makes
     metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
     insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] spoken to over plain HTTP (auth.py)
+    # Mirrors of docker.io tried in order before it (--registry-mirror, as dockerd's
+    # registry-mirrors): SCHEME://HOST[:PORT] each (auth.check_mirror).
+    registry_mirrors: tuple[str, ...] = ()
     default_network: str = "bridge"  # of containers created without --network (supervisor/network)
     # Where subnets of networks without --subnet come from, in order: "base=CIDR,size=N" each
     # (--default-address-pool); empty: docker's default-address-pools (network/host.py).
@@ -61,12 +64,16 @@ class Config:
                 raise ConfigError(f"--metrics-address: {exc}") from None
         from tugwire.errors import InvalidArgument
 
-        from .auth import check_host
+        from .auth import check_host, check_mirror
 
         try:
             insecure = tuple(check_host(h) for h in self.insecure_registries)
         except InvalidArgument as exc:
             raise ConfigError(f"--insecure-registry: {exc.message}") from None
+        try:
+            mirrors = tuple(dict.fromkeys(check_mirror(m) for m in self.registry_mirrors))
+        except InvalidArgument as exc:
+            raise ConfigError(f"--registry-mirror: {exc.message}") from None
         from .network.host import parse_pool
 
         try:
@@ -95,6 +102,7 @@ class Config:
             runtime_timeout=self.runtime_timeout,
             metrics_address=metrics_address,
             insecure_registries=insecure,
+            registry_mirrors=mirrors,
             default_network=self.default_network,
             address_pools=pools,
             rebuild_store=self.rebuild_store,

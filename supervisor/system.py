@@ -70,6 +70,7 @@ class SystemInfo:
     images: int
     store: dict[str, Any]  # the store's health (store_health; issue 19)
     pid: int
+    registry_mirrors: list[str] = field(default_factory=list)  # of docker.io, in order
 
 
 def store_health(store: Store) -> dict[str, Any]:
@@ -254,6 +255,7 @@ class System:
             images=self.images.store.image_count(),
             store=store_health(self.store),
             pid=os.getpid(),
+            registry_mirrors=list(self.cfg.registry_mirrors),
         )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:

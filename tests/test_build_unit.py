@@ -64,8 +64,11 @@ def test_escape_directive_changes_the_continuation_character() -> None:
         ("# only a comment\n", "empty"),
         ("RUN echo\n", "line 1: the first instruction must be FROM"),
         ("FROM busybox\nFROB x\n", "line 2: unknown instruction: FROB"),
-        ("FROM busybox\nVOLUME /data\n", "line 2: VOLUME is not supported"),
-        ("FROM busybox\nCOPY --from=0 a b\n", "line 2: COPY --from (multi-stage builds) is not supported"),
+        ("FROM busybox\nONBUILD FROM alpine\n", "line 2: FROM isn't allowed as an ONBUILD trigger"),
+        ("FROM busybox\nONBUILD ONBUILD RUN x\n", "line 2: ONBUILD isn't allowed as an ONBUILD trigger"),
+        ("FROM busybox\nONBUILD FROB x\n", "line 2: unknown instruction: FROB"),
+        ("FROM busybox\nADD --from=0 a b\n", "line 2: unknown flag for ADD: --from"),
+        ("FROM busybox\nMAINTAINER me\n", "line 2: MAINTAINER is not supported"),
         ("FROM busybox\nCOPY --owner=1 a b\n", "line 2: unknown flag for COPY: --owner"),
         ("FROM busybox\nCOPY --chown a b\n", "line 2: flag --chown of COPY needs a value"),
         ("FROM busybox\nRUN\n", "line 2: RUN requires at least one argument"),
@@ -275,3 +278,47 @@ def test_durations_and_the_shell_and_healthcheck_forms() -> None:
         parse("FROM s\nSHELL /bin/bash -c\n")
     with pytest.raises(DockerfileError, match="unknown flag for HEALTHCHECK: --every"):
         parse("FROM s\nHEALTHCHECK --every=5s CMD true\n")
+
+
+def test_stages_their_names_and_the_args_before_the_first_from() -> None:
+    from supervisor.build.dockerfile import healthcheck, split_stages
+
+    df = parse(
+        "ARG BASE=busybox\nARG V\nFROM $BASE AS Build\nRUN make\n"
+        "FROM scratch\nCOPY --from=build /app /app\nVOLUME /data [x]\nONBUILD COPY . /src\n"
+    )
+    meta, stages = split_stages(df)
+    assert [i.rest for i in meta] == ["BASE=busybox", "V"]
+    assert [(s.index, s.name, [i.keyword for i in s.instructions]) for s in stages] == [
+        (0, "build", ["FROM", "RUN"]),
+        (1, None, ["FROM", "COPY", "VOLUME", "ONBUILD"]),
+    ]
+    assert stages[1].instructions[1].flags == {"from": "build"}
+    assert stages[1].instructions[3].rest == "COPY . /src"
+    for text, message in (
+        ("ARG A\nENV B=1\nFROM s\n", "line 2: ENV before FROM"),
+        ("FROM s AS 1st\n", "line 1: invalid name for build stage: '1st'"),
+        ("FROM s AS a\nFROM s AS a\n", "line 2: duplicate name 'a'"),
+    ):
+        with pytest.raises(DockerfileError, match=message):
+            split_stages(parse(text))
+    none = parse("FROM s\nHEALTHCHECK NONE\n").instructions[1]
+    assert healthcheck(none) == {"Test": ["NONE"]}
+    check = parse('FROM s\nHEALTHCHECK --start-period=2s --timeout=1s CMD ["true"]\n').instructions[1]
+    assert healthcheck(check) == {"Test": ["CMD", "true"], "StartPeriod": 2 * 10**9, "Timeout": 10**9}
+
+
+def test_in_root_follows_links_inside_the_root_only(tmp_path: pathlib.Path) -> None:
+    from supervisor.build.context import in_root
+
+    root = str(tmp_path)
+    os.makedirs(tmp_path / "usr" / "lib")
+    os.symlink("/usr/lib", tmp_path / "lib")  # absolute: the root's /usr/lib, not the host's
+    os.symlink("../../..", tmp_path / "usr" / "up")  # climbs past the root: stops at it
+    os.symlink("loop", tmp_path / "loop")
+    assert in_root(root, "lib/x.so") == os.path.join(root, "usr/lib/x.so")
+    assert in_root(root, "usr/up/etc/passwd") == os.path.join(root, "etc/passwd")
+    assert in_root(root, "../../etc") == os.path.join(root, "etc")
+    assert in_root(root, "") == root
+    with pytest.raises(DockerfileError, match="too many levels of symbolic links"):
+        in_root(root, "loop/x")

@@ -94,9 +94,10 @@ def test_errors_are_clear_and_change_nothing(daemon: Any) -> None:
     assert r.returncode == 125
     assert b"invalid container name" in r.stderr
     assert b"Traceback" not in r.stderr
-    r = daemon.tug("run", "nosuchimage", "true", check=False)
+    r = daemon.tug("run", "--pull", "never", "nosuchimage", "true", check=False)
     assert r.returncode == 125
     assert b"no such image" in r.stderr
+    assert b"Unable to find image" not in r.stderr
     r = daemon.tug("rm", "nosuch", check=False)
     assert r.returncode == 1
     assert b"no such container" in r.stderr

@@ -150,6 +150,7 @@ class ImageApi:
             build_args=p.dict_of_str("build_args") if p.raw.get("build_args") is not None else {},
             no_cache=p.boolean("no_cache"),
             network=p.string("network"),
+            target=p.string("target"),
         )
 
         async def build() -> dict[str, Any]:

@@ -46,27 +46,30 @@ from tugwire.timefmt import rfc3339
 from .. import spec
 from ..config import Config
 from ..images import Images, chain_ids
+from ..images.manifests import host_platform, parse_platform
 from ..shims import ShimLauncher
 from ..store import ImageRecord, Store
 from ..streams import Feed, run_feed
-from . import layers, runner
+from . import layers, metadata, runner
 from .context import BuildContext
 from .dockerfile import (
+    NOT_TRIGGERS,
+    Dockerfile,
     DockerfileError,
     Instruction,
-    duration_ns,
     expand,
     expand_words,
-    key_values,
     parse,
+    parse_trigger,
+    split_stages,
 )
 from .dockerignore import DockerIgnore
+from .stages import mounted_rootfs
 
 if TYPE_CHECKING:
     from ..registry import RegistryService
 
 MAX_DOCKERFILE = 1 << 20
-_PORT = re.compile(r"^\d{1,5}(?:-\d{1,5})?(?:/(?:tcp|udp|sctp))?$")
 # Build args docker accepts without an ARG instruction (proxies): never a warning.
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 PREDEFINED_ARGS = frozenset(_PROXIES) | frozenset(n.lower() for n in _PROXIES)
@@ -137,6 +140,7 @@ class Options:
     build_args: dict[str, str]
     no_cache: bool
     network: str = "none"
+    target: str | None = None  # the stage (``AS`` name) to build and stop at
 
 
 def env_dict(env: list[str]) -> dict[str, str]:
@@ -197,10 +201,12 @@ class Builder:
         build_args: dict[str, str] | None = None,
         no_cache: bool = False,
         network: str | None = None,
+        target: str | None = None,
     ) -> Options:
         """A build's options, checked (InvalidArgument): ``context`` an absolute path to a
         directory, ``dockerfile`` relative to it (default ``Dockerfile``), ``tag`` a valid
-        reference, build arg names identifiers, ``network`` ``none`` (default) or ``host``."""
+        reference, build arg names identifiers, ``network`` ``none`` (default) or ``host``,
+        ``target`` the name of a stage (checked against the Dockerfile when the build starts)."""
         if not os.path.isabs(context):
             raise InvalidArgument(f"the build context must be an absolute path: {context!r}", field="context")
         if not os.path.isdir(context):
@@ -217,7 +223,9 @@ class Builder:
             raise InvalidArgument(
                 f"a build's RUN steps run with network none or host, not {network!r}", field="network"
             )
-        return Options(context, dockerfile, tag, build_args, no_cache, network)
+        if target is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.-]*", target):
+            raise InvalidArgument(f"invalid build target {target!r}: want a stage name", field="target")
+        return Options(context, dockerfile, tag, build_args, no_cache, network, target or None)
 
     def build(self, opts: Options) -> contextlib.AbstractAsyncContextManager[Feed[BuildEvent, BuildResult]]:
         """Parse the Dockerfile, run every step, commit and tag, in the ``async with``: iterating
@@ -322,6 +330,9 @@ class _Build:
         self.work = work
         self.emit = emit
         self.state = State()
+        self.meta, self.stages = split_stages(Dockerfile(instructions, escape))
+        self.done: list[State] = []  # the stages built so far, by index
+        self.stage_index = -1  # the stage being built
         self.meta_args: dict[str, str | None] = {}  # ARGs before FROM
         self.used_args: set[str] = set()
         self.seen_from = False
@@ -336,16 +347,37 @@ class _Build:
         self.counter += 1
         return os.path.join(self.work, f"{prefix}{self.counter}")
 
+    def target_index(self) -> int:
+        """The last stage to build: the one ``--target`` names, else the last one."""
+        if not self.opts.target:
+            return len(self.stages) - 1
+        for stage in self.stages:
+            if stage.name == self.opts.target.lower():
+                return stage.index
+        raise InvalidArgument(
+            f"failed to reach build target {self.opts.target} in Dockerfile", field="target"
+        )
+
     async def run(self) -> dict[str, Any]:
-        total = len(self.instructions)
+        # Every stage up to the target is built, in order (the classic builder's rule); the
+        # last one built is the image.
+        todo = self.stages[: self.target_index() + 1]
+        steps = [*self.meta, *(inst for stage in todo for inst in stage.instructions)]
+        total = len(steps)
         # A lease keeps the image store's garbage collection off the blobs and snapshots this
-        # build uses (its base image's, and the layers it makes or takes from the cache).
+        # build uses (its base images', and the layers it makes or takes from the cache).
         with self.b.images.leases.hold() as self.lease:
-            for n, inst in enumerate(self.instructions, 1):
+            n = 0
+            for inst in self.meta:
+                n += 1
                 await self.emit("image.build.step", {"step": n, "total": total, "instruction": str(inst)})
                 await self.step(n, inst)
-            if not self.seen_from:
-                raise DockerfileError("no FROM instruction")
+            for stage in todo:
+                for inst in stage.instructions:
+                    n += 1
+                    await self.emit("image.build.step", {"step": n, "total": total, "instruction": str(inst)})
+                    await self.step(n, inst)
+                self.done.append(self.state)
             unused = sorted(set(self.opts.build_args) - self.used_args - PREDEFINED_ARGS)
             if unused:
                 await self.status(f"[Warning] One or more build-args {unused} were not consumed")
@@ -363,10 +395,23 @@ class _Build:
             self.arg(inst)
             return
         if kw == "FROM":
-            await self.from_(inst)
+            await self.from_(n, inst)
             return
         if not self.seen_from:
             raise DockerfileError(f"{kw} before FROM", inst.line)
+        if kw == "COPY" and "from" in inst.flags:
+            # COPY --from: the sources are read from another stage's root, or an image's, as
+            # from a build context (mounted read-only for the step).
+            value = expand(inst.flags["from"], self.state.variables(), self.escape)
+            lowers = await self.from_lowers(inst, value)
+            async with mounted_rootfs(lowers, self._path("from-")) as root:
+                await self.step_in(n, inst, BuildContext(root, DockerIgnore([]), rootfs=True))
+            return
+        await self.step_in(n, inst, self.ctx)
+
+    async def step_in(self, n: int, inst: Instruction, source: BuildContext) -> None:
+        """A step other than ARG and FROM; COPY and ADD read from ``source``."""
+        kw = inst.keyword
         st = self.state
         variables = st.variables()
         extra: Any = None
@@ -383,9 +428,9 @@ class _Build:
             if len(words) < 2:
                 raise DockerfileError(f"{kw} requires at least two arguments: SOURCE... DEST", inst.line)
             flags = {k: expand(v, variables, self.escape) for k, v in inst.flags.items()}
-            sources = self.ctx.sources(inst, words[:-1])
+            sources = source.sources(inst, words[:-1])
             extra = {
-                "content": await anyio.to_thread.run_sync(self.ctx.content_hash, sources),
+                "content": await anyio.to_thread.run_sync(source.content_hash, sources),
                 "flags": flags,
             }
             text = f"{kw} {json.dumps(flags, sort_keys=True)} {json.dumps(words)}"
@@ -396,7 +441,7 @@ class _Build:
         else:
             extra = (
                 {"vars": variables}
-                if kw in ("ENV", "LABEL", "WORKDIR", "USER", "EXPOSE", "STOPSIGNAL")
+                if kw in ("ENV", "LABEL", "WORKDIR", "USER", "EXPOSE", "STOPSIGNAL", "VOLUME")
                 else None
             )
         key = _sha(json.dumps([st.identity(), text, extra], sort_keys=True))
@@ -410,7 +455,7 @@ class _Build:
         if kw == "RUN":
             result = await self.run_step(n, inst)
         elif kw in ("COPY", "ADD"):
-            result = await self.copy_step(inst, words[-1], sources, flags)
+            result = await self.copy_step(inst, words[-1], sources, flags, source)
         else:
             result = self.metadata_step(inst, variables)
         self.b.cache_put(key, {k: v for k, v in result.items() if k != "_dir"})
@@ -457,12 +502,11 @@ class _Build:
                 value = None
             scope[name] = value
 
-    async def from_(self, inst: Instruction) -> None:
-        if self.seen_from:
-            raise DockerfileError(
-                "multi-stage builds (a second FROM) are not supported by tug build", inst.line
-            )
+    async def from_(self, n: int, inst: Instruction) -> None:
+        """A stage begins: from an image (pulled if not here), ``scratch``, or an earlier
+        stage by its name; then the base's ONBUILD triggers run, as docker does."""
         self.seen_from = True
+        self.stage_index += 1
         variables = {k: v for k, v in self.meta_args.items() if v is not None}
         words = expand_words(inst.rest, variables, self.escape)
         if len(words) == 3 and words[1].lower() == "as":
@@ -470,133 +514,127 @@ class _Build:
         if len(words) != 1:
             raise DockerfileError("FROM takes an image and optionally AS NAME", inst.line)
         ref = words[0]
-        st = self.state
-        if ref == "scratch":
+        if inst.flags.get("platform"):
+            self.check_platform(inst, expand(inst.flags["platform"], variables, self.escape))
+        self.state = st = State()
+        earlier = self.earlier_stage(ref)
+        if earlier is not None:
+            st.base, st.base_lowers = earlier.base, list(earlier.base_lowers)
+            st.layers = list(earlier.layers)
+            st.config = copy.deepcopy(earlier.config)
+            st.history = [dict(h) for h in earlier.history]
+            st.cmd_set = earlier.cmd_set
+        elif ref == "scratch":
             st.config = {}
             return
+        else:
+            resolved = await self.image(ref, "")
+            st.base = resolved.record
+            st.config = copy.deepcopy(resolved.config)
+            st.base_lowers = await self.unpacked(resolved.record)
+        triggers = list(st.config.get("OnBuild") or [])
+        if triggers:
+            st.config["OnBuild"] = None  # the triggers run here and are not inherited
+            await self.status(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}")
+            for text in triggers:
+                trigger = parse_trigger(str(text), inst.line)
+                if trigger.keyword in NOT_TRIGGERS:
+                    raise DockerfileError(f"{trigger.keyword} isn't allowed as an ONBUILD trigger", inst.line)
+                await self.step(n, trigger)
+
+    @staticmethod
+    def check_platform(inst: Instruction, value: str) -> None:
+        """``FROM --platform=``: empty (``$BUILDPLATFORM`` is not set by the classic builder)
+        or the host's; a build for another platform is refused (no emulation here)."""
+        if not value:
+            return
         try:
-            resolved = self.b.images.resolve(ref)
+            wanted = parse_platform(value)
+        except InvalidArgument as exc:
+            raise DockerfileError(f"FROM --platform={value}: {exc.message}", inst.line) from None
+        if wanted[:2] != parse_platform(host_platform())[:2]:
+            raise DockerfileError(
+                f"FROM --platform={value}: only the host's platform ({host_platform()}) can be built",
+                inst.line,
+            )
+
+    def earlier_stage(self, name: str) -> State | None:
+        """The state of a stage built before this one and named ``name`` (its ``AS``)."""
+        for stage in self.stages[: self.stage_index]:
+            if stage.name is not None and stage.name == name.lower():
+                return self.done[stage.index]
+        return None
+
+    async def image(self, ref: str, what: str) -> Any:
+        """The image ``ref`` (a ResolvedImage), pulled when it is not here."""
+        try:
+            return self.b.images.resolve(ref)
         except NotFound:
             await self.status(f"Pulling {ref} (not found locally)")
             try:
                 await self.b.pull(ref)
-                resolved = self.b.images.resolve(ref)
+                return self.b.images.resolve(ref)
             except TugError as exc:
                 raise reworded(
-                    exc, f"image {ref} not found locally, and pulling it failed: {exc.message}"
+                    exc, f"{what}image {ref} not found locally, and pulling it failed: {exc.message}"
                 ) from exc
-        st.base = resolved.record
-        st.config = copy.deepcopy(resolved.config)
-        for desc in resolved.record.manifest.get("layers", []):
+
+    async def unpacked(self, rec: ImageRecord) -> list[str]:
+        """The snapshot dirs of an image (top first), held by this build's lease."""
+        for desc in rec.manifest.get("layers", []):
             self.lease.add(desc["digest"])
-        for chain in chain_ids(resolved.record.config.get("rootfs", {}).get("diff_ids", [])):
+        for chain in chain_ids(rec.config.get("rootfs", {}).get("diff_ids", [])):
             self.lease.add(chain)
-        st.base_lowers = await self.b.images.ensure_unpacked(resolved.record)
+        return await self.b.images.ensure_unpacked(rec)
+
+    async def from_lowers(self, inst: Instruction, value: str) -> list[str]:
+        """The root of ``COPY --from=value`` as lower dirs (top first): an earlier stage by its
+        number or name, else an image (pulled if not here)."""
+        if value.isdigit():
+            index = int(value)
+            if index >= self.stage_index:
+                raise DockerfileError(
+                    f"COPY --from={value}: stage {index} is not built before this one "
+                    f"(this is stage {self.stage_index}; a stage copies from earlier ones only)",
+                    inst.line,
+                )
+            return await self.lowers(self.done[index])
+        earlier = self.earlier_stage(value)
+        if earlier is not None:
+            return await self.lowers(earlier)
+        if any(stage.name == value.lower() for stage in self.stages[self.stage_index :]):
+            raise DockerfileError(
+                f"COPY --from={value}: the stage {value} is not built before this one "
+                "(a stage copies from earlier ones only)",
+                inst.line,
+            )
+        try:
+            resolved = await self.image(value, f"COPY --from={value}: ")
+        except TugError as exc:
+            if exc.message.startswith("COPY --from"):
+                raise
+            raise reworded(exc, f"COPY --from={value}: {exc.message}") from exc
+        return await self.unpacked(resolved.record)
 
     def metadata_step(self, inst: Instruction, variables: dict[str, str]) -> dict[str, Any]:
-        st = self.state
-        config = copy.deepcopy(st.config)
-        kw = inst.keyword
-        if kw == "ENV":
-            env = list(config.get("Env") or [])
-            for key, value in key_values(inst, variables, self.escape):
-                env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
-            config["Env"] = env
-        elif kw == "LABEL":
-            labels = dict(config.get("Labels") or {})
-            labels.update(key_values(inst, variables, self.escape))
-            config["Labels"] = labels
-        elif kw == "WORKDIR":
-            path = expand(inst.rest, variables, self.escape)
-            config["WorkingDir"] = os.path.normpath(os.path.join(config.get("WorkingDir") or "/", path))
-        elif kw == "USER":
-            user = expand(inst.rest, variables, self.escape)
-            if not user:
-                raise DockerfileError("USER requires an argument", inst.line)
-            config["User"] = user
-        elif kw == "SHELL":
-            config["Shell"] = list(inst.exec_form or [])
-        elif kw == "HEALTHCHECK":
-            config["Healthcheck"] = self.healthcheck(inst)
-        elif kw in ("CMD", "ENTRYPOINT"):
-            command = inst.exec_form if inst.exec_form is not None else [*self.shell(), inst.rest]
-            if inst.exec_form is None and not inst.rest:
-                command = []
-            if kw == "CMD":
-                config["Cmd"] = command
-                st.cmd_set = True
-            else:
-                config["Entrypoint"] = command
-                if not st.cmd_set:
-                    config["Cmd"] = None  # docker: an ENTRYPOINT resets the base image's CMD
-        elif kw == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for word in expand_words(inst.rest, variables, self.escape):
-                if not _PORT.match(word):
-                    raise DockerfileError(
-                        f"invalid port {word!r} in EXPOSE (want PORT[/tcp|udp|sctp])", inst.line
-                    )
-                ports[word if "/" in word else word + "/tcp"] = {}
-            config["ExposedPorts"] = ports
-        elif kw == "STOPSIGNAL":
-            from ..containers import parse_signal
-
-            signal_name = expand(inst.rest, variables, self.escape)
-            try:
-                parse_signal(signal_name)
-            except InvalidArgument:
-                raise DockerfileError(f"invalid STOPSIGNAL {signal_name!r}", inst.line) from None
-            config["StopSignal"] = signal_name
+        config, self.state.cmd_set = metadata.apply(
+            inst, self.state.config, variables, self.escape, cmd_set=self.state.cmd_set
+        )
         return self.result(inst, config, None)
 
     def shell(self) -> list[str]:
         """What runs the shell form of RUN, CMD and ENTRYPOINT: SHELL's, else ``/bin/sh -c``."""
-        return list(self.state.config.get("Shell") or ["/bin/sh", "-c"])
-
-    def healthcheck(self, inst: Instruction) -> dict[str, Any]:
-        """``HEALTHCHECK NONE`` or ``HEALTHCHECK [--interval=D ...] CMD ...``, as docker records it
-        (durations in nanoseconds), which ``tug run`` then applies."""
-        kind, _, command = inst.rest.partition(" ")
-        command = command.strip()
-        if kind.upper() == "NONE":
-            if command or inst.flags:
-                raise DockerfileError("HEALTHCHECK NONE takes no arguments", inst.line)
-            return {"Test": ["NONE"]}
-        if kind.upper() != "CMD" or not command:
-            raise DockerfileError("HEALTHCHECK wants NONE or CMD followed by a command", inst.line)
-        test: list[str] = ["CMD-SHELL", command]
-        if command.startswith("["):
-            try:
-                parsed = json.loads(command)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, list) and parsed and all(isinstance(v, str) for v in parsed):
-                test = ["CMD", *parsed]
-        check: dict[str, Any] = {"Test": test}
-        names = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod"}
-        names["start-interval"] = "StartInterval"
-        for flag, value in inst.flags.items():
-            if flag == "retries":
-                if not value.isdigit() or int(value) < 1:
-                    raise DockerfileError(f"--retries must be a positive integer, not {value!r}", inst.line)
-                check["Retries"] = int(value)
-                continue
-            try:
-                ns = duration_ns(value)
-            except ValueError as exc:
-                raise DockerfileError(f"--{flag}: {exc}", inst.line) from None
-            if flag != "start-period" and ns < 1_000_000:
-                raise DockerfileError(f"--{flag} must be at least 1ms", inst.line)
-            check[names[flag]] = ns
-        return check
+        return metadata.shell(self.state.config)
 
     # -------------------------------------------------------------------------------- lowers
 
-    async def lowers(self) -> list[str]:
-        """The lower dirs for a step, top first: this build's layers (extracted from their blobs
-        when they came from the cache), then the base image's snapshots."""
+    async def lowers(self, state: State | None = None) -> list[str]:
+        """The lower dirs for a step (of this stage, or of ``state``'s), top first: the layers
+        made (extracted from their blobs when they came from the cache), then the base image's
+        snapshots."""
+        st = state or self.state
         out: list[str] = []
-        for layer in self.state.layers:
+        for layer in st.layers:
             if layer.dir is None:
                 target = self._path("cached-")
                 os.mkdir(target, 0o755)
@@ -605,7 +643,7 @@ class _Build:
                 )
                 layer.dir = target
             out.append(layer.dir)
-        return [*reversed(out), *self.state.base_lowers]
+        return [*reversed(out), *st.base_lowers]
 
     async def commit_layer(self, directory: str) -> dict[str, Any] | None:
         """The layer of ``directory`` into the content store; None if it holds nothing."""
@@ -684,7 +722,12 @@ class _Build:
     # ------------------------------------------------------------------------------ COPY/ADD
 
     async def copy_step(
-        self, inst: Instruction, dest: str, sources: list[tuple[str, str]], flags: dict[str, str]
+        self,
+        inst: Instruction,
+        dest: str,
+        sources: list[tuple[str, str]],
+        flags: dict[str, str],
+        source: BuildContext,
     ) -> dict[str, Any]:
         st = self.state
         lowers = await self.lowers()
@@ -707,7 +750,7 @@ class _Build:
         layer_dir = self._path("copy-")
         os.mkdir(layer_dir, 0o755)
         await anyio.to_thread.run_sync(
-            self.ctx.copy_all, inst, sources, dest, is_dir_dest, layer_dir, lowers, uid, gid, chmod
+            source.copy_all, inst, sources, dest, is_dir_dest, layer_dir, lowers, uid, gid, chmod
         )
         layer = await self.commit_layer(layer_dir)
         result = self.result(inst, copy.deepcopy(st.config), layer)

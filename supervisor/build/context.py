@@ -21,11 +21,14 @@ _GLOB = re.compile(r"[*?\[]")
 
 
 class BuildContext:
-    """The context directory of one build and its ``.dockerignore``."""
+    """The context directory of one build and its ``.dockerignore``; or, ``rootfs``, the root
+    of a stage or image that ``COPY --from`` reads, where a link on a source's path is followed
+    inside that root (``/lib -> /usr/lib`` means the root's), as docker does."""
 
-    def __init__(self, context: str, ignore: DockerIgnore) -> None:
+    def __init__(self, context: str, ignore: DockerIgnore, *, rootfs: bool = False) -> None:
         self.context = context
         self.ignore = ignore
+        self.rootfs = rootfs
 
     def __repr__(self) -> str:
         return f"<BuildContext {self.context}>"
@@ -61,6 +64,9 @@ class BuildContext:
                 out.extend(kept)
                 continue
             path = os.path.join(context, rel) if rel and rel != "." else context
+            if self.rootfs and rel not in ("", "."):
+                parent, name = os.path.split(rel)
+                path = os.path.join(in_root(context, parent), name)
             if path != context and not _inside(os.path.realpath(os.path.dirname(path)), context):
                 # A symlink on the way (``COPY link/file``, link -> /etc) would read the host.
                 raise DockerfileError(f"forbidden path outside the build context: {pattern}", inst.line)
@@ -176,6 +182,33 @@ class BuildContext:
                     out = os.path.join(layer_dir, target.lstrip("/"), below)
                     if os.path.isdir(out):
                         os.utime(out, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
+
+
+def in_root(root: str, rel: str, max_links: int = 40) -> str:
+    """The path of ``rel`` inside ``root`` with every link on the way followed as if ``root``
+    were ``/`` (an absolute target starts again at ``root``, ``..`` stops at it): never a path
+    outside ``root``. A path that does not exist is returned as far as it resolved."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = os.path.join(root, *done, part)
+        if os.path.islink(candidate):
+            links += 1
+            if links > max_links:
+                raise DockerfileError(f"too many levels of symbolic links in {rel}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from tugwire.errors import InvalidArgument
 
@@ -35,16 +36,20 @@ SUPPORTED = frozenset(
         "STOPSIGNAL",
         "SHELL",
         "HEALTHCHECK",
+        "VOLUME",
+        "ONBUILD",
     }
 )
-UNSUPPORTED = frozenset({"VOLUME", "ONBUILD", "MAINTAINER"})
+UNSUPPORTED = frozenset({"MAINTAINER"})
 # Instructions whose arguments may be a JSON array (the exec form).
-JSON_FORMS = frozenset({"RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "SHELL"})
+JSON_FORMS = frozenset({"RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "SHELL", "VOLUME"})
+# What ONBUILD may not trigger (as docker).
+NOT_TRIGGERS = frozenset({"ONBUILD", "FROM", "MAINTAINER"})
 # Instructions that take ``--name=value`` flags, and the flags each accepts.
 FLAGS: dict[str, frozenset[str]] = {
-    "COPY": frozenset({"chown", "chmod"}),
+    "COPY": frozenset({"chown", "chmod", "from"}),
     "ADD": frozenset({"chown", "chmod"}),
-    "FROM": frozenset(),
+    "FROM": frozenset({"platform"}),
     "RUN": frozenset(),
     "HEALTHCHECK": frozenset({"interval", "timeout", "start-period", "start-interval", "retries"}),
 }
@@ -157,10 +162,6 @@ def _instruction(text: str, line: int) -> Instruction:
     while rest.startswith("--"):
         word, _, after = rest.partition(" ")
         name, eq, value = word[2:].partition("=")
-        if name == "from" and keyword in ("COPY", "ADD"):
-            raise DockerfileError(
-                f"{keyword} --from (multi-stage builds) is not supported by tug build", line
-            )
         if allowed is None or name not in allowed:
             raise DockerfileError(f"unknown flag for {keyword}: --{name}", line)
         if not eq or not value:
@@ -181,7 +182,59 @@ def _instruction(text: str, line: int) -> Instruction:
         raise DockerfileError("RUN requires at least one argument", line)
     if keyword == "SHELL" and not exec_form:
         raise DockerfileError('SHELL requires the JSON form, e.g. SHELL ["/bin/bash", "-c"]', line)
+    if keyword == "ONBUILD":
+        trigger = parse_trigger(rest, line)
+        if trigger.keyword in NOT_TRIGGERS:
+            raise DockerfileError(f"{trigger.keyword} isn't allowed as an ONBUILD trigger", line)
     return Instruction(keyword, rest, line, exec_form, flags)
+
+
+def parse_trigger(text: str, line: int) -> Instruction:
+    """The instruction of an ``ONBUILD`` trigger (as the image records it: ``COPY . /app``)."""
+    return _instruction(text.strip(), line)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a Dockerfile: its ``FROM`` and the instructions up to the next one; ``name``
+    the ``AS`` name (lower case, as docker), ``index`` its number from 0."""
+
+    index: int
+    name: str | None
+    instructions: list[Instruction]
+
+
+def split_stages(df: Dockerfile) -> tuple[list[Instruction], list[Stage]]:
+    """The ARGs before the first FROM, and the stages (the ``AS`` names checked: unique, a
+    letter first). A stage's name is read from its FROM line without substitution."""
+    meta: list[Instruction] = []
+    stages: list[Stage] = []
+    names: set[str] = set()
+    for inst in df.instructions:
+        if inst.keyword == "FROM":
+            words = inst.rest.split()
+            name: str | None = None
+            if len(words) == 3 and words[1].lower() == "as":
+                name = words[2].lower()
+                if not re.fullmatch(r"[a-z][a-z0-9_.-]*", name):
+                    raise DockerfileError(
+                        f"invalid name for build stage: {words[2]!r}, name can't start with a number "
+                        "or contain symbols",
+                        inst.line,
+                    )
+                if name in names:
+                    raise DockerfileError(f"duplicate name {words[2]!r} of a build stage", inst.line)
+                names.add(name)
+            stages.append(Stage(len(stages), name, [inst]))
+        elif not stages:
+            if inst.keyword != "ARG":
+                raise DockerfileError(f"{inst.keyword} before FROM", inst.line)
+            meta.append(inst)
+        else:
+            stages[-1].instructions.append(inst)
+    if not stages:
+        raise DockerfileError("no FROM instruction")
+    return meta, stages
 
 
 # ------------------------------------------------------------------------------ substitution
@@ -318,6 +371,44 @@ def key_values(inst: Instruction, env: Mapping[str, str], escape: str = "\\") ->
             )
         pairs.append((key, value))
     return pairs
+
+
+def healthcheck(inst: Instruction) -> dict[str, Any]:
+    """``HEALTHCHECK NONE`` or ``HEALTHCHECK [--interval=D ...] CMD ...``, as docker records it
+    (durations in nanoseconds), which ``tug run`` then applies."""
+    kind, _, command = inst.rest.partition(" ")
+    command = command.strip()
+    if kind.upper() == "NONE":
+        if command or inst.flags:
+            raise DockerfileError("HEALTHCHECK NONE takes no arguments", inst.line)
+        return {"Test": ["NONE"]}
+    if kind.upper() != "CMD" or not command:
+        raise DockerfileError("HEALTHCHECK wants NONE or CMD followed by a command", inst.line)
+    test: list[str] = ["CMD-SHELL", command]
+    if command.startswith("["):
+        try:
+            parsed = json.loads(command)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and parsed and all(isinstance(v, str) for v in parsed):
+            test = ["CMD", *parsed]
+    check: dict[str, Any] = {"Test": test}
+    names = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod"}
+    names["start-interval"] = "StartInterval"
+    for flag, value in inst.flags.items():
+        if flag == "retries":
+            if not value.isdigit() or int(value) < 1:
+                raise DockerfileError(f"--retries must be a positive integer, not {value!r}", inst.line)
+            check["Retries"] = int(value)
+            continue
+        try:
+            ns = duration_ns(value)
+        except ValueError as exc:
+            raise DockerfileError(f"--{flag}: {exc}", inst.line) from None
+        if flag != "start-period" and ns < 1_000_000:
+            raise DockerfileError(f"--{flag} must be at least 1ms", inst.line)
+        check[names[flag]] = ns
+    return check
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")

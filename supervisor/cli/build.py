@@ -54,6 +54,8 @@ def _cmd_build(args: argparse.Namespace, client: Client) -> int:
     params["build_args"] = build_args(args.build_arg)
     if args.network:
         params["network"] = args.network
+    if args.target:
+        params["target"] = args.target
     build = client.stream("image.build", params)
     mid_line = False  # the last RUN output ended without a newline: end it before our own lines
     for msg in build:
@@ -95,6 +97,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--network", choices=("none", "host"), help="the network of RUN steps (default none: loopback only)"
     )
+    p.add_argument("--target", metavar="STAGE", help="build the stage of this name (AS STAGE) and stop")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     p.add_argument("context", metavar="CONTEXT", help="the build context: a directory on this host")
     p.set_defaults(func=_cmd_build)

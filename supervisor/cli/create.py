@@ -146,6 +146,12 @@ def add_create_options(p: argparse.ArgumentParser) -> None:
             help=f"time {what} (30s, 1m30s, 500ms)" if what else "failures in this first time do not count",
         )
     p.add_argument("--health-retries", type=int, metavar="N", help="failures in a row that make it unhealthy")
+    p.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="missing",
+        help="pull the image first: when it is missing (default), always, or never",
+    )
     p.add_argument("image", help="image reference or id")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and its arguments")
 

@@ -91,6 +91,33 @@ def _bars(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
     return ProgressBars(sys.stdout).update
 
 
+def familiar_tagged(ref: str) -> str:
+    """``busybox`` -> ``busybox:latest``, ``docker.io/library/alpine`` -> ``alpine:latest``: the
+    name docker shows in ``Unable to find image ... locally`` (no import of supervisor.imageref:
+    the CLI stays light)."""
+    name = ref
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    if name.startswith("library/") and name.count("/") == 1:
+        name = name[len("library/") :]
+    last = name.rsplit("/", 1)[-1]
+    if "@" not in name and ":" not in last:
+        name += ":latest"
+    return name
+
+
+def pull_for_create(client: Client, ref: str, out: IO[str]) -> dict[str, Any]:
+    """Pull ``ref`` before a ``run``/``create``, as docker does: progress (bars on a terminal)
+    then ``Digest`` and ``Status`` lines, all on ``out`` (stderr: stdout is the container's)."""
+    bars = ProgressBars(out).update if out.isatty() else None
+    result: dict[str, Any] = _stream(client, "image.pull", {"ref": ref}, bars)
+    out.write(f"Digest: {result['digest']}\nStatus: Downloaded newer image for {familiar_tagged(ref)}\n")
+    out.flush()
+    return result
+
+
 def _cmd_pull(args: argparse.Namespace, client: Client) -> int:
     params: dict[str, Any] = {"ref": args.ref, "concurrency": args.concurrency}
     if args.platform:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
 from tugwire import errors
 from tugwire.crilog import LogDecoder
@@ -59,14 +60,36 @@ def _start_failed(client: Client, cid: str, exc: errors.TugError, auto_remove: b
     return _start_failure_status(exc)
 
 
+def _create(args: argparse.Namespace, client: Client) -> dict[str, Any]:
+    """``container.create``, pulling the image first as ``--pull`` says: ``always``; on a
+    ``not_found`` of the image for ``missing`` (docker's ``Unable to find image ... locally``
+    on stderr, then the pull's progress, then the create again); never for ``never``."""
+    params = create_params(args)
+    if args.pull == "always":
+        from .pull import pull_for_create  # only when pulling: the pull module costs every run
+
+        pull_for_create(client, args.image, sys.stderr)
+    try:
+        created: dict[str, Any] = client.call("container.create", params)
+    except errors.NotFound as exc:
+        if args.pull != "missing" or exc.details.get("field") != "image":
+            raise
+        from .pull import familiar_tagged, pull_for_create
+
+        print(f"Unable to find image '{familiar_tagged(args.image)}' locally", file=sys.stderr, flush=True)
+        pull_for_create(client, args.image, sys.stderr)
+        created = client.call("container.create", params)
+    return created
+
+
 def _cmd_create(args: argparse.Namespace, client: Client) -> int:
-    created = client.call("container.create", create_params(args))
+    created = _create(args, client)
     print(created["id"])
     return 0
 
 
 def _cmd_run(args: argparse.Namespace, client: Client) -> int:
-    created = client.call("container.create", create_params(args))
+    created = _create(args, client)
     cid = str(created["id"])
     if args.detach:
         try:

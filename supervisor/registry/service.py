@@ -16,10 +16,10 @@ import anyio
 from tugwire.errors import InvalidArgument
 
 from .. import imageref
-from ..auth import AuthStore, Credentials, TransportPolicy, check_host
+from ..auth import DOCKER_HUB, AuthStore, Credentials, TransportPolicy, check_host
 from ..events import Event
 from ..store import ImageRecord
-from .session import DEFAULT_CHUNK_SIZE, Session, make_http_client
+from .session import DEFAULT_CHUNK_SIZE, RetryPolicy, Session, make_http_client
 from .transfer import PushBlob, RegistrySource, RegistryTarget
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.registry")
 T = TypeVar("T")
+# A mirror that does not answer is given one more try, not five: docker.io is behind it.
+MIRROR_RETRY = RetryPolicy(attempts=2)
 
 
 # ------------------------------------------------------------------------- requests and records
@@ -199,10 +201,26 @@ class RegistryService:
     def session(self, http: httpx.AsyncClient, host: str) -> Session:
         return Session(http, host, scheme=self.policy.scheme(host), credentials=self.auth.get(host))
 
+    def _sources(self, http: httpx.AsyncClient, domain: str) -> list[Session]:
+        """Where a pull from ``domain`` tries, in order: for docker.io its mirrors
+        (``--registry-mirror``, each with its own scheme and saved credentials, and a shorter
+        retry policy) first, then the registry itself, always last."""
+        out: list[Session] = []
+        if domain == DOCKER_HUB:
+            for url in self.cfg.registry_mirrors:
+                scheme, _, host = url.partition("://")
+                out.append(
+                    Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
+                )
+        out.append(self.session(http, domain))
+        return out
+
     def pull(self, req: PullRequest) -> contextlib.AbstractAsyncContextManager[Transfer[PulledImage]]:
         """Pull ``req.ref`` from its registry: the manifest (the platform's, from an index),
-        config and missing layers. The request is checked at once (InvalidArgument), the
-        transfer runs in the ``async with`` (see :class:`Transfer`)."""
+        config and missing layers. A docker.io name is tried at each registry mirror first, in
+        order; a mirror that fails or lacks the image is logged and the next source tried. The
+        request is checked at once (InvalidArgument), the transfer runs in the ``async with``
+        (see :class:`Transfer`)."""
         ref = imageref.parse(req.ref)
         check_concurrency(req.concurrency)
         name = ref.tag_name() or ref.digest_name() or ref.familiar()
@@ -213,15 +231,31 @@ class RegistryService:
                 def from_store(event: dict[str, Any]) -> None:
                     transfer.update(store_progress(event))
 
-                source = RegistrySource(self.session(http, ref.domain), ref.path, progress=transfer.update)
-                rec = await self.images.ingest(
-                    source,
-                    ref.object,
-                    name,
-                    platform=req.platform,
-                    concurrency=req.concurrency,
-                    progress=from_store,
-                )
+                rec: ImageRecord | None = None
+                sources = self._sources(http, ref.domain)
+                for i, session in enumerate(sources):
+                    mirror = i < len(sources) - 1
+                    source = RegistrySource(session, ref.path, progress=transfer.update)
+                    try:
+                        rec = await self.images.ingest(
+                            source,
+                            ref.object,
+                            name,
+                            platform=req.platform,
+                            concurrency=req.concurrency,
+                            progress=from_store,
+                        )
+                    except Exception as exc:
+                        if not mirror:  # the registry itself: its failure is the pull's
+                            raise
+                        log.warning(
+                            "pull %s: mirror %s failed, trying the next source: %s", name, session.base, exc
+                        )
+                        continue
+                    if mirror:
+                        log.info("pull %s: from mirror %s", name, session.base)
+                    break
+                assert rec is not None  # the last source is the registry itself, which raises
             self.bus.publish(Event("image", "pull", rec.id, name, name))
             return PulledImage(rec, name)
 
