@@ -30,6 +30,8 @@ STATUS_BY_KIND: dict[str, grpc.StatusCode] = {
     errors.FailedPrecondition.kind: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable.kind: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied.kind: grpc.StatusCode.PERMISSION_DENIED,
+    # No space left on tugd's disk: nothing was half written (docs/design.md, "Store and rebuild").
+    errors.ResourceExhausted.kind: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # tugd has no such method: this tugd is older than tug-cri.
     errors.MethodNotFound.kind: grpc.StatusCode.UNIMPLEMENTED,
     # runc (or another program tugd ran) failed: an error from elsewhere, reported as it came.

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,6 +76,14 @@ def _mounts_under(path: str) -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(path)]
 
 
+class TugdExited(Exception):
+    """tugd ended before it was ready; ``log`` is what it wrote."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__(log)
+        self.log = log
+
+
 class Daemon:
     """A real tugd in its own roots. ``call`` talks to it with the blocking client."""
 
@@ -112,13 +121,28 @@ class Daemon:
         return {**os.environ, "TUGBOAT_SOCKET": self.socket}
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start tugd and wait for its sd_notify READY=1 on a socket of ours (no polling)."""
+        """Start tugd and wait for its sd_notify READY=1. The metrics port was free when it was
+        chosen; if another process took it meanwhile, tugd says so and exits: a new one, again."""
+        for _ in range(3):
+            try:
+                self._start_once(timeout)
+                return
+            except TugdExited as exc:
+                taken = f"cannot serve metrics on 127.0.0.1:{self.metrics_port}: Address already in use"
+                if not self.metrics_port or taken not in exc.log:
+                    raise RuntimeError(f"tugd did not get ready:\n{exc.log}") from None
+                old = f"127.0.0.1:{self.metrics_port}"
+                self.metrics_port = free_port()
+                self.extra = [f"127.0.0.1:{self.metrics_port}" if a == old else a for a in self.extra]
+        raise RuntimeError(f"tugd did not get ready:\n{self.read_log()}")
+
+    def _start_once(self, timeout: float) -> None:
+        """One start: READY=1 on a socket of ours (no polling), or TugdExited with its log."""
         notify_path = os.path.join(self.base, "notify.sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(notify_path)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
-        notify.settimeout(timeout)
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -140,12 +164,20 @@ class Daemon:
             env={**os.environ, **self.start_env, "NOTIFY_SOCKET": notify_path},
         )
         log.close()
+        proc = self.proc
+        deadline = time.monotonic() + timeout
         try:
             while True:
+                # In slices: a tugd that exits at start is seen at once, not after the timeout.
+                notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
                 try:
                     msg = notify.recv(4096).decode()
                 except TimeoutError:
-                    raise RuntimeError(f"tugd did not get ready:\n{self.read_log()}") from None
+                    if proc.poll() is not None:  # self.proc stays: its exit status is there to read
+                        raise TugdExited(self.read_log()) from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"tugd did not get ready:\n{self.read_log()}") from None
+                    continue
                 if "READY=1" in msg:
                     return
         finally:
