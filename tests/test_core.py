@@ -320,3 +320,23 @@ def test_the_import_rule_holds() -> None:
         if (bad := ours(imports_of(path), "tugwire.jsonrpc"))
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_no_jsonrpc_below_the_front_doors() -> None:
+    """Below the JSON-RPC door the services take typed requests: no module of supervisor/ but
+    the door, the root task tree and the CLI imports ``tugwire.jsonrpc`` (except ShimClient,
+    whose business is talking JSON-RPC to the shims)."""
+    allowed = ("supervisor/api/", "supervisor/cli/", "supervisor/app.py", "supervisor/shims.py")
+    checked = 0
+    found: list[str] = []
+    for path in sorted(REPO.glob("supervisor/**/*.py")):
+        rel = str(path.relative_to(REPO))
+        if rel.startswith(allowed):
+            continue
+        checked += 1
+        if bad := ours(imports_of(path), "tugwire.jsonrpc"):
+            found.append(f"{rel} imports {sorted(bad)}")
+    assert checked > 50
+    assert not found, "\n".join(found)
+    # the network door sits beside the others, not in the core's network package
+    assert not (REPO / "supervisor" / "network" / "api.py").exists()

@@ -21,7 +21,7 @@ import signal as signals
 
 import anyio
 
-from tugwire import fsutil, jsonrpc
+from tugwire import fsutil
 from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
 from tugwire.timefmt import rfc3339
 
@@ -31,7 +31,7 @@ from ..store import ContainerRecord
 from . import health
 from .inspect import Inspect
 from .logs import Logs
-from .options import generate_name, parse_create, parse_signal
+from .options import CreateRequest, generate_name, parse_create, parse_signal
 from .recovery import Recovery
 from .state import (
     ACTIVE,
@@ -57,15 +57,15 @@ class Containers(Recovery, Logs, Inspect):
 
     # ------------------------------------------------------------------------------- create
 
-    async def create(self, p: jsonrpc.Params) -> ContainerRecord:
+    async def create(self, req: CreateRequest) -> ContainerRecord:
         """Validate, resolve the image, write the bundle, then record the container."""
-        opts = parse_create(p, self.cfg)
+        opts = parse_create(req, self.cfg)
         image = self.images.resolve(opts["image"])
         if not opts["stop_signal"]:
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
-        opts["health"] = health.parse(p, image.config)
-        opts.update(self.networks.parse_create(p, image.config))
+        opts["health"] = health.parse(req.health, image.config)
+        opts.update(self.networks.parse_create(req.network, image.config))
         name = opts["name"] or generate_name(self.store)
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
