@@ -124,8 +124,8 @@ class Containers(Recovery, Logs, Inspect):
                 raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
             if not by_policy:
                 live.restart_delay = 0.0
-                rec.config["restart_count"] = 0
-                rec.config["stopped_by_user"] = False
+                rec.restart_count = 0
+                rec.stopped_by_user = False
             if rec.state == UNKNOWN and not by_policy:
                 raise FailedPrecondition(
                     f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
@@ -250,8 +250,8 @@ class Containers(Recovery, Logs, Inspect):
         live.cancel_restart()
         async with live.lock:
             rec = self.reload(cid)
-            if not rec.config.get("stopped_by_user"):
-                rec.config["stopped_by_user"] = True
+            if not rec.stopped_by_user:
+                rec.stopped_by_user = True
                 self.save(rec)
 
     async def set_paused(self, ref: str, paused: bool) -> ContainerRecord:
