@@ -248,7 +248,6 @@ class ContainerApi:
         """Run ``cmd`` in running container ``id``; its notes as ``container.exec.started`` and
         ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
         p = call.params
-        detach = p.boolean("detach")
         req = ExecRequest(
             id=p.raw.get("id"),
             cmd=p.list_of_str("cmd"),
@@ -256,7 +255,7 @@ class ContainerApi:
             workdir=p.string("workdir"),
             user=p.string("user"),
             stdin=p.boolean("stdin"),
-            detach=detach,
+            detach=p.boolean("detach"),
             tty=p.boolean("tty"),
             rows=p.integer("rows", 24),
             cols=p.integer("cols", 80),
