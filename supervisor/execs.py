@@ -1,10 +1,11 @@
 """``container.exec``: a process run in a running container, proxied to the container's shim.
 
 The shim runs and reaps the process (``task.exec``); tugd checks the container's state, resolves
-the user in the container's own /etc/passwd, and passes the stream through: ``exec.started`` and
-``exec.output`` notifications come back as ``container.exec.started`` and
-``container.exec.output``. The exec's stdin is fed with ``container.exec.stdin`` and closed with
-``container.exec.close_stdin``, forwarded on the same shim connection, in order.
+the user in the container's own /etc/passwd, and passes the stream through to a sink: the
+``exec.started`` and ``exec.output`` notes of the shim (which the JSON-RPC door sends on as
+``container.exec.started`` and ``container.exec.output``). The exec's stdin is fed with
+:meth:`Execs.stdin` and closed with :meth:`Execs.close_stdin`, forwarded on the same shim
+connection, in order.
 """
 
 from __future__ import annotations
@@ -13,18 +14,41 @@ import base64
 import binascii
 import os
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from tugwire import jsonrpc
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import ExecParams
 
 from . import shims, spec
 from .containers import EXITED, RUNNING, Containers
 
+STARTED, OUTPUT = "started", "output"  # the kinds of note an exec's sink receives
+
+ExecSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives each note of an exec: its kind (``STARTED`` or ``OUTPUT``) and the note."""
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """``container.exec``: run ``cmd`` in running container ``id`` (checked by
+    :meth:`Containers.get`)."""
+
+    id: Any
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    stdin: bool = False
+    detach: bool = False
+    tty: bool = False
+    rows: int = 24
+    cols: int = 80
+
 
 class Execs:
-    """The exec methods of tugd, and the shim connections of the running execs."""
+    """The exec verbs of tugd, and the shim connections of the running execs."""
 
     def __init__(self, containers: Containers) -> None:
         self.c = containers
@@ -33,27 +57,19 @@ class Execs:
     def __repr__(self) -> str:
         return f"<Execs with_stdin={len(self._shims)}>"
 
-    def register(self, d: jsonrpc.Dispatcher) -> None:
-        """Add ``container.exec``, ``container.exec.stdin`` and ``container.exec.close_stdin``."""
-        d.add("container.exec", self.exec)
-        # Accepted once forwarded: the stdin of one exec goes to the shim in the order it came.
-        d.add("container.exec.stdin", self.stdin, accept_late=True)
-        d.add("container.exec.close_stdin", self.close_stdin, accept_late=True)
-        d.add("container.exec.resize", self.resize, accept_late=True)
-
-    async def exec(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """Run ``cmd`` in running container ``id``; see docs/api.md. Errors: ``not_found``,
-        ``failed_precondition`` (not running, or paused), ``invalid_argument``."""
-        p = call.params
-        rec = self.c.get(p.raw.get("id"))
-        cmd = p.list_of_str("cmd")
+    async def exec(self, req: ExecRequest, sink: ExecSink) -> dict[str, Any]:
+        """Run ``req.cmd`` in running container ``req.id``, each note of the shim to ``sink``;
+        returns the shim's result. Errors: ``not_found``, ``failed_precondition`` (not
+        running, or paused), ``invalid_argument``."""
+        rec = self.c.get(req.id)
+        cmd = list(req.cmd)
         if not cmd:
             raise InvalidArgument("exec needs a command", field="cmd")
-        env = p.list_of_str("env")
+        env = list(req.env)
         for item in env:
             if "=" not in item or item.startswith("="):
                 raise InvalidArgument(f"bad environment variable {item!r}: want KEY=VALUE", field="env")
-        workdir = p.string("workdir")
+        workdir = req.workdir
         if workdir is not None and not os.path.isabs(workdir):
             raise InvalidArgument(f"the working directory must be absolute: {workdir!r}", field="workdir")
         if rec.state != RUNNING:
@@ -61,7 +77,7 @@ class Execs:
                 f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
             )
         resolved: dict[str, Any] | None = None
-        user = p.string("user")
+        user = req.user
         if user:
             uid, gid, extra = spec.resolve_user(user, [self.c.rootfs(rec.id)])
             resolved = {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})}
@@ -72,19 +88,19 @@ class Execs:
             env=env,
             cwd=workdir,
             user=resolved,
-            stdin=p.boolean("stdin"),
-            detach=p.boolean("detach"),
-            tty=p.boolean("tty") and not p.boolean("detach"),
-            rows=p.integer("rows", 24),
-            cols=p.integer("cols", 80),
+            stdin=req.stdin,
+            detach=req.detach,
+            tty=req.tty and not req.detach,
+            rows=req.rows,
+            cols=req.cols,
         )
         try:
             async with self.c.shim(rec.id).exec(params) as session:
                 self._shims[eid] = session
                 async for note in session:
-                    method = "container.exec.output" if "stream" in note else "container.exec.started"
+                    kind = OUTPUT if "stream" in note else STARTED
                     note.pop("request", None)
-                    await call.notify(method, note)
+                    await sink(kind, note)
                 result = await session.result()
         except FailedPrecondition as exc:
             raise FailedPrecondition(
@@ -94,32 +110,25 @@ class Execs:
             self._shims.pop(eid, None)
         return result
 
-    def _shim(self, call: jsonrpc.Call) -> shims.ExecSession:
-        eid = call.params.string("exec_id", required=True)
+    def _shim(self, eid: str) -> shims.ExecSession:
         session = self._shims.get(eid)
         if session is None:
             raise NotFound(f"no running exec {eid!r}")
         return session
 
-    async def stdin(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
-        session = self._shim(call)
-        data = call.params.string("data", "")
+    async def stdin(self, eid: str, data: str) -> None:
+        """Forward ``data`` (base64) to the stdin of exec ``eid``."""
+        session = self._shim(eid)
         try:
             base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
         await session.stdin(data)
-        return {}
 
-    async def resize(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """Set the window size (``rows``, ``cols``) of exec ``exec_id``'s terminal."""
-        session = self._shim(call)
-        rows, cols = call.params.integer("rows", 24), call.params.integer("cols", 80)
-        await session.resize(rows, cols)
-        return {}
+    async def resize(self, eid: str, rows: int, cols: int) -> None:
+        """Set the window size of exec ``eid``'s terminal."""
+        await self._shim(eid).resize(rows, cols)
 
-    async def close_stdin(self, call: jsonrpc.Call) -> dict[str, Any]:
-        """Close the stdin of exec ``exec_id`` after the data sent before."""
-        await self._shim(call).close_stdin()
-        return {}
+    async def close_stdin(self, eid: str) -> None:
+        """Close the stdin of exec ``eid`` after the data sent before."""
+        await self._shim(eid).close_stdin()

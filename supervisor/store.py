@@ -80,8 +80,17 @@ EVENTS_MAX_AGE_NS = 24 * 3600 * 1_000_000_000
 EVENTS_CAP = 200_000  # about 30 MB
 
 
+# A container's runtime state that is stored inside its ``config`` JSON (where it always was, so
+# that the database, the records on disk and ``tugd --rebuild-store`` read it as before), but is
+# not a setting of the user's: on a ContainerRecord each is a field of its own.
+RUNTIME_KEYS = ("restart_count", "stopped_by_user", "log_dropped_bytes")
+
+
 @dataclass
 class ContainerRecord:
+    """A container as the store keeps it: ``config`` holds the user's settings (and what create
+    resolved from them); the other fields are its runtime state."""
+
     id: str
     name: str
     image: str
@@ -97,10 +106,30 @@ class ContainerRecord:
     finished_at: str | None = None
     reason: str = ""
     shim_pid: int = 0
+    restart_count: int = 0  # restarts by the policy since the user last started it
+    stopped_by_user: bool = False  # the restart policy leaves it alone
+    log_dropped_bytes: int = 0  # output its log could not keep in its last run
+
+    def __post_init__(self) -> None:
+        if any(k in self.config for k in RUNTIME_KEYS):  # as stored: taken out of the settings
+            self.config = dict(self.config)
+            self.restart_count = int(self.config.pop("restart_count", None) or self.restart_count)
+            self.stopped_by_user = bool(self.config.pop("stopped_by_user", None) or self.stopped_by_user)
+            self.log_dropped_bytes = int(self.config.pop("log_dropped_bytes", None) or self.log_dropped_bytes)
+
+    def stored_config(self) -> dict[str, Any]:
+        """``config`` as stored (and as ``container.inspect`` shows it): the settings, with the
+        runtime values that are not at their defaults."""
+        out = dict(self.config)
+        for key in RUNTIME_KEYS:
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        return out
 
     def row(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["config"] = json.dumps(self.config)
+        d = {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
+        d["config"] = json.dumps(self.stored_config())
         d["oom_killed"] = int(self.oom_killed)
         return d
 
@@ -138,7 +167,7 @@ class ImageRecord:
     repo_digests: list[str] = field(default_factory=list)
 
 
-_CONTAINER_COLS = [f.name for f in fields(ContainerRecord)]
+_CONTAINER_COLS = [f.name for f in fields(ContainerRecord) if f.name not in RUNTIME_KEYS]
 
 
 class Store:

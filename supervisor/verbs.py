@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from tugwire import fsutil, jsonrpc, names
+from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import UpdateParams
 
@@ -21,6 +22,17 @@ from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
 
 MIN_MEMORY = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """``container.update``: new limits for container ``id`` (checked by
+    :meth:`Containers.get`); None leaves one as it is."""
+
+    id: Any
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
 
 
 class Verbs:
@@ -54,18 +66,18 @@ class Verbs:
                 sample = await self.c.shim(rec.id).stats()
         return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
 
-    async def update(self, p: jsonrpc.Params) -> ContainerRecord:
+    async def update(self, req: UpdateRequest) -> ContainerRecord:
         """New ``memory`` (bytes), ``cpus`` and ``pids_limit``: applied at once to a running or
         paused container (``runc update``) and kept in its config for its next start."""
-        rec = self.c.get(p.raw.get("id"))
-        memory = p.integer("memory")
+        rec = self.c.get(req.id)
+        memory = req.memory
         if memory is not None and memory < MIN_MEMORY:
             raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
-        cpus = p.number("cpus")
+        cpus = req.cpus
         ncpu = os.cpu_count() or 1
         if cpus is not None and not 0.01 <= cpus <= ncpu:
             raise InvalidArgument(f"range of CPUs is from 0.01 to {ncpu}", field="cpus")
-        pids = p.integer("pids_limit")
+        pids = req.pids_limit
         if pids is not None and pids < 1:
             raise InvalidArgument("pids limit must be positive", field="pids_limit")
         if memory is None and cpus is None and pids is None:

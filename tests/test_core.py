@@ -256,6 +256,72 @@ async def test_the_image_verbs_return_records_and_publish_their_events(
         sub.close()
 
 
+@pytest.mark.anyio
+async def test_the_container_and_network_services_take_typed_requests(tmp_path: Path) -> None:
+    """Below the door the services are called with dataclasses, no JSON-RPC in sight: bad values
+    get the same typed errors (and ``field``) the door sends on, and change nothing."""
+    from supervisor import shims
+    from supervisor.containers.health import HealthRequest
+    from supervisor.containers.options import CreateRequest
+    from supervisor.core import Core
+    from supervisor.execs import ExecRequest
+    from supervisor.network.requests import EndpointRequest, NetworkCreateRequest
+    from supervisor.verbs import UpdateRequest
+    from tugwire.errors import InvalidArgument
+
+    cfg = Config(root=str(tmp_path / "root"), state=str(tmp_path / "state"))
+    os.makedirs(cfg.root)
+    os.makedirs(cfg.state)
+    store = Store(cfg.db_path)
+    notes: list[tuple[str, dict[str, Any]]] = []
+
+    async def sink(kind: str, note: dict[str, Any]) -> None:
+        notes.append((kind, note))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            core = Core.build(cfg, store, shims.ExecLauncher(cfg.shim_timeout), tg)
+            bad_create = [
+                (CreateRequest(image="busybox", env=["=x"]), "env"),
+                (CreateRequest(image="busybox", workdir="rel"), "workdir"),
+                (CreateRequest(image="busybox", memory=1024), "memory"),
+                (CreateRequest(image="busybox", restart="always", auto_remove=True), "restart"),
+                (CreateRequest(image="busybox", stop_signal="SIGNOPE"), "signal"),
+            ]
+            for req, fld in bad_create:
+                with pytest.raises(InvalidArgument) as exc:
+                    await core.containers.create(req)
+                assert exc.value.details.get("field") == fld, req
+            with pytest.raises(NotFound):  # the values are fine: the image is what is missing
+                await core.containers.create(
+                    CreateRequest(
+                        image="nosuch:image",
+                        health=HealthRequest(health_cmd="true"),
+                        network=EndpointRequest(network="none"),
+                    )
+                )
+            with pytest.raises(InvalidArgument) as exc:
+                await core.networks.create(NetworkCreateRequest(name="n1", driver="macvlan"))
+            assert exc.value.details.get("field") == "driver"
+            with pytest.raises(InvalidArgument) as exc:
+                await core.networks.create(NetworkCreateRequest(name="n1", gateway="10.9.0.1"))
+            assert exc.value.details.get("field") == "subnet"
+            with pytest.raises(NotFound):
+                await core.verbs.update(UpdateRequest(id="nosuch", memory=64 << 20))
+            with pytest.raises(NotFound):
+                await core.execs.exec(ExecRequest(id="nosuch", cmd=["true"]), sink)
+            with pytest.raises(InvalidArgument) as exc:
+                await core.execs.exec(ExecRequest(id=None, cmd=["true"]), sink)
+            assert exc.value.details.get("field") == "id"
+            with pytest.raises(NotFound):
+                await core.attach.resize("nosuch", 24, 80)
+            assert store.list_containers() == [] and not notes
+            assert all(n.name != "n1" for n in core.networks.db.networks())
+            tg.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------ import rule
 
 
@@ -320,3 +386,23 @@ def test_the_import_rule_holds() -> None:
         if (bad := ours(imports_of(path), "tugwire.jsonrpc"))
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_no_jsonrpc_below_the_front_doors() -> None:
+    """Below the JSON-RPC door the services take typed requests: no module of supervisor/ but
+    the door, the root task tree and the CLI imports ``tugwire.jsonrpc`` (except ShimClient,
+    whose business is talking JSON-RPC to the shims)."""
+    allowed = ("supervisor/api/", "supervisor/cli/", "supervisor/app.py", "supervisor/shims.py")
+    checked = 0
+    found: list[str] = []
+    for path in sorted(REPO.glob("supervisor/**/*.py")):
+        rel = str(path.relative_to(REPO))
+        if rel.startswith(allowed):
+            continue
+        checked += 1
+        if bad := ours(imports_of(path), "tugwire.jsonrpc"):
+            found.append(f"{rel} imports {sorted(bad)}")
+    assert checked > 50
+    assert not found, "\n".join(found)
+    # the network door sits beside the others, not in the core's network package
+    assert not (REPO / "supervisor" / "network" / "api.py").exists()

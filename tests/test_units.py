@@ -329,3 +329,36 @@ def test_shim_config_round_trips_and_refuses_relative_paths() -> None:
         ShimConfig.from_json({**cfg.to_json(), "bundle": "relative"})
     with pytest.raises(errors.InvalidArgument):
         ShimConfig.from_json({"id": "x"})
+
+
+def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any) -> None:
+    """restart_count, stopped_by_user and log_dropped_bytes are fields of the record, not keys of
+    its settings, yet stored inside the config JSON as before (the on-disk records and
+    ``--rebuild-store`` read the same format), and a record stored the old way reads back."""
+    import json
+    import sqlite3
+
+    from supervisor.store import ContainerRecord, Store
+
+    old_style = {"image": "busybox", "restart": "always", "restart_count": 3, "stopped_by_user": True}
+    rec = ContainerRecord("b" * 64, "n", "busybox", "sha256:x", "t", old_style, "exited")
+    assert rec.config == {"image": "busybox", "restart": "always"}
+    assert (rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes) == (3, True, 0)
+    assert old_style["restart_count"] == 3  # the caller's dict is not changed
+    store = Store(str(tmp_path / "db"))
+    try:
+        store.insert_container(rec)
+        rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes = 4, False, 10
+        store.update_container(rec)
+        raw = sqlite3.connect(str(tmp_path / "db")).execute("SELECT config FROM containers").fetchone()[0]
+        assert json.loads(raw) == {
+            "image": "busybox",
+            "restart": "always",
+            "restart_count": 4,
+            "log_dropped_bytes": 10,
+        }
+        back = store.get_container(rec.id)
+        assert back is not None and back.config == rec.config
+        assert (back.restart_count, back.stopped_by_user, back.log_dropped_bytes) == (4, False, 10)
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ progress of a pull, push or build, logs) become notifications here.
 - :mod:`.containers`: ``container.*`` (and the exec and attach methods)
 - :mod:`.images`: ``image.*`` (pull, push and build too) and ``auth.*``
 - :mod:`.events`: ``events.subscribe``
-- ``network.*``: :mod:`supervisor.network.api`
+- :mod:`.networks`: ``network.*``
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 from tugwire import jsonrpc
 
 from ..core import Core
-from ..network.api import NetworkApi
 from .containers import ContainerApi
 from .events import EventApi
 from .images import ImageApi
+from .networks import NetworkApi
 from .system import SystemApi
 
 

@@ -1,6 +1,7 @@
-"""The ``container.*`` JSON-RPC methods (docs/api.md, "Containers"), and the registration of the
-exec and attach methods, which :class:`supervisor.execs.Execs` and :class:`supervisor.attach.Attach`
-define themselves. Moved here as they were from ``supervisor/api.py``."""
+"""The ``container.*`` JSON-RPC methods (docs/api.md, "Containers"), the exec and attach ones
+too: each reads its params into a typed request (:class:`CreateRequest`, :class:`UpdateRequest`,
+:class:`ExecRequest`), calls the service, and turns its streams (logs, an exec's output) into
+notifications."""
 
 from __future__ import annotations
 
@@ -12,7 +13,53 @@ from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 
 from ..containers import ACTIVE, parse_signal
+from ..containers.health import HealthRequest
+from ..containers.options import CreateRequest
 from ..core import Core
+from ..execs import OUTPUT, ExecRequest
+from ..verbs import UpdateRequest
+from .networks import endpoint_request
+
+
+def create_request(p: jsonrpc.Params) -> CreateRequest:
+    """``container.create``'s params, their types checked (their values: by the service)."""
+    return CreateRequest(
+        image=p.string("image", required=True),
+        name=p.string("name"),
+        cmd=p.list_of_str("cmd"),
+        entrypoint=None if p.raw.get("entrypoint") is None else p.list_of_str("entrypoint"),
+        env=p.list_of_str("env"),
+        workdir=p.string("workdir"),
+        user=p.string("user"),
+        hostname=p.string("hostname"),
+        volumes=p.list_of_dict("volumes"),
+        read_only=p.boolean("read_only"),
+        tty=p.boolean("tty"),
+        stdin=p.boolean("stdin"),
+        memory=p.integer("memory"),
+        cpus=p.number("cpus"),
+        pids_limit=p.integer("pids_limit"),
+        auto_remove=p.boolean("auto_remove"),
+        stop_signal=p.string("stop_signal"),
+        restart=p.string("restart"),
+        init=p.boolean("init"),
+        privileged=p.boolean("privileged"),
+        cap_add=p.list_of_str("cap_add"),
+        cap_drop=p.list_of_str("cap_drop"),
+        security_opt=p.list_of_str("security_opt"),
+        stop_timeout=p.integer("stop_timeout"),
+        log_max_size=p.integer("log_max_size"),
+        log_max_files=p.integer("log_max_files"),
+        metrics_address=p.string("metrics_address"),
+        health=HealthRequest(
+            health_cmd=p.string("health_cmd"),
+            health_interval=p.number("health_interval"),
+            health_timeout=p.number("health_timeout"),
+            health_start_period=p.number("health_start_period"),
+            health_retries=p.integer("health_retries"),
+        ),
+        network=endpoint_request(p),
+    )
 
 
 class ContainerApi:
@@ -40,12 +87,19 @@ class ContainerApi:
         d.add("container.copy_from", self.container_copy_from)
         d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.container_logs, accept_late=True)
-        self.core.execs.register(d)
-        self.core.attach.register(d)
+        d.add("container.exec", self.container_exec)
+        # Accepted once forwarded: the input from one connection reaches the exec or the
+        # container in the order it was sent.
+        d.add("container.exec.stdin", self.exec_stdin, accept_late=True)
+        d.add("container.exec.close_stdin", self.exec_close_stdin, accept_late=True)
+        d.add("container.exec.resize", self.exec_resize, accept_late=True)
+        d.add("container.stdin", self.container_stdin, accept_late=True)
+        d.add("container.close_stdin", self.container_close_stdin, accept_late=True)
+        d.add("container.resize", self.container_resize, accept_late=True)
 
     async def container_create(self, call: jsonrpc.Call) -> Any:
         """Create a container (no process yet). Returns ``{id, name}``."""
-        rec = await self.containers.create(call.params)
+        rec = await self.containers.create(create_request(call.params))
         return {"id": rec.id, "name": rec.name}
 
     async def container_wait(self, call: jsonrpc.Call) -> Any:
@@ -145,7 +199,14 @@ class ContainerApi:
 
     async def container_update(self, call: jsonrpc.Call) -> Any:
         """New limits (``memory``, ``cpus``, ``pids_limit``) for a container, running or not."""
-        rec = await self.verbs.update(call.params)
+        p = call.params
+        req = UpdateRequest(
+            id=p.raw.get("id"),
+            memory=p.integer("memory"),
+            cpus=p.number("cpus"),
+            pids_limit=p.integer("pids_limit"),
+        )
+        rec = await self.verbs.update(req)
         return {"id": rec.id}
 
     async def container_rename(self, call: jsonrpc.Call) -> Any:
@@ -180,3 +241,62 @@ class ContainerApi:
             p.string("host_path", required=True),
             p.string("path", required=True),
         )
+
+    # ------------------------------------------------------------------------- exec, attach
+
+    async def container_exec(self, call: jsonrpc.Call) -> Any:
+        """Run ``cmd`` in running container ``id``; its notes as ``container.exec.started`` and
+        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
+        p = call.params
+        req = ExecRequest(
+            id=p.raw.get("id"),
+            cmd=p.list_of_str("cmd"),
+            env=p.list_of_str("env"),
+            workdir=p.string("workdir"),
+            user=p.string("user"),
+            stdin=p.boolean("stdin"),
+            detach=p.boolean("detach"),
+            tty=p.boolean("tty"),
+            rows=p.integer("rows", 24),
+            cols=p.integer("cols", 80),
+        )
+
+        async def sink(kind: str, note: dict[str, Any]) -> None:
+            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
+
+        return await self.core.execs.exec(req, sink)
+
+    async def exec_stdin(self, call: jsonrpc.Call) -> Any:
+        """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
+        eid = call.params.string("exec_id", required=True)
+        await self.core.execs.stdin(eid, call.params.string("data", ""))
+        return {}
+
+    async def exec_resize(self, call: jsonrpc.Call) -> Any:
+        """Set the window size (``rows``, ``cols``) of exec ``exec_id``'s terminal."""
+        p = call.params
+        eid = p.string("exec_id", required=True)
+        await self.core.execs.resize(eid, p.integer("rows", 24), p.integer("cols", 80))
+        return {}
+
+    async def exec_close_stdin(self, call: jsonrpc.Call) -> Any:
+        """Close the stdin of exec ``exec_id`` after the data sent before."""
+        await self.core.execs.close_stdin(call.params.string("exec_id", required=True))
+        return {}
+
+    async def container_stdin(self, call: jsonrpc.Call) -> Any:
+        """Write ``data`` (base64) to the terminal or stdin of running container ``id``."""
+        p = call.params
+        await self.core.attach.stdin(p.raw.get("id"), p.string("data", ""))
+        return {}
+
+    async def container_close_stdin(self, call: jsonrpc.Call) -> Any:
+        """Close the stdin of running container ``id`` (created with ``stdin`` and no ``tty``)."""
+        await self.core.attach.close_stdin(call.params.raw.get("id"))
+        return {}
+
+    async def container_resize(self, call: jsonrpc.Call) -> Any:
+        """Set the terminal of running container ``id`` to ``rows`` x ``cols``."""
+        p = call.params
+        await self.core.attach.resize(p.raw.get("id"), p.integer("rows", 24), p.integer("cols", 80))
+        return {}

@@ -67,7 +67,7 @@ class Exits(ContainersBase):
                 rec.exit_code = record.exit_code
                 rec.exit_signal = record.signal
                 rec.oom_killed = record.oom_killed
-                rec.config["log_dropped_bytes"] = record.log_dropped_bytes
+                rec.log_dropped_bytes = record.log_dropped_bytes
                 rec.finished_at = record.exited_at or rfc3339()
                 rec.pid = 0
                 rec.reason = ""
@@ -79,14 +79,14 @@ class Exits(ContainersBase):
                 if rec.oom_killed:
                     # Read from the cgroup's own OOM counter by the shim before the cgroup went.
                     self.publish("oom", rec)
-                dropped = {"log_dropped_bytes": rec.config["log_dropped_bytes"]}
+                dropped = {"log_dropped_bytes": rec.log_dropped_bytes}
                 self.publish(
                     "die",
                     rec,
                     exit_code=rec.exit_code,
                     signal=rec.exit_signal,
                     oom_killed=rec.oom_killed,
-                    **(dropped if rec.config["log_dropped_bytes"] else {}),
+                    **(dropped if rec.log_dropped_bytes else {}),
                 )
                 if self._on_exit is not None:
                     self._on_exit(rec.exit_code, rec.oom_killed)
@@ -107,8 +107,8 @@ class Exits(ContainersBase):
         decision = policy.decide(
             policy.parse(rec.config.get("restart")),
             exit_code=rec.exit_code if rec.state == EXITED else None,
-            stopped_by_user=bool(rec.config.get("stopped_by_user")),
-            restart_count=int(rec.config.get("restart_count") or 0),
+            stopped_by_user=rec.stopped_by_user,
+            restart_count=rec.restart_count,
             previous_delay=live.restart_delay,
             ran_for=ran_for,
         )
@@ -129,9 +129,9 @@ class Exits(ContainersBase):
             live = self.live(cid)
             async with live.lock:
                 rec = self.store.get_container(cid)
-                if rec is None or rec.state in ACTIVE or rec.config.get("stopped_by_user"):
+                if rec is None or rec.state in ACTIVE or rec.stopped_by_user:
                     return
-                rec.config["restart_count"] = int(rec.config.get("restart_count") or 0) + 1
+                rec.restart_count += 1
                 try:
                     self.save(rec)
                 except Exception as exc:
@@ -142,7 +142,7 @@ class Exits(ContainersBase):
                     return
             if live.restart is scope:
                 live.restart = None
-            self.publish("restart", rec, restart_count=rec.config["restart_count"])
+            self.publish("restart", rec, restart_count=rec.restart_count)
             if self._on_restart is not None:
                 self._on_restart()
             try:

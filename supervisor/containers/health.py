@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 from tugwire.shimapi import ExecParams
 
@@ -39,13 +38,24 @@ OUTPUT_LIMIT = 4096  # bytes of a check's output kept in its log entry
 LOG_ENTRIES = 5  # the last checks kept, as docker's inspect shows them
 
 
-def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class HealthRequest:
+    """The ``health_*`` options of ``container.create`` (None: the image's, else the default)."""
+
+    health_cmd: str | None = None
+    health_interval: float | None = None
+    health_timeout: float | None = None
+    health_start_period: float | None = None
+    health_retries: int | None = None
+
+
+def parse(req: HealthRequest, image_config: dict[str, Any]) -> dict[str, Any] | None:
     """The health check of a container from ``health_cmd`` and the ``health_*`` options, else
     the image's ``Healthcheck`` (``Test``: ``["CMD-SHELL", cmd]`` or ``["CMD", args...]``;
     durations in nanoseconds). None when there is none (or ``health_cmd`` is ``none``)."""
     image = image_config.get("Healthcheck") or {}
     test = image.get("Test") if isinstance(image, dict) else None
-    cmd = p.string("health_cmd")
+    cmd = req.health_cmd
     args: list[str] | None = None
     if cmd is not None:
         if cmd == "none" or cmd == "":
@@ -58,8 +68,8 @@ def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | N
     if args is None:
         return None
 
-    def seconds(name: str, key: str, default: float) -> float:
-        value = p.number(name)
+    def seconds(name: str, given: float | None, key: str, default: float) -> float:
+        value = given
         if value is None:
             ns = image.get(key) if isinstance(image, dict) else None
             value = ns / 1e9 if isinstance(ns, int) and ns > 0 else default
@@ -67,17 +77,17 @@ def parse(p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any] | N
             raise InvalidArgument(f"{name} must be positive", field=name)
         return float(value)
 
-    retries = p.integer("health_retries")
+    retries = req.health_retries
     if retries is None:
         retries = int(image.get("Retries") or DEFAULT_RETRIES) if isinstance(image, dict) else DEFAULT_RETRIES
     if retries < 1:
         raise InvalidArgument("health_retries must be at least 1", field="health_retries")
     return {
         "args": args,
-        "interval": seconds("health_interval", "Interval", DEFAULT_INTERVAL),
-        "timeout": seconds("health_timeout", "Timeout", DEFAULT_TIMEOUT),
+        "interval": seconds("health_interval", req.health_interval, "Interval", DEFAULT_INTERVAL),
+        "timeout": seconds("health_timeout", req.health_timeout, "Timeout", DEFAULT_TIMEOUT),
         "retries": retries,
-        "start_period": seconds("health_start_period", "StartPeriod", 0.0),
+        "start_period": seconds("health_start_period", req.health_start_period, "StartPeriod", 0.0),
     }
 
 

@@ -6,14 +6,17 @@ import os
 import random
 import secrets
 import signal as signals
+from dataclasses import dataclass, field
 from typing import Any
 
-from tugwire import httpserve, jsonrpc, names
+from tugwire import httpserve, names
 from tugwire.errors import InvalidArgument
 
 from .. import policy, security, spec
 from ..config import Config
+from ..network.requests import EndpointRequest
 from ..store import Store
+from .health import HealthRequest
 
 
 def parse_signal(value: Any, default: int = int(signals.SIGKILL)) -> int:
@@ -84,38 +87,74 @@ _NOUN = [
 ]
 
 
-def parse_create(p: jsonrpc.Params, cfg: Config) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CreateRequest:
+    """``container.create``'s options as a front door read them (their types checked there);
+    :func:`parse_create` checks their values. Names as in docs/api.md."""
+
+    image: str
+    name: str | None = None
+    cmd: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None  # None: the image's
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    read_only: bool = False
+    tty: bool = False
+    stdin: bool = False
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    auto_remove: bool = False
+    stop_signal: str | None = None
+    restart: str | None = None
+    init: bool = False
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    stop_timeout: int | None = None
+    log_max_size: int | None = None
+    log_max_files: int | None = None
+    metrics_address: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    health: HealthRequest = field(default_factory=HealthRequest)
+    network: EndpointRequest = field(default_factory=EndpointRequest)
+
+
+def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
     """The user's settings of ``container.create``, checked: InvalidArgument on the first
     bad one (the image, its health check and its network are resolved by the caller)."""
     opts: dict[str, Any] = {}
-    opts["image"] = p.string("image", required=True)
-    name = p.string("name")
+    opts["image"] = p.image
+    name = p.name
     if name is not None:
         names.check_name(name)
     opts["name"] = name
-    cmd = p.list_of_str("cmd")
+    cmd = list(p.cmd)
     opts["cmd"] = cmd
-    raw_ep = p.raw.get("entrypoint")
-    if raw_ep is not None:
-        opts["entrypoint"] = p.list_of_str("entrypoint")
-    env = p.list_of_str("env")
+    if p.entrypoint is not None:
+        opts["entrypoint"] = list(p.entrypoint)
+    env = list(p.env)
     for item in env:
         if "=" not in item or item.startswith("="):
             raise InvalidArgument(f"invalid environment variable {item!r}: want KEY=VALUE", field="env")
         if "\x00" in item:
             raise InvalidArgument("environment variables may not contain NUL", field="env")
     opts["env"] = env
-    workdir = p.string("workdir")
+    workdir = p.workdir
     if workdir is not None and (not workdir.startswith("/") or "\x00" in workdir):
         raise InvalidArgument(f"the working directory {workdir!r} must be an absolute path", field="workdir")
     opts["workdir"] = workdir
-    opts["user"] = p.string("user")
-    hostname = p.string("hostname")
+    opts["user"] = p.user
+    hostname = p.hostname
     if hostname is not None and not _valid_hostname(hostname):
         raise InvalidArgument(f"invalid hostname {hostname!r}", field="hostname")
     opts["hostname"] = hostname
     volumes = []
-    for vol in p.list_of_dict("volumes"):
+    for vol in p.volumes:
         src, dst = vol.get("source"), vol.get("destination")
         if not isinstance(src, str) or not os.path.isabs(src):
             raise InvalidArgument(f"volume source {src!r} must be an absolute host path", field="volumes")
@@ -135,14 +174,14 @@ def parse_create(p: jsonrpc.Params, cfg: Config) -> dict[str, Any]:
             }
         )
     opts["volumes"] = volumes
-    opts["read_only"] = p.boolean("read_only")
-    opts["tty"] = p.boolean("tty")  # PID 1 on a terminal the shim holds (run -t)
-    opts["stdin"] = p.boolean("stdin")  # PID 1's stdin open for attach (run -i)
-    memory = p.integer("memory")
+    opts["read_only"] = p.read_only
+    opts["tty"] = p.tty  # PID 1 on a terminal the shim holds (run -t)
+    opts["stdin"] = p.stdin  # PID 1's stdin open for attach (run -i)
+    memory = p.memory
     if memory is not None and memory < 6 * 1024 * 1024:
         raise InvalidArgument("minimum memory limit allowed is 6MB", field="memory")
     opts["memory"] = memory
-    cpus = p.number("cpus")
+    cpus = p.cpus
     if cpus is not None and not 0.01 <= cpus <= (os.cpu_count() or 1):
         raise InvalidArgument(
             f"range of CPUs is from 0.01 to {os.cpu_count() or 1}, as there are only "
@@ -150,41 +189,41 @@ def parse_create(p: jsonrpc.Params, cfg: Config) -> dict[str, Any]:
             field="cpus",
         )
     opts["cpus"] = cpus
-    pids = p.integer("pids_limit")
+    pids = p.pids_limit
     if pids is not None and pids < 1:
         raise InvalidArgument("pids limit must be positive", field="pids_limit")
     opts["pids_limit"] = pids
-    opts["auto_remove"] = p.boolean("auto_remove")
-    stop_signal = p.string("stop_signal")
+    opts["auto_remove"] = p.auto_remove
+    stop_signal = p.stop_signal
     parse_signal(stop_signal, int(signals.SIGTERM))
     opts["stop_signal"] = stop_signal  # None: the image's StopSignal, else SIGTERM (see create)
-    opts["restart"] = str(policy.parse(p.string("restart")))
+    opts["restart"] = str(policy.parse(p.restart))
     if opts["restart"] != policy.NO and opts["auto_remove"]:
         raise InvalidArgument("conflicting options: a restart policy and auto-remove (--rm)", field="restart")
-    opts["init"] = p.boolean("init")
+    opts["init"] = p.init
     if opts["init"] and not os.path.exists(spec.INIT_BINARY):
         raise InvalidArgument(
             f"--init needs {spec.INIT_BINARY} on the host (Debian package tini)", field="init"
         )
     opts["security"] = security.parse(
-        p.boolean("privileged"),
-        p.list_of_str("cap_add"),
-        p.list_of_str("cap_drop"),
-        p.list_of_str("security_opt"),
+        p.privileged,
+        list(p.cap_add),
+        list(p.cap_drop),
+        list(p.security_opt),
     )
-    stop_timeout = p.integer("stop_timeout")
+    stop_timeout = p.stop_timeout
     if stop_timeout is not None and stop_timeout < 0:
         raise InvalidArgument("stop timeout must not be negative", field="stop_timeout")
     opts["stop_timeout"] = 10 if stop_timeout is None else stop_timeout
-    size = p.integer("log_max_size")
+    size = p.log_max_size
     if size is not None and size < 4096:
         raise InvalidArgument("log max size must be at least 4096 bytes", field="log_max_size")
     opts["log_max_size"] = size or cfg.log_max_size
-    files = p.integer("log_max_files")
+    files = p.log_max_files
     if files is not None and files < 1:
         raise InvalidArgument("log max files must be at least 1", field="log_max_files")
     opts["log_max_files"] = files or cfg.log_max_files
-    metrics_address = p.string("metrics_address")
+    metrics_address = p.metrics_address
     if metrics_address:
         try:
             httpserve.parse_address(metrics_address)

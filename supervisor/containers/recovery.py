@@ -142,10 +142,10 @@ class Recovery(Exits):
         """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
         starts (after a reboot, or it was stopped); True if one is scheduled."""
         rule = policy.parse(rec.config.get("restart"))
-        if not policy.start_on_boot(rule, stopped_by_user=bool(rec.config.get("stopped_by_user"))):
+        if not policy.start_on_boot(rule, stopped_by_user=rec.stopped_by_user):
             return False
-        if rec.config.get("stopped_by_user"):
-            rec.config["stopped_by_user"] = False
+        if rec.stopped_by_user:
+            rec.stopped_by_user = False
             self.save(rec)
         self._schedule_restart(rec.id, 0.0)
         return True

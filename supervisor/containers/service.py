@@ -21,7 +21,7 @@ import signal as signals
 
 import anyio
 
-from tugwire import fsutil, jsonrpc
+from tugwire import fsutil
 from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
 from tugwire.timefmt import rfc3339
 
@@ -31,7 +31,7 @@ from ..store import ContainerRecord
 from . import health
 from .inspect import Inspect
 from .logs import Logs
-from .options import generate_name, parse_create, parse_signal
+from .options import CreateRequest, generate_name, parse_create, parse_signal
 from .recovery import Recovery
 from .state import (
     ACTIVE,
@@ -57,15 +57,15 @@ class Containers(Recovery, Logs, Inspect):
 
     # ------------------------------------------------------------------------------- create
 
-    async def create(self, p: jsonrpc.Params) -> ContainerRecord:
+    async def create(self, req: CreateRequest) -> ContainerRecord:
         """Validate, resolve the image, write the bundle, then record the container."""
-        opts = parse_create(p, self.cfg)
+        opts = parse_create(req, self.cfg)
         image = self.images.resolve(opts["image"])
         if not opts["stop_signal"]:
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
-        opts["health"] = health.parse(p, image.config)
-        opts.update(self.networks.parse_create(p, image.config))
+        opts["health"] = health.parse(req.health, image.config)
+        opts.update(self.networks.parse_create(req.network, image.config))
         name = opts["name"] or generate_name(self.store)
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
@@ -124,8 +124,8 @@ class Containers(Recovery, Logs, Inspect):
                 raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
             if not by_policy:
                 live.restart_delay = 0.0
-                rec.config["restart_count"] = 0
-                rec.config["stopped_by_user"] = False
+                rec.restart_count = 0
+                rec.stopped_by_user = False
             if rec.state == UNKNOWN and not by_policy:
                 raise FailedPrecondition(
                     f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
@@ -250,8 +250,8 @@ class Containers(Recovery, Logs, Inspect):
         live.cancel_restart()
         async with live.lock:
             rec = self.reload(cid)
-            if not rec.config.get("stopped_by_user"):
-                rec.config["stopped_by_user"] = True
+            if not rec.stopped_by_user:
+                rec.stopped_by_user = True
                 self.save(rec)
 
     async def set_paused(self, ref: str, paused: bool) -> ContainerRecord:

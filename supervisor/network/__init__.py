@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire import jsonrpc
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.timefmt import rfc3339
 
@@ -31,6 +30,7 @@ from ..failpoints import failpoint
 from . import etc, files, host, ipam, nft
 from . import ports as ports_
 from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port
+from .requests import EndpointRequest, NetworkCreateRequest
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -189,23 +189,23 @@ class Networks:
 
     # ------------------------------------------------------------------ network verbs (API)
 
-    async def create(self, p: jsonrpc.Params) -> NetworkRecord:
-        name = ipam.check_network_name(p.string("name", required=True))
-        driver = p.string("driver") or "bridge"
+    async def create(self, req: NetworkCreateRequest) -> NetworkRecord:
+        """A bridge network: its name, subnets and gateways checked, its bridge made."""
+        name = ipam.check_network_name(req.name)
+        driver = req.driver or "bridge"
         if driver != "bridge":
             raise InvalidArgument(f"driver {driver!r} is not supported: only bridge", field="driver")
         if self.db.find_networks(name) and any(n.name == name for n in self.db.find_networks(name)):
             raise AlreadyExists(f"network with name {name} already exists", field="name")
-        subnet_s = p.string("subnet")
         subnet: ipaddress.IPv4Network | None = None
         ip_range = gateway = ""
-        if subnet_s:
-            subnet = ipam.parse_subnet(subnet_s)
-            ip_range, gateway = self._check_subnet(p, subnet)
-        elif p.string("gateway") or p.string("ip_range"):
+        if req.subnet:
+            subnet = ipam.parse_subnet(req.subnet)
+            ip_range, gateway = self._check_subnet(req, subnet)
+        elif req.gateway or req.ip_range:
             raise InvalidArgument("--gateway and --ip-range need --subnet", field="subnet")
-        subnet6, gateway6 = self._parse_v6(p)
-        mtu = p.integer("mtu") or 0  # 0: the uplink's (see _mtu)
+        subnet6, gateway6 = self._parse_v6(req)
+        mtu = req.mtu or 0  # 0: the uplink's (see _mtu)
         if mtu and not 576 <= mtu <= 9000:
             raise InvalidArgument("mtu must be within 576-9000", field="mtu")
         nid = secrets.token_hex(32)
@@ -218,8 +218,8 @@ class Networks:
             gateway=gateway,
             ip_range=ip_range,
             mtu=mtu,
-            internal=p.boolean("internal"),
-            labels=p.dict_of_str("labels"),
+            internal=req.internal,
+            labels=dict(req.labels),
             created=rfc3339(),
             subnet6=subnet6,
             gateway6=gateway6,
@@ -247,7 +247,7 @@ class Networks:
         self._publish("create", rec)
         return rec
 
-    def _check_subnet(self, p: jsonrpc.Params, subnet: ipaddress.IPv4Network) -> tuple[str, str]:
+    def _check_subnet(self, req: NetworkCreateRequest, subnet: ipaddress.IPv4Network) -> tuple[str, str]:
         """An explicit subnet against our networks, and its ``ip_range`` and ``gateway``."""
         other = self._overlapping(subnet)
         if other is not None:
@@ -255,12 +255,12 @@ class Networks:
                 f"subnet {subnet} overlaps with network {other.name} ({other.subnet})", field="subnet"
             )
         ip_range = ""
-        if p.string("ip_range"):
-            rng = ipam.parse_subnet(p.string("ip_range"), "ip_range")
+        if req.ip_range:
+            rng = ipam.parse_subnet(req.ip_range, "ip_range")
             if not rng.subnet_of(subnet):
                 raise InvalidArgument(f"ip range {rng} is not within subnet {subnet}", field="ip_range")
             ip_range = str(rng)
-        gateway_s = p.string("gateway")
+        gateway_s = req.gateway
         gateway = ""
         if gateway_s:
             gw = ipam.parse_ip(gateway_s, "gateway")
@@ -271,11 +271,11 @@ class Networks:
             gateway = str(gw)
         return ip_range, gateway
 
-    def _parse_v6(self, p: jsonrpc.Params) -> tuple[str, str]:
+    def _parse_v6(self, req: NetworkCreateRequest) -> tuple[str, str]:
         """``subnet6`` and ``gateway6`` (IPv6 is optional: a dual-stack network)."""
-        subnet6_s, gateway6_s = p.string("subnet6"), p.string("gateway6")
+        subnet6_s, gateway6_s = req.subnet6, req.gateway6
         if not subnet6_s:
-            if gateway6_s or p.boolean("ipv6"):
+            if gateway6_s or req.ipv6:
                 raise InvalidArgument(
                     "IPv6 needs an IPv6 subnet (subnet6, --subnet fd00:1::/64)", field="subnet6"
                 )
@@ -364,23 +364,23 @@ class Networks:
 
     # --------------------------------------------------------------- container create options
 
-    def parse_create(self, p: jsonrpc.Params, image_config: dict[str, Any]) -> dict[str, Any]:
+    def parse_create(self, req: EndpointRequest, image_config: dict[str, Any]) -> dict[str, Any]:
         """The network options of ``container.create``, validated (nothing allocated yet)."""
-        mode = p.string("network") or self.default
+        mode = req.network or self.default
         net = self._decide_default(self.get(mode))
         opts: dict[str, Any] = {"network": net.name}
-        ip = p.string("ip")
-        aliases = [ipam.check_alias(a) for a in p.list_of_str("network_aliases")]
-        specs = p.list_of_str("ports")
-        publish_all = p.boolean("publish_all")
+        ip = req.ip
+        aliases = [ipam.check_alias(a) for a in req.network_aliases]
+        specs = list(req.ports)
+        publish_all = req.publish_all
         if net.driver != "bridge":
-            for key, given in (
+            for key, value in (
                 ("ip", ip),
-                ("ip6", p.string("ip6")),
+                ("ip6", req.ip6),
                 ("network_aliases", aliases),
                 ("ports", specs or publish_all),
             ):
-                if given:
+                if value:
                     raise InvalidArgument(f"{key} cannot be used with --network {net.name}", field=key)
         if ip is not None:
             if net.name == BRIDGE:
@@ -391,7 +391,7 @@ class Networks:
                     f"address {ip} is not in the subnet {net.subnet} of {net.name}", field="ip"
                 )
         opts["ip"] = ip
-        ip6 = p.string("ip6")
+        ip6 = req.ip6
         if ip6 is not None:
             if not net.subnet6:
                 raise InvalidArgument(f"--ip6: network {net.name} has no IPv6 subnet", field="ip6")
@@ -401,8 +401,8 @@ class Networks:
                 )
         opts["ip6"] = ip6
         opts["network_aliases"] = aliases
-        opts["dns"] = [ipam.parse_dns(d) for d in p.list_of_str("dns")]
-        opts["add_hosts"] = [list(ipam.parse_add_host(h)) for h in p.list_of_str("add_hosts")]
+        opts["dns"] = [ipam.parse_dns(d) for d in req.dns]
+        opts["add_hosts"] = [list(ipam.parse_add_host(h)) for h in req.add_hosts]
         ports = [ipam.parse_port(s) for s in specs]
         if publish_all:
             given = {(pt.container_port, pt.proto) for pt in ports}

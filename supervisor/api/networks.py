@@ -1,5 +1,5 @@
-"""The ``network.*`` JSON-RPC methods (docs/api.md, "Networks"): thin, each delegating to
-:class:`supervisor.network.Networks`."""
+"""The ``network.*`` JSON-RPC methods (docs/api.md, "Networks"): thin, each reading its params
+into a typed request and delegating to :class:`supervisor.network.Networks`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,41 @@ from typing import TYPE_CHECKING, Any
 
 from tugwire import jsonrpc
 
+from ..network.requests import EndpointRequest, NetworkCreateRequest
+
 if TYPE_CHECKING:
     from ..containers import Containers
+
+
+def create_request(p: jsonrpc.Params) -> NetworkCreateRequest:
+    """``network.create``'s params, their types checked."""
+    return NetworkCreateRequest(
+        name=p.string("name", required=True),
+        driver=p.string("driver"),
+        subnet=p.string("subnet"),
+        ip_range=p.string("ip_range"),
+        gateway=p.string("gateway"),
+        subnet6=p.string("subnet6"),
+        gateway6=p.string("gateway6"),
+        ipv6=p.boolean("ipv6"),
+        mtu=p.integer("mtu"),
+        internal=p.boolean("internal"),
+        labels=p.dict_of_str("labels"),
+    )
+
+
+def endpoint_request(p: jsonrpc.Params) -> EndpointRequest:
+    """The network options of ``container.create``, their types checked."""
+    return EndpointRequest(
+        network=p.string("network"),
+        ip=p.string("ip"),
+        ip6=p.string("ip6"),
+        network_aliases=p.list_of_str("network_aliases"),
+        ports=p.list_of_str("ports"),
+        publish_all=p.boolean("publish_all"),
+        dns=p.list_of_str("dns"),
+        add_hosts=p.list_of_str("add_hosts"),
+    )
 
 
 class NetworkApi:
@@ -28,7 +61,7 @@ class NetworkApi:
 
     async def create(self, call: jsonrpc.Call) -> Any:
         """Create a bridge network. Returns ``{id, name}``."""
-        net = await self.networks.create(call.params)
+        net = await self.networks.create(create_request(call.params))
         return {"id": net.id, "name": net.name}
 
     async def list(self, call: jsonrpc.Call) -> Any:
