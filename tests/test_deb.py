@@ -9,16 +9,17 @@ group.
 
 Everything in the root runs in namespaces of its own: a holder process (``unshare --mount --net
 --pid --fork``) owns a mount namespace with the root's ``/proc``, ``/sys`` (with the cgroup
-mounts runc needs) and ``/dev``, a network namespace with only loopback, and a PID namespace;
-every command runs there with ``nsenter`` and ``chroot``. The package's dependencies are in the
+mounts runc needs) and ``/dev`` and the root as its ``/`` (pivot_root), a network namespace with
+only loopback, and a PID namespace; every command runs there with ``nsenter``. The package's dependencies are in the
 root already (scripts/debootstrap-cache.sh includes them), so apt needs no network. At the end the
 holder is killed, which kills every process of its PID namespace (tugd, shims, containers) and
 drops its mounts with the mount namespace; the containers' cgroups are removed and the root is
 deleted. Nothing is installed on the host.
 
 Caches (outside the repo, in ``$TUGBOAT_TEST_TOOLS``, default /var/cache/tugboat-test-tools): the
-debootstrap tarball (made once: ~25 s of downloads) and the packages, by version and a hash of
-their sources (a build is ~40 s, pip's own cache holding the wheels).
+debootstrap tarball (made once: ~25 s of downloads), a tar of the root debootstrap made from it
+(once: ~1 min), and the packages, by version and a hash of their sources (a build takes 40 to 70 s,
+pip's own cache holding the wheels).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class Root:
     cgroups: set[str] = field(default_factory=set)
 
     def enter(self) -> list[str]:
-        return ["nsenter", "-t", str(self.init_pid), "-m", "-n", "-p", "--", "chroot", str(self.path)]
+        # -r -w: the holder's root and working directory (the root, "/" of its mount namespace)
+        return ["nsenter", "-t", str(self.init_pid), "-m", "-n", "-p", "-r", "-w", "--"]
 
     def sh(self, script: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a shell script in the root (in its namespaces)."""
@@ -141,9 +143,16 @@ class Root:
         )
         if check:
             assert proc.returncode == 0, (
-                f"{script!r} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+                f"{script!r} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}{self.tugd_logs()}"
             )
         return proc
+
+    def tugd_logs(self) -> str:
+        """The end of each tugd's log, for failure messages."""
+        out = ""
+        for log in sorted((self.path / "tmp").glob("tugd-*.log")):
+            out += f"\n--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        return out
 
     def start_tugd(self, log: str) -> subprocess.Popen[bytes]:
         """tugd from the installed files, as the unit runs it (but with no network of its own)."""
@@ -171,13 +180,38 @@ class Root:
             time.sleep(0.1)
 
 
+# PID 1 of the root's namespaces: makes the root the root of its mount namespace (pivot_root, not a
+# chroot: runc pivot_roots from "/" and makes it rslave, and `runc exec` enters a container's mount
+# namespace at that namespace's root, which under a chroot would be the host's), mounts /proc
+# (of the new PID namespace), /sys (with /sys/fs/cgroup) and /dev, brings loopback up, and waits.
+HOLDER = """set -e
+mount --bind "$ROOT" "$ROOT"
+mount -t proc proc "$ROOT/proc"
+mount --rbind /sys "$ROOT/sys"
+mount --rbind /dev "$ROOT/dev"
+ip link set lo up
+cd "$ROOT"
+pivot_root . mnt
+cd /
+umount -l /mnt
+touch /run/holder.ready
+exec sleep infinity
+"""
+
+
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
 
 
 def _make_root(path: Path) -> None:
-    tarball = _run(["bash", str(REPO / "scripts/debootstrap-cache.sh")], timeout=1200).stdout.strip()
+    """A fresh root in ``path``: debootstrap from the cached tarball the first time (~1 min), and
+    a tar of that untouched result, cached beside it, every later time (seconds)."""
+    tarball = Path(_run(["bash", str(REPO / "scripts/debootstrap-cache.sh")], timeout=1200).stdout.strip())
+    made = tarball.with_name(tarball.name.removesuffix(".tgz") + "-root.tar")
+    if made.is_file():
+        _run(["tar", "-C", str(path), "--numeric-owner", "-xpf", str(made)])
+        return
     include = _run(["bash", "-c", f"grep -m1 '^INCLUDE=' {REPO}/scripts/debootstrap-cache.sh | cut -d= -f2"])
     # In a mount namespace of its own: the mounts debootstrap makes in the root die with it.
     _run(
@@ -194,6 +228,12 @@ def _make_root(path: Path) -> None:
         ],
         timeout=900,
     )
+    tmp = made.with_name(f".{made.name}.{os.getpid()}")
+    try:
+        _run(["tar", "-C", str(path), "--numeric-owner", "-cpf", str(tmp), "."])
+        os.replace(tmp, made)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -214,21 +254,19 @@ def root(busybox_tar: str) -> Iterator[Root]:
                 "--fork",
                 "--propagation",
                 "private",
-                "sleep",
-                "infinity",
+                "sh",
+                "-c",
+                HOLDER,
             ],
             start_new_session=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "ROOT": str(path)},
         )
-        deadline = time.monotonic() + 10
-        while not (kids := _children(r.holder.pid)):
+        deadline = time.monotonic() + 30
+        while not (path / "run/holder.ready").exists():
+            assert r.holder.poll() is None, f"the namespace holder failed ({r.holder.returncode})"
             assert time.monotonic() < deadline, "the namespace holder did not start"
             time.sleep(0.01)
-        r.init_pid = kids[0]
-        ns = ["nsenter", "-t", str(r.init_pid), "-m", "-n", "--"]
-        _run([*ns, "mount", "-t", "proc", "proc", str(path / "proc")])
-        _run([*ns, "mount", "--rbind", "/sys", str(path / "sys")])
-        _run([*ns, "mount", "--rbind", "/dev", str(path / "dev")])
-        _run([*ns, "ip", "link", "set", "lo", "up"])
+        r.init_pid = _children(r.holder.pid)[0]
         yield r
     finally:
         for proc in r.background:
@@ -304,7 +342,8 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
     # tugd and containers from the installed files.
     tugd = root.start_tugd("/tmp/tugd-1.log")
     _tug(root, "import /tmp/busybox.tar busybox")
-    _tug(root, "run --name done busybox sh -c 'echo done-line; exit 3'", check=False)
+    ran = root.sh("tug run --name done busybox sh -c 'echo done-line; exit 3'", check=False)
+    assert (ran.returncode, ran.stdout) == (3, "done-line\n"), ran.stderr + root.tugd_logs()
     assert _tug(root, "inspect -f '{{.exit_code}}' done") == "3"
     # Waits for /tmp/go (made by an exec after the upgrade), logs before and after, exits 7.
     cid = _tug(
