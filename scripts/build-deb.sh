@@ -8,6 +8,7 @@
 #                 copy's changelog; the Python project's version stays pyproject.toml's)
 #   --out DIR     where tugboat_<version>_<arch>.deb goes (default: dist/)
 #   --cache DIR   reuse a package built from the same sources and version, kept in DIR/<hash>/
+#                 (the 8 newest kept)
 #
 # Prints the .deb's path. Needs debhelper and python3-venv (scripts/install.sh), and PyPI (or
 # PIP_INDEX_URL) for debian/requirements.txt. Lint with: lintian dist/tugboat_*.deb
@@ -67,5 +68,8 @@ if [ -n "$cache" ]; then
     mkdir -p "$cache/$key"
     cp -f "$work/$deb" "$cache/$key/.$deb.tmp"
     mv -f "$cache/$key/.$deb.tmp" "$cache/$key/$deb"
+    # Keep the 8 newest builds (each source change makes new ones).
+    find "$cache" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +9 | cut -d' ' -f2- |
+        while read -r old; do rm -rf "$old"; done
 fi
 echo "$out/$deb"

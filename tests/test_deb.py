@@ -9,12 +9,12 @@ group.
 
 Everything in the root runs in namespaces of its own: a holder process (``unshare --mount --net
 --pid --fork``) owns a mount namespace with the root's ``/proc``, ``/sys`` (with the cgroup
-mounts runc needs) and ``/dev`` and the root as its ``/`` (pivot_root), a network namespace with
-only loopback, and a PID namespace; every command runs there with ``nsenter``. The package's dependencies are in the
-root already (scripts/debootstrap-cache.sh includes them), so apt needs no network. At the end the
-holder is killed, which kills every process of its PID namespace (tugd, shims, containers) and
-drops its mounts with the mount namespace; the containers' cgroups are removed and the root is
-deleted. Nothing is installed on the host.
+mounts runc needs) and ``/dev`` and the root as its ``/`` (pivot_root), a network namespace
+with only loopback, and a PID namespace; every command runs there with ``nsenter``. The package's
+dependencies are in the root already (scripts/debootstrap-cache.sh includes them), so apt needs no
+network. At the end the holder is killed, which kills every process of its PID namespace (tugd,
+shims, containers) and drops its mounts with the mount namespace; the containers' cgroups are
+removed and the root is deleted. Nothing is installed on the host.
 
 Caches (outside the repo, in ``$TUGBOAT_TEST_TOOLS``, default /var/cache/tugboat-test-tools): the
 debootstrap tarball (made once: ~25 s of downloads), a tar of the root debootstrap made from it
