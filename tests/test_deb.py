@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -372,10 +373,20 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
     assert _tug(root, "wait long") == "7"
     assert _tug(root, "logs long").splitlines() == ["before-upgrade", "after-upgrade"]
 
+    # A network whose bridge and nft table `tugd --cleanup` (prerm) is to remove from the host
+    # (here: the root's network namespace).
+    _tug(root, "network create pkgnet")
+    _tug(root, "run --rm --network pkgnet busybox true")
+    assert "tb-" in root.sh("ip -o link show type bridge").stdout
+    assert "tugboat" in root.sh("nft list tables").stdout
+
     # Remove: the data stays. Purge: data and group go (tugd --cleanup ran in prerm).
     _tug(root, "rm -f long done")
     _stop_tugd(root.background[-1])
-    root.sh("apt-get remove -y tugboat")
+    removed = root.sh("apt-get remove -y tugboat")
+    assert re.search(r"^removed \d+: .*tb-", removed.stdout, re.M), removed.stdout + removed.stderr
+    assert "tb-" not in root.sh("ip -o link show type bridge").stdout
+    assert "tugboat" not in root.sh("nft list tables").stdout
     root.sh("test ! -e /usr/bin/tug && test ! -e /opt/tugboat/.venv/bin/tugd")
     root.sh("test -f /var/lib/tugboat/tugboat.db && getent group tugboat")
     root.sh("apt-get purge -y tugboat")
