@@ -25,6 +25,7 @@ pip's own cache holding the wheels).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -121,7 +122,7 @@ class Root:
     holder: subprocess.Popen[bytes] | None = None
     init_pid: int = 0  # the holder's child: PID 1 of the namespace
     background: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    cgroups: set[str] = field(default_factory=set)
+    container_ids: set[str] = field(default_factory=set)
 
     def enter(self) -> list[str]:
         # -r -w: the holder's root and working directory (the root, "/" of its mount namespace)
@@ -284,7 +285,17 @@ def root(busybox_tar: str) -> Iterator[Root]:
             r.holder.wait(timeout=30)
         for proc in r.background:
             proc.wait(timeout=30)
-        for cg in r.cgroups:  # runc made them on the host's cgroup tree (bound into the root)
+        # runc made the containers' cgroups on the host's tree (bound into the root): cgroup v2
+        # or each v1 hierarchy. The ids: those the test saw, and those on the root's disk.
+        on_disk = path / "var/lib/tugboat/containers"
+        ids = r.container_ids | ({p.name for p in on_disk.iterdir()} if on_disk.is_dir() else set())
+        cgroups = [
+            cg
+            for cid in ids
+            if len(cid) == 64
+            for cg in [f"/sys/fs/cgroup/tugboat/{cid}", *glob.glob(f"/sys/fs/cgroup/*/tugboat/{cid}")]
+        ]
+        for cg in cgroups:
             deadline = time.monotonic() + 10
             while os.path.isdir(cg):
                 try:
@@ -352,8 +363,8 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
         "run -d --name long busybox sh -c "
         "'echo before-upgrade; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after-upgrade; exit 7'",
     )
-    root.cgroups.add(f"/sys/fs/cgroup/tugboat/{cid}")
-    root.cgroups.add(f"/sys/fs/cgroup/tugboat/{_tug(root, 'inspect -f {{.id}} done')}")
+    root.container_ids.add(cid)
+    root.container_ids.add(_tug(root, "inspect -f '{{.id}}' done"))
     _wait_for(root, "tug logs long | grep -q before-upgrade", "the container's first log line")
     pid_before = _tug(root, "inspect -f '{{.pid}} {{.shim_pid}}' long")
     assert _tug(root, "inspect -f '{{.state}}' long") == "running"
