@@ -350,6 +350,9 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
     assert root.sh("find /opt/tugboat/.venv/lib -name '*.pyc' | head -n 1").stdout.strip()
     # deb-systemd-helper enabled the socket (no systemd here to start it).
     root.sh("test -L /etc/systemd/system/sockets.target.wants/tugd.socket")
+    # ... and only it: tugd.service is socket-activated, the front doors are the operator's choice.
+    enabled = root.sh("find /etc/systemd/system -name 'tug*'").stdout.split()
+    assert enabled == ["/etc/systemd/system/sockets.target.wants/tugd.socket"], enabled
 
     # tugd and containers from the installed files.
     tugd = root.start_tugd("/tmp/tugd-1.log")
@@ -403,3 +406,22 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
     root.sh("apt-get purge -y tugboat")
     root.sh("test ! -e /var/lib/tugboat && test ! -e /opt/tugboat && ! getent group tugboat")
     print(f"apt-get install of the package took {install_s:.1f} s", file=sys.stderr)
+
+
+def test_maintainer_scripts_start_the_socket_and_never_stop_on_upgrade(
+    debs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """What systemd would be told (not run here: systemd is not PID 1 in the test's root):
+    install enables and starts tugd.socket, an upgrade stops nothing before unpacking and
+    try-restarts the daemons after, remove stops everything."""
+    _run(["dpkg-deb", "-e", str(debs[0]), str(tmp_path / "DEBIAN")])
+    scripts = {p.name: p.read_text() for p in (tmp_path / "DEBIAN").iterdir()}
+    assert "deb-systemd-helper enable 'tugd.socket'" in scripts["postinst"]
+    assert "deb-systemd-invoke start 'tugd.socket'" in scripts["postinst"]
+    assert "try-restart tugd.service tug-cri.service tug-docker-api.service" in scripts["postinst"]
+    # Nothing is stopped before an upgrade (preinst) and no unit is restarted but the daemons.
+    assert "stop" not in scripts.get("preinst", "")
+    assert "restart 'tugd.socket'" not in scripts["postinst"]
+    assert 'if [ "$1" = remove ]' in scripts["prerm"] and "tugd.socket tugd.service" in scripts["prerm"]
+    assert "tugd --cleanup" in scripts["prerm"]
+    assert "rm -rf" in scripts["postrm"] and "groupdel tugboat" in scripts["postrm"]
