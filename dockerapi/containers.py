@@ -98,8 +98,9 @@ def create_params(body: Any, name: str | None) -> tuple[dict[str, Any], list[str
         p["stop_timeout"] = stop_timeout
     p["tty"] = get_bool(body, "Tty")
     p["stdin"] = get_bool(body, "OpenStdin")
-    if get_str_map(body, "Labels"):
-        warnings.append("labels are not kept: tugd has no container labels yet")
+    labels = get_str_map(body, "Labels")
+    if labels:
+        p["labels"] = labels
     get_obj(body, "ExposedPorts")
     health = get_obj(body, "Healthcheck")
     if health:
@@ -246,7 +247,7 @@ def summary(c: dict[str, Any]) -> dict[str, Any]:
         "Command": c.get("command", ""),
         "Created": shapes.epoch(c.get("created_at")),
         "Ports": [],
-        "Labels": {},
+        "Labels": c.get("labels") or {},
         "State": shapes.docker_state(c.get("state")),
         "Status": shapes.status_text(c),
         "HostConfig": {"NetworkMode": next(iter(networks), "default")},
@@ -255,44 +256,13 @@ def summary(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _match_filters(c: dict[str, Any], filters: dict[str, list[str]]) -> bool:
-    for key, values in filters.items():
-        if key == "name":
-            if not any(re.search(v, c["name"]) or re.search(v, "/" + c["name"]) for v in values):
-                return False
-        elif key == "id":
-            if not any(c["id"].startswith(v) for v in values):
-                return False
-        elif key == "status":
-            if shapes.docker_state(c.get("state")) not in values:
-                return False
-        elif key == "exited":
-            if c.get("state") != "exited" or str(c.get("exit_code")) not in values:
-                return False
-        elif key == "ancestor":
-            if c.get("image") not in values and c.get("image_id") not in values:
-                return False
-        elif key == "label":
-            return False  # tugd keeps no labels: no container has one
-        else:
-            raise HttpError(400, f"invalid filter '{key}'")
-    return True
-
-
 async def ps(ctx: Ctx) -> None:
     """``GET /containers/json?all=&limit=&filters=``."""
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
-    for values in filters.get("name", []):
-        try:
-            re.compile(values)
-        except re.error as exc:
-            raise HttpError(400, f"invalid filter name={values}: {exc}") from None
-    everything = ctx.req.flag("all") or bool(filters.get("status"))
-    listed = await ctx.call("container.list", {"all": everything})
-    listed.sort(key=lambda c: c.get("created_at") or "", reverse=True)
-    out = [summary(c) for c in listed if _match_filters(c, filters)]
+    listed = await ctx.call("container.list", {"all": ctx.req.flag("all"), "filters": filters})
+    out = [summary(c) for c in listed]  # filtered and newest first by tugd
     limit = ctx.req.integer("limit")
     if limit is not None and limit > 0:
         out = out[:limit]
@@ -422,7 +392,7 @@ def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
             "WorkingDir": cfg.get("workdir") or "",
             "Entrypoint": cfg.get("entrypoint"),
             "OnBuild": None,
-            "Labels": {},
+            "Labels": c.get("labels") or {},
             **({"StopSignal": cfg["stop_signal"]} if cfg.get("stop_signal") else {}),
         },
         "NetworkSettings": {

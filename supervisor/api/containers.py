@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc
+from tugwire import dockerfilters, jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 
 from ..containers import ACTIVE, parse_signal
@@ -75,11 +75,31 @@ class ContainerApi:
         return {"id": rec.id, "pid": rec.pid}
 
     async def container_list(self, call: jsonrpc.Call) -> Any:
-        """Summaries of running containers (``all`` for every one)."""
+        """Summaries of running containers (``all`` for every one), newest first, that pass
+        docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``)."""
         everything = call.params.boolean("all")
-        return [
-            self.containers.summary(r) for r in self.containers.records() if everything or r.state in ACTIVE
+        filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
+        records = self.containers.records()
+        created = {r.id: r.created_at for r in records}
+        by_name = {r.name: r.created_at for r in records}
+
+        def created_of(ref: str) -> str | None:
+            if ref.lstrip("/") in by_name:
+                return by_name[ref.lstrip("/")]
+            found = [t for cid, t in created.items() if cid.startswith(ref)]
+            return found[0] if len(found) == 1 and ref else None
+
+        if filters.get("status") or filters.get("exited"):
+            everything = True  # docker: a status filter looks at every container
+        out = [
+            (s.get("created_at") or "", i, s)
+            for i, s in enumerate(
+                self.containers.summary(r) for r in records if everything or r.state in ACTIVE
+            )
+            if dockerfilters.match_container(s, filters, created_of)
         ]
+        out.sort(key=lambda t: t[:2], reverse=True)  # newest first, as docker lists them
+        return [s for _, _, s in out]
 
     async def container_inspect(self, call: jsonrpc.Call) -> Any:
         """Everything known about one container."""

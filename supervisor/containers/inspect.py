@@ -28,6 +28,15 @@ class Inspect(ContainersBase):
             "finished_at": rec.finished_at,
             "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
+            "labels": rec.config.get("labels") or {},
+            **self._network_refs(rec),
+        }
+
+    def _network_refs(self, rec: ContainerRecord) -> dict[str, list[str]]:
+        nets = self.networks.container_networks(rec)
+        return {
+            "network_names": sorted(nets),
+            "network_ids": sorted(n["network_id"] for n in nets.values() if n.get("network_id")),
         }
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
