@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from tugwire import errors, jsonrpc
+from tugwire import dockershapes, errors, jsonrpc
 
 from . import shapes, streams
 from .http import HttpError, peer_closed, read_raw, watch_disconnect
@@ -236,33 +236,13 @@ async def create(ctx: Ctx) -> None:
 # --------------------------------------------------------------------------------- list, inspect
 
 
-def summary(c: dict[str, Any]) -> dict[str, Any]:
-    """A ``/containers/json`` entry."""
-    networks = c.get("networks") or {}
-    return {
-        "Id": c["id"],
-        "Names": ["/" + c["name"]],
-        "Image": c.get("image", ""),
-        "ImageID": c.get("image_id", ""),
-        "Command": c.get("command", ""),
-        "Created": shapes.epoch(c.get("created_at")),
-        "Ports": [],
-        "Labels": c.get("labels") or {},
-        "State": shapes.docker_state(c.get("state")),
-        "Status": shapes.status_text(c),
-        "HostConfig": {"NetworkMode": next(iter(networks), "default")},
-        "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
-    }
-
-
 async def ps(ctx: Ctx) -> None:
     """``GET /containers/json?all=&limit=&filters=``."""
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
     listed = await ctx.call("container.list", {"all": ctx.req.flag("all"), "filters": filters})
-    out = [summary(c) for c in listed]  # filtered and newest first by tugd
+    out = [dockershapes.container_summary(c) for c in listed]  # filtered and newest first by tugd
     limit = ctx.req.integer("limit")
     if limit is not None and limit > 0:
         out = out[:limit]
@@ -287,130 +267,9 @@ async def prune(ctx: Ctx) -> None:
     await ctx.conn.respond_json(200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
 
 
-def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
-    """``GET /containers/{id}/json``."""
-    cfg = c.get("config") or {}
-    args = list(cfg.get("args") or [*(cfg.get("entrypoint") or []), *(cfg.get("cmd") or [])])
-    state = c.get("state")
-    networks = {}
-    for name, net in (c.get("networks") or {}).items():
-        networks[name] = {
-            "NetworkID": net.get("network_id", ""),
-            "EndpointID": "",
-            "Gateway": net.get("gateway", ""),
-            "IPAddress": net.get("ip", ""),
-            "IPPrefixLen": net.get("prefixlen", 0),
-            "MacAddress": net.get("mac", ""),
-            "Aliases": net.get("aliases"),
-        }
-    first = next(iter(networks.values()), {})
-    ports: dict[str, list[dict[str, str]]] = {}
-    for port in c.get("ports") or []:
-        key = f"{port.get('container_port')}/{port.get('proto') or 'tcp'}"
-        ports.setdefault(key, []).append(
-            {"HostIp": port.get("host_ip") or "0.0.0.0", "HostPort": str(port.get("host_port", ""))}
-        )
-    return {
-        "Id": c["id"],
-        "Created": c.get("created_at", ""),
-        "Path": args[0] if args else "",
-        "Args": args[1:],
-        "State": {
-            "Status": shapes.docker_state(state),
-            "Running": state in ("running", "paused"),
-            "Paused": state == "paused",
-            "Restarting": bool(c.get("restarting")),
-            "OOMKilled": bool(c.get("oom_killed")),
-            "Dead": state == "unknown",
-            "Pid": c.get("pid") or 0,
-            "ExitCode": c.get("exit_code") or 0,
-            "Error": c.get("reason") or "",
-            "StartedAt": c.get("started_at") or shapes.ZERO_TIME,
-            "FinishedAt": c.get("finished_at") or shapes.ZERO_TIME,
-            **({"Health": {"Status": c["health"], "FailingStreak": 0, "Log": []}} if c.get("health") else {}),
-        },
-        "Image": c.get("image_id", ""),
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
-        "LogPath": c.get("log_path", ""),
-        "Name": "/" + c["name"],
-        "RestartCount": int(c.get("restart_count") or 0),
-        "Driver": "overlay2",
-        "Platform": "linux",
-        "MountLabel": "",
-        "ProcessLabel": "",
-        "AppArmorProfile": "",
-        "ExecIDs": None,
-        "HostConfig": {
-            "AutoRemove": bool(c.get("auto_remove")),
-            "NetworkMode": cfg.get("network") or next(iter(networks), "default"),
-            "RestartPolicy": {
-                "Name": str(c.get("restart_policy") or "no").split(":")[0],
-                "MaximumRetryCount": 0,
-            },
-            "Memory": cfg.get("memory") or 0,
-            "NanoCpus": int((cfg.get("cpus") or 0) * 1e9),
-            "PidsLimit": cfg.get("pids_limit"),
-            "Privileged": bool((cfg.get("security") or {}).get("privileged"))
-            if isinstance(cfg.get("security"), dict)
-            else False,
-            "ReadonlyRootfs": bool(cfg.get("read_only")),
-            "Binds": [
-                f"{v['source']}:{v['destination']}{':ro' if v.get('readonly') else ''}"
-                for v in cfg.get("volumes") or []
-            ],
-            # docker-py reads the logs of json-file and journald containers only; ours read alike.
-            "LogConfig": {"Type": "json-file", "Config": {}},
-        },
-        "GraphDriver": {"Name": "overlay2", "Data": {}},
-        "Mounts": [
-            {
-                "Type": "bind",
-                "Source": v["source"],
-                "Destination": v["destination"],
-                "Mode": "",
-                "RW": not v.get("readonly"),
-                "Propagation": "rprivate",
-            }
-            for v in cfg.get("volumes") or []
-        ],
-        "Config": {
-            "Hostname": cfg.get("hostname") or c["id"][:12],
-            "Domainname": "",
-            "User": cfg.get("user") or "",
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
-            "Tty": bool(cfg.get("tty")),
-            "OpenStdin": bool(cfg.get("stdin")),
-            "StdinOnce": False,
-            "Env": cfg.get("env") or [],
-            "Cmd": cfg.get("cmd") or None,
-            "Image": c.get("image", ""),
-            "Volumes": None,
-            "WorkingDir": cfg.get("workdir") or "",
-            "Entrypoint": cfg.get("entrypoint"),
-            "OnBuild": None,
-            "Labels": c.get("labels") or {},
-            **({"StopSignal": cfg["stop_signal"]} if cfg.get("stop_signal") else {}),
-        },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "Ports": ports,
-            "Gateway": first.get("Gateway", ""),
-            "IPAddress": first.get("IPAddress", ""),
-            "IPPrefixLen": first.get("IPPrefixLen", 0),
-            "MacAddress": first.get("MacAddress", ""),
-            "Networks": networks,
-        },
-    }
-
-
 async def inspect(ctx: Ctx, ref: str) -> None:
     """``GET /containers/{id}/json``."""
-    await ctx.conn.respond_json(200, inspect_shape(await lookup(ctx, ref)))
+    await ctx.conn.respond_json(200, dockershapes.container_inspect(await lookup(ctx, ref)))
 
 
 # -------------------------------------------------------------------------------------- verbs

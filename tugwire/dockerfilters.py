@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from .dockershapes import docker_state
 from .errors import InvalidArgument
 
 TYPE_CHECKING = False
@@ -92,13 +93,6 @@ def match_labels(labels: dict[str, str], wanted: list[str]) -> bool:
         if key not in labels or (sep and labels[key] != value):
             return False
     return True
-
-
-def docker_state(state: str | None) -> str:
-    """tugd's state as docker names it (``unknown`` is docker's ``dead``)."""
-    if state == "unknown":
-        return "dead"
-    return state or ""
 
 
 def container_status(c: dict[str, Any]) -> str:
