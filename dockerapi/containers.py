@@ -241,9 +241,10 @@ async def ps(ctx: Ctx) -> None:
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
-    listed = await ctx.call("container.list", {"all": ctx.req.flag("all"), "filters": filters})
-    out = [dockershapes.container_summary(c) for c in listed]  # filtered and newest first by tugd
     limit = ctx.req.integer("limit")
+    everything = ctx.req.flag("all") or (limit is not None and limit > 0)  # dockerd: -n is any state
+    listed = await ctx.call("container.list", {"all": everything, "filters": filters})
+    out = [dockershapes.container_summary(c) for c in listed]  # filtered and newest first by tugd
     if limit is not None and limit > 0:
         out = out[:limit]
     await ctx.conn.respond_json(200, out)

@@ -50,32 +50,10 @@ async def list_images(ctx: Ctx) -> None:
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
-    images = await ctx.call("image.list")
-    refs = filters.pop("reference", [])
-    dangling = filters.pop("dangling", [])
-    if filters:
-        raise HttpError(400, f"invalid filter '{next(iter(filters))}'")
-    out = []
-    for img in images:
-        tags = img.get("repo_tags") or []
-        if dangling and (dangling[0] in ("true", "1")) == bool(tags):
-            continue
-        if refs:
-            # as dockerd: only the names that match are listed
-            tags = [t for t in tags if any(_ref_matches(t, r) for r in refs)]
-            if not tags:
-                continue
-            img = {**img, "repo_tags": tags}
-        out.append(dockershapes.image_summary(img))
+    images = await ctx.call("image.list", {"filters": filters})  # filtered by tugd
+    out = [dockershapes.image_summary(img) for img in images]
     out.sort(key=lambda i: i["Created"], reverse=True)
     await ctx.conn.respond_json(200, out)
-
-
-def _ref_matches(tag: str, pattern: str) -> bool:
-    import fnmatch
-
-    repo = tag.rsplit(":", 1)[0]
-    return fnmatch.fnmatch(tag, pattern) or fnmatch.fnmatch(repo, pattern)
 
 
 async def inspect(ctx: Ctx, name: str) -> None:

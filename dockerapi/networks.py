@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tugwire import dockershapes, errors
+from tugwire import dockerfilters, dockershapes, errors
 
 from .http import HttpError
 from .server import Ctx, Router
@@ -28,20 +28,12 @@ def not_found(ref: str) -> HttpError:
 
 
 async def list_networks(ctx: Ctx) -> None:
-    """``GET /networks?filters=``: name, id, driver filters."""
+    """``GET /networks?filters=``: name, id, driver, label, dangling, type, scope filters."""
     from .system import docker_filters
 
-    filters = docker_filters(ctx.req.json_arg("filters"))
-    out = []
-    for n in await ctx.call("network.list"):
-        s = dockershapes.network(n)
-        if "name" in filters and not any(v in s["Name"] for v in filters["name"]):
-            continue
-        if "id" in filters and not any(s["Id"].startswith(v) for v in filters["id"]):
-            continue
-        if "driver" in filters and s["Driver"] not in filters["driver"]:
-            continue
-        out.append(s)
+    filters = dockerfilters.check(docker_filters(ctx.req.json_arg("filters")), dockerfilters.NETWORK_KEYS)
+    shaped = (dockershapes.network(n) for n in await ctx.call("network.list"))
+    out = [s for s in shaped if dockerfilters.match_network(s, filters)]
     await ctx.conn.respond_json(200, out)
 
 

@@ -139,7 +139,7 @@ def test_ps_filters_and_json(dapi: DockerApi) -> None:
     assert dapi.ps_names("-a", "--filter", "label=x", "--filter", "label=tier=web") == ["delta"]
     assert dapi.ps_names("-a", "--filter", "label=x", "--filter", "label=tier=db") == []
     assert dapi.inspect("delta")["Config"]["Labels"] == {"x": "y", "tier": "web"}
-    assert dapi.docker("ps", "-a", "-f", "name=delta", "--format", "{{.Label \"tier\"}}").stdout == "web\n"
+    assert dapi.docker("ps", "-a", "-f", "name=delta", "--format", '{{.Label "tier"}}').stdout == "web\n"
     dapi.docker("rm", "delta")
     rows = [json.loads(line) for line in dapi.docker("ps", "--format", "json").stdout.splitlines()]
     assert sorted(r["Names"] for r in rows) == ["alpha", "beta"]

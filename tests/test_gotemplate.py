@@ -54,7 +54,10 @@ def render(src: str, dot: Any = None) -> str:
         ("{{pad .Name 1 2}}|", " /web  |"),
         ("{{println .Name}}", "/web\n"),
         ('{{index .Config.Labels "a"}}', "1"),
-        ('{{index .Config.Labels "zz"}}', "<no value>"),
+        ('{{index .Config.Labels "zz"}}', ""),  # a map of strings: Go's zero value
+        ("{{.Config.Labels.zz}}", ""),
+        ('{{index .State "Nope"}}', "<no value>"),
+        ("{{json .Config.Labels}}", '{"a":"1","b":"2"}'),  # a map's keys sorted, as Go's
         ("{{len .Config.Env}}", "2"),
         ('{{if eq .State.Status "exited"}}gone{{else}}up{{end}}', "gone"),
         ("{{if ne .State.ExitCode 0}}bad{{end}}", "bad"),

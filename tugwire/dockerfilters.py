@@ -149,3 +149,86 @@ def _is_image(c: dict[str, Any], ref: str) -> bool:
         return True
     bare = ref.removeprefix("sha256:")
     return len(bare) >= 4 and image_id.removeprefix("sha256:").startswith(bare)
+
+
+IMAGE_KEYS = ("before", "dangling", "label", "reference", "since")
+
+
+def check_images(filters: Any) -> dict[str, list[str]]:
+    """Image ``filters`` checked (``dangling`` is ``true`` or ``false``)."""
+    out = check(filters, IMAGE_KEYS)
+    for v in out.get("dangling", []):
+        if v.lower() not in ("true", "false", "1", "0"):
+            raise InvalidArgument(f"invalid filter 'dangling={v}': want true or false", field="filters")
+    return out
+
+
+def filter_image(
+    img: dict[str, Any], filters: dict[str, list[str]], created_of: Callable[[str], str | None]
+) -> dict[str, Any] | None:
+    """Image ``img`` (``image.list``'s entry) as it passes ``filters`` (checked), None if it
+    does not; a ``reference`` filter keeps only the names that match (as dockerd lists them)."""
+    import fnmatch
+
+    tags = list(img.get("repo_tags") or [])
+    for key, values in filters.items():
+        if not values:
+            continue
+        if key == "dangling":
+            if any(v.lower() in ("true", "1") for v in values) == bool(tags):
+                return None
+        elif key == "label":
+            if not match_labels((img.get("config") or {}).get("Labels") or {}, values):
+                return None
+        elif key == "reference":
+            tags = [
+                t
+                for t in tags
+                if any(fnmatch.fnmatch(t, v) or fnmatch.fnmatch(t.rsplit(":", 1)[0], v) for v in values)
+            ]
+            if not tags:
+                return None
+        elif key in ("before", "since"):
+            mine = str(img.get("created") or "")
+            for v in values:
+                when = created_of(v)
+                if when is None:
+                    raise InvalidArgument(f"no such image: {v}", field="filters")
+                if not (mine < when if key == "before" else mine > when):
+                    return None
+        else:
+            raise InvalidArgument(f"invalid filter '{key}'", field="filters")
+    return {**img, "repo_tags": tags} if tags != list(img.get("repo_tags") or []) else img
+
+
+NETWORK_KEYS = ("dangling", "driver", "id", "label", "name", "scope", "type")
+
+
+def match_network(net: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+    """Whether network ``net`` (docker's shape) passes ``filters`` (checked with NETWORK_KEYS):
+    ``name`` and ``id`` are substrings and prefixes as docker matches them, ``dangling`` is a
+    network without containers, ``type`` is ``builtin`` or ``custom``."""
+    builtin = net.get("Name") in ("bridge", "host", "none")
+    for key, values in filters.items():
+        if not values:
+            continue
+        if key == "name":
+            ok = any(v in net.get("Name", "") for v in values)
+        elif key == "id":
+            ok = any(net.get("Id", "").startswith(v) for v in values)
+        elif key == "driver":
+            ok = net.get("Driver") in values
+        elif key == "label":
+            ok = match_labels(net.get("Labels") or {}, values)
+        elif key == "scope":
+            ok = "local" in values
+        elif key == "type":
+            ok = ("builtin" if builtin else "custom") in values
+        elif key == "dangling":
+            want = any(v.lower() in ("true", "1") for v in values)
+            ok = (not net.get("Containers") and not builtin) == want
+        else:
+            raise InvalidArgument(f"invalid filter '{key}'", field="filters")
+        if not ok:
+            return False
+    return True

@@ -344,3 +344,46 @@ def network(n: dict[str, Any]) -> dict[str, Any]:
         "Options": {"com.docker.network.bridge.name": n["bridge"]} if n.get("bridge") else {},
         "Labels": n.get("labels") or {},
     }
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+_ATTRIBUTE_NAMES = {"exit_code": "exitCode"}
+
+
+def docker_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """A tugd event as docker's ``/events`` shows it."""
+    kind, action = ev.get("type", ""), ev.get("action", "")
+    attributes: dict[str, str] = {}
+    for key, value in (ev.get("attributes") or {}).items():
+        if value is None:
+            continue
+        attributes[_ATTRIBUTE_NAMES.get(key, key)] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    actor_id = ev.get("id") or ""
+    if kind == "container":
+        attributes.setdefault("name", ev.get("name") or "")
+        attributes.setdefault("image", ev.get("image") or "")
+    elif kind == "network":
+        attributes.setdefault("name", ev.get("name") or "")
+        attributes.setdefault("type", "bridge")
+    elif kind == "image":
+        attributes.setdefault("name", ev.get("name") or "")
+    out: dict[str, Any] = {}
+    if kind == "container":
+        out.update({"status": action, "id": actor_id, "from": ev.get("image") or ""})
+    elif kind == "image":
+        out.update({"status": action, "id": ev.get("name") or actor_id})
+    out.update(
+        {
+            "Type": kind,
+            "Action": action,
+            "Actor": {"ID": actor_id, "Attributes": attributes},
+            "scope": "local",
+            "time": int(ev.get("time_nano", 0)) // 1_000_000_000,
+            "timeNano": int(ev.get("time_nano", 0)),
+        }
+    )
+    return out

@@ -19,9 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tugwire.errors import InvalidArgument
 
-class TemplateError(Exception):
+
+class TemplateError(InvalidArgument):
     """A template that cannot be parsed or run, with docker's kind of message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="format")
 
 
 NO_VALUE = "<no value>"
@@ -308,10 +313,37 @@ def go_json(value: Any) -> str:
     """Go's ``json.Marshal``: compact, ``<``, ``>`` and ``&`` escaped."""
     if value is MISSING:
         value = None
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if not callable(v)}  # a row's methods
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = json.dumps(_go_order(value), separators=(",", ":"), ensure_ascii=False, default=str)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _is_struct(value: dict[Any, Any]) -> bool:
+    """Whether a dict stands for one of docker's Go structs (every key an exported field name,
+    ``State``, ``ExitCode``) rather than a Go map (``Labels``: ``{"tier": "front"}``)."""
+    return bool(value) and all(isinstance(k, str) and k[:1].isupper() and k.isidentifier() for k in value)
+
+
+def _go_order(value: Any) -> Any:
+    """``value`` with Go's key order: a struct's fields as declared, a map's keys sorted; a
+    row's methods (``Label``) left out."""
+    if isinstance(value, dict):
+        items = [(k, v) for k, v in value.items() if not callable(v)]
+        if not _is_struct(value):
+            items.sort(key=lambda kv: str(kv[0]))
+        return {k: _go_order(v) for k, v in items}
+    if isinstance(value, (list, tuple)):
+        return [_go_order(v) for v in value]
+    return value
+
+
+def _missing(value: dict[Any, Any]) -> Any:
+    """What a missing key of ``value`` gives: a Go ``map[string]string`` (docker's labels and
+    attributes) its zero value ``""``, anything else ``<no value>``."""
+    if isinstance(value, _Header) or (
+        not _is_struct(value) and all(isinstance(v, str) for v in value.values())
+    ):
+        return ""
+    return MISSING
 
 
 def _title(s: Any) -> str:
@@ -330,7 +362,7 @@ def _pad(s: Any, left: Any, right: Any) -> str:
 def _index(item: Any, *keys: Any) -> Any:
     for key in keys:
         if isinstance(item, dict):
-            item = item.get(key, MISSING)
+            item = item[key] if key in item else _missing(item)
         elif isinstance(item, (list, tuple, str)):
             if not isinstance(key, int) or not 0 <= key < len(item):
                 raise TemplateError(f"error calling index: index out of range: {key}")
@@ -523,7 +555,7 @@ def _fields(value: Any, names: list[str], call_args: list[Any] | None) -> Any:
         if value is MISSING or value is None:
             raise TemplateError(f"template: nil pointer evaluating .{'.'.join(names[: i + 1])}")
         if isinstance(value, dict):
-            value = value.get(name, MISSING)
+            value = value[name] if name in value else _missing(value)
         else:
             attr = getattr(value, name, None) if not name.startswith("_") else None
             if attr is None:
@@ -607,6 +639,3 @@ class _Header(dict[str, Any]):
     def __init__(self, names: dict[str, str]) -> None:
         super().__init__(names)
         self["Label"] = lambda name="": " ".join(str(name).split(".")).upper()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key, "")
