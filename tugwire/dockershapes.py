@@ -7,9 +7,10 @@ Pure functions of tugd's JSON records (``container.inspect``/``container.list``,
 
 from __future__ import annotations
 
-import calendar
 import re
 import time
+
+from .timefmt import days_from_civil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def epoch(value: str | None) -> int:
     if not found:
         return 0
     y, mo, d, h, mi, s = (int(x) for x in found.groups())
-    return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s  # (no calendar: 15 ms)
 
 
 def rfc3339_ns(ns: int) -> str:

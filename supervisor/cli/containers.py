@@ -8,11 +8,20 @@ import sys
 import time
 
 from tugwire import errors
-from tugwire.dockerfilters import parse_cli
 from tugwire.syncclient import Client, Disconnected
 from tugwire.timefmt import NS
 
-from .format import ago, ellipsis, human_duration, json_line, print_error, report, table, time_ns_of
+from .format import (
+    ago,
+    ellipsis,
+    filter_options,
+    human_duration,
+    json_line,
+    print_error,
+    report,
+    table,
+    time_ns_of,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,7 +116,7 @@ def is_template(fmt: str | None) -> bool:
 
 def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
     last = 1 if args.latest else args.last
-    params = {"all": args.all or (last is not None and last != -1), "filters": parse_cli(args.filter)}
+    params = {"all": args.all or (last is not None and last != -1), "filters": filter_options(args.filter)}
     items = client.call("container.list", params)  # newest first, filtered by tugd
     if last is not None and last >= 0:
         items = items[:last]

@@ -14,10 +14,9 @@ import sys
 import time
 
 from tugwire import errors
-from tugwire.dockerfilters import parse_cli
 from tugwire.syncclient import Client
 
-from .format import ago, human_size, json_line, print_error, short_id, table
+from .format import ago, filter_options, human_size, json_line, print_error, short_id, table
 from .inspect import add_inspect_args
 from .options import Parser
 
@@ -139,7 +138,7 @@ def _split_tag(name: str) -> tuple[str, str]:
 
 
 def _cmd_images(args: argparse.Namespace, client: Client) -> int:
-    items = client.call("image.list", {"filters": parse_cli(args.filter)})  # filtered by tugd
+    items = client.call("image.list", {"filters": filter_options(args.filter)})  # filtered by tugd
     if args.repository:
         want = _split_tag(args.repository) if ":" in args.repository else (args.repository, None)
         kept = []
