@@ -243,7 +243,9 @@ async def ps(ctx: Ctx) -> None:
     filters = docker_filters(ctx.req.json_arg("filters"))
     limit = ctx.req.integer("limit")
     everything = ctx.req.flag("all") or (limit is not None and limit > 0)  # dockerd: -n is any state
-    listed = await ctx.call("container.list", {"all": everything, "filters": filters})
+    listed = await ctx.call(
+        "container.list", {"all": everything, "filters": filters, "size": ctx.req.flag("size")}
+    )
     out = [dockershapes.container_summary(c) for c in listed]  # filtered and newest first by tugd
     if limit is not None and limit > 0:
         out = out[:limit]

@@ -205,3 +205,11 @@ def test_events(three: DockerApi) -> None:
         ["-f", "type=container", "-f", "event=create", "--format", "{{.Actor.Attributes.name}}"],
     ):
         same(three, "events", "--since", since, "--until", until, *args)
+
+
+def test_ps_size(three: DockerApi) -> None:
+    three.daemon.tug("exec", "web", "sh", "-c", "head -c 5000 /dev/zero > /five-k")
+    lines = same(three, "ps", "-a", "-s", "--format", "{{.Names}} {{.Size}}")
+    assert "web 5kB" in lines  # the writable layer: the file written (and nothing else)
+    header, *rows = tug(three, "ps", "-s")[1].splitlines()
+    assert header.split()[-1] == "SIZE" and rows[0].split()[-1] == "5kB"

@@ -109,6 +109,7 @@ def container_summary(c: dict[str, Any]) -> dict[str, Any]:
         "HostConfig": {"NetworkMode": networks[0] if networks else "default"},
         "NetworkSettings": {"Networks": {name: {} for name in networks if name not in ("none", "host")}},
         "Mounts": [],
+        **({"SizeRw": c["size_rw"]} if "size_rw" in c else {}),
     }
 
 

@@ -4,6 +4,7 @@ define themselves. Moved here as they were from ``supervisor/api.py``."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
@@ -13,6 +14,7 @@ from tugwire.errors import InvalidArgument, TugError
 
 from ..containers import ACTIVE, parse_signal
 from ..core import Core
+from ..system import du
 
 
 class ContainerApi:
@@ -76,7 +78,8 @@ class ContainerApi:
 
     async def container_list(self, call: jsonrpc.Call) -> Any:
         """Summaries of running containers (``all`` for every one), newest first, that pass
-        docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``)."""
+        docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``); with ``size``, each
+        with ``size_rw``, the bytes of its writable layer."""
         everything = call.params.boolean("all")
         filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
@@ -99,7 +102,12 @@ class ContainerApi:
             if dockerfilters.match_container(s, filters, created_of)
         ]
         out.sort(key=lambda t: t[:2], reverse=True)  # newest first, as docker lists them
-        return [s for _, _, s in out]
+        listed = [s for _, _, s in out]
+        if call.params.boolean("size"):  # docker's ps -s: the writable layer's bytes (a walk)
+            for s in listed:
+                upper = os.path.join(self.core.cfg.container_dir(s["id"]), "upper")
+                s["size_rw"] = await anyio.to_thread.run_sync(du, upper)
+        return listed
 
     async def container_inspect(self, call: jsonrpc.Call) -> Any:
         """Everything known about one container."""

@@ -16,6 +16,7 @@ from .format import (
     ellipsis,
     filter_options,
     human_duration,
+    human_size,
     json_line,
     print_error,
     report,
@@ -116,7 +117,11 @@ def is_template(fmt: str | None) -> bool:
 
 def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
     last = 1 if args.latest else args.last
-    params = {"all": args.all or (last is not None and last != -1), "filters": filter_options(args.filter)}
+    params = {
+        "all": args.all or (last is not None and last != -1),
+        "filters": filter_options(args.filter),
+        "size": args.size,
+    }
     items = client.call("container.list", params)  # newest first, filtered by tugd
     if last is not None and last >= 0:
         items = items[:last]
@@ -127,7 +132,9 @@ def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
 
         now = time.time()
         shaped = [
-            dockerrows.ps_row(dockershapes.container_summary(c), trunc=not args.no_trunc, now=now)
+            dockerrows.ps_row(
+                dockershapes.container_summary(c), trunc=not args.no_trunc, now=now, size=args.size
+            )
             for c in items
         ]
         sys.stdout.write(dockerrows.render(args.format, shaped, dockerrows.PS_HEADER))
@@ -156,9 +163,11 @@ def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
                 ago(item.get("created_at"), now),
                 container_status(item, now),
                 str(item.get("name", "")),
+                *([human_size(int(item.get("size_rw") or 0))] if args.size else []),
             ]
         )
-    print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows))
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    print(table([*headers, *(["SIZE"] if args.size else [])], rows))
     return 0
 
 
@@ -214,4 +223,5 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("-n", "--last", type=int, metavar="N", help="the N last created containers (any state)")
     p.add_argument("-l", "--latest", action="store_true", help="the last created container (any state)")
+    p.add_argument("-s", "--size", action="store_true", help="the bytes of each writable layer")
     p.set_defaults(func=_cmd_ps)
