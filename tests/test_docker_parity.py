@@ -192,6 +192,12 @@ def test_network_ls(make_docker_api: Any) -> None:
         ["-q", "-f", "name=front"],
     ):
         same(three, "network", "ls", *args)
+    three.daemon.tug("run", "-d", "--name", "pub", "-p", "18080:80", "-p", "53/udp", "busybox", "sleep", "60")
+    lines = same(three, "ps", "--format", "{{.Names}} {{.Ports}} {{.Networks}}")
+    assert re.fullmatch(r"pub 0\.0\.0\.0:\d+->53/udp, 0\.0\.0\.0:18080->80/tcp bridge", lines[0]), lines
+    same(three, "ps", "-f", "network=bridge", "--format", "{{.Names}}")
+    same(three, "ps", "-f", "network=front", "--format", "{{.Names}}")
+    three.daemon.tug("rm", "-f", "pub")
     three.daemon.tug("network", "rm", "front")
 
 

@@ -102,7 +102,15 @@ def container_summary(c: dict[str, Any]) -> dict[str, Any]:
         "ImageID": c.get("image_id", ""),
         "Command": c.get("command", ""),
         "Created": epoch(c.get("created_at")),
-        "Ports": [],
+        "Ports": [
+            {
+                **({"IP": p.get("host_ip") or "0.0.0.0"} if p.get("host_port") else {}),
+                "PrivatePort": int(p.get("container_port") or 0),
+                **({"PublicPort": int(p["host_port"])} if p.get("host_port") else {}),
+                "Type": p.get("proto") or "tcp",
+            }
+            for p in c.get("ports") or []
+        ],
         "Labels": c.get("labels") or {},
         "State": docker_state(c.get("state")),
         "Status": status_text(c),

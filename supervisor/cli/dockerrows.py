@@ -71,6 +71,20 @@ def _labels(labels: dict[str, str] | None) -> tuple[str, Any]:
     return joined, lambda name: labels.get(str(name), "")
 
 
+def display_ports(ports: list[dict[str, Any]]) -> str:
+    """Docker's ``DisplayablePorts`` for single ports: ``0.0.0.0:8080->80/tcp, 53/udp``."""
+
+    def order(p: dict[str, Any]) -> tuple[int, str, str, int]:
+        return (p.get("PrivatePort", 0), p.get("Type", ""), p.get("IP", ""), p.get("PublicPort", 0))
+
+    shown = []
+    for p in sorted(ports, key=order):
+        inner = f"{p.get('PrivatePort')}/{p.get('Type') or 'tcp'}"
+        public = p.get("PublicPort")
+        shown.append(f"{p.get('IP') or '0.0.0.0'}:{public}->{inner}" if public else inner)
+    return ", ".join(shown)
+
+
 def ps_row(summary: dict[str, Any], *, trunc: bool, now: float, size: bool = False) -> dict[str, Any]:
     """One ``docker ps`` row of a ``/containers/json`` entry (docker's ``ContainerContext``)."""
     command = str(summary.get("Command") or "")
@@ -95,7 +109,7 @@ def ps_row(summary: dict[str, Any], *, trunc: bool, now: float, size: bool = Fal
         ),
         "Names": ",".join(n.lstrip("/") for n in summary.get("Names") or []),
         "Networks": ",".join(networks),
-        "Ports": "",
+        "Ports": display_ports(summary.get("Ports") or []),
         "RunningFor": human_duration(max(now - created, 0)) + " ago",
         "Size": size_text if size else "0B",
         "State": str(summary.get("State") or ""),

@@ -29,6 +29,7 @@ class Inspect(ContainersBase):
             "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
             "labels": rec.config.get("labels") or {},
+            "ports": rec.config.get("ports") or [],
             **self._network_refs(rec),
         }
 
