@@ -54,8 +54,15 @@ def three(dapi: DockerApi, tmp_path: object) -> DockerApi:
     return dapi
 
 
-def test_labels_through_both_doors(three: DockerApi) -> None:
+def test_labels_through_both_doors(three: DockerApi, tmp_path: Any) -> None:
     d = three
+    # the image's labels, under the user's (as docker merges them)
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nLABEL tier=img only=img\n")
+    d.daemon.tug("build", "-t", "labelled", str(tmp_path))
+    d.daemon.tug("create", "--name", "merged", "--label", "tier=mine", "labelled", "true")
+    assert d.inspect("merged")["Config"]["Labels"] == {"only": "img", "tier": "mine"}
+    same(d, "ps", "-a", "-f", "label=only=img", "--format", "{{.Names}} {{.Labels}}")
+    d.daemon.tug("rm", "merged")
     assert d.inspect("db")["Config"]["Labels"] == {"tier": "back", "owner": "dev"}  # --label wins
     assert d.daemon.call("container.inspect", {"id": "web"})["labels"] == {"tier": "front", "a": "1"}
     # created through the Docker API: kept too, listed by tug
