@@ -225,3 +225,43 @@ def test_cli_filter_options() -> None:
     }
     with pytest.raises(InvalidArgument, match="expected name=value"):
         dockerfilters.parse_cli(["status"])
+
+
+def test_image_filters() -> None:
+    img = {
+        "id": "sha256:" + "e" * 64,
+        "repo_tags": ["busybox:latest", "me/box:1"],
+        "created": "2026-01-01T00:00:00Z",
+        "config": {"Labels": {"v": "1"}},
+    }
+    times = {"old": "2025-01-01T00:00:00Z", "new": "2027-01-01T00:00:00Z"}.get
+
+    def keep(**filters: list[str]) -> Any:
+        return dockerfilters.filter_image(img, dockerfilters.check_images(filters), times)
+
+    assert keep(reference=["busy*"])["repo_tags"] == ["busybox:latest"]  # only the names that match
+    assert keep(reference=["me/box"])["repo_tags"] == ["me/box:1"]
+    assert keep(reference=["alpine"]) is None
+    assert keep(dangling=["false"]) is img and keep(dangling=["true"]) is None
+    assert keep(label=["v=1"]) is img and keep(label=["v=2"]) is None
+    assert keep(since=["old"]) is img and keep(before=["old"]) is None
+    with pytest.raises(InvalidArgument, match="invalid filter 'nosuch'"):
+        keep(nosuch=["1"])
+    with pytest.raises(InvalidArgument, match="dangling"):
+        keep(dangling=["maybe"])
+    with pytest.raises(InvalidArgument, match="no such image"):
+        keep(before=["ghost"])
+
+
+def test_network_filters() -> None:
+    net = {"Name": "front", "Id": "abc123", "Driver": "bridge", "Labels": {"team": "a"}, "Containers": {}}
+
+    def ok(**filters: list[str]) -> bool:
+        return dockerfilters.match_network(net, dockerfilters.check(filters, dockerfilters.NETWORK_KEYS))
+
+    assert ok(name=["ron"]) and ok(id=["abc"]) and ok(driver=["bridge"]) and ok(label=["team=a"])
+    assert ok(dangling=["true"]) and ok(type=["custom"]) and ok(name=["x", "fr"])
+    assert not ok(name=["back"]) and not ok(driver=["host"]) and not ok(type=["builtin"])
+    assert not ok(name=["front"], driver=["host"])
+    with pytest.raises(InvalidArgument):
+        ok(nosuch=["1"])
