@@ -94,10 +94,11 @@ class ContainerApi:
 
         if filters.get("status") or filters.get("exited"):
             everything = True  # docker: a status filter looks at every container
+        refs = self.containers.networks.network_refs()  # two queries, not two per container
         out = [
             (s.get("created_at") or "", i, s)
             for i, s in enumerate(
-                self.containers.summary(r) for r in records if everything or r.state in ACTIVE
+                self.containers.summary(r, refs) for r in records if everything or r.state in ACTIVE
             )
             if dockerfilters.match_container(s, filters, created_of)
         ]
