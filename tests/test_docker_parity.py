@@ -88,6 +88,7 @@ def test_labels_through_both_doors(three: DockerApi, tmp_path: Any) -> None:
         "{{.CreatedAt}}",
         "{{.Names}} {{.Status}} {{.RunningFor}}",
         '{{if eq .State "running"}}{{.Names}} up{{else}}{{.Names}} down{{end}}',
+        "{{json .}}",
     ],
 )
 def test_ps_formats(three: DockerApi, fmt: str) -> None:
@@ -165,6 +166,7 @@ def test_image_and_inspect_of_images(three: DockerApi) -> None:
         ["-f", "dangling=true", "--format", "{{.Repository}}"],
         ["-f", "label=nope", "--format", "{{.Repository}}"],
         ["-q"],
+        ["--format", "{{json .}}"],
     ],
 )
 def test_images(three: DockerApi, args: list[str]) -> None:

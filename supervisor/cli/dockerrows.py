@@ -109,6 +109,7 @@ def ps_row(summary: dict[str, Any], *, trunc: bool, now: float, size: bool = Fal
         ),
         "Names": ",".join(n.lstrip("/") for n in summary.get("Names") or []),
         "Networks": ",".join(networks),
+        "Platform": None,  # docker 28's: the image manifest's platform, which the API omits here
         "Ports": display_ports(summary.get("Ports") or []),
         "RunningFor": human_duration(max(now - created, 0)) + " ago",
         "Size": size_text if size else "0B",
