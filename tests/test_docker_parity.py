@@ -143,6 +143,8 @@ def test_ps_quiet_feeds_rm(three: DockerApi) -> None:
         "{{.HostConfig.AutoRemove}} {{.HostConfig.RestartPolicy.Name}}",
         "{{.Id}} {{.Image}} {{.Config.Image}}",
         "{{.Config.Labels}}",
+        "{{json .State}}",
+        "{{json .Mounts}} {{json .HostConfig.RestartPolicy}}",
     ],
 )
 def test_inspect_templates(three: DockerApi, fmt: str) -> None:
