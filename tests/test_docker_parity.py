@@ -220,6 +220,7 @@ def test_events(three: DockerApi) -> None:
         ["-f", "label=tier=front", "--format", "{{.Action}} {{.Actor.Attributes.tier}}"],
         ["-f", "container=done", "-f", "event=die", "--format", "{{json .Actor.Attributes}}"],
         ["-f", "type=container", "-f", "event=create", "--format", "{{.Actor.Attributes.name}}"],
+        ["-f", "container=web", "--format", "{{json .}}"],
     ):
         same(three, "events", "--since", since, "--until", until, *args)
 

@@ -318,9 +318,10 @@ def go_json(value: Any) -> str:
 
 
 def _is_struct(value: dict[Any, Any]) -> bool:
-    """Whether a dict stands for one of docker's Go structs (every key an exported field name,
-    ``State``, ``ExitCode``) rather than a Go map (``Labels``: ``{"tier": "front"}``)."""
-    return bool(value) and all(isinstance(k, str) and k[:1].isupper() and k.isidentifier() for k in value)
+    """Whether a dict stands for one of docker's Go structs (a key an exported field name,
+    ``State``, ``ExitCode``; an event's ``status`` beside its ``Type``) rather than a Go map
+    (``Labels``: ``{"tier": "front"}``): a guess, as JSON keeps no types."""
+    return any(isinstance(k, str) and k[:1].isupper() and k.isidentifier() for k in value)
 
 
 def _go_order(value: Any) -> Any:
