@@ -125,7 +125,6 @@ def image_rows(summary: dict[str, Any], *, trunc: bool, now: float) -> list[dict
     created = float(summary.get("Created") or 0)
     digests = {d.split("@", 1)[0]: d.split("@", 1)[1] for d in summary.get("RepoDigests") or [] if "@" in d}
     tags = list(summary.get("RepoTags") or []) or ["<none>:<none>"]
-    joined, label = _labels(summary.get("Labels"))
     rows = []
     for tag in tags:
         repo, _, name = tag.rpartition(":")
@@ -139,8 +138,6 @@ def image_rows(summary: dict[str, Any], *, trunc: bool, now: float) -> list[dict
                 "CreatedSince": human_duration(max(now - created, 0)) + " ago",
                 "Digest": digests.get(repo, "<none>"),
                 "ID": shown_id,
-                "Label": label,
-                "Labels": joined,
                 "Repository": repo,
                 "SharedSize": "N/A",
                 "Size": human_size(size),
