@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from tugwire import errors, jsonrpc
+from tugwire import dockershapes, errors, jsonrpc
 
 from . import shapes, streams
 from .http import HttpError, peer_closed, read_raw, watch_disconnect
@@ -98,8 +98,9 @@ def create_params(body: Any, name: str | None) -> tuple[dict[str, Any], list[str
         p["stop_timeout"] = stop_timeout
     p["tty"] = get_bool(body, "Tty")
     p["stdin"] = get_bool(body, "OpenStdin")
-    if get_str_map(body, "Labels"):
-        warnings.append("labels are not kept: tugd has no container labels yet")
+    labels = get_str_map(body, "Labels")
+    if labels:
+        p["labels"] = labels
     get_obj(body, "ExposedPorts")
     health = get_obj(body, "Healthcheck")
     if health:
@@ -235,65 +236,17 @@ async def create(ctx: Ctx) -> None:
 # --------------------------------------------------------------------------------- list, inspect
 
 
-def summary(c: dict[str, Any]) -> dict[str, Any]:
-    """A ``/containers/json`` entry."""
-    networks = c.get("networks") or {}
-    return {
-        "Id": c["id"],
-        "Names": ["/" + c["name"]],
-        "Image": c.get("image", ""),
-        "ImageID": c.get("image_id", ""),
-        "Command": c.get("command", ""),
-        "Created": shapes.epoch(c.get("created_at")),
-        "Ports": [],
-        "Labels": {},
-        "State": shapes.docker_state(c.get("state")),
-        "Status": shapes.status_text(c),
-        "HostConfig": {"NetworkMode": next(iter(networks), "default")},
-        "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
-    }
-
-
-def _match_filters(c: dict[str, Any], filters: dict[str, list[str]]) -> bool:
-    for key, values in filters.items():
-        if key == "name":
-            if not any(re.search(v, c["name"]) or re.search(v, "/" + c["name"]) for v in values):
-                return False
-        elif key == "id":
-            if not any(c["id"].startswith(v) for v in values):
-                return False
-        elif key == "status":
-            if shapes.docker_state(c.get("state")) not in values:
-                return False
-        elif key == "exited":
-            if c.get("state") != "exited" or str(c.get("exit_code")) not in values:
-                return False
-        elif key == "ancestor":
-            if c.get("image") not in values and c.get("image_id") not in values:
-                return False
-        elif key == "label":
-            return False  # tugd keeps no labels: no container has one
-        else:
-            raise HttpError(400, f"invalid filter '{key}'")
-    return True
-
-
 async def ps(ctx: Ctx) -> None:
     """``GET /containers/json?all=&limit=&filters=``."""
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
-    for values in filters.get("name", []):
-        try:
-            re.compile(values)
-        except re.error as exc:
-            raise HttpError(400, f"invalid filter name={values}: {exc}") from None
-    everything = ctx.req.flag("all") or bool(filters.get("status"))
-    listed = await ctx.call("container.list", {"all": everything})
-    listed.sort(key=lambda c: c.get("created_at") or "", reverse=True)
-    out = [summary(c) for c in listed if _match_filters(c, filters)]
     limit = ctx.req.integer("limit")
+    everything = ctx.req.flag("all") or (limit is not None and limit > 0)  # dockerd: -n is any state
+    listed = await ctx.call(
+        "container.list", {"all": everything, "filters": filters, "size": ctx.req.flag("size")}
+    )
+    out = [dockershapes.container_summary(c) for c in listed]  # filtered and newest first by tugd
     if limit is not None and limit > 0:
         out = out[:limit]
     await ctx.conn.respond_json(200, out)
@@ -317,130 +270,9 @@ async def prune(ctx: Ctx) -> None:
     await ctx.conn.respond_json(200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
 
 
-def inspect_shape(c: dict[str, Any]) -> dict[str, Any]:
-    """``GET /containers/{id}/json``."""
-    cfg = c.get("config") or {}
-    args = list(cfg.get("args") or [*(cfg.get("entrypoint") or []), *(cfg.get("cmd") or [])])
-    state = c.get("state")
-    networks = {}
-    for name, net in (c.get("networks") or {}).items():
-        networks[name] = {
-            "NetworkID": net.get("network_id", ""),
-            "EndpointID": "",
-            "Gateway": net.get("gateway", ""),
-            "IPAddress": net.get("ip", ""),
-            "IPPrefixLen": net.get("prefixlen", 0),
-            "MacAddress": net.get("mac", ""),
-            "Aliases": net.get("aliases"),
-        }
-    first = next(iter(networks.values()), {})
-    ports: dict[str, list[dict[str, str]]] = {}
-    for port in c.get("ports") or []:
-        key = f"{port.get('container_port')}/{port.get('proto') or 'tcp'}"
-        ports.setdefault(key, []).append(
-            {"HostIp": port.get("host_ip") or "0.0.0.0", "HostPort": str(port.get("host_port", ""))}
-        )
-    return {
-        "Id": c["id"],
-        "Created": c.get("created_at", ""),
-        "Path": args[0] if args else "",
-        "Args": args[1:],
-        "State": {
-            "Status": shapes.docker_state(state),
-            "Running": state in ("running", "paused"),
-            "Paused": state == "paused",
-            "Restarting": bool(c.get("restarting")),
-            "OOMKilled": bool(c.get("oom_killed")),
-            "Dead": state == "unknown",
-            "Pid": c.get("pid") or 0,
-            "ExitCode": c.get("exit_code") or 0,
-            "Error": c.get("reason") or "",
-            "StartedAt": c.get("started_at") or shapes.ZERO_TIME,
-            "FinishedAt": c.get("finished_at") or shapes.ZERO_TIME,
-            **({"Health": {"Status": c["health"], "FailingStreak": 0, "Log": []}} if c.get("health") else {}),
-        },
-        "Image": c.get("image_id", ""),
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
-        "LogPath": c.get("log_path", ""),
-        "Name": "/" + c["name"],
-        "RestartCount": int(c.get("restart_count") or 0),
-        "Driver": "overlay2",
-        "Platform": "linux",
-        "MountLabel": "",
-        "ProcessLabel": "",
-        "AppArmorProfile": "",
-        "ExecIDs": None,
-        "HostConfig": {
-            "AutoRemove": bool(c.get("auto_remove")),
-            "NetworkMode": cfg.get("network") or next(iter(networks), "default"),
-            "RestartPolicy": {
-                "Name": str(c.get("restart_policy") or "no").split(":")[0],
-                "MaximumRetryCount": 0,
-            },
-            "Memory": cfg.get("memory") or 0,
-            "NanoCpus": int((cfg.get("cpus") or 0) * 1e9),
-            "PidsLimit": cfg.get("pids_limit"),
-            "Privileged": bool((cfg.get("security") or {}).get("privileged"))
-            if isinstance(cfg.get("security"), dict)
-            else False,
-            "ReadonlyRootfs": bool(cfg.get("read_only")),
-            "Binds": [
-                f"{v['source']}:{v['destination']}{':ro' if v.get('readonly') else ''}"
-                for v in cfg.get("volumes") or []
-            ],
-            # docker-py reads the logs of json-file and journald containers only; ours read alike.
-            "LogConfig": {"Type": "json-file", "Config": {}},
-        },
-        "GraphDriver": {"Name": "overlay2", "Data": {}},
-        "Mounts": [
-            {
-                "Type": "bind",
-                "Source": v["source"],
-                "Destination": v["destination"],
-                "Mode": "",
-                "RW": not v.get("readonly"),
-                "Propagation": "rprivate",
-            }
-            for v in cfg.get("volumes") or []
-        ],
-        "Config": {
-            "Hostname": cfg.get("hostname") or c["id"][:12],
-            "Domainname": "",
-            "User": cfg.get("user") or "",
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
-            "Tty": bool(cfg.get("tty")),
-            "OpenStdin": bool(cfg.get("stdin")),
-            "StdinOnce": False,
-            "Env": cfg.get("env") or [],
-            "Cmd": cfg.get("cmd") or None,
-            "Image": c.get("image", ""),
-            "Volumes": None,
-            "WorkingDir": cfg.get("workdir") or "",
-            "Entrypoint": cfg.get("entrypoint"),
-            "OnBuild": None,
-            "Labels": {},
-            **({"StopSignal": cfg["stop_signal"]} if cfg.get("stop_signal") else {}),
-        },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "Ports": ports,
-            "Gateway": first.get("Gateway", ""),
-            "IPAddress": first.get("IPAddress", ""),
-            "IPPrefixLen": first.get("IPPrefixLen", 0),
-            "MacAddress": first.get("MacAddress", ""),
-            "Networks": networks,
-        },
-    }
-
-
 async def inspect(ctx: Ctx, ref: str) -> None:
     """``GET /containers/{id}/json``."""
-    await ctx.conn.respond_json(200, inspect_shape(await lookup(ctx, ref)))
+    await ctx.conn.respond_json(200, dockershapes.container_inspect(await lookup(ctx, ref)))
 
 
 # -------------------------------------------------------------------------------------- verbs

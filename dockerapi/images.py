@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from tugwire import errors
+from tugwire import dockershapes, errors
 
 from . import shapes
 from .http import HttpError, watch_disconnect
@@ -45,57 +45,15 @@ def no_such_image(ref: str) -> HttpError:
     return HttpError(404, f"No such image: {ref}")
 
 
-def _created(img: dict[str, Any]) -> str:
-    return str(img.get("created") or shapes.ZERO_TIME)
-
-
-def summary(img: dict[str, Any]) -> dict[str, Any]:
-    """A ``/images/json`` entry."""
-    return {
-        "Id": img["id"],
-        "ParentId": "",
-        "RepoTags": img.get("repo_tags") or [],
-        "RepoDigests": img.get("repo_digests") or [],
-        "Created": shapes.epoch(_created(img)),
-        "Size": int(img.get("size") or 0),
-        "SharedSize": -1,
-        "VirtualSize": int(img.get("size") or 0),
-        "Labels": (img.get("config") or {}).get("Labels") or {},
-        "Containers": -1,
-    }
-
-
 async def list_images(ctx: Ctx) -> None:
     """``GET /images/json?filters={"reference":{...}}``."""
     from .system import docker_filters
 
     filters = docker_filters(ctx.req.json_arg("filters"))
-    images = await ctx.call("image.list")
-    refs = filters.pop("reference", [])
-    dangling = filters.pop("dangling", [])
-    if filters:
-        raise HttpError(400, f"invalid filter '{next(iter(filters))}'")
-    out = []
-    for img in images:
-        tags = img.get("repo_tags") or []
-        if dangling and (dangling[0] in ("true", "1")) == bool(tags):
-            continue
-        if refs:
-            # as dockerd: only the names that match are listed
-            tags = [t for t in tags if any(_ref_matches(t, r) for r in refs)]
-            if not tags:
-                continue
-            img = {**img, "repo_tags": tags}
-        out.append(summary(img))
+    images = await ctx.call("image.list", {"filters": filters})  # filtered by tugd
+    out = [dockershapes.image_summary(img) for img in images]
     out.sort(key=lambda i: i["Created"], reverse=True)
     await ctx.conn.respond_json(200, out)
-
-
-def _ref_matches(tag: str, pattern: str) -> bool:
-    import fnmatch
-
-    repo = tag.rsplit(":", 1)[0]
-    return fnmatch.fnmatch(tag, pattern) or fnmatch.fnmatch(repo, pattern)
 
 
 async def inspect(ctx: Ctx, name: str) -> None:
@@ -106,48 +64,7 @@ async def inspect(ctx: Ctx, name: str) -> None:
         raise no_such_image(name) from None
     except errors.InvalidArgument:
         raise no_such_image(name) from None
-    cfg = img.get("config") or {}
-    body = {
-        "Id": img["id"],
-        "RepoTags": img.get("repo_tags") or [],
-        "RepoDigests": img.get("repo_digests") or [],
-        "Parent": "",
-        "Comment": "",
-        "Created": _created(img),
-        "DockerVersion": "",
-        "Author": img.get("author") or "",
-        "Config": {
-            "Hostname": "",
-            "Domainname": "",
-            "User": cfg.get("User", ""),
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
-            "Tty": False,
-            "OpenStdin": False,
-            "StdinOnce": False,
-            "Env": cfg.get("Env"),
-            "Cmd": cfg.get("Cmd"),
-            "Image": "",
-            "Volumes": cfg.get("Volumes"),
-            "WorkingDir": cfg.get("WorkingDir", ""),
-            "Entrypoint": cfg.get("Entrypoint"),
-            "OnBuild": cfg.get("OnBuild"),
-            "Labels": cfg.get("Labels"),
-            **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
-            **({"StopSignal": cfg["StopSignal"]} if cfg.get("StopSignal") else {}),
-            **({"Healthcheck": cfg["Healthcheck"]} if cfg.get("Healthcheck") else {}),
-            **({"Shell": cfg["Shell"]} if cfg.get("Shell") else {}),
-        },
-        "Architecture": img.get("architecture") or "",
-        "Os": img.get("os") or "linux",
-        "Size": int(img.get("size") or 0),
-        "VirtualSize": int(img.get("size") or 0),
-        "GraphDriver": {"Name": "overlay2", "Data": None},
-        "RootFS": {"Type": "layers", "Layers": img.get("diff_ids") or []},
-        "Metadata": {"LastTagTime": shapes.ZERO_TIME},
-    }
-    await ctx.conn.respond_json(200, body)
+    await ctx.conn.respond_json(200, dockershapes.image_inspect(img))
 
 
 async def tag(ctx: Ctx, name: str) -> None:

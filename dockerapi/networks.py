@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tugwire import errors
+from tugwire import dockerfilters, dockershapes, errors
 
 from .http import HttpError
 from .server import Ctx, Router
@@ -23,69 +23,17 @@ def register(r: Router) -> None:
     r.add("POST", f"/networks/{NET}/disconnect", disconnect)
 
 
-def shape(n: dict[str, Any]) -> dict[str, Any]:
-    """A network as docker shows it."""
-    name = n["name"]
-    driver = n.get("driver") or ("null" if name == "none" else "host" if name == "host" else "bridge")
-    config = []
-    if n.get("subnet"):
-        config.append(
-            {
-                "Subnet": n["subnet"],
-                "Gateway": n.get("gateway", ""),
-                **({"IPRange": n["ip_range"]} if n.get("ip_range") else {}),
-            }
-        )
-    if n.get("subnet6"):
-        config.append({"Subnet": n["subnet6"], "Gateway": n.get("gateway6", "")})
-    containers = {
-        cid: {
-            "Name": c.get("name", ""),
-            "EndpointID": "",
-            "MacAddress": c.get("mac", ""),
-            "IPv4Address": f"{c['ip']}/{c.get('prefixlen', 16)}" if c.get("ip") else "",
-            "IPv6Address": c.get("ip6") or "",
-        }
-        for cid, c in (n.get("containers") or {}).items()
-    }
-    return {
-        "Name": name,
-        "Id": n["id"],
-        "Created": n.get("created") or "0001-01-01T00:00:00Z",
-        "Scope": "local",
-        "Driver": driver,
-        "EnableIPv6": bool(n.get("subnet6")),
-        "IPAM": {"Driver": "default", "Options": {}, "Config": config},
-        "Internal": bool(n.get("internal")),
-        "Attachable": False,
-        "Ingress": False,
-        "ConfigFrom": {"Network": ""},
-        "ConfigOnly": False,
-        "Containers": containers,
-        "Options": {"com.docker.network.bridge.name": n["bridge"]} if n.get("bridge") else {},
-        "Labels": n.get("labels") or {},
-    }
-
-
 def not_found(ref: str) -> HttpError:
     return HttpError(404, f"network {ref} not found")
 
 
 async def list_networks(ctx: Ctx) -> None:
-    """``GET /networks?filters=``: name, id, driver filters."""
+    """``GET /networks?filters=``: name, id, driver, label, dangling, type, scope filters."""
     from .system import docker_filters
 
-    filters = docker_filters(ctx.req.json_arg("filters"))
-    out = []
-    for n in await ctx.call("network.list"):
-        s = shape(n)
-        if "name" in filters and not any(v in s["Name"] for v in filters["name"]):
-            continue
-        if "id" in filters and not any(s["Id"].startswith(v) for v in filters["id"]):
-            continue
-        if "driver" in filters and s["Driver"] not in filters["driver"]:
-            continue
-        out.append(s)
+    filters = dockerfilters.check(docker_filters(ctx.req.json_arg("filters")), dockerfilters.NETWORK_KEYS)
+    shaped = (dockershapes.network(n) for n in await ctx.call("network.list"))
+    out = [s for s in shaped if dockerfilters.match_network(s, filters)]
     await ctx.conn.respond_json(200, out)
 
 
@@ -95,7 +43,7 @@ async def inspect(ctx: Ctx, ref: str) -> None:
         n = await ctx.call("network.inspect", {"id": ref})
     except (errors.NotFound, errors.InvalidArgument):
         raise not_found(ref) from None
-    await ctx.conn.respond_json(200, shape(n))
+    await ctx.conn.respond_json(200, dockershapes.network(n))
 
 
 async def create(ctx: Ctx) -> None:

@@ -10,6 +10,7 @@ import platform
 import time
 from typing import Any
 
+from tugwire.dockershapes import docker_event
 from tugwire.errors import InvalidArgument
 
 from . import API_VERSION, MIN_API_VERSION, VERSION
@@ -211,46 +212,6 @@ def unix_to_ns(text: str, name: str) -> int:
     if not sec.lstrip("-").isdigit() or (frac and not frac.isdigit()):
         raise HttpError(400, f"invalid value {text!r} for {name}: want unix seconds")
     return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
-
-
-_ATTRIBUTE_NAMES = {"exit_code": "exitCode"}
-
-
-def docker_event(ev: dict[str, Any]) -> dict[str, Any]:
-    """A tugd event as docker's ``/events`` shows it."""
-    kind, action = ev.get("type", ""), ev.get("action", "")
-    attributes: dict[str, str] = {}
-    for key, value in (ev.get("attributes") or {}).items():
-        if value is None:
-            continue
-        attributes[_ATTRIBUTE_NAMES.get(key, key)] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
-    actor_id = ev.get("id") or ""
-    if kind == "container":
-        attributes.setdefault("name", ev.get("name") or "")
-        attributes.setdefault("image", ev.get("image") or "")
-    elif kind == "network":
-        attributes.setdefault("name", ev.get("name") or "")
-        attributes.setdefault("type", "bridge")
-    elif kind == "image":
-        attributes.setdefault("name", ev.get("name") or "")
-    out: dict[str, Any] = {}
-    if kind == "container":
-        out.update({"status": action, "id": actor_id, "from": ev.get("image") or ""})
-    elif kind == "image":
-        out.update({"status": action, "id": ev.get("name") or actor_id})
-    out.update(
-        {
-            "Type": kind,
-            "Action": action,
-            "Actor": {"ID": actor_id, "Attributes": attributes},
-            "scope": "local",
-            "time": int(ev.get("time_nano", 0)) // 1_000_000_000,
-            "timeNano": int(ev.get("time_nano", 0)),
-        }
-    )
-    return out
 
 
 async def events(ctx: Ctx) -> None:

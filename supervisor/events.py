@@ -36,7 +36,7 @@ QUEUE = 4096
 PRUNE_EVERY = 1000  # inserts between two prunes of the events table
 REPLAY_PAGE = 500  # stored events read per query while replaying
 TYPES = ("container", "image", "network", "daemon")
-FILTER_KEYS = ("type", "container", "image", "event", "action")
+FILTER_KEYS = ("type", "container", "image", "event", "action", "network", "label")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class Filters:
     (as docker's ``--filter``). Keys: ``type``; ``container`` (a name, an id or an id prefix,
     matched against the event itself, so a removed container's history still matches);
     ``image`` (a reference, ``busybox`` meaning ``busybox:latest``, or an image id);
-    ``event``/``action`` (the action)."""
+    ``event``/``action`` (the action); ``network`` (a network event's name or id prefix);
+    ``label`` (``KEY`` or ``KEY=VALUE`` among the attributes: a container's labels; all must
+    match, as docker's)."""
 
     def __init__(self, raw: Any, resolve_container: Callable[[str], str | None]) -> None:
         if raw is None:
@@ -143,7 +145,21 @@ class Filters:
             return False
         if "container" in v and not (e.type == "container" and self._container_matches(e)):
             return False
+        if "network" in v and not (
+            e.type == "network" and any(e.name == ref or e.id.startswith(ref) for ref in v["network"])
+        ):
+            return False
+        if "label" in v and not self._labels_match(e):
+            return False
         return not ("image" in v and not self._image_matches(e))
+
+    def _labels_match(self, e: Event) -> bool:
+        """Every ``KEY`` or ``KEY=VALUE`` is among the event's attributes (docker's rule)."""
+        for item in self.values["label"]:
+            key, sep, value = item.partition("=")
+            if key not in e.attributes or (sep and str(e.attributes[key]) != value):
+                return False
+        return True
 
     def _container_matches(self, e: Event) -> bool:
         if e.id in self.container_ids:

@@ -512,10 +512,21 @@ def test_format_event() -> None:
 
 
 def test_render_template() -> None:
-    obj = {"state": "exited", "exit_code": 0, "config": {"cmd": ["true"]}, "reason": None}
-    assert inspect.render_template("{{.State}} {{.exit_code}}", obj) == "exited 0"
-    assert inspect.render_template("{{json .config}}", obj) == '{"cmd": ["true"]}'
-    assert inspect.render_template("{{.reason}}", obj) == "<no value>"
+    obj = {
+        "id": "c" * 64,
+        "name": "web",
+        "state": "exited",
+        "exit_code": 3,
+        "config": {"cmd": ["true"], "labels": {"a": "b"}},
+        "labels": {"a": "b"},
+        "reason": None,
+    }
+    render = inspect.render_template
+    assert render("{{.State.Status}} {{.State.ExitCode}} {{.Name}}", "container", obj) == "exited 3 /web"
+    assert render("{{json .Config.Cmd}} {{.Config.Labels}}", "container", obj) == '["true"] map[a:b]'
+    assert render("{{.state}}", "container", obj) == "<no value>"  # docker's names, not tugd's
+    image = {"id": "sha256:" + "d" * 64, "repo_tags": ["app:1"], "config": {"Env": ["A=1"]}}
+    assert render("{{index .RepoTags 0}} {{.Config.Env}}", "image", image) == "app:1 [A=1]"
 
 
 def test_parse_change() -> None:

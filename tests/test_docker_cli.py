@@ -134,8 +134,13 @@ def test_ps_filters_and_json(dapi: DockerApi) -> None:
     assert dapi.ps_names("--filter", "name=/beta") == ["beta"]
     assert dapi.ps_names("-a", "--filter", "status=exited") == ["gamma"]
     assert dapi.ps_names("-a", "--filter", "exited=0") == ["gamma"]
-    # tugd keeps no labels yet: a label filter matches nothing (see docs/docker-api.md)
-    assert dapi.ps_names("-a", "--filter", "label=x=y") == []
+    dapi.docker("create", "--name", "delta", "--label", "x=y", "--label", "tier=web", "busybox", "true")
+    assert dapi.ps_names("-a", "--filter", "label=x=y") == ["delta"]
+    assert dapi.ps_names("-a", "--filter", "label=x", "--filter", "label=tier=web") == ["delta"]
+    assert dapi.ps_names("-a", "--filter", "label=x", "--filter", "label=tier=db") == []
+    assert dapi.inspect("delta")["Config"]["Labels"] == {"x": "y", "tier": "web"}
+    assert dapi.docker("ps", "-a", "-f", "name=delta", "--format", '{{.Label "tier"}}').stdout == "web\n"
+    dapi.docker("rm", "delta")
     rows = [json.loads(line) for line in dapi.docker("ps", "--format", "json").stdout.splitlines()]
     assert sorted(r["Names"] for r in rows) == ["alpha", "beta"]
     assert {r["State"] for r in rows} == {"running"}

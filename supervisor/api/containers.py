@@ -5,11 +5,12 @@ notifications."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc
+from tugwire import dockerfilters, jsonrpc
 from tugwire.errors import InvalidArgument, TugError
 
 from ..containers import ACTIVE, parse_signal
@@ -17,6 +18,7 @@ from ..containers.health import HealthRequest
 from ..containers.options import CreateRequest
 from ..core import Core
 from ..execs import OUTPUT, ExecRequest
+from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
 
@@ -59,6 +61,7 @@ def create_request(p: jsonrpc.Params) -> CreateRequest:
             health_retries=p.integer("health_retries"),
         ),
         network=endpoint_request(p),
+        labels=p.dict_of_str("labels"),
     )
 
 
@@ -129,11 +132,38 @@ class ContainerApi:
         return {"id": rec.id, "pid": rec.pid}
 
     async def container_list(self, call: jsonrpc.Call) -> Any:
-        """Summaries of running containers (``all`` for every one)."""
+        """Summaries of running containers (``all`` for every one), newest first, that pass
+        docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``); with ``size``, each
+        with ``size_rw``, the bytes of its writable layer."""
         everything = call.params.boolean("all")
-        return [
-            self.containers.summary(r) for r in self.containers.records() if everything or r.state in ACTIVE
+        filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
+        records = self.containers.records()
+        created = {r.id: r.created_at for r in records}
+        by_name = {r.name: r.created_at for r in records}
+
+        def created_of(ref: str) -> str | None:
+            if ref.lstrip("/") in by_name:
+                return by_name[ref.lstrip("/")]
+            found = [t for cid, t in created.items() if cid.startswith(ref)]
+            return found[0] if len(found) == 1 and ref else None
+
+        if filters.get("status") or filters.get("exited"):
+            everything = True  # docker: a status filter looks at every container
+        refs = self.containers.networks.network_refs()  # two queries, not two per container
+        out = [
+            (s.get("created_at") or "", i, s)
+            for i, s in enumerate(
+                self.containers.summary(r, refs) for r in records if everything or r.state in ACTIVE
+            )
+            if dockerfilters.match_container(s, filters, created_of)
         ]
+        out.sort(key=lambda t: t[:2], reverse=True)  # newest first, as docker lists them
+        listed = [s for _, _, s in out]
+        if call.params.boolean("size"):  # docker's ps -s: the writable layer's bytes (a walk)
+            for s in listed:
+                upper = os.path.join(self.core.cfg.container_dir(s["id"]), "upper")
+                s["size_rw"] = await anyio.to_thread.run_sync(du, upper)
+        return listed
 
     async def container_inspect(self, call: jsonrpc.Call) -> Any:
         """Everything known about one container."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc
+from tugwire import dockerfilters, jsonrpc
 from tugwire.errors import InvalidArgument, Unavailable
 
 from ..core import Core
@@ -62,8 +62,25 @@ class ImageApi:
         return {"id": rec.id, "digest": rec.digest, "ref": rec.names[0] if rec.names else None}
 
     async def image_list(self, call: jsonrpc.Call) -> Any:
-        """Every image with its names."""
-        return [self.images.describe(r) for r in self.service.list_images()]
+        """Every image with its names, that passes docker's ``filters`` (reference, dangling,
+        label, before, since), newest first."""
+        filters = dockerfilters.check_images(call.params.raw.get("filters"))
+        images = [self.images.describe(r) for r in self.service.list_images()]
+        if filters:
+            created = {i["id"]: str(i.get("created") or "") for i in images}
+            named = {t: str(i.get("created") or "") for i in images for t in i.get("repo_tags") or []}
+
+            def created_of(ref: str) -> str | None:
+                if ref in named or ref + ":latest" in named:
+                    return named.get(ref, named.get(ref + ":latest"))
+                bare = ref.removeprefix("sha256:")
+                found = [t for i, t in created.items() if bare and i.removeprefix("sha256:").startswith(bare)]
+                return found[0] if len(found) == 1 else None
+
+            kept = (dockerfilters.filter_image(i, filters, created_of) for i in images)
+            images = [i for i in kept if i is not None]
+        images.sort(key=lambda i: str(i.get("created") or ""), reverse=True)
+        return images
 
     async def image_inspect(self, call: jsonrpc.Call) -> Any:
         """One image, with its config and layers."""

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from tugwire import errors
 from tugwire.syncclient import Client, Disconnected
 from tugwire.timefmt import NS
 
-from .format import ago, ellipsis, human_duration, json_line, print_error, report, table, time_ns_of
+from .format import (
+    ago,
+    ellipsis,
+    filter_options,
+    human_duration,
+    human_size,
+    json_line,
+    print_error,
+    report,
+    table,
+    time_ns_of,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,8 +110,35 @@ def _cmd_wait(args: argparse.Namespace, client: Client) -> int:
     return status
 
 
+def is_template(fmt: str | None) -> bool:
+    """Whether ``--format`` is a Go template (not ``table``, ``json`` or unset)."""
+    return fmt not in (None, "", "table", "json")
+
+
 def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
-    items = client.call("container.list", {"all": args.all})
+    last = 1 if args.latest else args.last
+    params = {
+        "all": args.all or (last is not None and last != -1),
+        "filters": filter_options(args.filter),
+        "size": args.size,
+    }
+    items = client.call("container.list", params)  # newest first, filtered by tugd
+    if last is not None and last >= 0:
+        items = items[:last]
+    if is_template(args.format) and not args.quiet:
+        from tugwire import dockershapes
+
+        from . import dockerrows
+
+        now = time.time()
+        shaped = [
+            dockerrows.ps_row(
+                dockershapes.container_summary(c), trunc=not args.no_trunc, now=now, size=args.size
+            )
+            for c in items
+        ]
+        sys.stdout.write(dockerrows.render(args.format, shaped, dockerrows.PS_HEADER))
+        return 0
     if args.format == "json":
         for item in items:
             print(json_line(item))
@@ -124,9 +163,11 @@ def _cmd_ps(args: argparse.Namespace, client: Client) -> int:
                 ago(item.get("created_at"), now),
                 container_status(item, now),
                 str(item.get("name", "")),
+                *([human_size(int(item.get("size_rw") or 0))] if args.size else []),
             ]
         )
-    print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows))
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    print(table([*headers, *(["SIZE"] if args.size else [])], rows))
     return 0
 
 
@@ -167,5 +208,20 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-a", "--all", action="store_true", help="all containers, not only running")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate ids and commands")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format",
+        default="table",
+        help="table, json (tugd's records), or a Go template: '{{.Names}}\\t{{.Status}}', 'table {{.ID}}'",
+    )
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="id, name, label, status, exited, ancestor, network, health, before, since (repeatable)",
+    )
+    p.add_argument("-n", "--last", type=int, metavar="N", help="the N last created containers (any state)")
+    p.add_argument("-l", "--latest", action="store_true", help="the last created container (any state)")
+    p.add_argument("-s", "--size", action="store_true", help="the bytes of each writable layer")
     p.set_defaults(func=_cmd_ps)

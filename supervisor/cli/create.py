@@ -61,6 +61,8 @@ def add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env-file", action="append", default=[], metavar="FILE", help="read K=V lines from a file"
     )
+    p.add_argument("-l", "--label", action="append", default=[], metavar="K=V", help="set a label")
+    p.add_argument("--label-file", action="append", default=[], metavar="FILE", help="read K=V label lines")
     p.add_argument("-w", "--workdir", help="working directory inside the container")
     p.add_argument("-u", "--user", help="uid[:gid] or a user name of the image")
     p.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
@@ -165,6 +167,17 @@ def _read_env_file(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def label_map(items: list[str]) -> dict[str, str]:
+    """``K=V`` (or ``K``, an empty value) labels as a map; the last of a key wins, as docker's."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key.strip():
+            raise errors.InvalidArgument(f"invalid label {item!r}: want KEY=VALUE", field="labels")
+        out[key.strip()] = value
+    return out
+
+
 def _security_opt(opt: str) -> str:
     """``seccomp=PATH`` becomes ``seccomp=<the file's JSON>`` (tugd reads no client files, as
     docker's daemon); every other option goes as it is."""
@@ -198,6 +211,9 @@ def create_params(args: argparse.Namespace) -> dict[str, Any]:
     env.extend(env_items(args.env))
     if env:
         params["env"] = env
+    labels = label_map([line for path in args.label_file for line in _read_env_file(path)] + args.label)
+    if labels:
+        params["labels"] = labels
     if args.workdir is not None:
         params["workdir"] = args.workdir
     if args.user is not None:

@@ -36,12 +36,25 @@ def _cmd_events(args: argparse.Namespace, client: Client) -> int:
         subscribe["since"] = args.since
     if args.until is not None:
         subscribe["until"] = args.until
+    show: Callable[[dict[str, Any]], str] = format_event
+    if args.format == "json":
+        show = json_line
+    elif args.format != "text":  # a Go template on docker's event shape (docker events --format)
+        from tugwire.dockershapes import docker_event
+
+        from .gotemplate import Template
+
+        template = Template(args.format)
+
+        def show(event: dict[str, Any]) -> str:
+            return template.render(docker_event(event))
+
     try:
         for msg in client.stream("events.subscribe", subscribe):
             if msg.get("method") != "event":
                 continue
             event = {k: v for k, v in msg["params"].items() if k != "request"}
-            print(json_line(event) if args.format == "json" else format_event(event), flush=True)
+            print(show(event), flush=True)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -76,12 +89,16 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="type=container|image|network, container=NAME|ID, image=REF, event=ACTION (repeatable)",
+        help="type, container, image, event, network, label (repeatable)",
     )
     time_help = "RFC 3339 time, duration before now (10m) or unix timestamp"
     p.add_argument("--since", type=time_arg("--since"), metavar="TIME", help=f"from this time: {time_help}")
     p.add_argument(
         "--until", type=time_arg("--until"), metavar="TIME", help=f"stop at this time: {time_help}"
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--format",
+        default="text",
+        help="text, json (tugd's events), or a Go template: '{{.Type}} {{.Action}} {{.Actor.ID}}'",
+    )
     p.set_defaults(func=_cmd_events)

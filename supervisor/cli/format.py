@@ -123,3 +123,13 @@ def ago(value: Any, now_ns: int) -> str:
     if ns is None:
         return ""
     return human_duration(max(now_ns - ns, 0) / NS) + " ago"
+
+
+def filter_options(items: list[str]) -> dict[str, list[str]]:
+    """``-f key=value`` options as docker's filter map (tugd checks the keys); the parser is
+    imported only when there are some."""
+    if not items:
+        return {}
+    from tugwire.dockerfilters import parse_cli
+
+    return parse_cli(items)

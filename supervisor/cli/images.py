@@ -16,7 +16,7 @@ import time
 from tugwire import errors
 from tugwire.syncclient import Client
 
-from .format import ago, human_size, json_line, print_error, short_id, table
+from .format import ago, filter_options, human_size, json_line, print_error, short_id, table
 from .inspect import add_inspect_args
 from .options import Parser
 
@@ -138,7 +138,7 @@ def _split_tag(name: str) -> tuple[str, str]:
 
 
 def _cmd_images(args: argparse.Namespace, client: Client) -> int:
-    items = client.call("image.list")
+    items = client.call("image.list", {"filters": filter_options(args.filter)})  # filtered by tugd
     if args.repository:
         want = _split_tag(args.repository) if ":" in args.repository else (args.repository, None)
         kept = []
@@ -152,12 +152,25 @@ def _cmd_images(args: argparse.Namespace, client: Client) -> int:
             print(json_line(item))
         return 0
     items = sorted(items, key=lambda i: str(i.get("created") or ""), reverse=True)
-    if args.quiet:
-        seen: set[str] = set()
+    if args.format not in ("table", "json") and not args.quiet:
+        from tugwire import dockershapes
+
+        from . import dockerrows
+
+        now = time.time()
+        shaped = [
+            row
+            for item in items
+            for row in dockerrows.image_rows(
+                dockershapes.image_summary(item), trunc=not args.no_trunc, now=now
+            )
+        ]
+        sys.stdout.write(dockerrows.render(args.format, shaped, dockerrows.IMAGES_HEADER))
+        return 0
+    if args.quiet:  # one line per name, as docker's rows (an image with two names: twice)
         for item in items:
             shown = item["id"] if args.no_trunc else short_id(item["id"])
-            if shown not in seen:
-                seen.add(shown)
+            for _ in item.get("repo_tags") or [None]:
                 print(shown)
         return 0
     now = time.time_ns()
@@ -167,8 +180,12 @@ def _cmd_images(args: argparse.Namespace, client: Client) -> int:
         created = ago(item.get("created"), now)
         size = human_size(float(item.get("size") or 0))
         tags = [_split_tag(t) for t in item.get("repo_tags") or []] or [("<none>", "<none>")]
-        rows.extend([repo, tag, shown, created, size] for repo, tag in tags)
-    print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows))
+        digests = dict(d.split("@", 1) for d in item.get("repo_digests") or [] if "@" in d)
+        for repo, tag in tags:
+            digest = [digests.get(repo, "<none>")] if args.digests else []
+            rows.append([repo, tag, *digest, shown, created, size])
+    headers = ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "CREATED", "SIZE"]
+    print(table(headers, rows))
     return 0
 
 
@@ -194,7 +211,21 @@ def _add_images_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("repository", nargs="?", help="only images of this repository[:tag]")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p.add_argument("--no-trunc", action="store_true", help="full image ids")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format",
+        default="table",
+        help="table, json (tugd's records), or a Go template: '{{.Repository}}:{{.Tag}}'",
+    )
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reference, dangling, label, before, since (repeatable)",
+    )
+    p.add_argument("-a", "--all", action="store_true", help="all images (tugd keeps no intermediate ones)")
+    p.add_argument("--digests", action="store_true", help="show digests")
     p.set_defaults(func=_cmd_images)
 
 

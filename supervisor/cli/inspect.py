@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 from tugwire import errors
 from tugwire.syncclient import Client, Disconnected
@@ -19,33 +18,15 @@ if TYPE_CHECKING:
 COMMANDS = ("inspect",)
 
 
-_TEMPLATE_RE = r"\{\{\s*(json\s+)?\.([\w.]*)\s*\}\}"
+def render_template(template: str, kind: str, obj: Any) -> str:
+    """``obj`` (tugd's record of a ``kind``: container or image) in docker's inspect shape,
+    through docker's Go template ``template`` (as ``docker inspect -f``)."""
+    from tugwire import dockershapes
 
+    from .gotemplate import Template
 
-def render_template(template: str, obj: Any) -> str:
-    """A small subset of docker's ``--format``: ``{{.a.b}}`` and ``{{json .a}}`` (keys match
-    exactly, else case-insensitively, so ``{{.State}}`` finds ``state``)."""
-
-    def lookup(m: re.Match[str]) -> str:
-        value = obj
-        for key in filter(None, m.group(2).split(".")):
-            if not isinstance(value, dict):
-                value = None
-                break
-            if key in value:
-                value = value[key]
-            else:
-                folded = {k.lower().replace("_", ""): v for k, v in value.items()}
-                value = folded.get(key.lower().replace("_", ""))
-        if m.group(1) or isinstance(value, dict | list):
-            return json.dumps(value, ensure_ascii=False)
-        if value is None:
-            return "<no value>"
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return str(value)
-
-    return re.sub(_TEMPLATE_RE, lookup, template)
+    shaped = dockershapes.container_inspect(obj) if kind == "container" else dockershapes.image_inspect(obj)
+    return Template(template).render(shaped)  # as docker's inspect: no \\t replacing
 
 
 def _cmd_inspect(args: argparse.Namespace, client: Client) -> int:
@@ -59,30 +40,37 @@ def _cmd_inspect(args: argparse.Namespace, client: Client) -> int:
             print_error(exc.message)
             status = 1
             continue
-        if args.format:
-            print(render_template(args.format, obj))
+        if args.format and args.format != "json":
+            print(render_template(args.format, *obj))
+        elif args.format == "json":
+            print(json.dumps(obj[1], ensure_ascii=False))
         else:
-            print(json.dumps(obj, indent=2, ensure_ascii=False))
+            print(json.dumps(obj[1], indent=2, ensure_ascii=False))
     return status
 
 
-def _inspect_one(client: Client, ref: str, kind: str | None) -> Any:
+def _inspect_one(client: Client, ref: str, kind: str | None) -> tuple[str, Any]:
+    """``(kind, tugd's record)`` of the container or image ``ref`` names."""
     if kind == "image":
-        return client.call("image.inspect", {"ref": ref})
+        return "image", client.call("image.inspect", {"ref": ref})
     try:
-        return client.call("container.inspect", {"id": ref})
+        return "container", client.call("container.inspect", {"id": ref})
     except errors.NotFound:
         if kind == "container":
             raise
     try:
-        return client.call("image.inspect", {"ref": ref})
+        return "image", client.call("image.inspect", {"ref": ref})
     except errors.NotFound:
         raise errors.NotFound(f"no such container or image: {ref}") from None
 
 
 def add_inspect_args(p: argparse.ArgumentParser, kind: str | None) -> None:
     """The arguments of ``inspect`` (``kind`` None: containers and images) and ``image inspect``."""
-    p.add_argument("-f", "--format", help="a template such as '{{.state}}' or '{{json .config}}'")
+    p.add_argument(
+        "-f",
+        "--format",
+        help="json (tugd's record), or a Go template on docker's shape: '{{.State.ExitCode}}'",
+    )
     if kind is None:
         p.add_argument("--type", choices=("container", "image"), help="only this kind of object")
     p.add_argument("objects", nargs="+", metavar="NAME|ID")

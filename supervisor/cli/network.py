@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tugwire import dockerfilters
 from tugwire.syncclient import Client
 
 from .format import json_line, report, table
@@ -43,6 +44,21 @@ def _cmd_create(args: argparse.Namespace, client: Client) -> int:
 
 def _cmd_ls(args: argparse.Namespace, client: Client) -> int:
     nets = client.call("network.list", {})
+    filters = dockerfilters.check(dockerfilters.parse_cli(args.filter), dockerfilters.NETWORK_KEYS)
+    template = args.format not in ("table", "json")
+    if filters or template:
+        from tugwire import dockershapes
+
+        shaped = [(n, dockershapes.network(n)) for n in nets]
+        shaped = [(n, s) for n, s in shaped if dockerfilters.match_network(s, filters)]
+        nets = [n for n, _ in shaped]
+        if template and not args.quiet:
+            from . import dockerrows
+
+            shaped.sort(key=lambda pair: str(pair[1]["Name"]))  # docker's network ls: by name
+            docker_rows = [dockerrows.network_row(s, trunc=not args.no_trunc) for _, s in shaped]
+            sys.stdout.write(dockerrows.render(args.format, docker_rows, dockerrows.NETWORK_HEADER))
+            return 0
     if args.quiet:
         for n in nets:
             print(n["id"] if args.no_trunc else n["id"][:12])
@@ -136,7 +152,15 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     c = sub.add_parser("ls", aliases=["list"], help="list networks")
     c.add_argument("-q", "--quiet", action="store_true", help="only ids")
     c.add_argument("--no-trunc", action="store_true", help="full ids")
-    c.add_argument("--format", choices=("table", "json"), default="table")
+    c.add_argument("--format", default="table", help="table, json (tugd's records), or a Go template")
+    c.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="name, id, label, driver, dangling, type, scope (repeatable)",
+    )
     c.set_defaults(func=_cmd_ls)
 
     c = sub.add_parser("inspect", help="show networks as JSON")

@@ -134,7 +134,11 @@ class ContainersBase(abc.ABC):
         return await self.images.ensure_unpacked(image)
 
     def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
-        """Publish the event ``container.<action>`` of ``rec``."""
+        """Publish the event ``container.<action>`` of ``rec`` (its labels among the
+        attributes, as docker's events carry them)."""
+        labels = rec.config.get("labels") or {}
+        if labels:
+            attributes = {**labels, **attributes}
         self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
 
     def shim(self, cid: str) -> shims.ShimClient:

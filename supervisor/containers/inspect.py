@@ -13,7 +13,11 @@ from .state import ACTIVE, EXITED, State
 class Inspect(ContainersBase):
     """Records to dicts."""
 
-    def summary(self, rec: ContainerRecord) -> dict[str, Any]:
+    def summary(
+        self, rec: ContainerRecord, refs: dict[str, tuple[list[str], list[str]]] | None = None
+    ) -> dict[str, Any]:
+        """``container.list``'s entry; ``refs`` is :meth:`Networks.network_refs` when listing
+        many (else this container's networks are looked up)."""
         return {
             "id": rec.id,
             "name": rec.name,
@@ -28,7 +32,21 @@ class Inspect(ContainersBase):
             "finished_at": rec.finished_at,
             "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
+            "labels": rec.config.get("labels") or {},
+            "ports": rec.config.get("ports") or [],
+            **self._network_refs(rec, refs),
         }
+
+    def _network_refs(
+        self, rec: ContainerRecord, refs: dict[str, tuple[list[str], list[str]]] | None
+    ) -> dict[str, list[str]]:
+        if refs is None:
+            refs = {rec.id: self.networks.network_refs().get(rec.id, ([], []))}
+        names, ids = refs.get(rec.id, ([], []))
+        mode = rec.config.get("network") or "none"
+        if mode in ("host", "none") and mode not in names:
+            names = [*names, mode]
+        return {"network_names": sorted(names), "network_ids": sorted(ids)}
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
         paths = self._paths(rec.id)

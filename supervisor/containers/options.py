@@ -230,7 +230,16 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
         except httpserve.AddressError as exc:
             raise InvalidArgument(str(exc), field="metrics_address") from None
     opts["metrics_address"] = metrics_address or None
+    opts["labels"] = parse_labels(p.labels)  # the image's go under them (create)
     return opts
+
+
+def parse_labels(labels: dict[str, str]) -> dict[str, str]:
+    """A container's labels, checked: non-empty keys, no NUL anywhere."""
+    for key, value in labels.items():
+        if not key or "\x00" in key or "\x00" in value:
+            raise InvalidArgument(f"invalid label {key!r}: want a non-empty key, no NUL", field="labels")
+    return dict(labels)
 
 
 def generate_name(store: Store) -> str:

@@ -65,6 +65,8 @@ class Containers(Recovery, Logs, Inspect):
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
         opts["health"] = health.parse(req.health, image.config)
+        image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
+        opts["labels"] = {**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **opts["labels"]}
         opts.update(self.networks.parse_create(req.network, image.config))
         name = opts["name"] or generate_name(self.store)
         if self.store.name_taken(name):

@@ -664,6 +664,18 @@ class Networks:
         files.update_hosts(dirs(rec.id), self._etc(rec))
         self._publish("disconnect", net, container=rec.id)
 
+    def network_refs(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Every container's networks as ``{container id: (names, ids)}``, in two queries (for
+        ``container.list``; ``host`` and ``none`` are the container's ``network`` setting)."""
+        nets = {n.id: n.name for n in self.db.networks()}
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for ep in self.db.endpoints():
+            if ep.network_id in nets:
+                names, ids = out.setdefault(ep.container_id, ([], []))
+                names.append(nets[ep.network_id])
+                ids.append(ep.network_id)
+        return out
+
     def container_networks(self, rec: ContainerRecord) -> dict[str, Any]:
         """A container's networks for ``container.inspect``."""
         out: dict[str, Any] = {}
