@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -313,6 +314,13 @@ def _tug(r: Root, args: str, check: bool = True) -> str:
     return r.sh(f"tug {args}", check=check).stdout.strip()
 
 
+def _field(r: Root, name: str, *keys: str) -> str:
+    """Fields of tugd's own record of container ``name`` (``tug inspect --format json``; a
+    template would read docker's shape), joined by spaces."""
+    record = json.loads(_tug(r, f"inspect --format json {name}"))
+    return " ".join(str(record[k]) for k in keys)
+
+
 def _wait_for(r: Root, script: str, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while r.sh(script, check=False).returncode != 0:
@@ -359,7 +367,7 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
     _tug(root, "import /tmp/busybox.tar busybox")
     ran = root.sh("tug run --name done busybox sh -c 'echo done-line; exit 3'", check=False)
     assert (ran.returncode, ran.stdout) == (3, "done-line\n"), ran.stderr + root.tugd_logs()
-    assert _tug(root, "inspect -f '{{.exit_code}}' done") == "3"
+    assert _field(root, "done", "exit_code") == "3"
     # Waits for /tmp/go (made by an exec after the upgrade), logs before and after, exits 7.
     cid = _tug(
         root,
@@ -367,21 +375,21 @@ def test_install_upgrade_keeps_containers_then_remove_and_purge(debs: tuple[Path
         "'echo before-upgrade; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after-upgrade; exit 7'",
     )
     root.container_ids.add(cid)
-    root.container_ids.add(_tug(root, "inspect -f '{{.id}}' done"))
+    root.container_ids.add(_field(root, "done", "id"))
     _wait_for(root, "tug logs long | grep -q before-upgrade", "the container's first log line")
-    pid_before = _tug(root, "inspect -f '{{.pid}} {{.shim_pid}}' long")
-    assert _tug(root, "inspect -f '{{.state}}' long") == "running"
+    pid_before = _field(root, "long", "pid", "shim_pid")
+    assert _field(root, "long", "state") == "running"
 
     # Upgrade while it runs: the new files go in, then tugd is restarted from them.
     root.sh(f"apt-get install -y --no-install-recommends /tmp/{second.name}")
     assert root.sh("dpkg-query -W -f '${Version}' tugboat").stdout == _base_version() + SECOND_VERSION_SUFFIX
-    assert _tug(root, "inspect -f '{{.state}}' long") == "running", "the upgrade stopped a container"
+    assert _field(root, "long", "state") == "running", "the upgrade stopped a container"
     _stop_tugd(tugd)
     root.start_tugd("/tmp/tugd-2.log")
 
-    assert _tug(root, "inspect -f '{{.state}}' long") == "running"
-    assert _tug(root, "inspect -f '{{.pid}} {{.shim_pid}}' long") == pid_before, "a new process"
-    assert _tug(root, "inspect -f '{{.exit_code}}' done") == "3"
+    assert _field(root, "long", "state") == "running"
+    assert _field(root, "long", "pid", "shim_pid") == pid_before, "a new process"
+    assert _field(root, "done", "exit_code") == "3"
     assert _tug(root, "logs done") == "done-line"
     _tug(root, "exec long touch /tmp/go")
     assert _tug(root, "wait long") == "7"
