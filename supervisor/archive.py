@@ -28,9 +28,9 @@ from typing import IO, Any
 
 import anyio
 
+from tugwire import imageref
 from tugwire.errors import InvalidArgument, NotFound
 
-from . import imageref
 from .images import (
     MEDIA_INDEX,
     MEDIA_LAYER_GZIP,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -20,7 +21,6 @@ from hypothesis import strategies as st
 from cri import errors as cri_errors
 from cri import images
 from cri.gen import api_pb2
-from supervisor import imageref as tugd_imageref
 from tugwire import errors, imageref
 
 from .conftest import REPO
@@ -105,7 +105,7 @@ def test_every_tugd_error_kind_has_a_grpc_status() -> None:
 def test_names_are_answered_fully_qualified(stored: str, answered: str) -> None:
     assert images.qualified(stored) == answered
     # tugd takes the answer back as the same name.
-    assert tugd_imageref.familiar(answered) == tugd_imageref.familiar(stored)
+    assert imageref.familiar(answered) == imageref.familiar(stored)
 
 
 _component = st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,8})?", fullmatch=True)
@@ -122,21 +122,19 @@ def test_any_stored_name_is_answered_as_a_name_tugd_reads_back(
     host: str, path: list[str], tag: str | None, digest: str | None
 ) -> None:
     ref = host + "/".join(path) + (f":{tag}" if tag else "") + (f"@sha256:{digest}" if digest else "")
-    stored = tugd_imageref.familiar(ref)  # what tugd keeps and image.list shows
+    stored = imageref.familiar(ref)  # what tugd keeps and image.list shows
     answered = images.qualified(stored)
-    assert tugd_imageref.parse(answered) == tugd_imageref.parse(stored)
-    assert answered == tugd_imageref.parse(stored).string()  # fully qualified
+    assert imageref.parse(answered) == imageref.parse(stored)
+    assert answered == imageref.parse(stored).string()  # fully qualified
     images.check_reference(answered)
 
 
 def test_tugwire_imageref_is_tugds_reference_grammar() -> None:
-    """tugwire.imageref is a copy of supervisor/imageref.py, for tug-cri (which may not import
-    supervisor) until tugd imports it from tugwire too: the two must not drift apart."""
-    with (
-        open(os.path.join(REPO, "tugwire", "imageref.py")) as a,
-        open(os.path.join(REPO, "supervisor", "imageref.py")) as b,
-    ):
-        assert a.read() == b.read()
+    """tugd and tug-cri read image references with the one module, tugwire.imageref."""
+    for module in ("supervisor/images/service.py", "supervisor/registry/service.py", "cri/images.py"):
+        with open(os.path.join(REPO, module)) as f:
+            assert re.search(r"^from tugwire import [^\n]*\bimageref\b", f.read(), re.M), module
+    assert not os.path.exists(os.path.join(REPO, "supervisor", "imageref.py"))
     assert imageref.parse("busybox").string() == "docker.io/library/busybox:latest"
 
 

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor import imageref
 from supervisor.config import Config
 from supervisor.images import (
     MEDIA_INDEX,
@@ -37,6 +36,7 @@ from supervisor.images import (
     unpack_tar,
 )
 from supervisor.store import Store
+from tugwire import imageref
 from tugwire.errors import InvalidArgument, NotFound
 
 from .conftest import needs_root, needs_runc

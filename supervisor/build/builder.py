@@ -297,7 +297,7 @@ class Builder:
 
 def _check_tag(tag: str) -> None:
     try:
-        from .. import imageref
+        from tugwire import imageref
 
         imageref.parse(tag)
     except ImportError:  # pragma: no cover - before the reference module exists

@@ -93,7 +93,7 @@ def _bars(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
 
 def familiar_tagged(ref: str) -> str:
     """``busybox`` -> ``busybox:latest``, ``docker.io/library/alpine`` -> ``alpine:latest``: the
-    name docker shows in ``Unable to find image ... locally`` (no import of supervisor.imageref:
+    name docker shows in ``Unable to find image ... locally`` (no import of tugwire.imageref:
     the CLI stays light)."""
     name = ref
     for prefix in ("docker.io/", "index.docker.io/"):

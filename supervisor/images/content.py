@@ -17,10 +17,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import IO, Any
 
-from tugwire import fsutil
+from tugwire import fsutil, imageref
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
-
-from .. import imageref
 
 CHUNK = 1 << 20
 

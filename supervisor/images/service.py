@@ -18,11 +18,10 @@ from typing import Any
 
 import anyio
 
-from tugwire import fsutil
+from tugwire import fsutil, imageref
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
 from tugwire.timefmt import rfc3339
 
-from .. import imageref
 from ..config import Config
 from ..failpoints import failpoint
 from ..store import ImageRecord, Store

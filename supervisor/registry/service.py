@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
+from tugwire import imageref
 from tugwire.errors import InvalidArgument
 
-from .. import imageref
 from ..auth import DOCKER_HUB, AuthStore, Credentials, TransportPolicy, check_host
 from ..events import Event
 from ..store import ImageRecord
