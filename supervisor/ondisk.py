@@ -118,15 +118,15 @@ class Layout:
 
     def container_ids(self) -> list[str]:
         """Ids of the containers whose directory holds a record (not those being removed)."""
-        found = _listdir(self.containers_dir)
+        found = fsutil.listdir(self.containers_dir)
         return [e for e in found if names.is_id(e) and os.path.exists(self.container(e))]
 
     def image_ids(self) -> list[str]:
-        found = _listdir(self.images_dir)
+        found = fsutil.listdir(self.images_dir)
         return ["sha256:" + e[:-5] for e in found if e.endswith(".json") and not e.startswith(".")]
 
     def network_ids(self) -> list[str]:
-        return [e[:-5] for e in _listdir(self.networks_dir) if e.endswith(".json") and not e.startswith(".")]
+        return [e[:-5] for e in fsutil.listdir(self.networks_dir, hidden=False) if e.endswith(".json")]
 
     def containers(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
         for cid in self.container_ids():
@@ -148,13 +148,6 @@ class Layout:
             yield IMAGE, image_id, self.image(image_id), obj
         for nid, obj in self.networks():
             yield NETWORK, nid, self.network(nid), obj
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 @dataclass

@@ -75,3 +75,13 @@ def read_text(path: str) -> str | None:
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
         return f.read()
     return None
+
+
+def listdir(path: str, *, hidden: bool = True) -> list[str]:
+    """The names in directory ``path``, or none if it does not exist; ``hidden=False`` leaves
+    out the dot names (temp files, and what a delete renamed away before removing it)."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    return names if hidden else [n for n in names if not n.startswith(".")]

@@ -19,10 +19,9 @@ from typing import Any
 
 from tugwire import errors
 from tugwire.crilog import LogDecoder
-from tugwire.syncclient import Client, Disconnected
+from tugwire.syncclient import Client
 
-from .format import print_error
-from .logs import log_data, write_output
+from .logs import show_until_exit
 from .stdin import StdinPump
 from .tty import DEFAULT_DETACH_KEYS, parse_detach_keys, raw_mode
 
@@ -104,25 +103,8 @@ def _loop(
             _begin(pump, tty, stdin)
         return None
 
-    while True:
-        try:
-            msg = next(logs)
-        except StopIteration:
-            break
-        except Disconnected:
-            raise
-        except errors.TugError as exc:
-            print_error(f"logs: {exc.message}")
-            break
-        if msg:
-            data = log_data(msg, logs.id)
-            if data:
-                write_output(decoder.feed(data))
-        elif (code := woken()) is not None:
-            return code
-    for _ in wait:  # a request without notifications: each turn is a wakeup
-        if (code := woken()) is not None:
-            return code
+    if (code := show_until_exit(logs, wait, decoder, woken)) is not None:
+        return code
     code = wait.result.get("exit_code")
     return int(code) if code is not None else 1
 

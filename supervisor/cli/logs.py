@@ -11,8 +11,9 @@ import sys
 
 from tugwire import errors
 from tugwire.crilog import LogDecoder
-from tugwire.syncclient import Client
+from tugwire.syncclient import Client, Disconnected, Stream
 
+from .format import print_error
 from .options import parse_since
 
 TYPE_CHECKING = False
@@ -43,6 +44,35 @@ def log_data(msg: dict[str, Any], req_id: int) -> bytes | None:
         return binascii.a2b_base64(params.get("data") or "")
     except (binascii.Error, TypeError, ValueError) as exc:
         raise errors.Internal(f"malformed log data from tugd: {exc}") from exc
+
+
+def show_until_exit(
+    logs: Stream, wait: Stream, decoder: LogDecoder, woken: Callable[[], int | None]
+) -> int | None:
+    """What ``run`` and ``attach`` do once a container's log and its wait are open: show the
+    log until it ends, then wait for the exit; both streams wake us up for ``woken`` (a signal,
+    a detach, a start that failed), whose code, if it gives one, ends the loop at once. A log
+    that fails is reported and left (the wait still tells the exit); None once both ended."""
+    while True:
+        try:
+            msg = next(logs)
+        except StopIteration:
+            break
+        except Disconnected:
+            raise
+        except errors.TugError as exc:
+            print_error(f"logs: {exc.message}")
+            break
+        if msg:
+            data = log_data(msg, logs.id)
+            if data:
+                write_output(decoder.feed(data))
+        elif (code := woken()) is not None:
+            return code
+    for _ in wait:  # a request without notifications: each turn is a wakeup
+        if (code := woken()) is not None:
+            return code
+    return None
 
 
 def _cmd_logs(args: argparse.Namespace, client: Client) -> int:

@@ -19,7 +19,7 @@ from tugwire.syncclient import Client, Disconnected
 
 from .create import add_create_options, create_params
 from .format import print_error
-from .logs import log_data, write_output
+from .logs import show_until_exit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -177,25 +177,8 @@ def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
                 held_signals.clear()
             return None
 
-        while True:
-            try:
-                msg = next(logs)
-            except StopIteration:
-                break
-            except Disconnected:
-                raise
-            except errors.TugError as exc:
-                print_error(f"logs: {exc.message}")
-                break
-            if msg:
-                data = log_data(msg, logs.id)
-                if data:
-                    write_output(decoder.feed(data))
-            elif (code := woken()) is not None:
-                return code
-        for _ in wait:  # a request without notifications: each turn is a wakeup
-            if (code := woken()) is not None:
-                return code
+        if (code := show_until_exit(logs, wait, decoder, woken)) is not None:
+            return code
         # an error of wait is raised: the run's error (125)
         waited: dict[str, Any] = wait.result if isinstance(wait.result, dict) else {}
     finally:

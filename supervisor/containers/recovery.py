@@ -33,7 +33,7 @@ class Recovery(Exits):
         async with anyio.create_task_group() as tg:
             for rec in known.values():
                 tg.start_soon(self._recover_one, rec)
-            for entry in _listdir(self.cfg.shims_dir):
+            for entry in fsutil.listdir(self.cfg.shims_dir):
                 if not entry.startswith(".") and entry not in known and names.is_id(entry):
                     tg.start_soon(self._remove_orphan, entry)
                 elif entry.startswith(".deleting-"):
@@ -41,7 +41,7 @@ class Recovery(Exits):
                     fsutil.remove_tree(os.path.join(self.cfg.shims_dir, entry))
         # Bundles nothing refers to (tugd died between writing one and recording it, or in the
         # middle of a remove), and hidden leftovers of interrupted removals.
-        for entry in _listdir(self.cfg.containers_dir):
+        for entry in fsutil.listdir(self.cfg.containers_dir):
             path = os.path.join(self.cfg.containers_dir, entry)
             if entry.startswith(".deleting-") or (names.is_id(entry) and entry not in known):
                 with contextlib.suppress(OSError):
@@ -161,10 +161,3 @@ class Recovery(Exits):
         rootfs = os.path.join(self.cfg.container_dir(cid), "rootfs")
         with contextlib.suppress(OSError):
             mounts.unmount(rootfs)
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []

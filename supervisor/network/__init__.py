@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from tugwire import fsutil
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.timefmt import rfc3339
 
@@ -509,7 +510,7 @@ class Networks:
             if ports or not bridges <= self._nft_bridges:
                 try:
                     add = fresh and bool(eps) and bridges <= self._nft_bridges
-                    fwd = forwards(eps[0].ip, ports) if add else []
+                    fwd = ports_.forwards(eps[0].ip, ports) if add else []
                     if not (add and await anyio.to_thread.run_sync(nft.add_forwards, self.table, fwd)):
                         await self._apply_nft()
                 except BaseException:
@@ -716,7 +717,8 @@ class Networks:
             eps = self.db.endpoints(container_id=cid)
             if rec is None or not eps:
                 continue
-            rs.forwards += forwards(eps[0].ip, [Port.from_json(d) for d in rec.config.get("ports") or []])
+            published = [Port.from_json(d) for d in rec.config.get("ports") or []]
+            rs.forwards += ports_.forwards(eps[0].ip, published)
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
@@ -742,7 +744,7 @@ class Networks:
             from . import netlink
 
             done = []
-            for entry in _listdir(self.netns_dir):
+            for entry in fsutil.listdir(self.netns_dir, hidden=False):
                 if entry not in keep_set:
                     netlink.delete_netns(os.path.join(self.netns_dir, entry))
                     done.append(entry)
@@ -789,18 +791,6 @@ class Networks:
         return rec is not None and self._is_wirable(rec)
 
 
-def forwards(ip: str, ports: Iterable[Port]) -> list[nft.Forward]:
-    """The nft forwards of a container at ``ip`` publishing ``ports``."""
-    return [nft.Forward(p.host_ip, p.host_port, p.proto, ip, p.container_port) for p in ports]
-
-
 def veth_name(cid: str, idx: int) -> str:
     """The host side of a container's veth: ``tv<idx><12 hex>`` (15 bytes, IFNAMSIZ's limit)."""
     return f"tv{idx}{cid[:12]}"
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return [e for e in os.listdir(path) if not e.startswith(".")]
-    except FileNotFoundError:
-        return []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from tugwire.errors import FailedPrecondition
 
+from . import nft
 from .ipam import Port
 
 if TYPE_CHECKING:
@@ -90,3 +91,8 @@ def bindable(host_ip: str, port: int, kind: int) -> bool:
             # EADDRNOTAVAIL: an address not (yet) ours, so nothing of ours listens there.
             return exc.errno == errno.EADDRNOTAVAIL
     return True
+
+
+def forwards(ip: str, ports: Iterable[Port]) -> list[nft.Forward]:
+    """The nft forwards of a container at ``ip`` publishing ``ports``."""
+    return [nft.Forward(p.host_ip, p.host_port, p.proto, ip, p.container_port) for p in ports]
