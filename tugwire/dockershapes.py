@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from .timefmt import days_from_civil
+from .timefmt import days_from_civil, human_duration
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,34 +34,6 @@ def rfc3339_ns(ns: int) -> str:
     """``2026-01-02T03:04:05.123456789Z`` of nanoseconds since the epoch (UTC)."""
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration`` (``Up 5 seconds``, ``Exited (0) 2 minutes ago``)."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(s / 3600)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{hours // 24 // 365} years"
 
 
 def status_text(c: dict[str, Any]) -> str:

@@ -120,3 +120,32 @@ def parse_duration(text: str) -> int:
     for number, unit in re.findall(_DURATION_PART_RE, text):
         total += float(number) * _DURATION_UNITS[unit]
     return sign * round(total)
+
+
+def human_duration(seconds: float) -> str:
+    """How long, as docker says it (go-units ``HumanDuration``): ``5 seconds``, ``About a minute``;
+    shared by ``tug ps`` and the Docker API's ``Status``, so that both say the same."""
+    secs = int(seconds)
+    if secs < 1:
+        return "Less than a second"
+    if secs == 1:
+        return "1 second"
+    if secs < 60:
+        return f"{secs} seconds"
+    minutes = secs // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"

@@ -11,6 +11,7 @@ import sys
 
 from tugwire import errors
 from tugwire.timefmt import NS, parse_rfc3339
+from tugwire.timefmt import human_duration as human_duration  # the CLI's formats, with the rest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,34 +78,6 @@ def time_ns_of(value: Any) -> int | None:
             return None
         return ns if ns > 0 else None  # Go's zero time, "0001-01-01T00:00:00Z", means never
     return None
-
-
-def human_duration(seconds: float) -> str:
-    """How long, docker style (go-units ``HumanDuration``): ``5 seconds``, ``About a minute``."""
-    secs = int(seconds)
-    if secs < 1:
-        return "Less than a second"
-    if secs == 1:
-        return "1 second"
-    if secs < 60:
-        return f"{secs} seconds"
-    minutes = secs // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def human_size(size: float, precision: int = 3) -> str:
