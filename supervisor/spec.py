@@ -212,8 +212,11 @@ def build(
                 "options": ["bind", "ro", "nosuid", "nodev"],
             }
         )
+    propagations = set()
     for vol in opts.get("volumes", []):
-        options = ["rbind", "rprivate"]
+        propagation = vol.get("propagation") or "rprivate"
+        propagations.add(propagation)
+        options = ["rbind", propagation]
         if vol.get("readonly"):
             options.append("ro")
         mounts.append(
@@ -221,7 +224,10 @@ def build(
         )
     namespaces: list[dict[str, Any]] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
     if net is not None:
-        mounts.extend(net.get("mounts") or [])
+        # The generated /etc files, but where a volume is mounted (a pod's hosts, resolv.conf and
+        # hostname, from the CRI): the volume wins, as docker's -v /x:/etc/hosts does.
+        taken = {m["destination"] for m in mounts}
+        mounts.extend(m for m in net.get("mounts") or [] if m["destination"] not in taken)
         if net.get("netns") == "":  # --network host: no namespace of its own
             namespaces = [n for n in namespaces if n["type"] != "network"]
         elif net.get("netns"):
@@ -251,6 +257,10 @@ def build(
             "readonlyPaths": READONLY_PATHS,
         },
     }
+    if "rshared" in propagations:  # the root's mount must propagate too, or runc refuses
+        oci["linux"]["rootfsPropagation"] = "rshared"
+    elif "rslave" in propagations:
+        oci["linux"]["rootfsPropagation"] = "rslave"
     if hostname:
         oci["hostname"] = hostname  # runc refuses a hostname without a UTS namespace of its own
     if opts.get("sysctls"):

@@ -182,11 +182,17 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
             raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
         if not os.path.exists(src):
             raise InvalidArgument(f"volume source {src} does not exist on the host", field="volumes")
+        propagation = vol.get("propagation") or "rprivate"
+        if propagation not in PROPAGATIONS:
+            raise InvalidArgument(
+                f"volume propagation {propagation!r}: want one of {', '.join(PROPAGATIONS)}", field="volumes"
+            )
         volumes.append(
             {
                 "source": os.path.normpath(src),
                 "destination": os.path.normpath(dst),
                 "readonly": bool(vol.get("readonly", False)),
+                **({"propagation": propagation} if propagation != "rprivate" else {}),
             }
         )
     opts["volumes"] = volumes
@@ -256,6 +262,7 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
 
 
 NAMESPACE_KINDS = ("network", "ipc", "uts", "pid")
+PROPAGATIONS = ("rprivate", "rslave", "rshared")  # a volume's mount propagation (the CRI's three)
 MAX_ID = 1 << 31  # uids and gids: what the kernel takes (a 32-bit value, -1 reserved)
 
 

@@ -66,8 +66,12 @@ class Containers(Recovery, Logs, Inspect):
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
         opts["health"] = health.parse(req.health, image.config)
-        image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
-        opts["labels"] = {**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **opts["labels"]}
+        if opts["pod_id"] is None:  # a pod's container (the CRI's) keeps exactly the labels it was given
+            image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
+            opts["labels"] = {
+                **{k: v for k, v in image_labels.items() if isinstance(v, str)},
+                **opts["labels"],
+            }
         endpoint = req.network
         joined_net = opts["namespaces"].get("network")
         if joined_net:  # a pod's namespace (or the host's): no endpoint of tugd's networks

@@ -1,0 +1,296 @@
+"""tug-cri's container RPCs (issue 16) against a real tugd and real runc: a gRPC client, then the
+real crictl. Containers are made with tugd's ``container.create`` and a ``pod_id`` (what
+CreateContainer sends), so that everything but CreateContainer itself is tested whether or not
+tugd has pods yet; CreateContainer (and crictl ``create``) need ``pod.create`` and skip, saying
+so, on a tugd without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from cri.gen import api_pb2
+from tugwire.errors import MethodNotFound
+
+from .conftest import needs_root, needs_runc
+from .cri_helpers import TugCri, crictl, crictl_path, make_tug_cri
+from .waiting import wait_until
+
+__all__ = ["crictl_path", "make_tug_cri"]  # fixtures, imported for this module's tests
+
+pytestmark = [pytest.mark.integration, needs_root, needs_runc, pytest.mark.timeout(3600)]
+
+POD = "f00dfeedf00dfeedf00dfeed"  # a pod id tugd need not know: containers only record it
+
+
+@pytest.fixture
+def logdir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="tbcrilog", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def read(path: str) -> bytes:
+    """A file's bytes, or none while it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def code_of(call: Any, *args: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    return info.value.code()  # type: ignore[no-any-return]
+
+
+def make_container(d: Any, logdir: str, name: str = "web", attempt: int = 1, **extra: Any) -> str:
+    """A container as CreateContainer makes it (pod id, CRI name, labels, annotations, log path)."""
+    params = {
+        "image": "busybox",
+        "name": f"k8s_{name}_{POD[:16]}_{attempt}",
+        "pod_id": POD,
+        "cmd": ["sh", "-c", "echo out; echo err >&2; exec sleep 600"],
+        "labels": {"io.kubernetes.container.name": name, "tier": "web"},
+        "annotations": {"io.kubernetes.container.hash": "abc", "note": "two words, ünïcode"},
+        "log_directory": logdir,
+        "log_path": os.path.join(logdir, name, f"{attempt}.log"),
+        **extra,
+    }
+    cid: str = d.call("container.create", params)["id"]
+    return cid
+
+
+def has_pods(d: Any) -> bool:
+    try:
+        d.call("pod.list")
+    except MethodNotFound:
+        return False
+    return True
+
+
+def test_unknown_ids_and_idempotent_stop_remove(make_daemon: Any, make_tug_cri: Any, backend: str) -> None:
+    d = make_daemon(backend)
+    cri: TugCri = make_tug_cri(d)
+    rt = cri.runtime
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id="nope", timeout=1))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id="nope"))
+    for call, req in (
+        (rt.ContainerStatus, api_pb2.ContainerStatusRequest(container_id="nope")),
+        (rt.StartContainer, api_pb2.StartContainerRequest(container_id="nope")),
+        (rt.ExecSync, api_pb2.ExecSyncRequest(container_id="nope", cmd=["true"])),
+        (rt.ReopenContainerLog, api_pb2.ReopenContainerLogRequest(container_id="nope")),
+        (rt.ContainerStats, api_pb2.ContainerStatsRequest(container_id="nope")),
+        (rt.UpdateContainerResources, api_pb2.UpdateContainerResourcesRequest(container_id="nope")),
+    ):
+        assert code_of(call, req) == grpc.StatusCode.NOT_FOUND, call
+    assert list(rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+    assert list(rt.ListContainerStats(api_pb2.ListContainerStatsRequest()).stats) == []
+    # A container that is not a pod's is not the CRI's: not listed.
+    d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "plain"})
+    assert list(rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+    # CreateContainer needs the pod from tugd: an unknown pod, or a tugd without pods, says so.
+    req = api_pb2.CreateContainerRequest(
+        pod_sandbox_id="nopod",
+        config=api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image="busybox")
+        ),
+    )
+    want = grpc.StatusCode.NOT_FOUND if has_pods(d) else grpc.StatusCode.UNIMPLEMENTED
+    assert code_of(rt.CreateContainer, req) == want
+
+
+def test_lifecycle_status_list_exec_stats_reopen(
+    make_daemon: Any, make_tug_cri: Any, backend: str, logdir: str
+) -> None:
+    d = make_daemon(backend)
+    cri: TugCri = make_tug_cri(d)
+    rt = cri.runtime
+    vol = os.path.join(logdir, "vol")
+    os.mkdir(vol)
+    cid = make_container(d, logdir, volumes=[{"source": vol, "destination": "/data", "readonly": True}])
+    other = make_container(d, logdir, name="side", attempt=0)
+    bb = d.call("image.inspect", {"ref": "busybox"})
+
+    status = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid[:12], verbose=True))
+    s = status.status
+    assert (s.id, s.metadata.name, s.metadata.attempt) == (cid, "web", 1)
+    assert s.state == api_pb2.CONTAINER_CREATED and s.started_at == 0 and s.finished_at == 0
+    assert abs(s.created_at - time.time_ns()) < 120 * 10**9
+    assert dict(s.labels) == {"io.kubernetes.container.name": "web", "tier": "web"}  # no image labels
+    assert dict(s.annotations) == {"io.kubernetes.container.hash": "abc", "note": "two words, ünïcode"}
+    assert s.image_ref == bb["id"] and s.image.image == "docker.io/library/busybox:latest"
+    assert s.log_path == os.path.join(logdir, "web", "1.log")
+    assert [(m.container_path, m.host_path, m.readonly) for m in s.mounts] == [("/data", vol, True)]
+    assert json.loads(status.info["info"])["id"] == cid
+
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    s = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+    assert s.state == api_pb2.CONTAINER_RUNNING and s.started_at >= s.created_at
+
+    def listed(**f: Any) -> list[str]:
+        req = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(**f))
+        return sorted(c.id for c in rt.ListContainers(req).containers)
+
+    assert listed() == sorted([cid, other])
+    assert listed(id=cid[:10]) == [cid]
+    assert listed(pod_sandbox_id=POD) == sorted([cid, other])
+    assert listed(pod_sandbox_id="otherpod") == []
+    assert listed(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)) == [cid]
+    assert listed(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_CREATED)) == [other]
+    assert listed(label_selector={"io.kubernetes.container.name": "side"}) == [other]
+    assert listed(label_selector={"tier": "web", "x": "y"}) == []
+    c = next(c for c in rt.ListContainers(api_pb2.ListContainersRequest()).containers if c.id == cid)
+    assert (c.pod_sandbox_id, c.metadata.name, c.image_ref) == (POD, "web", bb["id"])
+
+    r = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo o; echo e >&2; exit 7"]))
+    assert (r.stdout, r.stderr, r.exit_code) == (b"o\n", b"e\n", 7)
+    t0 = time.monotonic()
+    assert (
+        code_of(rt.ExecSync, api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", "444"], timeout=1))
+        == grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+    assert time.monotonic() - t0 < 30
+    wait_until(
+        lambda: not any("444" in p[-1] for p in d.call("container.top", {"id": cid})["processes"]),
+        20,
+        "the timed-out exec to be killed",
+    )
+
+    rt.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid, linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20)
+        )
+    )
+    s = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+    assert s.resources.linux.memory_limit_in_bytes == 64 << 20
+
+    st = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert st.attributes.id == cid and st.attributes.metadata.name == "web"
+    assert st.memory.working_set_bytes.value > 0 and st.cpu.usage_core_nano_seconds.value > 0
+    assert st.writable_layer.used_bytes.value >= 0 and st.writable_layer.fs_id.mountpoint == d.root
+    listed_stats = rt.ListContainerStats(api_pb2.ListContainerStatsRequest()).stats
+    assert [x.attributes.id for x in listed_stats] == [cid]  # the running ones
+
+    # The log at the path kubelet named; renamed, then reopened: new output goes to a new file.
+    path = s.log_path
+    wait_until(lambda: b"err" in read(path), 20, "the log")
+    os.rename(path, path + ".old")
+    rt.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert os.path.exists(path)
+
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
+    s = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+    assert s.state == api_pb2.CONTAINER_EXITED and s.finished_at >= s.started_at > 0
+    assert (s.exit_code, s.reason) == (137, "Error")  # sleep as PID 1 ignores SIGTERM
+    assert code_of(rt.ReopenContainerLog, api_pb2.ReopenContainerLogRequest(container_id=cid)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))  # again: fine
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    assert code_of(rt.ContainerStatus, api_pb2.ContainerStatusRequest(container_id=cid)) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=other))
+
+
+def test_crictl_ps_inspect_exec_logs_stats_stop_rm(
+    make_daemon: Any, make_tug_cri: Any, crictl_path: str, logdir: str
+) -> None:
+    d = make_daemon()
+    cri: TugCri = make_tug_cri(d)
+    cid = make_container(d, logdir, cmd=["sh", "-c", "echo hello; echo oops >&2; exec sleep 600"])
+
+    def run(*args: str, check: bool = True) -> Any:
+        return crictl(crictl_path, cri, *args, check=check)
+
+    assert run("ps", "-q").stdout.decode() == ""  # running ones only
+    assert run("ps", "-a", "-q").stdout.decode() == f"{cid}\n"
+    run("start", cid)
+    ps = json.loads(run("ps", "-o", "json").stdout)["containers"]
+    assert [(c["id"], c["metadata"]["name"], c["podSandboxId"]) for c in ps] == [(cid, "web", POD)]
+    assert ps[0]["state"] == "CONTAINER_RUNNING"
+    assert run("ps", "--pod", POD, "-q").stdout.decode() == f"{cid}\n"
+    assert run("ps", "--label", "tier=web", "-q").stdout.decode() == f"{cid}\n"
+    assert run("ps", "--name", "nomatch", "-q").stdout.decode() == ""
+
+    info = json.loads(run("inspect", cid).stdout)
+    assert info["status"]["labels"] == {"io.kubernetes.container.name": "web", "tier": "web"}
+    assert info["status"]["logPath"] == os.path.join(logdir, "web", "1.log")
+    assert info["info"]["id"] == cid
+
+    out = run("exec", "-s", cid, "sh", "-c", "echo in; exit 0")
+    assert out.stdout.rstrip(b"\n") == b"in"  # crictl prints it with newlines of its own
+    bad = run("exec", "-s", cid, "sh", "-c", "exit 3", check=False)
+    assert bad.returncode == 1 and b"exited with 3" in bad.stderr, bad  # crictl's own words
+    slow = run("exec", "-s", "--timeout", "1", cid, "sleep", "333", check=False)
+    assert slow.returncode != 0 and b"DeadlineExceeded" in slow.stderr + slow.stdout, slow
+
+    wait_until(lambda: b"oops" in run("logs", cid).stderr, 20, "the log")
+    logs = run("logs", cid)
+    assert (logs.stdout, logs.stderr) == (b"hello\n", b"oops\n")
+
+    stats = json.loads(run("stats", "-o", "json", cid).stdout)["stats"]
+    assert stats[0]["attributes"]["id"] == cid and int(stats[0]["memory"]["workingSetBytes"]["value"]) > 0
+
+    run("stop", "-t", "1", cid)
+    assert json.loads(run("inspect", cid).stdout)["status"]["state"] == "CONTAINER_EXITED"
+    run("rm", cid)
+    assert run("ps", "-a", "-q").stdout.decode() == ""
+    assert run("inspect", cid, check=False).returncode != 0
+
+
+def test_create_container_in_a_pod(make_daemon: Any, make_tug_cri: Any, backend: str, logdir: str) -> None:
+    """CreateContainer through the pod's namespaces and log directory (needs tugd's pods)."""
+    d = make_daemon(backend)
+    if not has_pods(d):
+        pytest.skip("tugd has no pod.create yet (the pods work of issue 16): CreateContainer needs a pod")
+    cri: TugCri = make_tug_cri(d)
+    rt = cri.runtime
+    pod = d.call("pod.create", {"name": "p", "namespace": "default", "uid": "u1", "log_directory": logdir})
+    pod_id = pod["id"]
+    try:
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c", attempt=0),
+            image=api_pb2.ImageSpec(image=d.call("image.inspect", {"ref": "busybox"})["id"]),
+            command=["sh", "-c"],
+            args=["readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts; id -u; exec sleep 600"],
+            labels={"a": "b"},
+            annotations={"k": "v"},
+            log_path="c/0.log",
+            linux=api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(
+                    run_as_user=api_pb2.Int64Value(value=1234),
+                    readonly_rootfs=True,
+                    capabilities=api_pb2.Capability(drop_capabilities=["ALL"]),
+                    seccomp=api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.RuntimeDefault),
+                )
+            ),
+        )
+        req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config)
+        cid = rt.CreateContainer(req).container_id
+        # The same name and attempt in the same pod again: refused.
+        assert code_of(rt.CreateContainer, req) == grpc.StatusCode.ALREADY_EXISTS
+        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        log = os.path.join(logdir, "c", "0.log")
+        wait_until(lambda: b"1234" in read(log), 20, "the log")
+        text = read(log).decode()
+        paths = d.call("pod.inspect", {"id": pod_id})["namespaces"]
+        for kind, name in (("network", "net"), ("ipc", "ipc"), ("uts", "uts")):
+            if paths.get(kind):
+                assert f"{name}:[{os.stat(paths[kind]).st_ino}]" in text
+        s = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+        assert (dict(s.labels), dict(s.annotations), s.log_path) == ({"a": "b"}, {"k": "v"}, log)
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    finally:
+        d.call("pod.remove", {"id": pod_id})
