@@ -50,7 +50,8 @@ def read(path: str) -> bytes:
 def code_of(call: Any, *args: Any) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call(*args)
-    return info.value.code()  # type: ignore[no-any-return]
+    code: grpc.StatusCode = info.value.code()
+    return code
 
 
 def make_container(d: Any, logdir: str, name: str = "web", attempt: int = 1, **extra: Any) -> str:
@@ -99,14 +100,14 @@ def test_unknown_ids_and_idempotent_stop_remove(make_daemon: Any, make_tug_cri: 
     d.call("container.create", {"image": "busybox", "cmd": ["true"], "name": "plain"})
     assert list(rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
     # CreateContainer needs the pod from tugd: an unknown pod, or a tugd without pods, says so.
-    req = api_pb2.CreateContainerRequest(
+    create = api_pb2.CreateContainerRequest(
         pod_sandbox_id="nopod",
         config=api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image="busybox")
         ),
     )
     want = grpc.StatusCode.NOT_FOUND if has_pods(d) else grpc.StatusCode.UNIMPLEMENTED
-    assert code_of(rt.CreateContainer, req) == want
+    assert code_of(rt.CreateContainer, create) == want
 
 
 def test_lifecycle_status_list_exec_stats_reopen(
