@@ -253,3 +253,45 @@ def test_exec_timeout_kills_the_process(make_daemon: Any, backend: str) -> None:
     with pytest.raises(InvalidArgument):
         d.call("container.exec", {"id": cid, "cmd": ["true"], "timeout": 0})
     d.call("container.delete", {"id": cid, "force": True})
+
+
+def test_volume_propagation(make_daemon: Any, backend: str, scratch: str) -> None:
+    """rprivate (the default) sees no later host mount; rslave sees it; rshared also sends the
+    container's own mounts back to the host."""
+    d = make_daemon(backend)
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    subprocess.run(["mount", "-t", "tmpfs", "tbsrc", src], check=True)
+    subprocess.run(["mount", "--make-shared", src], check=True)
+    os.mkdir(os.path.join(src, "later"))
+    os.mkdir(os.path.join(src, "inner"))
+    wait = "while [ ! -f /stop ]; do sleep 0.05; done; grep -c ' /data/later ' /proc/self/mountinfo; true"
+    ids = {}
+    for prop in ("rprivate", "rslave"):
+        ids[prop] = start(
+            d, ["sh", "-c", wait], volumes=[{"source": src, "destination": "/data", "propagation": prop}]
+        )
+    shared = start(
+        d,
+        ["sh", "-c", "mount -t tmpfs tbin /data/inner && sleep 600"],
+        privileged=True,
+        volumes=[{"source": src, "destination": "/data", "propagation": "rshared"}],
+    )
+    subprocess.run(["mount", "-t", "tmpfs", "tblater", os.path.join(src, "later")], check=True)
+    for cid in ids.values():
+        d.call("container.copy_to", {"id": cid, "host_path": "/etc/hostname", "path": "/stop"})
+        d.call("container.wait", {"id": cid})
+    assert output(d, ids["rprivate"])[0].strip() == b"0"
+    assert output(d, ids["rslave"])[0].strip() == b"1"
+    inner = os.path.join(src, "inner")
+    wait_until(lambda: os.path.ismount(inner), 20, "the container's mount on the host")
+    d.call("container.delete", {"id": shared, "force": True})
+    with pytest.raises(InvalidArgument):
+        d.call(
+            "container.create",
+            {
+                "image": "busybox",
+                "cmd": ["true"],
+                "volumes": [{"source": src, "destination": "/d", "propagation": "x"}],
+            },
+        )
