@@ -1,12 +1,13 @@
 """The container half of the CRI RuntimeService, a translation of tugd's ``container.*`` methods.
 
 What kubelet relies on (docs/cri.md, "Containers"): a container belongs to a pod (tugd records
-``pod_id``; ``container.list`` filters by it) and joins the pod's namespaces by path, under the
-pod's cgroup parent, its CRI log at ``<pod log_directory>/<log_path>``; labels and annotations come
-back exactly as given; Stop and Remove of an unknown or removed container succeed; every other
-call on an unknown id is ``NOT_FOUND``; ExecSync past its timeout is ``DEADLINE_EXCEEDED`` and
-the process is killed. The CRI's metadata (name, attempt) is kept in tugd's container name,
-``k8s_<name>_<pod id, 16>_<attempt>``, unique per pod as the CRI asks. Nothing is kept here.
+``pod_id``; ``container.list``'s ``pod`` filter selects by it) and joins the pod's namespaces by
+path, under the pod's cgroup parent, its CRI log at ``<pod log_directory>/<log_path>``; labels
+and annotations come back exactly as given; Stop and Remove of an unknown or removed container
+succeed; every other call on an unknown id is ``NOT_FOUND``; ExecSync past its timeout is
+``DEADLINE_EXCEEDED`` and the process is killed. The CRI's metadata (name, attempt) is kept in
+tugd's container name, ``k8s_<name>_<pod id, 16>_<attempt>``, unique per pod as the CRI asks.
+Nothing is kept here.
 """
 
 from __future__ import annotations
@@ -395,11 +396,12 @@ class ContainerMethods:
         return api_pb2.RemoveContainerResponse()
 
     async def _list(self, cid: str, pod_id: str) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"all": True}
+        filters: dict[str, list[str]] = {}
         if pod_id:
-            params["pod"] = pod_id
+            filters["pod"] = [pod_id]
         if cid:
-            params["filters"] = {"id": [cid]}
+            filters["id"] = [cid]
+        params: dict[str, Any] = {"all": True, "filters": filters}
         entries: list[dict[str, Any]] = await self.tugd.call("container.list", params)
         return [e for e in entries if e.get("pod_id")]  # the CRI's containers only
 

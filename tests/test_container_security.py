@@ -29,6 +29,8 @@ from .waiting import wait_until
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
+POD1, POD2 = "a1" * 32, "b2" * 32  # pod ids (64 hex digits) tugd need not know
+
 
 @pytest.fixture
 def scratch() -> Iterator[str]:
@@ -138,20 +140,27 @@ def test_annotations_pod_id_and_cgroup_parent(make_daemon: Any, backend: str) ->
             d,
             ["sh", "-c", "cat /proc/self/cgroup; sleep 60"],
             annotations=annotations,
-            pod_id="pod-1",
+            pod_id=POD1,
             cgroup_parent=parent,
             labels={"l": "1"},
         )
-        other = d.call("container.create", {"image": "busybox", "cmd": ["true"], "pod_id": "pod-2"})["id"]
+        other = d.call("container.create", {"image": "busybox", "cmd": ["true"], "pod_id": POD2})["id"]
         info = d.call("container.inspect", {"id": cid})
-        assert info["annotations"] == annotations and info["pod_id"] == "pod-1"
+        assert info["annotations"] == annotations and info["pod_id"] == POD1
         with open(os.path.join(info["bundle"], "config.json")) as f:
             oci = json.load(f)
         assert oci["annotations"] == annotations
         assert oci["linux"]["cgroupsPath"] == f"{parent}/{cid}"
-        assert [c["id"] for c in d.call("container.list", {"all": True, "pod": "pod-1"})] == [cid]
-        assert [c["id"] for c in d.call("container.list", {"all": True, "pod": "pod-2"})] == [other]
-        assert d.call("container.list", {"all": True, "pod": "pod-3"}) == []
+
+        def in_pods(*pods: str) -> list[str]:
+            return sorted(
+                c["id"] for c in d.call("container.list", {"all": True, "filters": {"pod": list(pods)}})
+            )
+
+        assert in_pods(POD1) == [cid]
+        assert in_pods(POD2) == [other]
+        assert in_pods(POD1, POD2) == sorted([cid, other])
+        assert in_pods("0" * 64) == []
         # The container's cgroup is under the parent, and the shim reads its figures there.
         wait_until(lambda: f"{parent}/{cid}" in output(d, cid)[0].decode(), 20, "the cgroup line")
         stats = d.call("container.stats", {"id": cid})[0]
@@ -163,8 +172,9 @@ def test_annotations_pod_id_and_cgroup_parent(make_daemon: Any, backend: str) ->
             for sub in (parent, os.path.dirname(parent)):
                 with contextlib.suppress(OSError):
                     os.rmdir(f"/sys/fs/cgroup/{hierarchy}{sub}")
-    with pytest.raises(InvalidArgument):
-        d.call("container.create", {"image": "busybox", "cmd": ["true"], "cgroup_parent": "/a/../b"})
+    for bad in ({"cgroup_parent": "/a/../b"}, {"pod_id": "pod-1"}):
+        with pytest.raises(InvalidArgument):
+            d.call("container.create", {"image": "busybox", "cmd": ["true"], **bad})
 
 
 def test_join_a_network_namespace_by_path(make_daemon: Any, backend: str, scratch: str) -> None:

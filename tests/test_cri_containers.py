@@ -28,7 +28,7 @@ __all__ = ["crictl_path", "make_tug_cri"]  # fixtures, imported for this module'
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc, pytest.mark.timeout(3600)]
 
-POD = "f00dfeedf00dfeedf00dfeed"  # a pod id tugd need not know: containers only record it
+POD = "f00dfeed" * 8  # a pod id tugd need not know: containers only record it
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_lifecycle_status_list_exec_stats_reopen(
     assert listed() == sorted([cid, other])
     assert listed(id=cid[:10]) == [cid]
     assert listed(pod_sandbox_id=POD) == sorted([cid, other])
-    assert listed(pod_sandbox_id="otherpod") == []
+    assert listed(pod_sandbox_id="0" * 64) == []
     assert listed(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)) == [cid]
     assert listed(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_CREATED)) == [other]
     assert listed(label_selector={"io.kubernetes.container.name": "side"}) == [other]

@@ -167,9 +167,15 @@ class ContainerApi:
         docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``); with ``size``, each
         with ``size_rw``, the bytes of its writable layer."""
         everything = call.params.boolean("all")
-        filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
+        raw = call.params.raw.get("filters")
+        pods = None  # tugd's own filter: the containers of these pods (pod.create)
+        if isinstance(raw, dict) and "pod" in raw:
+            raw = dict(raw)
+            pods = jsonrpc.Params({"pod": raw.pop("pod")}).list_of_str("pod")
+        filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
-        pod = call.params.string("pod")  # the containers of one pod (the CRI's), by its exact id
+        if pods is not None:
+            records = [r for r in records if r.config.get("pod_id") in pods]
         created = {r.id: r.created_at for r in records}
         by_name = {r.name: r.created_at for r in records}
 
@@ -185,9 +191,7 @@ class ContainerApi:
         out = [
             (s.get("created_at") or "", i, s)
             for i, s in enumerate(
-                self.containers.summary(r, refs)
-                for r in records
-                if (everything or r.state in ACTIVE) and (pod is None or r.config.get("pod_id") == pod)
+                self.containers.summary(r, refs) for r in records if everything or r.state in ACTIVE
             )
             if dockerfilters.match_container(s, filters, created_of)
         ]

@@ -277,8 +277,8 @@ def parse_cri(p: CreateRequest) -> dict[str, Any]:
     """The options the CRI sets (pod, namespaces, cgroup parent, annotations, log path, user
     and groups, sysctls), checked. The security ones are :func:`security.parse`'s."""
     opts: dict[str, Any] = {}
-    if p.pod_id is not None and (not p.pod_id or "\x00" in p.pod_id):
-        raise InvalidArgument("pod_id must be a non-empty string", field="pod_id")
+    if p.pod_id is not None and not names.is_id(p.pod_id):
+        raise InvalidArgument(f"invalid pod id {p.pod_id!r}: want 64 hex digits", field="pod_id")
     opts["pod_id"] = p.pod_id
     namespaces: dict[str, str] = {}
     for kind, where in p.namespaces.items():
