@@ -129,12 +129,19 @@ async def namespaces_for(
         out["ipc"] = str(paths["ipc"])
     elif (pod.get("namespace_options") or {}).get("ipc") == "node":
         out["ipc"] = "host"
+    pod_pid = (pod.get("namespace_options") or {}).get("pid")
     if opts.pid == api_pb2.NODE:
         out["pid"] = "host"
     elif opts.pid == api_pb2.POD:
-        if not paths.get("pid"):
+        # POD is the enum's zero value: a config that says nothing asks for it. The pod's PID
+        # namespace when it has one; a pod that was not made to share one (kubelet's default,
+        # pid: container) leaves the container its own; one that asked and has none is refused.
+        if paths.get("pid"):
+            out["pid"] = str(paths["pid"])
+        elif pod_pid == "node":
+            out["pid"] = "host"
+        elif pod_pid == "pod":
             raise FailedPrecondition(f"pod {pod['id']} has no PID namespace of its own to share")
-        out["pid"] = str(paths["pid"])
     elif opts.pid == api_pb2.TARGET:
         target = await tugd.call("container.inspect", {"id": opts.target_id})
         if not target.get("pid"):

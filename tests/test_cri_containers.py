@@ -253,7 +253,7 @@ def test_crictl_ps_inspect_exec_logs_stats_stop_rm(
 
 def test_create_container_in_a_pod(make_daemon: Any, make_tug_cri: Any, backend: str, logdir: str) -> None:
     """CreateContainer through the pod's namespaces and log directory (needs tugd's pods)."""
-    d = make_daemon(backend)
+    d = make_daemon(backend, netns=True)  # the pod's network is made in a namespace of the test's
     if not has_pods(d):
         pytest.skip("tugd has no pod.create yet (the pods work of issue 16): CreateContainer needs a pod")
     cri: TugCri = make_tug_cri(d)
@@ -265,7 +265,7 @@ def test_create_container_in_a_pod(make_daemon: Any, make_tug_cri: Any, backend:
             metadata=api_pb2.ContainerMetadata(name="c", attempt=0),
             image=api_pb2.ImageSpec(image=d.call("image.inspect", {"ref": "busybox"})["id"]),
             command=["sh", "-c"],
-            args=["readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts; id -u; exec sleep 600"],
+            args=["for n in net ipc uts; do readlink /proc/self/ns/$n; done; id -u; exec sleep 600"],
             labels={"a": "b"},
             annotations={"k": "v"},
             log_path="c/0.log",
@@ -295,3 +295,53 @@ def test_create_container_in_a_pod(make_daemon: Any, make_tug_cri: Any, backend:
         rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     finally:
         d.call("pod.remove", {"id": pod_id})
+
+
+def test_crictl_runp_create_start_logs(
+    make_daemon: Any, make_tug_cri: Any, crictl_path: str, logdir: str
+) -> None:
+    """crictl's own pod and container configs, as in cri-tools' docs (needs tugd's pods)."""
+    d = make_daemon(netns=True)
+    if not has_pods(d):
+        pytest.skip("tugd has no pod.create yet (the pods work of issue 16): crictl create needs a pod")
+    cri: TugCri = make_tug_cri(d)
+
+    def run(*args: str, check: bool = True) -> Any:
+        return crictl(crictl_path, cri, *args, check=check)
+
+    pod_json = os.path.join(logdir, "pod.json")
+    ctr_json = os.path.join(logdir, "ctr.json")
+    with open(pod_json, "w") as f:
+        json.dump(
+            {
+                "metadata": {"name": "crictl-pod", "namespace": "default", "uid": "u-1", "attempt": 1},
+                "log_directory": os.path.join(logdir, "pods", "u-1"),
+                "linux": {},
+            },
+            f,
+        )
+    with open(ctr_json, "w") as f:
+        json.dump(
+            {
+                "metadata": {"name": "box"},
+                "image": {"image": "busybox"},
+                "command": ["sh", "-c", "echo from-crictl; exec sleep 600"],
+                "log_path": "box/0.log",
+                "labels": {"app": "x"},
+                "linux": {},
+            },
+            f,
+        )
+    pod_id = run("runp", pod_json).stdout.decode().strip()
+    try:
+        cid = run("create", pod_id, ctr_json, pod_json).stdout.decode().strip()
+        run("start", cid)
+        assert run("ps", "--pod", pod_id, "-q").stdout.decode() == f"{cid}\n"
+        wait_until(lambda: b"from-crictl" in run("logs", cid).stdout, 20, "the log")
+        assert os.path.exists(os.path.join(logdir, "pods", "u-1", "box", "0.log"))
+        assert run("exec", "-s", cid, "echo", "hi").stdout.rstrip(b"\n") == b"hi"
+        run("stop", "-t", "1", cid)
+        run("rm", cid)
+    finally:
+        run("stopp", pod_id)
+        run("rmp", pod_id)

@@ -321,8 +321,6 @@ def parse_cri(p: CreateRequest) -> dict[str, Any]:
         path = _clean_path(p.log_path, "the log path", "log_path")
         if not path.startswith(directory.rstrip("/") + "/"):
             raise InvalidArgument(f"the log path {path} is not inside {directory}", field="log_path")
-        if not os.path.isdir(directory):
-            raise InvalidArgument(f"the log directory {directory} does not exist", field="log_directory")
         opts["log_path"] = path
     elif p.log_directory is not None:
         raise InvalidArgument("log_directory without log_path", field="log_directory")
