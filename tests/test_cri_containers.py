@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from cri.gen import api_pb2
-from tugwire.errors import MethodNotFound
+from tugwire.errors import InvalidArgument, MethodNotFound
 
 from .conftest import needs_root, needs_runc
 from .cri_helpers import TugCri, crictl, crictl_path, make_tug_cri
@@ -345,3 +345,89 @@ def test_crictl_runp_create_start_logs(
     finally:
         run("stopp", pod_id)
         run("rmp", pod_id)
+
+
+# ----------------------------------------------------------------------------- the translation
+
+
+def test_names_and_metadata_round_trip() -> None:
+    from cri.containers import container_name, metadata_of
+
+    md = api_pb2.ContainerMetadata(name="web-1", attempt=3)
+    name = container_name(POD, md)
+    assert name == f"k8s_web-1_{POD[:16]}_3"
+    assert metadata_of(name) == md
+    assert metadata_of("brave_otter") == api_pb2.ContainerMetadata(name="brave_otter")
+
+
+def test_seccomp_and_security_context_translation() -> None:
+    from cri.containers import create_params, seccomp_option
+
+    sp = api_pb2.SecurityProfile
+    ctx = api_pb2.LinuxContainerSecurityContext
+    assert seccomp_option(ctx()) == "unconfined"
+    assert seccomp_option(ctx(seccomp=sp(profile_type=sp.RuntimeDefault))) == "default"
+    assert seccomp_option(ctx(seccomp=sp(profile_type=sp.Unconfined))) == "unconfined"
+    assert seccomp_option(ctx(seccomp=sp(profile_type=sp.Localhost, localhost_ref="/p.json"))) == "/p.json"
+    assert seccomp_option(ctx(seccomp_profile_path="runtime/default")) == "default"
+    assert seccomp_option(ctx(seccomp_profile_path="localhost//x.json")) == "/x.json"
+    for bad in (
+        ctx(seccomp=sp(profile_type=sp.Localhost, localhost_ref="rel.json")),
+        ctx(seccomp_profile_path="x"),
+    ):
+        with pytest.raises(InvalidArgument):
+            seccomp_option(bad)
+
+    pod = {"id": POD, "cgroup_parent": "/kubepods/p1", "log_directory": "/var/log/pods/x", "files": {}}
+    cfg = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="c", attempt=1),
+        image=api_pb2.ImageSpec(image="busybox"),
+        command=["/bin/sh"],
+        args=["-c", "true"],
+        envs=[api_pb2.KeyValue(key="A", value=b"1")],
+        mounts=[
+            api_pb2.Mount(
+                host_path="/h",
+                container_path="/c",
+                readonly=True,
+                propagation=api_pb2.PROPAGATION_BIDIRECTIONAL,
+            )
+        ],
+        log_path="c/1.log",
+        stop_signal=api_pb2.SIGINT,
+        linux=api_pb2.LinuxContainerConfig(
+            resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=1 << 26, cpu_quota=50_000, cpu_period=100_000
+            ),
+            security_context=ctx(
+                run_as_user=api_pb2.Int64Value(value=0),
+                run_as_group=api_pb2.Int64Value(value=5),
+                supplemental_groups=[7],
+                capabilities=api_pb2.Capability(add_capabilities=["NET_ADMIN"], drop_capabilities=["ALL"]),
+                no_new_privs=True,
+                masked_paths=["/proc/x"],
+            ),
+        ),
+    )
+    sandbox = api_pb2.PodSandboxConfig(
+        linux=api_pb2.LinuxPodSandboxConfig(sysctls={"kernel.shm_rmid_forced": "1"})
+    )
+    params = create_params(
+        api_pb2.CreateContainerRequest(config=cfg, sandbox_config=sandbox), pod, {"ipc": "host"}
+    )
+    assert params["entrypoint"] == ["/bin/sh"] and params["cmd"] == ["-c", "true"]
+    assert params["env"] == ["A=1"] and params["stop_signal"] == "SIGINT"
+    assert (params["run_as_user"], params["run_as_group"], params["supplemental_groups"]) == (0, 5, [7])
+    assert (params["cap_add"], params["cap_drop"], params["no_new_privileges"]) == (
+        ["NET_ADMIN"],
+        ["ALL"],
+        True,
+    )
+    assert params["masked_paths"] == ["/proc/x"] and "readonly_paths" not in params
+    assert (params["memory"], params["cpus"]) == (1 << 26, 0.5)
+    assert params["log_path"] == "/var/log/pods/x/c/1.log" and params["log_directory"] == "/var/log/pods/x"
+    assert params["cgroup_parent"] == "/kubepods/p1" and params["sysctls"] == {"kernel.shm_rmid_forced": "1"}
+    assert params["volumes"] == [
+        {"source": "/h", "destination": "/c", "readonly": True, "propagation": "rshared"}
+    ]
+    assert params["namespaces"] == {"ipc": "host"} and params["pod_id"] == POD
