@@ -27,6 +27,7 @@ from tugwire.shimapi import ExecParams
 from . import shims, spec
 from .containers import EXITED, RUNNING, Containers, health
 
+START_GRACE = 30.0  # after an exec's timeout, how long its start may still take before it is killed
 STARTED, OUTPUT = "started", "output"  # the kinds of note an exec's sink receives
 
 ExecSink = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -104,9 +105,9 @@ class Execs:
         )
         pid = 0
         try:
-            with anyio.move_on_after(req.timeout if req.timeout is not None else math.inf) as deadline:
-                async with self.c.shim(rec.id).exec(params) as session:
-                    self._shims[eid] = session
+            async with self.c.shim(rec.id).exec(params) as session:
+                self._shims[eid] = session
+                with anyio.move_on_after(req.timeout if req.timeout is not None else math.inf) as deadline:
                     async for note in session:
                         kind = OUTPUT if "stream" in note else STARTED
                         if kind == STARTED:
@@ -114,10 +115,17 @@ class Execs:
                         note.pop("request", None)
                         await sink(kind, note)
                     result = await session.result()
-            if deadline.cancelled_caught:
-                # Out of time: killed (the shim reaps it); the caller is told, no exit code is made up.
-                health.kill_exec(rec.id, pid)
-                return {"exec_id": eid, "exit_code": None, "timed_out": True}
+                if deadline.cancelled_caught:
+                    # Out of time: killed (the shim reaps it); the caller is told, and no exit code
+                    # is made up. Not started yet (runc exec is slow under load): wait for its pid.
+                    if not pid:
+                        with anyio.move_on_after(START_GRACE):
+                            async for note in session:
+                                if "stream" not in note:
+                                    pid = int(note.get("pid") or 0)
+                                    break
+                    health.kill_exec(rec.id, pid)
+                    return {"exec_id": eid, "exit_code": None, "timed_out": True}
         except FailedPrecondition as exc:
             raise FailedPrecondition(
                 f"cannot exec in container {rec.name}: it is not running", state=EXITED
