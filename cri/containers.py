@@ -294,6 +294,9 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
         mounts=mounts,
         log_path=str(info.get("log_path") or "") if config.get("log_path") else "",
     )
+    sig = str(config.get("stop_signal") or "")
+    if sig in api_pb2.Signal.DESCRIPTOR.values_by_name and sig != "RUNTIME_DEFAULT":
+        status.stop_signal = api_pb2.Signal.Value(sig)
     linux = api_pb2.LinuxContainerResources()
     if config.get("memory"):
         linux.memory_limit_in_bytes = int(config["memory"])

@@ -133,6 +133,7 @@ def test_lifecycle_status_list_exec_stats_reopen(
     assert s.log_path == os.path.join(logdir, "web", "1.log")
     assert [(m.container_path, m.host_path, m.readonly) for m in s.mounts] == [("/data", vol, True)]
     assert json.loads(status.info["info"])["id"] == cid
+    assert s.stop_signal == api_pb2.SIGTERM  # busybox has no StopSignal: tugd's default
 
     rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
     s = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
