@@ -15,6 +15,7 @@ import grpc.aio
 
 from tugwire.errors import TugError
 
+from .containers import ContainerMethods
 from .errors import rpc
 from .gen import api_pb2, api_pb2_grpc
 from .tugd import Tugd
@@ -34,8 +35,9 @@ NO_POD_NETWORK_MESSAGE = (
 )
 
 
-class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
-    """RuntimeService over one tugd."""
+class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
+    """RuntimeService over one tugd: the runtime's identity and health here, the containers'
+    RPCs from :class:`~cri.containers.ContainerMethods`."""
 
     def __init__(self, tugd: Tugd, listen: str) -> None:
         self.tugd = tugd

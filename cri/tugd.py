@@ -8,6 +8,8 @@ closes its connection, and tugd sees the disconnection.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from tugwire import jsonrpc
@@ -31,3 +33,13 @@ class Tugd:
         Notifications of streaming methods (pull progress) are not wanted here and dropped."""
         async with jsonrpc.connect(self.socket, timeout=self.connect_timeout) as client:
             return await client.call(method, params or {})
+
+    @asynccontextmanager
+    async def stream(self, method: str, params: dict[str, Any]) -> AsyncIterator[jsonrpc.Stream]:
+        """Call a streaming method (``container.exec``) on a connection of its own: iterate its
+        notifications, then read ``.result()``. Leaving the block closes the connection."""
+        async with (
+            jsonrpc.connect(self.socket, timeout=self.connect_timeout) as client,
+            client.stream(method, params) as notes,
+        ):
+            yield notes

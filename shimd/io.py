@@ -73,6 +73,11 @@ class LogSink:
         self.closed = True
         self._changed.set()
 
+    def wake(self) -> None:
+        """Wake the followers (the writer moved to a new file)."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
     async def wait_changed(self) -> None:
         await self._changed.wait()
 

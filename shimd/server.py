@@ -64,6 +64,7 @@ class Service:
         d.add(shimapi.TASK_UPDATE, self.update)
         d.add(shimapi.TASK_TOP, self.top)
         d.add(shimapi.TASK_STATS, self.stats)
+        d.add(shimapi.TASK_REOPEN_LOG, self.reopen_log)
         cfg = task.cfg
         self.execs = shimexec.Execs(task.runc, task.reaper, cfg.id, cfg.bundle, cfg.dir)
         shimexec.register(d, self.execs, lambda: State.STOPPED if task.reaped else task.state)
@@ -98,6 +99,12 @@ class Service:
     async def stats(self, call: jsonrpc.Call) -> Any:
         """The container's cgroup figures as JSON (CPU seconds, memory, pids, read time)."""
         return control.task_stats(self.task)
+
+    async def reopen_log(self, call: jsonrpc.Call) -> Any:
+        """Open the log file again at its path (kubelet's ReopenContainerLog, after it renamed
+        the file): FailedPrecondition once the container has stopped."""
+        self.task.reopen_log()
+        return {}
 
     async def state(self, call: jsonrpc.Call) -> Any:
         """The task's state, pid and exit record (if it has exited)."""

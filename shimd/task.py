@@ -161,6 +161,19 @@ class Task:
         self.state = State.DELETED
         return self.exit
 
+    def reopen_log(self) -> None:
+        """Open the log file again at its path; only while the container's output can come."""
+        sink = self.sink
+        if sink is None or sink.closed:
+            raise FailedPrecondition(
+                "cannot reopen the log: the container is not running", state=self.state.value
+            )
+        try:
+            sink.writer.reopen()
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot reopen the log {sink.writer.path}: {exc.strerror}") from None
+        sink.wake()
+
     def describe(self) -> dict[str, Any]:
         sink = self.sink
         return shimapi.TaskState(

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import ExecParams
 
 from . import shims, spec
-from .containers import EXITED, RUNNING, Containers
+from .containers import EXITED, RUNNING, Containers, health
 
+START_GRACE = 30.0  # after an exec's timeout, how long its start may still take before it is killed
 STARTED, OUTPUT = "started", "output"  # the kinds of note an exec's sink receives
 
 ExecSink = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -45,6 +49,7 @@ class ExecRequest:
     tty: bool = False
     rows: int = 24
     cols: int = 80
+    timeout: float | None = None  # seconds; then the process is killed and the result says so
 
 
 class Execs:
@@ -72,6 +77,10 @@ class Execs:
         workdir = req.workdir
         if workdir is not None and not os.path.isabs(workdir):
             raise InvalidArgument(f"the working directory must be absolute: {workdir!r}", field="workdir")
+        if req.timeout is not None and not req.timeout > 0:
+            raise InvalidArgument("timeout must be positive", field="timeout")
+        if req.timeout is not None and req.detach:
+            raise InvalidArgument("a detached exec has no timeout", field="timeout")
         if rec.state != RUNNING:
             raise FailedPrecondition(
                 f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
@@ -94,14 +103,29 @@ class Execs:
             rows=req.rows,
             cols=req.cols,
         )
+        pid = 0
         try:
             async with self.c.shim(rec.id).exec(params) as session:
                 self._shims[eid] = session
-                async for note in session:
-                    kind = OUTPUT if "stream" in note else STARTED
-                    note.pop("request", None)
-                    await sink(kind, note)
-                result = await session.result()
+                with anyio.move_on_after(req.timeout if req.timeout is not None else math.inf) as deadline:
+                    async for note in session:
+                        kind = OUTPUT if "stream" in note else STARTED
+                        if kind == STARTED:
+                            pid = int(note.get("pid") or 0)
+                        note.pop("request", None)
+                        await sink(kind, note)
+                    result = await session.result()
+                if deadline.cancelled_caught:
+                    # Out of time: killed (the shim reaps it); the caller is told, and no exit code
+                    # is made up. Not started yet (runc exec is slow under load): wait for its pid.
+                    if not pid:
+                        with anyio.move_on_after(START_GRACE):
+                            async for note in session:
+                                if "stream" not in note:
+                                    pid = int(note.get("pid") or 0)
+                                    break
+                    health.kill_exec(rec.id, pid)
+                    return {"exec_id": eid, "exit_code": None, "timed_out": True}
         except FailedPrecondition as exc:
             raise FailedPrecondition(
                 f"cannot exec in container {rec.name}: it is not running", state=EXITED

@@ -469,11 +469,22 @@ def capabilities(privileged: bool, cap_add: list[str], cap_drop: list[str]) -> l
 
 
 def parse(
-    privileged: bool, cap_add: list[str], cap_drop: list[str], security_opt: list[str]
+    privileged: bool,
+    cap_add: list[str],
+    cap_drop: list[str],
+    security_opt: list[str],
+    *,
+    no_new_privileges: bool | None = None,
+    seccomp: str | None = None,
+    masked_paths: list[str] | None = None,
+    readonly_paths: list[str] | None = None,
 ) -> dict[str, Any]:
     """The security part of ``container.create``'s options, validated: ``privileged``,
     ``caps`` (the final set), ``no_new_privileges``, ``seccomp`` ("default", "unconfined" or a
-    profile object). Raises InvalidArgument naming the bad option."""
+    profile object), and, when given, ``masked_paths`` and ``readonly_paths`` (else the
+    defaults). The typed options (the CRI's: ``no_new_privileges``, ``seccomp`` as "default",
+    "unconfined" or the absolute path of a profile file, the paths) override ``security_opt``.
+    Raises InvalidArgument naming the bad option."""
     add = [cap_name(c) for c in cap_add]
     drop = []
     for c in cap_drop:
@@ -482,7 +493,7 @@ def parse(
         except InvalidArgument as exc:
             raise InvalidArgument(exc.message, field="cap_drop") from None
     nnp = not privileged
-    seccomp: str | dict[str, Any] = "unconfined" if privileged else "default"
+    chosen: str | dict[str, Any] = "unconfined" if privileged else "default"
     for opt in security_opt:
         if not isinstance(opt, str):
             raise InvalidArgument(f"invalid security option {opt!r}", field="security_opt")
@@ -503,11 +514,11 @@ def parse(
                 )
         elif key == "seccomp" and sep:
             if value == "unconfined":
-                seccomp = "unconfined"
+                chosen = "unconfined"
             elif value in ("builtin", "default"):
-                seccomp = "default"
+                chosen = "default"
             else:
-                seccomp = _check_profile(value)
+                chosen = _check_profile(value)
         elif key in ("apparmor", "label") and sep:
             # Neither AppArmor nor SELinux is applied by tugd: the options are accepted (compose
             # files carry them) and change nothing.
@@ -518,12 +529,47 @@ def parse(
                 "seccomp=unconfined|builtin|<profile JSON>",
                 field="security_opt",
             )
-    return {
+    if no_new_privileges is not None:
+        nnp = no_new_privileges
+    if seccomp is not None and not privileged:
+        chosen = _seccomp_option(seccomp)
+    out: dict[str, Any] = {
         "privileged": privileged,
         "caps": capabilities(privileged, add, drop),
         "no_new_privileges": nnp,
-        "seccomp": seccomp,
+        "seccomp": chosen,
     }
+    for key, paths in (("masked_paths", masked_paths), ("readonly_paths", readonly_paths)):
+        if paths is not None:
+            for path in paths:
+                if not path.startswith("/") or "\x00" in path or ".." in path.split("/"):
+                    raise InvalidArgument(f"{key}: {path!r} must be an absolute path without '..'", field=key)
+            out[key] = list(paths)
+    return out
+
+
+def _seccomp_option(value: str) -> str | dict[str, Any]:
+    """The typed ``seccomp`` option: "default", "unconfined", or a profile file (docker's or
+    the OCI format) by absolute path, read now: a container keeps the profile it was made with."""
+    if value in ("default", "unconfined"):
+        return value
+    if not value.startswith("/") or "\x00" in value:
+        raise InvalidArgument(
+            f"seccomp {value!r}: want default, unconfined or the absolute path of a profile", field="seccomp"
+        )
+    try:
+        with open(value, "rb") as f:
+            text = f.read(MAX_PROFILE + 1)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read the seccomp profile {value}: {exc.strerror}", field="seccomp"
+        ) from None
+    try:
+        return _check_profile(text.decode())
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"the seccomp profile {value} is not UTF-8 text", field="seccomp") from None
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{value}: {exc.message}", field="seccomp") from None
 
 
 DEFAULTS: dict[str, Any] = {
@@ -558,5 +604,5 @@ def apply(oci: dict[str, Any], sec: dict[str, Any] | None) -> None:
             if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
                 mount["options"] = [o for o in mount["options"] if o != "ro"] + ["rw"]
     else:
-        linux["maskedPaths"] = list(MASKED_PATHS)
-        linux["readonlyPaths"] = list(READONLY_PATHS)
+        linux["maskedPaths"] = list(sec.get("masked_paths", MASKED_PATHS))
+        linux["readonlyPaths"] = list(sec.get("readonly_paths", READONLY_PATHS))

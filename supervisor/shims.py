@@ -37,6 +37,7 @@ from .config import Config
 log = logging.getLogger("tugboat.shims")
 
 LOG_FILE = "container.log"  # in the bundle
+NO_ROTATION = 1 << 62  # the log size of a log someone else rotates (kubelet: ReopenContainerLog)
 CLEANUP_GRACE = 30.0  # after a shim that died at birth: how long its cleanup may take
 
 
@@ -51,11 +52,16 @@ def task_config(
     metrics_address: str = "",
     tty: bool = False,
     stdin: bool = False,
+    log_path: str | None = None,
+    cgroup_parent: str | None = None,
 ) -> ShimConfig:
     """The shim config of task ``cid``, for a container and a build step alike: its bundle
     ``containers/<id>/`` (``config.json``, ``rootfs``, the log), its shim's state dir
-    ``shims/<id>/``, its cgroup, and the daemon's runtime and anyio backend."""
+    ``shims/<id>/``, its cgroup, and the daemon's runtime and anyio backend. A ``log_path`` of
+    the caller's (the CRI's) is written there, whole: kubelet rotates it, tugd does not."""
     bundle = cfg.container_dir(cid)
+    if log_path:
+        log_max_size, log_max_files = NO_ROTATION, 1
     return ShimConfig(
         id=cid,
         bundle=bundle,
@@ -63,10 +69,10 @@ def task_config(
         runtime=cfg.runtime,
         runtime_root=cfg.runtime_root,
         runtime_timeout=cfg.runtime_timeout,
-        log_path=os.path.join(bundle, LOG_FILE),
+        log_path=log_path or os.path.join(bundle, LOG_FILE),
         log_max_size=log_max_size or cfg.log_max_size,
         log_max_files=log_max_files or cfg.log_max_files,
-        cgroup_path=spec.cgroup_path(cid),
+        cgroup_path=spec.cgroup_path(cid, cgroup_parent),
         name=name,  # name and image label the container's metrics
         image=image,
         metrics_address=metrics_address,
@@ -360,6 +366,11 @@ class ShimClient:
     async def update(self, params: UpdateParams) -> None:
         """``task.update``: new limits, now (``runc update``)."""
         await self.call(shimapi.TASK_UPDATE, shimapi.params(params))
+
+    async def reopen_log(self) -> None:
+        """``task.reopen_log``: the shim opens its log file again at its path (a new file, once
+        whoever rotates it renamed the old one); no record is lost or split between them."""
+        await self.call(shimapi.TASK_REOPEN_LOG)
 
     async def top(self) -> dict[str, Any]:
         """``task.top``: ``{titles, processes}`` as ``ps -ef`` shows them."""

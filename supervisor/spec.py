@@ -35,8 +35,10 @@ def init_prefix() -> list[str]:
     return [INIT_PATH, "-s", "-g", "--"]
 
 
-def cgroup_path(cid: str) -> str:
-    return f"/tugboat/{cid}"
+def cgroup_path(cid: str, parent: str | None = None) -> str:
+    """The container's cgroup as the OCI spec names it: ``/tugboat/<id>``, or ``<parent>/<id>``
+    under a ``cgroup_parent`` (a pod's)."""
+    return f"{parent.rstrip('/')}/{cid}" if parent else f"/tugboat/{cid}"
 
 
 def _nofile_limit() -> int:
@@ -135,8 +137,11 @@ def build(
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
     env_keys = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
-    hostname = opts.get("hostname") or cid[:12]
-    for item in [f"HOSTNAME={hostname}", *opts.get("env", [])]:
+    joined = opts.get("namespaces") or {}
+    # A container that joins another UTS namespace (a pod's, or the host's) keeps its hostname,
+    # unless one is asked for.
+    hostname = opts.get("hostname") or ("" if joined.get("uts") else cid[:12])
+    for item in [*([f"HOSTNAME={hostname}"] if hostname else []), *opts.get("env", [])]:
         key = item.split("=", 1)[0]
         if key in env_keys:
             env[env_keys[key]] = item
@@ -144,6 +149,7 @@ def build(
             env_keys[key] = len(env)
             env.append(item)
     uid, gid, extra_gids = resolve_user(opts.get("user") or image_config.get("User") or "", layers)
+    extra_gids += [g for g in opts.get("supplemental_groups") or [] if g not in extra_gids]
     cwd = opts.get("workdir") or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
     if opts.get("tty") and not any(e.startswith("TERM=") for e in env):
@@ -206,8 +212,11 @@ def build(
                 "options": ["bind", "ro", "nosuid", "nodev"],
             }
         )
+    propagations = set()
     for vol in opts.get("volumes", []):
-        options = ["rbind", "rprivate"]
+        propagation = vol.get("propagation") or "rprivate"
+        propagations.add(propagation)
+        options = ["rbind", propagation]
         if vol.get("readonly"):
             options.append("ro")
         mounts.append(
@@ -215,11 +224,19 @@ def build(
         )
     namespaces: list[dict[str, Any]] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
     if net is not None:
-        mounts.extend(net.get("mounts") or [])
+        # The generated /etc files, but where a volume is mounted (a pod's hosts, resolv.conf and
+        # hostname, from the CRI): the volume wins, as docker's -v /x:/etc/hosts does.
+        taken = {m["destination"] for m in mounts}
+        mounts.extend(m for m in net.get("mounts") or [] if m["destination"] not in taken)
         if net.get("netns") == "":  # --network host: no namespace of its own
             namespaces = [n for n in namespaces if n["type"] != "network"]
         elif net.get("netns"):
             namespaces[1]["path"] = net["netns"]
+    for kind, where in joined.items():  # the pod's namespaces by path, or "host": none of its own
+        if where == "host":
+            namespaces = [n for n in namespaces if n["type"] != kind]
+        else:
+            namespaces = [{"type": kind, "path": where} if n["type"] == kind else n for n in namespaces]
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if opts.get("memory"):
         resources["memory"] = {"limit": int(opts["memory"])}
@@ -231,21 +248,32 @@ def build(
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": rootfs, "readonly": bool(opts.get("read_only"))},
-        "hostname": hostname,
         "mounts": mounts,
         "linux": {
             "resources": resources,
-            "cgroupsPath": cgroup_path(cid),
+            "cgroupsPath": cgroup_path(cid, opts.get("cgroup_parent")),
             "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
     }
+    if "rshared" in propagations:  # the root's mount must propagate too, or runc refuses
+        oci["linux"]["rootfsPropagation"] = "rshared"
+    elif "rslave" in propagations:
+        oci["linux"]["rootfsPropagation"] = "rslave"
+    if hostname:
+        oci["hostname"] = hostname  # runc refuses a hostname without a UTS namespace of its own
+    if opts.get("sysctls"):
+        oci["linux"]["sysctl"] = dict(opts["sysctls"])
     labels = image_config.get("Labels")
+    annotations: dict[str, str] = {}
     if isinstance(labels, dict) and labels:
         # the image's Labels become the runtime spec's annotations (string values only, as the
         # OCI runtime spec requires), so runc hooks and `runc state` see them
-        oci["annotations"] = {str(k): v for k, v in labels.items() if isinstance(v, str)}
+        annotations = {str(k): v for k, v in labels.items() if isinstance(v, str)}
+    annotations.update(opts.get("annotations") or {})  # the container's own (the CRI's) over them
+    if annotations:
+        oci["annotations"] = annotations
     # Capabilities, seccomp, no-new-privileges, masked paths: the container's security options.
     security.apply(oci, opts.get("security"))
     return oci

@@ -155,6 +155,17 @@ class LogWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._size = 0
 
+    def reopen(self) -> None:
+        """Open the file at :attr:`path` again (whoever rotates the log renamed the old one):
+        the next record goes to the new file. Writes are whole records from the one task that
+        writes, so every record is in one file or the other, none split or lost. Followers see
+        a new generation. OSError (a missing directory): the old file is kept."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        os.close(self._fd)
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        self.generation += 1
+
     def path_of(self, generation: int) -> str | None:
         """Where the file written in ``generation`` is now, or None once rotated away."""
         age = self.generation - generation

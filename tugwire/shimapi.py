@@ -49,6 +49,7 @@ TASK_RESUME = "task.resume"  # -> {}
 TASK_UPDATE = "task.update"  # UpdateParams -> {}
 TASK_TOP = "task.top"  # -> {titles, processes}
 TASK_STATS = "task.stats"  # -> the cgroup's figures as JSON
+TASK_REOPEN_LOG = "task.reopen_log"  # -> {}: the log file opened again at its path (kubelet renamed it)
 TASK_STDIN = "task.stdin"  # {"data": base64} -> {}
 TASK_CLOSE_STDIN = "task.close_stdin"  # -> {}
 TASK_RESIZE = "task.resize"  # ResizeParams -> {}

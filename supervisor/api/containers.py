@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from tugwire import dockerfilters, jsonrpc
-from tugwire.errors import InvalidArgument, TugError
+from tugwire.errors import InvalidArgument, InvalidParams, TugError
 
 from ..containers import ACTIVE, parse_signal
 from ..containers.health import HealthRequest
@@ -62,7 +62,32 @@ def create_request(p: jsonrpc.Params) -> CreateRequest:
         ),
         network=endpoint_request(p),
         labels=p.dict_of_str("labels"),
+        pod_id=p.string("pod_id"),
+        namespaces=p.dict_of_str("namespaces"),
+        cgroup_parent=p.string("cgroup_parent"),
+        annotations=p.dict_of_str("annotations"),
+        log_path=p.string("log_path"),
+        log_directory=p.string("log_directory"),
+        run_as_user=p.integer("run_as_user"),
+        run_as_group=p.integer("run_as_group"),
+        run_as_username=p.string("run_as_username"),
+        supplemental_groups=list_of_int(p, "supplemental_groups"),
+        no_new_privileges=None if p.raw.get("no_new_privileges") is None else p.boolean("no_new_privileges"),
+        seccomp=p.string("seccomp"),
+        masked_paths=None if p.raw.get("masked_paths") is None else p.list_of_str("masked_paths"),
+        readonly_paths=None if p.raw.get("readonly_paths") is None else p.list_of_str("readonly_paths"),
+        sysctls=p.dict_of_str("sysctls"),
     )
+
+
+def list_of_int(p: jsonrpc.Params, key: str) -> list[int]:
+    """A list of integers (no booleans), or InvalidParams."""
+    value = p.raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InvalidParams(f"parameter {key!r} must be a list of integers", param=key)
+    return list(value)
 
 
 class ContainerApi:
@@ -90,6 +115,7 @@ class ContainerApi:
         d.add("container.copy_from", self.container_copy_from)
         d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.container_logs, accept_late=True)
+        d.add("container.reopen_log", self.container_reopen_log)
         d.add("container.exec", self.container_exec)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
@@ -126,6 +152,11 @@ class ContainerApi:
         call.accept()
         return await reading
 
+    async def container_reopen_log(self, call: jsonrpc.Call) -> Any:
+        """Open the log of running container ``id`` (created with ``log_path``) again at its path."""
+        rec = await self.containers.reopen_log(call.params.string("id", required=True))
+        return {"id": rec.id}
+
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
         rec = await self.containers.start(call.params.string("id", required=True))
@@ -136,8 +167,15 @@ class ContainerApi:
         docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``); with ``size``, each
         with ``size_rw``, the bytes of its writable layer."""
         everything = call.params.boolean("all")
-        filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
+        raw = call.params.raw.get("filters")
+        pods = None  # tugd's own filter: the containers of these pods (pod.create)
+        if isinstance(raw, dict) and "pod" in raw:
+            raw = dict(raw)
+            pods = jsonrpc.Params({"pod": raw.pop("pod")}).list_of_str("pod")
+        filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
+        if pods is not None:
+            records = [r for r in records if r.config.get("pod_id") in pods]
         created = {r.id: r.created_at for r in records}
         by_name = {r.name: r.created_at for r in records}
 
@@ -289,6 +327,7 @@ class ContainerApi:
             tty=p.boolean("tty"),
             rows=p.integer("rows", 24),
             cols=p.integer("cols", 80),
+            timeout=p.number("timeout"),
         )
 
         async def sink(kind: str, note: dict[str, Any]) -> None:

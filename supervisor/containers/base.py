@@ -162,7 +162,13 @@ class ContainersBase(abc.ABC):
             "shim": sdir,
         }
 
+    def log_path(self, rec: ContainerRecord) -> str:
+        """Where the container's log is: its own ``log_path`` (the CRI's), else in its bundle."""
+        return str(rec.config.get("log_path") or self._paths(rec.id)["log"])
+
     def _log_files(self, rec: ContainerRecord) -> list[str]:
+        if rec.config.get("log_path"):
+            return [str(rec.config["log_path"])]  # rotated by someone else (kubelet)
         max_files = int(rec.config.get("log_max_files") or self.cfg.log_max_files)
         return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
 

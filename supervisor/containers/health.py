@@ -222,21 +222,27 @@ class Monitor:
         return code == 0, entry
 
     def _kill(self, cid: str, pid: int) -> None:
-        """Kill a check that ran out of time. Through a pidfd, and only if the process is still in
-        the container's cgroup: the shim reaps it, so tugd must not signal a pid it cannot pin."""
-        if pid <= 0:
-            return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return  # already gone
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                if f"/tugboat/{cid}" not in f.read():
-                    return
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Kill a check that ran out of time."""
+        kill_exec(cid, pid)
+
+
+def kill_exec(cid: str, pid: int) -> None:
+    """Kill an exec process of container ``cid`` that ran out of time. Through a pidfd, and only
+    if the process is still in the container's cgroup (``/tugboat/<id>`` or ``<parent>/<id>``):
+    the shim reaps it, so tugd must not signal a pid it cannot pin."""
+    if pid <= 0:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            if f"/{cid}" not in f.read():
+                return
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)

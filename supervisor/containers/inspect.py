@@ -33,6 +33,8 @@ class Inspect(ContainersBase):
             "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
             "labels": rec.config.get("labels") or {},
+            "pod_id": rec.config.get("pod_id"),
+            "annotations": rec.config.get("annotations") or {},
             "ports": rec.config.get("ports") or [],
             **self._network_refs(rec, refs),
         }
@@ -58,7 +60,7 @@ class Inspect(ContainersBase):
                 "reason": rec.reason,
                 "config": rec.stored_config(),
                 "auto_remove": bool(rec.config.get("auto_remove")),
-                "log_path": paths["log"],
+                "log_path": self.log_path(rec),
                 "bundle": paths["dir"],
                 "rootfs": paths["rootfs"],
                 "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,

@@ -122,6 +122,22 @@ class CreateRequest:
     labels: dict[str, str] = field(default_factory=dict)
     health: HealthRequest = field(default_factory=HealthRequest)
     network: EndpointRequest = field(default_factory=EndpointRequest)
+    # What the CRI (tug-cri) sets; docs/api.md, "container.create", and docs/cri.md.
+    pod_id: str | None = None  # the pod it belongs to: recorded, a filter of container.list
+    namespaces: dict[str, str] = field(default_factory=dict)  # kind -> a namespace file or "host"
+    cgroup_parent: str | None = None  # the cgroup (as in the OCI spec) its own goes under
+    annotations: dict[str, str] = field(default_factory=dict)  # kept exactly; the spec's too
+    log_path: str | None = None  # where the shim writes its CRI log (no rotation of tugd's)
+    log_directory: str | None = None  # the directory log_path must be inside
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_username: str | None = None
+    supplemental_groups: list[int] = field(default_factory=list)
+    no_new_privileges: bool | None = None  # None: tugd's default (on, off when privileged)
+    seccomp: str | None = None  # "default", "unconfined" or a profile file (absolute path)
+    masked_paths: list[str] | None = None  # None: tugd's defaults
+    readonly_paths: list[str] | None = None
+    sysctls: dict[str, str] = field(default_factory=dict)
 
 
 def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
@@ -166,11 +182,17 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
             raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
         if not os.path.exists(src):
             raise InvalidArgument(f"volume source {src} does not exist on the host", field="volumes")
+        propagation = vol.get("propagation") or "rprivate"
+        if propagation not in PROPAGATIONS:
+            raise InvalidArgument(
+                f"volume propagation {propagation!r}: want one of {', '.join(PROPAGATIONS)}", field="volumes"
+            )
         volumes.append(
             {
                 "source": os.path.normpath(src),
                 "destination": os.path.normpath(dst),
                 "readonly": bool(vol.get("readonly", False)),
+                **({"propagation": propagation} if propagation != "rprivate" else {}),
             }
         )
     opts["volumes"] = volumes
@@ -210,6 +232,10 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
         list(p.cap_add),
         list(p.cap_drop),
         list(p.security_opt),
+        no_new_privileges=p.no_new_privileges,
+        seccomp=p.seccomp,
+        masked_paths=p.masked_paths,
+        readonly_paths=p.readonly_paths,
     )
     stop_timeout = p.stop_timeout
     if stop_timeout is not None and stop_timeout < 0:
@@ -231,6 +257,98 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
             raise InvalidArgument(str(exc), field="metrics_address") from None
     opts["metrics_address"] = metrics_address or None
     opts["labels"] = parse_labels(p.labels)  # the image's go under them (create)
+    opts.update(parse_cri(p))
+    return opts
+
+
+NAMESPACE_KINDS = ("network", "ipc", "uts", "pid")
+PROPAGATIONS = ("rprivate", "rslave", "rshared")  # a volume's mount propagation (the CRI's three)
+MAX_ID = 1 << 31  # uids and gids: what the kernel takes (a 32-bit value, -1 reserved)
+
+
+def _clean_path(value: str, what: str, field_name: str) -> str:
+    """An absolute path without ``..`` or NUL, normalised; InvalidArgument otherwise."""
+    if not value.startswith("/") or "\x00" in value or ".." in value.split("/"):
+        raise InvalidArgument(f"{what} {value!r} must be an absolute path without '..'", field=field_name)
+    return os.path.normpath(value)
+
+
+def parse_cri(p: CreateRequest) -> dict[str, Any]:
+    """The options the CRI sets (pod, namespaces, cgroup parent, annotations, log path, user
+    and groups, sysctls), checked. The security ones are :func:`security.parse`'s."""
+    opts: dict[str, Any] = {}
+    if p.pod_id is not None and not names.is_id(p.pod_id):
+        raise InvalidArgument(f"invalid pod id {p.pod_id!r}: want 64 hex digits", field="pod_id")
+    opts["pod_id"] = p.pod_id
+    namespaces: dict[str, str] = {}
+    for kind, where in p.namespaces.items():
+        if kind not in NAMESPACE_KINDS:
+            raise InvalidArgument(
+                f"cannot join a {kind!r} namespace: want one of {', '.join(NAMESPACE_KINDS)}",
+                field="namespaces",
+            )
+        if where == "host":
+            namespaces[kind] = "host"
+            continue
+        path = _clean_path(where, f"the {kind} namespace", "namespaces")
+        if not os.path.exists(path):
+            raise InvalidArgument(f"the {kind} namespace file {path} does not exist", field="namespaces")
+        namespaces[kind] = path
+    if namespaces.get("network") and p.network.network not in (None, "none", "host"):
+        raise InvalidArgument(
+            "a container that joins a network namespace cannot also be on a network", field="namespaces"
+        )
+    opts["namespaces"] = namespaces
+    parent = p.cgroup_parent
+    if parent is not None:
+        parent = _clean_path(parent, "the cgroup parent", "cgroup_parent").rstrip("/")
+        if not parent:
+            raise InvalidArgument("the cgroup parent cannot be the root cgroup", field="cgroup_parent")
+    opts["cgroup_parent"] = parent
+    for key, value in p.annotations.items():
+        if not key or "\x00" in key or "\x00" in value:
+            raise InvalidArgument(
+                f"invalid annotation {key!r}: want a non-empty key, no NUL", field="annotations"
+            )
+    opts["annotations"] = dict(p.annotations)
+    opts["log_path"] = None
+    if p.log_path is not None:
+        if p.log_directory is None:
+            raise InvalidArgument(
+                "log_path needs log_directory, the directory it must be in", field="log_path"
+            )
+        directory = _clean_path(p.log_directory, "the log directory", "log_directory")
+        path = _clean_path(p.log_path, "the log path", "log_path")
+        if not path.startswith(directory.rstrip("/") + "/"):
+            raise InvalidArgument(f"the log path {path} is not inside {directory}", field="log_path")
+        opts["log_path"] = path
+    elif p.log_directory is not None:
+        raise InvalidArgument("log_directory without log_path", field="log_directory")
+    if p.user is not None and (p.run_as_user is not None or p.run_as_username is not None):
+        raise InvalidArgument("user conflicts with run_as_user and run_as_username", field="user")
+    if p.run_as_user is not None and p.run_as_username is not None:
+        raise InvalidArgument("run_as_user and run_as_username exclude each other", field="run_as_user")
+    for name, num in (("run_as_user", p.run_as_user), ("run_as_group", p.run_as_group)):
+        if num is not None and not 0 <= num < MAX_ID:
+            raise InvalidArgument(f"{name} {num} is out of range", field=name)
+    if p.run_as_group is not None and p.run_as_user is None and p.run_as_username is None:
+        raise InvalidArgument("run_as_group needs run_as_user or run_as_username", field="run_as_group")
+    username = p.run_as_username
+    if username is not None and (not username or ":" in username or "\x00" in username):
+        raise InvalidArgument(f"invalid user name {username!r}", field="run_as_username")
+    who = str(p.run_as_user) if p.run_as_user is not None else username
+    if who is not None:
+        # The one user string of the container (uid[:gid] or name[:gid]), resolved at create
+        # against the image's /etc/passwd like docker's --user.
+        opts["user"] = who if p.run_as_group is None else f"{who}:{p.run_as_group}"
+    for gid in p.supplemental_groups:
+        if not 0 <= gid < MAX_ID:
+            raise InvalidArgument(f"supplemental group {gid} is out of range", field="supplemental_groups")
+    opts["supplemental_groups"] = list(p.supplemental_groups)
+    for key, value in p.sysctls.items():
+        if not key or not all(c.isalnum() or c in "._/-" for c in key) or "\x00" in value:
+            raise InvalidArgument(f"invalid sysctl {key!r}", field="sysctls")
+    opts["sysctls"] = dict(p.sysctls)
     return opts
 
 

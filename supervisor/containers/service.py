@@ -13,6 +13,7 @@ restart of tugd), and the lifecycle verbs here (create, start, kill, stop, pause
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -65,9 +66,17 @@ class Containers(Recovery, Logs, Inspect):
             opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
             parse_signal(opts["stop_signal"], int(signals.SIGTERM))
         opts["health"] = health.parse(req.health, image.config)
-        image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
-        opts["labels"] = {**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **opts["labels"]}
-        opts.update(self.networks.parse_create(req.network, image.config))
+        if opts["pod_id"] is None:  # a pod's container (the CRI's) keeps exactly the labels it was given
+            image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
+            opts["labels"] = {
+                **{k: v for k, v in image_labels.items() if isinstance(v, str)},
+                **opts["labels"],
+            }
+        endpoint = req.network
+        joined_net = opts["namespaces"].get("network")
+        if joined_net:  # a pod's namespace (or the host's): no endpoint of tugd's networks
+            endpoint = dataclasses.replace(endpoint, network="host" if joined_net == "host" else "none")
+        opts.update(self.networks.parse_create(endpoint, image.config))
         name = opts["name"] or generate_name(self.store)
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
@@ -154,7 +163,11 @@ class Containers(Recovery, Logs, Inspect):
                 metrics_address=rec.config.get("metrics_address") or "",
                 tty=bool(rec.config.get("tty")),
                 stdin=bool(rec.config.get("stdin")),
+                log_path=rec.config.get("log_path"),
+                cgroup_parent=rec.config.get("cgroup_parent"),
             )
+            if rec.config.get("log_path"):  # the CRI's: its directory (under the pod's) may be new
+                os.makedirs(os.path.dirname(config.log_path), mode=0o755, exist_ok=True)
             try:
                 await self.networks.setup(rec)
                 failpoint("container.start.after_network")
@@ -255,6 +268,23 @@ class Containers(Recovery, Logs, Inspect):
             if not rec.stopped_by_user:
                 rec.stopped_by_user = True
                 self.save(rec)
+
+    async def reopen_log(self, ref: str) -> ContainerRecord:
+        """Have the shim open the container's log file again at its path (kubelet renamed it:
+        ReopenContainerLog). Only for a container created with a ``log_path``: tugd rotates its
+        own logs itself. FailedPrecondition unless it is running."""
+        rec = self.get(ref)
+        if not rec.config.get("log_path"):
+            raise FailedPrecondition(
+                f"container {rec.name} has tugd's own log, which tugd rotates: there is nothing to reopen"
+            )
+        if rec.state not in ACTIVE:
+            raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+        try:
+            await self.shim(rec.id).reopen_log()
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"container {rec.name}: {exc.message}", state=EXITED) from exc
+        return rec
 
     async def set_paused(self, ref: str, paused: bool) -> ContainerRecord:
         """Pause (freeze, ``runc pause``) or unpause a container; events ``pause``/``unpause``.
