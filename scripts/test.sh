@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # crictl and critest (Go, from the module proxy; cached outside the repo, built once per machine)
 bash scripts/install-cri-tools.sh >/dev/null
+# containerd, podman, dockerd 20.10 unpacked (not installed, nothing started) for the reference tests
+bash scripts/install-peers.sh
 .venv/bin/ruff check tugwire shimd supervisor cri dockerapi tests bench scripts
 .venv/bin/ruff format --check tugwire shimd supervisor cri dockerapi tests bench scripts
 .venv/bin/mypy
