@@ -177,7 +177,18 @@ class Peers:
         d = self.containerd
         assert d is not None
         name = self.name("r")
-        argv = d.ctr("run", "--rm", "--seccomp", "--runc-root", d.runc_root, self.ctr_image, name, "true")
+        argv = d.ctr(
+            "run",
+            "--rm",
+            "--seccomp",
+            "--runc-root",
+            d.runc_root,
+            "--fifo-dir",
+            d.fifo_dir,
+            self.ctr_image,
+            name,
+            "true",
+        )
         return timed_child(argv, peerd.env(), "ctr run --rm")
 
     def podman_run(self) -> tuple[float, float]:
@@ -255,7 +266,18 @@ def batch_ctr(peers: Peers, clients: int, batch: int) -> tuple[float, float]:
     names = [peers.name("d") for _ in range(batch)]
 
     def start(n: str) -> None:
-        argv = d.ctr("run", "-d", "--seccomp", "--null-io", "--runc-root", d.runc_root, peers.ctr_image, n)
+        argv = d.ctr(
+            "run",
+            "-d",
+            "--seccomp",
+            "--null-io",
+            "--runc-root",
+            d.runc_root,
+            "--fifo-dir",
+            d.fifo_dir,
+            peers.ctr_image,
+            n,
+        )
         run_env([*argv, "sleep", "1000"], e)
 
     def rm(n: str) -> None:

@@ -159,10 +159,25 @@ class Containerd(Daemon):
             )
 
     def start(self) -> None:
+        # containerd 1.6 puts its shims' sockets in /run/containerd/s whatever its state dir:
+        # the directories go again at the stop if they were ours (and are empty).
+        self.made_run_containerd = not os.path.exists("/run/containerd")
         argv = [path("usr/bin/containerd"), "--config", self.config]
         self.spawn(self.netns.enter(argv) if self.netns else argv, self.log, env())
         assert self.proc is not None
         wait_socket(self.sock, self.proc, self.log)
+
+    def stop(self, grace: float = 20) -> None:
+        super().stop(grace)
+        if getattr(self, "made_run_containerd", False):
+            for d in ("/run/containerd/s", "/run/containerd/fifo", "/run/containerd"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+
+    @property
+    def fifo_dir(self) -> str:
+        """For ``ctr run --fifo-dir`` (instead of /run/containerd/fifo)."""
+        return os.path.join(self.base, "fifo")
 
     def ctr(self, *args: str, namespace: str = "bench") -> list[str]:
         return [path("usr/bin/ctr"), "--address", self.sock, "--namespace", namespace, *args]
