@@ -128,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     base = short_tempdir()
     tag = secrets.token_hex(3)
     tug_ns = peerd.Netns(f"tbdk{tag}")
+    os.makedirs(os.path.join(base, "t"))
     tugd = Daemon(
         os.path.join(base, "t"),
-        extra=["--metrics-address", "off", "--log-max-size", "512m", "--log-max-files", "2"],
+        extra=["--metrics-address", "off", "--log-max-size", str(512 << 20), "--log-max-files", "2"],
         netns=tug_ns.name,
     )
     api = DockerApi(tugd)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def job(t: Target = t) -> str:
                 return (
-                    t.docker("run", "-d", "--network", "none", "busybox", "sleep", "1e5")
+                    t.docker("run", "-d", "--network", "none", "busybox", "sleep", "100000")
                     .stdout.decode()
                     .strip()
                 )
