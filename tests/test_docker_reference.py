@@ -168,7 +168,11 @@ class Pair:
                     self.found.append(f"{where}: {d}")
         return rb, tb
 
-    def status(self, method: str, url: str, body: Any = None, route: str = "") -> tuple[int, int]:
+    def status(
+        self, method: str, url: str, body: Any = None, route: str = "", message: bool = False
+    ) -> tuple[int, int]:
+        """Compare the status codes; errors must have a ``{"message"}`` body on both sides, and
+        with ``message`` the same text (for messages that name only what the request named)."""
         rs, _, rb = self.ref.request(method, url, body)
         ts, _, tb = self.tug.request(method, url, body)
         where = f"{method} {route or url}"
@@ -177,6 +181,9 @@ class Pair:
         for name, b in (("dockerd", rb), ("tug", tb)):
             if rs >= 400 and not (isinstance(b, dict) and isinstance(b.get("message"), str)):
                 self.found.append(f"{where}: {name}'s error body is not {{message}}: {b!r:.120}")
+        texts = [b.get("message") if isinstance(b, dict) else None for b in (rb, tb)]
+        if message and texts[0] != texts[1]:
+            self.found.append(f"{where}: message dockerd {texts[0]!r}, tug {texts[1]!r}")
         return rs, ts
 
 
@@ -318,11 +325,10 @@ def test_missing_objects(pair: Pair) -> None:
         "/volumes/tbnope",
         "/exec/tbnope/json",
     ):
-        pair.status("GET", url)
-    pair.status("POST", "/containers/tbnope/start")
-    pair.status("DELETE", "/containers/tbnope")
-    pair.status(
-        "POST", "/containers/create", {"Image": "tbnope:latest"}, route="/containers/create (no image)"
-    )
+        pair.status("GET", url, message=True)
+    pair.status("POST", "/containers/tbnope/start", message=True)
+    pair.status("DELETE", "/containers/tbnope", message=True)
+    no_image = {"Image": "tbnope:latest"}
+    pair.status("POST", "/containers/create", no_image, route="/containers/create (no image)", message=True)
     pair.status("POST", "/containers/create?name=x", create_body(), route="/containers/create (bad name)")
     assert unexpected(pair.found) == [], "\n".join(unexpected(pair.found))
