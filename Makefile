@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (run as root on Debian 12).
-.PHONY: install install-systemd test demo gen-cri cri-tools deb
+.PHONY: install install-systemd test demo gen-cri cri-tools peers deb
 
 install:  ## Debian packages and the project's .venv
 	bash scripts/install.sh
@@ -18,6 +18,9 @@ gen-cri:  ## regenerate the CRI stubs in cri/gen from cri/proto/api.proto
 
 cri-tools:  ## build crictl and critest (Go module proxy) into /var/cache/tugboat-test-tools
 	bash scripts/install-cri-tools.sh
+
+peers:  ## unpack containerd, podman and dockerd 20.10 (Debian) into /var/cache/tugboat-peers: nothing started
+	bash scripts/install-peers.sh
 
 deb:  ## the Debian package dist/tugboat_<version>_amd64.deb (debian/; VERSION= to override the version)
 	bash scripts/build-deb.sh $(if $(VERSION),--version $(VERSION))
