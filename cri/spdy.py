@@ -169,11 +169,13 @@ def decode_header_block(block: bytes) -> Headers:
             (n,) = struct.unpack_from(">I", block, pos)
             name = block[pos + 4 : pos + 4 + n]
             pos += 4 + n
+            if len(name) != n:
+                raise ProtocolError("header block: a name runs past its end")
             (v,) = struct.unpack_from(">I", block, pos)
             value = block[pos + 4 : pos + 4 + v]
             pos += 4 + v
-            if len(name) != n or len(value) != v:
-                raise ProtocolError("header block: a name or value runs past its end")
+            if len(value) != v:
+                raise ProtocolError("header block: a value runs past its end")
             key = name.decode("latin-1")
             if not key or key != key.lower():
                 raise ProtocolError(f"header block: the name {key!r} is empty or not lower case")

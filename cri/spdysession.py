@@ -73,6 +73,7 @@ class Session:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._last_id = 0
+        self._goaway_sent = False
 
     async def __aenter__(self) -> Session:
         self._task = asyncio.ensure_future(self._run())
@@ -81,13 +82,18 @@ class Session:
     async def __aexit__(self, *exc: object) -> None:
         """GOAWAY, give the client a moment to read everything and close, then stop."""
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.send(spdy.GoAway(self._last_id))
+            await self._goaway(0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.eof.wait(), CLOSE_WAIT)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+    async def _goaway(self, status: int) -> None:
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            await self.send(spdy.GoAway(self._last_id, status))
 
     async def send(self, frame: spdy.Frame) -> None:
         async with self._lock:  # one frame at a time, in the compression context's order
@@ -109,7 +115,7 @@ class Session:
         except spdy.ProtocolError as exc:
             log.info("SPDY protocol error from the client: %s", exc)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send(spdy.GoAway(self._last_id, 1))
+                await self._goaway(1)
         except ConnectionError:
             pass
         finally:

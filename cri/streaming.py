@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -31,7 +30,7 @@ import h11
 import wsproto.events as wse
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
 from . import portforward, spdysession, tugstreams
 
@@ -51,7 +50,6 @@ SPDY_EXEC_PROTOCOLS = (
 )
 WS_EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 PORTFORWARD_PROTOCOLS = ("portforward.k8s.io",)
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 CHANNEL = {"stdout": STDOUT, "stderr": STDERR}
@@ -419,7 +417,7 @@ class StreamServer:
             return await _refuse(
                 writer, conn, 400, f"websocket needs a key and one of {', '.join(WS_EXEC_PROTOCOLS)}"
             )
-        accept = base64.b64encode(hashlib.sha1(keys[0].encode() + WS_GUID).digest()).decode()
+        accept = generate_accept_token(keys[0].encode()).decode()
         headers = [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
