@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
+import tempfile
+import threading
 import urllib.parse
 import zlib
 from collections.abc import Callable
@@ -26,13 +29,14 @@ import pytest
 import wsproto.events as wse
 from wsproto import ConnectionType, WSConnection
 
-from cri import spdy
+from cri import portforward, spdy
 from cri.gen import api_pb2
 from cri.streaming import StreamRequest, Tokens, exit_status, json_values
 from tugwire.errors import MethodNotFound
 
 from .conftest import needs_root, needs_runc
 from .cri_helpers import TugCri, crictl, crictl_path, make_tug_cri
+from .waiting import wait_until
 
 __all__ = ["crictl_path", "make_tug_cri"]  # fixtures, imported for this module's tests
 
@@ -420,13 +424,101 @@ def _has_pods(d: Any) -> bool:
 
 
 @integration
+def test_dial_in_a_network_namespace() -> None:
+    """PortForward's socket is made inside the pod's network namespace: here one the test makes
+    (``unshare --net=FILE``), with a listener on its loopback that the host's cannot reach."""
+    here = os.readlink("/proc/thread-self/ns/net")
+    base = tempfile.mkdtemp(prefix="tbpf", dir="/tmp")
+    nsfile = os.path.join(base, "netns")
+    open(nsfile, "w").close()
+    try:
+        subprocess.run(["unshare", f"--net={nsfile}", "true"], check=True)
+        subprocess.run(["nsenter", f"--net={nsfile}", "ip", "link", "set", "lo", "up"], check=True)
+        box: dict[str, Any] = {}
+
+        def listen() -> None:  # a listener made inside the namespace, as dial_in makes its socket
+            fd = os.open(nsfile, os.O_RDONLY)
+            portforward._setns(fd)
+            os.close(fd)
+            box["listener"] = socket.create_server(("127.0.0.1", 0))
+
+        t = threading.Thread(target=listen)
+        t.start()
+        t.join()
+        listener: socket.socket = box["listener"]
+        port = listener.getsockname()[1]
+        with listener:
+            conn = portforward.dial_in(nsfile, port)
+            peer, _ = listener.accept()
+            with conn, peer:
+                conn.sendall(b"ping")
+                assert peer.recv(4) == b"ping"
+            # The thread that dialled has ended; this one is still in the host's namespace.
+            assert os.readlink("/proc/thread-self/ns/net") == here
+            with pytest.raises(OSError, match="refused"):
+                portforward.dial_in(nsfile, port + 1 if port < 65535 else port - 1)
+    finally:
+        subprocess.run(["umount", nsfile], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@integration
 def test_crictl_port_forward(make_daemon: Any, make_tug_cri: Any, crictl_path: str) -> None:
-    d = make_daemon()
+    d = make_daemon(netns=True)  # the pod's network is made in a namespace of the test's
     if not _has_pods(d):
         pytest.skip(
             "tugd has no pod.create on this branch (the pods helper adds pods): port-forward needs a pod"
         )
     cri: TugCri = make_tug_cri(d)
-    r = crictl(crictl_path, cri, "version")
-    del r
-    pytest.skip("port-forward through a real pod: not written yet")
+    rt = cri.runtime
+    logdir = tempfile.mkdtemp(prefix="tbpflog", dir="/tmp")
+    pod_id = d.call(
+        "pod.create", {"name": "pf", "namespace": "default", "uid": "u2", "log_directory": logdir}
+    )["id"]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="web"),
+            image=api_pb2.ImageSpec(image=d.call("image.inspect", {"ref": "busybox"})["id"]),
+            command=["sh", "-c", "echo served > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
+        )
+        cid = rt.CreateContainer(
+            api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config)
+        ).container_id
+        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        # httpd listens once `nc -z` (an exec in the container) can connect.
+        wait_until(
+            lambda: (
+                rt.ExecSync(
+                    api_pb2.ExecSyncRequest(container_id=cid, cmd=["nc", "-z", "127.0.0.1", "8080"])
+                ).exit_code
+                == 0
+            ),
+            20,
+            "httpd in the pod",
+        )
+        crictl(crictl_path, cri, "version")
+        config_file = os.path.join(cri.base, "crictl.yaml")
+        proc = subprocess.Popen(
+            [crictl_path, "--config", config_file, "port-forward", pod_id, "0:8080"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        local = int(line.split("127.0.0.1:")[1].split()[0])
+        for _ in range(2):  # two connections, each a pair of streams
+            with socket.create_connection(("127.0.0.1", local), timeout=30) as s:
+                s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+            assert got.startswith(b"HTTP/1.") and got.endswith(b"served\n"), got
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        d.call("pod.remove", {"id": pod_id})
+        shutil.rmtree(logdir, ignore_errors=True)
