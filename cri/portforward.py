@@ -128,9 +128,12 @@ async def serve(session: Session, tugd_socket: str, pod_id: str) -> None:
     except TugError as exc:
         log.info("port-forward to pod %s: %s", pod_id, exc.message)
         return
-    network = pod.get("network") or {}
-    netns = None if network.get("host") else (pod.get("namespaces") or {}).get("network")
-    if netns is None and not network.get("host"):
+    host = (
+        bool((pod.get("network") or {}).get("host"))
+        or (pod.get("namespace_options") or {}).get("network") == "node"
+    )
+    netns = None if host else (pod.get("namespaces") or {}).get("network")
+    if netns is None and not host:
         log.info("port-forward to pod %s: it has no network namespace", pod_id)
         return
     pairs: dict[str, dict[str, Stream]] = {}

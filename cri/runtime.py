@@ -153,5 +153,7 @@ class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
         if not request.pod_sandbox_id:
             raise InvalidArgument("no pod given (pod_sandbox_id is empty)", field="pod_sandbox_id")
         pod = await self.tugd.call("pod.inspect", {"id": request.pod_sandbox_id})
+        if pod.get("state") != "ready":
+            raise FailedPrecondition(f"pod {request.pod_sandbox_id} is not ready ({pod.get('state')})")
         req = StreamRequest("portforward", pod_id=str(pod["id"]))
         return api_pb2.PortForwardResponse(url=await self._url(req, context))
