@@ -392,6 +392,12 @@ class StreamServer:
             )
         )
         await writer.drain()
+        log.info(
+            "%s %s over SPDY/3.1, %s",
+            request.kind,
+            request.container_id[:12] or request.pod_id[:12],
+            protocol,
+        )
         session = spdysession.Session(reader, writer, conn.trailing_data[0])
         async with session:
             if request.kind == "portforward":
@@ -426,6 +432,7 @@ class StreamServer:
         ]
         writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers)))
         await writer.drain()
+        log.info("%s %s over websocket, %s", request.kind, request.container_id[:12], protocol)
         io = WebSocketChannels(reader, writer, conn.trailing_data[0], protocol)
         await run_process(self.tugd_socket, request, io)
 

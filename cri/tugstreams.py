@@ -124,7 +124,8 @@ class _Attach(Process):
         await self._input("container.stdin", {"data": base64.b64encode(data).decode()})
 
     async def close_stdin(self) -> None:
-        await self._input("container.close_stdin", {})
+        """Nothing: the container's stdin stays open for the next attach, as containerd does
+        for a container without ``stdin_once`` (which tugd does not record)."""
 
     async def resize(self, width: int, height: int) -> None:
         await self._input("container.resize", {"rows": height, "cols": width})

@@ -223,6 +223,7 @@ def test_crictl_exec_with_stdin_exit_code_and_bad_requests(
     assert (r.stdout, r.returncode) == (b"hello\n", 1), (r.stderr, cri.read_log()[-2000:])
     assert r.stderr.startswith(b"err\n")
     assert b"command terminated with exit code 3" in r.stderr
+    assert "over SPDY/3.1, v5.channel.k8s.io" in cri.read_log()  # client-go offers v5 first
     r = _crictl_run(crictl_path, cri, "exec", cid, "sh", "-c", "echo fine")
     assert (r.stdout, r.returncode) == (b"fine\n", 0)
     # A command that cannot run: crictl reports it, exit code 127 as the status carries it.
