@@ -487,11 +487,14 @@ def test_crictl_port_forward(make_daemon: Any, make_tug_cri: Any, crictl_path: s
             api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config)
         ).container_id
         rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
-        # httpd listens once `nc -z` (an exec in the container) can connect.
+        # httpd serves once wget (an exec in the container) gets the page.
         wait_until(
             lambda: (
                 rt.ExecSync(
-                    api_pb2.ExecSyncRequest(container_id=cid, cmd=["nc", "-z", "127.0.0.1", "8080"])
+                    api_pb2.ExecSyncRequest(
+                        container_id=cid,
+                        cmd=["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"],
+                    )
                 ).exit_code
                 == 0
             ),
@@ -521,5 +524,7 @@ def test_crictl_port_forward(make_daemon: Any, make_tug_cri: Any, crictl_path: s
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
         d.call("pod.remove", {"id": pod_id})
         shutil.rmtree(logdir, ignore_errors=True)
