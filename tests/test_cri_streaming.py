@@ -226,6 +226,10 @@ def test_crictl_exec_with_stdin_exit_code_and_bad_requests(
     assert "over SPDY/3.1, v5.channel.k8s.io" in cri.read_log()  # client-go offers v5 first
     r = _crictl_run(crictl_path, cri, "exec", cid, "sh", "-c", "echo fine")
     assert (r.stdout, r.returncode) == (b"fine\n", 0)
+    # Megabytes both ways (DATA frames of 32 KiB out; whatever crictl sends in).
+    blob = os.urandom(3 << 20)
+    r = _crictl_run(crictl_path, cri, "exec", "-i", cid, "cat", stdin=blob)
+    assert (len(r.stdout), r.stdout == blob, r.returncode) == (len(blob), True, 0), r.stderr
     # A command that cannot run: crictl reports it, exit code 127 as the status carries it.
     r = _crictl_run(crictl_path, cri, "exec", cid, "/no/such")
     assert r.returncode != 0
@@ -415,6 +419,14 @@ def test_websocket_v5_exec_stdin_close_resize_exit_code(make_daemon: Any, make_t
     assert b"11 88" in out[1]
     assert json.loads(out[3])["details"]["causes"][0]["message"] == "2"
 
+    # Attach over WebSocket: input once the output is followed, the end when PID 1 exits.
+    pid1 = _running(d, stdin=True, cmd=["sh", "-c", "read l; echo at:$l"])
+    url = rt.Attach(api_pb2.AttachRequest(container_id=pid1, stdin=True, stdout=True)).url
+    c = WsClient(url, ["v5.channel.k8s.io"])
+    c.send(0, b"x\n")
+    out = c.read_all()
+    assert (out[1], json.loads(out[3])["status"]) == (b"at:x\n", "Success")
+
 
 def _has_pods(d: Any) -> bool:
     try:
@@ -528,3 +540,59 @@ def test_crictl_port_forward(make_daemon: Any, make_tug_cri: Any, crictl_path: s
                 proc.stdout.close()
         d.call("pod.remove", {"id": pod_id})
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+class SpdyClient:
+    """A minimal SPDY client of our own codec, for the older channel protocols crictl does not
+    choose (it offers v5 first)."""
+
+    def __init__(self, url: str, protocol: str) -> None:
+        self.sock, resp = _spdy_upgrade(url, [protocol])
+        assert resp.status_code == 101, resp
+        self.codec = spdy.Codec()
+        self.next_id = 1
+
+    def open(self, kind: str) -> int:
+        sid, self.next_id = self.next_id, self.next_id + 2
+        self.sock.sendall(self.codec.encode(spdy.SynStream(sid, {"streamtype": [kind]})))
+        return sid
+
+    def read_all(self, names: dict[int, str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        while chunk := self.sock.recv(65536):
+            for frame in self.codec.feed(chunk):
+                if isinstance(frame, spdy.Data):
+                    out[names[frame.stream_id]] = out.get(names[frame.stream_id], b"") + frame.data
+                elif isinstance(frame, spdy.GoAway):
+                    self.sock.sendall(self.codec.encode(spdy.GoAway(0)))
+                    self.sock.close()
+                    return out
+        return out
+
+
+@integration
+@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"])
+def test_older_channel_protocols(make_daemon: Any, make_tug_cri: Any, protocol: str) -> None:
+    d = make_daemon()
+    cri: TugCri = make_tug_cri(d)
+    cid = _running(d, cmd=["sleep", "600"])
+    req = api_pb2.ExecRequest(
+        container_id=cid, cmd=["sh", "-c", "echo o; echo e >&2; exit 4"], stdout=True, stderr=True
+    )
+    c = SpdyClient(cri.runtime.Exec(req).url, protocol)
+    names = {c.open("error"): "error", c.open("stdout"): "stdout", c.open("stderr"): "stderr"}
+    out = c.read_all(names)
+    assert (out["stdout"], out["stderr"]) == (b"o\n", b"e\n")
+    if protocol.startswith("v4."):
+        status = json.loads(out["error"])
+        assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "4"}]
+    else:  # before v4 the error stream carries the message as text
+        assert out["error"] == b"command terminated with non-zero exit code: exit status 4"
+    # Success says nothing before v4.
+    ok = api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)
+    c = SpdyClient(cri.runtime.Exec(ok).url, protocol)
+    names = {c.open("error"): "error", c.open("stdout"): "stdout"}
+    out = c.read_all(names)
+    assert out.get("error", b"") == (
+        b'{"metadata": {}, "status": "Success"}' if protocol.startswith("v4.") else b""
+    )
