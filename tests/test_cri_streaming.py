@@ -195,9 +195,10 @@ def test_exit_status_shapes() -> None:
 # -- with tugd, runc, tug-cri and crictl --------------------------------------------------------
 
 
-def _running(d: Any, **params: Any) -> str:
+def _running(d: Any, name: str = "s", **params: Any) -> str:
     cid: str = d.call(
-        "container.create", {"image": "busybox", "pod_id": "f00d" * 16, "name": "k8s_s_f00d_1", **params}
+        "container.create",
+        {"image": "busybox", "pod_id": "f00d" * 16, "name": f"k8s_{name}_f00d_1", **params},
     )["id"]
     d.call("container.start", {"id": cid})
     return cid
@@ -420,7 +421,7 @@ def test_websocket_v5_exec_stdin_close_resize_exit_code(make_daemon: Any, make_t
     assert json.loads(out[3])["details"]["causes"][0]["message"] == "2"
 
     # Attach over WebSocket: input once the output is followed, the end when PID 1 exits.
-    pid1 = _running(d, stdin=True, cmd=["sh", "-c", "read l; echo at:$l"])
+    pid1 = _running(d, "attached", stdin=True, cmd=["sh", "-c", "read l; echo at:$l"])
     url = rt.Attach(api_pb2.AttachRequest(container_id=pid1, stdin=True, stdout=True)).url
     c = WsClient(url, ["v5.channel.k8s.io"])
     c.send(0, b"x\n")
