@@ -126,18 +126,16 @@ class Channels(Protocol):
     """One transport's side of an exec or attach: output out, input in (see run_process)."""
 
     async def send(self, channel: int, data: bytes) -> None:
-        raise NotImplementedError
+        """Send output of ``channel`` (STDOUT, STDERR)."""
 
     async def feed(self, proc: tugstreams.Process) -> None:
         """Pass the client's stdin, stdin close and resizes to ``proc`` until cancelled."""
-        raise NotImplementedError
 
     async def finish(self, status: dict[str, Any], message: str | None) -> None:
-        raise NotImplementedError
+        """Close the output, send the status (v4, v5) or the message (older), end."""
 
     async def lost(self) -> None:
         """Return when the client has gone away."""
-        raise NotImplementedError
 
 
 async def run_process(tugd_socket: str, req: StreamRequest, io: Channels) -> None:
@@ -194,13 +192,15 @@ class WebSocketChannels:
             self.ws.receive_data(data)
         self.inbox: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self.closed = asyncio.Event()
+        self._lock = asyncio.Lock()  # one writer at a time (output, pongs, the close)
         self.reader_task = asyncio.ensure_future(self._read())
 
     async def _write(self, event: Any) -> None:
-        if self.ws.state is not ConnectionState.OPEN and not isinstance(event, wse.CloseConnection):
-            return
-        self.writer.write(self.ws.send(event))
-        await self.writer.drain()
+        async with self._lock:
+            if self.ws.state is not ConnectionState.OPEN and not isinstance(event, wse.CloseConnection):
+                return
+            self.writer.write(self.ws.send(event))
+            await self.writer.drain()
 
     async def _read(self) -> None:
         partial = bytearray()
