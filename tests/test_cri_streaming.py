@@ -17,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import zlib
 from collections.abc import Callable
@@ -597,3 +598,21 @@ def test_older_channel_protocols(make_daemon: Any, make_tug_cri: Any, protocol: 
     assert out.get("error", b"") == (
         b'{"metadata": {}, "status": "Success"}' if protocol.startswith("v4.") else b""
     )
+
+
+@integration
+def test_url_expires(make_daemon: Any, make_tug_cri: Any) -> None:
+    """``--stream-token-ttl``: a URL not used in time is 404 (the fake clock above covers the
+    default minute; this is the real server's clock)."""
+    d = make_daemon()
+    cri: TugCri = make_tug_cri(d, "--stream-token-ttl", "1")
+    cid = _running(d, cmd=["sleep", "600"])
+    req = api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)
+    late, fresh = cri.runtime.Exec(req).url, cri.runtime.Exec(req).url
+    s, resp = _spdy_upgrade(fresh, ["v4.channel.k8s.io"])
+    s.close()
+    assert resp.status_code == 101
+    time.sleep(1.5)  # the token's lifetime itself is what is tested: no event to wait for
+    s, resp = _spdy_upgrade(late, ["v4.channel.k8s.io"])
+    s.close()
+    assert resp.status_code == 404
