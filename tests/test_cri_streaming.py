@@ -286,8 +286,8 @@ def test_crictl_exec_tty_size_and_exit_code(make_daemon: Any, make_tug_cri: Any,
 
 
 @integration
-def test_crictl_attach(make_daemon: Any, make_tug_cri: Any, crictl_path: str) -> None:
-    d = make_daemon()
+def test_crictl_attach(make_daemon: Any, make_tug_cri: Any, crictl_path: str, backend: str) -> None:
+    d = make_daemon(backend)
     cri: TugCri = make_tug_cri(d)
     cid = _running(d, stdin=True, cmd=["sh", "-c", "read line; echo got:$line; echo bye >&2"])
     r = _crictl_run(crictl_path, cri, "attach", "-i", cid, stdin=b"hi\n")
@@ -390,8 +390,10 @@ class WsClient:
 
 
 @integration
-def test_websocket_v5_exec_stdin_close_resize_exit_code(make_daemon: Any, make_tug_cri: Any) -> None:
-    d = make_daemon()
+def test_websocket_v5_exec_stdin_close_resize_exit_code(
+    make_daemon: Any, make_tug_cri: Any, backend: str
+) -> None:
+    d = make_daemon(backend)
     cri: TugCri = make_tug_cri(d)
     cid = _running(d, cmd=["sleep", "600"])
     rt = cri.runtime
