@@ -9,6 +9,7 @@ import os
 import sys
 
 from .server import DEFAULT_LISTEN, ListenError, serve
+from .streaming import TOKEN_TTL
 from .tugd import DEFAULT_SOCKET
 
 
@@ -24,6 +25,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("TUGBOAT_SOCKET", DEFAULT_SOCKET),
         help=f"tugd's socket (default $TUGBOAT_SOCKET, else {DEFAULT_SOCKET})",
     )
+    p.add_argument(
+        "--stream-address",
+        default="127.0.0.1",
+        help="the streaming server's address (Exec, Attach, PortForward; default 127.0.0.1, a random port)",
+    )
+    p.add_argument(
+        "--stream-token-ttl",
+        type=float,
+        default=TOKEN_TTL,
+        help=f"seconds a streaming URL stays valid (default {TOKEN_TTL:g})",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -37,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     try:
-        asyncio.run(serve(args.listen, args.socket))
+        asyncio.run(serve(args.listen, args.socket, args.stream_address, args.stream_token_ttl))
     except ListenError as exc:
         print(f"tug-cri: {exc}", file=sys.stderr)
         sys.exit(1)

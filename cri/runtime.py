@@ -18,6 +18,8 @@ from tugwire.errors import TugError
 from .containers import ContainerMethods
 from .errors import rpc
 from .gen import api_pb2, api_pb2_grpc
+from .streaming import StreamServer
+from .streamrpc import StreamingMethods
 from .tugd import Tugd
 
 log = logging.getLogger("tugboat.cri.runtime")
@@ -35,13 +37,15 @@ NO_POD_NETWORK_MESSAGE = (
 )
 
 
-class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer):
     """RuntimeService over one tugd: the runtime's identity and health here, the containers'
-    RPCs from :class:`~cri.containers.ContainerMethods`."""
+    RPCs from :class:`~cri.containers.ContainerMethods`, Exec, Attach and PortForward from
+    :class:`~cri.streamrpc.StreamingMethods`."""
 
-    def __init__(self, tugd: Tugd, listen: str) -> None:
+    def __init__(self, tugd: Tugd, listen: str, streaming: StreamServer | None = None) -> None:
         self.tugd = tugd
         self.listen = listen
+        self.streaming = streaming or StreamServer(tugd.socket)
 
     @rpc
     async def Version(self, request: api_pb2.VersionRequest, context: Context) -> api_pb2.VersionResponse:

@@ -21,6 +21,7 @@ from .errors import unimplemented_rest
 from .gen import api_pb2_grpc
 from .images import ImageService
 from .runtime import RuntimeService
+from .streaming import TOKEN_TTL, StreamServer
 from .tugd import Tugd
 
 log = logging.getLogger("tugboat.cri")
@@ -69,14 +70,19 @@ def sd_notify(message: str) -> None:
             log.warning("sd_notify to %s failed: %s", address, exc)
 
 
-async def serve(listen: str, tugd_socket: str) -> None:
+async def serve(
+    listen: str, tugd_socket: str, stream_address: str = "127.0.0.1", stream_token_ttl: float = TOKEN_TTL
+) -> None:
     """Serve the CRI on ``listen`` (mode 0600: root only, as the CRI gives full control of the
     node's containers) for ``tugd_socket``'s tugd until SIGTERM or SIGINT, then let calls in
-    flight finish for a few seconds and remove the socket."""
+    flight finish for a few seconds and remove the socket. The streaming server of Exec,
+    Attach and PortForward listens on ``stream_address`` and a random port."""
     prepare_socket_path(listen)
     tugd = Tugd(tugd_socket)
+    streaming = StreamServer(tugd_socket, stream_address, stream_token_ttl)
+    await streaming.start()
     server = grpc.aio.server()
-    runtime = RuntimeService(tugd, listen)
+    runtime = RuntimeService(tugd, listen, streaming)
     images = ImageService(tugd)
     unimplemented_rest(runtime, api_pb2_grpc.RuntimeServiceServicer, "RuntimeService")
     unimplemented_rest(images, api_pb2_grpc.ImageServiceServicer, "ImageService")
@@ -88,6 +94,7 @@ async def serve(listen: str, tugd_socket: str) -> None:
         server.add_insecure_port(f"unix:{listen}")
         await server.start()
     except RuntimeError as exc:
+        await streaming.close()
         raise ListenError(f"cannot listen on {listen}: {exc}") from exc
     finally:
         os.umask(old_umask)
@@ -103,6 +110,7 @@ async def serve(listen: str, tugd_socket: str) -> None:
         sd_notify("STOPPING=1")
     finally:
         await server.stop(SHUTDOWN_GRACE)
+        await streaming.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen)
         for sig in (signal.SIGTERM, signal.SIGINT):

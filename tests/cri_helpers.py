@@ -26,8 +26,9 @@ TUG_CRI = os.path.join(BIN, "tug-cri")
 class TugCri:
     """One tug-cri process serving ``base``/cri.sock for the tugd at ``tugd_socket``."""
 
-    def __init__(self, base: str, tugd_socket: str) -> None:
+    def __init__(self, base: str, tugd_socket: str, args: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.args = args  # more of tug-cri's options
         self.socket = os.path.join(base, "cri.sock")
         self.endpoint = f"unix://{self.socket}"
         self.tugd_socket = tugd_socket
@@ -44,7 +45,7 @@ class TugCri:
         notify.settimeout(timeout)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [TUG_CRI, "--listen", self.socket, "--socket", self.tugd_socket],
+                [TUG_CRI, "--listen", self.socket, "--socket", self.tugd_socket, *self.args],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -107,8 +108,8 @@ def make_tug_cri() -> Iterator[Any]:
     test, must exit 0 and must remove its socket."""
     servers: list[TugCri] = []
 
-    def factory(daemon: Any) -> TugCri:
-        server = TugCri(daemon.base, daemon.socket)
+    def factory(daemon: Any, *args: str) -> TugCri:
+        server = TugCri(daemon.base, daemon.socket, args)
         servers.append(server)
         server.start()
         return server

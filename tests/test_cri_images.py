@@ -96,7 +96,9 @@ def test_version_status_runtime_config_and_tugd_going_away(make_daemon: Any, mak
         grpc.StatusCode.UNIMPLEMENTED,
         "tug-cri does not implement RuntimeService.RunPodSandbox yet",
     )
-    assert code_of(lambda: cri.runtime.Exec(api_pb2.ExecRequest()))[0] == (grpc.StatusCode.UNIMPLEMENTED)
+    assert code_of(lambda: cri.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest()))[0] == (
+        grpc.StatusCode.UNIMPLEMENTED
+    )
     assert code_of(lambda: list(cri.images.StreamImages(api_pb2.StreamImagesRequest())))[0] == (
         grpc.StatusCode.UNIMPLEMENTED
     )

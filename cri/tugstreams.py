@@ -1,0 +1,151 @@
+"""The one seam between tugd's byte streams and tug-cri's streaming server.
+
+Everything the streaming server (cri/streaming.py) sends or receives of a process's stdio goes
+through :class:`Process`: its :meth:`~Process.output` yields ``(stream, bytes)`` (``"stdout"``,
+``"stderr"``), and it takes :meth:`~Process.send_stdin`, :meth:`~Process.close_stdin` and
+:meth:`~Process.resize`. :func:`exec_process` runs a command (``container.exec``);
+:func:`attach_process` attaches to a container's PID 1 (``container.logs`` with ``follow`` and
+``tail: 0`` for the output, ``container.stdin``/``close_stdin``/``resize`` for the input, as
+``tug attach`` does). Today they translate tugd's JSON-RPC notifications with base64 data; when
+tugd's streams become raw framed bytes, only this module changes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from tugwire import crilog, jsonrpc
+from tugwire.errors import NotFound, TugError
+
+_NAMES = {b"stdout": "stdout", b"stderr": "stderr"}
+
+
+class Process:
+    """A process whose stdio the streaming server carries; see :func:`exec_process` and
+    :func:`attach_process`. After :meth:`output` ends, :attr:`exit_code` is the exec's exit
+    code (None for an attach, or when tugd does not know it) and :attr:`error` tugd's message
+    when the command could not run."""
+
+    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
+        self.rpc = rpc
+        self.cid = cid
+        self.exit_code: int | None = None
+        self.error: str | None = None
+
+    async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    async def send_stdin(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def close_stdin(self) -> None:
+        raise NotImplementedError
+
+    async def resize(self, width: int, height: int) -> None:
+        raise NotImplementedError
+
+
+class _Exec(Process):
+    def __init__(self, rpc: jsonrpc.RpcClient, cid: str, params: dict[str, Any]) -> None:
+        super().__init__(rpc, cid)
+        self.params = params
+        self.exec_id: str | None = None
+        self.started = anyio.Event()
+        self.done = False
+
+    async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        try:
+            async with self.rpc.stream("container.exec", self.params) as notes:
+                async for note in notes:
+                    if "stream" not in note:  # container.exec.started
+                        self.exec_id = note.get("exec_id")
+                        self.started.set()
+                        continue
+                    yield _NAMES.get(str(note["stream"]).encode(), "stdout"), base64.b64decode(note["data"])
+                result = await notes.result()
+        finally:
+            self.done = True
+            self.started.set()
+        code = result.get("exit_code")
+        self.exit_code = None if code is None else int(code)
+        self.error = result.get("error")
+
+    async def _input(self, method: str, params: dict[str, Any]) -> None:
+        await self.started.wait()
+        if self.exec_id is None or self.done:
+            return  # it never ran, or it has ended: nothing to feed
+        try:
+            await self.rpc.call(method, {"exec_id": self.exec_id, **params})
+        except NotFound:
+            pass  # it ended meanwhile
+
+    async def send_stdin(self, data: bytes) -> None:
+        await self._input("container.exec.stdin", {"data": base64.b64encode(data).decode()})
+
+    async def close_stdin(self) -> None:
+        await self._input("container.exec.close_stdin", {})
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._input("container.exec.resize", {"rows": height, "cols": width})
+
+
+class _Attach(Process):
+    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
+        super().__init__(rpc, cid)
+        self.following = anyio.Event()
+
+    async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        async with self.rpc.stream("container.logs", {"id": self.cid, "follow": True, "tail": 0}) as notes:
+            try:
+                await self.rpc.call("container.inspect", {"id": self.cid})  # the follower is in
+            finally:
+                self.following.set()
+            async for note in notes:
+                for record in base64.b64decode(note.get("data", "")).split(b"\n"):
+                    if record:
+                        _, name, full, content = crilog.parse_record(record)
+                        yield _NAMES.get(name, "stdout"), content + b"\n" if full else content
+            await notes.result()
+
+    async def _input(self, method: str, params: dict[str, Any]) -> None:
+        await self.following.wait()  # input only once the output that answers it is followed
+        try:
+            await self.rpc.call(method, {"id": self.cid, **params})
+        except TugError:
+            pass  # not running any more, or made without stdin: the input has nowhere to go
+
+    async def send_stdin(self, data: bytes) -> None:
+        await self._input("container.stdin", {"data": base64.b64encode(data).decode()})
+
+    async def close_stdin(self) -> None:
+        """Nothing: the container's stdin stays open for the next attach, as containerd does
+        for a container without ``stdin_once`` (which tugd does not record)."""
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._input("container.resize", {"rows": height, "cols": width})
+
+
+@asynccontextmanager
+async def exec_process(
+    socket: str, cid: str, cmd: list[str], *, stdin: bool, tty: bool
+) -> AsyncIterator[Process]:
+    """Run ``cmd`` in container ``cid`` (on a connection of its own, closed on leaving)."""
+    params = {"id": cid, "cmd": cmd, "stdin": stdin, "tty": tty}
+    async with jsonrpc.connect(socket) as rpc:
+        yield _Exec(rpc, cid, params)
+
+
+@asynccontextmanager
+async def attach_process(socket: str, cid: str) -> AsyncIterator[Process]:
+    """Attach to container ``cid``'s PID 1. Its output starts with what it writes after this
+    is followed: input waits until the follower is registered (requests on one connection are
+    taken in order, so once ``container.inspect`` answers, ``container.logs`` has registered)."""
+    async with jsonrpc.connect(socket) as rpc:
+        proc = _Attach(rpc, cid)
+        yield proc
