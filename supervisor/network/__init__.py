@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..events import EventBus
     from ..store import ContainerRecord, Store
+    from .attached import Owners
 
 log = logging.getLogger("tugboat.network")
 
@@ -66,6 +67,7 @@ class Networks:
         self.pools = [host.parse_pool(p) for p in getattr(cfg, "address_pools", ())] or list(
             host.DEFAULT_POOLS
         )
+        self.owners: Owners | None = None  # endpoints not of containers (attached.py: pods)
         self._ensure_builtin()
 
     # -------------------------------------------------------------------------- records
@@ -719,6 +721,8 @@ class Networks:
                 continue
             published = [Port.from_json(d) for d in rec.config.get("ports") or []]
             rs.forwards += ports_.forwards(eps[0].ip, published)
+        if self.owners is not None:
+            rs.forwards += self.owners.forwards()
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
@@ -728,8 +732,10 @@ class Networks:
         delete the shared table of an older tugd once nobody else uses it, and rebuild our nft
         table. Nothing to do (and pyroute2 not loaded) if no bridge was ever wired and the
         default network is not ``bridge``."""
+        attached = self.owners.owner_ids() if self.owners is not None else set()
         for cid in self.db.orphan_endpoints():
-            self.db.delete_endpoints_of(cid)
+            if cid not in attached:
+                self.db.delete_endpoints_of(cid)
         keep_set = {cid for cid in keep if self._is_wirable_id(cid)}
         async with self.lock:
             await self._ensure_bridges()
@@ -737,7 +743,9 @@ class Networks:
             return
         bridges = self._bridges()
         keep_veths = {
-            veth_name(cid, ep.idx) for cid in keep_set for ep in self.db.endpoints(container_id=cid)
+            veth_name(cid, ep.idx)
+            for cid in keep_set | (self.owners.live_ids() if self.owners is not None else set())
+            for ep in self.db.endpoints(container_id=cid)
         }
 
         def sweep() -> list[str]:  # in a worker thread: no store access

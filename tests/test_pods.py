@@ -1,0 +1,181 @@
+"""Pods in tugd (issue 16): ``pod.*`` with a real tugd in a network namespace the test made
+(``make_daemon(netns=True)``): pinned namespaces, an address on the pod network reachable from
+the host side, host ports, stop and remove leaving nothing, recovery after kill -9."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from tugwire import errors
+
+from .conftest import needs_root, needs_runc, netns_links
+
+pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
+
+
+def in_ns(d: Any, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{d.netns}", *cmd], capture_output=True, text=True, timeout=20
+    )
+
+
+def mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def pings(d: Any, ip: str) -> bool:
+    return in_ns(d, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode == 0
+
+
+POD = {
+    "name": "web",
+    "namespace": "default",
+    "uid": "u-1",
+    "attempt": 0,
+    "hostname": "web-host",
+    "labels": {"app": "web", "tier": "front"},
+    "annotations": {"note": "a b=c"},
+    "log_directory": "/var/log/pods/default_web_u-1",
+    "dns": {"servers": ["10.0.0.10"], "searches": ["svc.local"], "options": ["ndots:5"]},
+    "cgroup_parent": "/kubepods/pod-u-1",
+}
+
+
+def test_pod_life(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend, netns=True, image=False)
+    pod = d.call("pod.create", POD)
+    pid = pod["id"]
+    assert pod["state"] == "ready"
+    assert (pod["labels"], pod["annotations"]) == (POD["labels"], POD["annotations"])
+    assert pod["cgroup_parent"] == "/kubepods/pod-u-1"
+    ns = pod["namespaces"]
+    assert ns["pid"] is None
+    for kind in ("network", "ipc", "uts"):
+        assert ns[kind] and mounted(ns[kind]), (kind, ns)
+    uts = subprocess.run(["nsenter", f"--uts={ns['uts']}", "hostname"], capture_output=True, text=True)
+    assert uts.stdout.strip() == "web-host"
+    ip = pod["network"]["ip"]
+    net = d.call("pod.network_config")
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(net["subnet"])
+    assert pings(d, ip)  # the host side reaches the pod
+    with open(pod["files"]["resolv.conf"]) as f:
+        assert f.read() == "nameserver 10.0.0.10\nsearch svc.local\noptions ndots:5\n"
+    veths = [n for n in netns_links(d.netns) if n.startswith("tv")]
+    assert veths == [f"tv0{pid[:12]}"]
+    # The same name, namespace, uid and attempt again: refused, nothing changed.
+    with pytest.raises(errors.AlreadyExists):
+        d.call("pod.create", POD)
+    other = d.call("pod.create", {**POD, "attempt": 1, "labels": {"app": "other"}})
+    assert other["network"]["ip"] != ip
+    # Filters.
+    assert [p["id"] for p in d.call("pod.list", {"filters": {"labels": {"app": "web"}}})] == [pid]
+    assert [p["id"] for p in d.call("pod.list", {"filters": {"id": [pid[:6]]}})] == [pid]
+    assert len(d.call("pod.list")) == 2
+    # Stop: not ready, namespaces unmounted, address and veth gone; idempotent.
+    assert d.call("pod.stop", {"id": pid})["state"] == "notready"
+    assert d.call("pod.stop", {"id": pid})["state"] == "notready"
+    assert not any(mounted(p) for p in ns.values() if p)
+    assert f"tv0{pid[:12]}" not in netns_links(d.netns)
+    stopped = d.call("pod.inspect", {"id": pid})
+    assert stopped["network"]["ip"] == "" and stopped["namespaces"]["network"] is None
+    assert [p["id"] for p in d.call("pod.list", {"filters": {"state": "notready"}})] == [pid]
+    assert [p["id"] for p in d.call("pod.list", {"filters": {"state": "ready"}})] == [other["id"]]
+    # Remove (a ready pod too: it is stopped first).
+    d.call("pod.remove", {"id": pid})
+    d.call("pod.remove", {"id": other["id"]})
+    with pytest.raises(errors.NotFound):
+        d.call("pod.inspect", {"id": pid})
+    assert d.call("pod.list") == []
+    assert not [n for n in netns_links(d.netns) if n.startswith("tv")]
+    assert os.listdir(os.path.join(d.state, "pods")) == []
+
+
+def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
+    d = make_daemon(netns=True, image=False)
+    got = d.call("pod.network_config", {"pod_cidr": "10.244.3.0/24"})
+    assert (got["pod_cidr"], got["subnet"], got["ready"]) == ("10.244.3.0/24", "10.244.3.0/24", True)
+    pod = d.call(
+        "pod.create",
+        {"name": "p", "ports": [{"container_port": 80, "host_port": 18080, "protocol": "tcp"}]},
+    )
+    assert pod["network"]["ip"] == "10.244.3.2"
+    from supervisor.network.host import table_name
+
+    rules = in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout
+    assert "18080" in rules and "10.244.3.2:80" in rules
+    # A server in the pod's network namespace answers on the host port.
+    server = subprocess.Popen(
+        ["nsenter", f"--net={pod['namespaces']['network']}", "busybox", "nc", "-l", "-p", "80", "-e", "echo", "hi"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from .waiting import wait_until
+
+        def answer() -> str | None:
+            res = in_ns(d, "busybox", "timeout", "2", "busybox", "nc", "10.244.3.1", "18080")
+            return res.stdout if "hi" in res.stdout else None
+
+        wait_until(answer, 20, "the pod's server on the host port", interval=0.1)
+    finally:
+        server.kill()
+        server.wait()
+    # The same host port again: refused, nothing made.
+    with pytest.raises(errors.InvalidArgument):
+        d.call("pod.create", {"name": "q", "ports": [{"container_port": 81, "host_port": 18080}]})
+    for bad in (
+        {"name": ""},
+        {"name": "x", "network": "bogus"},
+        {"name": "x", "hostname": "bad host"},
+        {"name": "x", "ports": [{"container_port": 0}]},
+        {"name": "x", "ports": [{"container_port": 1, "protocol": "sctp"}]},
+    ):
+        with pytest.raises((errors.InvalidArgument, errors.InvalidParams)):
+            d.call("pod.create", bad)
+    assert [p["name"] for p in d.call("pod.list")] == ["p"]
+    # A pod CIDR while a pod uses the network: recorded, the subnet kept.
+    assert d.call("pod.network_config", {"pod_cidr": "10.245.0.0/24"})["subnet"] == "10.244.3.0/24"
+    d.call("pod.remove", {"id": pod["id"]})
+    assert "18080" not in in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout
+    # Host network and host IPC: no namespace of its own.
+    host = d.call("pod.create", {"name": "h", "network": "node", "ipc": "node"})
+    assert host["namespaces"] == {"network": None, "ipc": None, "uts": None, "pid": None}
+    d.call("pod.remove", {"id": host["id"]})
+
+
+def test_pod_recovery(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend, netns=True, image=False)
+    pod = d.call("pod.create", {"name": "keep"})
+    gone = d.call("pod.create", {"name": "gone"})
+    d.kill9()
+    for path in gone["namespaces"].values():
+        if path:
+            subprocess.run(["umount", path], check=True)  # as after a reboot
+    d.start()
+    kept = d.call("pod.inspect", {"id": pod["id"]})
+    assert kept["state"] == "ready" and kept["network"]["ip"] == pod["network"]["ip"]
+    assert pings(d, pod["network"]["ip"])
+    assert d.call("pod.inspect", {"id": gone["id"]})["state"] == "notready"
+    assert f"tv0{gone['id'][:12]}" not in netns_links(d.netns)
+    # Killed in the middle of a create: the half-made pod is undone at the next start.
+    d.stop()
+    d.start_env = {"TUGD_FAILPOINTS": "pod.create.after_network=kill"}
+    d.start()
+    d.start_env = {}
+    with pytest.raises(errors.TugError):
+        d.call("pod.create", {"name": "half"})
+    d.proc.wait()  # type: ignore[union-attr]
+    d.proc = None
+    d.start()
+    assert sorted(p["name"] for p in d.call("pod.list")) == ["gone", "keep"]
+    assert sorted(os.listdir(os.path.join(d.state, "pods"))) == sorted([pod["id"], gone["id"]])
+    assert len([n for n in netns_links(d.netns) if n.startswith("tv")]) == 1
+    for p in (pod, gone):
+        d.call("pod.remove", {"id": p["id"]})
+    assert not [m for m in open("/proc/self/mounts").read().splitlines() if d.state + "/pods" in m]
