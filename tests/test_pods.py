@@ -44,6 +44,7 @@ POD = {
     "log_directory": "/var/log/pods/default_web_u-1",
     "dns": {"servers": ["10.0.0.10"], "searches": ["svc.local"], "options": ["ndots:5"]},
     "cgroup_parent": "/kubepods/pod-u-1",
+    "pid": "pod",
 }
 
 
@@ -55,9 +56,13 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
     assert (pod["labels"], pod["annotations"]) == (POD["labels"], POD["annotations"])
     assert pod["cgroup_parent"] == "/kubepods/pod-u-1"
     ns = pod["namespaces"]
-    assert ns["pid"] is None
-    for kind in ("network", "ipc", "uts"):
+    for kind in ("network", "ipc", "uts", "pid"):
         assert ns[kind] and mounted(ns[kind]), (kind, ns)
+    # The pod-shared PID namespace: its infra process is PID 1, a newcomer gets another pid.
+    joined = subprocess.run(
+        ["nsenter", f"--pid={ns['pid']}", "sh", "-c", "echo $$"], capture_output=True, text=True
+    )
+    assert joined.returncode == 0 and int(joined.stdout) > 1, joined
     uts = subprocess.run(["nsenter", f"--uts={ns['uts']}", "hostname"], capture_output=True, text=True)
     assert uts.stdout.strip() == "web-host"
     ip = pod["network"]["ip"]
@@ -99,19 +104,31 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
 def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
     d = make_daemon(netns=True, image=False)
     got = d.call("pod.network_config", {"pod_cidr": "10.244.3.0/24"})
-    assert (got["pod_cidr"], got["subnet"], got["ready"]) == ("10.244.3.0/24", "10.244.3.0/24", True)
+    assert (got["pod_cidr"], got["subnet"], got["ready"]) == ("10.244.3.0/24", "", True)
     pod = d.call(
         "pod.create",
         {"name": "p", "ports": [{"container_port": 80, "host_port": 18080, "protocol": "tcp"}]},
     )
     assert pod["network"]["ip"] == "10.244.3.2"
+    assert d.call("pod.network_config")["subnet"] == "10.244.3.0/24"
     from supervisor.network.host import table_name
 
     rules = in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout
     assert "18080" in rules and "10.244.3.2:80" in rules
     # A server in the pod's network namespace answers on the host port.
     server = subprocess.Popen(
-        ["nsenter", f"--net={pod['namespaces']['network']}", "busybox", "nc", "-l", "-p", "80", "-e", "echo", "hi"],
+        [
+            "nsenter",
+            f"--net={pod['namespaces']['network']}",
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+            "80",
+            "-e",
+            "echo",
+            "hi",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -151,7 +168,7 @@ def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
 
 def test_pod_recovery(make_daemon: Any, backend: str) -> None:
     d = make_daemon(backend=backend, netns=True, image=False)
-    pod = d.call("pod.create", {"name": "keep"})
+    pod = d.call("pod.create", {"name": "keep", "pid": "pod"})
     gone = d.call("pod.create", {"name": "gone"})
     d.kill9()
     for path in gone["namespaces"].values():
@@ -161,6 +178,7 @@ def test_pod_recovery(make_daemon: Any, backend: str) -> None:
     kept = d.call("pod.inspect", {"id": pod["id"]})
     assert kept["state"] == "ready" and kept["network"]["ip"] == pod["network"]["ip"]
     assert pings(d, pod["network"]["ip"])
+    assert subprocess.run(["nsenter", f"--pid={kept['namespaces']['pid']}", "true"]).returncode == 0
     assert d.call("pod.inspect", {"id": gone["id"]})["state"] == "notready"
     assert f"tv0{gone['id'][:12]}" not in netns_links(d.netns)
     # Killed in the middle of a create: the half-made pod is undone at the next start.
@@ -170,7 +188,8 @@ def test_pod_recovery(make_daemon: Any, backend: str) -> None:
     d.start_env = {}
     with pytest.raises(errors.TugError):
         d.call("pod.create", {"name": "half"})
-    d.proc.wait()  # type: ignore[union-attr]
+    assert d.proc is not None
+    d.proc.wait()
     d.proc = None
     d.start()
     assert sorted(p["name"] for p in d.call("pod.list")) == ["gone", "keep"]
@@ -178,4 +197,5 @@ def test_pod_recovery(make_daemon: Any, backend: str) -> None:
     assert len([n for n in netns_links(d.netns) if n.startswith("tv")]) == 1
     for p in (pod, gone):
         d.call("pod.remove", {"id": p["id"]})
-    assert not [m for m in open("/proc/self/mounts").read().splitlines() if d.state + "/pods" in m]
+    with open("/proc/self/mounts") as f:
+        assert d.state + "/pods" not in f.read()

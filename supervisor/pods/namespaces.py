@@ -1,12 +1,19 @@
 """A pod's namespaces, pinned without a process: the network, IPC and UTS namespaces made by
 util-linux's ``unshare`` and bind-mounted on files of the pod's directory (persistent
-namespaces), the hostname set in the UTS one. Blocking: run in a worker thread."""
+namespaces), the hostname set in the UTS one. A pod-shared PID namespace needs a process as its
+PID 1 (a PID namespace whose init died takes no new process): the infra process, a shell that
+sleeps and reaps, started detached (``setsid -f``: tugd is never its parent, so a restart of tugd
+leaves it alone and nothing waits for it) under ``unshare --pid --fork --kill-child``, whose pid
+is kept in ``infra.pid``; killing that ``unshare`` kills the namespace. Blocking: run in a
+worker thread."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import time
 
 from tugwire import fsutil
 from tugwire.errors import RuntimeFailed
@@ -36,13 +43,71 @@ def make(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
     return paths
 
 
+# PID 1 of a pod's PID namespace: reaps what is reparented to it, exits on SIGTERM.
+INFRA = 'trap "exit 0" TERM; while :; do sleep 86400 & wait; done'
+# The detached shell writes its pid, then becomes the unshare that holds the namespace.
+LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork --kill-child -- sh -c "$2"'
+INFRA_WAIT = 5.0  # seconds for the infra's namespace to appear
+
+
+def start_infra(directory: str) -> str:
+    """The pod's PID namespace, held by its infra process, bind-mounted at ``directory/pid``."""
+    path = os.path.join(directory, "pid")
+    with open(path, "a"):
+        pass
+    pidfile = os.path.join(directory, "infra.pid")
+    proc = subprocess.run(
+        ["setsid", "-f", "sh", "-c", LAUNCH, pidfile, path, INFRA],
+        # No pipe: the detached process would hold it open, and this would wait for it.
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailed(f"starting the pod's infra process failed: setsid exited {proc.returncode}")
+    deadline = time.monotonic() + INFRA_WAIT
+    while not (alive(path) and infra_pid(directory)):  # the unshare mounts it just after its fork
+        if time.monotonic() > deadline:
+            stop_infra(directory)
+            raise RuntimeFailed("the pod's infra process did not make its PID namespace")
+        time.sleep(0.005)
+    return path
+
+
+def infra_pid(directory: str) -> int | None:
+    """The pid of the pod's infra ``unshare`` if it runs (checked by its command line, never a
+    recycled pid)."""
+    try:
+        with open(os.path.join(directory, "infra.pid")) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or f"--pid={os.path.join(directory, 'pid')}".encode() not in cmdline:
+        return None
+    return pid
+
+
+def stop_infra(directory: str) -> None:
+    """Kill the infra process (its namespace dies with it). Idempotent."""
+    pid = infra_pid(directory)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, "infra.pid"))
+
+
 def alive(path: str) -> bool:
     """Whether a namespace is bind-mounted at ``path``."""
     return netlink.is_netns(path)
 
 
 def unmount(directory: str) -> None:
-    """Unmount every namespace of the pod (files stay). Idempotent."""
+    """Stop the infra process and unmount every namespace of the pod (files stay). Idempotent."""
+    stop_infra(directory)
     for kind in (*KINDS, "pid"):
         path = os.path.join(directory, kind)
         if os.path.exists(path):

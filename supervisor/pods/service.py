@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+from tugwire.errors import InvalidArgument, NotFound
 
 from ..failpoints import failpoint
 from ..network import attached, ipam, nft
@@ -126,8 +126,9 @@ class Pods:
         }
 
     async def set_network_config(self, pod_cidr: str) -> dict[str, Any]:
-        """Record the node's pod CIDR; the pod network takes it as its subnet (made again with
-        it if no pod uses it yet; else kept until it is free, and said so in the log)."""
+        """Record the node's pod CIDR; the pod network takes it as its subnet when it is made (by
+        the first pod: nothing touches the host before). A pod network made with another subnet
+        is removed if no pod uses it; else kept while pods use it, and said so in the log."""
         if pod_cidr:
             net = ipam.parse_subnet(pod_cidr.split(",")[0].strip(), "pod_cidr")
             pod_cidr = str(net)
@@ -139,11 +140,8 @@ class Pods:
                     log.warning(
                         "pod CIDR %s: the pod network keeps %s while pods use it", pod_cidr, found[0].subnet
                     )
-                else:
+                else:  # made again with the new subnet by the next pod
                     await self.networks.remove(found[0].id)
-                    await self._ensure_network()
-            elif pod_cidr and not found:
-                await self._ensure_network()
         return self.network_config()
 
     async def _ensure_network(self) -> str:
@@ -161,10 +159,6 @@ class Pods:
         wired and ports forwarded, its files written; then ``ready``. On any failure everything
         made is undone and the record deleted."""
         check(req)
-        if req.pid == POD:
-            raise FailedPrecondition(
-                "a pod-shared PID namespace (shareProcessNamespace) is not supported yet", field="pid"
-            )
         pid = secrets.token_hex(32)
         hostname = req.hostname or req.name[:63]
         config: dict[str, Any] = {
@@ -211,6 +205,8 @@ class Pods:
             kinds.append("ipc")
         hostname = str(rec.config["hostname"])
         await anyio.to_thread.run_sync(namespaces.make, self._path(rec.id), kinds, hostname)
+        if req.pid == POD:
+            await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
         ip = ""
         if req.network == POD:
             await self._ensure_network()
@@ -291,7 +287,7 @@ class Pods:
                 "network": ns("net", opts["network"]),
                 "ipc": ns("ipc", opts["ipc"]),
                 "uts": ns("uts", opts["network"]),
-                "pid": None,
+                "pid": ns("pid", opts["pid"]),
             },
             "network": {
                 "name": addr[2] if addr else "",
@@ -354,6 +350,10 @@ class Pods:
     def _whole(self, rec: PodRecord) -> bool:
         opts = rec.config["namespace_options"]
         kinds = (["net", "uts"] if opts["network"] == POD else []) + (["ipc"] if opts["ipc"] == POD else [])
+        if opts["pid"] == POD:
+            if namespaces.infra_pid(self._path(rec.id)) is None:
+                return False
+            kinds.append("pid")
         return all(namespaces.alive(self._path(rec.id, k)) for k in kinds)
 
 
