@@ -14,6 +14,7 @@ import pytest
 from tugwire import errors
 
 from .conftest import needs_root, needs_runc, netns_links
+from .helpers import start
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
 
@@ -199,3 +200,25 @@ def test_pod_recovery(make_daemon: Any, backend: str) -> None:
         d.call("pod.remove", {"id": p["id"]})
     with open("/proc/self/mounts") as f:
         assert d.state + "/pods" not in f.read()
+
+
+def test_pod_stops_and_removes_its_containers(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend, netns=True)
+    pod = d.call("pod.create", {"name": "members"})
+    # A container of the pod (joining its namespaces is CreateContainer's business: here only
+    # its membership, pod_id, matters) and one outside it.
+    member = start(d, ["sleep", "300"], name="member", pod_id=pod["id"], network="none")
+    outsider = start(d, ["sleep", "300"], name="outsider", network="none")
+    assert d.call("container.inspect", {"id": member})["config"]["pod_id"] == pod["id"]
+    listed = d.call("container.list", {"all": True, "filters": {"pod": [pod["id"]]}})
+    assert [c["id"] for c in listed] == [member]
+    assert d.call("pod.inspect", {"id": pod["id"]})["containers"] == [member]
+    with pytest.raises(errors.InvalidArgument):
+        d.call("container.create", {"image": "busybox", "pod_id": "not-an-id"})
+    d.call("pod.stop", {"id": pod["id"], "timeout": 1})
+    assert d.call("container.inspect", {"id": member})["state"] == "exited"
+    assert d.call("container.inspect", {"id": outsider})["state"] == "running"
+    d.call("pod.remove", {"id": pod["id"]})
+    with pytest.raises(errors.NotFound):
+        d.call("container.inspect", {"id": member})
+    assert d.call("container.inspect", {"id": outsider})["state"] == "running"

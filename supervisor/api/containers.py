@@ -62,6 +62,7 @@ def create_request(p: jsonrpc.Params) -> CreateRequest:
         ),
         network=endpoint_request(p),
         labels=p.dict_of_str("labels"),
+        pod_id=p.string("pod_id"),
     )
 
 
@@ -136,8 +137,15 @@ class ContainerApi:
         docker's ``filters`` (``{"status": ["exited"], "label": ["a=b"]}``); with ``size``, each
         with ``size_rw``, the bytes of its writable layer."""
         everything = call.params.boolean("all")
-        filters = dockerfilters.check(call.params.raw.get("filters"), dockerfilters.CONTAINER_KEYS)
+        raw = call.params.raw.get("filters")
+        pods = None  # tugd's own filter: the containers of these pods (pod.create)
+        if isinstance(raw, dict) and "pod" in raw:
+            raw = dict(raw)
+            pods = jsonrpc.Params({"pod": raw.pop("pod")}).list_of_str("pod")
+        filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
+        if pods is not None:
+            records = [r for r in records if r.config.get("pod_id") in pods]
         created = {r.id: r.created_at for r in records}
         by_name = {r.name: r.created_at for r in records}
 

@@ -122,6 +122,7 @@ class CreateRequest:
     labels: dict[str, str] = field(default_factory=dict)
     health: HealthRequest = field(default_factory=HealthRequest)
     network: EndpointRequest = field(default_factory=EndpointRequest)
+    pod_id: str | None = None  # the pod (pod.create) the container belongs to: recorded only
 
 
 def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
@@ -231,6 +232,9 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
             raise InvalidArgument(str(exc), field="metrics_address") from None
     opts["metrics_address"] = metrics_address or None
     opts["labels"] = parse_labels(p.labels)  # the image's go under them (create)
+    if p.pod_id is not None and not names.is_id(p.pod_id):
+        raise InvalidArgument(f"invalid pod id {p.pod_id!r}: want 64 hex digits", field="pod_id")
+    opts["pod_id"] = p.pod_id
     return opts
 
 
