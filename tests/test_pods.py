@@ -5,6 +5,7 @@ the host side, host ports, stop and remove leaving nothing, recovery after kill 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from typing import Any
@@ -164,7 +165,18 @@ def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
     # Host network and host IPC: no namespace of its own.
     host = d.call("pod.create", {"name": "h", "network": "node", "ipc": "node"})
     assert host["namespaces"] == {"network": None, "ipc": None, "uts": None, "pid": None}
-    d.call("pod.remove", {"id": host["id"]})
+    # tug pod: ls, inspect, stop, rm (by name or id prefix).
+    table = d.tug("pod", "ls").stdout.decode().splitlines()
+    assert table[0].split()[:4] == ["POD", "ID", "NAME", "NAMESPACE"]
+    assert table[1].split()[:5] == [host["id"][:12], "h", "READY", "host", "0"]
+    assert d.tug("pod", "ls", "-q", "--state", "notready").stdout == b""
+    assert json.loads(d.tug("pod", "inspect", "h").stdout)[0]["id"] == host["id"]
+    bad = d.tug("pod", "inspect", "nosuchpod", check=False)
+    assert bad.returncode == 1 and b"pod nosuchpod not found" in bad.stderr
+    assert d.tug("pod", "stop", host["id"][:8]).stdout.decode() == host["id"][:8] + "\n"
+    assert d.tug("pod", "ls", "-q", "--no-trunc", "--state", "notready").stdout.decode() == host["id"] + "\n"
+    d.tug("pod", "rm", "h")
+    assert d.tug("pod", "ls", "-q").stdout == b""
 
 
 def test_pod_recovery(make_daemon: Any, backend: str) -> None:
