@@ -17,9 +17,9 @@ import pytest
 from cri.gen import api_pb2
 
 from .conftest import needs_root, needs_runc, netns_links
-from .cri_helpers import TugCri, crictl, crictl_path, make_tug_cri
+from .cri_helpers import TugCri, crictl, crictl_path, critest_path, make_tug_cri
 
-__all__ = ["crictl_path", "make_tug_cri"]  # fixtures, imported for this module's tests
+__all__ = ["crictl_path", "critest_path", "make_tug_cri"]  # fixtures, imported for this module's tests
 
 pytestmark = [
     pytest.mark.integration,
@@ -169,3 +169,40 @@ def test_grpc_sandbox_options_and_bad_requests(make_daemon: Any, make_tug_cri: A
     assert list(cri.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=f)).items) == []
     cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))
     assert "Traceback" not in cri.read_log()
+
+
+CRITEST_POD_SPECS = (
+    r"Runtime info runtime should support returning runtime info"
+    r"|PodSandbox runtime should support basic operations on PodSandbox"
+    r"|Idempotence (StopPodSandbox|RemovePodSandbox)"
+)
+
+
+def test_critest_runtime_info_and_pod_sandbox_specs_pass(
+    make_daemon: Any, make_tug_cri: Any, critest_path: str
+) -> None:
+    """critest's Runtime info specs (NetworkReady is true now), its basic PodSandbox specs and
+    the pod idempotence specs. Its sysctl PodSandbox specs need registry.k8s.io images and
+    containers (docs/cri.md)."""
+    d = make_daemon(netns=True, image=False)
+    cri: TugCri = make_tug_cri(d)
+    r = subprocess.run(
+        [
+            critest_path,
+            "--runtime-endpoint",
+            cri.endpoint,
+            "--image-endpoint",
+            cri.endpoint,
+            "--ginkgo.focus",
+            CRITEST_POD_SPECS,
+            "--ginkgo.no-color",
+        ],
+        capture_output=True,
+        timeout=900,
+        cwd=d.base,  # critest looks for a crictl.yaml beside itself and in its directory
+        stdin=subprocess.DEVNULL,
+    )
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, f"{out[-4000:]}\n{r.stderr.decode(errors='replace')[-2000:]}"
+    assert "Ran 9 of " in out and "SUCCESS! -- 9 Passed | 0 Failed" in out, out[-4000:]
+    assert d.call("pod.list") == []
