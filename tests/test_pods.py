@@ -4,6 +4,7 @@ the host side, host ports, stop and remove leaving nothing, recovery after kill 
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import os
@@ -104,7 +105,7 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
 
 
 def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
-    d = make_daemon(netns=True, image=False)
+    d = make_daemon(netns=True)
     got = d.call("pod.network_config", {"pod_cidr": "10.244.3.0/24"})
     assert (got["pod_cidr"], got["subnet"], got["ready"]) == ("10.244.3.0/24", "", True)
     pod = d.call(
@@ -145,9 +146,15 @@ def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
     finally:
         server.kill()
         server.wait()
-    # The same host port again: refused, nothing made.
+    # The same host port again: refused, nothing made; a container's too.
     with pytest.raises(errors.InvalidArgument):
         d.call("pod.create", {"name": "q", "ports": [{"container_port": 81, "host_port": 18080}]})
+    cid = d.call("container.create", {"image": "busybox", "cmd": ["sleep", "9"], "ports": ["18080:80"]})["id"]
+    with pytest.raises(errors.FailedPrecondition, match="a pod's host port"):
+        d.call("container.start", {"id": cid})
+    d.call("container.delete", {"id": cid, "force": True})
+    with pytest.raises(errors.FailedPrecondition, match="pods exist"):
+        d.call("system.reset")
     for bad in (
         {"name": ""},
         {"name": "x", "network": "bogus"},
@@ -234,3 +241,15 @@ def test_pod_stops_and_removes_its_containers(make_daemon: Any, backend: str) ->
     with pytest.raises(errors.NotFound):
         d.call("container.inspect", {"id": member})
     assert d.call("container.inspect", {"id": outsider})["state"] == "running"
+
+
+def test_pods_made_and_removed_in_parallel(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend, netns=True, image=False)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        pods = list(pool.map(lambda i: d.call("pod.create", {"name": f"p{i}", "pid": "pod"}), range(6)))
+        ips = {p["network"]["ip"] for p in pods}
+        assert len(ips) == 6 and all(p["state"] == "ready" for p in pods)
+        assert all(pings(d, ip) for ip in ips)
+        list(pool.map(lambda p: d.call("pod.remove", {"id": p["id"]}), pods))
+    assert d.call("pod.list") == []
+    assert not [n for n in netns_links(d.netns) if n.startswith("tv")]

@@ -28,9 +28,9 @@ from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from tugwire.timefmt import rfc3339
 
 from ..failpoints import failpoint
-from . import etc, files, host, ipam, nft
+from . import attached, etc, files, host, ipam, nft
 from . import ports as ports_
-from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port
+from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port, veth_name
 from .requests import EndpointRequest, NetworkCreateRequest
 
 if TYPE_CHECKING:
@@ -493,6 +493,8 @@ class Networks:
         async with self.lock:
             fresh = rec.id not in self._forwarding  # (else its rules may be in the table still)
             ports_.check(self.store, self._wired, rec.id, ports)
+            if ports and self.owners is not None:  # the pods' host ports (attached.py)
+                attached.check_pods(self.owners, ports)
             if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
                 ports_.check_others(
                     await anyio.to_thread.run_sync(host.forwards_of_others, self.table), ports
@@ -782,6 +784,8 @@ class Networks:
             raise FailedPrecondition(
                 f"cannot reset: {len(recs)} container(s) exist ({names}); remove them first (tug rm -f)"
             )
+        if self.owners is not None and self.owners.owner_ids():
+            raise FailedPrecondition("cannot reset: pods exist; remove them first (tug pod rm)")
         async with self.lock:
             bridges = self._bridges()
             gone = await anyio.to_thread.run_sync(
@@ -797,8 +801,3 @@ class Networks:
     def _is_wirable_id(self, cid: str) -> bool:
         rec = self.store.get_container(cid)
         return rec is not None and self._is_wirable(rec)
-
-
-def veth_name(cid: str, idx: int) -> str:
-    """The host side of a container's veth: ``tv<idx><12 hex>`` (15 bytes, IFNAMSIZ's limit)."""
-    return f"tv{idx}{cid[:12]}"

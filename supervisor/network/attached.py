@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from tugwire.errors import InvalidArgument
+from tugwire.errors import FailedPrecondition, InvalidArgument
 
 from . import host, ipam, nft
 from . import ports as ports_
@@ -44,6 +44,21 @@ def taken_ports(nets: Networks) -> set[tuple[str, int, str]]:
     if nets.owners is not None:
         out |= {(f.host_ip, f.host_port, f.proto) for f in nets.owners.forwards()}
     return out
+
+
+def check_pods(owners: Owners, ports: list[Port]) -> None:
+    """FailedPrecondition if one of a container's ``ports`` is a host port of the owner's."""
+    for f in owners.forwards():
+        for pt in ports:
+            if (
+                f.host_port == pt.host_port
+                and f.proto == pt.proto
+                and (not f.host_ip or not pt.host_ip or f.host_ip == pt.host_ip)
+            ):
+                raise FailedPrecondition(
+                    f"Bind for {pt.host_ip or '0.0.0.0'}:{pt.host_port} failed: port is already "
+                    "allocated (a pod's host port)"
+                )
 
 
 async def attach(nets: Networks, owner: str, net_ref: str, path: str, ports: list[Port]) -> Endpoint:
@@ -88,9 +103,7 @@ async def detach(nets: Networks, owner: str) -> None:
 
     eps = nets.db.endpoints(container_id=owner)
     async with nets.lock:
-        from . import veth_name
-
-        await anyio.to_thread.run_sync(netlink.delete_links, [veth_name(owner, ep.idx) for ep in eps])
+        await anyio.to_thread.run_sync(netlink.delete_links, [ipam.veth_name(owner, ep.idx) for ep in eps])
         nets.db.delete_endpoints_of(owner)
         if eps:
             await nets._apply_nft()

@@ -63,7 +63,8 @@ class Pods:
         self.networks = networks
         self.db = PodStore(store.db)
         self.dir = os.path.join(cfg.state, "pods")
-        self.lock = anyio.Lock()  # one pod change at a time (they are short)
+        self.net_lock = anyio.Lock()  # the pod network: made once, its subnet changed
+        self._locks: dict[str, anyio.Lock] = {}  # per pod: its create, stop and remove in turn
         networks.owners = self
 
     # ----------------------------------------------------------------- the Owners protocol
@@ -132,7 +133,7 @@ class Pods:
         if pod_cidr:
             net = ipam.parse_subnet(pod_cidr.split(",")[0].strip(), "pod_cidr")
             pod_cidr = str(net)
-        async with self.lock:
+        async with self.net_lock:
             self.db.set_setting(POD_CIDR_KEY, pod_cidr)
             found = [n for n in self.networks.db.find_networks(POD_NETWORK) if n.name == POD_NETWORK]
             if found and pod_cidr and found[0].subnet != pod_cidr:
@@ -145,12 +146,16 @@ class Pods:
         return self.network_config()
 
     async def _ensure_network(self) -> str:
-        found = [n for n in self.networks.db.find_networks(POD_NETWORK) if n.name == POD_NETWORK]
-        if found:
-            return found[0].id
-        cidr = self.db.setting(POD_CIDR_KEY) or None
-        req = NetworkCreateRequest(name=POD_NETWORK, subnet=cidr, labels={"io.tugboat.pods": "true"})
-        return (await self.networks.create(req)).id
+        async with self.net_lock:
+            found = [n for n in self.networks.db.find_networks(POD_NETWORK) if n.name == POD_NETWORK]
+            if found:
+                return found[0].id
+            cidr = self.db.setting(POD_CIDR_KEY) or None
+            req = NetworkCreateRequest(name=POD_NETWORK, subnet=cidr, labels={"io.tugboat.pods": "true"})
+            return (await self.networks.create(req)).id
+
+    def _lock(self, pid: str) -> anyio.Lock:
+        return self._locks.setdefault(pid, anyio.Lock())
 
     # ------------------------------------------------------------------------------ verbs
 
@@ -183,7 +188,7 @@ class Pods:
             "namespace_options": {"network": req.network, "pid": req.pid, "ipc": req.ipc},
         }
         rec = PodRecord(id=pid, key=pod_key(req), state=CREATING, created_ns=time.time_ns(), config=config)
-        async with self.lock:
+        async with self._lock(rec.id):
             self.db.insert(rec)  # AlreadyExists for a second pod of the same name/ns/uid/attempt
             try:
                 await self._make(rec, req)
@@ -230,7 +235,7 @@ class Pods:
         for cid in self.members(rec.id):
             with contextlib.suppress(NotFound):
                 await self.containers.stop(cid, STOP_TIMEOUT if timeout is None else timeout)
-        async with self.lock:
+        async with self._lock(rec.id):
             await self._unmake(rec.id)
             found = self.db.get(rec.id)
             if found is None:
@@ -248,9 +253,10 @@ class Pods:
         for cid in self.members(rec.id):
             with contextlib.suppress(NotFound):
                 await self.containers.delete(cid, force=True)
-        async with self.lock:
+        async with self._lock(rec.id):
             await anyio.to_thread.run_sync(namespaces.remove, self._path(rec.id))
             self.db.delete(rec.id)
+        self._locks.pop(rec.id, None)
         log.info("pod %s (%s) removed", rec.name, rec.id[:12])
         return rec
 
