@@ -15,7 +15,7 @@ import pytest
 
 from tugwire import errors
 
-from .conftest import needs_root, needs_runc, netns_links
+from .conftest import TUGD, needs_root, needs_runc, netns_links
 from .helpers import start
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
@@ -211,6 +211,8 @@ def test_pod_recovery(make_daemon: Any, backend: str) -> None:
     assert d.proc is not None
     d.proc.wait()
     d.proc = None
+    cleanup = subprocess.run([TUGD, "--root", d.root, "--state", d.state, "--cleanup"], capture_output=True)
+    assert cleanup.returncode == 1 and b"pod(s) exist" in cleanup.stderr, cleanup
     d.start()
     assert sorted(p["name"] for p in d.call("pod.list")) == ["gone", "keep"]
     assert sorted(os.listdir(os.path.join(d.state, "pods"))) == sorted([pod["id"], gone["id"]])
