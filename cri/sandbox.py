@@ -60,6 +60,7 @@ def create_params(config: api_pb2.PodSandboxConfig) -> dict[str, Any]:
         "log_directory": config.log_directory,
         "ports": ports,
         "cgroup_parent": config.linux.cgroup_parent,
+        "sysctls": dict(config.linux.sysctls),
         **modes,
     }
     if config.HasField("dns_config"):

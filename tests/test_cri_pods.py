@@ -46,7 +46,10 @@ POD_JSON: dict[str, Any] = {
     "port_mappings": [{"protocol": 0, "container_port": 80, "host_port": 18081}],
     "labels": {"app": "nginx", "weird": "a=b,c"},
     "annotations": {"kubernetes.io/config.source": "file", "empty": ""},
-    "linux": {"cgroup_parent": "/kubepods/besteffort/podhdishd83"},
+    "linux": {
+        "cgroup_parent": "/kubepods/besteffort/podhdishd83",
+        "sysctls": {"net.ipv4.ping_group_range": "0 2147483647"},
+    },
 }
 
 
@@ -98,6 +101,11 @@ def test_crictl_runp_pods_inspectp_stopp_rmp(make_daemon: Any, make_tug_cri: Any
     netns = tugd_pod["namespaces"]["network"]
     assert mounted(tugd_pod["namespaces"]["pid"])  # pod-shared PID: the infra process holds it
     assert mounted(netns) and tugd_pod["cgroup_parent"] == POD_JSON["linux"]["cgroup_parent"]
+    assert tugd_pod["sysctls"] == POD_JSON["linux"]["sysctls"]
+    got = subprocess.run(
+        ["nsenter", f"--net={netns}", "sysctl", "-n", "net.ipv4.ping_group_range"], capture_output=True
+    )
+    assert got.stdout.split() == [b"0", b"2147483647"]
     # The pod's address answers from the host side (tugd's namespace).
     ping = subprocess.run(
         ["nsenter", f"--net=/run/netns/{d.netns}", "busybox", "ping", "-c", "1", "-W", "2", "10.88.7.2"],

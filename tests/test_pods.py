@@ -48,6 +48,7 @@ POD = {
     "dns": {"servers": ["10.0.0.10"], "searches": ["svc.local"], "options": ["ndots:5"]},
     "cgroup_parent": "/kubepods/pod-u-1",
     "pid": "pod",
+    "sysctls": {"net.ipv4.ip_unprivileged_port_start": "53", "kernel.shmmni": "1000"},
 }
 
 
@@ -68,6 +69,18 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
     assert joined.returncode == 0 and int(joined.stdout) > 1, joined
     uts = subprocess.run(["nsenter", f"--uts={ns['uts']}", "hostname"], capture_output=True, text=True)
     assert uts.stdout.strip() == "web-host"
+    # Sysctls in the pod's own namespaces, the host's untouched.
+    for kind, key, want in (
+        ("net", "net/ipv4/ip_unprivileged_port_start", "53"),
+        ("ipc", "kernel/shmmni", "1000"),
+    ):
+        path = ns["network" if kind == "net" else "ipc"]
+        got = subprocess.run(
+            ["nsenter", f"--{kind}={path}", "cat", f"/proc/sys/{key}"], capture_output=True, text=True
+        )
+        assert got.stdout.strip() == want
+        with open(f"/proc/sys/{key}") as f:
+            assert f.read().strip() != want
     ip = pod["network"]["ip"]
     net = d.call("pod.network_config")
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(net["subnet"])
@@ -161,6 +174,9 @@ def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
         {"name": "x", "hostname": "bad host"},
         {"name": "x", "ports": [{"container_port": 0}]},
         {"name": "x", "ports": [{"container_port": 1, "protocol": "sctp"}]},
+        {"name": "x", "sysctls": {"kernel.panic": "1"}},  # the host's: never a pod's
+        {"name": "x", "network": "node", "sysctls": {"net.ipv4.ip_forward": "1"}},
+        {"name": "x", "sysctls": {"net.ipv4.no_such_knob": "1"}},  # sysctl fails: undone
     ):
         with pytest.raises((errors.InvalidArgument, errors.InvalidParams)):
             d.call("pod.create", bad)

@@ -48,6 +48,7 @@ def create_request(p: jsonrpc.Params) -> PodCreateRequest:
         network=p.string("network", "pod"),
         pid=p.string("pid", "container"),
         ipc=p.string("ipc", "pod"),
+        sysctls=p.dict_of_str("sysctls"),
     )
 
 

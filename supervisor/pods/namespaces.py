@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from tugwire import fsutil
-from tugwire.errors import RuntimeFailed
+from tugwire.errors import InvalidArgument, RuntimeFailed
 
 from ..network import netlink
 
@@ -98,6 +98,22 @@ def stop_infra(directory: str) -> None:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, "infra.pid"))
+
+
+def set_sysctls(directory: str, sysctls: dict[str, str]) -> None:
+    """Write ``sysctls`` (net.* and IPC ones, checked by records.check) in the pod's network and
+    IPC namespaces, where its containers then find them (as a pause container would hold them)."""
+    if not sysctls:
+        return
+    args = ["nsenter"]
+    for kind in ("net", "ipc"):
+        path = os.path.join(directory, kind)
+        if alive(path):
+            args.append(f"--{kind}={path}")
+    args += ["--", "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise InvalidArgument(f"setting the pod's sysctls failed: {proc.stderr.strip()}", field="sysctls")
 
 
 def alive(path: str) -> bool:

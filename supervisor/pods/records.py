@@ -66,6 +66,7 @@ class PodCreateRequest:
     network: str = POD  # pod or node
     pid: str = CONTAINER  # container, pod or node
     ipc: str = POD  # pod or node
+    sysctls: dict[str, str] = field(default_factory=dict)  # set in the pod's namespaces
 
 
 @dataclass
@@ -112,6 +113,14 @@ def check(req: PodCreateRequest) -> None:
         raise InvalidArgument(f"pid namespace mode {req.pid!r}: want container, pod or node", field="pid")
     if req.log_directory and not req.log_directory.startswith("/"):
         raise InvalidArgument("log_directory must be an absolute path", field="log_directory")
+    for key, value in req.sysctls.items():
+        ns = sysctl_namespace(key)
+        if ns is None:
+            raise InvalidArgument(f"sysctl {key!r} is not namespaced: a pod cannot set it", field="sysctls")
+        if (ns == "net" and req.network != POD) or (ns == "ipc" and req.ipc != POD):
+            raise InvalidArgument(f"sysctl {key!r} needs the pod's own {ns} namespace", field="sysctls")
+        if not value or any(c in value for c in "\n\x00"):
+            raise InvalidArgument(f"invalid value {value!r} of sysctl {key!r}", field="sysctls")
     for pm in req.ports:
         if pm.protocol not in ("tcp", "udp"):
             raise InvalidArgument(f"port protocol {pm.protocol!r}: tcp or udp", field="ports")
@@ -119,6 +128,30 @@ def check(req: PodCreateRequest) -> None:
             raise InvalidArgument(f"invalid port mapping {pm}", field="ports")
         if pm.host_port and req.network == NODE and pm.host_port != pm.container_port:
             raise InvalidArgument("a host-network pod's host port must be its container port", field="ports")
+
+
+IPC_SYSCTLS = (
+    "kernel.shmmax",
+    "kernel.shmall",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+)
+
+
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace a sysctl belongs to (``net``, ``ipc``), None if it is the host's."""
+    if not re.fullmatch(r"[a-z0-9_]+([./][a-zA-Z0-9_-]+)+", key):
+        return None
+    key = key.replace("/", ".")
+    if key.startswith("net."):
+        return "net"
+    if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return "ipc"
+    return None
 
 
 class PodStore:

@@ -186,6 +186,7 @@ class Pods:
             ],
             "cgroup_parent": req.cgroup_parent,
             "namespace_options": {"network": req.network, "pid": req.pid, "ipc": req.ipc},
+            "sysctls": dict(req.sysctls),
         }
         rec = PodRecord(id=pid, key=pod_key(req), state=CREATING, created_ns=time.time_ns(), config=config)
         async with self._lock(rec.id):
@@ -210,6 +211,7 @@ class Pods:
             kinds.append("ipc")
         hostname = str(rec.config["hostname"])
         await anyio.to_thread.run_sync(namespaces.make, self._path(rec.id), kinds, hostname)
+        await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
             await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
         ip = ""
@@ -288,6 +290,7 @@ class Pods:
             "dns": c["dns"],
             "ports": c["ports"],
             "cgroup_parent": c["cgroup_parent"],
+            "sysctls": c.get("sysctls", {}),
             "namespace_options": opts,
             "namespaces": {
                 "network": ns("net", opts["network"]),
