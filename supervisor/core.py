@@ -89,7 +89,7 @@ class Core:
             registry=registry,
             containers=containers,
             networks=containers.networks,
-            pods=Pods(cfg, store, containers, containers.networks),
+            pods=Pods(cfg, store, containers, containers.networks, bus),
             verbs=Verbs(containers),
             execs=Execs(containers),
             attach=Attach(containers),

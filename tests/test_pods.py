@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tugwire import errors
 
 from .conftest import TUGD, needs_root, needs_runc, netns_links
 from .helpers import start
+from .test_events import collect
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
 
@@ -115,6 +117,10 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
     assert d.call("pod.list") == []
     assert not [n for n in netns_links(d.netns) if n.startswith("tv")]
     assert os.listdir(os.path.join(d.state, "pods")) == []
+    # Events: create, stop, destroy, with the pod's labels and metadata.
+    events = collect(d, {"until": time.time_ns(), "filters": {"type": ["pod"]}})
+    mine = [(e["action"], e["attributes"]["app"]) for e in events if e["id"] == pid]
+    assert mine == [("create", "web"), ("stop", "web"), ("destroy", "web")], events
 
 
 def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:

@@ -43,6 +43,7 @@ from .records import (
 if TYPE_CHECKING:
     from ..config import Config
     from ..containers import Containers
+    from ..events import EventBus
     from ..network import Networks
     from ..store import Store
 
@@ -56,8 +57,16 @@ STOP_TIMEOUT = 10  # seconds a pod's container gets to stop when pod.stop gives 
 class Pods:
     """The pods of one tugd. Implements :class:`supervisor.network.attached.Owners`."""
 
-    def __init__(self, cfg: Config, store: Store, containers: Containers, networks: Networks) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        containers: Containers,
+        networks: Networks,
+        bus: EventBus | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.bus = bus
         self.store = store
         self.containers = containers
         self.networks = networks
@@ -105,6 +114,17 @@ class Pods:
         if len(found) > 1:
             raise InvalidArgument(f"multiple pods match {ref!r}; give more of the id")
         return found[0]
+
+    def publish(self, action: str, rec: PodRecord) -> None:
+        """The event ``pod.<action>`` (create, stop, destroy) of ``rec``: its metadata and labels
+        among the attributes."""
+        if self.bus is None:
+            return
+        from ..events import Event
+
+        c = rec.config
+        attributes = {**c["labels"], "name": c["name"], "namespace": c["namespace"], "uid": c["uid"]}
+        self.bus.publish(Event("pod", action, rec.id, rec.name, "", attributes))
 
     def members(self, pid: str) -> list[str]:
         """The ids of the containers that belong to pod ``pid``."""
@@ -201,6 +221,7 @@ class Pods:
             rec.state = READY
             self.db.update(rec)
         log.info("pod %s (%s) ready", rec.name, rec.id[:12])
+        self.publish("create", rec)
         return rec
 
     async def _make(self, rec: PodRecord, req: PodCreateRequest) -> None:
@@ -246,6 +267,7 @@ class Pods:
             if rec.state != NOTREADY:
                 rec.state = NOTREADY
                 self.db.update(rec)
+                self.publish("stop", rec)
         return rec
 
     async def remove(self, ref: str) -> PodRecord:
@@ -260,6 +282,7 @@ class Pods:
             self.db.delete(rec.id)
         self._locks.pop(rec.id, None)
         log.info("pod %s (%s) removed", rec.name, rec.id[:12])
+        self.publish("destroy", rec)
         return rec
 
     # ------------------------------------------------------------------------- describing
