@@ -277,3 +277,31 @@ def test_pods_made_and_removed_in_parallel(make_daemon: Any, backend: str) -> No
         list(pool.map(lambda p: d.call("pod.remove", {"id": p["id"]}), pods))
     assert d.call("pod.list") == []
     assert not [n for n in netns_links(d.netns) if n.startswith("tv")]
+
+
+@pytest.mark.parametrize("point", ["pod.stop.after_unmount", "pod.remove.after_dir"])
+def test_tugd_killed_in_stop_or_remove_then_the_retry(make_daemon: Any, point: str) -> None:
+    """kill -9 of tugd in the middle of pod.stop or pod.remove, then kubelet's retry (stop, then
+    remove): the pod is NOTREADY after the restart, and the retry leaves nothing."""
+    d = make_daemon(netns=True, image=False)
+    d.stop()
+    d.start_env = {"TUGD_FAILPOINTS": f"{point}=kill"}
+    d.start()
+    d.start_env = {}
+    pod = d.call(
+        "pod.create", {"name": "crash", "pid": "pod", "ports": [{"container_port": 80, "host_port": 18090}]}
+    )
+    with pytest.raises(errors.TugError):
+        d.call("pod.stop" if point.startswith("pod.stop") else "pod.remove", {"id": pod["id"]})
+    assert d.proc is not None
+    d.proc.wait()
+    d.proc = None
+    d.start()
+    assert d.call("pod.inspect", {"id": pod["id"]})["state"] == "notready"
+    d.call("pod.stop", {"id": pod["id"]})
+    d.call("pod.remove", {"id": pod["id"]})
+    assert d.call("pod.list") == []
+    assert not [n for n in netns_links(d.netns) if n.startswith("tv")]
+    from supervisor.network.host import table_name
+
+    assert "18090" not in in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout

@@ -260,6 +260,7 @@ class Pods:
                 await self.containers.stop(cid, STOP_TIMEOUT if timeout is None else timeout)
         async with self._lock(rec.id):
             await self._unmake(rec.id)
+            failpoint("pod.stop.after_unmount")
             found = self.db.get(rec.id)
             if found is None:
                 raise NotFound(f"pod {ref} not found")
@@ -279,6 +280,7 @@ class Pods:
                 await self.containers.delete(cid, force=True)
         async with self._lock(rec.id):
             await anyio.to_thread.run_sync(namespaces.remove, self._path(rec.id))
+            failpoint("pod.remove.after_dir")
             self.db.delete(rec.id)
         self._locks.pop(rec.id, None)
         log.info("pod %s (%s) removed", rec.name, rec.id[:12])
