@@ -89,7 +89,8 @@ async def attach(nets: Networks, owner: str, net_ref: str, path: str, ports: lis
                     await anyio.to_thread.run_sync(host.forwards_of_others, nets.table), ports
                 )
             await anyio.to_thread.run_sync(nets._wire_endpoint, netlink, owner, path, ep, net, True)
-            await nets._apply_nft()
+            if ports or net.bridge not in nets._nft_bridges:  # (else the table has all it needs)
+                await nets._apply_nft()
     except BaseException:
         with anyio.CancelScope(shield=True):
             await detach(nets, owner)
@@ -102,10 +103,12 @@ async def detach(nets: Networks, owner: str) -> None:
     from . import netlink
 
     eps = nets.db.endpoints(container_id=owner)
+    ips = {ep.ip for ep in eps}
+    forwarded = nets.owners is not None and any(f.ip in ips for f in nets.owners.forwards())
     async with nets.lock:
         await anyio.to_thread.run_sync(netlink.delete_links, [ipam.veth_name(owner, ep.idx) for ep in eps])
         nets.db.delete_endpoints_of(owner)
-        if eps:
+        if forwarded:  # its forwards leave the table (a pod without host ports has none there)
             await nets._apply_nft()
 
 
