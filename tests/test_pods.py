@@ -125,13 +125,18 @@ def test_pod_life(make_daemon: Any, backend: str) -> None:
 
 def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
     d = make_daemon(netns=True)
-    got = d.call("pod.network_config", {"pod_cidr": "10.244.3.0/24"})
+    with pytest.raises(errors.InvalidArgument):
+        d.call("pod.network_config", {"pod_cidr": "fd00:10::/64"})
+    with pytest.raises(errors.InvalidArgument):
+        d.call("pod.network_config", {"pod_cidr": "10.244.3.0/33"})
+    got = d.call("pod.network_config", {"pod_cidr": "fd00:10::/64,10.244.3.0/24"})
     assert (got["pod_cidr"], got["subnet"], got["ready"]) == ("10.244.3.0/24", "", True)
     pod = d.call(
         "pod.create",
         {"name": "p", "ports": [{"container_port": 80, "host_port": 18080, "protocol": "tcp"}]},
     )
     assert pod["network"]["ip"] == "10.244.3.2"
+    assert d.call("network.inspect", {"id": "cri"})["containers"][pod["id"]]["name"] == "pod p"
     assert d.call("pod.network_config")["subnet"] == "10.244.3.0/24"
     from supervisor.network.host import table_name
 

@@ -306,7 +306,7 @@ class Networks:
         for ep in eps:
             rec = (containers or {}).get(ep.container_id) or self.store.get_container(ep.container_id)
             out_eps[ep.container_id] = {
-                "name": rec.name if rec else "",
+                "name": rec.name if rec else self.owners.name_of(ep.container_id) if self.owners else "",
                 "ip": ep.ip,
                 "prefixlen": ipaddress.ip_network(net.subnet).prefixlen if net.subnet else 0,
                 "ip6": ep.ip6,

@@ -37,6 +37,9 @@ class Owners(Protocol):
     def forwards(self) -> list[nft.Forward]:
         """The port forwards of the live ones."""
 
+    def name_of(self, owner: str) -> str:
+        """What ``network.inspect`` calls the owner of an endpoint ("" if none)."""
+
 
 def taken_ports(nets: Networks) -> set[tuple[str, int, str]]:
     """(host address, port, proto) of every published port of the containers and the owner."""

@@ -97,6 +97,10 @@ class Pods:
                 out += ports_.forwards(addr[0], ports)
         return out
 
+    def name_of(self, owner: str) -> str:
+        rec = self.db.get(owner)
+        return f"pod {rec.name}" if rec is not None else ""
+
     # ---------------------------------------------------------------------------- helpers
 
     def _path(self, pid: str, name: str = "") -> str:
@@ -150,9 +154,11 @@ class Pods:
         """Record the node's pod CIDR; the pod network takes it as its subnet when it is made (by
         the first pod: nothing touches the host before). A pod network made with another subnet
         is removed if no pod uses it; else kept while pods use it, and said so in the log."""
-        if pod_cidr:
-            net = ipam.parse_subnet(pod_cidr.split(",")[0].strip(), "pod_cidr")
-            pod_cidr = str(net)
+        if pod_cidr:  # dual stack gives "v4,v6" (either order): the pod network is IPv4
+            v4 = [c.strip() for c in pod_cidr.split(",") if c.strip() and ":" not in c]
+            if not v4:
+                raise InvalidArgument(f"pod CIDR {pod_cidr!r} has no IPv4 subnet", field="pod_cidr")
+            pod_cidr = str(ipam.parse_subnet(v4[0], "pod_cidr"))
         async with self.net_lock:
             self.db.set_setting(POD_CIDR_KEY, pod_cidr)
             found = [n for n in self.networks.db.find_networks(POD_NETWORK) if n.name == POD_NETWORK]
