@@ -65,8 +65,10 @@ def code_of(fn: Any) -> grpc.StatusCode:
     return code
 
 
-def test_crictl_runp_pods_inspectp_stopp_rmp(make_daemon: Any, make_tug_cri: Any, crictl_path: str) -> None:
-    d = make_daemon(netns=True, image=False)
+def test_crictl_runp_pods_inspectp_stopp_rmp(
+    make_daemon: Any, make_tug_cri: Any, crictl_path: str, backend: str
+) -> None:
+    d = make_daemon(backend=backend, netns=True, image=False)
     cri: TugCri = make_tug_cri(d)
 
     def run(*args: str) -> str:
