@@ -192,6 +192,7 @@ def test_pod_cidr_host_ports_and_bad_requests(make_daemon: Any) -> None:
         with pytest.raises((errors.InvalidArgument, errors.InvalidParams)):
             d.call("pod.create", bad)
     assert [p["name"] for p in d.call("pod.list")] == ["p"]
+    assert os.listdir(os.path.join(d.state, "pods")) == [pod["id"]]  # nothing of the refused ones
     # A pod CIDR while a pod uses the network: recorded, the subnet kept.
     assert d.call("pod.network_config", {"pod_cidr": "10.245.0.0/24"})["subnet"] == "10.244.3.0/24"
     d.call("pod.remove", {"id": pod["id"]})

@@ -222,6 +222,7 @@ class Pods:
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._unmake(rec.id)
+                    await anyio.to_thread.run_sync(namespaces.remove, self._path(rec.id))
                     self.db.delete(rec.id)
                 raise
             rec.state = READY
@@ -295,8 +296,9 @@ class Pods:
 
     # ------------------------------------------------------------------------- describing
 
-    def describe(self, rec: PodRecord) -> dict[str, Any]:
-        """``pod.inspect``'s record (docs/api.md)."""
+    def describe(self, rec: PodRecord, members: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """``pod.inspect``'s record (docs/api.md); ``members``: every pod's containers, when
+        many pods are described at once."""
         c = rec.config
         opts = c["namespace_options"]
         ready = rec.state == READY
@@ -336,7 +338,7 @@ class Pods:
                 "host": opts["network"] == NODE,
             },
             "files": files if ready else {},
-            "containers": self.members(rec.id),
+            "containers": members.get(rec.id, []) if members is not None else self.members(rec.id),
         }
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -349,7 +351,7 @@ class Pods:
         ``ids``, ``state`` (ready or notready), every label of ``labels``."""
         if state is not None and state not in (READY, NOTREADY):
             raise InvalidArgument(f"invalid state filter {state!r}: ready or notready", field="state")
-        out = []
+        out: list[PodRecord] = []
         for rec in self.db.all():
             if rec.state == CREATING:
                 continue
@@ -360,8 +362,13 @@ class Pods:
             have = rec.config["labels"]
             if labels and any(have.get(k) != v for k, v in labels.items()):
                 continue
-            out.append(self.describe(rec))
-        return out
+            out.append(rec)
+        members: dict[str, list[str]] = {}
+        if out:  # one pass over the containers (kubelet lists pods every second)
+            for r in self.containers.records():
+                if r.config.get("pod_id"):
+                    members.setdefault(str(r.config["pod_id"]), []).append(r.id)
+        return [self.describe(rec, members) for rec in out]
 
     # --------------------------------------------------------------------------- recovery
 
