@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start() -> int:
-    from .birth import birth
+    from .birth import birth, default_signals
 
+    default_signals()
     config = json.loads(sys.stdin.buffer.read())
     r, w = os.pipe()
     pid = birth(config, w)

@@ -12,10 +12,8 @@ import binascii
 import errno
 import fcntl
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import termios
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -46,6 +44,8 @@ class ConsoleSocket:
         self._tmp: str | None = None
         path = os.path.join(state_dir, name)
         if len(path.encode()) > MAX_SUN_PATH:
+            import tempfile  # rare (a long state dir): not in every shim's template
+
             self._tmp = tempfile.mkdtemp(prefix="tug-console-")
             path = os.path.join(self._tmp, "s")
         self.path = path
@@ -73,6 +73,8 @@ class ConsoleSocket:
         except FileNotFoundError:
             pass
         if self._tmp is not None:
+            import shutil
+
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     async def collect(self, start: Callable[[str], Awaitable[None]]) -> int:

@@ -18,7 +18,6 @@ import binascii
 import errno
 import json
 import os
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +133,7 @@ class Execs:
             raise FailedPrecondition(f"cannot exec: task is {state.value}", state=state.value)
         if not args:
             raise InvalidArgument("exec needs a command", field="args")
-        eid = exec_id or uuid.uuid4().hex
+        eid = exec_id or os.urandom(16).hex()  # as uuid4().hex, without importing uuid
         if eid in self.running or not eid.isalnum():
             raise InvalidArgument(f"bad or duplicate exec id {eid!r}", field="exec_id")
         spec_path = os.path.join(self.dir, f"exec-{eid}.json")

@@ -23,6 +23,18 @@ import anyio.abc
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+_ENVIRON: list[dict[str, str]] = []
+
+
+def environ() -> dict[str, str]:
+    """Our environment as a plain dict, copied once (in the template, by ``warm_up``):
+    ``posix_spawn`` would otherwise walk ``os.environ`` through a dozen Python functions of
+    ``os`` and ``collections.abc`` in every shim. Nothing in a shim changes its environment."""
+    if not _ENVIRON:
+        _ENVIRON.append(dict(os.environ))
+    return _ENVIRON[0]
+
+
 def exit_code(status: int) -> tuple[int, int | None]:
     """(docker-style exit code, signal number or None) from a raw wait status."""
     if os.WIFSIGNALED(status):
@@ -85,7 +97,7 @@ class Reaper:
         pid = os.posix_spawn(
             argv[0],
             list(argv),
-            os.environ if env is None else env,
+            environ() if env is None else env,
             file_actions=actions,
             setsigdef=_RESET_SIGNALS,
         )

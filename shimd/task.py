@@ -40,7 +40,7 @@ class Task:
         self.delete_error: TugError | None = None
         self.sink: shimio.LogSink | None = None
         self.input = console.TaskInput(cfg.dir, tty=cfg.tty, stdin=cfg.stdin)
-        self._labels = stats.labels(id=cfg.id, name=cfg.name or cfg.id[:12], image=cfg.image)
+        self._labels = ""  # of the metrics, made when first asked for
 
     def __repr__(self) -> str:
         return f"<Task {self.cfg.id[:12]} {self.state.value} pid={self.pid}>"
@@ -196,4 +196,7 @@ class Task:
         sink = self.sink
         log_bytes = {k.decode(): v for k, v in sink.writer.bytes.items()} if sink else {}
         dropped = sink.writer.dropped_bytes if sink else None
+        if not self._labels:
+            cfg = self.cfg
+            self._labels = stats.labels(id=cfg.id, name=cfg.name or cfg.id[:12], image=cfg.image)
         return stats.render(self._labels, cgroup, log_bytes, dropped, net)

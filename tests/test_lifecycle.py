@@ -375,3 +375,33 @@ def test_crun_as_the_runtime(make_daemon: Any) -> None:
         raise
     assert d.call("container.wait", {"id": cid})["exit_code"] == 0
     assert output(d, cid)[0] == b"crun\n"
+
+
+def _mergeable_mappings(pid: int) -> list[str]:
+    """The mappings of ``pid`` marked for the kernel's same-page merging (``mg`` in VmFlags)."""
+    marked, name = [], ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("VmFlags:"):
+                if "mg" in line.split()[1:]:
+                    marked.append(name)
+            elif not line[0].isupper():
+                parts = line.split(None, 5)
+                name = parts[5].strip() if len(parts) > 5 else "[anon]"
+    return marked
+
+
+def test_only_the_shims_memory_is_offered_for_merging(make_daemon: Any, backend: str) -> None:
+    """The template marks its pages MADV_MERGEABLE before it forks (issue 14): the shim inherits
+    the mark, the container (a new program, exec'd) never has it. The shim still logs its start."""
+    d = make_daemon(backend=backend, extra=["--shim-birth", "template"])
+    cid = start(d, ["sleep", "60"])
+    try:
+        info = d.call("container.inspect", {"id": cid})
+        assert "[heap]" in _mergeable_mappings(info["shim_pid"])
+        assert _mergeable_mappings(info["pid"]) == []
+        with open(os.path.join(d.state, "shims", cid, "shim.log")) as f:
+            log = f.read()
+        assert f"container {cid[:12]} running as pid {info['pid']}" in log
+    finally:
+        d.call("container.delete", {"id": cid, "force": True})

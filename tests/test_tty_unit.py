@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,3 +54,20 @@ def test_scanner_passes_data_without_the_sequence_unchanged(data: bytes, cuts: l
     assert not detached
     held = data[len(out) :]
     assert data.startswith(out) and held in (b"", b"\x10")  # at most a trailing ^P is held
+
+
+def test_console_socket_of_a_long_state_dir_lives_in_a_temp_dir(tmp_path: Any) -> None:
+    """A state dir too long for a socket address: the console socket goes to a private temp dir
+    (tempfile and shutil imported only then, not by every shim's template), removed on close."""
+    from shimd.console import MAX_SUN_PATH, ConsoleSocket
+
+    deep = tmp_path / ("d" * (MAX_SUN_PATH + 10))
+    deep.mkdir()
+    sock = ConsoleSocket(str(deep), "console.sock")
+    try:
+        assert not sock.path.startswith(str(deep))
+        assert os.path.exists(sock.path)
+        tmp = os.path.dirname(sock.path)
+    finally:
+        sock.close()
+    assert not os.path.exists(tmp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 
 
@@ -55,6 +54,8 @@ def remove_tree(path: str) -> None:
         os.rename(path, hidden)
     except FileNotFoundError:
         return
+    import shutil  # here, not at the top: the shim imports this module, and shutil brings bz2 and lzma
+
     shutil.rmtree(hidden, ignore_errors=True)
 
 

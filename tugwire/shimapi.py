@@ -64,6 +64,14 @@ EXEC_STARTED = "exec.started"  # {"exec_id", "pid"}
 EXEC_OUTPUT = "exec.output"  # {"exec_id", "stream": "stdout"|"stderr", "data": base64}
 
 
+def _flat(record: Any) -> dict[str, Any]:
+    """The fields of a flat record (every value a str, number, bool or None) as a new dict: what
+    ``dataclasses.asdict`` gives for these, without its recursion and ``copy.deepcopy``, which
+    would run a dozen more functions in every shim, each costing it the template's pages that
+    hold them (see "Where a shim's memory goes" in docs/design.md)."""
+    return dict(record.__dict__)
+
+
 def path(directory: str, name: str) -> str:
     """A file of a shim's state directory."""
     return os.path.join(directory, name)
@@ -97,7 +105,7 @@ class ShimConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as the shim reads it."""
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, obj: Any) -> ShimConfig:
@@ -149,7 +157,7 @@ class LaunchReply:
 
     def to_json(self) -> dict[str, Any]:
         """The reply as the shim writes it on its notify fd."""
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, obj: Any) -> LaunchReply:
@@ -178,7 +186,7 @@ class ExitRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON (as the shim answers ``task.wait``)."""
-        return asdict(self)
+        return _flat(self)
 
     def encode(self) -> bytes:
         """The bytes of ``exit.json``."""
@@ -249,8 +257,9 @@ class TaskState:
 
     def to_json(self) -> dict[str, Any]:
         """The state as the shim answers it."""
-        out = asdict(self)
+        out = _flat(self)
         out["exit"] = self.exit.to_json() if self.exit is not None else None
+        out["log_bytes"] = dict(self.log_bytes)
         return out
 
     @classmethod
