@@ -62,6 +62,11 @@ class Exits(ContainersBase):
             if rec is None:
                 return
             newly = allowed(rec.state, Move.EXIT)
+            auto_remove = bool(rec.config.get("auto_remove"))
+            # Auto-remove with no log stream to wait for: the row goes at once, in place of the
+            # exit's record (one write instead of two; a crash before it: the shim's exit record
+            # is still there, and recovery handles the exit again).
+            remove_now = newly and auto_remove and live.holds == 0
             if newly:
                 failpoint("container.exit.before_record")
                 transition(rec, Move.EXIT)
@@ -72,7 +77,8 @@ class Exits(ContainersBase):
                 rec.finished_at = record.exited_at or rfc3339()
                 rec.pid = 0
                 rec.reason = ""
-                self.store.update_container(rec)
+                if not remove_now:
+                    self.store.update_container(rec)
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 self.health.forget(cid)
@@ -92,12 +98,16 @@ class Exits(ContainersBase):
                 if self._on_exit is not None:
                     self._on_exit(rec.exit_code, rec.oom_killed)
                 failpoint("container.exit.after_record")
-            auto_remove = bool(rec.config.get("auto_remove"))
-            if not auto_remove:
+            if remove_now:
+                self._forget(rec, live)
+            elif not auto_remove:
                 await self._release(cid)
                 if newly:
                     self._apply_policy(rec)
-        if auto_remove:
+        if remove_now:
+            self.publish("destroy", rec)
+            self.tg.start_soon(self._finish_removal, cid, rec.image_id, live)
+        elif auto_remove:
             # Its release is the removal's (off the critical path: _finish_removal); meanwhile
             # the shim serves the log streams that auto-remove waits for.
             self.tg.start_soon(self._auto_remove, cid)
@@ -242,9 +252,8 @@ class Exits(ContainersBase):
         addresses stay reserved until the second half (:meth:`_finish_removal`) has torn its
         network down; a crash in between is swept by recovery (orphan shim dirs, bundles and
         endpoints)."""
-        with self.store.transaction():
-            self.store.delete_container(rec.id)
-            self.removing[rec.id] = rec.image_id
+        self.store.delete_container(rec.id)  # one statement: its own transaction
+        self.removing[rec.id] = rec.image_id
         failpoint("container.delete.after_db")
         if not live.last_result:
             live.last_result = wait_result(rec)
