@@ -72,7 +72,7 @@ POINTS = [
     (_API, "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
     (_API, "rec = await self.containers.start(call.params.string(", "after", "start_end"),
     ("supervisor/containers/exits.py", "done = partial(self._handle_exit, cid, record)", "before", "exit_seen"),
-    ("supervisor/containers/exits.py", "await self._remove_now(cid)", "after", "removed"),
+    ("supervisor/containers/exits.py", "live.cancel_tasks()  # what is left of its watcher", "after", "removed"),
     ("supervisor/cli/main.py", "parser = build_parser(argv)", "before", "cli_main"),
     ("supervisor/cli/main.py", "code = main()", "after", "cli_done"),
 ]
