@@ -55,7 +55,8 @@ class Exits(ContainersBase):
     async def _handle_exit(self, cid: str, record: ExitRecord) -> None:
         """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
         unmount) while still holding the container's lock: whoever acts on the exit (a restart,
-        a delete) waits for the lock and finds the old shim gone."""
+        a delete) waits for the lock and finds the old shim gone. An auto-removed container is
+        removed instead, its release in the removal's second half (docs/design.md, "Removal")."""
         live = self.live(cid)
         async with live.lock:
             rec = self.store.get_container(cid)
@@ -100,14 +101,15 @@ class Exits(ContainersBase):
                 failpoint("container.exit.after_record")
             if remove_now:
                 self._forget(rec, live)
+                # At once, with no checkpoint between: _forget cancelled the container's tasks,
+                # this watcher among them.
+                self.publish("destroy", rec)
+                self.tg.start_soon(self._finish_removal, cid, rec.image_id, live)
             elif not auto_remove:
                 await self._release(cid)
                 if newly:
                     self._apply_policy(rec)
-        if remove_now:
-            self.publish("destroy", rec)
-            self.tg.start_soon(self._finish_removal, cid, rec.image_id, live)
-        elif auto_remove:
+        if auto_remove and not remove_now:
             # Its release is the removal's (off the critical path: _finish_removal); meanwhile
             # the shim serves the log streams that auto-remove waits for.
             self.tg.start_soon(self._auto_remove, cid)
