@@ -100,11 +100,11 @@ class Exits(ContainersBase):
                     self._on_exit(rec.exit_code, rec.oom_killed)
                 failpoint("container.exit.after_record")
             if remove_now:
-                self._forget(rec, live)
+                peers = self._forget(rec, live)
                 # At once, with no checkpoint between: _forget cancelled the container's tasks,
                 # this watcher among them.
                 self.publish("destroy", rec)
-                self.tg.start_soon(self._finish_removal, cid, rec.image_id, live)
+                self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
             elif not auto_remove:
                 await self._release(cid)
                 if newly:
@@ -244,17 +244,23 @@ class Exits(ContainersBase):
             if rec is None or rec.state in ACTIVE:  # removed, or started again meanwhile
                 return
             self.health.forget(cid)
-            self._forget(rec, live)
+            peers = self._forget(rec, live)
         self.publish("destroy", rec)
-        self.tg.start_soon(self._finish_removal, cid, rec.image_id, live)
+        self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
 
-    def _forget(self, rec: ContainerRecord, live: Live) -> None:
-        """The first half of a removal, under the container's lock: its row goes (with it, the
-        container is invisible and its name free) and its waiters are told ``removed``. Its
-        addresses stay reserved until the second half (:meth:`_finish_removal`) has torn its
-        network down; a crash in between is swept by recovery (orphan shim dirs, bundles and
-        endpoints)."""
-        self.store.delete_container(rec.id)  # one statement: its own transaction
+    def _forget(self, rec: ContainerRecord, live: Live) -> list[str]:
+        """The first half of a removal, under the container's lock: its row and its addresses
+        go, in one transaction (with them, the container is invisible, its name free, its
+        networks free to be removed), and its waiters are told ``removed``. Returns the networks
+        it was on (their peers' hosts files are the second half's). A crash before the second
+        half is swept by recovery (orphan shim dirs, bundles, namespaces)."""
+        peers = self.networks.network_ids_of(rec.id)
+        if peers:
+            with self.store.transaction():
+                self.store.delete_container(rec.id)
+                self.networks.db.delete_endpoints_of(rec.id)
+        else:
+            self.store.delete_container(rec.id)  # one statement: its own transaction
         self.removing[rec.id] = rec.image_id
         failpoint("container.delete.after_db")
         if not live.last_result:
@@ -263,12 +269,13 @@ class Exits(ContainersBase):
         self._live.pop(rec.id, None)
         live.cancel_tasks()  # what is left of its watcher, restart timer and health checks
         live.changed()
+        return peers
 
-    async def _finish_removal(self, cid: str, image_id: str, live: Live) -> None:
+    async def _finish_removal(self, cid: str, image_id: str, live: Live, peers: list[str]) -> None:
         """The second half of a removal, off the critical path: the task (``runc delete``), the
-        unmount, the network, the addresses, the bundle, then the image if nothing else uses it.
-        Shielded: tugd's shutdown waits for it. If it fails, the container stays counted in
-        ``removing`` (``system.info``) and the next start of tugd finishes it."""
+        unmount, the network's teardown, the peers' hosts files, the bundle, then the image if
+        nothing else uses it. Shielded: tugd's shutdown waits for it. If it fails, the container
+        stays counted in ``removing`` (``system.info``) and the next start of tugd finishes it."""
         paths = self._paths(cid)
         done = False
         with anyio.move_on_after(RELEASE_GRACE * 2, shield=True):
@@ -276,14 +283,9 @@ class Exits(ContainersBase):
                 await self._release(cid, live)
                 failpoint("container.remove.after_release")
                 if mounts.is_mounted(paths["rootfs"]):
-                    log.warning(
-                        "the root filesystem of %s is still mounted: the next start retries", cid[:12]
-                    )
+                    log.warning("the rootfs of %s is still mounted: the next start of tugd retries", cid[:12])
                     return
-                peers = self.networks.network_ids_of(cid)
                 if peers:
-                    with self.store.transaction():
-                        self.networks.db.delete_endpoints_of(cid)
                     self.networks.refresh_hosts(peers, self.cfg.container_dir)
                 # Its upper dir holds whatever it wrote: removing it can take long, and must not
                 # stall the event loop (the rename inside makes it vanish at once).

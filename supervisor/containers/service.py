@@ -307,9 +307,9 @@ class Containers(Recovery, Logs, Inspect):
             if mounts.is_mounted(paths["rootfs"]):
                 raise FailedPrecondition(f"the root filesystem of {rec.name} is still mounted")
             failpoint("container.delete.after_release")
-            self._forget(rec, live)
+            peers = self._forget(rec, live)
         self.publish("destroy", rec)
-        # What is left (the addresses, the bundle) is quick now; an auto-removal leaves all of
-        # its release to this half and does not wait for it (exits.py, _remove_now).
-        await self._finish_removal(rec.id, rec.image_id, live)
+        # What is left (the peers' hosts files, the bundle) is quick now; an auto-removal leaves
+        # its release to this half too, and does not wait for it (exits.py, _remove_now).
+        await self._finish_removal(rec.id, rec.image_id, live, peers)
         return rec
