@@ -60,6 +60,7 @@ def stamp(tag: str, log: str) -> str:
 # (file, the statement a stamp goes next to, "before" or "after" it, tag): each statement occurs
 # once in its file; the stamp gets the statement's indentation.
 _API = "supervisor/api/containers.py"
+_EXITS = "supervisor/containers/exits.py"
 POINTS = [
     ("shimd/birth.py", "pid = birth(config, conn.fileno(), keep_fds=())", "before", "tpl_got"),
     ("shimd/birth.py", "logging.basicConfig(", "before", "shim_start"),
@@ -71,8 +72,8 @@ POINTS = [
     (_API, "rec = await self.containers.create(create_request(call.params))", "after", "create_end"),
     (_API, "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
     (_API, "rec = await self.containers.start(call.params.string(", "after", "start_end"),
-    ("supervisor/containers/exits.py", "done = partial(self._handle_exit, cid, record)", "before", "exit_seen"),
-    ("supervisor/containers/exits.py", "live.cancel_tasks()  # what is left of its watcher", "after", "removed"),
+    (_EXITS, "done = partial(self._handle_exit, cid, record)", "before", "exit_seen"),
+    (_EXITS, "live.cancel_tasks()  # what is left of its watcher", "after", "removed"),
     ("supervisor/cli/main.py", "parser = build_parser(argv)", "before", "cli_main"),
     ("supervisor/cli/main.py", "code = main()", "after", "cli_done"),
 ]
