@@ -23,9 +23,9 @@ the median of each phase:
     runc run          ``runc run --detach`` of the container (create + start, seccomp included)
     start answered    the shim tells the template's caller, tugd answers ``container.start``
     container         ``true`` runs and exits; the shim drains the pipes, writes the exit record
-    exit to delete    the shim spawns ``runc delete`` at once
-    runc delete       ... until it exits (tugd records the exit meanwhile)
-    removal           tugd: ``task.delete``, unmount, container dir, record, events
+    exit to tugd      the shim answers tugd's ``task.wait``
+    removal           tugd records the exit, waits for the log stream's end, the row goes
+                      (``runc delete``, unmount, bundle: after, off the critical path)
     CLI end           the CLI gets ``removed``, flushes and exits
 
 Prints Markdown to stdout, progress to stderr. Everything lives under one temporary directory,
@@ -60,6 +60,7 @@ def stamp(tag: str, log: str) -> str:
 # (file, the statement a stamp goes next to, "before" or "after" it, tag): each statement occurs
 # once in its file; the stamp gets the statement's indentation.
 _API = "supervisor/api/containers.py"
+_EXITS = "supervisor/containers/exits.py"
 POINTS = [
     ("shimd/birth.py", "pid = birth(config, conn.fileno(), keep_fds=())", "before", "tpl_got"),
     ("shimd/birth.py", "logging.basicConfig(", "before", "shim_start"),
@@ -67,11 +68,12 @@ POINTS = [
     ("shimd/runc.py", "code, _ = exit_code(status)", "after", "runc_{verb}_done"),
     ("shimd/server.py", "_notify(notify_fd, shimapi.LaunchReply(", "after", "shim_notified"),
     ("shimd/task.py", "fsutil.write_atomic(self.cfg.path(EXIT_FILE)", "after", "exit_recorded"),
-    (_API, "rec = await self.containers.create(call.params)", "before", "create_begin"),
-    (_API, "rec = await self.containers.create(call.params)", "after", "create_end"),
+    (_API, "rec = await self.containers.create(create_request(call.params))", "before", "create_begin"),
+    (_API, "rec = await self.containers.create(create_request(call.params))", "after", "create_end"),
     (_API, "rec = await self.containers.start(call.params.string(", "before", "start_begin"),
     (_API, "rec = await self.containers.start(call.params.string(", "after", "start_end"),
-    ("supervisor/containers/exits.py", "await self.delete(cid, force=False)", "after", "removed"),
+    (_EXITS, "done = partial(self._handle_exit, cid, record)", "before", "exit_seen"),
+    (_EXITS, "live.cancel_tasks()  # what is left of its watcher", "after", "removed"),
     ("supervisor/cli/main.py", "parser = build_parser(argv)", "before", "cli_main"),
     ("supervisor/cli/main.py", "code = main()", "after", "cli_done"),
 ]
@@ -88,9 +90,8 @@ PHASES = [
     ("runc run", "runc_run_spawn", "runc_run_done"),
     ("start answered", "runc_run_done", "start_end"),
     ("container", "start_end", "exit_recorded"),
-    ("exit to delete", "exit_recorded", "runc_delete_spawn"),
-    ("runc delete", "runc_delete_spawn", "runc_delete_done"),
-    ("removal", "runc_delete_done", "removed"),
+    ("exit to tugd", "exit_recorded", "exit_seen"),
+    ("removal", "exit_seen", "removed"),
     ("CLI end", "removed", "drv_end"),
 ]
 

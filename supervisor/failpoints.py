@@ -41,8 +41,9 @@ POINTS = {
     "pod.stop.after_unmount": "the pod's network released, namespaces unmounted, still recorded ready",
     "pod.remove.after_dir": "the pod's directory removed, its record not yet",
     "container.exit.after_record": "the exit recorded, the task not yet released (shim, mount)",
-    "container.delete.after_release": "the task released and unmounted, the row still there",
-    "container.delete.after_db": "the row deleted, the bundle directory still on disk",
+    "container.delete.after_release": "the row still there (its task released at exit, unless auto-removed)",
+    "container.delete.after_db": "the row deleted; task (auto-remove), mount, addresses, bundle still there",
+    "container.remove.after_release": "a removal's deferred half: task, mount gone; addresses, bundle not",
     "image.ingest.after_fetch": "a pull or load has every blob, layers maybe mid-unpack, nothing recorded",
     "image.ingest.after_unpack": "the snapshots unpacked, the image not recorded",
 }

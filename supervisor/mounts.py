@@ -28,14 +28,14 @@ def unmount(target: str) -> None:
 
 
 def is_mounted(target: str) -> bool:
-    target = os.path.realpath(target)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            fields = line.split(" ")
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                return True
-    return False
-
-
-def _unescape(path: str) -> str:
-    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    """Whether a filesystem is mounted on ``target``: its device is not its parent's (what
+    ``os.path.ismount`` checks; the overlays here are always a filesystem of their own). Two
+    stats: reading ``/proc/self/mountinfo`` took 1-1.4 ms with a hundred mounts on the host, and
+    every start and removal asked (issue 13). A bind mount of the same filesystem is not seen:
+    tugd makes none on a container's rootfs."""
+    try:
+        st = os.stat(target)
+        parent = os.stat(os.path.join(target, ".."))
+    except OSError:
+        return False
+    return st.st_dev != parent.st_dev or st.st_ino == parent.st_ino

@@ -48,6 +48,9 @@ class ContainersBase(abc.ABC):
         self.bus = bus
         self.tg = tg
         self._live: dict[str, Live] = {}
+        # Containers whose row is gone and whose removal is finishing (id: image id): counted
+        # in ``system.info``, finished by the next start of tugd if this one dies first.
+        self.removing: dict[str, str] = {}
         self._on_start_latency = on_start_latency
         self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
         self._on_restart = on_restart  # a restart by the restart policy: for the metrics

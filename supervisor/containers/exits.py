@@ -9,7 +9,8 @@ from functools import partial
 
 import anyio
 
-from tugwire.errors import NotFound, TugError
+from tugwire import fsutil
+from tugwire.errors import TugError
 from tugwire.shimapi import ExitRecord
 from tugwire.timefmt import epoch_seconds, rfc3339
 
@@ -17,7 +18,7 @@ from .. import diskfull, mounts, policy
 from ..failpoints import failpoint
 from ..store import ContainerRecord
 from .base import ContainersBase
-from .state import ACTIVE, EXITED, Move, allowed, transition, wait_result
+from .state import ACTIVE, EXITED, REMOVED, Live, Move, allowed, transition, wait_result
 
 log = logging.getLogger("tugboat.containers")
 
@@ -54,13 +55,19 @@ class Exits(ContainersBase):
     async def _handle_exit(self, cid: str, record: ExitRecord) -> None:
         """Record the exit, wake waiters, and release the task (the shim's ``runc delete``, the
         unmount) while still holding the container's lock: whoever acts on the exit (a restart,
-        a delete) waits for the lock and finds the old shim gone."""
+        a delete) waits for the lock and finds the old shim gone. An auto-removed container is
+        removed instead, its release in the removal's second half (docs/design.md, "Removal")."""
         live = self.live(cid)
         async with live.lock:
             rec = self.store.get_container(cid)
             if rec is None:
                 return
             newly = allowed(rec.state, Move.EXIT)
+            auto_remove = bool(rec.config.get("auto_remove"))
+            # Auto-remove with no log stream to wait for: the row goes at once, in place of the
+            # exit's record (one write instead of two; a crash before it: the shim's exit record
+            # is still there, and recovery handles the exit again).
+            remove_now = newly and auto_remove and live.holds == 0
             if newly:
                 failpoint("container.exit.before_record")
                 transition(rec, Move.EXIT)
@@ -71,7 +78,8 @@ class Exits(ContainersBase):
                 rec.finished_at = record.exited_at or rfc3339()
                 rec.pid = 0
                 rec.reason = ""
-                self.store.update_container(rec)
+                if not remove_now:
+                    self.store.update_container(rec)
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 self.health.forget(cid)
@@ -91,10 +99,19 @@ class Exits(ContainersBase):
                 if self._on_exit is not None:
                     self._on_exit(rec.exit_code, rec.oom_killed)
                 failpoint("container.exit.after_record")
-            await self._release(cid)
-            if newly:
-                self._apply_policy(rec)
-        if rec.config.get("auto_remove"):
+            if remove_now:
+                peers = self._forget(rec, live)
+                # At once, with no checkpoint between: _forget cancelled the container's tasks,
+                # this watcher among them.
+                self.publish("destroy", rec)
+                self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
+            elif not auto_remove:
+                await self._release(cid)
+                if newly:
+                    self._apply_policy(rec)
+        if auto_remove and not remove_now:
+            # Its release is the removal's (off the critical path: _finish_removal); meanwhile
+            # the shim serves the log streams that auto-remove waits for.
             self.tg.start_soon(self._auto_remove, cid)
 
     def _apply_policy(self, rec: ContainerRecord) -> None:
@@ -171,10 +188,11 @@ class Exits(ContainersBase):
         if self._on_exit is not None:
             self._on_exit(None, False)
 
-    async def _release(self, cid: str) -> None:
-        """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent."""
+    async def _release(self, cid: str, live: Live | None = None) -> None:
+        """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent.
+        ``live``: the container's companion, once it is no longer in the table (a removal)."""
         paths = self._paths(cid)
-        live = self.live(cid)
+        live = live or self.live(cid)
 
         async def task_and_rootfs() -> None:
             # Under a deadline of its own: a runtime that hangs even in the cleanup must not
@@ -209,10 +227,72 @@ class Exits(ContainersBase):
             while live.holds > 0:
                 await live.wait_changed()
         try:
-            await self.delete(cid, force=False)
-        except NotFound:
-            pass
+            await self._remove_now(cid)
         except Exception as exc:
             if not diskfull.is_disk_full(exc):
                 raise
             log.warning("auto-remove of %s failed on a full disk: the next start of tugd retries", cid[:12])
+            await self._release(cid)  # the container stays, exited: its task need not
+
+    async def _remove_now(self, cid: str) -> None:
+        """Auto-remove: the container's row goes at once (the removal is durable, the container
+        invisible, ``wait {removed}`` answers); its release and the rest follow off the critical
+        path (:meth:`_finish_removal`)."""
+        live = self.live(cid)
+        async with live.lock:
+            rec = self.store.get_container(cid)
+            if rec is None or rec.state in ACTIVE:  # removed, or started again meanwhile
+                return
+            self.health.forget(cid)
+            peers = self._forget(rec, live)
+        self.publish("destroy", rec)
+        self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
+
+    def _forget(self, rec: ContainerRecord, live: Live) -> list[str]:
+        """The first half of a removal, under the container's lock: its row and its addresses
+        go, in one transaction (with them, the container is invisible, its name free, its
+        networks free to be removed), and its waiters are told ``removed``. Returns the networks
+        it was on (their peers' hosts files are the second half's). A crash before the second
+        half is swept by recovery (orphan shim dirs, bundles, namespaces)."""
+        peers = self.networks.network_ids_of(rec.id)
+        if peers:
+            with self.store.transaction():
+                self.store.delete_container(rec.id)
+                self.networks.db.delete_endpoints_of(rec.id)
+        else:
+            self.store.delete_container(rec.id)  # one statement: its own transaction
+        self.removing[rec.id] = rec.image_id
+        failpoint("container.delete.after_db")
+        if not live.last_result:
+            live.last_result = wait_result(rec)
+        live.last_result = {**live.last_result, "state": REMOVED}
+        self._live.pop(rec.id, None)
+        live.cancel_tasks()  # what is left of its watcher, restart timer and health checks
+        live.changed()
+        return peers
+
+    async def _finish_removal(self, cid: str, image_id: str, live: Live, peers: list[str]) -> None:
+        """The second half of a removal, off the critical path: the task (``runc delete``), the
+        unmount, the network's teardown, the peers' hosts files, the bundle, then the image if
+        nothing else uses it. Shielded: tugd's shutdown waits for it. If it fails, the container
+        stays counted in ``removing`` (``system.info``) and the next start of tugd finishes it."""
+        paths = self._paths(cid)
+        done = False
+        with anyio.move_on_after(RELEASE_GRACE * 2, shield=True):
+            try:
+                await self._release(cid, live)
+                failpoint("container.remove.after_release")
+                if mounts.is_mounted(paths["rootfs"]):
+                    log.warning("the rootfs of %s is still mounted: the next start of tugd retries", cid[:12])
+                    return
+                if peers:
+                    self.networks.refresh_hosts(peers, self.cfg.container_dir)
+                # Its upper dir holds whatever it wrote: removing it can take long, and must not
+                # stall the event loop (the rename inside makes it vanish at once).
+                await anyio.to_thread.run_sync(fsutil.remove_tree, paths["dir"])
+                done = True
+            except Exception:
+                log.exception("removal of %s failed (the next start of tugd finishes it)", cid[:12])
+        if done:
+            self.removing.pop(cid, None)
+            self.images.gc_unused(image_id)

@@ -84,6 +84,7 @@ class Inspect(ContainersBase):
         for state, n in self.store.container_counts().items():
             counts[state] = counts.get(state, 0) + n
         counts["total"] = sum(counts.values())
+        counts["removing"] = len(self.removing)  # gone from the list, their removal finishing
         return counts
 
 

@@ -39,13 +39,11 @@ from .state import (
     CREATED,
     EXITED,
     PAUSED,
-    REMOVED,
     RUNNING,
     UNKNOWN,
     Move,
     allowed,
     transition,
-    wait_result,
 )
 
 log = logging.getLogger("tugboat.containers")
@@ -339,21 +337,9 @@ class Containers(Recovery, Logs, Inspect):
             if mounts.is_mounted(paths["rootfs"]):
                 raise FailedPrecondition(f"the root filesystem of {rec.name} is still mounted")
             failpoint("container.delete.after_release")
-            peers = self.networks.network_ids_of(rec.id)
-            with self.store.transaction():  # the container and its addresses, or neither
-                self.store.delete_container(rec.id)
-                self.networks.db.delete_endpoints_of(rec.id)
-            failpoint("container.delete.after_db")
-            self.networks.refresh_hosts(peers, self.cfg.container_dir)
-            # The container's upper dir holds whatever it wrote: removing it can take long, and
-            # must not stall the event loop (the rename inside makes it vanish at once).
-            await anyio.to_thread.run_sync(fsutil.remove_tree, paths["dir"])
-            if not live.last_result:
-                live.last_result = wait_result(rec)
-            live.last_result = {**live.last_result, "state": REMOVED}
-            self._live.pop(rec.id, None)
-            live.cancel_tasks()  # what is left of its watcher, restart timer and health checks
-            live.changed()
+            peers = self._forget(rec, live)
         self.publish("destroy", rec)
-        self.images.gc_unused(rec.image_id)
+        # What is left (the peers' hosts files, the bundle) is quick now; an auto-removal leaves
+        # its release to this half too, and does not wait for it (exits.py, _remove_now).
+        await self._finish_removal(rec.id, rec.image_id, live, peers)
         return rec
