@@ -13,6 +13,9 @@ Two choices of ours on top of the specification:
   miss what ``start`` causes).
 * A streaming method sends notifications whose ``params.request`` is the id of the request they
   belong to, and ends with an ordinary response.
+* A raw streaming method (asked for with ``"stream": "raw"``) answers ``{"stream": "raw"}`` once
+  it is ready and then switches its connection to the frames of :mod:`tugwire.frames`, ending
+  with an ``end`` frame that carries its result (:meth:`Call.switch`, :func:`open_raw`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import errors
+from . import errors, frames
 from .errors import InvalidParams, InvalidRequest, TugError
 
 log = logging.getLogger("tugboat.rpc")
@@ -169,6 +172,7 @@ class Call:
         self.id = req_id
         self.params = params
         self._task_status: anyio.abc.TaskStatus[None] | None = None
+        self.channel: RawChannel | None = None
 
     @property
     def is_notification(self) -> bool:
@@ -211,6 +215,32 @@ class Call:
         if failure is not None:
             raise failure
         return done, result
+
+    def wants_raw(self) -> bool:
+        """Whether the client asked for a raw stream (``"stream": "raw"``); any other value of
+        ``stream`` is an InvalidParams."""
+        mode = self.params.string("stream")
+        if mode not in (None, frames.RAW):
+            raise InvalidParams(f"unknown stream mode {mode!r}: want 'raw'", param="stream")
+        return mode == frames.RAW
+
+    async def switch(self) -> RawChannel:
+        """Answer ``{"stream": "raw"}``, accept, and take the connection over: from now on it
+        carries frames (the reader reads no more requests). The handler's result, or its
+        error, becomes the ``end`` frame; then the connection is closed."""
+        if self.is_notification:
+            raise InvalidRequest("a raw stream needs a request id")
+        conn = self.conn
+        reader = conn.reader
+        leftover = b""
+        if reader is not None:
+            leftover = bytes(reader._buf)
+            reader._buf.clear()
+        conn.switched = True
+        await conn.send({"jsonrpc": "2.0", "id": self.id, "result": {"stream": frames.RAW}})
+        self.channel = RawChannel(conn.stream, leftover, conn._send_lock)
+        self.accept()
+        return self.channel
 
     async def notify_data(self, method: str, data: bytes | str) -> None:
         """:meth:`notify` with ``{"data": data}``, for the log streams' base64 chunks (256 KiB of
@@ -269,6 +299,8 @@ class ServerConnection:
         self.dispatcher = dispatcher
         self._send_lock = anyio.Lock()
         self.closed = anyio.Event()  # set once the client's side is gone (EOF or error)
+        self.reader: LineReader | None = None
+        self.switched = False  # a call took the connection over for a raw stream
 
     async def send(self, obj: Any) -> None:
         await self.send_raw(encode(obj))
@@ -280,10 +312,10 @@ class ServerConnection:
 
     async def serve(self, max_line: int = MAX_LINE) -> None:
         """Read and dispatch requests until the client goes away; in-flight calls then finish."""
-        reader = LineReader(self.stream, max_line)
+        reader = self.reader = LineReader(self.stream, max_line)
         try:
             async with anyio.create_task_group() as tg:
-                while True:
+                while not self.switched:
                     try:
                         line = await reader.receive_line()
                     except LineTooLong as exc:
@@ -293,7 +325,8 @@ class ServerConnection:
                         break
                     if line.strip():
                         await self._handle_line(tg, line)
-                self.closed.set()
+                if not self.switched:
+                    self.closed.set()
         finally:
             self.closed.set()
             with anyio.CancelScope(shield=True):
@@ -376,8 +409,16 @@ class ServerConnection:
                 task_status.started()
             try:
                 result = await entry.fn(call)
+            except Exception as exc:
+                if call.channel is None:
+                    raise
+                await call.channel.fail(exc, self.dispatcher.map_error, method)
+                return None
             finally:
                 call.accept()
+            if call.channel is not None:
+                await call.channel.end(result)
+                return None
             if req_id is _NO_ID:
                 return None
             return {"jsonrpc": "2.0", "id": req_id, "result": result}
@@ -475,6 +516,108 @@ async def serve_listener(
 
 ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class RawChannel:
+    """A connection switched to frames (:mod:`tugwire.frames`), either side of it: send frames,
+    receive the peer's. ``receive`` raises :class:`anyio.EndOfStream` when the peer has closed,
+    :class:`frames.MalformedFrame` for bytes that are not a frame."""
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, leftover: bytes = b"", lock: anyio.Lock | None = None
+    ) -> None:
+        self.stream = stream
+        self.parser = frames.FrameParser()
+        self.parser.feed(leftover)
+        self._lock = lock or anyio.Lock()
+        self.ended = False
+
+    async def send(self, kind: int, data: bytes) -> None:
+        """One frame (the payload is sent without copying it into the header's buffer)."""
+        async with self._lock:
+            if len(data) < 65536:
+                await self.stream.send(frames.header(kind, len(data)) + data)
+            else:
+                await self.stream.send(frames.header(kind, len(data)))
+                await self.stream.send(data)
+
+    async def send_framed(self, data: bytes) -> None:
+        """Bytes that are whole frames already (relayed as they came)."""
+        async with self._lock:
+            await self.stream.send(data)
+
+    async def receive(self) -> tuple[int, bytes]:
+        while True:
+            got = self.parser.next()
+            if got is not None:
+                return got
+            try:
+                data = await self.stream.receive(max(self.parser.need(), _READ_SIZE))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise anyio.EndOfStream from exc
+            self.parser.feed(data)
+
+    async def end(self, result: Any) -> None:
+        """The ``end`` frame with ``result``; then the server closes the connection."""
+        self.ended = True
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self.send_framed(frames.end_frame(result))
+
+    async def fail(
+        self, exc: Exception, map_error: Callable[[Exception], TugError | None] | None, method: str
+    ) -> None:
+        """The ``end`` frame of a handler that raised ``exc`` after it switched."""
+        if isinstance(exc, (anyio.BrokenResourceError, anyio.ClosedResourceError)):
+            return  # the client is gone
+        if isinstance(exc, TugError):
+            err: TugError = exc
+        else:
+            mapped = map_error(exc) if map_error is not None else None
+            if mapped is None:
+                log.error("method %s failed", method, exc_info=exc)
+            err = mapped or errors.Internal(f"internal error in {method}: {exc}")
+        self.ended = True
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self.send_framed(frames.error_frame(err))
+
+
+@asynccontextmanager
+async def open_raw(
+    path: str, method: str, params: dict[str, Any], *, timeout: float = 10.0
+) -> AsyncIterator[RawChannel]:
+    """Call ``method`` with ``"stream": "raw"`` on a connection of its own and yield its channel
+    once the server has switched (its JSON answer, checked; an error is raised as itself)."""
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_unix(path)
+    except (OSError, TimeoutError) as exc:
+        raise errors.Unavailable(f"cannot connect to {path}: {exc}") from exc
+    async with stream:
+        msg = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "stream": frames.RAW}}
+        try:
+            await stream.send(encode(msg))
+            reader = LineReader(stream, MAX_LINE)
+            line = await reader.receive_line()
+            reply = json.loads(line)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, LineTooLong, ValueError) as exc:
+            raise errors.Unavailable(f"{method}: no raw stream from {path}: {exc}") from exc
+        if not isinstance(reply, dict):
+            raise errors.Unavailable(f"{method}: unexpected answer from {path}")
+        if "error" in reply:
+            raise errors.from_json(reply["error"])
+        channel = RawChannel(stream, bytes(reader._buf))
+        yield channel
+
+
+async def end_of(channel: RawChannel) -> Any:
+    """Skip to the ``end`` frame and return its result (or raise its error)."""
+    while True:
+        try:
+            kind, data = await channel.receive()
+        except anyio.EndOfStream:
+            raise errors.Unavailable("the raw stream ended without its end frame") from None
+        if kind == frames.END:
+            return frames.end_result(data)
 
 
 # ----------------------------------------------------------------------------------- client side
