@@ -396,6 +396,12 @@ class ShimClient:
             yield LogStream(stream)
 
     @contextlib.asynccontextmanager
+    async def logs_raw(self, params: LogsParams) -> AsyncIterator[jsonrpc.RawChannel]:
+        """``task.logs`` as a raw stream: stdout and stderr frames, then the ``end`` frame."""
+        async with jsonrpc.open_raw(self.socket, shimapi.TASK_LOGS, shimapi.params(params)) as channel:
+            yield channel
+
+    @contextlib.asynccontextmanager
     async def exec(self, params: ExecParams) -> AsyncIterator[ExecSession]:
         """``task.exec``: a process run in the container, with its input on the same connection."""
         async with (

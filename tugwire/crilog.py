@@ -109,6 +109,7 @@ class LogWriter:
         self.generation = 0  # rotations so far; followers use it to find their file
         self.bytes = {b"stdout": 0, b"stderr": 0}  # bytes the container wrote, per stream
         self.dropped_bytes = 0
+        self.last_start = (0, 0)  # (generation, offset) where the last write's records begin
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._size = os.fstat(self._fd).st_size
 
@@ -118,6 +119,7 @@ class LogWriter:
         if self._size and self._size + len(out) > self.max_size:
             self._rotate()
         size = self._size
+        self.last_start = (self.generation, size)
         try:
             self._write_all(out)
         except OSError as exc:

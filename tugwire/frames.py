@@ -123,5 +123,5 @@ class FrameParser:
         have = len(self._buf) - self._pos
         if have < HEADER_SIZE:
             return HEADER_SIZE - have
-        _, size = HEADER.unpack_from(self._buf, self._pos)
+        size: int = HEADER.unpack_from(self._buf, self._pos)[1]
         return max(HEADER_SIZE + size - have, 1)

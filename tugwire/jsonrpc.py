@@ -219,7 +219,7 @@ class Call:
     def wants_raw(self) -> bool:
         """Whether the client asked for a raw stream (``"stream": "raw"``); any other value of
         ``stream`` is an InvalidParams."""
-        mode = self.params.string("stream")
+        mode: str | None = self.params.string("stream")
         if mode not in (None, frames.RAW):
             raise InvalidParams(f"unknown stream mode {mode!r}: want 'raw'", param="stream")
         return mode == frames.RAW

@@ -6,6 +6,7 @@ notifications."""
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -114,8 +115,21 @@ class ContainerApi:
         return await waiting
 
     async def container_logs(self, call: jsonrpc.Call) -> Any:
-        """The log of container ``id`` as ``container.logs.data`` notifications (base64)."""
+        """The log of container ``id`` as ``container.logs.data`` notifications (base64 CRI
+        records), or with ``"stream": "raw"`` as stdout and stderr frames of its bytes
+        (docs/api.md, "Raw streams")."""
         p = call.params
+        if call.wants_raw():
+            reading_raw = self.containers.logs_raw(
+                p.raw.get("id"),
+                self._frame_sink(call),
+                follow=p.boolean("follow"),
+                tail=p.integer("tail"),
+                since=p.string("since"),
+                timestamps=p.boolean("timestamps"),
+            )
+            await call.switch()
+            return await reading_raw
 
         async def sink(data: bytes | str) -> None:
             await call.notify_data("container.logs.data", data)
@@ -125,6 +139,14 @@ class ContainerApi:
         )
         call.accept()
         return await reading
+
+    @staticmethod
+    def _frame_sink(call: jsonrpc.Call) -> Callable[[int, bytes], Awaitable[None]]:
+        async def sink(kind: int, data: bytes) -> None:
+            assert call.channel is not None  # switched before the first byte
+            await call.channel.send(kind, data)
+
+        return sink
 
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""

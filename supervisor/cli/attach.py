@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tugwire import errors
-from tugwire.crilog import LogDecoder
 from tugwire.syncclient import Client
 
 from .logs import show_until_exit
@@ -71,12 +70,11 @@ def _loop(
     auto_remove: bool,
     on_start_error: Callable[[errors.TugError], int] | None,
 ) -> int:
-    decoder = LogDecoder()
     # A new container's log from its start (it is empty before); a running one's from now on.
     logs_params: dict[str, Any] = {"id": cid, "follow": True}
     if not start:
         logs_params["tail"] = 0
-    logs = client.stream("container.logs", logs_params, wakeup_fd=pump.wake_r)
+    logs = client.raw_stream("container.logs", logs_params, wakeup_fd=pump.wake_r)
     condition = ("removed" if auto_remove else "next-exit") if start else "not-running"
     wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=pump.wake_r)
     starting = client.stream("container.start", {"id": cid}, wakeup_fd=pump.wake_r) if start else None
@@ -103,7 +101,7 @@ def _loop(
             _begin(pump, tty, stdin)
         return None
 
-    if (code := show_until_exit(logs, wait, decoder, woken)) is not None:
+    if (code := show_until_exit(logs, wait, woken)) is not None:
         return code
     code = wait.result.get("exit_code")
     return int(code) if code is not None else 1
