@@ -633,6 +633,7 @@ class RpcClient:
         self._send_lock = anyio.Lock()
         self._closed_exc: BaseException | None = None
         self.unrouted: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self.path = ""  # the socket it was connected to (a raw stream needs its own connection)
 
     async def _reader(self) -> None:
         reader = LineReader(self._stream, CLIENT_MAX_LINE)
@@ -787,6 +788,7 @@ async def connect(path: str, *, timeout: float = 5.0) -> AsyncIterator[RpcClient
     except (OSError, TimeoutError) as exc:
         raise errors.Unavailable(f"cannot connect to {path}: {exc}") from exc
     client = RpcClient(stream)
+    client.path = path
     # The body's exception is raised as itself, not wrapped in the reader's task group's
     # ExceptionGroup: callers catch TugError subclasses.
     body_exc: BaseException | None = None
