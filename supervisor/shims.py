@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 
 from tugwire import errors, fsutil, jsonrpc, shimapi
+from tugwire.rawchannel import RawChannel
 from tugwire.shimapi import (
     ExecParams,
     ExitRecord,
@@ -396,7 +397,7 @@ class ShimClient:
             yield LogStream(stream)
 
     @contextlib.asynccontextmanager
-    async def logs_raw(self, params: LogsParams) -> AsyncIterator[jsonrpc.RawChannel]:
+    async def logs_raw(self, params: LogsParams) -> AsyncIterator[RawChannel]:
         """``task.logs`` as a raw stream: stdout and stderr frames, then the ``end`` frame."""
         async with jsonrpc.open_raw(self.socket, shimapi.TASK_LOGS, shimapi.params(params)) as channel:
             yield channel
