@@ -138,9 +138,8 @@ def main() -> None:
     finally:
         for problem in B.cleanup(base, [d], runc):
             print("cleanup:", problem, file=sys.stderr)
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {REPO}, {ROUNDS} rounds, load {os.getloadavg()}"
-    )
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"{when}, {REPO}, {ROUNDS} rounds, load {os.getloadavg()}")
     print("| case | median wall s | best wall s | client (or child) CPU s | tugd CPU s | shim CPU s |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode, rows in res.items():
