@@ -232,6 +232,9 @@ class Call:
         if self.is_notification:
             raise InvalidRequest("a raw stream needs a request id")
         conn = self.conn
+        if conn.in_flight > 1:
+            # Their answers would land in the middle of the frames.
+            raise InvalidRequest("a raw stream needs a connection of its own (other calls are running on it)")
         reader = conn.reader
         leftover = b""
         if reader is not None:
@@ -302,6 +305,7 @@ class ServerConnection:
         self.closed = anyio.Event()  # set once the client's side is gone (EOF or error)
         self.reader: LineReader | None = None
         self.switched = False  # a call took the connection over for a raw stream
+        self.in_flight = 0  # calls running (a batch's count twice): a switch needs to be alone
 
     async def send(self, obj: Any) -> None:
         await self.send_raw(encode(obj))
@@ -359,23 +363,32 @@ class ServerConnection:
         async def one(msg: Any, *, task_status: anyio.abc.TaskStatus[None]) -> None:
             await self._run_one(msg, replies, task_status=task_status)
 
-        async with anyio.create_task_group() as tg:
-            for msg in msgs:
-                await tg.start(one, msg)
-            task_status.started()
-        if replies:
-            await self._send_quietly(replies)
+        self.in_flight += 2  # until its reply is sent: no switch meanwhile
+        try:
+            async with anyio.create_task_group() as tg:
+                for msg in msgs:
+                    await tg.start(one, msg)
+                task_status.started()
+            if replies:
+                await self._send_quietly(replies)
+        finally:
+            self.in_flight -= 2
 
     async def _run_one(
         self, msg: Any, batch: list[Any] | None, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        reply = await self._execute(msg, task_status)
-        if reply is None:
-            return
-        if batch is not None:
-            batch.append(reply)
-        else:
-            await self._send_quietly(reply)
+        weight = 1 if batch is None else 2  # a call of a batch can never switch
+        self.in_flight += weight
+        try:
+            reply = await self._execute(msg, task_status)
+            if reply is None:
+                return
+            if batch is not None:
+                batch.append(reply)
+            else:
+                await self._send_quietly(reply)
+        finally:
+            self.in_flight -= weight
 
     async def _execute(self, msg: Any, task_status: anyio.abc.TaskStatus[None]) -> Any:
         """Run one request object; returns the response object, or None for a notification."""
