@@ -120,3 +120,32 @@ def test_raw_stream_errors_before_the_switch(make_daemon: Any, backend: str) -> 
         with pytest.raises(errors.InvalidParams, match="stream mode"):
             c.call("container.logs", {"id": "nosuch", "stream": "base64"})
         wait_until(lambda: c.call("system.info") is not None, what="the connection still serves")
+
+
+def _collect(raw: Any) -> bytes:
+    return b"".join(item[1] for item in raw if len(item) == 2 and item[0] == frames.STDOUT)
+
+
+def test_attach_input_travels_as_frames(make_daemon: Any, backend: str) -> None:
+    """On the raw stream of ``container.logs``: stdin frames reach PID 1 byte for byte, an empty
+    one closes its stdin (the half-close: the output still comes, then the end frame), and a
+    control frame resizes its terminal."""
+    d = make_daemon(backend=backend)
+    blob = bytes(range(256)) * 64
+    with Client(d.socket) as c:
+        cid = c.call("container.create", {"image": "busybox", "cmd": ["cat"], "stdin": True})["id"]
+        raw = c.raw_stream("container.logs", {"id": cid, "follow": True})
+        c.call("container.start", {"id": cid})
+        raw.send(frames.STDIN, blob)
+        raw.send(frames.STDIN, b"")
+        assert _collect(raw) == blob
+        assert raw.result == {"dropped_bytes": 0}
+        assert c.call("container.wait", {"id": cid})["exit_code"] == 0
+
+        cmd = ["sh", "-c", "read line; stty size"]
+        cid = c.call("container.create", {"image": "busybox", "cmd": cmd, "stdin": True, "tty": True})["id"]
+        raw = c.raw_stream("container.logs", {"id": cid, "follow": True})
+        c.call("container.start", {"id": cid})
+        raw.send(frames.CONTROL, b'{"resize": [33, 101]}')
+        raw.send(frames.STDIN, b"go\r")
+        assert b"33 101" in _collect(raw)

@@ -75,6 +75,7 @@ def _loop(
     if not start:
         logs_params["tail"] = 0
     logs = client.raw_stream("container.logs", logs_params, wakeup_fd=pump.wake_r)
+    pump.raw = logs  # our input and resizes go as frames on the same stream
     condition = ("removed" if auto_remove else "next-exit") if start else "not-running"
     wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=pump.wake_r)
     starting = client.stream("container.start", {"id": cid}, wakeup_fd=pump.wake_r) if start else None
