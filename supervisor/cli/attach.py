@@ -1,9 +1,10 @@
 """``tug attach``, and the foreground of ``tug run -i``/``-t``: a container's output to ours, our
 input to its terminal or stdin, our window size to its terminal.
 
-The output is the container's log, followed from now (``container.logs`` with ``follow`` and
-``tail: 0``); the input goes as ``container.stdin`` notifications through the stdin pump
-(:mod:`supervisor.cli.stdin`), ``container.resize`` at start and on SIGWINCH. The
+The output is the container's log, followed from now (a raw ``container.logs`` with ``follow``
+and ``tail: 0``, docs/api.md "Raw streams"); the input goes as stdin frames on that same stream
+through the stdin pump (:mod:`supervisor.cli.stdin`), the terminal's size as control frames at
+start and on SIGWINCH. The
 detach keys (``ctrl-p ctrl-q``) end ``tug`` with 0 and leave the container running. Blocking,
 no async imports, like the rest of the CLI.
 """
