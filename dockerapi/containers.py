@@ -472,16 +472,12 @@ async def logs(ctx: Ctx, ref: str) -> None:
                 follow=follow,
                 tail=tail,
                 since=since_ts,
-                timestamps=stamps or until_ts is not None,
+                timestamps=stamps,
+                until=until_ts,
             )
             async for stream, data in output:
                 if not want.get(stream, True):
                     continue
-                if until_ts is not None:
-                    ts, _, rest = data.partition(b" ")
-                    if ts > until_ts:
-                        continue
-                    data = data if stamps else rest
                 await ctx.conn.send_chunk(streams.encode(stream, data, mux))
             await ctx.conn.end_stream()
 

@@ -2,10 +2,12 @@
 
 Everything the Docker API sends of a container's or an exec's output goes through
 :func:`container_output` and :class:`ExecRun`, which yield ``(stream, bytes)`` pairs (1 stdout,
-2 stderr), and :func:`frame`, which makes docker's multiplexed frames of them. Today they
-translate tugd's JSON-RPC notifications (``container.logs.data``: base64 CRI log records;
-``container.exec.output``: base64 chunks). When issue 14 gives tugd a raw framed byte stream for
-logs, attach and exec, only this module changes: the adapters never see tugd's encoding.
+2 stderr), and :func:`frame`, which makes docker's multiplexed frames of them. A container's
+output is tugd's raw stream of ``container.logs`` (docs/api.md, "Raw streams": frames of the
+container's bytes, decoded from the CRI log by tugd or its shim, on a connection of its own);
+an exec's output is still ``container.exec.output`` notifications (base64 chunks) until exec
+moves to the raw stream too: only this module changes then, the adapters never see tugd's
+encoding.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import struct
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from tugwire import crilog, jsonrpc
+import anyio
+
+from tugwire import errors, frames, jsonrpc
 
 STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
 _STREAMS = {b"stdout": STDOUT, b"stderr": STDERR}
@@ -42,35 +46,47 @@ async def container_output(
     tail: int | None = None,
     since: str | None = None,
     timestamps: bool = False,
+    until: bytes | None = None,
     barrier: bool = False,
 ) -> AsyncGenerator[tuple[int, bytes], None]:
     """A container's output from its log: ``(stream, bytes)`` in the order written. ``tail``
-    counts records; ``since`` is RFC 3339; ``timestamps`` puts the record's RFC 3339 time and a
-    space before each record's bytes (docker's ``logs -t``). With ``barrier``, the first item is
+    counts records; ``since`` is RFC 3339; ``timestamps`` puts the line's RFC 3339 time and a
+    space before each line (docker's ``logs -t``); ``until`` (a CRI timestamp) leaves out the
+    lines written after it. With ``barrier``, the first item is
     ``(-1, b"")`` once tugd has registered the follower (a later ``start`` cannot be missed)."""
-    params: dict[str, Any] = {"id": cid, "follow": follow}
+    params: dict[str, Any] = {"id": cid, "follow": follow, "timestamps": timestamps or until is not None}
     if tail is not None:
         params["tail"] = tail
     if since is not None:
         params["since"] = since
-    async with rpc.stream("container.logs", params) as notes:
+    midline: dict[int, bool] = {}  # with ``until``: the stream's last line goes on (no time)
+    keep: dict[int, bool] = {}  # with ``until``: the stream's current line is shown
+    async with jsonrpc.open_raw(rpc.path, "container.logs", params) as channel:
         if barrier:
-            # Requests on one connection are accepted in order: once this answers, the logs
-            # request before it has registered its interest.
-            await rpc.call("container.inspect", {"id": cid})
+            # tugd answers the switch once the follower is registered: a later ``start`` on
+            # any connection cannot be missed.
             yield -1, b""
-        async for note in notes:
-            data = base64.b64decode(note.get("data", ""))
-            for record in data.split(b"\n"):
-                if not record:
-                    continue
-                ts, name, full, content = crilog.parse_record(record)
-                if full:
-                    content += b"\n"
-                if timestamps:
-                    content = ts + b" " + content
-                yield _STREAMS.get(name, STDOUT), content
-        await notes.result()
+        while True:
+            try:
+                kind, data = await channel.receive()
+            except anyio.EndOfStream:
+                raise errors.Unavailable("tugd closed the log stream before its end") from None
+            if kind == frames.END:
+                frames.end_result(data)
+                return
+            if not data:
+                continue
+            if until is None:
+                yield kind, data
+                continue
+            for line in data.splitlines(keepends=True):
+                if not midline.get(kind):
+                    ts, _, rest = line.partition(b" ")
+                    keep[kind] = ts <= until
+                    line = line if timestamps else rest
+                midline[kind] = not line.endswith(b"\n")
+                if keep.get(kind):
+                    yield kind, line
 
 
 class ExecRun:

@@ -4,6 +4,12 @@ The container writes into pipes; the shim reads them as fast as they fill and ap
 to the log file. Followers (``logs -f``) read the *file*, each at its own pace, so a slow or stuck
 follower never holds the container or any other follower back: the only thing between the
 container and the disk is this process's read-format-write loop.
+
+A raw follower that has caught up with the file takes the bytes as they are read from the pipes
+(a :class:`Tap`), not decoded back from the file: a bounded queue that the log's writer fills and
+never waits for. Once the queue is over its budget the follower leaves it and reads the file
+again from where that chunk's records begin, until it has caught up again: no byte lost or
+doubled, and the container is never held up.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import BinaryIO
 
@@ -22,6 +29,9 @@ F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # the default pipe-max-size; bigger pipes mean fewer wake-ups
 READ_SIZE = 1 << 20
 FOLLOW_CHUNK = 256 * 1024  # bytes of log file per notification to a follower
+LIVE_FRAME = 1 << 20  # at most this many queued bytes are joined into one frame
+TAP_BUDGET = 4 << 20  # bytes a live follower may have queued before it goes back to the file
+_KINDS = {b"stdout": 1, b"stderr": 2}  # tugwire.frames.STDOUT, STDERR
 
 
 class StdioPipes:
@@ -56,21 +66,66 @@ class StdioPipes:
                 setattr(self, name, -1)
 
 
+class Tap:
+    """A live follower's queue of the chunks written to the log since it caught up."""
+
+    def __init__(self, budget: int) -> None:
+        self.chunks: deque[tuple[int, bytes]] = deque()
+        self.size = 0
+        self.budget = budget
+        self.overflow: tuple[int, int] | None = None  # (generation, offset) to read the file from
+        self.closed = False
+        self._changed = anyio.Event()
+
+    def offer(self, kind: int, data: bytes, where: tuple[int, int]) -> bool:
+        """Queue a chunk; False (and the tap is done) when that would pass the budget: the
+        chunk's records begin at ``where`` in the log."""
+        if self.chunks and self.size + len(data) > self.budget:
+            self.overflow = where
+            self._wake()
+            return False
+        self.chunks.append((kind, data))
+        self.size += len(data)
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+
 class LogSink:
-    """The log file of one container and the signal followers wait on."""
+    """The log file of one container, the signal followers wait on, and the live taps."""
 
     def __init__(self, writer: crilog.LogWriter) -> None:
         self.writer = writer
         self._changed = anyio.Event()
         self.closed = False  # no more data will come (the container's pipes reached EOF)
+        self.taps: set[Tap] = set()
 
     def write(self, stream: bytes, data: bytes) -> None:
-        self.writer.write(stream, data)
+        writer = self.writer
+        dropped = writer.dropped_bytes
+        writer.write(stream, data)
+        if self.taps and writer.dropped_bytes == dropped:  # what the file has, the taps get
+            kind = _KINDS.get(stream, 1)
+            for tap in list(self.taps):
+                if not tap.offer(kind, data, writer.last_start):
+                    self.taps.discard(tap)
         self._changed.set()
         self._changed = anyio.Event()
 
     def close(self) -> None:
         self.closed = True
+        for tap in self.taps:
+            tap.close()
         self._changed.set()
 
     def wake(self) -> None:
@@ -104,9 +159,12 @@ async def follow(
     since: bytes | None,
     follow: bool,
     ready: Callable[[], None] = lambda: None,
+    live: Callable[[int, bytes], Awaitable[None]] | None = None,
 ) -> None:
     """Send the log's records (``tail``/``since`` applied) and then, with ``follow``, whatever is
-    written next, until the container's output has ended. Reads the files, never the pipes."""
+    written next, until the container's output has ended. Reads the files; with ``live``, once
+    caught up, the bytes as they are written go to ``live(stream, data)`` through a
+    :class:`Tap` instead, and back to the files whenever the tap overflows."""
     writer = sink.writer
     generation = writer.generation
     # Open every file of the log with no await in between: the writer runs on this same event
@@ -146,11 +204,58 @@ async def follow(
                 continue
             if closed:
                 return
+            if live is not None and writer.generation == generation and not sink.closed:
+                # Caught up, with no await since the read that found the end: every later
+                # write goes to the tap, none is missed or read twice. (Closed meanwhile: the
+                # next turn reads the rest of the file and ends.)
+                where = await _live(sink, live)
+                if where is None:
+                    return
+                generation, offset = where
+                found = writer.path_of(generation)
+                if found is None:  # rotated away while we lagged: the oldest kept file
+                    generation = writer.generation - writer.max_files + 1
+                    found, offset = (writer.path_of(generation) or writer.path), 0
+                f = open(found, "rb")  # noqa: SIM115
+                files.append(f)
+                f.seek(offset)
+                continue
             # No await since the last read found the end: no write can slip in before this wait.
             await sink.wait_changed()
     finally:
         for f in files:
             f.close()
+
+
+async def _live(sink: LogSink, live: Callable[[int, bytes], Awaitable[None]]) -> tuple[int, int] | None:
+    """Send what the log's writer puts in a new tap until the output ends (None) or the tap
+    overflows: then where in the log to go on reading."""
+    tap = Tap(TAP_BUDGET)
+    sink.taps.add(tap)
+    try:
+        while True:
+            chunks = tap.chunks
+            while chunks:
+                # What queued while we sent goes as one frame per run of one stream: a writer
+                # of small pieces costs per frame, not per piece.
+                kind, data = chunks.popleft()
+                if chunks and chunks[0][0] == kind and len(data) < LIVE_FRAME:
+                    parts = [data]
+                    size = len(data)
+                    while chunks and chunks[0][0] == kind and size < LIVE_FRAME:
+                        more = chunks.popleft()[1]
+                        parts.append(more)
+                        size += len(more)
+                    data = b"".join(parts)
+                tap.size -= len(data)
+                await live(kind, data)
+            if tap.overflow is not None:
+                return tap.overflow
+            if tap.closed:
+                return None
+            await tap.wait()
+    finally:
+        sink.taps.discard(tap)
 
 
 def _select(files: list[BinaryIO], tail: int | None, since: bytes | None) -> bytes:

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from tugwire import fsutil, httpserve, jsonrpc, shimapi
+from tugwire import crilog, fsutil, httpserve, jsonrpc, shimapi
 from tugwire.errors import InvalidArgument, TugError
 from tugwire.shimapi import PID_FILE, SOCKET, ShimConfig
 
@@ -144,17 +144,35 @@ class Service:
         return {"exit": record.to_json() if record else None}
 
     async def logs(self, call: jsonrpc.Call) -> Any:
-        """Stream the log as ``logs.data`` notifications (base64 of whole CRI records)."""
+        """Stream the log as ``logs.data`` notifications (base64 of whole CRI records), or with
+        ``"stream": "raw"`` as stdout and stderr frames of the container's bytes (decoded here,
+        ``timestamps`` before each line as ``logs -t``), ending with the result's ``end`` frame."""
         sink = self.task.sink
-        if sink is None:
-            call.accept()
-            return {"dropped_bytes": 0}
         tail = call.params.integer("tail")
         since = call.params.string("since")
+        if call.wants_raw():
+            channel = await call.switch()
+            if sink is None:
+                return {"dropped_bytes": 0}
+            timestamps = call.params.boolean("timestamps")
+            decoder = crilog.LogDecoder(timestamps=timestamps)
 
-        async def send(data: bytes) -> None:
-            call.accept()
-            await call.notify_data(shimapi.LOGS_DATA, base64.b64encode(data))
+            async def send(data: bytes) -> None:
+                for kind, out in decoder.feed(data):
+                    await channel.send(kind, out)
+
+            # Without timestamps, a follower that has caught up takes the pipes' bytes as read.
+            live = None if timestamps else channel.send
+        else:
+            if sink is None:
+                call.accept()
+                return {"dropped_bytes": 0}
+
+            async def send(data: bytes) -> None:
+                call.accept()
+                await call.notify_data(shimapi.LOGS_DATA, base64.b64encode(data))
+
+            live = None
 
         await shimio.follow(
             sink,
@@ -163,6 +181,7 @@ class Service:
             since=since.encode() if since else None,
             follow=call.params.boolean("follow"),
             ready=call.accept,
+            live=live,
         )
         return {"dropped_bytes": sink.writer.dropped_bytes}
 

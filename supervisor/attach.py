@@ -1,7 +1,8 @@
 """Input to a container's PID 1: its stdin, the closing of it, and its terminal's size, each
 forwarded to the container's shim, which holds PID 1's terminal (or its stdin pipe). Output is
 the log: an attached client follows it (``container.logs`` with ``follow`` and ``tail: 0``), so
-attaching never replays and never holds the container back.
+attaching never replays and never holds the container back; on a raw stream its input comes as
+frames on that same connection (the JSON-RPC door calls these verbs for them).
 """
 
 from __future__ import annotations

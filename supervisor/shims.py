@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 
 from tugwire import errors, fsutil, jsonrpc, shimapi
+from tugwire.rawchannel import RawChannel
 from tugwire.shimapi import (
     ExecParams,
     ExitRecord,
@@ -405,6 +406,12 @@ class ShimClient:
             client.stream(shimapi.TASK_LOGS, shimapi.params(params)) as stream,
         ):
             yield LogStream(stream)
+
+    @contextlib.asynccontextmanager
+    async def logs_raw(self, params: LogsParams) -> AsyncIterator[RawChannel]:
+        """``task.logs`` as a raw stream: stdout and stderr frames, then the ``end`` frame."""
+        async with jsonrpc.open_raw(self.socket, shimapi.TASK_LOGS, shimapi.params(params)) as channel:
+            yield channel
 
     @contextlib.asynccontextmanager
     async def exec(self, params: ExecParams) -> AsyncIterator[ExecSession]:

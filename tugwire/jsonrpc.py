@@ -13,6 +13,9 @@ Two choices of ours on top of the specification:
   miss what ``start`` causes).
 * A streaming method sends notifications whose ``params.request`` is the id of the request they
   belong to, and ends with an ordinary response.
+* A raw streaming method (asked for with ``"stream": "raw"``) answers ``{"stream": "raw"}`` once
+  it is ready and then switches its connection to the frames of :mod:`tugwire.frames`, ending
+  with an ``end`` frame that carries its result (:meth:`Call.switch`, :func:`open_raw`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import errors
+from . import errors, frames
 from .errors import InvalidParams, InvalidRequest, TugError
+from .rawchannel import RawChannel
 
 log = logging.getLogger("tugboat.rpc")
 
@@ -169,6 +173,7 @@ class Call:
         self.id = req_id
         self.params = params
         self._task_status: anyio.abc.TaskStatus[None] | None = None
+        self.channel: RawChannel | None = None
 
     @property
     def is_notification(self) -> bool:
@@ -211,6 +216,35 @@ class Call:
         if failure is not None:
             raise failure
         return done, result
+
+    def wants_raw(self) -> bool:
+        """Whether the client asked for a raw stream (``"stream": "raw"``); any other value of
+        ``stream`` is an InvalidParams."""
+        mode: str | None = self.params.string("stream")
+        if mode not in (None, frames.RAW):
+            raise InvalidParams(f"unknown stream mode {mode!r}: want 'raw'", param="stream")
+        return mode == frames.RAW
+
+    async def switch(self) -> RawChannel:
+        """Answer ``{"stream": "raw"}``, accept, and take the connection over: from now on it
+        carries frames (the reader reads no more requests). The handler's result, or its
+        error, becomes the ``end`` frame; then the connection is closed."""
+        if self.is_notification:
+            raise InvalidRequest("a raw stream needs a request id")
+        conn = self.conn
+        if conn.in_flight > 1:
+            # Their answers would land in the middle of the frames.
+            raise InvalidRequest("a raw stream needs a connection of its own (other calls are running on it)")
+        reader = conn.reader
+        leftover = b""
+        if reader is not None:
+            leftover = bytes(reader._buf)
+            reader._buf.clear()
+        conn.switched = True
+        await conn.send({"jsonrpc": "2.0", "id": self.id, "result": {"stream": frames.RAW}})
+        self.channel = RawChannel(conn.stream, leftover, conn._send_lock)
+        self.accept()
+        return self.channel
 
     async def notify_data(self, method: str, data: bytes | str) -> None:
         """:meth:`notify` with ``{"data": data}``, for the log streams' base64 chunks (256 KiB of
@@ -269,6 +303,9 @@ class ServerConnection:
         self.dispatcher = dispatcher
         self._send_lock = anyio.Lock()
         self.closed = anyio.Event()  # set once the client's side is gone (EOF or error)
+        self.reader: LineReader | None = None
+        self.switched = False  # a call took the connection over for a raw stream
+        self.in_flight = 0  # calls running (a batch's count twice): a switch needs to be alone
 
     async def send(self, obj: Any) -> None:
         await self.send_raw(encode(obj))
@@ -280,10 +317,10 @@ class ServerConnection:
 
     async def serve(self, max_line: int = MAX_LINE) -> None:
         """Read and dispatch requests until the client goes away; in-flight calls then finish."""
-        reader = LineReader(self.stream, max_line)
+        reader = self.reader = LineReader(self.stream, max_line)
         try:
             async with anyio.create_task_group() as tg:
-                while True:
+                while not self.switched:
                     try:
                         line = await reader.receive_line()
                     except LineTooLong as exc:
@@ -293,7 +330,8 @@ class ServerConnection:
                         break
                     if line.strip():
                         await self._handle_line(tg, line)
-                self.closed.set()
+                if not self.switched:
+                    self.closed.set()
         finally:
             self.closed.set()
             with anyio.CancelScope(shield=True):
@@ -325,23 +363,32 @@ class ServerConnection:
         async def one(msg: Any, *, task_status: anyio.abc.TaskStatus[None]) -> None:
             await self._run_one(msg, replies, task_status=task_status)
 
-        async with anyio.create_task_group() as tg:
-            for msg in msgs:
-                await tg.start(one, msg)
-            task_status.started()
-        if replies:
-            await self._send_quietly(replies)
+        self.in_flight += 2  # until its reply is sent: no switch meanwhile
+        try:
+            async with anyio.create_task_group() as tg:
+                for msg in msgs:
+                    await tg.start(one, msg)
+                task_status.started()
+            if replies:
+                await self._send_quietly(replies)
+        finally:
+            self.in_flight -= 2
 
     async def _run_one(
         self, msg: Any, batch: list[Any] | None, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        reply = await self._execute(msg, task_status)
-        if reply is None:
-            return
-        if batch is not None:
-            batch.append(reply)
-        else:
-            await self._send_quietly(reply)
+        weight = 1 if batch is None else 2  # a call of a batch can never switch
+        self.in_flight += weight
+        try:
+            reply = await self._execute(msg, task_status)
+            if reply is None:
+                return
+            if batch is not None:
+                batch.append(reply)
+            else:
+                await self._send_quietly(reply)
+        finally:
+            self.in_flight -= weight
 
     async def _execute(self, msg: Any, task_status: anyio.abc.TaskStatus[None]) -> Any:
         """Run one request object; returns the response object, or None for a notification."""
@@ -376,8 +423,16 @@ class ServerConnection:
                 task_status.started()
             try:
                 result = await entry.fn(call)
+            except Exception as exc:
+                if call.channel is None:
+                    raise
+                await call.channel.fail(exc, self.dispatcher.map_error, method)
+                return None
             finally:
                 call.accept()
+            if call.channel is not None:
+                await call.channel.end(result)
+                return None
             if req_id is _NO_ID:
                 return None
             return {"jsonrpc": "2.0", "id": req_id, "result": result}
@@ -477,6 +532,45 @@ ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descript
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+@asynccontextmanager
+async def open_raw(
+    path: str, method: str, params: dict[str, Any], *, timeout: float = 10.0
+) -> AsyncIterator[RawChannel]:
+    """Call ``method`` with ``"stream": "raw"`` on a connection of its own and yield its channel
+    once the server has switched (its JSON answer, checked; an error is raised as itself)."""
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_unix(path)
+    except (OSError, TimeoutError) as exc:
+        raise errors.Unavailable(f"cannot connect to {path}: {exc}") from exc
+    async with stream:
+        msg = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "stream": frames.RAW}}
+        try:
+            await stream.send(encode(msg))
+            reader = LineReader(stream, MAX_LINE)
+            line = await reader.receive_line()
+            reply = json.loads(line)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, LineTooLong, ValueError) as exc:
+            raise errors.Unavailable(f"{method}: no raw stream from {path}: {exc}") from exc
+        if not isinstance(reply, dict):
+            raise errors.Unavailable(f"{method}: unexpected answer from {path}")
+        if "error" in reply:
+            raise errors.from_json(reply["error"])
+        channel = RawChannel(stream, bytes(reader._buf))
+        yield channel
+
+
+async def end_of(channel: RawChannel) -> Any:
+    """Skip to the ``end`` frame and return its result (or raise its error)."""
+    while True:
+        try:
+            kind, data = await channel.receive()
+        except anyio.EndOfStream:
+            raise errors.Unavailable("the raw stream ended without its end frame") from None
+        if kind == frames.END:
+            return frames.end_result(data)
+
+
 # ----------------------------------------------------------------------------------- client side
 
 
@@ -490,6 +584,7 @@ class RpcClient:
         self._send_lock = anyio.Lock()
         self._closed_exc: BaseException | None = None
         self.unrouted: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self.path = ""  # the socket it was connected to (a raw stream needs its own connection)
 
     async def _reader(self) -> None:
         reader = LineReader(self._stream, CLIENT_MAX_LINE)
@@ -644,6 +739,7 @@ async def connect(path: str, *, timeout: float = 5.0) -> AsyncIterator[RpcClient
     except (OSError, TimeoutError) as exc:
         raise errors.Unavailable(f"cannot connect to {path}: {exc}") from exc
     client = RpcClient(stream)
+    client.path = path
     # The body's exception is raised as itself, not wrapped in the reader's task group's
     # ExceptionGroup: callers catch TugError subclasses.
     body_exc: BaseException | None = None

@@ -42,7 +42,7 @@ TASK_STATE = "task.state"  # -> TaskState
 TASK_WAIT = "task.wait"  # -> ExitRecord, once PID 1 exited and its output is on disk
 TASK_KILL = "task.kill"  # KillParams -> {}
 TASK_DELETE = "task.delete"  # DeleteParams -> {"exit": ExitRecord | None}; the shim then exits
-TASK_LOGS = "task.logs"  # LogsParams; streams LOGS_DATA; -> {"dropped_bytes": int}
+TASK_LOGS = "task.logs"  # LogsParams; streams LOGS_DATA, or raw frames; -> {"dropped_bytes": int}
 TASK_METRICS = "task.metrics"  # -> {"text": Prometheus text}
 TASK_PAUSE = "task.pause"  # -> {}
 TASK_RESUME = "task.resume"  # -> {}
@@ -299,11 +299,13 @@ class DeleteParams:
 @dataclass(frozen=True)
 class LogsParams:
     """``task.logs``: the whole log, its last ``tail`` records, or those since ``since`` (an RFC
-    3339 time as the log writes them); ``follow`` keeps streaming until the task exits."""
+    3339 time as the log writes them); ``follow`` keeps streaming until the task exits;
+    ``timestamps`` (raw streams only) puts each line's time before it."""
 
     follow: bool = False
     tail: int | None = None
     since: str | None = None
+    timestamps: bool = False
 
 
 @dataclass(frozen=True)

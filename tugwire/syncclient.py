@@ -17,7 +17,7 @@ import json
 import select
 from collections import deque
 
-from . import errors
+from . import errors, frames
 
 # typing is not imported at run time: it costs ~2 ms of every `tug` command, and with
 # `from __future__ import annotations` these names only appear in annotations.
@@ -143,6 +143,22 @@ class Client:
         :class:`Stream`: iterate over it for the notifications, then read its ``result``."""
         return Stream(self, self.send(method, params), wakeup_fd)
 
+    def raw_stream(self, method: str, params: dict[str, Any], *, wakeup_fd: int | None = None) -> RawStream:
+        """Call ``method`` with ``"stream": "raw"`` on a connection of its own (to the same
+        socket) and return its :class:`RawStream` once tugd has switched it to frames. This
+        connection stays free for other calls; a :class:`RawStream` iterated with a
+        ``wakeup_fd`` also wakes when a message arrives here (kept for its request)."""
+        raw = Client(self.path)
+        try:
+            opened = raw.call(method, {**params, "stream": frames.RAW})
+        except BaseException:
+            raw.close()
+            raise
+        if not isinstance(opened, dict) or opened.get("stream") != frames.RAW:
+            raw.close()
+            raise errors.Internal(f"{method}: tugd did not switch to a raw stream")
+        return RawStream(raw, self, wakeup_fd)
+
     def forget(self, req_id: int) -> None:
         """Drop the answer to ``req_id`` when it comes (a request sent for its effect only)."""
         for i, msg in enumerate(self._held):
@@ -193,6 +209,14 @@ class Client:
             self._forgotten.discard(msg["id"])
             return
         self._held.append(msg)
+
+    def _hold_one_and_buffered(self) -> None:
+        """Read one message (the socket is readable) and every whole one already buffered, and
+        keep them for whoever waits for them."""
+        msg = self._read_message(None)
+        while msg is not None:
+            self._hold(msg)
+            msg = self._read_message(None) if b"\n" in self._buf else None
 
     def _take_held(self, req_id: int) -> dict[str, Any] | None:
         """The first kept message of request ``req_id`` (its notification or its answer)."""
@@ -329,3 +353,71 @@ class Stream:
         while not self.done:
             self._next(None)
         return self.result
+
+
+class RawStream:
+    """A connection switched to frames (:mod:`tugwire.frames`), made by :meth:`Client.raw_stream`.
+
+    Iterating yields ``(stream, bytes)`` for each stdout or stderr frame until the ``end`` frame:
+    then iteration stops with its result in :attr:`result`, or raises its error as the matching
+    :class:`errors.TugError` (:class:`Disconnected` if the connection ends first). With a
+    ``wakeup_fd`` it also yields ``()`` as soon as that fd is readable, and when a message
+    arrived on the ``control`` client (read and kept there for its request).
+    """
+
+    def __init__(self, raw: Client, control: Client | None = None, wakeup_fd: int | None = None) -> None:
+        self._raw = raw
+        self._sock = raw._socket()
+        self._parser = frames.FrameParser()
+        self._parser.feed(bytes(raw._buf))
+        raw._buf.clear()
+        self._control = control
+        self.wakeup_fd = wakeup_fd
+        self.done = False
+        self.result: Any = None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def send(self, kind: int, data: bytes) -> None:
+        """One frame to tugd (stdin, or a control object's JSON)."""
+        self._raw._write(frames.header(kind, len(data)) + data)
+
+    def __iter__(self) -> RawStream:
+        return self
+
+    def __next__(self) -> tuple[int, bytes] | tuple[()]:
+        parser = self._parser
+        while not self.done:
+            got = parser.next()
+            if got is not None:
+                kind, data = got
+                if kind == frames.END:
+                    self.done = True
+                    self.close()
+                    self.result = frames.end_result(data)
+                    break
+                return got
+            if self.wakeup_fd is not None:
+                fds = [self._sock.fileno(), self.wakeup_fd]
+                control = self._control
+                if control is not None and control._sock is not None:
+                    fds.append(control.fileno())
+                readable, _, _ = select.select(fds, [], [])
+                if self.wakeup_fd in readable:
+                    return ()
+                if control is not None and control._sock is not None and control.fileno() in readable:
+                    control._hold_one_and_buffered()
+                    return ()
+            try:
+                data = self._sock.recv(max(_READ_SIZE, parser.need()))
+            except OSError as exc:
+                raise Disconnected(f"lost the raw stream from tugd: {exc.strerror or exc}") from exc
+            if not data:
+                self.close()
+                raise Disconnected("tugd closed the raw stream before its end")
+            parser.feed(data)
+        raise StopIteration

@@ -5,13 +5,16 @@ notifications."""
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from tugwire import dockerfilters, jsonrpc
+from tugwire import dockerfilters, frames, jsonrpc
 from tugwire.errors import InvalidArgument, InvalidParams, TugError
+from tugwire.rawchannel import RawChannel
 
 from ..containers import ACTIVE, parse_signal
 from ..containers.health import HealthRequest
@@ -140,8 +143,31 @@ class ContainerApi:
         return await waiting
 
     async def container_logs(self, call: jsonrpc.Call) -> Any:
-        """The log of container ``id`` as ``container.logs.data`` notifications (base64)."""
+        """The log of container ``id`` as ``container.logs.data`` notifications (base64 CRI
+        records), or with ``"stream": "raw"`` as stdout and stderr frames of its bytes
+        (docs/api.md, "Raw streams"); the client's stdin and control frames on it go to the
+        container's input (attach), and its closing ends the stream."""
         p = call.params
+        if call.wants_raw():
+            cid = p.raw.get("id")
+            reading_raw = self.containers.logs_raw(
+                cid,
+                self._frame_sink(call),
+                follow=p.boolean("follow"),
+                tail=p.integer("tail"),
+                since=p.string("since"),
+                timestamps=p.boolean("timestamps"),
+            )
+            channel = await call.switch()
+            done, result = False, None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._raw_input, channel, cid, tg.cancel_scope)
+                result = await reading_raw
+                done = True
+                tg.cancel_scope.cancel()
+            if not done:
+                raise anyio.BrokenResourceError("the client closed the stream")
+            return result
 
         async def sink(data: bytes | str) -> None:
             await call.notify_data("container.logs.data", data)
@@ -156,6 +182,37 @@ class ContainerApi:
         """Open the log of running container ``id`` (created with ``log_path``) again at its path."""
         rec = await self.containers.reopen_log(call.params.string("id", required=True))
         return {"id": rec.id}
+
+    async def _raw_input(self, channel: RawChannel, cid: Any, scope: anyio.CancelScope) -> None:
+        """An attached client's frames: stdin (an empty one closes it) and control (resize) to
+        the container; the end of the connection (or a malformed frame) cancels ``scope``.
+        Input a container cannot take is dropped, as the notifications' was."""
+        attach = self.core.attach
+        while True:
+            try:
+                kind, data = await channel.receive()
+            except (anyio.EndOfStream, frames.MalformedFrame):
+                scope.cancel()
+                return
+            try:
+                if kind == frames.STDIN and data:
+                    await attach.stdin(cid, base64.b64encode(data).decode())
+                elif kind == frames.STDIN:
+                    await attach.close_stdin(cid)
+                elif kind == frames.CONTROL:
+                    size = frames.parse_json(data).get("resize")
+                    if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size):
+                        await attach.resize(cid, size[0], size[1])
+            except TugError:
+                pass
+
+    @staticmethod
+    def _frame_sink(call: jsonrpc.Call) -> Callable[[int, bytes], Awaitable[None]]:
+        async def sink(kind: int, data: bytes) -> None:
+            assert call.channel is not None  # switched before the first byte
+            await call.channel.send(kind, data)
+
+        return sink
 
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""

@@ -1,9 +1,10 @@
 """``tug attach``, and the foreground of ``tug run -i``/``-t``: a container's output to ours, our
 input to its terminal or stdin, our window size to its terminal.
 
-The output is the container's log, followed from now (``container.logs`` with ``follow`` and
-``tail: 0``); the input goes as ``container.stdin`` notifications through the stdin pump
-(:mod:`supervisor.cli.stdin`), ``container.resize`` at start and on SIGWINCH. The
+The output is the container's log, followed from now (a raw ``container.logs`` with ``follow``
+and ``tail: 0``, docs/api.md "Raw streams"); the input goes as stdin frames on that same stream
+through the stdin pump (:mod:`supervisor.cli.stdin`), the terminal's size as control frames at
+start and on SIGWINCH. The
 detach keys (``ctrl-p ctrl-q``) end ``tug`` with 0 and leave the container running. Blocking,
 no async imports, like the rest of the CLI.
 """
@@ -18,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tugwire import errors
-from tugwire.crilog import LogDecoder
 from tugwire.syncclient import Client
 
 from .logs import show_until_exit
@@ -71,12 +71,12 @@ def _loop(
     auto_remove: bool,
     on_start_error: Callable[[errors.TugError], int] | None,
 ) -> int:
-    decoder = LogDecoder()
     # A new container's log from its start (it is empty before); a running one's from now on.
     logs_params: dict[str, Any] = {"id": cid, "follow": True}
     if not start:
         logs_params["tail"] = 0
-    logs = client.stream("container.logs", logs_params, wakeup_fd=pump.wake_r)
+    logs = client.raw_stream("container.logs", logs_params, wakeup_fd=pump.wake_r)
+    pump.raw = logs  # our input and resizes go as frames on the same stream
     condition = ("removed" if auto_remove else "next-exit") if start else "not-running"
     wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=pump.wake_r)
     starting = client.stream("container.start", {"id": cid}, wakeup_fd=pump.wake_r) if start else None
@@ -103,7 +103,7 @@ def _loop(
             _begin(pump, tty, stdin)
         return None
 
-    if (code := show_until_exit(logs, wait, decoder, woken)) is not None:
+    if (code := show_until_exit(logs, wait, woken)) is not None:
         return code
     code = wait.result.get("exit_code")
     return int(code) if code is not None else 1

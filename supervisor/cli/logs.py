@@ -1,17 +1,17 @@
-"""``tug logs``, and what ``run``, ``attach`` and ``logs`` share to show a followed log: the data of
-``container.logs.data`` notifications, decoded by :class:`tugwire.crilog.LogDecoder`, to our
-stdout and stderr.
+"""``tug logs``, and what ``run``, ``attach`` and ``logs`` share to show a followed log: a raw
+stream of ``container.logs`` (docs/api.md, "Raw streams"), its stdout and stderr frames written
+to our stdout and stderr as they come.
 """
 
 from __future__ import annotations
 
 import argparse
-import binascii
+import contextlib
+import os
 import sys
 
 from tugwire import errors
-from tugwire.crilog import LogDecoder
-from tugwire.syncclient import Client, Disconnected, Stream
+from tugwire.syncclient import Client, Disconnected, RawStream, Stream
 
 from .format import print_error
 from .options import parse_since
@@ -24,51 +24,36 @@ if TYPE_CHECKING:
 COMMANDS = ("logs",)
 
 
-def write_output(chunks: list[tuple[int, bytes]]) -> None:
-    """Write decoded output, each piece to our stdout (fd 1) or stderr (fd 2), flushed."""
-    for fd, data in chunks:
-        stream = sys.stdout if fd == 1 else sys.stderr
-        stream.flush()
-        stream.buffer.write(data)
-        stream.buffer.flush()
+def write_output(fd: int, data: bytes) -> None:
+    """Write a frame's bytes to our stdout (fd 1) or stderr (fd 2), whole, unbuffered."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-def log_data(msg: dict[str, Any], req_id: int) -> bytes | None:
-    """The decoded data of a ``container.logs.data`` notification for ``req_id``, else None."""
-    if msg.get("method") != "container.logs.data":
-        return None
-    params = msg.get("params")
-    if not isinstance(params, dict) or params.get("request") != req_id:
-        return None
-    try:
-        return binascii.a2b_base64(params.get("data") or "")
-    except (binascii.Error, TypeError, ValueError) as exc:
-        raise errors.Internal(f"malformed log data from tugd: {exc}") from exc
-
-
-def show_until_exit(
-    logs: Stream, wait: Stream, decoder: LogDecoder, woken: Callable[[], int | None]
-) -> int | None:
+def show_until_exit(logs: RawStream, wait: Stream, woken: Callable[[], int | None]) -> int | None:
     """What ``run`` and ``attach`` do once a container's log and its wait are open: show the
     log until it ends, then wait for the exit; both streams wake us up for ``woken`` (a signal,
     a detach, a start that failed), whose code, if it gives one, ends the loop at once. A log
     that fails is reported and left (the wait still tells the exit); None once both ended."""
-    while True:
-        try:
-            msg = next(logs)
-        except StopIteration:
-            break
-        except Disconnected:
-            raise
-        except errors.TugError as exc:
-            print_error(f"logs: {exc.message}")
-            break
-        if msg:
-            data = log_data(msg, logs.id)
-            if data:
-                write_output(decoder.feed(data))
-        elif (code := woken()) is not None:
-            return code
+    try:
+        while True:
+            try:
+                item = next(logs)
+            except StopIteration:
+                break
+            except Disconnected:
+                raise
+            except errors.TugError as exc:
+                print_error(f"logs: {exc.message}")
+                break
+            if item:
+                write_output(*item)
+            elif (code := woken()) is not None:
+                return code
+    finally:
+        logs.close()
     for _ in wait:  # a request without notifications: each turn is a wakeup
         if (code := woken()) is not None:
             return code
@@ -76,17 +61,14 @@ def show_until_exit(
 
 
 def _cmd_logs(args: argparse.Namespace, client: Client) -> int:
-    params: dict[str, Any] = {"id": args.container, "follow": args.follow}
+    params: dict[str, Any] = {"id": args.container, "follow": args.follow, "timestamps": args.timestamps}
     if args.tail is not None:
         params["tail"] = args.tail
     if args.since is not None:
         params["since"] = args.since
-    decoder = LogDecoder(timestamps=args.timestamps)
-    logs = client.stream("container.logs", params)
-    for msg in logs:
-        data = log_data(msg, logs.id)
-        if data:
-            write_output(decoder.feed(data))
+    with contextlib.closing(client.raw_stream("container.logs", params)) as logs:
+        for fd, data in logs:  # type: ignore[misc]  # no wakeup fd: never ()
+            write_output(fd, data)
     return 0
 
 

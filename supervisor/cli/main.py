@@ -89,7 +89,6 @@ _MOVED = {
     "event_filters": "events",
     "format_event": "events",
     "container_status": "containers",
-    "LogDecoder": "logs",
     "render_template": "inspect",
     "parse_change": "images",
     "human_size": "format",

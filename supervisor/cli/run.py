@@ -14,7 +14,6 @@ import signal
 import sys
 
 from tugwire import errors
-from tugwire.crilog import LogDecoder
 from tugwire.syncclient import Client, Disconnected
 
 from .create import add_create_options, create_params
@@ -135,18 +134,18 @@ def _ignore_signal(signum: int, frame: object) -> None:
 def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
     """Stream the container's output, forward signals to it, and return its exit status.
 
-    ``logs {follow}`` and ``wait`` are sent before ``start`` on the same connection: tugd accepts
-    them in order once registered, so nothing that ``start`` causes can be missed. Signals reach
-    the loop through a ``set_wakeup_fd`` pipe; the handler itself writes nothing to the socket.
+    The log is a raw stream of ``container.logs {follow}`` on a connection of its own, open
+    (tugd has switched it) before ``wait`` and ``start`` are sent on this one: nothing that
+    ``start`` causes can be missed. Signals reach the loop through a ``set_wakeup_fd`` pipe;
+    the handler itself writes nothing to the socket.
     """
-    decoder = LogDecoder()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     old_handlers = {s: signal.signal(s, _ignore_signal) for s in FORWARDED_SIGNALS}
     try:
-        logs = client.stream("container.logs", {"id": cid, "follow": True}, wakeup_fd=wake_r)
+        logs = client.raw_stream("container.logs", {"id": cid, "follow": True}, wakeup_fd=wake_r)
         condition = "removed" if auto_remove else "next-exit"
         wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=wake_r)
         starting = client.stream("container.start", {"id": cid}, wakeup_fd=wake_r)
@@ -177,7 +176,7 @@ def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
                 held_signals.clear()
             return None
 
-        if (code := show_until_exit(logs, wait, decoder, woken)) is not None:
+        if (code := show_until_exit(logs, wait, woken)) is not None:
             return code
         # an error of wait is raised: the run's error (125)
         waited: dict[str, Any] = wait.result if isinstance(wait.result, dict) else {}

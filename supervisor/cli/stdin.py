@@ -1,8 +1,10 @@
 """The one stdin pump of ``tug attach``, ``tug run -i`` and ``tug exec -i``: our stdin to a
 container's or an exec's, from a thread of its own, and our window size to its terminal.
 
-The thread reads stdin and sends it as ``<prefix>stdin`` notifications (``container.stdin`` or
-``container.exec.stdin``), so that the main thread keeps reading output while stdin blocks (a full
+The thread reads stdin and sends it as stdin frames on the container's raw log stream once
+:attr:`StdinPump.raw` is set (``tug attach``, ``run -i``; resizes as control frames, the end of
+stdin as an empty stdin frame), else as ``<prefix>stdin`` notifications (``container.exec.stdin``),
+so that the main thread keeps reading output while stdin blocks (a full
 pipe both ways would deadlock). Writes to the connection from the two threads go through one lock.
 Typing the detach keys (on a terminal) wakes the main thread through a pipe, which it also hands
 to ``signal.set_wakeup_fd`` for SIGWINCH. Blocking, no async imports, like the rest of the CLI.
@@ -11,10 +13,11 @@ to ``signal.set_wakeup_fd`` for SIGWINCH. Blocking, no async imports, like the r
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 
-from tugwire import errors
+from tugwire import errors, frames
 
 from .tty import DetachScanner, window_size
 
@@ -22,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tugwire.syncclient import Client
+    from tugwire.syncclient import Client, RawStream
 
 STDIN_CHUNK = 48 * 1024  # bytes of stdin per notification (64 KiB once in base64)
 
@@ -52,6 +55,7 @@ class StdinPump:
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.detached = False
+        self.raw: RawStream | None = None  # the container's raw stream, when input goes there
 
     def __repr__(self) -> str:
         return f"<StdinPump {self.prefix} {self.target} detached={self.detached}>"
@@ -64,7 +68,13 @@ class StdinPump:
     def notify(self, what: str, params: dict[str, Any]) -> None:
         """Send the notification ``<prefix><what>`` for the target (under the lock)."""
         with self.lock:
-            self.client.notify(self.prefix + what, {**(self.target or {}), **params})
+            if self.raw is None:
+                self.client.notify(self.prefix + what, {**(self.target or {}), **params})
+            elif what == "resize":
+                size = {"resize": [params["rows"], params["cols"]]}
+                self.raw.send(frames.CONTROL, json.dumps(size).encode())
+            else:
+                self.raw.send(frames.STDIN, params.get("bytes", b""))
 
     def start(self, fd: int | None, target: dict[str, Any] | None = None) -> None:
         """Start sending ``fd`` (if not None) to the target's stdin, in a daemon thread."""
@@ -95,7 +105,9 @@ class StdinPump:
                 detach = False
                 if self.scanner is not None:
                     data, detach = self.scanner.feed(data)
-                if data:
+                if data and self.raw is not None:
+                    self.notify("stdin", {"bytes": data})
+                elif data:
                     self.notify("stdin", {"data": base64.b64encode(data).decode()})
                 if detach:
                     self.detached = True

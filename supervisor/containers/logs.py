@@ -7,7 +7,9 @@ import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tugwire import crilog
+import anyio
+
+from tugwire import crilog, frames
 from tugwire.errors import InvalidArgument, Unavailable
 from tugwire.shimapi import LogsParams
 
@@ -16,6 +18,7 @@ from .base import ContainersBase
 from .state import ACTIVE, CREATED, REMOVED, Live, wait_result
 
 LOG_CHUNK = 256 * 1024
+FrameSink = Callable[[int, bytes], Awaitable[None]]  # (frames.STDOUT or STDERR, the bytes)
 
 
 class Logs(ContainersBase):
@@ -125,6 +128,93 @@ class Logs(ContainersBase):
         except Unavailable as exc:
             if sent:
                 # Never end a broken stream as if it were complete: the client must know.
+                raise Unavailable(f"the log stream from the shim broke off: {exc.message}") from exc
+            return None
+
+    def logs_raw(
+        self,
+        ref: Any,
+        sink: FrameSink,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: str | None = None,
+        timestamps: bool = False,
+    ) -> Awaitable[dict[str, Any]]:
+        """:meth:`logs` as the container's bytes: ``sink(stream, data)`` with stream
+        ``frames.STDOUT`` or ``STDERR`` (``timestamps`` puts each line's time before it), the
+        CRI records decoded once, where they are read; then ``{"dropped_bytes": N}``."""
+        rec = self.get(ref)
+        if tail is not None and tail < 0:
+            tail = None
+        return self._logs_raw(rec, sink, follow, tail, _since(since) if since else None, timestamps)
+
+    async def _logs_raw(
+        self,
+        rec: ContainerRecord,
+        sink: FrameSink,
+        follow: bool,
+        tail: int | None,
+        since: str | None,
+        timestamps: bool,
+    ) -> dict[str, Any]:
+        live = self.live(rec.id)
+        live.holds += 1
+        decoder = crilog.LogDecoder(timestamps=timestamps)
+
+        async def send(data: bytes) -> None:
+            for kind, out in decoder.feed(data):
+                await sink(kind, out)
+
+        try:
+            if follow:
+                while rec.state == CREATED:
+                    await live.wait_changed()
+                    current = self.store.get_container(rec.id)
+                    if current is None:
+                        return {"dropped_bytes": 0}
+                    rec = current
+            if follow and rec.state in ACTIVE:
+                params = LogsParams(follow=True, tail=tail, since=since, timestamps=timestamps)
+                result = await self._relay_from_shim(rec, params, sink)
+                if result is not None:
+                    return result
+            if tail is None and since is None:
+                for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
+                    await send(chunk)
+                return {"dropped_bytes": 0}
+            records = crilog.select_records(
+                self._log_files(rec), tail=tail, since=since.encode() if since else None
+            )
+            data = b"".join(r + b"\n" for r in records)
+            for i in range(0, len(data), LOG_CHUNK):
+                await send(data[i : i + LOG_CHUNK])
+            return {"dropped_bytes": 0}
+        finally:
+            live.holds -= 1
+            live.changed()
+
+    async def _relay_from_shim(
+        self, rec: ContainerRecord, params: LogsParams, sink: FrameSink
+    ) -> dict[str, Any] | None:
+        """Relay the shim's raw follow stream, frame by frame (the bytes are not looked at);
+        None if the shim is gone before it sent anything (the files are then complete)."""
+        sent = False
+        try:
+            async with self.shim(rec.id).logs_raw(params) as channel:
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise Unavailable("the shim closed the log stream before its end") from None
+                    if kind == frames.END:
+                        result: dict[str, Any] = frames.end_result(data)
+                        return result
+                    if kind in (frames.STDOUT, frames.STDERR):
+                        await sink(kind, data)
+                        sent = True
+        except Unavailable as exc:
+            if sent:
                 raise Unavailable(f"the log stream from the shim broke off: {exc.message}") from exc
             return None
 
