@@ -181,9 +181,27 @@ def test_logs_tail_timestamps_follow(dapi: DockerApi) -> None:
 
 
 def test_exec_exit_code_stdin_detach(dapi: DockerApi) -> None:
+    since = str(int(time.time()))
     dapi.docker("run", "-d", "--name", "box", "busybox", "sleep", "300")
     out = dapi.docker("exec", "box", "sh", "-c", "echo in; echo err >&2; exit 5", check=False)
     assert (out.returncode, out.stdout, out.stderr) == (5, "in\n", "err\n")
+    # docker's exec events: `exec_create: CMD` (matched by event=exec_create), exec_die's exitCode
+    events = dapi.docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        str(int(time.time()) + 1),
+        "--filter",
+        "container=box",
+        "--filter",
+        "event=exec_create",
+        "--filter",
+        "event=exec_die",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.exitCode}}",
+    ).stdout
+    assert events == "exec_create: sh -c echo in; echo err >&2; exit 5 <no value>\nexec_die 5\n"
     out = dapi.docker("exec", "-i", "box", "cat", input=b"piped\n")
     assert out.stdout == "piped\n"
     out = dapi.docker(

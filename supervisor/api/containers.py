@@ -91,6 +91,9 @@ class ContainerApi:
         d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.exec", self.container_exec)
+        d.add("exec.create", self.exec_create)
+        d.add("exec.start", self.container_exec)  # container.exec of a created exec
+        d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
         d.add("container.exec.stdin", self.exec_stdin, accept_late=True)
@@ -274,11 +277,9 @@ class ContainerApi:
 
     # ------------------------------------------------------------------------- exec, attach
 
-    async def container_exec(self, call: jsonrpc.Call) -> Any:
-        """Run ``cmd`` in running container ``id``; its notes as ``container.exec.started`` and
-        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
-        p = call.params
-        req = ExecRequest(
+    @staticmethod
+    def _exec_request(p: jsonrpc.Params) -> ExecRequest:
+        return ExecRequest(
             id=p.raw.get("id"),
             cmd=p.list_of_str("cmd"),
             env=p.list_of_str("env"),
@@ -289,12 +290,34 @@ class ContainerApi:
             tty=p.boolean("tty"),
             rows=p.integer("rows", 24),
             cols=p.integer("cols", 80),
+            stdout=p.boolean("stdout", True),
+            stderr=p.boolean("stderr", True),
         )
+
+    async def exec_create(self, call: jsonrpc.Call) -> Any:
+        """Record an exec of ``cmd`` in running container ``id``, not started: its record."""
+        return self.core.execs.create(self._exec_request(call.params)).to_json()
+
+    async def exec_inspect(self, call: jsonrpc.Call) -> Any:
+        """The record of exec ``exec_id``."""
+        return self.core.execs.inspect(call.params.string("exec_id", required=True)).to_json()
+
+    async def container_exec(self, call: jsonrpc.Call) -> Any:
+        """Run ``cmd`` in running container ``id`` (or, given ``exec_id``, start that created
+        exec: ``exec.start``); its notes as ``container.exec.started`` and
+        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
+        p = call.params
 
         async def sink(kind: str, note: dict[str, Any]) -> None:
             await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
 
-        return await self.core.execs.exec(req, sink)
+        eid = p.string("exec_id")
+        if eid is None:
+            return await self.core.execs.exec(self._exec_request(p), sink)
+        detach = p.boolean("detach") if "detach" in p.raw else None
+        return await self.core.execs.start(
+            eid, sink, detach=detach, rows=p.integer("rows"), cols=p.integer("cols")
+        )
 
     async def exec_stdin(self, call: jsonrpc.Call) -> Any:
         """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
