@@ -136,10 +136,11 @@ class Verbs:
         self.c.publish("rename", rec, oldName=old)
         return rec
 
-    async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
-        """Stop (if running) then start; event ``restart``."""
+    async def restart(self, ref: Any, timeout: int | None, signal: int | None = None) -> ContainerRecord:
+        """Stop (if running; with ``signal`` rather than the stop signal) then start; event
+        ``restart``."""
         rec = self.c.get(ref)
-        await self.c.stop(rec.id, timeout)
+        await self.c.stop(rec.id, timeout, signal)
         rec = await self.c.start(rec.id)
         self.c.publish("restart", rec)
         return rec

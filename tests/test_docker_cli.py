@@ -623,3 +623,22 @@ def test_prune_and_history(dapi: DockerApi) -> None:
     out = dapi.docker("image", "prune", "-a", "-f").stdout
     assert "untagged: extra:1" in out.lower()
     assert dapi.docker("images", "-q").stdout == ""
+
+
+def test_stop_and_restart_with_a_signal(dapi: DockerApi) -> None:
+    """``docker stop -s`` / ``restart -s`` (API 1.42): that signal rather than the stop signal."""
+    script = 'trap "exit 42" USR1; while :; do sleep 0.1; done'
+    dapi.docker("run", "-d", "--name", "sig", "busybox", "sh", "-c", script)
+    bad = dapi.docker("stop", "-s", "NOPE", "sig", check=False)
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert "invalid signal: NOPE" in bad.stderr
+    assert dapi.inspect("sig")["State"]["Running"] is True
+    assert dapi.docker("stop", "-s", "USR1", "-t", "20", "sig").stdout == "sig\n"
+    state = dapi.inspect("sig")["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 42)  # the trap, not SIGKILL
+    assert dapi.docker("restart", "-s", "SIGUSR1", "-t", "20", "sig").stdout == "sig\n"
+    assert dapi.inspect("sig")["State"]["Running"] is True
+    assert dapi.docker("restart", "-s", "10", "-t", "20", "sig").stdout == "sig\n"  # by number
+    assert dapi.docker("stop", "-t", "0", "sig").stdout == "sig\n"  # the stop signal: SIGKILL at 0
+    assert dapi.inspect("sig")["State"]["ExitCode"] == 137
+    dapi.docker("rm", "sig")

@@ -181,11 +181,14 @@ class ContainerApi:
         return {"id": rec.id}
 
     async def container_stop(self, call: jsonrpc.Call) -> Any:
-        """The stop signal, SIGKILL after ``timeout``; returns once the exit is recorded."""
+        """The stop signal (or ``signal``), SIGKILL after ``timeout``; returns once the exit is
+        recorded."""
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.containers.stop(call.params.string("id", required=True), timeout)
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.containers.stop(call.params.string("id", required=True), timeout, sig)
         return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
 
     async def container_delete(self, call: jsonrpc.Call) -> Any:
@@ -254,7 +257,9 @@ class ContainerApi:
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.verbs.restart(call.params.string("id", required=True), timeout)
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.verbs.restart(call.params.string("id", required=True), timeout, sig)
         return {"id": rec.id, "pid": rec.pid}
 
     async def container_copy_from(self, call: jsonrpc.Call) -> Any:
