@@ -40,6 +40,7 @@ def register(r: Router) -> None:
     r.add("POST", f"/containers/{ID}/unpause", unpause)
     r.add("POST", f"/containers/{ID}/rename", rename)
     r.add("GET", f"/containers/{ID}/top", top)
+    r.add("GET", f"/containers/{ID}/changes", changes)
     r.add("POST", f"/containers/{ID}/resize", resize)
 
 
@@ -397,6 +398,13 @@ async def top(ctx: Ctx, ref: str) -> None:
     except errors.FailedPrecondition:
         raise HttpError(409, f"Container {c['id']} is not running") from None
     await ctx.conn.respond_json(200, {"Titles": result["titles"], "Processes": result["processes"]})
+
+
+async def changes(ctx: Ctx, ref: str) -> None:
+    """``GET /containers/{id}/changes`` (``docker diff``): ``[{Path, Kind}]``, sorted by path."""
+    c = await lookup(ctx, ref)
+    found = await ctx.call("container.changes", {"id": c["id"]})
+    await ctx.conn.respond_json(200, [{"Path": x["path"], "Kind": x["kind"]} for x in found])
 
 
 async def resize(ctx: Ctx, ref: str) -> None:

@@ -642,3 +642,26 @@ def test_stop_and_restart_with_a_signal(dapi: DockerApi) -> None:
     assert dapi.docker("stop", "-t", "0", "sig").stdout == "sig\n"  # the stop signal: SIGKILL at 0
     assert dapi.inspect("sig")["State"]["ExitCode"] == 137
     dapi.docker("rm", "sig")
+
+
+def test_diff(dapi: DockerApi) -> None:
+    """``docker diff``: A/C/D from the container's upper directory, sorted by path, without the
+    runtime's mount points; running and stopped alike."""
+    dapi.docker("run", "-d", "--name", "dif", "busybox", "sleep", "300")
+    assert dapi.docker("diff", "dif").stdout == ""
+    script = (
+        "mkdir -p /new/sub && echo x > /new/sub/f && echo y >> /etc/profile2 && rm /bin/ls && touch /tmp/t"
+    )
+    dapi.docker("exec", "dif", "sh", "-c", script)
+    expected = (
+        "C /bin\nD /bin/ls\nC /etc\nA /etc/profile2\nA /new\nA /new/sub\nA /new/sub/f\nC /tmp\nA /tmp/t\n"
+    )
+    assert dapi.docker("diff", "dif").stdout == expected
+    dapi.docker("stop", "-t", "0", "dif")
+    assert dapi.docker("diff", "dif").stdout == expected
+    missing = dapi.docker("diff", "nosuch", check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "Error response from daemon: No such container: nosuch\n",
+    )
+    dapi.docker("rm", "dif")

@@ -83,6 +83,7 @@ class ContainerApi:
         d.add("container.pause", self.container_pause)
         d.add("container.unpause", self.container_unpause)
         d.add("container.top", self.container_top)
+        d.add("container.changes", self.container_changes)
         d.add("container.stats", self.container_stats)
         d.add("container.update", self.container_update)
         d.add("container.rename", self.container_rename)
@@ -211,6 +212,12 @@ class ContainerApi:
     async def container_top(self, call: jsonrpc.Call) -> Any:
         """The processes of a running container: ``{titles, processes}`` (host pids)."""
         return await self.verbs.top(call.params.string("id", required=True))
+
+    async def container_changes(self, call: jsonrpc.Call) -> Any:
+        """What a container changed in its root filesystem: ``[{path, kind}]`` (docker's kinds:
+        0 changed, 1 added, 2 deleted), sorted by path."""
+        found = await self.verbs.changes(call.params.string("id", required=True))
+        return [{"path": c.path, "kind": c.kind} for c in found]
 
     async def container_stats(self, call: jsonrpc.Call) -> Any:
         """One sample of each container's cgroup figures (``id``: one container; else the running
