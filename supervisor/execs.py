@@ -152,8 +152,12 @@ class Execs:
             del self._records[eid]
 
     def inspect(self, eid: Any) -> ExecRecord:
-        """The record of exec ``eid`` (NotFound once forgotten)."""
+        """The record of exec ``eid`` (NotFound once forgotten, or once its container is gone,
+        as docker's)."""
         ex = self._records.get(eid) if isinstance(eid, str) else None
+        if ex is not None and not ex.running and self.c.find(ex.container_id) is None:
+            del self._records[ex.id]
+            ex = None
         if ex is None:
             raise NotFound(f"no such exec: {eid}")
         return ex

@@ -104,6 +104,12 @@ def test_compose_up_ps_logs_exec_down(make_docker_api: object, tmp_path: object,
     assert client["Config"]["Labels"]["com.docker.compose.service"] == "client"
     assert sorted(web["NetworkSettings"]["Networks"]) == ["demo_back"]
     assert "web" in web["NetworkSettings"]["Networks"]["demo_back"]["Aliases"]
+    # the published port in docker ps and docker port; compose's labels as docker ps filters
+    ports = api.docker("ps", "--format", "{{.Names}}|{{.Ports}}").stdout
+    assert sorted(ports.splitlines()) == ["demo_client_1|", "demo_web_1|127.0.0.1:18081->80/tcp"]
+    assert api.docker("port", "demo_web_1").stdout == "80/tcp -> 127.0.0.1:18081\n"
+    by_label = api.ps_names("--filter", "label=com.docker.compose.project=demo", "--filter", "label=tier")
+    assert by_label == ["demo_web_1"]
     # a second `up -d` finds both by their labels (the label filters) and leaves them be
     again = compose(api, project, "up", "-d")
     assert sorted(progress(again.stderr)) == ["demo_client_1 is up-to-date", "demo_web_1 is up-to-date"]

@@ -255,6 +255,8 @@ def test_exec_records_create_start_inspect_and_events(make_daemon: Any, backend:
     assert [e["attributes"]["execID"] for e in creates][:1] == [eid]
     assert {e["action"].partition(":")[0] for e in creates} == {"exec_create"}
     daemon.call("container.delete", {"id": cid, "force": True})
+    with pytest.raises(errors.NotFound):  # they go with their container, as docker's
+        daemon.call("exec.inspect", {"exec_id": eid})
 
 
 # ------------------------------------------------------------------------------------ the CLI
