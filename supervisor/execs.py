@@ -34,6 +34,7 @@ from tugwire.timefmt import rfc3339
 
 from . import shims, spec
 from .containers import EXITED, RUNNING, Containers
+from .store import ContainerRecord
 
 log = logging.getLogger("tugboat.execs")
 
@@ -167,7 +168,7 @@ class Execs:
     async def exec(self, req: ExecRequest, sink: ExecSink) -> dict[str, Any]:
         """Create and start an exec of ``req`` at once (``container.exec``): see :meth:`start`."""
         ex = self.create(req)
-        return await self.start(ex.id, sink, detach=req.detach, rows=req.rows, cols=req.cols)
+        return await self._start(ex, self.c.get(ex.container_id), sink, req.detach, req.rows, req.cols)
 
     async def start(
         self,
@@ -183,11 +184,24 @@ class Execs:
         (default: the request's) it returns ``{exec_id, pid}`` once the process runs, and tugd
         runs it to its end, its output dropped. Errors: ``not_found``, ``failed_precondition``
         (started before; the container is not running, or paused), ``invalid_argument``."""
-        ex = self.inspect(eid)
-        req = ex.request
+        ex = self._records.get(eid) if isinstance(eid, str) else None
+        rec = self.c.find(ex.container_id) if ex is not None else None
+        if ex is None or rec is None:
+            raise NotFound(f"no such exec: {eid}")
         if ex.started:
             raise FailedPrecondition(f"exec {ex.id} has already been started")
-        rec = self.c.get(ex.container_id)
+        return await self._start(ex, rec, sink, detach, rows, cols)
+
+    async def _start(
+        self,
+        ex: ExecRecord,
+        rec: ContainerRecord,
+        sink: ExecSink,
+        detach: bool | None,
+        rows: int | None,
+        cols: int | None,
+    ) -> dict[str, Any]:
+        req = ex.request
         if rec.state != RUNNING:
             raise FailedPrecondition(
                 f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
@@ -212,13 +226,13 @@ class Execs:
         ex.started = True
         self.c.publish(f"exec_start: {' '.join(req.cmd)}", rec, execID=ex.id)
         if not detached:
-            return await self._run(ex, params, sink, None)
+            return await self._run(ex, rec, params, sink, None)
         running = anyio.Event()
         failure: list[Exception] = []
 
         async def run() -> None:
             try:
-                await self._run(ex, params, _drop, running)
+                await self._run(ex, rec, params, _drop, running)
             except Exception as exc:  # reported to the starter if it had not started yet
                 failure.append(exc)
                 if running.is_set():
@@ -235,10 +249,15 @@ class Execs:
         return {"exec_id": ex.id, "pid": ex.pid}
 
     async def _run(
-        self, ex: ExecRecord, params: ExecParams, sink: ExecSink, running: anyio.Event | None
+        self,
+        ex: ExecRecord,
+        rec: ContainerRecord,
+        params: ExecParams,
+        sink: ExecSink,
+        running: anyio.Event | None,
     ) -> dict[str, Any]:
-        """The shim's exec of ``ex``: its notes to ``sink``, its end in the record, then the
-        ``exec_die`` event."""
+        """The shim's exec of ``ex`` in container ``rec``: its notes to ``sink``, its end in the
+        record, then the ``exec_die`` event."""
         try:
             async with self.c.shim(ex.container_id).exec(params) as session:
                 self._shims[ex.id] = session
@@ -252,10 +271,8 @@ class Execs:
                     await sink(kind, note)
                 result = await session.result()
         except FailedPrecondition as exc:
-            crec = self.c.find(ex.container_id)
-            name = crec.name if crec is not None else ex.container_id[:12]
             raise FailedPrecondition(
-                f"cannot exec in container {name}: it is not running", state=EXITED
+                f"cannot exec in container {rec.name}: it is not running", state=EXITED
             ) from exc
         except TugError as exc:  # the runtime failed it: docker's 126
             ex.exit_code, ex.error = 126, exc.message
@@ -268,9 +285,7 @@ class Execs:
         ex.signal = result.get("signal")
         ex.error = result.get("error") or None
         self._trim()
-        crec = self.c.find(ex.container_id)
-        if crec is not None:
-            self.c.publish("exec_die", crec, execID=ex.id, exit_code=ex.exit_code)
+        self.c.publish("exec_die", rec, execID=ex.id, exit_code=ex.exit_code)
         return result
 
     # --------------------------------------------------------------------- input of a run
