@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-
-import pytest
+from pathlib import Path
 
 from supervisor.changes import ADDED, DELETED, MODIFIED, Change, changes
 
@@ -20,7 +19,7 @@ def _whiteout(path: str) -> None:
     os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
 
 
-def test_changes_against_the_layers(tmp_path: pytest.TempPathFactory) -> None:
+def test_changes_against_the_layers(tmp_path: Path) -> None:
     base = str(tmp_path)
     top, bottom, upper = (os.path.join(base, n) for n in ("top", "bottom", "upper"))
     for d in ("bottom/etc", "bottom/same", "bottom/usr/lib", "top/opt"):
