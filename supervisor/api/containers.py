@@ -93,7 +93,7 @@ class ContainerApi:
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.exec", self.container_exec)
         d.add("exec.create", self.exec_create)
-        d.add("exec.start", self.container_exec)  # container.exec of a created exec
+        d.add("exec.start", self.exec_start)
         d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
@@ -323,9 +323,18 @@ class ContainerApi:
         async def sink(kind: str, note: dict[str, Any]) -> None:
             await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
 
-        eid = p.string("exec_id")
-        if eid is None:
+        if p.string("exec_id") is None:
             return await self.core.execs.exec(self._exec_request(p), sink)
+        return await self.exec_start(call)
+
+    async def exec_start(self, call: jsonrpc.Call) -> Any:
+        """Start created exec ``exec_id``: the notifications and result of ``container.exec``."""
+        p = call.params
+
+        async def sink(kind: str, note: dict[str, Any]) -> None:
+            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
+
+        eid = p.string("exec_id", required=True)
         detach = p.boolean("detach") if "detach" in p.raw else None
         return await self.core.execs.start(
             eid, sink, detach=detach, rows=p.integer("rows"), cols=p.integer("cols")
