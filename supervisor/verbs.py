@@ -1,5 +1,5 @@
 """The verbs on a container besides its lifecycle: ``top``, ``stats``, ``update``, ``rename``,
-``restart`` and ``cp``. Each refuses, changing nothing, what the container's state forbids.
+``restart``, ``changes`` and ``cp``. Each refuses, changing nothing, what the container's state forbids.
 Pause, unpause and the restart policy are part of the lifecycle, in :mod:`supervisor.containers`.
 """
 
@@ -17,7 +17,7 @@ from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import UpdateParams
 
-from . import copy, mounts, spec
+from . import changes, copy, mounts, spec
 from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
 
@@ -136,10 +136,18 @@ class Verbs:
         self.c.publish("rename", rec, oldName=old)
         return rec
 
-    async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
-        """Stop (if running) then start; event ``restart``."""
+    async def changes(self, ref: Any) -> list[changes.Change]:
+        """What the container changed in its root filesystem (``docker diff``), running or not."""
         rec = self.c.get(ref)
-        await self.c.stop(rec.id, timeout)
+        upper = os.path.join(self.c.cfg.container_dir(rec.id), "upper")
+        lowers = await self.c.lower_layers(rec)
+        return await anyio.to_thread.run_sync(changes.changes, upper, lowers)
+
+    async def restart(self, ref: Any, timeout: int | None, signal: int | None = None) -> ContainerRecord:
+        """Stop (if running; with ``signal`` rather than the stop signal) then start; event
+        ``restart``."""
+        rec = self.c.get(ref)
+        await self.c.stop(rec.id, timeout, signal)
         rec = await self.c.start(rec.id)
         self.c.publish("restart", rec)
         return rec

@@ -111,6 +111,7 @@ class ContainerApi:
         d.add("container.pause", self.container_pause)
         d.add("container.unpause", self.container_unpause)
         d.add("container.top", self.container_top)
+        d.add("container.changes", self.container_changes)
         d.add("container.stats", self.container_stats)
         d.add("container.update", self.container_update)
         d.add("container.rename", self.container_rename)
@@ -120,6 +121,9 @@ class ContainerApi:
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
         d.add("container.exec", self.container_exec)
+        d.add("exec.create", self.exec_create)
+        d.add("exec.start", self.exec_start)
+        d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
         d.add("container.exec.stdin", self.exec_stdin, accept_late=True)
@@ -273,11 +277,14 @@ class ContainerApi:
         return {"id": rec.id}
 
     async def container_stop(self, call: jsonrpc.Call) -> Any:
-        """The stop signal, SIGKILL after ``timeout``; returns once the exit is recorded."""
+        """The stop signal (or ``signal``), SIGKILL after ``timeout``; returns once the exit is
+        recorded."""
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.containers.stop(call.params.string("id", required=True), timeout)
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.containers.stop(call.params.string("id", required=True), timeout, sig)
         return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
 
     async def container_delete(self, call: jsonrpc.Call) -> Any:
@@ -300,6 +307,12 @@ class ContainerApi:
     async def container_top(self, call: jsonrpc.Call) -> Any:
         """The processes of a running container: ``{titles, processes}`` (host pids)."""
         return await self.verbs.top(call.params.string("id", required=True))
+
+    async def container_changes(self, call: jsonrpc.Call) -> Any:
+        """What a container changed in its root filesystem: ``[{path, kind}]`` (docker's kinds:
+        0 changed, 1 added, 2 deleted), sorted by path."""
+        found = await self.verbs.changes(call.params.string("id", required=True))
+        return [{"path": c.path, "kind": c.kind} for c in found]
 
     async def container_stats(self, call: jsonrpc.Call) -> Any:
         """One sample of each container's cgroup figures (``id``: one container; else the running
@@ -346,7 +359,9 @@ class ContainerApi:
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.verbs.restart(call.params.string("id", required=True), timeout)
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.verbs.restart(call.params.string("id", required=True), timeout, sig)
         return {"id": rec.id, "pid": rec.pid}
 
     async def container_copy_from(self, call: jsonrpc.Call) -> Any:
@@ -369,11 +384,9 @@ class ContainerApi:
 
     # ------------------------------------------------------------------------- exec, attach
 
-    async def container_exec(self, call: jsonrpc.Call) -> Any:
-        """Run ``cmd`` in running container ``id``; its notes as ``container.exec.started`` and
-        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
-        p = call.params
-        req = ExecRequest(
+    @staticmethod
+    def _exec_request(p: jsonrpc.Params) -> ExecRequest:
+        return ExecRequest(
             id=p.raw.get("id"),
             cmd=p.list_of_str("cmd"),
             env=p.list_of_str("env"),
@@ -385,12 +398,43 @@ class ContainerApi:
             rows=p.integer("rows", 24),
             cols=p.integer("cols", 80),
             timeout=p.number("timeout"),
+            stdout=p.boolean("stdout", True),
+            stderr=p.boolean("stderr", True),
         )
+
+    async def exec_create(self, call: jsonrpc.Call) -> Any:
+        """Record an exec of ``cmd`` in running container ``id``, not started: its record."""
+        return self.core.execs.create(self._exec_request(call.params)).to_json()
+
+    async def exec_inspect(self, call: jsonrpc.Call) -> Any:
+        """The record of exec ``exec_id``."""
+        return self.core.execs.inspect(call.params.string("exec_id", required=True)).to_json()
+
+    async def container_exec(self, call: jsonrpc.Call) -> Any:
+        """Run ``cmd`` in running container ``id`` (or, given ``exec_id``, start that created
+        exec: ``exec.start``); its notes as ``container.exec.started`` and
+        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
+        p = call.params
 
         async def sink(kind: str, note: dict[str, Any]) -> None:
             await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
 
-        return await self.core.execs.exec(req, sink)
+        if p.string("exec_id") is None:
+            return await self.core.execs.exec(self._exec_request(p), sink)
+        return await self.exec_start(call)
+
+    async def exec_start(self, call: jsonrpc.Call) -> Any:
+        """Start created exec ``exec_id``: the notifications and result of ``container.exec``."""
+        p = call.params
+
+        async def sink(kind: str, note: dict[str, Any]) -> None:
+            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
+
+        eid = p.string("exec_id", required=True)
+        detach = p.boolean("detach") if "detach" in p.raw else None
+        return await self.core.execs.start(
+            eid, sink, detach=detach, rows=p.integer("rows"), cols=p.integer("cols")
+        )
 
     async def exec_stdin(self, call: jsonrpc.Call) -> Any:
         """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""

@@ -225,9 +225,10 @@ class Containers(Recovery, Logs, Inspect):
                 return
             await live.wait_changed()
 
-    async def stop(self, ref: str, timeout: int | None) -> ContainerRecord:
-        """The stop signal, then SIGKILL after ``timeout`` seconds; returns once the exit is
-        recorded. Stopping a container that is not running changes nothing."""
+    async def stop(self, ref: str, timeout: int | None, signal: int | None = None) -> ContainerRecord:
+        """The stop signal (``signal``, else the container's), then SIGKILL after ``timeout``
+        seconds; returns once the exit is recorded. Stopping a container that is not running
+        changes nothing."""
         rec = self.get(ref)
         await self._stopped_by_user(rec.id)
         rec = self.reload(rec.id)
@@ -238,7 +239,9 @@ class Containers(Recovery, Logs, Inspect):
             with contextlib.suppress(FailedPrecondition):
                 await self.set_paused(rec.id, False)
         grace = rec.config.get("stop_timeout", 10) if timeout is None else timeout
-        sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
+        sig = signal
+        if sig is None:
+            sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
         with contextlib.suppress(FailedPrecondition):
             await self.kill(rec.id, sig)
         failpoint("container.stop.after_signal")

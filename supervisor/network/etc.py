@@ -59,15 +59,20 @@ def etc_of(rec: ContainerRecord, snap: Snapshot) -> files.EtcFiles:
     )
     for ep in snap.by_cid.get(rec.id, []):
         for ip in filter(None, (ep.ip, ep.ip6)):
-            ef.own.append(files.HostsEntry(ip, [hostname, rec.name, *ep.aliases]))
+            ef.own.append(files.HostsEntry(ip, _names(hostname, rec.name, *ep.aliases)))
         for peer in snap.by_net.get(ep.network_id, []):
             if peer.container_id == rec.id:
                 continue
             other = snap.recs.get(peer.container_id)
             if other is not None:
                 for ip in filter(None, (peer.ip, peer.ip6)):
-                    ef.peers.append(files.HostsEntry(ip, [other.name, *peer.aliases, other.id[:12]]))
+                    ef.peers.append(files.HostsEntry(ip, _names(other.name, *peer.aliases, other.id[:12])))
     return ef
+
+
+def _names(*names: str) -> list[str]:
+    """Each name once, in order (compose gives the short id among a container's aliases)."""
+    return list(dict.fromkeys(names))
 
 
 def refresh_hosts(snap: Snapshot, network_ids: Iterable[str], dirs: Callable[[str], str]) -> None:
