@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # debhelper, lintian: `make deb` (scripts/build-deb.sh); debootstrap: tests/test_deb.py installs the
 # package into a fresh Debian 12 root it makes with it.
 PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps prometheus
-          skopeo umoci docker-registry apache2-utils nftables debhelper lintian debootstrap)
+          skopeo umoci docker-registry apache2-utils nftables debhelper lintian debootstrap
+          containernetworking-plugins iptables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
