@@ -196,12 +196,16 @@ class Cni:
         await anyio.to_thread.run_sync(self._write, args.id, entry)
         try:
             result = await self._chain("ADD", conf, args, None)
-        except BaseException:
+        except BaseException as failed:
             with anyio.CancelScope(shield=True):
                 try:
                     await self.delete(args.id, args.netns)
-                except RuntimeFailed as exc:  # the cache stays: the next start tries again
-                    log.warning("pod %s: CNI DEL after a failed ADD: %s", args.id[:12], exc)
+                except RuntimeFailed as exc:
+                    if _same_refusal(failed, exc):  # the plugin refuses the configuration itself
+                        log.warning("pod %s: CNI DEL refused as ADD was: %s", args.id[:12], exc.message)
+                        await anyio.to_thread.run_sync(self.forget, args.id)
+                    else:  # the cache stays: the next start tries again
+                        log.warning("pod %s: CNI DEL after a failed ADD: %s", args.id[:12], exc.message)
             raise
         entry["result"] = result
         await anyio.to_thread.run_sync(self._write, args.id, entry)
@@ -226,6 +230,9 @@ class Cni:
         conf = NetConf.from_json(entry["conf"])
         args = _args_from(entry["args"], netns)
         await self._chain("DEL", conf, args, entry.get("result"))
+        await anyio.to_thread.run_sync(self.forget, pid)
+
+    def forget(self, pid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._cache(pid))
 
@@ -271,7 +278,8 @@ class Cni:
             proc = await anyio.run_process([path], input=stdin, env=env, check=False)
         out = proc.stdout.decode(errors="replace").strip()
         if proc.returncode != 0:
-            raise RuntimeFailed(_error_message(kind, path, command, proc.returncode, out, proc.stderr))
+            message, error = _error_message(kind, path, command, proc.returncode, out, proc.stderr)
+            raise RuntimeFailed(message, plugin=kind, command=command, cni_error=error)
         if command != "ADD":
             return {}
         try:
@@ -284,9 +292,9 @@ class Cni:
         return result
 
 
-def _error_message(kind: str, path: str, command: str, code: int, out: str, err: bytes) -> str:
-    """The plugin's error (spec: a JSON object with ``code``, ``msg``, ``details`` on stdout),
-    with its JSON; its stderr when it gave none."""
+def _error_message(kind: str, path: str, command: str, code: int, out: str, err: bytes) -> tuple[str, str]:
+    """The message of a plugin's error (spec: a JSON object with ``code``, ``msg``, ``details``
+    on stdout), with its JSON (its stderr when it gave none), and the error itself."""
     head = f"CNI plugin {kind} ({path}) {command} failed (exit status {code})"
     try:
         doc = json.loads(out)
@@ -294,9 +302,21 @@ def _error_message(kind: str, path: str, command: str, code: int, out: str, err:
         doc = None
     if isinstance(doc, dict) and "msg" in doc:
         msg = str(doc["msg"]) + (f": {doc['details']}" if doc.get("details") else "")
-        return f"{head}: {msg} (error {json.dumps(doc, sort_keys=True)})"
-    text = out or err.decode(errors="replace").strip()
-    return f"{head}: {text[-500:] or 'no output'}"
+        return f"{head}: {msg} (error {json.dumps(doc, sort_keys=True)})", msg
+    text = (out or err.decode(errors="replace").strip())[-500:] or "no output"
+    return f"{head}: {text}", text
+
+
+def _same_refusal(add: BaseException, delete: RuntimeFailed) -> bool:
+    """Whether DEL failed as ADD did: the same plugin, the same error (a configuration the
+    plugin refuses outright, as host-local an invalid subnet: it made nothing, and no DEL will
+    ever succeed). Then the cache is dropped, else it would be tried at every start."""
+    if not isinstance(add, RuntimeFailed) or add.details.get("command") != "ADD":
+        return False
+    keys = ("plugin", "cni_error")
+    return all(add.details.get(k) == delete.details.get(k) for k in keys) and bool(
+        add.details.get("cni_error")
+    )
 
 
 def _runtime_config(plugin: dict[str, Any], args: PodArgs) -> dict[str, Any]:
