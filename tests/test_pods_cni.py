@@ -190,10 +190,17 @@ def test_cni_pod_life(make_daemon: Any, backend: str, net: Net) -> None:
     assert_clean(d.netns, net, again["id"])
 
 
-def test_cni_kill9_between_add_and_record_leaves_nothing(make_daemon: Any, net: Net) -> None:
+@pytest.mark.parametrize(
+    ("point", "added"),
+    [
+        ("pod.create.after_network=kill", True),  # the chain added, the record still creating
+        ("pod.cni.add.after_plugin=kill", False),  # in the middle of ADD: bridge done, portmap not
+    ],
+)
+def test_cni_kill9_in_create_leaves_nothing(make_daemon: Any, net: Net, point: str, added: bool) -> None:
     d = make_daemon(netns=True, image=False, extra=tugd_args(net))
     d.stop()
-    d.start_env = {"TUGD_FAILPOINTS": "pod.create.after_network=kill"}
+    d.start_env = {"TUGD_FAILPOINTS": point}
     d.start()
     d.start_env = {}
     with pytest.raises(errors.TugError):
@@ -201,16 +208,42 @@ def test_cni_kill9_between_add_and_record_leaves_nothing(make_daemon: Any, net: 
     assert d.proc is not None
     d.proc.wait(timeout=20)
     d.proc = None
-    # ADD happened (the cache says so, with its result), the record never became ready.
+    # The cache says what was being added (with its result once the chain was done).
     cached = os.listdir(os.path.join(d.state, "cni"))
     assert len(cached) == 1 and len(net.ip_files()) == 1
-    assert "18080" in iptables(d.netns)
     pid = cached[0].removesuffix(".json")
+    with open(os.path.join(d.state, "cni", cached[0])) as f:
+        assert (json.load(f)["result"] is not None) is added
+    rules = iptables(d.netns)
+    assert pid in rules and ("18080" in rules) is added
     d.start()  # recovery: DEL from the cache
     assert d.call("pod.list") == []
     assert os.listdir(os.path.join(d.state, "cni")) == []
     assert_clean(d.netns, net, pid)
     assert not [n for n in netns_links(d.netns) if n.startswith("veth")]
+
+
+def test_cni_pod_whose_namespace_is_gone_is_deleted_at_start(make_daemon: Any, net: Net) -> None:
+    """A reboot (the namespace unmounted while tugd is down): DEL with no namespace releases the
+    address and the rules; the pod is notready."""
+    d = make_daemon(netns=True, image=False, extra=tugd_args(net))
+    pod = d.call("pod.create", {"name": "gone", "ports": [{"container_port": 80, "host_port": 18080}]})
+    keep = d.call("pod.create", {"name": "keep"})
+    d.kill9()
+    subprocess.run(["umount", pod["namespaces"]["network"]], check=True)
+    d.start()
+    assert d.call("pod.inspect", {"id": pod["id"]})["state"] == "notready"
+    assert net.ip_files() == [keep["network"]["ip"]]
+    # portmap's rules gone. (The bridge plugin tears its ipMasq rule down only from the addresses
+    # it finds on eth0 in the namespace: with the namespace gone it cannot, and says nothing;
+    # a real reboot empties iptables too.)
+    rules = iptables(d.netns)
+    assert "18080" not in rules and "-j DNAT" not in rules and "CNI-DN-" not in rules
+    assert keep["id"] in rules
+    assert in_ns(d.netns, "busybox", "ping", "-c", "1", "-W", "2", keep["network"]["ip"]).returncode == 0
+    d.call("pod.remove", {"id": pod["id"]})
+    d.call("pod.remove", {"id": keep["id"]})
+    assert_clean(d.netns, net, keep["id"])
 
 
 def test_cni_not_ready_and_plugin_errors(make_daemon: Any, make_tug_cri: Any, net: Net) -> None:

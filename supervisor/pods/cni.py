@@ -28,6 +28,8 @@ import anyio
 from tugwire import fsutil
 from tugwire.errors import RuntimeFailed
 
+from ..failpoints import failpoint
+
 log = logging.getLogger("tugboat.pods.cni")
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -257,6 +259,7 @@ class Cni:
             out = await self._exec(plugin["type"], command, args, netconf)
             if command == "ADD":
                 result = out
+                failpoint("pod.cni.add.after_plugin")
         return result
 
     async def _exec(self, kind: str, command: str, args: PodArgs, netconf: dict[str, Any]) -> dict[str, Any]:
