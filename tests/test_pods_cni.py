@@ -87,6 +87,8 @@ class Net:
 
 @pytest.fixture
 def net() -> Iterator[Net]:
+    """Asked for before make_daemon: torn down after it (a pod removed by its cleanup DELs, and
+    host-local writes its lock in the dataDir)."""
     base = tempfile.mkdtemp(prefix="tbcni", dir="/tmp")
     yield Net(base)
     shutil.rmtree(base, ignore_errors=True)
@@ -138,7 +140,7 @@ CLIENT = (
 )
 
 
-def test_cni_pod_life(make_daemon: Any, backend: str, net: Net) -> None:
+def test_cni_pod_life(net: Net, make_daemon: Any, backend: str) -> None:
     d = make_daemon(backend=backend, netns=True, image=False, extra=tugd_args(net))
     conf = d.call("pod.network_config")
     assert (conf["mode"], conf["ready"], conf["network"]) == ("cni", True, net.name)
@@ -197,7 +199,7 @@ def test_cni_pod_life(make_daemon: Any, backend: str, net: Net) -> None:
         ("pod.cni.add.after_plugin=kill", False),  # in the middle of ADD: bridge done, portmap not
     ],
 )
-def test_cni_kill9_in_create_leaves_nothing(make_daemon: Any, net: Net, point: str, added: bool) -> None:
+def test_cni_kill9_in_create_leaves_nothing(net: Net, make_daemon: Any, point: str, added: bool) -> None:
     d = make_daemon(netns=True, image=False, extra=tugd_args(net))
     d.stop()
     d.start_env = {"TUGD_FAILPOINTS": point}
@@ -223,7 +225,7 @@ def test_cni_kill9_in_create_leaves_nothing(make_daemon: Any, net: Net, point: s
     assert not [n for n in netns_links(d.netns) if n.startswith("veth")]
 
 
-def test_cni_pod_whose_namespace_is_gone_is_deleted_at_start(make_daemon: Any, net: Net) -> None:
+def test_cni_pod_whose_namespace_is_gone_is_deleted_at_start(net: Net, make_daemon: Any) -> None:
     """A reboot (the namespace unmounted while tugd is down): DEL with no namespace releases the
     address and the rules; the pod is notready."""
     d = make_daemon(netns=True, image=False, extra=tugd_args(net))
@@ -246,7 +248,7 @@ def test_cni_pod_whose_namespace_is_gone_is_deleted_at_start(make_daemon: Any, n
     assert_clean(d.netns, net, keep["id"])
 
 
-def test_cni_not_ready_and_plugin_errors(make_daemon: Any, make_tug_cri: Any, net: Net) -> None:
+def test_cni_not_ready_and_plugin_errors(net: Net, make_daemon: Any, make_tug_cri: Any) -> None:
     empty = os.path.join(net.base, "empty")
     os.makedirs(empty)
     d = make_daemon(
