@@ -311,7 +311,8 @@ from supervisor.pods import cni
 c = cni.Cni({net.conf_dir!r}, ({PLUGINS!r},), {cache!r})
 args = cni.PodArgs(id="p" * 64, netns="/run/netns/{pod_ns}", name="n", namespace="ns", uid="u")
 async def main():
-    result = await c.add(args)
+    conf, result = await c.add(args)
+    assert conf.name == {net.name!r}
     print(json.dumps(cni.address(result)), flush=True)
     await c.check(args.id, args.netns)
     sys.stdin.readline()

@@ -187,10 +187,11 @@ class Cni:
 
     # ------------------------------------------------------------------------------ verbs
 
-    async def add(self, args: PodArgs) -> dict[str, Any]:
-        """ADD of the whole chain: the final result. Cached first (an ADD interrupted by a
-        crash is DELeted at the next start), its result after. On failure, the chain is DELeted
-        and the cache removed."""
+    async def add(self, args: PodArgs) -> tuple[NetConf, dict[str, Any]]:
+        """ADD of the whole chain: the configuration and the final result. Cached first (an
+        ADD interrupted by a crash is DELeted at the next start), its result after. On failure,
+        the chain is DELeted and the cache removed (kept if that DEL fails: tried again at the
+        next start, unless the plugin refused it as it refused the ADD)."""
         conf, why = await anyio.to_thread.run_sync(self.status)
         if conf is None:
             raise RuntimeFailed(f"CNI is not ready: {why}")
@@ -211,7 +212,7 @@ class Cni:
             raise
         entry["result"] = result
         await anyio.to_thread.run_sync(self._write, args.id, entry)
-        return result
+        return conf, result
 
     async def check(self, pid: str, netns: str) -> None:
         """CHECK of the chain against the cached result: RuntimeFailed if a plugin finds the

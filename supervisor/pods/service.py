@@ -12,6 +12,7 @@ containers service's public methods.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -284,12 +285,11 @@ class Pods:
             uid=c["uid"],
             port_mappings=cni.port_mappings(c["ports"]),
         )
-        result = await self.cni.add(args)
+        conf, result = await self.cni.add(args)
         addr = cni.address(result)
         if addr is None:
-            raise RuntimeFailed(f"the CNI result has no IP address for the pod: {result}")
-        entry = self.cni.cached(rec.id) or {}
-        c["cni"] = {"network": entry.get("conf", {}).get("name", ""), "ip": addr[0], "prefixlen": addr[1]}
+            raise RuntimeFailed(f"the CNI result has no IPv4 address for the pod: {json.dumps(result)}")
+        c["cni"] = {"network": conf.name, "ip": addr[0], "prefixlen": addr[1]}
         return addr[0]
 
     async def _unmake(self, pid: str) -> None:
