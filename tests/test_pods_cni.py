@@ -381,3 +381,27 @@ def test_conf_parsing(tmp_path: Any) -> None:
     )
     assert cni.port_mappings([{"container_port": 80, "host_port": 0}]) == []
     assert cni.address({"ips": [{"address": "fd00::2/64"}, {"address": "10.1.2.3/16"}]}) == ("10.1.2.3", 16)
+
+
+def test_cni_through_tug_cri(net: Net, make_daemon: Any, make_tug_cri: Any) -> None:
+    """RunPodSandbox in CNI mode: PodSandboxStatus has host-local's IP, Status says ready and
+    which configuration (verbose), StopPodSandbox releases the IP."""
+    d = make_daemon(netns=True, image=False, extra=tugd_args(net))
+    cri: TugCri = make_tug_cri(d)
+    status = cri.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    cond = {c.type: c for c in status.status.conditions}
+    assert cond["NetworkReady"].status and not cond["NetworkReady"].reason
+    info = json.loads(status.info["network"])
+    assert (info["mode"], info["network"], info["conf_dir"]) == ("cni", net.name, net.conf_dir)
+    cfg = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name="web", namespace="default", uid="uid-7", attempt=0),
+        port_mappings=[api_pb2.PortMapping(container_port=8080, host_port=18080)],
+    )
+    pid = cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+    st = cri.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pid)).status
+    assert st.state == api_pb2.SANDBOX_READY and net.ip_files() == [st.network.ip]
+    assert "18080" in iptables(d.netns)
+    cri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pid))
+    assert_clean(d.netns, net, pid)
+    cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))
+    cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))  # again: fine
