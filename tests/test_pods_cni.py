@@ -4,7 +4,8 @@ conflist the test writes (a private bridge and subnet, host-local's ``dataDir`` 
 directory): the pod gets an IP from host-local, reachable from the test's namespace, a host port
 answers through portmap, stop DELs (the veth, the IP file, the iptables rules gone), a kill -9 of
 tugd between ADD and the record leaves nothing after a restart. The core's :class:`Cni` alone
-runs on both anyio backends (ADD, CHECK, DEL twice)."""
+runs on both anyio backends (ADD, CHECK, DEL twice), with the real plugins and with recording
+plugins of the test's (the exact environment, order, prevResult and runtimeConfig; the errors)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from cri.gen import api_pb2
@@ -405,3 +407,95 @@ def test_cni_through_tug_cri(net: Net, make_daemon: Any, make_tug_cri: Any) -> N
     assert_clean(d.netns, net, pid)
     cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))
     cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))  # again: fine
+
+
+# A plugin of the test's: records its environment and its stdin, answers with a result (ADD)
+# that names the plugin, or fails as asked by its configuration.
+RECORDER = """#!/bin/sh
+conf=$(cat)
+dir=$(dirname "$0")/../calls
+n=$(ls "$dir" | wc -l)
+{ env | grep ^CNI_ | sort; echo "$conf"; } > "$dir/$n-$(basename "$0")-$CNI_COMMAND"
+case "$conf" in *'"fail": "json"'*) echo '{"cniVersion": "1.0.0", "code": 7, "msg": "bad config", \
+"details": "field x"}'; exit 1;; *'"fail": "text"'*) echo "oops on stderr" >&2; exit 1;; esac
+[ "$CNI_COMMAND" = ADD ] && printf '{"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], \
+"ips": [{"address": "10.9.9.%s/24", "interface": 0}], "by": "%s"}' "$n" "$(basename "$0")"
+exit 0
+"""
+
+
+def test_cni_chain_as_the_spec_says(anyio_backend_name: str, tmp_path: Any) -> None:
+    """The environment, the chain order, prevResult and runtimeConfig each plugin gets, and the
+    errors, with recording plugins of the test's (no namespace touched: the core alone)."""
+    bin_dir, calls, conf_dir = tmp_path / "bin", tmp_path / "calls", tmp_path / "net.d"
+    for d in (bin_dir, calls, conf_dir):
+        d.mkdir()
+    for name in ("first", "second"):
+        (bin_dir / name).write_text(RECORDER)
+        (bin_dir / name).chmod(0o755)
+    doc: dict[str, Any] = {
+        "cniVersion": "1.0.0",
+        "name": "rec",
+        "plugins": [{"type": "first", "x": 1}, {"type": "second", "capabilities": {"portMappings": True}}],
+    }
+    (conf_dir / "10-rec.conflist").write_text(json.dumps(doc))
+    c = cni.Cni(str(conf_dir), ("/nonexistent", str(bin_dir)), str(tmp_path / "cache"))
+    ports = cni.port_mappings([{"container_port": 80, "host_port": 8080, "protocol": "udp", "host_ip": ""}])
+    args = cni.PodArgs(id="abc", netns="/x/net", name="n", namespace="ns", uid="u", port_mappings=ports)
+
+    async def run() -> None:
+        conf, result = await c.add(args)
+        assert (conf.name, result["by"], cni.address(result)) == ("rec", "second", ("10.9.9.1", 24))
+        await c.check("abc", "/x/net")
+        await c.delete("abc", "")
+        await c.delete("abc", "")  # nothing cached: nothing run
+
+    anyio.run(run, backend=anyio_backend_name)
+    recorded = sorted(os.listdir(calls), key=lambda n: int(n.split("-")[0]))
+    assert [n.split("-", 1)[1] for n in recorded] == [
+        "first-ADD",
+        "second-ADD",
+        "first-CHECK",
+        "second-CHECK",
+        "second-DEL",
+        "first-DEL",
+    ]
+
+    def call(i: int) -> tuple[dict[str, str], dict[str, Any]]:
+        lines = (calls / recorded[i]).read_text().splitlines()
+        env = dict(line.split("=", 1) for line in lines[:-1])
+        return env, json.loads(lines[-1])
+
+    env, conf0 = call(0)
+    assert env == {
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=n;K8S_POD_INFRA_CONTAINER_ID=abc;"
+        "K8S_POD_UID=u",
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "abc",
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": "/x/net",
+        "CNI_PATH": f"/nonexistent:{bin_dir}",
+    }
+    assert conf0 == {"cniVersion": "1.0.0", "name": "rec", "type": "first", "x": 1}  # no caps, no prev
+    _, conf1 = call(1)
+    assert conf1["prevResult"]["by"] == "first"
+    assert conf1["runtimeConfig"] == {
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}]
+    }
+    for i in (2, 3, 4, 5):  # CHECK and DEL: the chain's cached result
+        env, conf = call(i)
+        assert conf["prevResult"]["by"] == "second", (i, conf)
+    assert call(4)[0]["CNI_NETNS"] == ""
+    assert os.listdir(tmp_path / "cache") == []
+    # Errors: the plugin's JSON, or its stderr; a failed ADD is DELeted, its cache dropped when
+    # the DEL fails as the ADD did.
+    for fail, want in (("json", 'bad config: field x (error {"cniVersion"'), ("text", "oops on stderr")):
+        doc["plugins"][1]["fail"] = fail
+        (conf_dir / "10-rec.conflist").write_text(json.dumps(doc))
+        with pytest.raises(errors.RuntimeFailed) as info:
+            anyio.run(c.add, args, backend=anyio_backend_name)
+        assert str(info.value).startswith(
+            f"CNI plugin second ({bin_dir}/second) ADD failed (exit status 1): "
+        )
+        assert want in str(info.value), str(info.value)
+        assert os.listdir(tmp_path / "cache") == []

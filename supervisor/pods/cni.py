@@ -278,8 +278,19 @@ class Cni:
             "CNI_ARGS": args.cni_args(),
         }
         stdin = json.dumps(netconf).encode()
-        with anyio.fail_after(PLUGIN_TIMEOUT):
-            proc = await anyio.run_process([path], input=stdin, env=env, check=False)
+        try:
+            with anyio.fail_after(PLUGIN_TIMEOUT):
+                proc = await anyio.run_process([path], input=stdin, env=env, check=False)
+        except TimeoutError:
+            raise RuntimeFailed(
+                f"CNI plugin {kind} ({path}) {command} took more than {PLUGIN_TIMEOUT:g} s: killed",
+                plugin=kind,
+                command=command,
+            ) from None
+        except OSError as exc:
+            raise RuntimeFailed(
+                f"CNI plugin {kind} ({path}) {command}: {exc}", plugin=kind, command=command
+            ) from None
         out = proc.stdout.decode(errors="replace").strip()
         if proc.returncode != 0:
             message, error = _error_message(kind, path, command, proc.returncode, out, proc.stderr)
