@@ -37,6 +37,11 @@ class Config:
     # Where subnets of networks without --subnet come from, in order: "base=CIDR,size=N" each
     # (--default-address-pool); empty: docker's default-address-pools (network/host.py).
     address_pools: tuple[str, ...] = ()
+    # Pod networking (supervisor/pods): "builtin" (a Tugboat bridge network) or "cni" (the first
+    # configuration of cni_conf_dir, its plugins from cni_bin_dirs: supervisor/pods/cni.py).
+    pod_network: str = "builtin"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
     rebuild_store: bool = False  # --rebuild-store: make tugboat.db again from disk (supervisor/rebuild.py)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +85,10 @@ class Config:
             pools = tuple(str(parse_pool(p)) for p in self.address_pools)
         except InvalidArgument as exc:
             raise ConfigError(f"--default-address-pool: {exc.message}") from None
+        if self.pod_network not in ("builtin", "cni"):
+            raise ConfigError(f"--pod-network must be builtin or cni, not {self.pod_network!r}")
+        if not self.cni_bin_dirs:
+            raise ConfigError("--cni-bin-dir: at least one directory")
         longest = os.path.join(state, "shims", "0" * 64, shimapi.SOCKET)
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
@@ -105,6 +114,9 @@ class Config:
             registry_mirrors=mirrors,
             default_network=self.default_network,
             address_pools=pools,
+            pod_network=self.pod_network,
+            cni_conf_dir=os.path.abspath(self.cni_conf_dir),
+            cni_bin_dirs=tuple(os.path.abspath(d) for d in self.cni_bin_dirs),
             rebuild_store=self.rebuild_store,
             extra=dict(self.extra),
         )

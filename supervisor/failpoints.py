@@ -38,6 +38,7 @@ POINTS = {
     "container.stop.after_signal": "the stop signal sent, the exit not yet recorded",
     "container.exit.before_record": "the shim reported an exit that is not in the store yet",
     "pod.create.after_network": "the pod's namespaces pinned and wired, its record still creating",
+    "pod.cni.add.after_plugin": "a plugin of the pod's CNI chain added, the chain's result not cached",
     "pod.stop.after_unmount": "the pod's network released, namespaces unmounted, still recorded ready",
     "pod.remove.after_dir": "the pod's directory removed, its record not yet",
     "container.exit.after_record": "the exit recorded, the task not yet released (shim, mount)",
