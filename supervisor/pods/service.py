@@ -242,6 +242,7 @@ class Pods:
         await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
             await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
+        failpoint("pod.create.after_namespaces")
         ip = ""
         if req.network == POD:
             await self._ensure_network()
