@@ -29,6 +29,7 @@ over the idle runtime, divided likewise. Markdown on stdout, progress on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -56,6 +57,7 @@ PAUSE_REF = "tugboat.local/pause:1"
 IMAGE_REF = "tugboat.local/busybox:1"
 PAUSE_ARG = "2147483"  # the pause look-alike's sleep, told apart from the containers' by it
 CONTAINER_ARG = "987654"
+CNI_CACHE = "/var/lib/cni"
 STEPS = ("run_pod", "create", "start", "stop", "remove", "stop_pod", "remove_pod")
 
 
@@ -348,6 +350,9 @@ class Containerd(Runtime):
                 },
                 f,
             )
+        # libcni caches each ADD's result under /var/lib/cni whatever the configuration: the
+        # directories go again at the stop if they were ours (and are empty)
+        self.made_var_lib_cni = not os.path.exists(CNI_CACHE)
         self.d.start()
         for ref, cmd in ((PAUSE_REF, ["sleep", PAUSE_ARG]), (IMAGE_REF, ["sh"])):
             tar = os.path.join(base, ref.split("/")[1].split(":")[0] + ".tar")
@@ -374,6 +379,10 @@ class Containerd(Runtime):
         finally:
             found = peerd.sweep(self.base)
             self.ns.delete()
+            if self.made_var_lib_cni:
+                for d in (os.path.join(CNI_CACHE, "results"), CNI_CACHE):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d)
         return found
 
 
