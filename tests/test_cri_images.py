@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -380,6 +381,35 @@ def test_pull_with_the_requests_own_credentials(
         d.call("image.pull", {"ref": ref, "auth": {"password": PASSWORD}})
 
 
+def answer_refresh_tokens(tokens: TokenServer, refresh: str) -> list[dict[str, list[str]]]:
+    """Make the test token server take OAuth2 refresh tokens (``POST`` with
+    ``grant_type=refresh_token``): ``refresh`` gets a token for the scopes asked; the forms
+    posted are returned (a list that grows)."""
+    posts: list[dict[str, list[str]]] = []
+
+    def do_post(handler: Any) -> None:
+        length = int(handler.headers.get("Content-Length", "0"))
+        form = urllib.parse.parse_qs(handler.rfile.read(length).decode())
+        posts.append(form)
+        if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [refresh]:
+            handler.send_response(401)
+            handler.end_headers()
+            return
+        access = []
+        for scope in " ".join(form.get("scope", [])).split():
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        body = json.dumps({"access_token": tokens.sign(USER, form["service"][0], access)}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    tokens.httpd.RequestHandlerClass.do_POST = do_post  # type: ignore[attr-defined]
+    return posts
+
+
 @integration
 @pytest.mark.registry
 @needs_registry
@@ -387,9 +417,11 @@ def test_pull_with_a_registry_token(
     make_daemon: Any, make_tug_cri: Any, token_registry: tuple[Registry, TokenServer]
 ) -> None:
     """A registry behind a token server: PullImage's ``registry_token`` is the bearer token the
-    registry gets as it is (no token server asked); a username and password go through the
-    token server."""
+    registry gets as it is (no token server asked); an ``identity_token`` is exchanged at the
+    token server (OAuth2 refresh token, POST); a username and password go through the token
+    server's GET."""
     reg, tokens = token_registry
+    posts = answer_refresh_tokens(tokens, "refresh-me")
     source = make_daemon()
     source.call("auth.login", {"registry": reg.host, "username": USER, "password": PASSWORD})
     ref = f"{reg.host}/tok/busybox:1"
@@ -410,3 +442,15 @@ def test_pull_with_a_registry_token(
     req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(username=USER, password=PASSWORD))
     assert cri.images.PullImage(req).image_ref == want
     assert tokens.requests[-1]["user"] == USER
+    d.call("image.remove", {"ref": ref})
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(identity_token="not-mine"))
+    code, message = code_of(lambda: cri.images.PullImage(req))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "token server refused" in message, message
+    assert d.call("image.list") == []
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(identity_token="refresh-me"))
+    assert cri.images.PullImage(req).image_ref == want
+    assert (
+        posts[-1]["refresh_token"] == ["refresh-me"] and "repository:tok/busybox:pull" in posts[-1]["scope"]
+    )
+    for log in (cri.read_log(), d.read_log()):
+        assert "refresh-me" not in log and token not in log
