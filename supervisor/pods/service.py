@@ -259,6 +259,7 @@ class Pods:
         await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
             await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
+        failpoint("pod.create.after_namespaces")
         ip = ""
         if req.network == POD and self.cfg.pod_network == "cni":
             ip = await self._cni_add(rec)
