@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc.aio
 
-from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+from tugwire.errors import FailedPrecondition, InvalidArgument, MethodNotFound, NotFound
 from tugwire.timefmt import parse_rfc3339
 
 from .errors import rpc
@@ -208,7 +208,8 @@ def create_params(
     volumes = []
     for m in cfg.mounts:
         if m.HasField("image") and m.image.image:
-            raise InvalidArgument("image volumes are not supported by tugd", field="mounts")
+            # UNIMPLEMENTED, as critest and kubelet take an unsupported feature
+            raise MethodNotFound("image volumes are not supported by tugd")
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument("ID-mapped mounts are not supported by tugd", field="mounts")
         if m.recursive_read_only:

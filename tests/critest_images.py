@@ -49,7 +49,7 @@ NNP_C = (
 
 
 def _web(port: int, pidfile: str | None = None) -> str:
-    start = f"echo $$ > {pidfile}; " if pidfile else ""
+    start = f"mkdir -p /var/run; echo $$ > {pidfile}; " if pidfile else ""
     return (
         "COPY index.html /usr/share/nginx/html/index.html\n"
         f'CMD ["sh", "-c", "{start}exec httpd -f -p {port} -h /usr/share/nginx/html"]\n'
@@ -100,6 +100,13 @@ def _context(base: str, lines: str) -> str:
     for name, text in files.items():
         with open(os.path.join(ctx, name), "w") as f:
             f.write(text)
+    # /bin/ls a file of its own (in busybox's images the applets are hard links: masking
+    # /bin/ls must not mask the shell), and ipcs (not an applet of Debian's busybox) reading
+    # the kernel's table of shared memory segments.
+    shutil.copy("/bin/busybox", os.path.join(ctx, "ls"))
+    with open(os.path.join(ctx, "ipcs"), "w") as f:
+        f.write("#!/bin/sh\ncat /proc/sysvipc/shm\n")
+    os.chmod(os.path.join(ctx, "ipcs"), 0o755)
     if "COPY nnp" in lines:
         src = os.path.join(ctx, "nnp.c")
         with open(src, "w") as f:
@@ -108,7 +115,7 @@ def _context(base: str, lines: str) -> str:
         os.chmod(os.path.join(ctx, "nnp"), 0o4755)
         os.unlink(src)
     with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write("FROM busybox\nCOPY passwd group /etc/\n" + lines)
+        f.write("FROM busybox\nCOPY passwd group /etc/\nCOPY ls ipcs /bin/\n" + lines)
     return ctx
 
 
