@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -42,25 +43,43 @@ GROUP = (
     "root:x:0:\nwww-data:x:33:\ndefault-user:x:1000:\n"
     "group-defined-in-image:x:50000:default-user\nnogroup:x:65534:\n"
 )
+IPCS = "#!/bin/sh\ncat /proc/sysvipc/shm\n"  # the table of shared memory segments
+PGREP = (  # the pids of the processes whose name has $1
+    "#!/bin/sh\nfound=1\nfor d in /proc/[0-9]*; do\n"
+    '  c=$(cat "$d/comm" 2>/dev/null) || continue\n'
+    '  case "$c" in *"$1"*) [ "${d#/proc/}" != "$$" ] && echo "${d#/proc/}" && found=0;; esac\n'
+    "done\nexit $found\n"
+)
 NNP_C = (
     "#include <stdio.h>\n#include <unistd.h>\n"
     'int main(void) { printf("Effective uid: %d\\n", (int)geteuid()); return 0; }\n'
 )
 
 
-def _web(port: int, pidfile: str | None = None) -> str:
-    start = f"mkdir -p /var/run; echo $$ > {pidfile}; " if pidfile else ""
-    return (
-        "COPY index.html /usr/share/nginx/html/index.html\n"
-        f'CMD ["sh", "-c", "{start}exec httpd -f -p {port} -h /usr/share/nginx/html"]\n'
-    )
+def _web(name: str, port: int, pidfile: str | None = None) -> str:
+    """busybox httpd on ``port``, which first says its name on stdout, as the real servers log
+    (critest looks for "httpd" in the httpd container's log). nginx: a copy of busybox named so
+    (``pidof nginx`` finds it) run as its httpd applet, its pid in ``pidfile``, under a shell as
+    PID 1 whose command line says "master process", as nginx's own does."""
+    say = f"echo {name} listening on port {port}; "
+    docroot = f"-f -p {port} -h /usr/share/nginx/html"
+    if name != "nginx":
+        cmd = ["sh", "-c", f"{say}exec httpd {docroot}"]
+        copy = ""
+    else:
+        script = f"trap 'exit 0' TERM; {say}exec -a httpd /usr/sbin/nginx {docroot} & "
+        if pidfile:
+            script += f"mkdir -p /var/run; echo $! > {pidfile}; "
+        cmd = ["sh", "-c", script + "wait", "nginx: master process"]
+        copy = "COPY nginx /usr/sbin/nginx\n"
+    return f"{copy}COPY index.html /usr/share/nginx/html/index.html\nCMD {json.dumps(cmd)}\n"
 
 
 # repository path (under every mirrored registry) -> Dockerfile lines after FROM busybox
 IMAGES: dict[str, str] = {
     f"{E2E}/busybox:1.29-2": "",
-    f"{E2E}/nginx:1.14-2": _web(80, "/var/run/nginx.pid"),
-    f"{E2E}/httpd:2.4.39-4": _web(80),
+    f"{E2E}/nginx:1.14-2": _web("nginx", 80, "/var/run/nginx.pid"),
+    f"{E2E}/httpd:2.4.39-4": _web("httpd", 80),
     f"{E2E}/nonewprivs:1.3": 'COPY nnp /usr/local/bin/nnp\nENTRYPOINT ["/usr/local/bin/nnp"]\n',
     "pause:3.9": 'ENTRYPOINT ["sleep", "2147483647"]\n',
     f"{STAGING}/test-image-latest:latest": "LABEL image=latest\n",
@@ -75,7 +94,7 @@ IMAGES: dict[str, str] = {
     f"{STAGING}/test-image-user-uid-group:latest": "USER 1003:1003\n",
     f"{STAGING}/test-image-user-username-group:latest": "USER www-data:www-data\n",
     f"{STAGING}/test-image-predefined-group:latest": "USER 1000\n",
-    f"{STAGING}/hostnet-nginx-amd64:latest": _web(12003),
+    f"{STAGING}/hostnet-nginx-amd64:latest": _web("nginx", 12003),
 }
 SAME_AS = {  # more names of one image
     f"{STAGING}/test-image-tags:2": f"{STAGING}/test-image-tags:1",
@@ -101,12 +120,14 @@ def _context(base: str, lines: str) -> str:
         with open(os.path.join(ctx, name), "w") as f:
             f.write(text)
     # /bin/ls a file of its own (in busybox's images the applets are hard links: masking
-    # /bin/ls must not mask the shell), and ipcs (not an applet of Debian's busybox) reading
-    # the kernel's table of shared memory segments.
+    # /bin/ls must not mask the shell); ipcs and pgrep, not applets of Debian's busybox.
     shutil.copy("/bin/busybox", os.path.join(ctx, "ls"))
-    with open(os.path.join(ctx, "ipcs"), "w") as f:
-        f.write("#!/bin/sh\ncat /proc/sysvipc/shm\n")
-    os.chmod(os.path.join(ctx, "ipcs"), 0o755)
+    if "COPY nginx" in lines:
+        shutil.copy("/bin/busybox", os.path.join(ctx, "nginx"))
+    for name, text in (("ipcs", IPCS), ("pgrep", PGREP)):
+        with open(os.path.join(ctx, name), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(ctx, name), 0o755)
     if "COPY nnp" in lines:
         src = os.path.join(ctx, "nnp.c")
         with open(src, "w") as f:
@@ -115,7 +136,7 @@ def _context(base: str, lines: str) -> str:
         os.chmod(os.path.join(ctx, "nnp"), 0o4755)
         os.unlink(src)
     with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write("FROM busybox\nCOPY passwd group /etc/\nCOPY ls ipcs /bin/\n" + lines)
+        f.write('FROM busybox\nCOPY passwd group /etc/\nCOPY ls ipcs pgrep /bin/\nCMD ["sh"]\n' + lines)
     return ctx
 
 
@@ -214,6 +235,13 @@ def critest_registry(make_daemon: Any, netns: str) -> Iterator[NetnsRegistry]:
             tmp = cached + f".tmp{os.getpid()}"
             shutil.copytree(data, tmp, symlinks=True)
             os.rename(tmp, cached)
+            for name in os.listdir(CACHE):  # the look-alikes of an older recipe
+                if (
+                    name.startswith("critest-registry-")
+                    and ".tmp" not in name
+                    and name != os.path.basename(cached)
+                ):
+                    shutil.rmtree(os.path.join(CACHE, name), ignore_errors=True)
         yield reg
     finally:
         reg.stop()

@@ -44,7 +44,7 @@ SKIPS: dict[str, str] = {
 
 
 def run_critest(
-    critest: str, cri: TugCri, netns: str, cwd: str, focus: str, skips: list[str], out_path: str
+    critest: str, cri: TugCri, netns: str, cwd: str, focus: str, skips: list[str], out_path: str, images: str
 ) -> tuple[int, str]:
     args = [
         "nsenter",
@@ -54,6 +54,8 @@ def run_critest(
         cri.endpoint,
         "--image-endpoint",
         cri.endpoint,
+        "--test-images-file",
+        images,
         "--ginkgo.no-color",
         "--ginkgo.timeout",
         "20m",
@@ -77,16 +79,44 @@ def run_critest(
         return r.returncode, f.read()
 
 
+def shm_segments() -> set[str]:
+    """The ids of the host's SysV shared memory segments of 1 MiB (what critest's HostIpc specs
+    make with ``ipcmk -M 1048576`` and leave)."""
+    with open("/proc/sysvipc/shm") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {row[1] for row in rows if row[3] == "1048576"}
+
+
+def write_test_images_file(path: str, registry_host: str) -> str:
+    """critest's ``--test-images-file``: the two images it lets one name, here straight from the
+    local registry (the others keep their names and come through tugd's mirror map)."""
+    with open(path, "w") as f:
+        f.write(
+            f"defaultTestContainerImage: {registry_host}/e2e-test-images/busybox:1.29-2\n"
+            f"webServerTestImage: {registry_host}/e2e-test-images/nginx:1.14-2\n"
+        )
+    return path
+
+
 def test_critest_passes(make_daemon: Any, make_tug_cri: Any, critest_path: str) -> None:
     ns = make_daemon.new_netns()
+    shm_before = shm_segments()
+    try:
+        run_all(make_daemon, make_tug_cri, critest_path, ns)
+    finally:
+        for shmid in shm_segments() - shm_before:
+            subprocess.run(["ipcrm", "-m", shmid], check=False)
+
+
+def run_all(make_daemon: Any, make_tug_cri: Any, critest_path: str, ns: str) -> None:
     with critest_registry(make_daemon, ns) as reg:
         d = make_daemon(netns=ns, image=False, extra=mirror_args(reg))
         cri: TugCri = make_tug_cri(d, netns=True)
         focus = os.environ.get("TUG_CRITEST_FOCUS", "")
         skips = [] if os.environ.get("TUG_CRITEST_NOSKIP") else list(SKIPS)
-        code, out = run_critest(
-            critest_path, cri, ns, d.base, focus, skips, os.path.join(d.base, "critest.out")
-        )
+        images = write_test_images_file(os.path.join(d.base, "images.yaml"), reg.host)
+        out_path = os.path.join(d.base, "critest.out")
+        code, out = run_critest(critest_path, cri, ns, d.base, focus, skips, out_path, images)
         if os.environ.get("TUG_CRITEST_KEEP"):
             with open(os.environ["TUG_CRITEST_KEEP"], "w") as f:
                 f.write(out)
