@@ -99,6 +99,7 @@ class _Attach(Process):
     def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
         super().__init__(rpc, cid)
         self.following = anyio.Event()
+        self.stdin_once = False
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
         async with self.rpc.stream("container.logs", {"id": self.cid, "follow": True, "tail": 0}) as notes:
@@ -124,8 +125,10 @@ class _Attach(Process):
         await self._input("container.stdin", {"data": base64.b64encode(data).decode()})
 
     async def close_stdin(self) -> None:
-        """Nothing: the container's stdin stays open for the next attach, as containerd does
-        for a container without ``stdin_once`` (which tugd does not record)."""
+        """The container's stdin closes (EOF) if it was made with ``stdin_once``; otherwise it
+        stays open for the next attach, as containerd does."""
+        if self.stdin_once:
+            await self._input("container.close_stdin", {})
 
     async def resize(self, width: int, height: int) -> None:
         await self._input("container.resize", {"rows": height, "cols": width})
@@ -142,10 +145,11 @@ async def exec_process(
 
 
 @asynccontextmanager
-async def attach_process(socket: str, cid: str) -> AsyncIterator[Process]:
+async def attach_process(socket: str, cid: str, *, stdin_once: bool = False) -> AsyncIterator[Process]:
     """Attach to container ``cid``'s PID 1. Its output starts with what it writes after this
     is followed: input waits until the follower is registered (requests on one connection are
     taken in order, so once ``container.inspect`` answers, ``container.logs`` has registered)."""
     async with jsonrpc.connect(socket) as rpc:
         proc = _Attach(rpc, cid)
+        proc.stdin_once = stdin_once
         yield proc

@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         "--registry-mirror",
         action="append",
         default=[],
-        metavar="URL",
-        help="a mirror of docker.io (http://HOST[:PORT] or https://...), tried before it; "
-        "repeatable, in order (as dockerd's registry-mirrors)",
+        metavar="[REGISTRY=]URL",
+        help="a mirror of docker.io (http://HOST[:PORT] or https://...), or with REGISTRY= of "
+        "that registry (registry.k8s.io=http://127.0.0.1:5000), tried before it; repeatable, "
+        "in order (as dockerd's registry-mirrors, containerd's hosts.toml)",
     )
     parser.add_argument(
         "--default-network",

@@ -71,6 +71,15 @@ class SystemInfo:
     store: dict[str, Any]  # the store's health (store_health; issue 19)
     pid: int
     registry_mirrors: list[str] = field(default_factory=list)  # of docker.io, in order
+    # other registries' mirrors (--registry-mirror REGISTRY=URL): registry -> URLs in order
+    registry_mirror_map: dict[str, list[str]] = field(default_factory=dict)
+
+
+def mirror_map(pairs: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for registry, url in pairs:
+        out.setdefault(registry, []).append(url)
+    return out
 
 
 def store_health(store: Store) -> dict[str, Any]:
@@ -256,6 +265,7 @@ class System:
             store=store_health(self.store),
             pid=os.getpid(),
             registry_mirrors=list(self.cfg.registry_mirrors),
+            registry_mirror_map=mirror_map(self.cfg.registry_mirror_map),
         )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:

@@ -256,17 +256,21 @@ class RegistryService:
         return Session(http, host, scheme=self.policy.scheme(host), credentials=self.auth.get(host))
 
     def _sources(self, http: httpx.AsyncClient, domain: str, auth: PullAuth | None = None) -> list[Session]:
-        """Where a pull from ``domain`` tries, in order: for docker.io its mirrors
-        (``--registry-mirror``, each with its own scheme and saved credentials, and a shorter
-        retry policy) first, then the registry itself, always last (with ``auth`` when the
-        pull has its own)."""
+        """Where a pull from ``domain`` tries, in order: its mirrors (``--registry-mirror``:
+        docker.io's plain ones, another registry's ``REGISTRY=URL`` ones; each with its own scheme
+        and saved credentials, and a shorter retry policy) first, then the registry itself,
+        always last (with ``auth`` when the pull has its own). A mirror serves the same
+        repository paths under its own host."""
         out: list[Session] = []
         if domain == DOCKER_HUB:
-            for url in self.cfg.registry_mirrors:
-                scheme, _, host = url.partition("://")
-                out.append(
-                    Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
-                )
+            urls = list(self.cfg.registry_mirrors)
+        else:
+            urls = [u for r, u in self.cfg.registry_mirror_map if r == domain]
+        for url in urls:
+            scheme, _, host = url.partition("://")
+            out.append(
+                Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
+            )
         registry = self.session(http, domain)
         if auth is not None:
             registry.credentials = auth.credentials
