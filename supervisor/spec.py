@@ -15,6 +15,7 @@ from typing import Any
 from tugwire.errors import InvalidArgument
 
 from . import security
+from .records import ContainerSettings
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -108,26 +109,26 @@ def _read_db(roots: list[str], rel: str) -> list[list[str]]:
 
 def build(
     cid: str,
-    opts: dict[str, Any],
+    settings: ContainerSettings,
     image_config: dict[str, Any],
     rootfs: str,
     layers: list[str],
     net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The spec for ``runc``. ``opts`` were validated by the containers service; ``layers`` are
+    """The spec for ``runc``. ``settings`` were checked by the containers service; ``layers`` are
     the image's snapshot dirs, top first, where user names are looked up. ``net`` (from
     :meth:`supervisor.network.Networks.spec_for`): ``netns`` a namespace file to join, "" for
     the host's, None for a new one; ``mounts`` the generated /etc files."""
-    entrypoint = opts.get("entrypoint")
+    entrypoint = settings.entrypoint
     if entrypoint is None:
         entrypoint = image_config.get("Entrypoint") or []
-    cmd = opts.get("cmd") or []
-    if not cmd and opts.get("entrypoint") is None:
+    cmd = settings.cmd
+    if not cmd and settings.entrypoint is None:
         cmd = image_config.get("Cmd") or []
     args = list(entrypoint) + list(cmd)
     if not args:
         raise InvalidArgument("no command specified (the image has no Cmd or Entrypoint)", field="cmd")
-    if opts.get("init"):
+    if settings.init:
         # tini as PID 1: forwards signals to the command (-g: to its process group) and reaps
         # the zombies of orphans; -s keeps it a subreaper should it ever not be PID 1.
         args = [*init_prefix(), *args]
@@ -135,21 +136,21 @@ def build(
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
     env_keys = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
-    hostname = opts.get("hostname") or cid[:12]
-    for item in [f"HOSTNAME={hostname}", *opts.get("env", [])]:
+    hostname = settings.hostname or cid[:12]
+    for item in [f"HOSTNAME={hostname}", *settings.env]:
         key = item.split("=", 1)[0]
         if key in env_keys:
             env[env_keys[key]] = item
         else:
             env_keys[key] = len(env)
             env.append(item)
-    uid, gid, extra_gids = resolve_user(opts.get("user") or image_config.get("User") or "", layers)
-    cwd = opts.get("workdir") or image_config.get("WorkingDir") or "/"
+    uid, gid, extra_gids = resolve_user(settings.user or image_config.get("User") or "", layers)
+    cwd = settings.workdir or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
-    if opts.get("tty") and not any(e.startswith("TERM=") for e in env):
+    if settings.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")  # as docker does for -t
     process: dict[str, Any] = {
-        "terminal": bool(opts.get("tty")),
+        "terminal": settings.tty,
         "user": {"uid": uid, "gid": gid, **({"additionalGids": extra_gids} if extra_gids else {})},
         "args": args,
         "env": env,
@@ -197,7 +198,7 @@ def build(
             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
         },
     ]
-    if opts.get("init"):
+    if settings.init:
         mounts.append(
             {
                 "destination": INIT_PATH,
@@ -206,7 +207,7 @@ def build(
                 "options": ["bind", "ro", "nosuid", "nodev"],
             }
         )
-    for vol in opts.get("volumes", []):
+    for vol in settings.volumes:
         options = ["rbind", "rprivate"]
         if vol.get("readonly"):
             options.append("ro")
@@ -221,16 +222,16 @@ def build(
         elif net.get("netns"):
             namespaces[1]["path"] = net["netns"]
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if opts.get("memory"):
-        resources["memory"] = {"limit": int(opts["memory"])}
-    if opts.get("cpus"):
-        resources["cpu"] = {"quota": int(float(opts["cpus"]) * CPU_PERIOD), "period": CPU_PERIOD}
-    if opts.get("pids_limit"):
-        resources["pids"] = {"limit": int(opts["pids_limit"])}
+    if settings.memory:
+        resources["memory"] = {"limit": int(settings.memory)}
+    if settings.cpus:
+        resources["cpu"] = {"quota": int(float(settings.cpus) * CPU_PERIOD), "period": CPU_PERIOD}
+    if settings.pids_limit:
+        resources["pids"] = {"limit": int(settings.pids_limit)}
     oci: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": process,
-        "root": {"path": rootfs, "readonly": bool(opts.get("read_only"))},
+        "root": {"path": rootfs, "readonly": settings.read_only},
         "hostname": hostname,
         "mounts": mounts,
         "linux": {
@@ -247,5 +248,5 @@ def build(
         # OCI runtime spec requires), so runc hooks and `runc state` see them
         oci["annotations"] = {str(k): v for k, v in labels.items() if isinstance(v, str)}
     # Capabilities, seccomp, no-new-privileges, masked paths: the container's security options.
-    security.apply(oci, opts.get("security"))
+    security.apply(oci, settings.security)
     return oci

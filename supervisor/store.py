@@ -12,10 +12,12 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from tugwire.errors import AlreadyExists
+
+from .records import ContainerSettings, State
 
 if TYPE_CHECKING:
     from .ondisk import Mirror
@@ -88,16 +90,17 @@ RUNTIME_KEYS = ("restart_count", "stopped_by_user", "log_dropped_bytes")
 
 @dataclass
 class ContainerRecord:
-    """A container as the store keeps it: ``config`` holds the user's settings (and what create
-    resolved from them); the other fields are its runtime state."""
+    """A container as the store keeps it: who it is (id, name, image, created_at), the user's
+    ``settings`` (typed and frozen: they change only as a whole), and apart from them its
+    runtime state (the other fields), which the lifecycle changes."""
 
     id: str
     name: str
     image: str
     image_id: str
     created_at: str
-    config: dict[str, Any]
-    state: str
+    settings: ContainerSettings
+    state: State
     pid: int = 0
     exit_code: int | None = None
     exit_signal: str | None = None
@@ -110,17 +113,10 @@ class ContainerRecord:
     stopped_by_user: bool = False  # the restart policy leaves it alone
     log_dropped_bytes: int = 0  # output its log could not keep in its last run
 
-    def __post_init__(self) -> None:
-        if any(k in self.config for k in RUNTIME_KEYS):  # as stored: taken out of the settings
-            self.config = dict(self.config)
-            self.restart_count = int(self.config.pop("restart_count", None) or self.restart_count)
-            self.stopped_by_user = bool(self.config.pop("stopped_by_user", None) or self.stopped_by_user)
-            self.log_dropped_bytes = int(self.config.pop("log_dropped_bytes", None) or self.log_dropped_bytes)
-
     def stored_config(self) -> dict[str, Any]:
-        """``config`` as stored (and as ``container.inspect`` shows it): the settings, with the
-        runtime values that are not at their defaults."""
-        out = dict(self.config)
+        """The ``config`` column (and what ``container.inspect`` shows as ``config``): the
+        settings, with the runtime values that are not at their defaults."""
+        out = self.settings.to_json()
         for key in RUNTIME_KEYS:
             value = getattr(self, key)
             if value:
@@ -128,17 +124,36 @@ class ContainerRecord:
         return out
 
     def row(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_COLUMNS}
         d["config"] = json.dumps(self.stored_config())
+        d["state"] = str(self.state)
         d["oom_killed"] = int(self.oom_killed)
         return d
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ContainerRecord:
+        """A record from its row, as any tugd wrote it (the runtime keys inside ``config``)."""
         d = dict(row)
         d["config"] = json.loads(d["config"])
-        d["oom_killed"] = bool(d["oom_killed"])
-        return cls(**d)
+        return cls.from_json(d)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ContainerRecord:
+        """A record from its row with ``config`` decoded (as the records on disk hold it; see
+        supervisor/ondisk.py): TypeError, ValueError or KeyError if it is not one."""
+        config = dict(d["config"])
+        known = {f.name for f in fields(cls)}
+        out = {k: v for k, v in d.items() if k in known and k not in _NOT_COLUMNS}
+        out["restart_count"] = int(config.pop("restart_count", None) or 0)
+        out["stopped_by_user"] = bool(config.pop("stopped_by_user", None) or False)
+        out["log_dropped_bytes"] = int(config.pop("log_dropped_bytes", None) or 0)
+        out["settings"] = ContainerSettings.from_json(config)
+        out["state"] = State(d["state"])
+        out["oom_killed"] = bool(d.get("oom_killed"))
+        return cls(**out)
+
+
+_NOT_COLUMNS = frozenset({"settings", *RUNTIME_KEYS})
 
 
 @dataclass(frozen=True)
@@ -167,7 +182,7 @@ class ImageRecord:
     repo_digests: list[str] = field(default_factory=list)
 
 
-_CONTAINER_COLS = [f.name for f in fields(ContainerRecord) if f.name not in RUNTIME_KEYS]
+_CONTAINER_COLS = [*(f.name for f in fields(ContainerRecord) if f.name not in _NOT_COLUMNS), "config"]
 
 
 class Store:

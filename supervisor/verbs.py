@@ -6,6 +6,7 @@ Pause, unpause and the restart policy are part of the lifecycle, in :mod:`superv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -95,9 +96,12 @@ class Verbs:
                     await self.c.shim(rec.id).update(params)
                 except FailedPrecondition as exc:
                     raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
-            for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):
-                if value is not None:
-                    rec.config[key] = value
+            rec.settings = dataclasses.replace(
+                rec.settings,
+                memory=rec.settings.memory if memory is None else memory,
+                cpus=rec.settings.cpus if cpus is None else cpus,
+                pids_limit=rec.settings.pids_limit if pids is None else pids,
+            )
             self._rewrite_resources(rec)
             self.c.save(rec)
         self.c.publish("update", rec)
@@ -109,13 +113,14 @@ class Verbs:
         with open(path, "rb") as f:
             oci = json.load(f)
         resources = oci.setdefault("linux", {}).setdefault("resources", {})
-        if rec.config.get("memory"):
-            resources["memory"] = {"limit": int(rec.config["memory"])}
-        if rec.config.get("cpus"):
-            quota = int(float(rec.config["cpus"]) * spec.CPU_PERIOD)
+        settings = rec.settings
+        if settings.memory:
+            resources["memory"] = {"limit": int(settings.memory)}
+        if settings.cpus:
+            quota = int(float(settings.cpus) * spec.CPU_PERIOD)
             resources["cpu"] = {"quota": quota, "period": spec.CPU_PERIOD}
-        if rec.config.get("pids_limit"):
-            resources["pids"] = {"limit": int(rec.config["pids_limit"])}
+        if settings.pids_limit:
+            resources["pids"] = {"limit": int(settings.pids_limit)}
         fsutil.write_atomic(path, json.dumps(oci, indent=1).encode(), mode=0o600)
 
     async def rename(self, ref: Any, new_name: str) -> ContainerRecord:

@@ -29,6 +29,7 @@ from tugwire.shimapi import LogsParams
 
 from .. import mounts, shims, spec
 from ..config import Config
+from ..records import ContainerSettings
 
 log = logging.getLogger("tugboat.build")
 
@@ -67,8 +68,8 @@ async def run_step(
     cdir = config.bundle
     rootfs = os.path.join(cdir, "rootfs")
     shim = shims.ShimClient(config.dir, cfg.shim_timeout)
-    opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
-    oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
+    settings = ContainerSettings(image=label, entrypoint=[], cmd=args, workdir=workdir, user=user)
+    oci = spec.build(cid, settings, {"Env": env}, rootfs, lower, _network(network, lower))
     launched = False
     os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
     os.makedirs(cdir, mode=0o700)

@@ -136,7 +136,7 @@ class ContainersBase(abc.ABC):
     def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
         """Publish the event ``container.<action>`` of ``rec`` (its labels among the
         attributes, as docker's events carry them)."""
-        labels = rec.config.get("labels") or {}
+        labels = rec.settings.labels
         if labels:
             attributes = {**labels, **attributes}
         self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
@@ -163,7 +163,7 @@ class ContainersBase(abc.ABC):
         }
 
     def _log_files(self, rec: ContainerRecord) -> list[str]:
-        max_files = int(rec.config.get("log_max_files") or self.cfg.log_max_files)
+        max_files = rec.settings.log_max_files or self.cfg.log_max_files
         return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
 
     @abc.abstractmethod

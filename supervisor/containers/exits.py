@@ -94,7 +94,7 @@ class Exits(ContainersBase):
             await self._release(cid)
             if newly:
                 self._apply_policy(rec)
-        if rec.config.get("auto_remove"):
+        if rec.settings.auto_remove:
             self.tg.start_soon(self._auto_remove, cid)
 
     def _apply_policy(self, rec: ContainerRecord) -> None:
@@ -105,14 +105,14 @@ class Exits(ContainersBase):
         if started is not None and finished is not None:
             ran_for = max(finished - started, 0.0)
         decision = policy.decide(
-            policy.parse(rec.config.get("restart")),
+            policy.parse(rec.settings.restart),
             exit_code=rec.exit_code if rec.state == EXITED else None,
             stopped_by_user=rec.stopped_by_user,
             restart_count=rec.restart_count,
             previous_delay=live.restart_delay,
             ran_for=ran_for,
         )
-        if not decision.restart or rec.config.get("auto_remove"):
+        if not decision.restart or rec.settings.auto_remove:
             return
         live.restart_delay = decision.delay
         self._schedule_restart(rec.id, decision.delay)

@@ -32,8 +32,8 @@ class Inspect(ContainersBase):
             "finished_at": rec.finished_at,
             "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
-            "labels": rec.config.get("labels") or {},
-            "ports": rec.config.get("ports") or [],
+            "labels": rec.settings.labels,
+            "ports": rec.settings.ports,
             **self._network_refs(rec, refs),
         }
 
@@ -43,7 +43,7 @@ class Inspect(ContainersBase):
         if refs is None:
             refs = {rec.id: self.networks.network_refs().get(rec.id, ([], []))}
         names, ids = refs.get(rec.id, ([], []))
-        mode = rec.config.get("network") or "none"
+        mode = rec.settings.network or "none"
         if mode in ("host", "none") and mode not in names:
             names = [*names, mode]
         return {"network_names": sorted(names), "network_ids": sorted(ids)}
@@ -57,18 +57,18 @@ class Inspect(ContainersBase):
                 "exit_signal": rec.exit_signal,
                 "reason": rec.reason,
                 "config": rec.stored_config(),
-                "auto_remove": bool(rec.config.get("auto_remove")),
+                "auto_remove": rec.settings.auto_remove,
                 "log_path": paths["log"],
                 "bundle": paths["dir"],
                 "rootfs": paths["rootfs"],
                 "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
-                "restart_policy": rec.config.get("restart") or "no",
+                "restart_policy": rec.settings.restart or "no",
                 "restart_count": rec.restart_count,
                 # Output the log could not keep (a full disk) in the last run, recorded at its exit.
                 "log_dropped_bytes": rec.log_dropped_bytes,
                 "health_check": self.health.describe(rec.id) if rec.state in ACTIVE else None,
                 "networks": self.networks.container_networks(rec),
-                "ports": rec.config.get("ports") or [],
+                "ports": rec.settings.ports,
             }
         )
         return out
@@ -86,7 +86,7 @@ class Inspect(ContainersBase):
 
 
 def _command(rec: ContainerRecord) -> str:
-    args = rec.config.get("args")
+    args = rec.settings.args
     if args is None:
-        args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
+        args = [*(rec.settings.entrypoint or []), *rec.settings.cmd]
     return " ".join(args)

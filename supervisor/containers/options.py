@@ -1,4 +1,5 @@
-"""The user's settings of a container: ``container.create``'s options, checked, and names."""
+"""The user's settings of a container: ``container.create``'s options (:class:`CreateRequest`),
+checked into a :class:`~supervisor.records.ContainerSettings`, and names."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tugwire.errors import InvalidArgument
 from .. import policy, security, spec
 from ..config import Config
 from ..network.requests import EndpointRequest
+from ..records import ContainerSettings
 from ..store import Store
 from .health import HealthRequest
 
@@ -124,7 +126,7 @@ class CreateRequest:
     network: EndpointRequest = field(default_factory=EndpointRequest)
 
 
-def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
+def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
     """The user's settings of ``container.create``, checked: InvalidArgument on the first
     bad one (the image, its health check and its network are resolved by the caller)."""
     opts: dict[str, Any] = {}
@@ -231,7 +233,7 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
             raise InvalidArgument(str(exc), field="metrics_address") from None
     opts["metrics_address"] = metrics_address or None
     opts["labels"] = parse_labels(p.labels)  # the image's go under them (create)
-    return opts
+    return ContainerSettings(**opts)
 
 
 def parse_labels(labels: dict[str, str]) -> dict[str, str]:

@@ -96,8 +96,8 @@ class Recovery(Exits):
                     rec.started_at = rec.started_at or rfc3339()
                     self.save(rec)
                 self.spawn(rec.id, self._watch, rec.id)
-                if rec.config.get("health"):
-                    self.health.watch(rec.id, rec.config["health"])
+                if rec.settings.health:
+                    self.health.watch(rec.id, rec.settings.health)
             elif rec.state in ACTIVE:
                 # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
                 transition(rec, Move.LOSE)
@@ -109,7 +109,7 @@ class Recovery(Exits):
             else:
                 with contextlib.suppress(OSError):
                     mounts.unmount(paths["rootfs"])
-                if rec.state == EXITED and rec.config.get("auto_remove"):
+                if rec.state == EXITED and rec.settings.auto_remove:
                     self.tg.start_soon(self._auto_remove, rec.id)
                 elif rec.state == EXITED and not self._restart_on_boot(rec):
                     self._apply_policy(rec)  # a restart that was pending when tugd stopped
@@ -141,7 +141,7 @@ class Recovery(Exits):
     def _restart_on_boot(self, rec: ContainerRecord) -> bool:
         """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
         starts (after a reboot, or it was stopped); True if one is scheduled."""
-        rule = policy.parse(rec.config.get("restart"))
+        rule = policy.parse(rec.settings.restart)
         if not policy.start_on_boot(rule, stopped_by_user=rec.stopped_by_user):
             return False
         if rec.stopped_by_user:

@@ -13,6 +13,7 @@ restart of tugd), and the lifecycle verbs here (create, start, kill, stop, pause
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -59,28 +60,38 @@ class Containers(Recovery, Logs, Inspect):
 
     async def create(self, req: CreateRequest) -> ContainerRecord:
         """Validate, resolve the image, write the bundle, then record the container."""
-        opts = parse_create(req, self.cfg)
-        image = self.images.resolve(opts["image"])
-        if not opts["stop_signal"]:
-            opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
-            parse_signal(opts["stop_signal"], int(signals.SIGTERM))
-        opts["health"] = health.parse(req.health, image.config)
+        settings = parse_create(req, self.cfg)
+        image = self.images.resolve(settings.image)
+        stop_signal = settings.stop_signal
+        if not stop_signal:
+            stop_signal = image.config.get("StopSignal") or "SIGTERM"
+            parse_signal(stop_signal, int(signals.SIGTERM))
         image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
-        opts["labels"] = {**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **opts["labels"]}
-        opts.update(self.networks.parse_create(req.network, image.config))
-        name = opts["name"] or generate_name(self.store)
+        settings = dataclasses.replace(
+            settings,
+            stop_signal=stop_signal,
+            health=health.parse(req.health, image.config),
+            labels={**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **settings.labels},
+            **self.networks.parse_create(req.network, image.config),
+        )
+        name = settings.name or generate_name(self.store)
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
         cid = secrets.token_hex(32)
         paths = self._paths(cid)
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(
-            cid, opts, image.config, paths["rootfs"], layers, self.networks.spec_for(cid, opts, paths["dir"])
+            cid,
+            settings,
+            image.config,
+            paths["rootfs"],
+            layers,
+            self.networks.spec_for(cid, settings, paths["dir"]),
         )
-        opts["name"] = name
-        opts["args"] = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
-        if opts["init"]:
-            opts["args"] = opts["args"][len(spec.init_prefix()) :]  # the command, not tini's
+        args = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
+        if settings.init:
+            args = args[len(spec.init_prefix()) :]  # the command, not tini's
+        settings = dataclasses.replace(settings, name=name, args=args)
         os.makedirs(paths["dir"], mode=0o700)
         try:
             for d in ("rootfs", "upper", "work"):
@@ -97,11 +108,11 @@ class Containers(Recovery, Logs, Inspect):
                 image=image.ref,
                 image_id=image.record.id,
                 created_at=rfc3339(),
-                config=opts,
+                settings=settings,
                 state=CREATED,
             )
             with self.store.transaction():  # the container and its addresses, or neither
-                self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.config
+                self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.settings
                 self.store.insert_container(rec)
         except BaseException:
             fsutil.remove_tree(paths["dir"])
@@ -149,11 +160,11 @@ class Containers(Recovery, Logs, Inspect):
                 rec.id,
                 name=rec.name,
                 image=rec.image,
-                log_max_size=int(rec.config.get("log_max_size") or 0),
-                log_max_files=int(rec.config.get("log_max_files") or 0),
-                metrics_address=rec.config.get("metrics_address") or "",
-                tty=bool(rec.config.get("tty")),
-                stdin=bool(rec.config.get("stdin")),
+                log_max_size=rec.settings.log_max_size or 0,
+                log_max_files=rec.settings.log_max_files or 0,
+                metrics_address=rec.settings.metrics_address or "",
+                tty=rec.settings.tty,
+                stdin=rec.settings.stdin,
             )
             try:
                 await self.networks.setup(rec)
@@ -179,8 +190,8 @@ class Containers(Recovery, Logs, Inspect):
             self.save(rec)
             self.publish("start", rec)
             self.spawn(rec.id, self._watch, rec.id)
-            if rec.config.get("health"):
-                self.health.watch(rec.id, rec.config["health"])
+            if rec.settings.health:
+                self.health.watch(rec.id, rec.settings.health)
             if self._on_start_latency is not None:
                 self._on_start_latency(anyio.current_time() - t0)
         return rec
@@ -226,8 +237,8 @@ class Containers(Recovery, Logs, Inspect):
             # A frozen process acts on no signal: thaw it first, so that it can stop cleanly.
             with contextlib.suppress(FailedPrecondition):
                 await self.set_paused(rec.id, False)
-        grace = rec.config.get("stop_timeout", 10) if timeout is None else timeout
-        sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
+        grace = rec.settings.stop_timeout if timeout is None else timeout
+        sig = parse_signal(rec.settings.stop_signal, int(signals.SIGTERM))
         with contextlib.suppress(FailedPrecondition):
             await self.kill(rec.id, sig)
         failpoint("container.stop.after_signal")

@@ -1,5 +1,6 @@
-"""A container's states, the one table of the transitions between them, and its in-memory
-companion (:class:`Live`)."""
+"""A container's states (the :class:`State` enum lives in :mod:`supervisor.records`, below the
+store, and is re-exported here), the one table of the transitions between them, and its
+in-memory companion (:class:`Live`)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,10 @@ import anyio
 
 from tugwire.errors import FailedPrecondition
 
+from ..records import State
 from ..store import ContainerRecord
 
-
-class State(enum.StrEnum):
-    """A container's state, as the store keeps it and clients see it."""
-
-    CREATED = "created"  # made, never started
-    RUNNING = "running"
-    PAUSED = "paused"  # frozen (the cgroup freezer)
-    EXITED = "exited"  # PID 1 exited; its exit record is kept
-    UNKNOWN = "unknown"  # the shim went away without an exit record: the exit code is not known
-
+__all__ = ["State"]
 
 CREATED, RUNNING, PAUSED, EXITED, UNKNOWN = (
     State.CREATED,

@@ -1,0 +1,99 @@
+"""A container's typed records, below the store and the containers service: its :class:`State`
+and its :class:`ContainerSettings` (the user's settings, and what create resolved from them).
+
+The settings are frozen: they change only as a whole (``dataclasses.replace``), by create, by the
+allocation of host ports and by ``container.update``. The store keeps them as the JSON object of
+the ``config`` column, in the format tugd has always written; :meth:`ContainerSettings.from_json`
+reads any row a former tugd wrote (a key it does not know is kept, a missing one defaults).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class State(enum.StrEnum):
+    """A container's state, as the store keeps it and clients see it."""
+
+    CREATED = "created"  # made, never started
+    RUNNING = "running"
+    PAUSED = "paused"  # frozen (the cgroup freezer)
+    EXITED = "exited"  # PID 1 exited; its exit record is kept
+    UNKNOWN = "unknown"  # the shim went away without an exit record: the exit code is not known
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSettings:
+    """The user's settings of a container, checked (``containers.options.parse_create``), with
+    what create resolved: the name, the image's stop signal, health check and labels, the
+    network's options and the command that runs. Names as in docs/api.md; the nested values
+    (volumes, security, health, ports) are the JSON objects the store and ``inspect`` show."""
+
+    image: str = ""
+    name: str | None = None
+    cmd: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None  # None: the image's (and not stored)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    volumes: list[dict[str, Any]] = field(default_factory=list)  # source, destination, readonly
+    read_only: bool = False
+    tty: bool = False  # PID 1 on a terminal the shim holds (run -t)
+    stdin: bool = False  # PID 1's stdin open for attach (run -i)
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    auto_remove: bool = False
+    stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM (see create)
+    restart: str | None = None  # the restart policy, as policy.parse reads it
+    init: bool = False
+    security: dict[str, Any] | None = None  # security.parse's
+    stop_timeout: int = 10
+    log_max_size: int | None = None
+    log_max_files: int | None = None
+    metrics_address: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    health: dict[str, Any] | None = None  # health.parse's; None: no health check
+    network: str | None = None  # a network's name, "host" or "none"
+    ip: str | None = None
+    ip6: str | None = None
+    network_aliases: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    add_hosts: list[list[str]] = field(default_factory=list)  # [name, ip]
+    ports: list[dict[str, Any]] = field(default_factory=list)  # Port.to_json's, host ports set
+    args: list[str] | None = None  # what runs (the image's Entrypoint and Cmd resolved), not tini
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a row this tugd does not know
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as the store keeps them (and ``container.inspect`` shows them)."""
+        out: dict[str, Any] = {}
+        for name in _NAMES:
+            value = getattr(self, name)
+            if name == "entrypoint" and value is None:
+                continue  # absent: the image's
+            out[name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ContainerSettings:
+        """Settings as a tugd of any version stored them: a key missing takes its default, a key
+        not known here is kept in ``extra`` (and written back as it was)."""
+        known = {k: v for k, v in d.items() if k in _NAME_SET}
+        extra = {k: v for k, v in d.items() if k not in _NAME_SET}
+        if known.get("stop_timeout") is None:
+            known.pop("stop_timeout", None)
+        for name in _LISTS:
+            if known.get(name) is None:
+                known.pop(name, None)
+        if known.get("labels") is None:
+            known.pop("labels", None)
+        return cls(**known, extra=extra)
+
+
+_NAMES = [f.name for f in fields(ContainerSettings) if f.name != "extra"]
+_NAME_SET = frozenset(_NAMES)
+_LISTS = ("cmd", "env", "volumes", "network_aliases", "dns", "add_hosts", "ports")
