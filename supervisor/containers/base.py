@@ -22,6 +22,7 @@ from ..events import Event, EventBus
 from ..images import Images
 from ..network import Networks
 from ..store import ContainerRecord, Store
+from ..task import Task
 from . import health
 from .state import Live
 
@@ -141,30 +142,21 @@ class ContainersBase(abc.ABC):
             attributes = {**labels, **attributes}
         self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
 
+    def task(self, cid: str) -> Task:
+        """Container ``cid``'s task: its bundle, its shim, and the steps of their life."""
+        return Task(self.cfg, cid)
+
     def shim(self, cid: str) -> shims.ShimClient:
         """The client of container ``cid``'s shim (whether or not one runs)."""
         return shims.ShimClient(self.cfg.shim_dir(cid), self.cfg.shim_timeout)
 
     def rootfs(self, cid: str) -> str:
         """Where container ``cid``'s root filesystem is mounted (while it runs)."""
-        return os.path.join(self.cfg.container_dir(cid), "rootfs")
-
-    def _paths(self, cid: str) -> dict[str, str]:
-        cdir = self.cfg.container_dir(cid)
-        sdir = self.cfg.shim_dir(cid)
-        return {
-            "dir": cdir,
-            "rootfs": os.path.join(cdir, "rootfs"),
-            "upper": os.path.join(cdir, "upper"),
-            "work": os.path.join(cdir, "work"),
-            "spec": os.path.join(cdir, "config.json"),
-            "log": os.path.join(cdir, "container.log"),
-            "shim": sdir,
-        }
+        return self.task(cid).rootfs
 
     def _log_files(self, rec: ContainerRecord) -> list[str]:
         max_files = rec.settings.log_max_files or self.cfg.log_max_files
-        return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
+        return crilog.rotated_paths(self.task(rec.id).log, max_files)
 
     @abc.abstractmethod
     async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:

@@ -3,7 +3,6 @@ restart policy's scheduling after it."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from functools import partial
 
@@ -13,7 +12,7 @@ from tugwire.errors import NotFound, TugError
 from tugwire.shimapi import ExitRecord
 from tugwire.timefmt import epoch_seconds, rfc3339
 
-from .. import diskfull, mounts, policy
+from .. import diskfull, policy
 from ..failpoints import failpoint
 from ..store import ContainerRecord
 from .base import ContainersBase
@@ -30,20 +29,7 @@ class Exits(ContainersBase):
 
     async def _watch(self, cid: str) -> None:
         """Wait for the shim to report the exit; a shim that goes away first is reconciled."""
-        shim = self.shim(cid)
-        record: ExitRecord | None = None
-        while True:
-            try:
-                record = await shim.wait()
-                break
-            except TugError as exc:
-                record = shim.read_exit()
-                if record is not None or not shim.alive():
-                    log.info("shim of %s went away: %s", cid[:12], exc)
-                    break
-                # The connection failed but the shim lives (a loaded host): it is not lost.
-                log.warning("lost the connection to the shim of %s (%s); again", cid[:12], exc)
-                await anyio.sleep(0.5)
+        record = await self.task(cid).wait()
         # A full disk must not lose the exit nor end tugd: recorded once there is room (issue 19).
         if record is None:
             await diskfull.retry_while_full(f"the lost shim of {cid[:12]}", partial(self._shim_lost, cid))
@@ -173,20 +159,10 @@ class Exits(ContainersBase):
 
     async def _release(self, cid: str) -> None:
         """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent."""
-        paths = self._paths(cid)
         live = self.live(cid)
 
         async def task_and_rootfs() -> None:
-            # Under a deadline of its own: a runtime that hangs even in the cleanup must not
-            # keep the unmount from happening.
-            # If the cleanup fails too, the shim dir stays: the next tugd start retries.
-            with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
-                await self.shim(cid).release(cid, self.cfg.runtime, self.cfg.runtime_root)
-            # In a worker thread: unmounting an overlay syncs its upper filesystem, which
-            # holds the log files too. Measured after a container wrote 100 MiB of output:
-            # 80 ms, during which the event loop (every other client) used to stand still.
-            with contextlib.suppress(OSError):
-                await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
+            await self.task(cid).release(RELEASE_GRACE * 2 / 3)
 
         async def network() -> None:
             # Beside the task's deletion, not after it: the container's processes are gone, and

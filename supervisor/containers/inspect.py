@@ -49,7 +49,7 @@ class Inspect(ContainersBase):
         return {"network_names": sorted(names), "network_ids": sorted(ids)}
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
-        paths = self._paths(rec.id)
+        task = self.task(rec.id)
         out = self.summary(rec)
         out.update(
             {
@@ -58,9 +58,9 @@ class Inspect(ContainersBase):
                 "reason": rec.reason,
                 "config": rec.stored_config(),
                 "auto_remove": rec.settings.auto_remove,
-                "log_path": paths["log"],
-                "bundle": paths["dir"],
-                "rootfs": paths["rootfs"],
+                "log_path": task.log,
+                "bundle": task.dir,
+                "rootfs": task.rootfs,
                 "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
                 "restart_policy": rec.settings.restart or "no",
                 "restart_count": rec.restart_count,

@@ -35,7 +35,7 @@ class Recovery(Exits):
                 tg.start_soon(self._recover_one, rec)
             for entry in fsutil.listdir(self.cfg.shims_dir):
                 if not entry.startswith(".") and entry not in known and names.is_id(entry):
-                    tg.start_soon(self._remove_orphan, entry)
+                    tg.start_soon(self.task(entry).remove_orphan)
                 elif entry.startswith(".deleting-"):
                     # A removal tugd died in (renamed, not yet deleted): its shim had exited.
                     fsutil.remove_tree(os.path.join(self.cfg.shims_dir, entry))
@@ -63,10 +63,10 @@ class Recovery(Exits):
             log.exception("collecting unused blobs and snapshots failed")
 
     async def _recover_one(self, rec: ContainerRecord) -> None:
-        paths = self._paths(rec.id)
-        shim = self.shim(rec.id)
+        task = self.task(rec.id)
+        shim = task.shim
         try:
-            if os.path.isdir(paths["shim"]):
+            if os.path.isdir(task.shim_dir):
                 record = shim.read_exit()
                 if record is not None:
                     await self._handle_exit(rec.id, record)
@@ -104,11 +104,11 @@ class Recovery(Exits):
                 rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
                 self.save(rec)
                 with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
+                    mounts.unmount(task.rootfs)
                 self._restart_on_boot(rec)
             else:
                 with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
+                    mounts.unmount(task.rootfs)
                 if rec.state == EXITED and rec.settings.auto_remove:
                     self.tg.start_soon(self._auto_remove, rec.id)
                 elif rec.state == EXITED and not self._restart_on_boot(rec):
@@ -149,15 +149,3 @@ class Recovery(Exits):
             self.save(rec)
         self._schedule_restart(rec.id, 0.0)
         return True
-
-    async def _remove_orphan(self, cid: str) -> None:
-        """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
-        directory = self.cfg.shim_dir(cid)
-        try:
-            await self.shim(cid).delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
-        except Exception:
-            log.exception("cleanup of orphan shim %s failed", cid[:12])
-        fsutil.remove_tree(directory)
-        rootfs = os.path.join(self.cfg.container_dir(cid), "rootfs")
-        with contextlib.suppress(OSError):
-            mounts.unmount(rootfs)

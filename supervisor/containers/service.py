@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 import secrets
 import signal as signals
 
 import anyio
 
-from tugwire import fsutil
 from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
 from tugwire.timefmt import rfc3339
 
-from .. import mounts, shims, spec
+from .. import spec
 from ..failpoints import failpoint
 from ..store import ContainerRecord
 from . import health
@@ -78,29 +75,22 @@ class Containers(Recovery, Logs, Inspect):
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
         cid = secrets.token_hex(32)
-        paths = self._paths(cid)
+        task = self.task(cid)
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(
             cid,
             settings,
             image.config,
-            paths["rootfs"],
+            task.rootfs,
             layers,
-            self.networks.spec_for(cid, settings, paths["dir"]),
+            self.networks.spec_for(cid, settings, task.dir),
         )
         args = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
         if settings.init:
             args = args[len(spec.init_prefix()) :]  # the command, not tini's
         settings = dataclasses.replace(settings, name=name, args=args)
-        os.makedirs(paths["dir"], mode=0o700)
+        task.write_bundle(oci, own_upper=True)
         try:
-            for d in ("rootfs", "upper", "work"):
-                os.mkdir(paths[d], 0o755)
-            # Compact (the C encoder; indent= would take the pure-Python one) and not fsynced: the
-            # record beside it is committed without fsync too (WAL, synchronous=NORMAL), so only a
-            # power loss could lose either, and runc refuses a torn config.json with its own error.
-            # Measured: two fsyncs cost 0.8 ms on an idle disk and 10-20 ms on a busy one.
-            fsutil.write_atomic(paths["spec"], json.dumps(oci).encode(), mode=0o600, durable=False)
             failpoint("container.create.after_bundle")
             rec = ContainerRecord(
                 id=cid,
@@ -112,10 +102,10 @@ class Containers(Recovery, Logs, Inspect):
                 state=CREATED,
             )
             with self.store.transaction():  # the container and its addresses, or neither
-                self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.settings
+                self.networks.allocate(rec, task.dir)  # sets the host ports in rec.settings
                 self.store.insert_container(rec)
         except BaseException:
-            fsutil.remove_tree(paths["dir"])
+            task.remove_bundle()
             raise  # a name taken meanwhile: AlreadyExists, from the store
         failpoint("container.create.after_db")
         self.networks.refresh_hosts(self.networks.network_ids_of(cid), self.cfg.container_dir)
@@ -144,20 +134,11 @@ class Containers(Recovery, Logs, Inspect):
                     f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
                 )
             t0 = anyio.current_time()
-            paths = self._paths(rec.id)
-            lower = await self.lower_layers(rec)
-            if not mounts.is_mounted(paths["rootfs"]):
-                # mount(2) of an overlay takes 1-5 ms: off the event loop, so that parallel starts
-                # (and every other client) are not held up behind it.
-                await anyio.to_thread.run_sync(
-                    mounts.mount_overlay, lower, paths["upper"], paths["work"], paths["rootfs"]
-                )
-            fsutil.remove_tree(paths["shim"])
-            os.makedirs(paths["shim"], mode=0o700)
+            task = self.task(rec.id)
+            await task.mount(await self.lower_layers(rec))
+            task.new_shim_dir()
             failpoint("container.start.after_mount")
-            config = shims.task_config(
-                self.cfg,
-                rec.id,
+            config = task.shim_config(
                 name=rec.name,
                 image=rec.image,
                 log_max_size=rec.settings.log_max_size or 0,
@@ -169,12 +150,10 @@ class Containers(Recovery, Logs, Inspect):
             try:
                 await self.networks.setup(rec)
                 failpoint("container.start.after_network")
-                reply = await shims.launch_task(self.launcher, config)
+                reply = await task.launch(self.launcher, config)
             except BaseException:
-                fsutil.remove_tree(paths["shim"])
+                await task.abandon()
                 with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(OSError):
-                        await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
                     await self.networks.teardown(rec.id)
                 raise
             failpoint("container.start.after_launch")
@@ -314,10 +293,9 @@ class Containers(Recovery, Logs, Inspect):
         async with live.lock:
             rec = self.reload(rec.id)
             await self._release(rec.id)
-            paths = self._paths(rec.id)
-            with contextlib.suppress(OSError):
-                await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
-            if mounts.is_mounted(paths["rootfs"]):
+            task = self.task(rec.id)
+            await task.unmount()
+            if task.is_mounted():
                 raise FailedPrecondition(f"the root filesystem of {rec.name} is still mounted")
             failpoint("container.delete.after_release")
             peers = self.networks.network_ids_of(rec.id)
@@ -328,7 +306,7 @@ class Containers(Recovery, Logs, Inspect):
             self.networks.refresh_hosts(peers, self.cfg.container_dir)
             # The container's upper dir holds whatever it wrote: removing it can take long, and
             # must not stall the event loop (the rename inside makes it vanish at once).
-            await anyio.to_thread.run_sync(fsutil.remove_tree, paths["dir"])
+            await anyio.to_thread.run_sync(task.remove_bundle)
             if not live.last_result:
                 live.last_result = wait_result(rec)
             live.last_result = {**live.last_result, "state": REMOVED}
