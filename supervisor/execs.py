@@ -72,9 +72,9 @@ class Execs:
         workdir = req.workdir
         if workdir is not None and not os.path.isabs(workdir):
             raise InvalidArgument(f"the working directory must be absolute: {workdir!r}", field="workdir")
-        if rec.state != RUNNING:
+        if rec.run.state != RUNNING:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot exec in container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
         resolved: dict[str, Any] | None = None
         user = req.user

@@ -1,5 +1,6 @@
-"""A container's typed records, below the store and the containers service: its :class:`State`
-and its :class:`ContainerSettings` (the user's settings, and what create resolved from them).
+"""A container's typed records, below the store and the containers service: its
+:class:`ContainerSettings` (the user's settings, and what create resolved from them) and apart
+from them its :class:`RunState` (its :class:`State`, pid, exit, times, restarts).
 
 The settings are frozen: they change only as a whole (``dataclasses.replace``), by create, by the
 allocation of host ports and by ``container.update``. The store keeps them as the JSON object of
@@ -22,6 +23,24 @@ class State(enum.StrEnum):
     PAUSED = "paused"  # frozen (the cgroup freezer)
     EXITED = "exited"  # PID 1 exited; its exit record is kept
     UNKNOWN = "unknown"  # the shim went away without an exit record: the exit code is not known
+
+
+@dataclass(slots=True)
+class RunState:
+    """A container's runtime state: what its lifecycle changes (the settings stay)."""
+
+    state: State
+    pid: int = 0  # PID 1's, on the host, while it runs
+    exit_code: int | None = None
+    exit_signal: str | None = None
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    reason: str = ""  # why it is unknown, or why a restart failed
+    shim_pid: int = 0
+    restart_count: int = 0  # restarts by the policy since the user last started it
+    stopped_by_user: bool = False  # the restart policy leaves it alone
+    log_dropped_bytes: int = 0  # output its log could not keep in its last run
 
 
 @dataclass(frozen=True, slots=True)

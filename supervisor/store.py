@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tugwire.errors import AlreadyExists
 
-from .records import ContainerSettings, State
+from .records import ContainerSettings, RunState, State
 
 if TYPE_CHECKING:
     from .ondisk import Mirror
@@ -84,7 +84,7 @@ EVENTS_CAP = 200_000  # about 30 MB
 
 # A container's runtime state that is stored inside its ``config`` JSON (where it always was, so
 # that the database, the records on disk and ``tugd --rebuild-store`` read it as before), but is
-# not a setting of the user's: on a ContainerRecord each is a field of its own.
+# not a setting of the user's: each is a field of its RunState.
 RUNTIME_KEYS = ("restart_count", "stopped_by_user", "log_dropped_bytes")
 
 
@@ -92,7 +92,7 @@ RUNTIME_KEYS = ("restart_count", "stopped_by_user", "log_dropped_bytes")
 class ContainerRecord:
     """A container as the store keeps it: who it is (id, name, image, created_at), the user's
     ``settings`` (typed and frozen: they change only as a whole), and apart from them its
-    runtime state (the other fields), which the lifecycle changes."""
+    runtime state ``run``, which the lifecycle changes."""
 
     id: str
     name: str
@@ -100,34 +100,24 @@ class ContainerRecord:
     image_id: str
     created_at: str
     settings: ContainerSettings
-    state: State
-    pid: int = 0
-    exit_code: int | None = None
-    exit_signal: str | None = None
-    oom_killed: bool = False
-    started_at: str | None = None
-    finished_at: str | None = None
-    reason: str = ""
-    shim_pid: int = 0
-    restart_count: int = 0  # restarts by the policy since the user last started it
-    stopped_by_user: bool = False  # the restart policy leaves it alone
-    log_dropped_bytes: int = 0  # output its log could not keep in its last run
+    run: RunState
 
     def stored_config(self) -> dict[str, Any]:
         """The ``config`` column (and what ``container.inspect`` shows as ``config``): the
         settings, with the runtime values that are not at their defaults."""
         out = self.settings.to_json()
         for key in RUNTIME_KEYS:
-            value = getattr(self, key)
+            value = getattr(self.run, key)
             if value:
                 out[key] = value
         return out
 
     def row(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_COLUMNS}
+        d: dict[str, Any] = {name: getattr(self, name) for name in _IDENTITY}
+        d.update((name, getattr(self.run, name)) for name in _RUN_COLUMNS)
         d["config"] = json.dumps(self.stored_config())
-        d["state"] = str(self.state)
-        d["oom_killed"] = int(self.oom_killed)
+        d["state"] = str(self.run.state)
+        d["oom_killed"] = int(self.run.oom_killed)
         return d
 
     @classmethod
@@ -142,18 +132,21 @@ class ContainerRecord:
         """A record from its row with ``config`` decoded (as the records on disk hold it; see
         supervisor/ondisk.py): TypeError, ValueError or KeyError if it is not one."""
         config = dict(d["config"])
-        known = {f.name for f in fields(cls)}
-        out = {k: v for k, v in d.items() if k in known and k not in _NOT_COLUMNS}
-        out["restart_count"] = int(config.pop("restart_count", None) or 0)
-        out["stopped_by_user"] = bool(config.pop("stopped_by_user", None) or False)
-        out["log_dropped_bytes"] = int(config.pop("log_dropped_bytes", None) or 0)
-        out["settings"] = ContainerSettings.from_json(config)
-        out["state"] = State(d["state"])
-        out["oom_killed"] = bool(d.get("oom_killed"))
-        return cls(**out)
+        run = {k: v for k, v in d.items() if k in _RUN_COLUMNS}
+        run["state"] = State(d["state"])
+        run["oom_killed"] = bool(d.get("oom_killed"))
+        run["restart_count"] = int(config.pop("restart_count", None) or 0)
+        run["stopped_by_user"] = bool(config.pop("stopped_by_user", None) or False)
+        run["log_dropped_bytes"] = int(config.pop("log_dropped_bytes", None) or 0)
+        return cls(
+            **{name: d[name] for name in _IDENTITY},
+            settings=ContainerSettings.from_json(config),
+            run=RunState(**run),
+        )
 
 
-_NOT_COLUMNS = frozenset({"settings", *RUNTIME_KEYS})
+_IDENTITY = ("id", "name", "image", "image_id", "created_at")
+_RUN_COLUMNS = tuple(f.name for f in fields(RunState) if f.name not in RUNTIME_KEYS)
 
 
 @dataclass(frozen=True)
@@ -182,7 +175,7 @@ class ImageRecord:
     repo_digests: list[str] = field(default_factory=list)
 
 
-_CONTAINER_COLS = [*(f.name for f in fields(ContainerRecord) if f.name not in _NOT_COLUMNS), "config"]
+_CONTAINER_COLS = [*_IDENTITY, *_RUN_COLUMNS, "config"]
 
 
 class Store:

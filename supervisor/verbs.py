@@ -43,9 +43,9 @@ class Verbs:
         self.c = containers
 
     def _require_active(self, rec: ContainerRecord, verb: str) -> None:
-        if rec.state not in ACTIVE:
+        if rec.run.state not in ACTIVE:
             raise FailedPrecondition(
-                f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot {verb} container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
 
     async def top(self, ref: Any) -> dict[str, Any]:
@@ -62,10 +62,10 @@ class Verbs:
         """One sample of the container's cgroup figures (zeros when it is not running)."""
         rec = self.c.get(ref)
         sample: dict[str, Any] = {"running": False}
-        if rec.state in ACTIVE:
+        if rec.run.state in ACTIVE:
             with contextlib.suppress(FailedPrecondition):
                 sample = await self.c.shim(rec.id).stats()
-        return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
+        return {"id": rec.id, "name": rec.name, "state": rec.run.state, **sample}
 
     async def update(self, req: UpdateRequest) -> ContainerRecord:
         """New ``memory`` (bytes), ``cpus`` and ``pids_limit``: applied at once to a running or
@@ -85,7 +85,7 @@ class Verbs:
             raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
         async with self.c.live(rec.id).lock:
             rec = self.c.reload(rec.id)
-            if rec.state in ACTIVE:
+            if rec.run.state in ACTIVE:
                 params = UpdateParams(
                     memory=memory,
                     pids_limit=pids,
@@ -199,7 +199,7 @@ class Verbs:
         live = self.c.live(rec.id)
         rootfs = os.path.join(self.c.cfg.container_dir(rec.id), "rootfs")
         rec = self.c.reload(rec.id)
-        if rec.state in ACTIVE and mounts.is_mounted(rootfs):
+        if rec.run.state in ACTIVE and mounts.is_mounted(rootfs):
             fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 yield fd
@@ -208,7 +208,7 @@ class Verbs:
             return
         async with live.lock:
             rec = self.c.reload(rec.id)
-            if rec.state in ACTIVE:
+            if rec.run.state in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} changed state; try again")
             lower = await self.c.lower_layers(rec)
             cdir = self.c.cfg.container_dir(rec.id)

@@ -27,7 +27,7 @@ from supervisor.containers import EXITED, Containers
 from supervisor.events import EventBus
 from supervisor.images import Images
 from supervisor.policy import BACKOFF_INITIAL, BACKOFF_MAX
-from supervisor.records import ContainerSettings
+from supervisor.records import ContainerSettings, RunState
 from supervisor.store import ContainerRecord, Store
 from tugwire.timefmt import rfc3339
 
@@ -60,8 +60,7 @@ class Tugd:
                 image_id="sha256:" + "0" * 64,
                 created_at=rfc3339(),
                 settings=ContainerSettings(restart=restart),
-                state=EXITED,
-                exit_code=exit_code,
+                run=RunState(EXITED, exit_code=exit_code),
             )
         )
         return cid

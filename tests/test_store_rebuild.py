@@ -615,7 +615,7 @@ def _unit_store(root: str) -> Any:
 
 
 def _record(cid: str, name: str) -> Any:
-    from supervisor.records import ContainerSettings, State
+    from supervisor.records import ContainerSettings, RunState, State
     from supervisor.store import ContainerRecord
 
     return ContainerRecord(
@@ -625,7 +625,7 @@ def _record(cid: str, name: str) -> Any:
         image_id="sha256:" + "0" * 64,
         created_at="t",
         settings=ContainerSettings(),
-        state=State.CREATED,
+        run=RunState(State.CREATED),
     )
 
 

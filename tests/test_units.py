@@ -285,20 +285,22 @@ def test_iter_chunks_yields_whole_records_and_skips_a_torn_tail(tmp_path: Any) -
 def test_container_transitions_follow_the_one_table() -> None:
     """Each move goes where the table says, and a move the table forbids changes nothing."""
     from supervisor.containers.state import TRANSITIONS, Move, State, allowed, transition
-    from supervisor.records import ContainerSettings
+    from supervisor.records import ContainerSettings, RunState
     from supervisor.store import ContainerRecord
 
     for move, (sources, target) in TRANSITIONS.items():
         for state in State:
-            rec = ContainerRecord("a" * 64, "n", "busybox", "sha256:x", "t", ContainerSettings(), state)
+            rec = ContainerRecord(
+                "a" * 64, "n", "busybox", "sha256:x", "t", ContainerSettings(), RunState(state)
+            )
             assert allowed(state, move) == (state in sources)
             if state in sources:
                 transition(rec, move)
-                assert rec.state == target
+                assert rec.run.state == target
             else:
                 with pytest.raises(errors.FailedPrecondition) as exc:
                     transition(rec, move)
-                assert rec.state == state
+                assert rec.run.state == state
                 assert exc.value.to_json()["data"]["state"] == state
     assert not allowed(State.EXITED, Move.PAUSE)
     assert not allowed(State.RUNNING, Move.START)
@@ -369,7 +371,7 @@ def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any
                 (cid, cid[:4], json.dumps(config)),
             )
         rec = store.get_container("b" * 64)
-        assert rec is not None and rec.state is State.EXITED
+        assert rec is not None and rec.run.state is State.EXITED
         settings = rec.settings
         assert (settings.name, settings.cmd, settings.entrypoint, settings.tty) == (
             "web",
@@ -379,7 +381,7 @@ def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any
         )
         assert (settings.memory, settings.restart, settings.labels) == (8388608, "on-failure:3", {"a": "b"})
         assert settings.ports[0]["host_port"] == 8080 and settings.add_hosts == [["h", "10.0.0.1"]]
-        assert (rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes) == (3, True, 0)
+        assert (rec.run.restart_count, rec.run.stopped_by_user, rec.run.log_dropped_bytes) == (3, True, 0)
         with pytest.raises(dataclasses.FrozenInstanceError):
             settings.memory = 1  # type: ignore[misc]
         assert rec.stored_config() == current  # what container.inspect shows as its config
@@ -387,7 +389,7 @@ def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any
         assert old is not None and old.settings.restart == "always" and old.settings.stop_timeout == 10
         assert old.settings.cmd == [] and old.settings.extra == {"future_key": {"x": 1}}
 
-        rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes = 4, False, 10
+        rec.run.restart_count, rec.run.stopped_by_user, rec.run.log_dropped_bytes = 4, False, 10
         rec.settings = dataclasses.replace(rec.settings, memory=16777216)
         store.update_container(rec)
         store.update_container(old)
@@ -400,7 +402,11 @@ def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any
         assert json.loads(raw["c" * 64])["future_key"] == {"x": 1}  # kept as it was
         back = store.get_container(rec.id)
         assert back is not None and back.settings == rec.settings
-        assert (back.restart_count, back.stopped_by_user, back.log_dropped_bytes) == (4, False, 10)
+        assert (back.run.restart_count, back.run.stopped_by_user, back.run.log_dropped_bytes) == (
+            4,
+            False,
+            10,
+        )
         assert ContainerSettings.from_json(rec.settings.to_json()) == rec.settings
     finally:
         store.close()

@@ -46,36 +46,36 @@ class Exits(ContainersBase):
             rec = self.store.get_container(cid)
             if rec is None:
                 return
-            newly = allowed(rec.state, Move.EXIT)
+            newly = allowed(rec.run.state, Move.EXIT)
             if newly:
                 failpoint("container.exit.before_record")
                 transition(rec, Move.EXIT)
-                rec.exit_code = record.exit_code
-                rec.exit_signal = record.signal
-                rec.oom_killed = record.oom_killed
-                rec.log_dropped_bytes = record.log_dropped_bytes
-                rec.finished_at = record.exited_at or rfc3339()
-                rec.pid = 0
-                rec.reason = ""
+                rec.run.exit_code = record.exit_code
+                rec.run.exit_signal = record.signal
+                rec.run.oom_killed = record.oom_killed
+                rec.run.log_dropped_bytes = record.log_dropped_bytes
+                rec.run.finished_at = record.exited_at or rfc3339()
+                rec.run.pid = 0
+                rec.run.reason = ""
                 self.store.update_container(rec)
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 self.health.forget(cid)
                 live.changed()
-                if rec.oom_killed:
+                if rec.run.oom_killed:
                     # Read from the cgroup's own OOM counter by the shim before the cgroup went.
                     self.publish("oom", rec)
-                dropped = {"log_dropped_bytes": rec.log_dropped_bytes}
+                dropped = {"log_dropped_bytes": rec.run.log_dropped_bytes}
                 self.publish(
                     "die",
                     rec,
-                    exit_code=rec.exit_code,
-                    signal=rec.exit_signal,
-                    oom_killed=rec.oom_killed,
-                    **(dropped if rec.log_dropped_bytes else {}),
+                    exit_code=rec.run.exit_code,
+                    signal=rec.run.exit_signal,
+                    oom_killed=rec.run.oom_killed,
+                    **(dropped if rec.run.log_dropped_bytes else {}),
                 )
                 if self._on_exit is not None:
-                    self._on_exit(rec.exit_code, rec.oom_killed)
+                    self._on_exit(rec.run.exit_code, rec.run.oom_killed)
                 failpoint("container.exit.after_record")
             await self._release(cid)
             if newly:
@@ -87,14 +87,14 @@ class Exits(ContainersBase):
         """After an exit: schedule the restart its policy asks for (cancelled by stop, rm, start)."""
         live = self.live(rec.id)
         ran_for = 0.0
-        started, finished = epoch_seconds(rec.started_at), epoch_seconds(rec.finished_at)
+        started, finished = epoch_seconds(rec.run.started_at), epoch_seconds(rec.run.finished_at)
         if started is not None and finished is not None:
             ran_for = max(finished - started, 0.0)
         decision = policy.decide(
             policy.parse(rec.settings.restart),
-            exit_code=rec.exit_code if rec.state == EXITED else None,
-            stopped_by_user=rec.stopped_by_user,
-            restart_count=rec.restart_count,
+            exit_code=rec.run.exit_code if rec.run.state == EXITED else None,
+            stopped_by_user=rec.run.stopped_by_user,
+            restart_count=rec.run.restart_count,
             previous_delay=live.restart_delay,
             ran_for=ran_for,
         )
@@ -115,9 +115,9 @@ class Exits(ContainersBase):
             live = self.live(cid)
             async with live.lock:
                 rec = self.store.get_container(cid)
-                if rec is None or rec.state in ACTIVE or rec.stopped_by_user:
+                if rec is None or rec.run.state in ACTIVE or rec.run.stopped_by_user:
                     return
-                rec.restart_count += 1
+                rec.run.restart_count += 1
                 try:
                     self.save(rec)
                 except Exception as exc:
@@ -128,7 +128,7 @@ class Exits(ContainersBase):
                     return
             if live.restart is scope:
                 live.restart = None
-            self.publish("restart", rec, restart_count=rec.restart_count)
+            self.publish("restart", rec, restart_count=rec.run.restart_count)
             if self._on_restart is not None:
                 self._on_restart()
             try:
@@ -137,23 +137,24 @@ class Exits(ContainersBase):
                 log.warning("restart of %s failed: %s", cid[:12], exc)
                 # A start that fails is an exit too: the policy decides again, with its backoff.
                 rec = self.store.get_container(cid)
-                if rec is not None and rec.state not in ACTIVE:
-                    rec.reason = f"restart failed: {exc.message}"
+                if rec is not None and rec.run.state not in ACTIVE:
+                    rec.run.reason = f"restart failed: {exc.message}"
                     self.save(rec)
                     self._apply_policy(rec)
 
     async def _shim_lost(self, cid: str) -> None:
         rec = self.store.get_container(cid)
-        if rec is None or not allowed(rec.state, Move.LOSE):
+        if rec is None or not allowed(rec.run.state, Move.LOSE):
             return
         transition(rec, Move.LOSE)
-        rec.reason = (
-            f"the shim (pid {rec.shim_pid}) went away without recording an exit; the exit code is not known"
+        rec.run.reason = (
+            f"the shim (pid {rec.run.shim_pid}) went away without recording an exit; "
+            "the exit code is not known"
         )
         self.live(cid).last_result = wait_result(rec)
         self.live(cid).exits += 1
         self.save(rec)
-        self.publish("die", rec, exit_code=None, reason=rec.reason)
+        self.publish("die", rec, exit_code=None, reason=rec.run.reason)
         if self._on_exit is not None:
             self._on_exit(None, False)
 

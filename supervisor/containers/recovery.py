@@ -48,7 +48,7 @@ class Recovery(Exits):
                     mounts.unmount(os.path.join(path, "rootfs"))
                 fsutil.remove_tree(path)
         # Namespaces, veths, bridges and nft rules of containers that are gone or not running.
-        keep = [r.id for r in self.store.list_containers() if r.state in (*ACTIVE, UNKNOWN)]
+        keep = [r.id for r in self.store.list_containers() if r.run.state in (*ACTIVE, UNKNOWN)]
         try:
             await self.networks.reconcile(keep)
         except Exception:
@@ -76,7 +76,7 @@ class Recovery(Exits):
                     await self._handle_exit(rec.id, record)
                     return
                 if state is None:
-                    if rec.state in ACTIVE:
+                    if rec.run.state in ACTIVE:
                         await self._shim_lost(rec.id)
                     else:
                         # tugd died in a start before the shim answered (or the shim died before
@@ -87,21 +87,21 @@ class Recovery(Exits):
                     await self._handle_exit(rec.id, state.exit)
                     return
                 adopt = Move.ADOPT_PAUSED if state.paused else Move.ADOPT_RUNNING
-                if rec.state != TRANSITIONS[adopt][1]:
+                if rec.run.state != TRANSITIONS[adopt][1]:
                     # tugd died between the shim's start and the store's update (adopt it), or
                     # between a pause or unpause and its record: the shim knows.
                     transition(rec, adopt)
-                    rec.pid = state.pid
-                    rec.shim_pid = state.shim_pid
-                    rec.started_at = rec.started_at or rfc3339()
+                    rec.run.pid = state.pid
+                    rec.run.shim_pid = state.shim_pid
+                    rec.run.started_at = rec.run.started_at or rfc3339()
                     self.save(rec)
                 self.spawn(rec.id, self._watch, rec.id)
                 if rec.settings.health:
                     self.health.watch(rec.id, rec.settings.health)
-            elif rec.state in ACTIVE:
+            elif rec.run.state in ACTIVE:
                 # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
                 transition(rec, Move.LOSE)
-                rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
+                rec.run.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
                 self.save(rec)
                 with contextlib.suppress(OSError):
                     mounts.unmount(task.rootfs)
@@ -109,9 +109,9 @@ class Recovery(Exits):
             else:
                 with contextlib.suppress(OSError):
                     mounts.unmount(task.rootfs)
-                if rec.state == EXITED and rec.settings.auto_remove:
+                if rec.run.state == EXITED and rec.settings.auto_remove:
                     self.tg.start_soon(self._auto_remove, rec.id)
-                elif rec.state == EXITED and not self._restart_on_boot(rec):
+                elif rec.run.state == EXITED and not self._restart_on_boot(rec):
                     self._apply_policy(rec)  # a restart that was pending when tugd stopped
         except Exception as exc:
             if diskfull.is_disk_full(exc):  # not recorded yet: a watch records it once there is room
@@ -142,10 +142,10 @@ class Recovery(Exits):
         """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
         starts (after a reboot, or it was stopped); True if one is scheduled."""
         rule = policy.parse(rec.settings.restart)
-        if not policy.start_on_boot(rule, stopped_by_user=rec.stopped_by_user):
+        if not policy.start_on_boot(rule, stopped_by_user=rec.run.stopped_by_user):
             return False
-        if rec.stopped_by_user:
-            rec.stopped_by_user = False
+        if rec.run.stopped_by_user:
+            rec.run.stopped_by_user = False
             self.save(rec)
         self._schedule_restart(rec.id, 0.0)
         return True

@@ -25,6 +25,7 @@ from tugwire.timefmt import rfc3339
 
 from .. import spec
 from ..failpoints import failpoint
+from ..records import RunState
 from ..store import ContainerRecord
 from . import health
 from .inspect import Inspect
@@ -99,7 +100,7 @@ class Containers(Recovery, Logs, Inspect):
                 image_id=image.record.id,
                 created_at=rfc3339(),
                 settings=settings,
-                state=CREATED,
+                run=RunState(CREATED),
             )
             with self.store.transaction():  # the container and its addresses, or neither
                 self.networks.allocate(rec, task.dir)  # sets the host ports in rec.settings
@@ -123,15 +124,16 @@ class Containers(Recovery, Logs, Inspect):
             live.cancel_restart()
         async with live.lock:
             rec = self.reload(rec.id)
-            if rec.state in ACTIVE:
-                raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
+            if rec.run.state in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is already running", state=rec.run.state)
             if not by_policy:
                 live.restart_delay = 0.0
-                rec.restart_count = 0
-                rec.stopped_by_user = False
-            if rec.state == UNKNOWN and not by_policy:
+                rec.run.restart_count = 0
+                rec.run.stopped_by_user = False
+            if rec.run.state == UNKNOWN and not by_policy:
                 raise FailedPrecondition(
-                    f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
+                    f"container {rec.name} is in an unknown state ({rec.run.reason}); remove it",
+                    state=rec.run.state,
                 )
             t0 = anyio.current_time()
             task = self.task(rec.id)
@@ -158,14 +160,14 @@ class Containers(Recovery, Logs, Inspect):
                 raise
             failpoint("container.start.after_launch")
             transition(rec, Move.START)
-            rec.pid = reply.pid
-            rec.shim_pid = reply.shim_pid
-            rec.started_at = rfc3339()
-            rec.exit_code = None
-            rec.exit_signal = None
-            rec.oom_killed = False
-            rec.finished_at = None
-            rec.reason = ""
+            rec.run.pid = reply.pid
+            rec.run.shim_pid = reply.shim_pid
+            rec.run.started_at = rfc3339()
+            rec.run.exit_code = None
+            rec.run.exit_signal = None
+            rec.run.oom_killed = False
+            rec.run.finished_at = None
+            rec.run.reason = ""
             self.save(rec)
             self.publish("start", rec)
             self.spawn(rec.id, self._watch, rec.id)
@@ -183,8 +185,8 @@ class Containers(Recovery, Logs, Inspect):
         # before the ``die`` it causes (per-container order of events).
         async with self.live(rec.id).lock:
             rec = self.reload(rec.id)
-            if rec.state not in ACTIVE:
-                raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+            if rec.run.state not in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is not running", state=rec.run.state)
             try:
                 await self.shim(rec.id).kill(sig, all_processes=all_processes)
             except FailedPrecondition as exc:
@@ -200,7 +202,7 @@ class Containers(Recovery, Logs, Inspect):
         live = self.live(cid)
         while True:
             rec = self.store.get_container(cid)
-            if rec is None or rec.state not in ACTIVE:
+            if rec is None or rec.run.state not in ACTIVE:
                 return
             await live.wait_changed()
 
@@ -210,9 +212,9 @@ class Containers(Recovery, Logs, Inspect):
         rec = self.get(ref)
         await self._stopped_by_user(rec.id)
         rec = self.reload(rec.id)
-        if rec.state not in ACTIVE:
+        if rec.run.state not in ACTIVE:
             return rec
-        if rec.state == PAUSED:
+        if rec.run.state == PAUSED:
             # A frozen process acts on no signal: thaw it first, so that it can stop cleanly.
             with contextlib.suppress(FailedPrecondition):
                 await self.set_paused(rec.id, False)
@@ -242,8 +244,8 @@ class Containers(Recovery, Logs, Inspect):
         live.cancel_restart()
         async with live.lock:
             rec = self.reload(cid)
-            if not rec.stopped_by_user:
-                rec.stopped_by_user = True
+            if not rec.run.stopped_by_user:
+                rec.run.stopped_by_user = True
                 self.save(rec)
 
     async def set_paused(self, ref: str, paused: bool) -> ContainerRecord:
@@ -254,20 +256,20 @@ class Containers(Recovery, Logs, Inspect):
         async with self.live(rec.id).lock:
             rec = self.reload(rec.id)
             move = Move.PAUSE if paused else Move.UNPAUSE
-            if not allowed(rec.state, move):
-                if rec.state == PAUSED:
-                    raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.state)
-                if rec.state == RUNNING:
-                    raise FailedPrecondition(f"container {rec.name} is not paused", state=rec.state)
+            if not allowed(rec.run.state, move):
+                if rec.run.state == PAUSED:
+                    raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.run.state)
+                if rec.run.state == RUNNING:
+                    raise FailedPrecondition(f"container {rec.name} is not paused", state=rec.run.state)
                 raise FailedPrecondition(
-                    f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+                    f"cannot {verb} container {rec.name}: container is {rec.run.state}", state=rec.run.state
                 )
             try:
                 shim = self.shim(rec.id)
                 await (shim.pause() if paused else shim.resume())
             except FailedPrecondition as exc:
                 raise FailedPrecondition(
-                    f"cannot {verb} container {rec.name}: {exc.message}", state=rec.state
+                    f"cannot {verb} container {rec.name}: {exc.message}", state=rec.run.state
                 ) from exc
             transition(rec, move)
             self.save(rec)
@@ -278,12 +280,12 @@ class Containers(Recovery, Logs, Inspect):
         rec = self.get(ref)
         self.live(rec.id).cancel_restart()
         self.health.forget(rec.id)
-        if rec.state in ACTIVE:
+        if rec.run.state in ACTIVE:
             if not force:
                 raise FailedPrecondition(
                     f"cannot remove container {rec.name}: container is running: stop the container "
                     "before removing or use force",
-                    state=rec.state,
+                    state=rec.run.state,
                 )
             with contextlib.suppress(FailedPrecondition, Unavailable):
                 await self.kill(rec.id, int(signals.SIGKILL))

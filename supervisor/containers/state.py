@@ -61,11 +61,11 @@ def transition(rec: ContainerRecord, move: Move) -> None:
     """Apply ``move`` to ``rec.state`` (not stored yet); FailedPrecondition, changing nothing, if
     the table forbids it."""
     sources, target = TRANSITIONS[move]
-    if rec.state not in sources:
+    if rec.run.state not in sources:
         raise FailedPrecondition(
-            f"cannot {move.value} container {rec.name}: it is {rec.state}", state=rec.state
+            f"cannot {move.value} container {rec.name}: it is {rec.run.state}", state=rec.run.state
         )
-    rec.state = target
+    rec.run.state = target
 
 
 @dataclass
@@ -107,8 +107,8 @@ def wait_result(rec: ContainerRecord) -> dict[str, Any]:
     """What ``container.wait`` answers for ``rec``."""
     return {
         "id": rec.id,
-        "state": rec.state,
-        "exit_code": rec.exit_code if rec.state == EXITED else None,
-        "signal": rec.exit_signal if rec.state == EXITED else None,
-        "oom_killed": rec.oom_killed,
+        "state": rec.run.state,
+        "exit_code": rec.run.exit_code if rec.run.state == EXITED else None,
+        "signal": rec.run.exit_signal if rec.run.state == EXITED else None,
+        "oom_killed": rec.run.oom_killed,
     }
