@@ -101,18 +101,27 @@ class ContainerSettings:
     def from_json(cls, d: dict[str, Any]) -> ContainerSettings:
         """Settings as a tugd of any version stored them: a key missing takes its default, a key
         not known here is kept in ``extra`` (and written back as it was)."""
-        known = {k: v for k, v in d.items() if k in _NAME_SET}
-        extra = {k: v for k, v in d.items() if k not in _NAME_SET}
-        if known.get("stop_timeout") is None:
-            known.pop("stop_timeout", None)
-        for name in _LISTS:
-            if known.get(name) is None:
-                known.pop(name, None)
-        if known.get("labels") is None:
-            known.pop("labels", None)
+        if _NAME_SET.issuperset(d):  # as this tugd writes them: every key known
+            known, extra = d, {}
+        else:
+            known = {k: v for k, v in d.items() if k in _NAME_SET}
+            extra = {k: v for k, v in d.items() if k not in _NAME_SET}
+        nulls = [k for k in _NOT_NULL if k in known and known[k] is None]
+        if nulls:  # null where a default is meant (a value is never null in these)
+            known = {k: v for k, v in known.items() if k not in nulls}
         return cls(**known, extra=extra)
 
 
 _NAMES = [f.name for f in fields(ContainerSettings) if f.name != "extra"]
 _NAME_SET = frozenset(_NAMES)
-_LISTS = ("cmd", "env", "volumes", "network_aliases", "dns", "add_hosts", "ports")
+_NOT_NULL = (
+    "cmd",
+    "env",
+    "volumes",
+    "network_aliases",
+    "dns",
+    "add_hosts",
+    "ports",
+    "labels",
+    "stop_timeout",
+)

@@ -132,16 +132,29 @@ class ContainerRecord:
         """A record from its row with ``config`` decoded (as the records on disk hold it; see
         supervisor/ondisk.py): TypeError, ValueError or KeyError if it is not one."""
         config = dict(d["config"])
-        run = {k: v for k, v in d.items() if k in _RUN_COLUMNS}
-        run["state"] = State(d["state"])
-        run["oom_killed"] = bool(d.get("oom_killed"))
-        run["restart_count"] = int(config.pop("restart_count", None) or 0)
-        run["stopped_by_user"] = bool(config.pop("stopped_by_user", None) or False)
-        run["log_dropped_bytes"] = int(config.pop("log_dropped_bytes", None) or 0)
+        get = d.get
+        run = RunState(
+            state=State(d["state"]),
+            pid=get("pid", 0),
+            exit_code=get("exit_code"),
+            exit_signal=get("exit_signal"),
+            oom_killed=bool(get("oom_killed")),
+            started_at=get("started_at"),
+            finished_at=get("finished_at"),
+            reason=get("reason", ""),
+            shim_pid=get("shim_pid", 0),
+            restart_count=int(config.pop("restart_count", None) or 0),
+            stopped_by_user=bool(config.pop("stopped_by_user", None) or False),
+            log_dropped_bytes=int(config.pop("log_dropped_bytes", None) or 0),
+        )
         return cls(
-            **{name: d[name] for name in _IDENTITY},
-            settings=ContainerSettings.from_json(config),
-            run=RunState(**run),
+            d["id"],
+            d["name"],
+            d["image"],
+            d["image_id"],
+            d["created_at"],
+            ContainerSettings.from_json(config),
+            run,
         )
 
 
