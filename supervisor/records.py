@@ -75,6 +75,14 @@ class ContainerSettings:
     log_max_files: int | None = None
     metrics_address: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The CRI's (containers.options.parse_cri on main, issue 16): set for every container.
+    pod_id: str | None = None  # the pod it belongs to: recorded, a filter of container.list
+    namespaces: dict[str, str] = field(default_factory=dict)  # kind -> a namespace file or "host"
+    cgroup_parent: str | None = None  # the cgroup (as in the OCI spec) its own goes under
+    annotations: dict[str, str] = field(default_factory=dict)  # kept exactly; the spec's too
+    log_path: str | None = None  # where the shim writes its CRI log (no rotation of tugd's)
+    supplemental_groups: list[int] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
     health: dict[str, Any] | None = None  # health.parse's; None: no health check
     network: str | None = None  # a network's name, "host" or "none"
     ip: str | None = None
@@ -85,6 +93,8 @@ class ContainerSettings:
     ports: list[dict[str, Any]] = field(default_factory=list)  # Port.to_json's, host ports set
     args: list[str] | None = None  # what runs (the image's Entrypoint and Cmd resolved), not tini
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a row this tugd does not know
+    # Keys the row read had not (an earlier tugd's): written back only if no longer the default.
+    absent: frozenset[str] = field(default=frozenset(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The settings as the store keeps them (and ``container.inspect`` shows them)."""
@@ -93,6 +103,8 @@ class ContainerSettings:
             value = getattr(self, name)
             if name == "entrypoint" and value is None:
                 continue  # absent: the image's
+            if name in self.absent and value == _DEFAULTS[name]:
+                continue  # as the row had it
             out[name] = value
         out.update(self.extra)
         return out
@@ -109,10 +121,11 @@ class ContainerSettings:
         nulls = [k for k in _NOT_NULL if k in known and known[k] is None]
         if nulls:  # null where a default is meant (a value is never null in these)
             known = {k: v for k, v in known.items() if k not in nulls}
-        return cls(**known, extra=extra)
+        return cls(**known, extra=extra, absent=_NAME_SET.difference(d))
 
 
-_NAMES = [f.name for f in fields(ContainerSettings) if f.name != "extra"]
+_NAMES = [f.name for f in fields(ContainerSettings) if f.name not in ("extra", "absent")]
+_DEFAULTS: dict[str, Any] = {name: getattr(ContainerSettings(), name) for name in _NAMES}
 _NAME_SET = frozenset(_NAMES)
 _NOT_NULL = (
     "cmd",
@@ -124,4 +137,8 @@ _NOT_NULL = (
     "ports",
     "labels",
     "stop_timeout",
+    "namespaces",
+    "annotations",
+    "supplemental_groups",
+    "sysctls",
 )
