@@ -81,9 +81,9 @@ class Execs:
             raise InvalidArgument("timeout must be positive", field="timeout")
         if req.timeout is not None and req.detach:
             raise InvalidArgument("a detached exec has no timeout", field="timeout")
-        if rec.state != RUNNING:
+        if rec.run.state != RUNNING:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot exec in container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
         resolved: dict[str, Any] | None = None
         user = req.user
