@@ -141,9 +141,9 @@ class Execs:
             raise InvalidArgument("timeout must be positive", field="timeout")
         if req.timeout is not None and req.detach:
             raise InvalidArgument("a detached exec has no timeout", field="timeout")
-        if rec.state != RUNNING:
+        if rec.run.state != RUNNING:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot exec in container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
         ex = ExecRecord(id=secrets.token_hex(32), container_id=rec.id, request=req, created_at=rfc3339())
         self._records[ex.id] = ex
@@ -209,9 +209,9 @@ class Execs:
         cols: int | None,
     ) -> dict[str, Any]:
         req = ex.request
-        if rec.state != RUNNING:
+        if rec.run.state != RUNNING:
             raise FailedPrecondition(
-                f"cannot exec in container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot exec in container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
         resolved: dict[str, Any] | None = None
         if req.user:

@@ -323,11 +323,11 @@ class System:
             image_items.append(ImageUsage(rec.id, rec.names, size, shared, users.get(rec.id, 0)))
         container_items = [
             ContainerUsage(
-                c.id, c.name, c.image, c.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
+                c.id, c.name, c.image, c.run.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
             )
             for c in containers
         ]
-        inactive = [c for c in containers if c.state not in ACTIVE]
+        inactive = [c for c in containers if c.run.state not in ACTIVE]
         db_size = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -366,7 +366,7 @@ class System:
         removed_containers: list[str] = []
         reclaimed = 0
         for rec in containers:
-            if rec.state not in (CREATED, EXITED):
+            if rec.run.state not in (CREATED, EXITED):
                 continue
             try:
                 await self.containers.delete(rec.id, force=False)

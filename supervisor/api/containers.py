@@ -221,7 +221,7 @@ class ContainerApi:
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
         rec = await self.containers.start(call.params.string("id", required=True))
-        return {"id": rec.id, "pid": rec.pid}
+        return {"id": rec.id, "pid": rec.run.pid}
 
     async def container_list(self, call: jsonrpc.Call) -> Any:
         """Summaries of running containers (``all`` for every one), newest first, that pass
@@ -236,7 +236,7 @@ class ContainerApi:
         filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
         if pods is not None:
-            records = [r for r in records if r.config.get("pod_id") in pods]
+            records = [r for r in records if r.settings.pod_id in pods]
         created = {r.id: r.created_at for r in records}
         by_name = {r.name: r.created_at for r in records}
 
@@ -252,7 +252,7 @@ class ContainerApi:
         out = [
             (s.get("created_at") or "", i, s)
             for i, s in enumerate(
-                self.containers.summary(r, refs) for r in records if everything or r.state in ACTIVE
+                self.containers.summary(r, refs) for r in records if everything or r.run.state in ACTIVE
             )
             if dockerfilters.match_container(s, filters, created_of)
         ]
@@ -285,7 +285,7 @@ class ContainerApi:
         raw = call.params.raw.get("signal")
         sig = None if raw is None else parse_signal(raw)
         rec = await self.containers.stop(call.params.string("id", required=True), timeout, sig)
-        return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
+        return {"id": rec.id, "exit_code": rec.run.exit_code, "state": rec.run.state}
 
     async def container_delete(self, call: jsonrpc.Call) -> Any:
         """Remove a container (``force`` kills it first)."""
@@ -297,12 +297,12 @@ class ContainerApi:
     async def container_pause(self, call: jsonrpc.Call) -> Any:
         """Freeze every process of a running container (``runc pause``)."""
         rec = await self.containers.set_paused(call.params.string("id", required=True), True)
-        return {"id": rec.id, "state": rec.state}
+        return {"id": rec.id, "state": rec.run.state}
 
     async def container_unpause(self, call: jsonrpc.Call) -> Any:
         """Thaw a paused container (``runc resume``)."""
         rec = await self.containers.set_paused(call.params.string("id", required=True), False)
-        return {"id": rec.id, "state": rec.state}
+        return {"id": rec.id, "state": rec.run.state}
 
     async def container_top(self, call: jsonrpc.Call) -> Any:
         """The processes of a running container: ``{titles, processes}`` (host pids)."""
@@ -321,7 +321,7 @@ class ContainerApi:
         if ref:
             return [await self.verbs.stats(ref)]
         everything = call.params.boolean("all")
-        recs = [r for r in self.containers.records() if everything or r.state in ACTIVE]
+        recs = [r for r in self.containers.records() if everything or r.run.state in ACTIVE]
         results: list[Any] = [None] * len(recs)
 
         async def one(i: int, cid: str) -> None:
@@ -362,7 +362,7 @@ class ContainerApi:
         raw = call.params.raw.get("signal")
         sig = None if raw is None else parse_signal(raw)
         rec = await self.verbs.restart(call.params.string("id", required=True), timeout, sig)
-        return {"id": rec.id, "pid": rec.pid}
+        return {"id": rec.id, "pid": rec.run.pid}
 
     async def container_copy_from(self, call: jsonrpc.Call) -> Any:
         """Copy ``path`` of a container to ``host_path`` (absolute, on tugd's host)."""

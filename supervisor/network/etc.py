@@ -49,13 +49,13 @@ def snapshot(db: NetStore, store: Store) -> Snapshot:
 
 def etc_of(rec: ContainerRecord, snap: Snapshot) -> files.EtcFiles:
     """A container's /etc files: its own addresses and names, its peers' on each network."""
-    cfg = rec.config
-    hostname = cfg.get("hostname") or rec.id[:12]
+    settings = rec.settings
+    hostname = settings.hostname or rec.id[:12]
     ef = files.EtcFiles(
         hostname=hostname,
-        dns=list(cfg.get("dns") or []),
-        host_mode=cfg.get("network") == HOST,
-        extra=[files.HostsEntry(ip, [name]) for name, ip in cfg.get("add_hosts") or []],
+        dns=list(settings.dns),
+        host_mode=settings.network == HOST,
+        extra=[files.HostsEntry(ip, [name]) for name, ip in settings.add_hosts],
     )
     for ep in snap.by_cid.get(rec.id, []):
         for ip in filter(None, (ep.ip, ep.ip6)):

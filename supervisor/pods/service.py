@@ -134,7 +134,7 @@ class Pods:
 
     def members(self, pid: str) -> list[str]:
         """The ids of the containers that belong to pod ``pid``."""
-        return [r.id for r in self.containers.records() if r.config.get("pod_id") == pid]
+        return [r.id for r in self.containers.records() if r.settings.pod_id == pid]
 
     # ----------------------------------------------------------------------- the network
 
@@ -411,8 +411,8 @@ class Pods:
         members: dict[str, list[str]] = {}
         if out:  # one pass over the containers (kubelet lists pods every second)
             for r in self.containers.records():
-                if r.config.get("pod_id"):
-                    members.setdefault(str(r.config["pod_id"]), []).append(r.id)
+                if r.settings.pod_id:
+                    members.setdefault(r.settings.pod_id, []).append(r.id)
         return [self.describe(rec, members) for rec in out]
 
     # --------------------------------------------------------------------------- recovery
