@@ -1,8 +1,6 @@
-"""The CRI RuntimeService: what exists so far is the runtime's identity and health.
-
-Version, Status, RuntimeConfig and UpdateRuntimeConfig are answered here; pods and containers
-come with tugd's ``pod.*`` methods (docs/cri.md), and until then every other RuntimeService method
-answers ``UNIMPLEMENTED`` (the generated base class does).
+"""The CRI RuntimeService: the runtime's identity and health here (Version, Status,
+RuntimeConfig, UpdateRuntimeConfig), the pod sandboxes in :mod:`.sandbox` (mixed in); every other
+RuntimeService method answers ``UNIMPLEMENTED`` (docs/cri.md).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from tugwire.errors import TugError
 from .containers import ContainerMethods
 from .errors import rpc
 from .gen import api_pb2, api_pb2_grpc
+from .sandbox import PodSandboxes
 from .tugd import Tugd
 
 log = logging.getLogger("tugboat.cri.runtime")
@@ -29,15 +28,11 @@ RUNTIME_API_VERSION = "v1"
 RUNTIME_NAME = "tugboat"
 
 NO_POD_NETWORK = "NoPodNetwork"
-NO_POD_NETWORK_MESSAGE = (
-    "tug-cri has no pod networking yet: pods (RunPodSandbox) are not implemented, so there is no "
-    "network to give them"
-)
 
 
-class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
-    """RuntimeService over one tugd: the runtime's identity and health here, the containers'
-    RPCs from :class:`~cri.containers.ContainerMethods`."""
+class RuntimeService(PodSandboxes, ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
+    """RuntimeService over one tugd: the runtime's identity and health here, the pods' RPCs from
+    :class:`~cri.sandbox.PodSandboxes`, the containers' from :class:`~cri.containers.ContainerMethods`."""
 
     def __init__(self, tugd: Tugd, listen: str) -> None:
         self.tugd = tugd
@@ -57,9 +52,11 @@ class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
 
     @rpc
     async def Status(self, request: api_pb2.StatusRequest, context: Context) -> api_pb2.StatusResponse:
-        """``RuntimeReady`` is whether tugd answers ``system.info``; ``NetworkReady`` is false
-        with reason ``NoPodNetwork`` until pods have networks. ``verbose`` adds ``info``:
-        ``config`` (tug-cri's sockets) and ``tugd`` (its ``system.info``) as JSON."""
+        """``RuntimeReady`` is whether tugd answers ``system.info``; ``NetworkReady`` is whether
+        tugd's pod network is ready (``pod.network_config``: the built-in bridge network; false,
+        reason ``NoPodNetwork``, without an answer). ``verbose`` adds ``info``: ``config``
+        (tug-cri's sockets), ``tugd`` (its ``system.info``) and ``network`` (the pod network)
+        as JSON."""
         info: dict[str, Any] | None = None
         try:
             info = await self.tugd.call("system.info")
@@ -68,14 +65,24 @@ class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
             runtime = api_pb2.RuntimeCondition(
                 type="RuntimeReady", status=False, reason="TugdUnavailable", message=exc.message
             )
-        network = api_pb2.RuntimeCondition(
-            type="NetworkReady", status=False, reason=NO_POD_NETWORK, message=NO_POD_NETWORK_MESSAGE
-        )
+        net: dict[str, Any] | None = None
+        try:
+            net = await self.tugd.call("pod.network_config")
+        except TugError as exc:
+            network = api_pb2.RuntimeCondition(
+                type="NetworkReady", status=False, reason=NO_POD_NETWORK, message=exc.message
+            )
+        else:
+            network = api_pb2.RuntimeCondition(type="NetworkReady", status=bool(net["ready"]))
+            if not net["ready"]:
+                network.reason, network.message = NO_POD_NETWORK, "tugd's pod network is not ready"
         out = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
         if request.verbose:
             out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})
             if info is not None:
                 out.info["tugd"] = json.dumps(info, sort_keys=True)
+            if net is not None:
+                out.info["network"] = json.dumps(net, sort_keys=True)
         return out
 
     @rpc
@@ -91,9 +98,10 @@ class RuntimeService(ContainerMethods, api_pb2_grpc.RuntimeServiceServicer):
     async def UpdateRuntimeConfig(
         self, request: api_pb2.UpdateRuntimeConfigRequest, context: Context
     ) -> api_pb2.UpdateRuntimeConfigResponse:
-        """Accepted and logged. The pod CIDR kubelet sends here will be the subnet of the pods'
-        network, kept by tugd; tug-cri keeps nothing a restart could lose, and until pods exist
-        there is nothing to apply it to."""
+        """The node's pod CIDR, forwarded to tugd (``pod.network_config``), which keeps it and
+        makes it the pod network's subnet. An empty CIDR changes nothing."""
         cidr = request.runtime_config.network_config.pod_cidr
-        log.info("UpdateRuntimeConfig: pod CIDR %r (not applied: no pod networking yet)", cidr)
+        if cidr:
+            log.info("UpdateRuntimeConfig: pod CIDR %s", cidr)
+            await self.tugd.call("pod.network_config", {"pod_cidr": cidr})
         return api_pb2.UpdateRuntimeConfigResponse()

@@ -198,6 +198,7 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
                 if store.mirror is not None:
                     # After the network store made its tables: their rows are mirrored too.
                     store.mirror.attach(store.db)
+                await core.pods.recover()  # before the containers' (their network reconcile)
                 await core.containers.recover()
                 api = Api(core)  # the JSON-RPC front door
                 api.dispatcher.map_error = diskfull.as_tug_error  # ENOSPC: a typed, clear error

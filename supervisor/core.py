@@ -20,6 +20,7 @@ from .execs import Execs
 from .images import Images
 from .images.ops import ImageService
 from .network import Networks
+from .pods import Pods
 from .registry import RegistryService
 from .shims import ShimLauncher
 from .store import Store
@@ -44,6 +45,7 @@ class Core:
     registry: RegistryService  # pull, push, login, logout
     containers: Containers
     networks: Networks
+    pods: Pods
     verbs: Verbs
     execs: Execs
     attach: Attach
@@ -62,7 +64,8 @@ class Core:
     ) -> Core:
         """Build every service. ``tg`` is the daemon's root task group (the containers' watchers
         and restart timers live in it); ``metrics`` (optional) observes starts, exits and
-        restarts. Nothing is recovered yet: call ``core.containers.recover()`` next."""
+        restarts. Nothing is recovered yet: call ``core.pods.recover()`` then
+        ``core.containers.recover()`` next."""
         bus = EventBus(store)
         images = Images(cfg, store)
         containers = Containers(
@@ -86,6 +89,7 @@ class Core:
             registry=registry,
             containers=containers,
             networks=containers.networks,
+            pods=Pods(cfg, store, containers, containers.networks, bus),
             verbs=Verbs(containers),
             execs=Execs(containers),
             attach=Attach(containers),

@@ -35,7 +35,7 @@ log = logging.getLogger("tugboat.events")
 QUEUE = 4096
 PRUNE_EVERY = 1000  # inserts between two prunes of the events table
 REPLAY_PAGE = 500  # stored events read per query while replaying
-TYPES = ("container", "image", "network", "daemon")
+TYPES = ("container", "image", "network", "daemon", "pod")
 FILTER_KEYS = ("type", "container", "image", "event", "action", "network", "label")
 
 

@@ -249,6 +249,12 @@ class Daemon:
                         problems.append(f"rm -f {c['name']}: {exc}")
             except Exception as exc:
                 problems.append(f"listing containers: {exc}")
+            with contextlib.suppress(Exception):  # pods (a tugd without pod.* has none)
+                for p in self.call("pod.list"):
+                    try:
+                        self.call("pod.remove", {"id": p["id"]})
+                    except Exception as exc:
+                        problems.append(f"pod rm {p['name']}: {exc}")
             self.stop()
         with contextlib.suppress(WaitTimeout):  # what is still there after 10 s is reported below
             wait_until(lambda: not _pids_mentioning(self.base), 10, "the processes of this tugd to go")

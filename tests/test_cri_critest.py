@@ -1,10 +1,10 @@
 """critest (cri-tools v1.37.0's CRI validation suite, a ginkgo test binary built by
 scripts/install-cri-tools.sh from the Go module proxy) against a real tug-cri and tugd.
 
-Only what tug-cri can pass today runs here: the Runtime info spec for the version. The other
-spec of that group wants NetworkReady true (no pod networking yet), and the Image Manager specs
-pull registry.k8s.io and gcr.io images, which need the local look-alikes and a registry mirror
-map in tugd (docs/cri.md, "What is next"). The suite grows here as tug-cri does."""
+Only what tug-cri can pass today runs here: the Runtime info spec for the version (the pod
+specs, in a network namespace, are in tests/test_cri_pods.py). The Image Manager specs pull
+registry.k8s.io and gcr.io images, which need the local look-alikes and a registry mirror map in
+tugd (docs/cri.md, "What is next"). The suite grows here as tug-cri does."""
 
 from __future__ import annotations
 

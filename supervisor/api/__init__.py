@@ -9,6 +9,7 @@ progress of a pull, push or build, logs) become notifications here.
 - :mod:`.images`: ``image.*`` (pull, push and build too) and ``auth.*``
 - :mod:`.events`: ``events.subscribe``
 - :mod:`.networks`: ``network.*``
+- :mod:`.pods`: ``pod.*``
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .containers import ContainerApi
 from .events import EventApi
 from .images import ImageApi
 from .networks import NetworkApi
+from .pods import PodApi
 from .system import SystemApi
 
 
@@ -34,6 +36,7 @@ class Api:
         ImageApi(core).register(d)
         EventApi(core).register(d)
         NetworkApi(core.containers).register(d)
+        PodApi(core.pods).register(d)
 
 
 __all__ = ["Api"]

@@ -6,7 +6,7 @@ nothing heavy (no anyio, no asyncio, no datetime): a ``tug`` command must start 
 
 This module only parses the command line and dispatches: each command lives in a module of this
 package (``run``, ``containers``, ``logs``, ``inspect``, ``images``, ``events``, ``system``, ``verbs``,
-``exec``, ``attach``, ``network``, ``pull``, ``build``), and only the module of the command being
+``exec``, ``attach``, ``network``, ``pod``, ``pull``, ``build``), and only the module of the command being
 run is imported. Shared pieces: ``options`` (the parser class, option types), ``format`` (tables,
 sizes, errors), ``create`` (run/create options), ``tty`` (the terminal), ``stdin`` (the stdin pump).
 
@@ -73,6 +73,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "exec": ("exec",),
     "attach": ("attach",),
     "network": ("network",),
+    "pod": ("pod",),
     "pull": ("pull", "push", "login", "logout"),
     "build": ("build",),
 }

@@ -28,15 +28,16 @@ from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from tugwire.timefmt import rfc3339
 
 from ..failpoints import failpoint
-from . import etc, files, host, ipam, nft
+from . import attached, etc, files, host, ipam, nft
 from . import ports as ports_
-from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port
+from .ipam import BRIDGE, HOST, NONE, Endpoint, NetworkRecord, Port, veth_name
 from .requests import EndpointRequest, NetworkCreateRequest
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..events import EventBus
     from ..store import ContainerRecord, Store
+    from .attached import Owners
 
 log = logging.getLogger("tugboat.network")
 
@@ -66,6 +67,7 @@ class Networks:
         self.pools = [host.parse_pool(p) for p in getattr(cfg, "address_pools", ())] or list(
             host.DEFAULT_POOLS
         )
+        self.owners: Owners | None = None  # endpoints not of containers (attached.py: pods)
         self._ensure_builtin()
 
     # -------------------------------------------------------------------------- records
@@ -304,7 +306,7 @@ class Networks:
         for ep in eps:
             rec = (containers or {}).get(ep.container_id) or self.store.get_container(ep.container_id)
             out_eps[ep.container_id] = {
-                "name": rec.name if rec else "",
+                "name": rec.name if rec else self.owners.name_of(ep.container_id) if self.owners else "",
                 "ip": ep.ip,
                 "prefixlen": ipaddress.ip_network(net.subnet).prefixlen if net.subnet else 0,
                 "ip6": ep.ip6,
@@ -491,6 +493,8 @@ class Networks:
         async with self.lock:
             fresh = rec.id not in self._forwarding  # (else its rules may be in the table still)
             ports_.check(self.store, self._wired, rec.id, ports)
+            if ports and self.owners is not None:  # the pods' host ports (attached.py)
+                attached.check_pods(self.owners, ports)
             if ports:  # DNAT holds no socket: another tugd's forwards are read from its table
                 ports_.check_others(
                     await anyio.to_thread.run_sync(host.forwards_of_others, self.table), ports
@@ -719,6 +723,8 @@ class Networks:
                 continue
             published = [Port.from_json(d) for d in rec.config.get("ports") or []]
             rs.forwards += ports_.forwards(eps[0].ip, published)
+        if self.owners is not None:
+            rs.forwards += self.owners.forwards()
         return rs
 
     async def reconcile(self, keep: Iterable[str]) -> None:
@@ -728,8 +734,10 @@ class Networks:
         delete the shared table of an older tugd once nobody else uses it, and rebuild our nft
         table. Nothing to do (and pyroute2 not loaded) if no bridge was ever wired and the
         default network is not ``bridge``."""
+        attached = self.owners.owner_ids() if self.owners is not None else set()
         for cid in self.db.orphan_endpoints():
-            self.db.delete_endpoints_of(cid)
+            if cid not in attached:
+                self.db.delete_endpoints_of(cid)
         keep_set = {cid for cid in keep if self._is_wirable_id(cid)}
         async with self.lock:
             await self._ensure_bridges()
@@ -737,7 +745,9 @@ class Networks:
             return
         bridges = self._bridges()
         keep_veths = {
-            veth_name(cid, ep.idx) for cid in keep_set for ep in self.db.endpoints(container_id=cid)
+            veth_name(cid, ep.idx)
+            for cid in keep_set | (self.owners.live_ids() if self.owners is not None else set())
+            for ep in self.db.endpoints(container_id=cid)
         }
 
         def sweep() -> list[str]:  # in a worker thread: no store access
@@ -774,6 +784,8 @@ class Networks:
             raise FailedPrecondition(
                 f"cannot reset: {len(recs)} container(s) exist ({names}); remove them first (tug rm -f)"
             )
+        if self.owners is not None and self.owners.owner_ids():
+            raise FailedPrecondition("cannot reset: pods exist; remove them first (tug pod rm)")
         async with self.lock:
             bridges = self._bridges()
             gone = await anyio.to_thread.run_sync(
@@ -789,8 +801,3 @@ class Networks:
     def _is_wirable_id(self, cid: str) -> bool:
         rec = self.store.get_container(cid)
         return rec is not None and self._is_wirable(rec)
-
-
-def veth_name(cid: str, idx: int) -> str:
-    """The host side of a container's veth: ``tv<idx><12 hex>`` (15 bytes, IFNAMSIZ's limit)."""
-    return f"tv{idx}{cid[:12]}"

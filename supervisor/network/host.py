@@ -361,11 +361,19 @@ def cleanup(cfg: Config) -> int:
             try:
                 names = [r.name for r in store.list_containers()]
                 bridges = {n.bridge for n in NetStore(store.db).networks() if n.is_bridge}
+                pods = (
+                    store.db.execute(  # (supervisor/pods: their namespaces, infra processes)
+                        "SELECT count(*) FROM sqlite_master WHERE name='pods'"
+                    ).fetchone()[0]
+                    and store.db.execute("SELECT count(*) FROM pods").fetchone()[0]
+                )
             finally:
                 store.close()
             if names:
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 return fail(f"{len(names)} container(s) exist ({shown}): remove them first (tug rm -f)")
+            if pods:
+                return fail(f"{pods} pod(s) exist: remove them first (tug pod rm)")
         gone = remove_all(
             instance_id(cfg.root),
             table_name(cfg.root),

@@ -318,6 +318,11 @@ def allocate(subnet: str, ip_range: str, gateway: str, taken: set[str], wanted: 
     raise InvalidArgument(f"no address left in {ip_range or subnet}", field="network")
 
 
+def veth_name(cid: str, idx: int) -> str:
+    """The host side of a container's veth: ``tv<idx><12 hex>`` (15 bytes, IFNAMSIZ's limit)."""
+    return f"tv{idx}{cid[:12]}"
+
+
 def mac_for(ip: str) -> str:
     """A locally administered MAC from the address, as docker does (02:42:<the four bytes>)."""
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ip).packed)

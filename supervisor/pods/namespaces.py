@@ -1,0 +1,167 @@
+"""A pod's namespaces, pinned without a process: the network, IPC and UTS namespaces made by
+util-linux's ``unshare`` and bind-mounted on files of the pod's directory (persistent
+namespaces), the hostname set in the UTS one. A pod-shared PID namespace needs a process as its
+PID 1 (a PID namespace whose init died takes no new process): the infra process, a shell that
+sleeps and reaps, started detached (``setsid -f``: tugd is never its parent, so a restart of tugd
+leaves it alone and nothing waits for it) under ``unshare --pid --fork --kill-child``, whose pid
+is kept in ``infra.pid``; killing that ``unshare`` kills the namespace. Blocking: run in a
+worker thread."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+
+from tugwire import fsutil
+from tugwire.errors import InvalidArgument, RuntimeFailed
+
+from ..network import netlink
+
+KINDS = ("net", "ipc", "uts")
+
+
+def make(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
+    """The namespaces ``kinds`` (of :data:`KINDS`) bind-mounted at ``directory/<kind>``; the
+    hostname set in the UTS one. Their paths by kind. Nothing left behind on failure."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    paths = {k: os.path.join(directory, k) for k in kinds}
+    if not paths:
+        return paths
+    args = ["unshare"]
+    for kind, path in paths.items():
+        with open(path, "a"):
+            pass
+        args.append(f"--{kind}={path}")
+    args += ["--", "hostname", hostname] if "uts" in paths else ["--", "true"]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        remove(directory)
+        raise RuntimeFailed(f"making the pod's namespaces failed: {proc.stderr.strip() or proc.returncode}")
+    return paths
+
+
+# PID 1 of a pod's PID namespace: reaps what is reparented to it, exits on SIGTERM.
+INFRA = 'trap "exit 0" TERM; while :; do sleep 86400 & wait; done'
+# The detached shell writes its pid, then becomes the unshare that holds the namespace.
+LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork --kill-child -- sh -c "$2"'
+INFRA_WAIT = 5.0  # seconds for the infra's namespace to appear
+
+
+def start_infra(directory: str) -> str:
+    """The pod's PID namespace, held by its infra process, bind-mounted at ``directory/pid``."""
+    path = os.path.join(directory, "pid")
+    with open(path, "a"):
+        pass
+    pidfile = os.path.join(directory, "infra.pid")
+    proc = subprocess.run(
+        ["setsid", "-f", "sh", "-c", LAUNCH, pidfile, path, INFRA],
+        # No pipe: the detached process would hold it open, and this would wait for it.
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailed(f"starting the pod's infra process failed: setsid exited {proc.returncode}")
+    deadline = time.monotonic() + INFRA_WAIT
+    while not (alive(path) and infra_pid(directory)):  # the unshare mounts it just after its fork
+        if time.monotonic() > deadline:
+            stop_infra(directory)
+            raise RuntimeFailed("the pod's infra process did not make its PID namespace")
+        time.sleep(0.005)
+    return path
+
+
+def infra_pid(directory: str) -> int | None:
+    """The pid of the pod's infra ``unshare`` if it runs (checked by its command line, never a
+    recycled pid)."""
+    try:
+        with open(os.path.join(directory, "infra.pid")) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or f"--pid={os.path.join(directory, 'pid')}".encode() not in cmdline:
+        return None
+    return pid
+
+
+def stop_infra(directory: str) -> None:
+    """Kill the infra process (its namespace dies with it). Idempotent."""
+    pid = infra_pid(directory)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, "infra.pid"))
+
+
+def set_sysctls(directory: str, sysctls: dict[str, str]) -> None:
+    """Write ``sysctls`` (net.* and IPC ones, checked by records.check) in the pod's network and
+    IPC namespaces, where its containers then find them (as a pause container would hold them)."""
+    if not sysctls:
+        return
+    args = ["nsenter"]
+    for kind in ("net", "ipc"):
+        path = os.path.join(directory, kind)
+        if alive(path):
+            args.append(f"--{kind}={path}")
+    args += ["--", "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise InvalidArgument(f"setting the pod's sysctls failed: {proc.stderr.strip()}", field="sysctls")
+
+
+def alive(path: str) -> bool:
+    """Whether a namespace is bind-mounted at ``path``."""
+    return netlink.is_netns(path)
+
+
+def unmount(directory: str) -> None:
+    """Stop the infra process and unmount every namespace of the pod (files stay). Idempotent."""
+    stop_infra(directory)
+    for kind in (*KINDS, "pid"):
+        path = os.path.join(directory, kind)
+        if os.path.exists(path):
+            netlink.delete_netns(path)
+
+
+def remove(directory: str) -> None:
+    """Unmount the namespaces and remove the pod's directory. Idempotent."""
+    with contextlib.suppress(FileNotFoundError):
+        unmount(directory)
+    fsutil.remove_tree(directory)
+
+
+def write_files(directory: str, hostname: str, ip: str, resolv: str) -> dict[str, str]:
+    """The pod's ``hostname``, ``hosts`` and ``resolv.conf`` (containers of the pod mount them)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if ip:
+        hosts += f"{ip}\t{hostname}\n"
+    out = {}
+    for name, text in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
+        path = os.path.join(directory, name)
+        fsutil.write_atomic(path, text.encode(), mode=0o644, durable=False)
+        out[name] = path
+    return out
+
+
+def resolv_text(servers: list[str], searches: list[str], options: list[str]) -> str:
+    """resolv.conf from a pod's DNS config; the host's when it gives none."""
+    if not (servers or searches or options):
+        try:
+            with open("/etc/resolv.conf") as f:
+                return f.read()
+        except OSError:
+            return ""
+    lines = [f"nameserver {s}" for s in servers]
+    if searches:
+        lines.append("search " + " ".join(searches))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
