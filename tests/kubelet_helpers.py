@@ -9,6 +9,9 @@ What kubelet does to the host, and how the test gives it back:
   ``kernel.keys.root_maxbytes``) unless ``protectKernelDefaults``, which makes it refuse to start
   on a host that differs: :class:`Kubelet` saves them before and writes them back after;
 - it makes its root directory a shared mount (a bind mount on itself): unmounted after;
+- every other path of its own is under a temporary directory: ``--root-dir``, ``--cert-dir`` (not
+  under the root directory by default), ``podLogsDir``, ``volumePluginDir`` (else it makes
+  ``/usr/libexec/kubernetes/...``);
 - it makes ``/var/log/containers`` (the legacy symlinks, a fixed path) if missing: removed after
   if it made it and it is empty.
 Its QoS cgroups are off (``cgroupsPerQOS: false``): nothing is made in the host's cgroup tree.
@@ -118,6 +121,7 @@ class Kubelet:
             "fileCheckFrequency": "1s",
             "syncFrequency": "5s",
             "podLogsDir": self.pod_logs,
+            "volumePluginDir": os.path.join(self.base, "volume-plugins"),  # else under /usr/libexec
             "containerRuntimeEndpoint": self.cri_endpoint,
             "cgroupDriver": "cgroupfs",
             "failCgroupV1": False,
@@ -161,6 +165,8 @@ class Kubelet:
                     NODE_NAME,
                     "--root-dir",
                     self.root_dir,
+                    "--cert-dir",  # its default is /var/lib/kubelet/pki whatever the root directory
+                    os.path.join(self.root_dir, "pki"),
                     "--v=2",
                 ],
                 stdout=log,
