@@ -214,6 +214,8 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
         assert mounts_under(d.base) == []  # the pinned namespaces, the containers' roots
         assert [n for n in netns_links(d.netns) if n.startswith("tv")] == []  # the pod's veth
         assert not try_http_get(netns, ip, 8080, "/index.html")
+        # kubelet's garbage collector removes the pod's log directory (the pass that removed it).
+        wait_until(lambda: not os.path.exists(log_dir), 120, f"kubelet to remove {log_dir}")
         legacy = os.listdir(LEGACY_LOG_DIR) if os.path.isdir(LEGACY_LOG_DIR) else []
         assert [n for n in legacy if n.startswith(f"{POD_NAME}_")] == []  # kubelet's symlinks
     finally:
