@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from typing import Any
 
 import pytest
@@ -139,12 +140,20 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
     netns = f"/run/netns/{d.netns}"
     kubelet = Kubelet(netns, cri.endpoint, POD_CIDR)
     seen: set[str] = set()  # every container id the pod had
+    phases: dict[str, float] = {}  # seconds each step took (printed: pytest -s or -rP shows them)
+    clock = [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = round(now - clock[0], 1)
+        clock[0] = now
 
     def log_tail() -> str:
         return f"kubelet:\n{kubelet.read_log()[-4000:]}\ntug-cri:\n{cri.read_log()[-2000:]}"
 
     try:
         kubelet.start()
+        phase("kubelet started (healthz)")
         manifest = kubelet.add_manifest(POD, static_pod())
 
         # The pod comes up: a ready sandbox with an address of the node's pod CIDR, both running.
@@ -162,6 +171,7 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
         assert {web.pod_sandbox_id, ticker.pod_sandbox_id} == {pod.id}
         status = cri.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id)).status
         ip = status.network.ip
+        phase("manifest to both containers running")
         assert ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR), ip
 
         # Its address answers from the test's namespace: httpd in the web container.
@@ -185,6 +195,7 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
                 return False
 
         wait_until(lambda: ticks(first_log), 60, f"ticks in {first_log}")
+        phase("page fetched, logs there")
         assert os.path.exists(os.path.join(log_dir, "web", "0.log"))
 
         # Killed under kubelet (tug kill: SIGKILL to its main process): kubelet starts it again,
@@ -192,6 +203,7 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
         d.tug("kill", ticker.id)
         again = wait_until(lambda: running(cri, "ticker", 1), 120, "ticker restarted", describe=log_tail)
         seen.add(again.id)
+        phase("kill to the restarted container running")
         assert again.id != ticker.id
         old = cri.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=ticker.id)).status
         assert old.state == api_pb2.CONTAINER_EXITED and old.exit_code == 137, old
@@ -208,6 +220,7 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
             "kubelet to stop and remove the pod",
             describe=lambda: (sandboxes(cri), containers(cri), log_tail()),
         )
+        phase("manifest removed to no pod and no container")
         assert d.call("pod.list") == []
         assert d.call("container.list", {"all": True}) == []
         assert shims_of(seen) == []
@@ -218,5 +231,7 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
         wait_until(lambda: not os.path.exists(log_dir), 120, f"kubelet to remove {log_dir}")
         legacy = os.listdir(LEGACY_LOG_DIR) if os.path.isdir(LEGACY_LOG_DIR) else []
         assert [n for n in legacy if n.startswith(f"{POD_NAME}_")] == []  # kubelet's symlinks
+        phase("log directory removed")
     finally:
         kubelet.stop()
+        print(f"kubelet test ({backend}):", phases)
