@@ -23,7 +23,7 @@ kubelet:  ## build kubelet v1.36.3 (Go module proxy, a generated wrapper module)
 	bash scripts/install-kubelet.sh
 
 e2e-kubelet: kubelet  ## a static pod under a real standalone kubelet on tug-cri (tests/test_kubelet.py)
-	.venv/bin/pytest -q -rs tests/test_kubelet.py
+	.venv/bin/pytest -q -rsP tests/test_kubelet.py
 
 peers:  ## unpack containerd, podman and dockerd 20.10 (Debian) into /var/cache/tugboat-peers: nothing started
 	bash scripts/install-peers.sh
