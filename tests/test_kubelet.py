@@ -178,8 +178,13 @@ def test_static_pod_under_a_real_kubelet(make_daemon: Any, make_tug_cri: Any, ba
         got = wait_until(lambda: try_http_get(netns, ip, 8080, "/index.html"), 60, f"httpd on {ip}:8080")
         assert got == (200, PAGE.encode() + b"\n"), got
 
-        # kubelet sees it running, with its IP.
-        kpod = next(p for p in kubelet.pods() if p["metadata"]["name"] == POD_NAME)
+        # kubelet sees it, with its IP (its /pods: what PodSandboxStatus told it).
+        kpod = wait_until(
+            lambda: next((p for p in kubelet.pods() if p.get("status", {}).get("podIP") == ip), None),
+            60,
+            f"kubelet's /pods to show the pod at {ip}",
+        )
+        assert kpod["metadata"]["name"] == POD_NAME
         uid = kpod["metadata"]["uid"]
         assert pod.metadata.uid == uid
 
