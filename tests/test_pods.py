@@ -19,6 +19,7 @@ from tugwire import errors
 from .conftest import TUGD, needs_root, needs_runc, netns_links
 from .helpers import start
 from .test_events import collect
+from .waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc]
 
@@ -311,3 +312,28 @@ def test_tugd_killed_in_stop_or_remove_then_the_retry(make_daemon: Any, point: s
     from supervisor.network.host import table_name
 
     assert "18090" not in in_ns(d, "nft", "list", "table", "ip", table_name(d.root)).stdout
+
+
+def test_pod_shared_pid_pods_stopped_at_once_leave_no_process(make_daemon: Any) -> None:
+    """A pod stopped right after it is made: its infra process (the shell, PID 1 of the pod's
+    namespace, and its sleep) goes too, however early (a kill of the unshare alone could beat
+    its child's parent-death signal)."""
+    d = make_daemon(netns=True, image=False)
+    for i in range(15):
+        pod = d.call("pod.create", {"name": f"quick{i}", "pid": "pod", "network": "node"})
+        d.call("pod.remove", {"id": pod["id"]})
+    where = os.path.join(d.state, "pods").encode()
+
+    def ours() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if where in f.read():
+                            found.append(int(entry))
+                except OSError:
+                    pass
+        return found
+
+    wait_until(lambda: not ours(), 10, "the infra processes to go")

@@ -46,7 +46,8 @@ def make(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
 # PID 1 of a pod's PID namespace: reaps what is reparented to it, exits on SIGTERM.
 INFRA = 'trap "exit 0" TERM; while :; do sleep 86400 & wait; done'
 # The detached shell writes its pid, then becomes the unshare that holds the namespace.
-LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork --kill-child -- sh -c "$2"'
+# The shell is named by the namespace's path (its $0): ps shows whose it is.
+LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork --kill-child -- sh -c "$2" "$1"'
 INFRA_WAIT = 5.0  # seconds for the infra's namespace to appear
 
 
@@ -67,7 +68,8 @@ def start_infra(directory: str) -> str:
     if proc.returncode != 0:
         raise RuntimeFailed(f"starting the pod's infra process failed: setsid exited {proc.returncode}")
     deadline = time.monotonic() + INFRA_WAIT
-    while not (alive(path) and infra_pid(directory)):  # the unshare mounts it just after its fork
+    # The unshare mounts it just after its fork; its child (the shell) is then there to kill.
+    while not (alive(path) and (pid := infra_pid(directory)) and _children(pid)):
         if time.monotonic() > deadline:
             stop_infra(directory)
             raise RuntimeFailed("the pod's infra process did not make its PID namespace")
@@ -90,10 +92,24 @@ def infra_pid(directory: str) -> int | None:
     return pid
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def stop_infra(directory: str) -> None:
-    """Kill the infra process (its namespace dies with it). Idempotent."""
+    """Kill the infra process: its shell first, PID 1 of the namespace (the namespace and all in
+    it die with it), then the ``unshare``. Not the ``unshare`` alone: its ``--kill-child`` is a
+    parent-death signal its child sets just after the fork, which a kill that early would beat,
+    leaving the shell and its namespace alive. Idempotent."""
     pid = infra_pid(directory)
     if pid is not None:
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
