@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (run as root on Debian 12).
-.PHONY: install install-systemd test demo gen-cri cri-tools peers deb
+.PHONY: install install-systemd test demo gen-cri cri-tools kubelet e2e-kubelet peers deb
 
 install:  ## Debian packages and the project's .venv
 	bash scripts/install.sh
@@ -18,6 +18,12 @@ gen-cri:  ## regenerate the CRI stubs in cri/gen from cri/proto/api.proto
 
 cri-tools:  ## build crictl and critest (Go module proxy) into /var/cache/tugboat-test-tools
 	bash scripts/install-cri-tools.sh
+
+kubelet:  ## build kubelet v1.36.3 (Go module proxy, a generated wrapper module) into /var/cache/tugboat-test-tools
+	bash scripts/install-kubelet.sh
+
+e2e-kubelet: kubelet  ## a static pod under a real standalone kubelet on tug-cri (tests/test_kubelet.py)
+	.venv/bin/pytest -q -rsP tests/test_kubelet.py
 
 peers:  ## unpack containerd, podman and dockerd 20.10 (Debian) into /var/cache/tugboat-peers: nothing started
 	bash scripts/install-peers.sh
