@@ -254,8 +254,8 @@ def test_cp_64_mib_both_ways_byte_exact(make_daemon: Any, backend: str, tmp_path
     tar = d.tug("cp", f"{cid}:/dest/big", "-").stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         m = t.getmember("big")
-        f = t.extractfile(m)
-        assert f is not None and hashlib.sha256(f.read()).hexdigest() == want
+        got = t.extractfile(m)
+        assert got is not None and hashlib.sha256(got.read()).hexdigest() == want
     d.tug(
         "cp",
         "-",
