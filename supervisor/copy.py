@@ -144,15 +144,17 @@ def stat_path(root_fd: int, path: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ streams, to and from the thread
 
 Started = Callable[[], Coroutine[Any, Any, None]]  # awaited once the path is found
+Sink = Callable[[list[bytes]], Coroutine[Any, Any, None]]  # the pieces of one chunk of tar
 SEND_CHUNK = 1 << 20  # bytes of tar gathered per frame out
 MAX_TRAILING = 1 << 20  # bytes after an upload's tar (its padding) before it is refused
 
 
 class _Sender:
-    """The tar writer's ``write`` in a worker thread: gathers and hands chunks to the async
-    ``sink`` (which waits for the client to take them: the back-pressure)."""
+    """The tar writer's ``write`` in a worker thread: gathers pieces and hands them to the async
+    ``sink``, a list at a time of at least :data:`SEND_CHUNK` bytes but the last (one frame, no
+    piece copied into another), which waits for the client to take them: the back-pressure."""
 
-    def __init__(self, sink: Callable[[bytes], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.parts: list[bytes] = []
         self.size = 0
@@ -165,9 +167,9 @@ class _Sender:
 
     def flush(self) -> None:
         if self.parts:
-            data = b"".join(self.parts)
-            self.parts, self.size = [], 0
-            anyio.from_thread.run(self.sink, data)
+            parts, self.parts, self.size = self.parts, [], 0
+            anyio.from_thread.check_cancelled()  # tugd stopping: end the walk, close the fds
+            anyio.from_thread.run(self.sink, parts)
 
 
 class _Receiver:
@@ -184,6 +186,7 @@ class _Receiver:
         while self.pos >= len(self.buf):
             if self.eof:
                 return b""
+            anyio.from_thread.check_cancelled()
             data: bytes = anyio.from_thread.run(self.source)
             if not data:
                 self.eof = True
@@ -203,12 +206,10 @@ class _Receiver:
                 raise InvalidArgument("more data after the end of the tar archive")
 
 
-async def archive_get(
-    root_fd: int, path: str, sink: Callable[[bytes], Coroutine[Any, Any, None]], started: Started
-) -> dict[str, Any]:
+async def archive_get(root_fd: int, path: str, sink: Sink, started: Started) -> dict[str, Any]:
     """A tar of ``path`` (its base name at the top; a ``DIR/.``: its contents, as ``./x``), in
-    chunks to ``sink``; ``started`` is awaited once the path is found (errors before it are
-    the call's own, after it the stream's)."""
+    chunks to ``sink`` (each a list of pieces); ``started`` is awaited once the path is found
+    (errors before it are the call's own, after it the stream's)."""
     dir_fd, name, arcname = open_source(root_fd, path)
     try:
         await started()

@@ -164,7 +164,7 @@ class Verbs:
         self,
         ref: Any,
         path: str,
-        sink: Callable[[bytes], Coroutine[Any, Any, None]],
+        sink: Callable[[list[bytes]], Coroutine[Any, Any, None]],
         started: Callable[[], Coroutine[Any, Any, None]],
     ) -> dict[str, Any]:
         """A tar of ``path`` of the container, in chunks to ``sink`` (:func:`copy.archive_get`)."""

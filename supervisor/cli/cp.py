@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 from typing import Any
 
@@ -15,6 +16,7 @@ from tugwire import errors, frames, tarcopy
 from tugwire.syncclient import Client, Disconnected, RawStream
 
 SEND_CHUNK = 1 << 20
+SOCKET_BUFFER = 4 << 20
 
 
 class _FrameReader:
@@ -87,6 +89,8 @@ def copy_out(client: Client, cid: str, src: str, dst: str) -> None:
 def _put(client: Client, cid: str, into: str, produce: Any) -> None:
     """Stream the tar ``produce(send)`` writes to ``container.archive_put`` into ``into``."""
     s = client.raw_stream("container.archive_put", {"id": cid, "path": into})
+    with contextlib.suppress(OSError):  # fewer, larger hand-offs (capped by net.core.wmem_max)
+        s._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     with contextlib.closing(s):
         parts: list[bytes] = []
         size = 0
@@ -94,10 +98,14 @@ def _put(client: Client, cid: str, into: str, produce: Any) -> None:
         def flush() -> None:
             nonlocal size
             if parts:
-                data = b"".join(parts)
+                try:  # one frame of the gathered parts, none copied into another
+                    s._sock.sendall(frames.header(frames.STDIN, size))
+                    for part in parts:
+                        s._sock.sendall(part)
+                except OSError as exc:
+                    raise Disconnected(f"lost the connection to tugd: {exc.strerror or exc}") from exc
                 parts.clear()
                 size = 0
-                s.send(frames.STDIN, data)
 
         def send(data: bytes) -> None:
             nonlocal size
