@@ -1,9 +1,10 @@
 """``POST /build``: docker's classic builder (``DOCKER_BUILDKIT=0``) through tugd's ``image.build``.
 
 The body is the context as a tar; it is checked whole and unpacked (no link followed, nothing
-outside its root: :func:`dockerapi.archive.unpack`) into a private temporary directory on tugd's
-host, whose path is what ``image.build`` takes. tugd's step, status and output notifications
-become docker's ``{"stream": ...}`` lines; the result ``{"aux": {"ID"}}``; a failure docker's
+outside its root: :func:`tugwire.tarcopy.extract`, as ``docker cp`` uploads are) into a
+private temporary directory on tugd's host, whose path is what ``image.build`` takes. tugd's
+step, status and output notifications become docker's ``{"stream": ...}`` lines; the result
+``{"aux": {"ID"}}``; a failure docker's
 ``{"errorDetail": {"message"}, "error"}``.
 """
 
@@ -13,15 +14,13 @@ import base64
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from typing import Any
 
 import anyio.to_thread
 
-from tugwire import errors
+from tugwire import errors, tarcopy
 
-from .archive import unpack
 from .http import HttpError, watch_disconnect
 from .server import Ctx, Router
 
@@ -60,6 +59,16 @@ def build_params(ctx: Ctx, context: str) -> tuple[dict[str, Any], list[str]]:
     return params, tags[1:]
 
 
+def _unpack(tar_path: str, root: str) -> None:
+    """Check and unpack the context's tar into the empty directory ``root``."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with open(tar_path, "rb") as f:
+            tarcopy.extract(fd, f, owners=True)
+    finally:
+        os.close(fd)
+
+
 async def build(ctx: Ctx) -> None:
     """``POST /build?t=&dockerfile=&q=&nocache=&buildargs=``, the context as a tar body."""
     quiet = ctx.req.flag("q")
@@ -73,9 +82,9 @@ async def build(ctx: Ctx) -> None:
         context = os.path.join(workdir, "context")
         os.mkdir(context, 0o700)
         try:
-            await anyio.to_thread.run_sync(unpack, tar_path, context)
-        except (tarfile.TarError, EOFError) as exc:
-            raise HttpError(400, f"the build context is not a valid tar archive: {exc}") from None
+            await anyio.to_thread.run_sync(_unpack, tar_path, context)
+        except errors.InvalidArgument as exc:
+            raise HttpError(400, f"the build context is refused: {exc.message}") from None
         params, more_tags = build_params(ctx, context)
         async with ctx.rpc() as rpc, rpc.stream("image.build", params, buffer=64) as notes:
             await ctx.conn.start_stream(200, "application/json")

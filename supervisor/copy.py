@@ -1,43 +1,36 @@
-"""``tug cp``: copy files between a container's root filesystem and the host, with no way out of
-either.
+"""``docker cp``'s container side: paths resolved in a container's root filesystem with no way
+out of it, for ``container.archive_get``/``archive_put``/``stat_path`` (the tar itself, in and
+out: :mod:`tugwire.tarcopy`).
 
 Every path inside the container is resolved as if the root filesystem were ``/``: one component
 at a time, from a directory file descriptor, with ``O_NOFOLLOW``; a symbolic link is read and its
 target resolved again *inside* the root (an absolute target starts over from the root, ``..``
 stops at the root), as the container itself would see it. The copy then works on file
 descriptors only (``openat``, ``mkdirat``, ``symlinkat`` through ``dir_fd``), never on path
-strings, and never follows a symbolic link it finds in a tree, on either side: a link is copied
-as a link. A container process that swaps a directory for a link while the copy runs makes the
-copy fail (``O_NOFOLLOW``), never escape. So nothing a container holds can make tugd read or
-write outside the container's root or outside the destination on the host.
-
-What is copied: regular files (content, mode, owner, modification time), directories, symbolic
-links and FIFOs; sockets and device nodes are left out. Hard links become separate files.
+strings, and never follows a symbolic link it finds in a tree: a link is copied as a link. A
+container process that swaps a directory for a link while the copy runs makes the copy fail
+(``O_NOFOLLOW``), never escape. So nothing a container holds can make tugd read or write outside
+the container's root.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
+import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
-from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from tugwire import tarcopy
+from tugwire.errors import InvalidArgument, NotFound
 
 MAX_LINKS = 40  # as the kernel's ELOOP limit
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass
-class Result:
-    """What a copy did."""
-
-    files: int = 0
-    dirs: int = 0
-    links: int = 0
-    bytes: int = 0
-    skipped: int = 0
 
 
 def _components(path: str) -> list[str]:
@@ -92,170 +85,159 @@ def resolve_in_root(root_fd: int, path: str, *, follow_last: bool) -> tuple[int,
             os.close(fd)
 
 
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        if name == "":
-            return os.fstat(dir_fd)
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _open_dir(dir_fd: int, name: str) -> int:
-    return os.dup(dir_fd) if name == "" else os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-
-
-def copy(src_dir: int, src_name: str, dst_dir: int, dst_name: str, *, contents: bool, label: str) -> Result:
-    """Copy ``src_name`` (in directory ``src_dir``; '' for that directory itself) to the
-    destination ``dst_name`` in ``dst_dir``, as ``cp -a`` and ``docker cp`` do: into the
-    destination if it is an existing directory (as the source's base name, or only the
-    source's contents with ``contents``), else as that name (whose parent must exist).
-    ``label`` names the source in errors."""
-    src_st = _lstat(src_dir, src_name)
-    if src_st is None:
-        raise NotFound(f"no such file or directory: {label}")
-    if contents and not stat.S_ISDIR(src_st.st_mode):
-        raise InvalidArgument(f"{label} is not a directory", field="path")
-    dst_st = _lstat(dst_dir, dst_name)
-    result = Result()
-    if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
-        into = _open_dir(dst_dir, dst_name)
-        try:
-            if contents:
-                _copy_children(src_dir, src_name, into, result)
-            else:
-                base = src_name or "root"
-                _copy_entry(src_dir, src_name, into, base, result)
-        finally:
-            os.close(into)
-        return result
-    if dst_name == "":
-        raise FailedPrecondition("the destination is not a directory")
-    if dst_st is not None and stat.S_ISDIR(src_st.st_mode):
-        raise FailedPrecondition("cannot copy a directory to a file that exists")
-    _copy_entry(src_dir, src_name, dst_dir, dst_name, result)
-    return result
-
-
-def _copy_children(src_dir: int, src_name: str, dst_fd: int, result: Result) -> None:
-    sfd = _open_dir(src_dir, src_name)
-    try:
-        for entry in sorted(os.listdir(sfd)):
-            _copy_entry(sfd, entry, dst_fd, entry, result)
-    finally:
-        os.close(sfd)
-
-
-def _remove_non_dir(dir_fd: int, name: str) -> None:
-    st = _lstat(dir_fd, name)
-    if st is None:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise FailedPrecondition(f"cannot overwrite directory {name!r} with a non-directory")
-    os.unlink(name, dir_fd=dir_fd)
-
-
-def _set_meta(fd: int, st: os.stat_result) -> None:
-    os.fchown(fd, st.st_uid, st.st_gid)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_entry(src_dir: int, src_name: str, dst_dir: int, dst_name: str, result: Result) -> None:
-    st = _lstat(src_dir, src_name)
-    if st is None:
-        return  # gone meanwhile (a running container changes its files)
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        existing = _lstat(dst_dir, dst_name)
-        if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            os.unlink(dst_name, dir_fd=dst_dir)
-            existing = None
-        if existing is None:
-            os.mkdir(dst_name, 0o700, dir_fd=dst_dir)
-        dfd = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir)  # a link put there meanwhile: ELOOP
-        try:
-            _copy_children(src_dir, src_name, dfd, result)
-            _set_meta(dfd, st)
-        finally:
-            os.close(dfd)
-        result.dirs += 1
-    elif stat.S_ISREG(mode):
-        sfd = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
-        try:
-            _remove_non_dir(dst_dir, dst_name)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            dfd = os.open(dst_name, flags, 0o600, dir_fd=dst_dir)
-            try:
-                result.bytes += _copy_data(sfd, dfd)
-                _set_meta(dfd, st)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
-        result.files += 1
-    elif stat.S_ISLNK(mode):
-        target = os.readlink(src_name, dir_fd=src_dir)
-        _remove_non_dir(dst_dir, dst_name)
-        os.symlink(target, dst_name, dir_fd=dst_dir)
-        os.chown(dst_name, st.st_uid, st.st_gid, dir_fd=dst_dir, follow_symlinks=False)
-        result.links += 1
-    elif stat.S_ISFIFO(mode):
-        _remove_non_dir(dst_dir, dst_name)
-        os.mkfifo(dst_name, stat.S_IMODE(mode), dir_fd=dst_dir)
-        os.chown(dst_name, st.st_uid, st.st_gid, dir_fd=dst_dir, follow_symlinks=False)
-        result.files += 1
-    else:
-        result.skipped += 1  # sockets and device nodes
-
-
-def _copy_data(src: int, dst: int) -> int:
-    total = 0
-    while True:
-        try:
-            n = os.copy_file_range(src, dst, 1 << 30)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            break
-        if n == 0:
-            return total
-        total += n
-    while True:  # copy_file_range refused (across some filesystems): plain reads and writes
-        data = os.read(src, 1 << 20)
-        if not data:
-            return total
-        view = memoryview(data)
-        while view:
-            written = os.write(dst, view)
-            view = view[written:]
-        total += len(data)
-
-
-def host_target(path: str) -> tuple[int, str]:
-    """The host side of a copy: (fd of the parent directory, last name), resolved as the kernel
-    does (the user's own path; links in it are the user's). A path ending in ``/`` or ``/.`` or
-    naming ``/`` gives the directory itself and ''."""
-    if not os.path.isabs(path):
-        raise InvalidArgument(f"the host path must be absolute: {path!r}", field="path")
-    if "\x00" in path:
-        raise InvalidArgument("a path may not contain NUL", field="path")
-    if path.endswith(("/", "/.")) or os.path.normpath(path) == "/":
-        try:
-            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), ""
-        except FileNotFoundError:
-            raise NotFound(f"no such directory on the host: {path}") from None
-        except NotADirectoryError:
-            raise InvalidArgument(f"not a directory on the host: {path}", field="path") from None
-    parent, name = os.path.split(os.path.normpath(path))
-    try:
-        return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
-    except FileNotFoundError:
-        raise NotFound(f"no such directory on the host: {parent}") from None
-    except NotADirectoryError:
-        raise InvalidArgument(f"not a directory on the host: {parent}", field="path") from None
-
-
 def wants_contents(path: str) -> bool:
     """``SRC/.`` copies the contents of the directory SRC, not SRC itself (as ``docker cp``)."""
     return path.endswith("/.")
+
+
+def open_source(root_fd: int, path: str) -> tuple[int, str, str]:
+    """What ``archive_get`` archives: (a new fd of its directory, its name there or '' for that
+    directory itself, the archive's top name: the path's base name, or ``.`` for ``DIR/.``)."""
+    contents = wants_contents(path)
+    dir_fd, name = resolve_in_root(root_fd, path, follow_last=contents)
+    st = tarcopy.lstat_at(dir_fd, name)
+    if st is None:
+        os.close(dir_fd)
+        raise NotFound(f"no such file or directory in the container: {path}")
+    if contents:
+        if not stat.S_ISDIR(st.st_mode):
+            os.close(dir_fd)
+            raise InvalidArgument(f"not a directory in the container: {path}", field="path")
+        return dir_fd, name, "."
+    return dir_fd, name, os.path.basename(os.path.normpath("/" + path)) or "root"
+
+
+def open_dest_dir(root_fd: int, path: str) -> int:
+    """A new fd of the directory ``archive_put`` unpacks into (links followed inside the root)."""
+    dir_fd, name = resolve_in_root(root_fd, path, follow_last=True)
+    try:
+        st = tarcopy.lstat_at(dir_fd, name)
+        if st is None:
+            raise NotFound(f"no such file or directory in the container: {path}")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"extraction point is not a directory: {path}", field="path")
+        return os.dup(dir_fd) if name == "" else os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def stat_path(root_fd: int, path: str) -> dict[str, Any]:
+    """docker's path stat of ``path`` in the container (a last link not followed):
+    ``{name, size, mode, mtime, link_target}``; ``mode`` is ``st_mode``, type bits included."""
+    dir_fd, name = resolve_in_root(root_fd, path, follow_last=False)
+    try:
+        st = tarcopy.lstat_at(dir_fd, name)
+        if st is None:
+            raise NotFound(f"no such file or directory in the container: {path}")
+        link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else ""
+    finally:
+        os.close(dir_fd)
+    return {
+        "name": name or os.path.basename(os.path.normpath("/" + path)) or "/",
+        "size": st.st_size,
+        "mode": st.st_mode,
+        "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+        "link_target": link,
+    }
+
+
+# ------------------------------------------------------------------ streams, to and from the thread
+
+Started = Callable[[], Coroutine[Any, Any, None]]  # awaited once the path is found
+Sink = Callable[[list[bytes]], Coroutine[Any, Any, None]]  # the pieces of one chunk of tar
+SEND_CHUNK = 1 << 20  # bytes of tar gathered per frame out
+MAX_TRAILING = 1 << 20  # bytes after an upload's tar (its padding) before it is refused
+
+
+class _Sender:
+    """The tar writer's ``write`` in a worker thread: gathers pieces and hands them to the async
+    ``sink``, a list at a time of at least :data:`SEND_CHUNK` bytes but the last (one frame, no
+    piece copied into another), which waits for the client to take them: the back-pressure."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= SEND_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            parts, self.parts, self.size = self.parts, [], 0
+            anyio.from_thread.check_cancelled()  # tugd stopping: end the walk, close the fds
+            anyio.from_thread.run(self.sink, parts)
+
+
+class _Receiver:
+    """A file for the tar reader in a worker thread, over the async ``source`` (the next chunk
+    of the upload, b"" at its end): read only when the reader needs more (the back-pressure)."""
+
+    def __init__(self, source: Callable[[], Coroutine[Any, Any, bytes]]) -> None:
+        self.source = source
+        self.buf = b""
+        self.pos = 0
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while self.pos >= len(self.buf):
+            if self.eof:
+                return b""
+            anyio.from_thread.check_cancelled()
+            data: bytes = anyio.from_thread.run(self.source)
+            if not data:
+                self.eof = True
+                return b""
+            self.buf, self.pos = data, 0
+        end = len(self.buf) if n < 0 else self.pos + n
+        out = self.buf[self.pos : end]
+        self.pos += len(out)
+        return out
+
+    def finish(self) -> None:
+        """Read to the upload's end (its padding): only a whole upload is put in place."""
+        extra = 0
+        while data := self.read(SEND_CHUNK):
+            extra += len(data)
+            if extra > MAX_TRAILING:
+                raise InvalidArgument("more data after the end of the tar archive")
+
+
+async def archive_get(root_fd: int, path: str, sink: Sink, started: Started) -> dict[str, Any]:
+    """A tar of ``path`` (its base name at the top; a ``DIR/.``: its contents, as ``./x``), in
+    chunks to ``sink`` (each a list of pieces); ``started`` is awaited once the path is found
+    (errors before it are the call's own, after it the stream's)."""
+    dir_fd, name, arcname = open_source(root_fd, path)
+    try:
+        await started()
+        out = _Sender(sink)
+
+        def run() -> tarcopy.Result:
+            result = tarcopy.write_tree(dir_fd, name, arcname, out.write)
+            out.flush()
+            return result
+
+        result = await anyio.to_thread.run_sync(run)
+    finally:
+        os.close(dir_fd)
+    return vars(result)
+
+
+async def archive_put(
+    root_fd: int, path: str, source: Callable[[], Coroutine[Any, Any, bytes]], started: Started
+) -> dict[str, Any]:
+    """Unpack the tar that ``source`` gives (b"" at its end) into the directory ``path``, all or
+    nothing (:func:`tugwire.tarcopy.extract`); the archive's owners are kept."""
+    dest = open_dest_dir(root_fd, path)
+    try:
+        await started()
+        rx = _Receiver(source)
+        result = await anyio.to_thread.run_sync(
+            lambda: tarcopy.extract(dest, cast(Any, rx), owners=True, finish=rx.finish)
+        )
+    finally:
+        os.close(dest)
+    return vars(result)

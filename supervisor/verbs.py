@@ -9,13 +9,14 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from tugwire import fsutil, names
-from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tugwire.shimapi import UpdateParams
 
 from . import changes, copy, mounts, spec
@@ -159,45 +160,36 @@ class Verbs:
 
     # ------------------------------------------------------------------------------------ cp
 
-    async def copy_from(self, ref: Any, path: str, host_path: str) -> dict[str, Any]:
-        """Copy ``path`` of the container to ``host_path`` on the host."""
+    async def archive_get(
+        self,
+        ref: Any,
+        path: str,
+        sink: Callable[[list[bytes]], Coroutine[Any, Any, None]],
+        started: Callable[[], Coroutine[Any, Any, None]],
+    ) -> dict[str, Any]:
+        """A tar of ``path`` of the container, in chunks to ``sink`` (:func:`copy.archive_get`)."""
         rec = self.c.get(ref)
-        contents = copy.wants_contents(path)
-        dst_dir, dst_name = copy.host_target(host_path)
-        try:
-            async with self._rootfs(rec) as root_fd:
-                src_dir, src_name = copy.resolve_in_root(root_fd, path, follow_last=contents)
-                try:
-                    result = await anyio.to_thread.run_sync(
-                        lambda: copy.copy(src_dir, src_name, dst_dir, dst_name, contents=contents, label=path)
-                    )
-                finally:
-                    os.close(src_dir)
-        finally:
-            os.close(dst_dir)
-        return vars(result)
+        async with self._rootfs(rec) as root_fd:
+            return await copy.archive_get(root_fd, path, sink, started)
 
-    async def copy_to(self, ref: Any, host_path: str, path: str) -> dict[str, Any]:
-        """Copy ``host_path`` of the host to ``path`` in the container."""
+    async def archive_put(
+        self,
+        ref: Any,
+        path: str,
+        source: Callable[[], Coroutine[Any, Any, bytes]],
+        started: Callable[[], Coroutine[Any, Any, None]],
+    ) -> dict[str, Any]:
+        """Unpack the tar ``source`` gives into directory ``path`` of the container, all or
+        nothing (:func:`copy.archive_put`)."""
         rec = self.c.get(ref)
-        contents = copy.wants_contents(host_path)
-        src_dir, src_name = copy.host_target(host_path)
-        try:
-            async with self._rootfs(rec) as root_fd:
-                dst_dir, dst_name = copy.resolve_in_root(root_fd, path, follow_last=True)
-                try:
-                    if path.endswith("/") and copy._lstat(dst_dir, dst_name) is None:
-                        raise NotFound(f"no such directory in the container: {path}")
-                    result = await anyio.to_thread.run_sync(
-                        lambda: copy.copy(
-                            src_dir, src_name, dst_dir, dst_name, contents=contents, label=host_path
-                        )
-                    )
-                finally:
-                    os.close(dst_dir)
-        finally:
-            os.close(src_dir)
-        return vars(result)
+        async with self._rootfs(rec) as root_fd:
+            return await copy.archive_put(root_fd, path, source, started)
+
+    async def stat_path(self, ref: Any, path: str) -> dict[str, Any]:
+        """docker's stat of ``path`` in the container (:func:`copy.stat_path`)."""
+        rec = self.c.get(ref)
+        async with self._rootfs(rec) as root_fd:
+            return copy.stat_path(root_fd, path)
 
     @contextlib.asynccontextmanager
     async def _rootfs(self, rec: ContainerRecord) -> Any:

@@ -289,7 +289,7 @@ def test_volume_propagation(make_daemon: Any, backend: str, scratch: str) -> Non
     )
     subprocess.run(["mount", "-t", "tmpfs", "tblater", os.path.join(src, "later")], check=True)
     for cid in ids.values():
-        d.call("container.copy_to", {"id": cid, "host_path": "/etc/hostname", "path": "/stop"})
+        d.tug("cp", "/etc/hostname", f"{cid}:/stop")
         d.call("container.wait", {"id": cid})
     assert output(d, ids["rprivate"])[0].strip() == b"0"
     assert output(d, ids["rslave"])[0].strip() == b"1"

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -432,6 +433,46 @@ def test_cp_both_ways(dapi: DockerApi, tmp_path: object) -> None:
     missing = dapi.docker("cp", "cpc:/nosuch", os.path.join(base, "x"), check=False)
     assert missing.returncode == 1
     assert "Could not find the file /nosuch" in missing.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cp_64_mib_byte_exact_both_ways_and_tars_on_stdio(
+    make_docker_api: Any, backend: str, tmp_path: Any
+) -> None:
+    """docker cp of a 64 MiB file in and out, byte-exact, with nothing spooled by the door; a
+    tar on stdout (``cp C:PATH -``) and on stdin (``cp - C:DIR``)."""
+    import hashlib
+    import io
+    import tarfile
+
+    api: DockerApi = make_docker_api(backend=backend)
+    base = str(tmp_path)
+    big = os.path.join(base, "big")
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    with open(big, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    api.docker("run", "-d", "--name", "cpbig", "busybox", "sleep", "300")
+    api.docker("cp", big, "cpbig:/tmp/")
+    api.docker("cp", "cpbig:/tmp/big", os.path.join(base, "back"))
+    with open(os.path.join(base, "back"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == want
+    out = subprocess.run(
+        [docker_cli(), "cp", "cpbig:/tmp/big", "-"], capture_output=True, env=api.env, timeout=60, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        got = tar.extractfile("big")
+        assert got is not None and hashlib.sha256(got.read()).hexdigest() == want
+    upload = io.BytesIO()
+    with tarfile.open(fileobj=upload, mode="w") as tar:
+        info = tarfile.TarInfo("in/x")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    subprocess.run(
+        [docker_cli(), "cp", "-", "cpbig:/tmp"], input=upload.getvalue(), env=api.env, timeout=60, check=True
+    )
+    assert api.docker("exec", "cpbig", "cat", "/tmp/in/x").stdout == "hi\n"
 
 
 def test_stats_no_stream_and_tty(dapi: DockerApi) -> None:

@@ -362,6 +362,10 @@ def _tar(entries: list[tuple[str, str, bytes]]) -> bytes:
                 info.type = tarfile.SYMTYPE
                 info.linkname = data.decode()
                 tar.addfile(info)
+            elif kind == "hard":
+                info.type = tarfile.LNKTYPE
+                info.linkname = data.decode()
+                tar.addfile(info)
             elif kind == "dev":
                 info.type = tarfile.CHRTYPE
                 tar.addfile(info)
@@ -380,6 +384,8 @@ def test_archive_put_refuses_escapes(dapi: DockerApi) -> None:
         ([("ok", "file", b"x"), ("a/../../b", "file", b"x")], "escapes the destination"),
         ([("l", "sym", b"/tmp"), ("l/tug-docker-escape-marker", "file", b"x")], "through a link"),
         ([("null", "dev", b"")], "unsupported type"),
+        ([("ok", "file", b"x"), ("h", "hard", b"../../etc/passwd")], "hard link escapes"),
+        ([("l", "sym", b"../../.."), ("l/etc/passwd", "file", b"x")], "through a link"),
     ]
     for entries, fragment in cases:
         status, _, body = request(
@@ -403,3 +409,38 @@ def test_archive_put_refuses_escapes(dapi: DockerApi) -> None:
         == 200
     )
     assert dapi.docker("exec", cid, "cat", "/tmp/good").stdout == "ok\n"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_archive_stat_and_an_upload_cut_short_leaves_nothing(make_docker_api: Any, backend: str) -> None:
+    """``HEAD /archive`` is the path's stat alone; a client that leaves half-way through a
+    ``PUT /archive`` body leaves nothing in the container and no stuck task."""
+    import base64
+
+    api: DockerApi = make_docker_api(backend=backend)
+    cid = json.loads(
+        request(api, "POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})[2]
+    )["Id"]
+    assert request(api, "POST", f"/containers/{cid}/start")[0] == 204
+    api.docker("exec", cid, "sh", "-c", "mkdir /up && ln -s /etc/passwd /up/link")
+    status, headers, body = request(api, "HEAD", f"/containers/{cid}/archive?path=/up/link")
+    assert status == 200 and body == b""
+    st = json.loads(base64.b64decode(headers["x-docker-container-path-stat"]))
+    assert st["name"] == "link" and st["linkTarget"] == "/etc/passwd" and st["mode"] == (1 << 27) | 0o777
+    status, headers, _ = request(api, "HEAD", f"/containers/{cid}/archive?path=/up")
+    assert json.loads(base64.b64decode(headers["x-docker-container-path-stat"]))["mode"] == (1 << 31) | 0o755
+    assert request(api, "HEAD", f"/containers/{cid}/archive?path=/nope")[0] == 404
+    whole = _tar([("a", "file", b"a" * (4 << 20)), ("b", "file", b"b")])
+    head = (
+        f"PUT /containers/{cid}/archive?path=/up HTTP/1.1\r\nHost: docker\r\n"
+        f"Content-Type: application/x-tar\r\nContent-Length: {len(whole)}\r\n\r\n"
+    ).encode()
+    with connect(api) as s:
+        s.sendall(head + whole[: len(whole) // 2])
+    wait_until(
+        lambda: api.docker("exec", cid, "ls", "-A", "/up").stdout == "link\n",
+        what="the cut upload to be gone",
+    )
+    assert request(api, "GET", "/_ping")[0] == 200
+    assert request(api, "PUT", f"/containers/{cid}/archive?path=/up", whole)[0] == 200
+    assert api.docker("exec", cid, "ls", "-A", "/up").stdout == "a\nb\nlink\n"

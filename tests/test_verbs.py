@@ -258,7 +258,7 @@ def test_cp_both_ways(daemon: Any) -> None:
             ],
         )
         wait_output(daemon, cid, b"ready")
-        daemon.call("container.copy_from", {"id": cid, "path": "/data/sub/f", "host_path": host + "/f"})
+        daemon.tug("cp", f"{cid}:/data/sub/f", host + "/f")
         with open(host + "/f") as f:
             assert f.read() == "hi\n"
         daemon.tug("cp", f"{cid}:/data", host)
@@ -275,7 +275,8 @@ def test_cp_both_ways(daemon: Any) -> None:
         with open(host + "/back.txt") as f:
             assert f.read() == "up\n"
         with pytest.raises(errors.NotFound):
-            daemon.call("container.copy_from", {"id": cid, "path": "/nope", "host_path": host + "/x"})
+            daemon.call("container.stat_path", {"id": cid, "path": "/nope"})
+        assert b"no such file" in daemon.tug("cp", f"{cid}:/nope", host + "/x", check=False).stderr
     finally:
         shutil.rmtree(host)
 
@@ -300,17 +301,17 @@ def test_cp_never_escapes_the_container_root(daemon: Any) -> None:
         out = os.path.join(host, "out")
         os.mkdir(out)
         # /esc/s in the container is the container's own file, never the host's
-        daemon.call("container.copy_from", {"id": cid, "path": "/esc/s", "host_path": out + "/a"})
-        daemon.call("container.copy_from", {"id": cid, "path": "/rel/s", "host_path": out + "/b"})
+        daemon.tug("cp", f"{cid}:/esc/s", out + "/a")
+        daemon.tug("cp", f"{cid}:/rel/s", out + "/b")
         for name in ("a", "b"):
             with open(os.path.join(out, name)) as f:
                 assert f.read() == "container\n"
         # writing through a link in the container lands inside the container
         with open(os.path.join(host, "w"), "w") as f:
             f.write("written\n")
-        daemon.call("container.copy_to", {"id": cid, "host_path": host + "/w", "path": "/esc/w"})
+        daemon.tug("cp", host + "/w", f"{cid}:/esc/w")
         assert not os.path.exists(os.path.join(secret, "w"))
-        daemon.call("container.copy_from", {"id": cid, "path": f"{secret}/w", "host_path": out + "/c"})
+        daemon.tug("cp", f"{cid}:{secret}/w", out + "/c")
         with open(os.path.join(out, "c")) as f:
             assert f.read() == "written\n"
         with open(os.path.join(secret, "s")) as f:

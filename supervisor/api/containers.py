@@ -6,11 +6,14 @@ notifications."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from tugwire import dockerfilters, frames, jsonrpc
 from tugwire.errors import InvalidArgument, InvalidParams, TugError
@@ -116,8 +119,9 @@ class ContainerApi:
         d.add("container.update", self.container_update)
         d.add("container.rename", self.container_rename)
         d.add("container.restart", self.container_restart)
-        d.add("container.copy_from", self.container_copy_from)
-        d.add("container.copy_to", self.container_copy_to)
+        d.add("container.archive_get", self.container_archive_get, accept_late=True)
+        d.add("container.archive_put", self.container_archive_put, accept_late=True)
+        d.add("container.stat_path", self.container_stat_path)
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
         d.add("container.exec", self.container_exec)
@@ -364,23 +368,67 @@ class ContainerApi:
         rec = await self.verbs.restart(call.params.string("id", required=True), timeout, sig)
         return {"id": rec.id, "pid": rec.run.pid}
 
-    async def container_copy_from(self, call: jsonrpc.Call) -> Any:
-        """Copy ``path`` of a container to ``host_path`` (absolute, on tugd's host)."""
+    @staticmethod
+    def _need_raw(call: jsonrpc.Call, method: str) -> None:
+        if not call.wants_raw():
+            raise InvalidParams(f'{method} needs "stream": "raw"', param="stream")
+
+    async def container_archive_get(self, call: jsonrpc.Call) -> Any:
+        """A tar of ``path`` in a container as stdout frames, once switched (``"stream": "raw"``)."""
+        self._need_raw(call, "container.archive_get")
         p = call.params
-        return await self.verbs.copy_from(
-            p.string("id", required=True),
-            p.string("path", required=True),
-            p.string("host_path", required=True),
+
+        async def started() -> None:
+            channel = await call.switch()
+            with contextlib.suppress(OSError, anyio.TypedAttributeLookupError):
+                # fewer, larger hand-offs to the client (capped by net.core.wmem_max)
+                sock = channel.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+
+        return await self.verbs.archive_get(
+            p.string("id", required=True), p.string("path", required=True), self._data_sink(call), started
         )
 
-    async def container_copy_to(self, call: jsonrpc.Call) -> Any:
-        """Copy ``host_path`` (absolute, on tugd's host) to ``path`` in a container."""
+    async def container_archive_put(self, call: jsonrpc.Call) -> Any:
+        """The client's stdin frames, a tar (an empty frame ends it), unpacked into directory
+        ``path`` of a container once switched (``"stream": "raw"``), all or nothing."""
+        self._need_raw(call, "container.archive_put")
         p = call.params
-        return await self.verbs.copy_to(
-            p.string("id", required=True),
-            p.string("host_path", required=True),
-            p.string("path", required=True),
+
+        async def started() -> None:
+            await call.switch()
+
+        async def source() -> bytes:
+            assert call.channel is not None  # switched before the first read
+            while True:
+                try:
+                    kind, data = await call.channel.receive()
+                except anyio.EndOfStream:
+                    raise anyio.BrokenResourceError("the client left before the archive's end") from None
+                if kind == frames.STDIN:
+                    return data
+
+        return await self.verbs.archive_put(
+            p.string("id", required=True), p.string("path", required=True), source, started
         )
+
+    async def container_stat_path(self, call: jsonrpc.Call) -> Any:
+        """docker's stat of ``path`` in a container: ``{name, size, mode, mtime, link_target}``."""
+        p = call.params
+        return await self.verbs.stat_path(p.string("id", required=True), p.string("path", required=True))
+
+    @staticmethod
+    def _data_sink(call: jsonrpc.Call) -> Callable[[list[bytes]], Coroutine[Any, Any, None]]:
+        async def sink(parts: list[bytes]) -> None:
+            """One stdout frame of ``parts`` (the only sender on this channel: the header and
+            the pieces go out one after the other, none copied into another)."""
+            channel = call.channel
+            assert channel is not None  # switched before the first byte
+            await channel.send_framed(frames.header(frames.STDOUT, sum(map(len, parts))))
+            for part in parts:
+                await channel.send_framed(part)
+
+        return sink
 
     # ------------------------------------------------------------------------- exec, attach
 

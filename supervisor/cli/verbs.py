@@ -190,15 +190,17 @@ def _cmd_cp(args: argparse.Namespace, client: Client) -> int:
         raise errors.InvalidArgument(
             "copying between containers or within the host is not supported; name one side as CONTAINER:PATH"
         )
+    from . import cp  # tarfile is not cheap to import: only for cp
+
     if src_ctr is not None:
         if not src.startswith("/"):
             src = "/" + src
-        client.call("container.copy_from", {"id": src_ctr, "path": src, "host_path": _host_abs(dst)})
+        cp.copy_out(client, src_ctr, src, dst if args.dst == "-" else _host_abs(dst))
     else:
         assert dst_ctr is not None
         if not dst.startswith("/"):
             dst = "/" + dst
-        client.call("container.copy_to", {"id": dst_ctr, "host_path": _host_abs(src), "path": dst})
+        cp.copy_in(client, dst_ctr, src if args.src == "-" else _host_abs(src), dst)
     return 0
 
 
@@ -244,6 +246,6 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_stats)
 
     p = add("cp", "copy files between a container and the host")
-    p.add_argument("src", metavar="SRC", help="CONTAINER:PATH or a host path")
-    p.add_argument("dst", metavar="DEST", help="CONTAINER:PATH or a host path")
+    p.add_argument("src", metavar="SRC", help="CONTAINER:PATH, a host path, or - (a tar on stdin)")
+    p.add_argument("dst", metavar="DEST", help="CONTAINER:PATH, a host path, or - (a tar to stdout)")
     p.set_defaults(func=_cmd_cp)

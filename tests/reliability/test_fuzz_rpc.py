@@ -46,7 +46,7 @@ METHODS = [
     "container.update",
     "container.rename",
     "container.restart",
-    "container.copy_from",
+    "container.stat_path",
     "image.list",
     "image.inspect",
     "image.remove",
@@ -537,11 +537,11 @@ def test_cp_cannot_escape_through_the_containers_links(daemon: Any, tmp_path: An
         daemon.tug("cp", f"{cid}:{source}", str(dest))
         assert dest.read_text() == "container\n", source  # the container's file, not the host's
         dest.unlink()
-    # Relative host paths over the API: refused.
+    # The copy methods take no host path; without a raw stream they are refused.
     from tugwire import errors
 
-    with pytest.raises(errors.InvalidArgument):
-        daemon.call("container.copy_from", {"id": cid, "path": "/etc/passwd", "host_path": "rel"})
-    with pytest.raises(errors.InvalidArgument):
-        daemon.call("container.copy_to", {"id": cid, "path": "/tmp", "host_path": "rel"})
+    with pytest.raises(errors.InvalidParams):
+        daemon.call("container.archive_get", {"id": cid, "path": "/etc/passwd"})
+    with pytest.raises(errors.InvalidParams):
+        daemon.call("container.archive_put", {"id": cid, "path": "/tmp"})
     daemon.call("container.delete", {"id": cid, "force": True})
