@@ -1,17 +1,16 @@
 """``container.exec``: a process run in a running container, proxied to the container's shim.
 
-The shim runs and reaps the process (``task.exec``); tugd checks the container's state, resolves
-the user in the container's own /etc/passwd, and passes the stream through to a sink: the
-``exec.started`` and ``exec.output`` notes of the shim (which the JSON-RPC door sends on as
-``container.exec.started`` and ``container.exec.output``). The exec's stdin is fed with
-:meth:`Execs.stdin` and closed with :meth:`Execs.close_stdin`, forwarded on the same shim
-connection, in order.
+The shim runs and reaps the process (``task.exec``, a raw stream); tugd checks the container's
+state, resolves the user in the container's own /etc/passwd, and relays the shim's frames to a
+sink as they come, not looked at: the control frame ``{"started": {exec_id, pid}}``, then stdout
+and stderr frames of the exec's bytes (the JSON-RPC door sends them on as frames of a raw
+``container.exec``, or as its ``container.exec.started`` and ``container.exec.output``
+notifications). The exec's stdin is fed with :meth:`Execs.stdin` and closed with
+:meth:`Execs.close_stdin`, forwarded as frames on the same shim stream, in order.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import os
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from tugwire import frames
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import ExecParams
 
@@ -28,10 +28,10 @@ from . import shims, spec
 from .containers import EXITED, RUNNING, Containers, health
 
 START_GRACE = 30.0  # after an exec's timeout, how long its start may still take before it is killed
-STARTED, OUTPUT = "started", "output"  # the kinds of note an exec's sink receives
 
-ExecSink = Callable[[str, dict[str, Any]], Awaitable[None]]
-"""Receives each note of an exec: its kind (``STARTED`` or ``OUTPUT``) and the note."""
+ExecSink = Callable[[int, bytes], Awaitable[None]]
+"""Receives each frame of an exec (:mod:`tugwire.frames`): ``CONTROL`` with the JSON of
+``{"started": {exec_id, pid}}`` once it runs, then ``STDOUT`` and ``STDERR`` with its bytes."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Execs:
         return f"<Execs with_stdin={len(self._shims)}>"
 
     async def exec(self, req: ExecRequest, sink: ExecSink) -> dict[str, Any]:
-        """Run ``req.cmd`` in running container ``req.id``, each note of the shim to ``sink``;
+        """Run ``req.cmd`` in running container ``req.id``, each frame of the shim to ``sink``;
         returns the shim's result. Errors: ``not_found``, ``failed_precondition`` (not
         running, or paused), ``invalid_argument``."""
         rec = self.c.get(req.id)
@@ -108,21 +108,18 @@ class Execs:
             async with self.c.shim(rec.id).exec(params) as session:
                 self._shims[eid] = session
                 with anyio.move_on_after(req.timeout if req.timeout is not None else math.inf) as deadline:
-                    async for note in session:
-                        kind = OUTPUT if "stream" in note else STARTED
-                        if kind == STARTED:
-                            pid = int(note.get("pid") or 0)
-                        note.pop("request", None)
-                        await sink(kind, note)
-                    result = await session.result()
+                    async for kind, data in session:
+                        if kind == frames.CONTROL:
+                            pid = shims.started_pid(data) or pid
+                        await sink(kind, data)
+                    result = session.result or {}
                 if deadline.cancelled_caught:
                     # Out of time: killed (the shim reaps it); the caller is told, and no exit code
                     # is made up. Not started yet (runc exec is slow under load): wait for its pid.
                     if not pid:
                         with anyio.move_on_after(START_GRACE):
-                            async for note in session:
-                                if "stream" not in note:
-                                    pid = int(note.get("pid") or 0)
+                            async for kind, data in session:
+                                if kind == frames.CONTROL and (pid := shims.started_pid(data)):
                                     break
                     health.kill_exec(rec.id, pid)
                     return {"exec_id": eid, "exit_code": None, "timed_out": True}
@@ -140,14 +137,9 @@ class Execs:
             raise NotFound(f"no running exec {eid!r}")
         return session
 
-    async def stdin(self, eid: str, data: str) -> None:
-        """Forward ``data`` (base64) to the stdin of exec ``eid``."""
-        session = self._shim(eid)
-        try:
-            base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
-        await session.stdin(data)
+    async def stdin(self, eid: str, data: bytes) -> None:
+        """Forward ``data`` to the stdin of exec ``eid``."""
+        await self._shim(eid).stdin(data)
 
     async def resize(self, eid: str, rows: int, cols: int) -> None:
         """Set the window size of exec ``eid``'s terminal."""

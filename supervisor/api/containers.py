@@ -6,6 +6,7 @@ notifications."""
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,10 +21,12 @@ from ..containers import ACTIVE, parse_signal
 from ..containers.health import HealthRequest
 from ..containers.options import CreateRequest
 from ..core import Core
-from ..execs import OUTPUT, ExecRequest
+from ..execs import ExecRequest
 from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
+
+_NAMES = {frames.STDOUT: "stdout", frames.STDERR: "stderr"}  # of container.exec.output
 
 
 def create_request(p: jsonrpc.Params) -> CreateRequest:
@@ -199,10 +202,8 @@ class ContainerApi:
                     await attach.stdin(cid, base64.b64encode(data).decode())
                 elif kind == frames.STDIN:
                     await attach.close_stdin(cid)
-                elif kind == frames.CONTROL:
-                    size = frames.parse_json(data).get("resize")
-                    if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size):
-                        await attach.resize(cid, size[0], size[1])
+                elif kind == frames.CONTROL and (size := frames.resize_of(data)):
+                    await attach.resize(cid, *size)
             except TugError:
                 pass
 
@@ -370,8 +371,11 @@ class ContainerApi:
     # ------------------------------------------------------------------------- exec, attach
 
     async def container_exec(self, call: jsonrpc.Call) -> Any:
-        """Run ``cmd`` in running container ``id``; its notes as ``container.exec.started`` and
-        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
+        """Run ``cmd`` in running container ``id``, then the exec's result (docs/api.md). With
+        ``"stream": "raw"`` its frames (control ``started``, stdout, stderr) and the client's
+        (stdin, control ``resize``) travel on the switched connection, whose closing leaves the
+        exec running unread; else its notes are ``container.exec.started`` and
+        ``container.exec.output`` notifications (base64)."""
         p = call.params
         req = ExecRequest(
             id=p.raw.get("id"),
@@ -386,16 +390,74 @@ class ContainerApi:
             cols=p.integer("cols", 80),
             timeout=p.number("timeout"),
         )
+        if call.wants_raw() and not req.detach:
+            return await self._exec_raw(call, req)
 
-        async def sink(kind: str, note: dict[str, Any]) -> None:
-            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
+        eid = ""
+
+        async def sink(kind: int, data: bytes) -> None:
+            nonlocal eid
+            if kind == frames.CONTROL:
+                if started := frames.started_of(data):
+                    eid = str(started.get("exec_id") or "")
+                    await call.notify("container.exec.started", started)
+            elif kind in _NAMES:
+                note = {"exec_id": eid, "stream": _NAMES[kind], "data": base64.b64encode(data).decode()}
+                await call.notify("container.exec.output", note)
 
         return await self.core.execs.exec(req, sink)
+
+    async def _exec_raw(self, call: jsonrpc.Call, req: ExecRequest) -> Any:
+        """``container.exec`` on a raw stream: the shim's frames relayed, the client's frames
+        to the exec's input once it runs; the client's closing ends the relay (not the exec)."""
+        channel = await call.switch()
+        started = anyio.Event()
+        eid = ""
+
+        async def sink(kind: int, data: bytes) -> None:
+            nonlocal eid
+            if kind == frames.CONTROL and (info := frames.started_of(data)):
+                eid = str(info.get("exec_id") or "")
+                started.set()
+            await channel.send(kind, data)
+
+        async def relay_input(scope: anyio.CancelScope) -> None:
+            await started.wait()
+            execs = self.core.execs
+            while True:
+                try:
+                    kind, data = await channel.receive()
+                except (anyio.EndOfStream, frames.MalformedFrame):
+                    scope.cancel()
+                    return
+                try:
+                    if kind == frames.STDIN and data:
+                        await execs.stdin(eid, data)
+                    elif kind == frames.STDIN:
+                        await execs.close_stdin(eid)
+                    elif kind == frames.CONTROL and (size := frames.resize_of(data)):
+                        await execs.resize(eid, *size)
+                except TugError:
+                    pass  # it has ended meanwhile: the input has nowhere to go
+
+        done, result = False, None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay_input, tg.cancel_scope)
+            result = await self.core.execs.exec(req, sink)
+            done = True
+            tg.cancel_scope.cancel()
+        if not done:
+            raise anyio.BrokenResourceError("the client closed the stream")
+        return result
 
     async def exec_stdin(self, call: jsonrpc.Call) -> Any:
         """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
         eid = call.params.string("exec_id", required=True)
-        await self.core.execs.stdin(eid, call.params.string("data", ""))
+        try:
+            data = base64.b64decode(call.params.string("data", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
+        await self.core.execs.stdin(eid, data)
         return {}
 
     async def exec_resize(self, call: jsonrpc.Call) -> Any:
