@@ -3,26 +3,30 @@
 Everything the streaming server (cri/streaming.py) sends or receives of a process's stdio goes
 through :class:`Process`: its :meth:`~Process.output` yields ``(stream, bytes)`` (``"stdout"``,
 ``"stderr"``), and it takes :meth:`~Process.send_stdin`, :meth:`~Process.close_stdin` and
-:meth:`~Process.resize`. :func:`exec_process` runs a command (``container.exec``);
-:func:`attach_process` attaches to a container's PID 1 (``container.logs`` with ``follow`` and
-``tail: 0`` for the output, ``container.stdin``/``close_stdin``/``resize`` for the input, as
-``tug attach`` does). Today they translate tugd's JSON-RPC notifications with base64 data; when
-tugd's streams become raw framed bytes, only this module changes.
+:meth:`~Process.resize`. :func:`exec_process` runs a command (tugd's raw stream of
+``container.exec``: frames of bytes both ways); :func:`attach_process` attaches to a
+container's PID 1 (``container.logs`` with ``follow`` and ``tail: 0`` for the output,
+``container.stdin``/``close_stdin``/``resize`` for the input, still JSON-RPC notifications with
+base64 data). When the attach moves to frames too, only this module changes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
-from tugwire import crilog, jsonrpc
-from tugwire.errors import NotFound, TugError
+from tugwire import crilog, frames, jsonrpc
+from tugwire.errors import TugError, Unavailable
+from tugwire.rawchannel import RawChannel
 
 _NAMES = {b"stdout": "stdout", b"stderr": "stderr"}
+_KINDS = {frames.STDOUT: "stdout", frames.STDERR: "stderr"}
 
 
 class Process:
@@ -52,47 +56,57 @@ class Process:
 
 
 class _Exec(Process):
+    """An exec on tugd's raw stream of ``container.exec`` (docs/api.md, "Raw streams"): its
+    output as stdout and stderr frames, its input as stdin and control frames on the same
+    connection, its exit code in the end frame."""
+
     def __init__(self, rpc: jsonrpc.RpcClient, cid: str, params: dict[str, Any]) -> None:
         super().__init__(rpc, cid)
         self.params = params
-        self.exec_id: str | None = None
         self.started = anyio.Event()
-        self.done = False
+        self.channel: RawChannel | None = None  # while it runs
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        result: dict[str, Any] = {}
         try:
-            async with self.rpc.stream("container.exec", self.params) as notes:
-                async for note in notes:
-                    if "stream" not in note:  # container.exec.started
-                        self.exec_id = note.get("exec_id")
+            async with jsonrpc.open_raw(self.rpc.path, "container.exec", self.params) as channel:
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise Unavailable("tugd closed the exec stream before its end") from None
+                    if kind == frames.END:
+                        result = frames.end_result(data)
+                        break
+                    if kind == frames.CONTROL and frames.started_of(data) is not None:
+                        self.channel = channel
                         self.started.set()
-                        continue
-                    yield _NAMES.get(str(note["stream"]).encode(), "stdout"), base64.b64decode(note["data"])
-                result = await notes.result()
+                    elif kind in _KINDS and data:
+                        yield _KINDS[kind], data
         finally:
-            self.done = True
+            self.channel = None
             self.started.set()
         code = result.get("exit_code")
         self.exit_code = None if code is None else int(code)
         self.error = result.get("error")
 
-    async def _input(self, method: str, params: dict[str, Any]) -> None:
+    async def _input(self, kind: int, data: bytes) -> None:
         await self.started.wait()
-        if self.exec_id is None or self.done:
+        channel = self.channel
+        if channel is None:
             return  # it never ran, or it has ended: nothing to feed
-        try:
-            await self.rpc.call(method, {"exec_id": self.exec_id, **params})
-        except NotFound:
-            pass  # it ended meanwhile
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await channel.send(kind, data)
 
     async def send_stdin(self, data: bytes) -> None:
-        await self._input("container.exec.stdin", {"data": base64.b64encode(data).decode()})
+        if data:
+            await self._input(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
-        await self._input("container.exec.close_stdin", {})
+        await self._input(frames.STDIN, b"")
 
     async def resize(self, width: int, height: int) -> None:
-        await self._input("container.exec.resize", {"rows": height, "cols": width})
+        await self._input(frames.CONTROL, json.dumps({"resize": [height, width]}).encode())
 
 
 class _Attach(Process):

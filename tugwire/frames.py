@@ -76,9 +76,10 @@ def parse_json(payload: bytes) -> dict[str, Any]:
 
 
 def end_result(payload: bytes) -> Any:
-    """The result an ``end`` frame carries, or raise its error as the matching TugError."""
+    """The result an ``end`` frame carries, or raise its error as the matching TugError (an
+    ``error`` that is an object; an exec's result has its own ``error``, a string)."""
     obj = parse_json(payload)
-    if "error" in obj:
+    if isinstance(obj.get("error"), dict):
         raise errors.from_json(obj["error"])
     return obj
 
