@@ -408,8 +408,10 @@ class ContainerApi:
         return await self.core.execs.exec(req, sink)
 
     async def _exec_raw(self, call: jsonrpc.Call, req: ExecRequest) -> Any:
-        """``container.exec`` on a raw stream: the shim's frames relayed, the client's frames
-        to the exec's input once it runs; the client's closing ends the relay (not the exec)."""
+        """``container.exec`` on a raw stream, switched at once (before the reader takes another
+        line; an error then comes in the end frame): the shim's frames relayed, the client's
+        frames to the exec's input once it runs; the client's closing ends the relay (not the
+        exec)."""
         channel = await call.switch()
         started = anyio.Event()
         eid = ""
@@ -440,12 +442,17 @@ class ContainerApi:
                 except TugError:
                     pass  # it has ended meanwhile: the input has nowhere to go
 
-        done, result = False, None
+        done, result, error = False, None, None
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay_input, tg.cancel_scope)
-            result = await self.core.execs.exec(req, sink)
+            try:
+                result = await self.core.execs.exec(req, sink)
+            except TugError as exc:
+                error = exc  # raised as itself, not in a group
             done = True
             tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
         if not done:
             raise anyio.BrokenResourceError("the client closed the stream")
         return result
