@@ -21,7 +21,7 @@ from ..containers import ACTIVE, parse_signal
 from ..containers.health import HealthRequest
 from ..containers.options import CreateRequest
 from ..core import Core
-from ..execs import ExecRequest
+from ..execs import ExecRequest, ExecSink
 from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
@@ -391,8 +391,13 @@ class ContainerApi:
             timeout=p.number("timeout"),
         )
         if call.wants_raw() and not req.detach:
-            return await self._exec_raw(call, req)
+            return await self._exec_raw(call, lambda sink: self.core.execs.exec(req, sink))
+        return await self.core.execs.exec(req, self._exec_notes(call))
 
+    @staticmethod
+    def _exec_notes(call: jsonrpc.Call) -> ExecSink:
+        """The sink of an exec whose client did not ask for frames: its ``container.exec.started``
+        and ``container.exec.output`` (base64) notifications."""
         eid = ""
 
         async def sink(kind: int, data: bytes) -> None:
@@ -405,10 +410,10 @@ class ContainerApi:
                 note = {"exec_id": eid, "stream": _NAMES[kind], "data": base64.b64encode(data).decode()}
                 await call.notify("container.exec.output", note)
 
-        return await self.core.execs.exec(req, sink)
+        return sink
 
-    async def _exec_raw(self, call: jsonrpc.Call, req: ExecRequest) -> Any:
-        """``container.exec`` on a raw stream, switched at once (before the reader takes another
+    async def _exec_raw(self, call: jsonrpc.Call, run: Callable[[ExecSink], Awaitable[Any]]) -> Any:
+        """An exec (``run`` with its sink) on a raw stream, switched at once (before the reader takes another
         line; an error then comes in the end frame): the shim's frames relayed, the client's
         frames to the exec's input once it runs; the client's closing ends the relay (not the
         exec)."""
@@ -446,7 +451,7 @@ class ContainerApi:
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay_input, tg.cancel_scope)
             try:
-                result = await self.core.execs.exec(req, sink)
+                result = await run(sink)
             except TugError as exc:
                 error = exc  # raised as itself, not in a group
             done = True
