@@ -291,7 +291,8 @@ def _quiet(channel: RawChannel) -> Send:
         if gone:
             return
         try:
-            await channel.send(kind, data)
+            with anyio.CancelScope(shield=True):  # a frame is never cut (the drains' deadline)
+                await channel.send(kind, data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             gone = True
 
