@@ -401,17 +401,23 @@ class ShimClient:
         text = _dict(await self.call(shimapi.TASK_METRICS, timeout=timeout)).get("text")
         return text if isinstance(text, str) else ""
 
-    async def stdin(self, data_b64: str) -> None:
-        """``task.stdin``: write to PID 1's terminal or stdin."""
-        await self.call(shimapi.TASK_STDIN, {"data": data_b64})
+    @contextlib.asynccontextmanager
+    async def attach(self) -> AsyncIterator[RawChannel]:
+        """``task.attach``: a raw stream whose stdin and control frames are PID 1's input."""
+        async with jsonrpc.open_raw(self.socket, shimapi.TASK_ATTACH, {}) as channel:
+            yield channel
 
-    async def close_stdin(self) -> None:
-        """``task.close_stdin``: EOF on PID 1's stdin."""
-        await self.call(shimapi.TASK_CLOSE_STDIN, {})
-
-    async def resize(self, rows: int, cols: int) -> None:
-        """``task.resize``: the size of PID 1's terminal."""
-        await self.call(shimapi.TASK_RESIZE, shimapi.params(shimapi.ResizeParams(rows, cols)))
+    async def input(self, kind: int, data: bytes) -> None:
+        """One frame of input for PID 1 (stdin, an empty one closing it; a control resize) on a
+        ``task.attach`` of its own, under the deadline; raises the error if it was dropped."""
+        try:
+            with anyio.fail_after(self.timeout):
+                async with self.attach() as channel:
+                    await channel.send(kind, data)
+                    await channel.stream.send_eof()
+                    await jsonrpc.end_of(channel)
+        except TimeoutError:
+            raise errors.Unavailable(f"the shim at {self.dir} did not take the input in time") from None
 
     @contextlib.asynccontextmanager
     async def logs(self, params: LogsParams) -> AsyncIterator[LogStream]:

@@ -50,9 +50,9 @@ TASK_UPDATE = "task.update"  # UpdateParams -> {}
 TASK_TOP = "task.top"  # -> {titles, processes}
 TASK_STATS = "task.stats"  # -> the cgroup's figures as JSON
 TASK_REOPEN_LOG = "task.reopen_log"  # -> {}: the log file opened again at its path (kubelet renamed it)
-TASK_STDIN = "task.stdin"  # {"data": base64} -> {}
-TASK_CLOSE_STDIN = "task.close_stdin"  # -> {}
-TASK_RESIZE = "task.resize"  # ResizeParams -> {}
+# A raw stream only: the client's stdin frames (empty: close) and control resize frames are PID
+# 1's input; at the client's half-close the end frame {} (or the first dropped input's error).
+TASK_ATTACH = "task.attach"
 # ExecParams, a raw stream only: control {"started": {exec_id, pid}}, stdout/stderr frames, the
 # end frame {exit_code, ...}; the client's stdin and control (resize) frames are the exec's input.
 TASK_EXEC = "task.exec"
@@ -313,14 +313,6 @@ class UpdateParams:
     cpu_quota: int | None = None
     cpu_period: int | None = None
     pids_limit: int | None = None
-
-
-@dataclass(frozen=True)
-class ResizeParams:
-    """``task.resize``: a terminal's size."""
-
-    rows: int = 24
-    cols: int = 80
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -187,25 +188,26 @@ class ContainerApi:
         return {"id": rec.id}
 
     async def _raw_input(self, channel: RawChannel, cid: Any, scope: anyio.CancelScope) -> None:
-        """An attached client's frames: stdin (an empty one closes it) and control (resize) to
-        the container; the end of the connection (or a malformed frame) cancels ``scope``.
-        Input a container cannot take is dropped, as the notifications' was."""
-        attach = self.core.attach
-        while True:
-            try:
-                kind, data = await channel.receive()
-            except (anyio.EndOfStream, frames.MalformedFrame):
-                scope.cancel()
-                return
-            try:
-                if kind == frames.STDIN and data:
-                    await attach.stdin(cid, base64.b64encode(data).decode())
-                elif kind == frames.STDIN:
-                    await attach.close_stdin(cid)
-                elif kind == frames.CONTROL and (size := frames.resize_of(data)):
-                    await attach.resize(cid, *size)
-            except TugError:
-                pass
+        """An attached client's frames: stdin (an empty one closes it) and control (resize),
+        relayed to the container's shim as frames (opened at the first); the end of the
+        connection (or a malformed frame) cancels ``scope``. Input a container cannot take is
+        dropped, as the notifications' was."""
+        async with contextlib.AsyncExitStack() as stack:
+            send: Callable[[int, bytes], Awaitable[None]] | None = None
+            while True:
+                try:
+                    kind, data = await channel.receive()
+                except (anyio.EndOfStream, frames.MalformedFrame):
+                    scope.cancel()
+                    return
+                if kind not in (frames.STDIN, frames.CONTROL):
+                    continue
+                if send is None:
+                    try:
+                        send = await stack.enter_async_context(self.core.attach.stream(cid))
+                    except TugError:
+                        continue  # not running (yet, or any more): the input has nowhere to go
+                await send(kind, data)
 
     @staticmethod
     def _frame_sink(call: jsonrpc.Call) -> Callable[[int, bytes], Awaitable[None]]:
@@ -487,7 +489,11 @@ class ContainerApi:
     async def container_stdin(self, call: jsonrpc.Call) -> Any:
         """Write ``data`` (base64) to the terminal or stdin of running container ``id``."""
         p = call.params
-        await self.core.attach.stdin(p.raw.get("id"), p.string("data", ""))
+        try:
+            data = base64.b64decode(p.string("data", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
+        await self.core.attach.stdin(p.raw.get("id"), data)
         return {}
 
     async def container_close_stdin(self, call: jsonrpc.Call) -> Any:
