@@ -3,16 +3,15 @@
 Everything the streaming server (cri/streaming.py) sends or receives of a process's stdio goes
 through :class:`Process`: its :meth:`~Process.output` yields ``(stream, bytes)`` (``"stdout"``,
 ``"stderr"``), and it takes :meth:`~Process.send_stdin`, :meth:`~Process.close_stdin` and
-:meth:`~Process.resize`. :func:`exec_process` runs a command (tugd's raw stream of
-``container.exec``: frames of bytes both ways); :func:`attach_process` attaches to a
-container's PID 1 (``container.logs`` with ``follow`` and ``tail: 0`` for the output,
-``container.stdin``/``close_stdin``/``resize`` for the input, still JSON-RPC notifications with
-base64 data). When the attach moves to frames too, only this module changes.
+:meth:`~Process.resize`. Both are tugd's raw streams (docs/api.md, "Raw streams": frames of
+bytes both ways, on a connection of their own): :func:`exec_process` runs a command
+(``container.exec``); :func:`attach_process` attaches to a container's PID 1
+(``container.logs`` with ``follow`` and ``tail: 0``, its input on the same stream, as ``tug
+attach`` does).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,11 +20,10 @@ from typing import Any
 
 import anyio
 
-from tugwire import crilog, frames, jsonrpc
-from tugwire.errors import TugError, Unavailable
+from tugwire import frames, jsonrpc
+from tugwire.errors import Unavailable
 from tugwire.rawchannel import RawChannel
 
-_NAMES = {b"stdout": "stdout", b"stderr": "stderr"}
 _KINDS = {frames.STDOUT: "stdout", frames.STDERR: "stderr"}
 
 
@@ -35,8 +33,8 @@ class Process:
     code (None for an attach, or when tugd does not know it) and :attr:`error` tugd's message
     when the command could not run."""
 
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
-        self.rpc = rpc
+    def __init__(self, socket: str, cid: str) -> None:
+        self.socket = socket  # tugd's: each stream is a connection of its own
         self.cid = cid
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -60,8 +58,8 @@ class _Exec(Process):
     output as stdout and stderr frames, its input as stdin and control frames on the same
     connection, its exit code in the end frame."""
 
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str, params: dict[str, Any]) -> None:
-        super().__init__(rpc, cid)
+    def __init__(self, socket: str, cid: str, params: dict[str, Any]) -> None:
+        super().__init__(socket, cid)
         self.params = params
         self.started = anyio.Event()
         self.channel: RawChannel | None = None  # while it runs
@@ -69,7 +67,7 @@ class _Exec(Process):
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
         result: dict[str, Any] = {}
         try:
-            async with jsonrpc.open_raw(self.rpc.path, "container.exec", self.params) as channel:
+            async with jsonrpc.open_raw(self.socket, "container.exec", self.params) as channel:
                 while True:
                     try:
                         kind, data = await channel.receive()
@@ -110,56 +108,69 @@ class _Exec(Process):
 
 
 class _Attach(Process):
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
-        super().__init__(rpc, cid)
+    """An attach on tugd's raw stream of ``container.logs`` (``follow``, ``tail: 0``): PID 1's
+    output as stdout and stderr frames, its input as stdin and control frames on the same
+    connection (input it cannot take is dropped by tugd)."""
+
+    def __init__(self, socket: str, cid: str) -> None:
+        super().__init__(socket, cid)
         self.following = anyio.Event()
+        self.channel: RawChannel | None = None  # while it is followed
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
-        async with self.rpc.stream("container.logs", {"id": self.cid, "follow": True, "tail": 0}) as notes:
-            try:
-                await self.rpc.call("container.inspect", {"id": self.cid})  # the follower is in
-            finally:
-                self.following.set()
-            async for note in notes:
-                for record in base64.b64decode(note.get("data", "")).split(b"\n"):
-                    if record:
-                        _, name, full, content = crilog.parse_record(record)
-                        yield _NAMES.get(name, "stdout"), content + b"\n" if full else content
-            await notes.result()
-
-    async def _input(self, method: str, params: dict[str, Any]) -> None:
-        await self.following.wait()  # input only once the output that answers it is followed
+        params = {"id": self.cid, "follow": True, "tail": 0}
         try:
-            await self.rpc.call(method, {"id": self.cid, **params})
-        except TugError:
-            pass  # not running any more, or made without stdin: the input has nowhere to go
+            async with jsonrpc.open_raw(self.socket, "container.logs", params) as channel:
+                # tugd answers the switch once the follower is registered: input from now on
+                # is answered by output we get.
+                self.channel = channel
+                self.following.set()
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise Unavailable("tugd closed the log stream before its end") from None
+                    if kind == frames.END:
+                        frames.end_result(data)
+                        return
+                    if kind in _KINDS and data:
+                        yield _KINDS[kind], data
+        finally:
+            self.channel = None
+            self.following.set()
+
+    async def _input(self, kind: int, data: bytes) -> None:
+        await self.following.wait()  # input only once the output that answers it is followed
+        channel = self.channel
+        if channel is None:
+            return  # not followed (any more): the input has nowhere to go
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await channel.send(kind, data)
 
     async def send_stdin(self, data: bytes) -> None:
-        await self._input("container.stdin", {"data": base64.b64encode(data).decode()})
+        if data:
+            await self._input(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
         """Nothing: the container's stdin stays open for the next attach, as containerd does
         for a container without ``stdin_once`` (which tugd does not record)."""
 
     async def resize(self, width: int, height: int) -> None:
-        await self._input("container.resize", {"rows": height, "cols": width})
+        await self._input(frames.CONTROL, json.dumps({"resize": [height, width]}).encode())
 
 
 @asynccontextmanager
 async def exec_process(
     socket: str, cid: str, cmd: list[str], *, stdin: bool, tty: bool
 ) -> AsyncIterator[Process]:
-    """Run ``cmd`` in container ``cid`` (on a connection of its own, closed on leaving)."""
+    """Run ``cmd`` in container ``cid`` (its stream on a connection of its own, opened by
+    :meth:`~Process.output` and closed when that ends)."""
     params = {"id": cid, "cmd": cmd, "stdin": stdin, "tty": tty}
-    async with jsonrpc.connect(socket) as rpc:
-        yield _Exec(rpc, cid, params)
+    yield _Exec(socket, cid, params)
 
 
 @asynccontextmanager
 async def attach_process(socket: str, cid: str) -> AsyncIterator[Process]:
     """Attach to container ``cid``'s PID 1. Its output starts with what it writes after this
-    is followed: input waits until the follower is registered (requests on one connection are
-    taken in order, so once ``container.inspect`` answers, ``container.logs`` has registered)."""
-    async with jsonrpc.connect(socket) as rpc:
-        proc = _Attach(rpc, cid)
-        yield proc
+    is followed: input waits until the follower is registered (tugd's switch to frames)."""
+    yield _Attach(socket, cid)
