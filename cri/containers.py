@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc.aio
 
-from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+from tugwire.errors import FailedPrecondition, InvalidArgument, MethodNotFound, NotFound
 from tugwire.timefmt import parse_rfc3339
 
 from .errors import rpc
@@ -165,7 +165,7 @@ def create_params(
         "cmd": list(cfg.args),
         "env": [f"{kv.key}={_text(kv.value)}" for kv in cfg.envs],
         "labels": dict(cfg.labels),
-        "annotations": dict(cfg.annotations),
+        "annotations": {**cfg.annotations, **({STDIN_ONCE: "true"} if cfg.stdin and cfg.stdin_once else {})},
         "tty": cfg.tty,
         "stdin": cfg.stdin,
         "namespaces": namespaces,
@@ -208,7 +208,8 @@ def create_params(
     volumes = []
     for m in cfg.mounts:
         if m.HasField("image") and m.image.image:
-            raise InvalidArgument("image volumes are not supported by tugd", field="mounts")
+            # UNIMPLEMENTED, as critest and kubelet take an unsupported feature
+            raise MethodNotFound("image volumes are not supported by tugd")
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument("ID-mapped mounts are not supported by tugd", field="mounts")
         if m.recursive_read_only:
@@ -251,7 +252,7 @@ def container_message(info: dict[str, Any]) -> api_pb2.Container:
         state=STATE.get(info.get("state") or "", api_pb2.CONTAINER_UNKNOWN),
         created_at=ns_time(info.get("created_at")),
         labels=info.get("labels") or {},
-        annotations=info.get("annotations") or {},
+        annotations=user_annotations(info),
     )
 
 
@@ -290,7 +291,7 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
         reason=reason,
         message=message,
         labels=info.get("labels") or {},
-        annotations=info.get("annotations") or {},
+        annotations=user_annotations(info),
         mounts=mounts,
         log_path=str(info.get("log_path") or "") if config.get("log_path") else "",
     )
@@ -317,7 +318,7 @@ def stats_message(
             id=info["id"],
             metadata=metadata_of(info["name"]),
             labels=info.get("labels") or {},
-            annotations=info.get("annotations") or {},
+            annotations=user_annotations(info),
         )
     )
     out.cpu.timestamp = now
@@ -337,6 +338,19 @@ def stats_message(
     if size_rw is not None:
         out.writable_layer.used_bytes.value = int(size_rw)
     return out
+
+
+STDIN_ONCE = "io.tugboat.cri.stdin-once"  # an annotation of tug-cri's own: not shown back
+
+
+def user_annotations(info: dict[str, Any]) -> dict[str, str]:
+    """A container's annotations as its CreateContainer gave them (without tug-cri's own)."""
+    return {k: v for k, v in (info.get("annotations") or {}).items() if k != STDIN_ONCE}
+
+
+def stdin_once(info: dict[str, Any]) -> bool:
+    """Made with ``stdin_once``: its stdin closes when the first attach closes its own."""
+    return (info.get("annotations") or {}).get(STDIN_ONCE) == "true"
 
 
 def labels_match(labels: dict[str, str], selector: Any) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import grpc.aio
 
 from tugwire import imageref
-from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
+from tugwire.errors import InvalidArgument, NotFound
 
 from .errors import rpc
 from .gen import api_pb2, api_pb2_grpc
@@ -112,30 +112,23 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     async def PullImage(
         self, request: api_pb2.PullImageRequest, context: Context
     ) -> api_pb2.PullImageResponse:
-        """Pull through tugd's ``image.pull``; answers the image's id.
-
-        Credentials: tugd's ``image.pull`` takes none of its own (docs/api.md); it uses those
-        saved for the registry by ``auth.login`` (``tug login``). Credentials in the request are
-        therefore not used: the pull is tried with tugd's, and when the registry refuses it the
-        error says so (FAILED_PRECONDITION) instead of pretending they were tried."""
+        """Pull through tugd's ``image.pull``; answers the image's id. The request's
+        ``AuthConfig`` (username and password, ``auth``, identity or registry token) goes to
+        tugd as ``auth``: used for this pull only, never saved; without it, tugd uses what a
+        ``tug login`` saved for the registry."""
         ref = check_reference(request.image.image)
-        with_auth = request.HasField("auth") and has_credentials(request.auth)
-        if with_auth:
-            log.warning(
-                "PullImage %s: the request's own credentials are not passed to tugd (its image.pull "
-                "takes none); pulling with the credentials tugd has saved for the registry",
-                ref,
-            )
-        try:
-            result: dict[str, Any] = await self.tugd.call("image.pull", {"ref": ref})
-        except FailedPrecondition as exc:
-            if with_auth and exc.details.get("state") == "unauthorized":
-                raise FailedPrecondition(
-                    f"{exc.message}; tug-cri cannot pass PullImage's credentials to tugd yet "
-                    "(tugd's image.pull takes none): save them on the node with `tug login REGISTRY`",
-                    **exc.details,
-                ) from exc
-            raise
+        params: dict[str, Any] = {"ref": ref}
+        if request.HasField("auth") and has_credentials(request.auth):
+            a = request.auth
+            fields = {
+                "username": a.username,
+                "password": a.password,
+                "auth": a.auth,
+                "identity_token": a.identity_token,
+                "registry_token": a.registry_token,
+            }
+            params["auth"] = {k: v for k, v in fields.items() if v}
+        result: dict[str, Any] = await self.tugd.call("image.pull", params)
         return api_pb2.PullImageResponse(image_ref=result["id"])
 
     @rpc

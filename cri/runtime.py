@@ -30,6 +30,7 @@ RUNTIME_API_VERSION = "v1"
 RUNTIME_NAME = "tugboat"
 
 NO_POD_NETWORK = "NoPodNetwork"
+NETWORK_PLUGIN_NOT_READY = "NetworkPluginNotReady"  # CNI mode without a valid configuration
 
 
 class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer):
@@ -58,8 +59,10 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
     @rpc
     async def Status(self, request: api_pb2.StatusRequest, context: Context) -> api_pb2.StatusResponse:
         """``RuntimeReady`` is whether tugd answers ``system.info``; ``NetworkReady`` is whether
-        tugd's pod network is ready (``pod.network_config``: the built-in bridge network; false,
-        reason ``NoPodNetwork``, without an answer). ``verbose`` adds ``info``: ``config``
+        tugd's pod network is ready (``pod.network_config``: the built-in bridge network is; CNI
+        mode is when a valid configuration is found, else false with reason
+        ``NetworkPluginNotReady`` and tugd's message; false, reason ``NoPodNetwork``, without an
+        answer). ``verbose`` adds ``info``: ``config``
         (tug-cri's sockets), ``tugd`` (its ``system.info``) and ``network`` (the pod network)
         as JSON."""
         info: dict[str, Any] | None = None
@@ -79,8 +82,9 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
             )
         else:
             network = api_pb2.RuntimeCondition(type="NetworkReady", status=bool(net["ready"]))
-            if not net["ready"]:
-                network.reason, network.message = NO_POD_NETWORK, "tugd's pod network is not ready"
+            if not net["ready"]:  # CNI mode without a valid configuration: as containerd says it
+                network.reason = NETWORK_PLUGIN_NOT_READY if net.get("mode") == "cni" else NO_POD_NETWORK
+                network.message = net.get("message") or "tugd's pod network is not ready"
         out = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
         if request.verbose:
             out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})

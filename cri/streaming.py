@@ -67,6 +67,7 @@ class StreamRequest:
     stdout: bool = False
     stderr: bool = False
     pod_id: str = ""
+    stdin_once: bool = False  # attach: the container's stdin closes with the client's
 
 
 class TooManyRequests(Exception):
@@ -143,7 +144,7 @@ async def run_process(tugd_socket: str, req: StreamRequest, io: Channels) -> Non
     if req.kind == "exec":
         opener = tugstreams.exec_process(tugd_socket, req.container_id, req.cmd, stdin=req.stdin, tty=req.tty)
     else:
-        opener = tugstreams.attach_process(tugd_socket, req.container_id)
+        opener = tugstreams.attach_process(tugd_socket, req.container_id, stdin_once=req.stdin_once)
     failure: str | None = None
     async with opener as proc:
 

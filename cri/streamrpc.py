@@ -12,6 +12,7 @@ import grpc.aio
 
 from tugwire.errors import FailedPrecondition, InvalidArgument
 
+from .containers import stdin_once
 from .errors import rpc
 from .gen import api_pb2
 from .streaming import StreamRequest, StreamServer, TooManyRequests
@@ -48,6 +49,7 @@ class StreamingMethods:
             stdin=request.stdin,
             stdout=request.stdout,
             stderr=request.stderr,
+            stdin_once=stdin_once(info),
         )
 
     async def _url(self, request: StreamRequest, context: Context) -> str:

@@ -116,6 +116,7 @@ class _Attach(Process):
         super().__init__(socket, cid)
         self.following = anyio.Event()
         self.channel: RawChannel | None = None  # while it is followed
+        self.stdin_once = False
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
         params = {"id": self.cid, "follow": True, "tail": 0}
@@ -152,8 +153,10 @@ class _Attach(Process):
             await self._input(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
-        """Nothing: the container's stdin stays open for the next attach, as containerd does
-        for a container without ``stdin_once`` (which tugd does not record)."""
+        """The container's stdin closes (EOF) if it was made with ``stdin_once``; otherwise it
+        stays open for the next attach, as containerd does."""
+        if self.stdin_once:
+            await self._input(frames.STDIN, b"")
 
     async def resize(self, width: int, height: int) -> None:
         await self._input(frames.CONTROL, json.dumps({"resize": [height, width]}).encode())
@@ -170,7 +173,9 @@ async def exec_process(
 
 
 @asynccontextmanager
-async def attach_process(socket: str, cid: str) -> AsyncIterator[Process]:
+async def attach_process(socket: str, cid: str, *, stdin_once: bool = False) -> AsyncIterator[Process]:
     """Attach to container ``cid``'s PID 1. Its output starts with what it writes after this
     is followed: input waits until the follower is registered (tugd's switch to frames)."""
-    yield _Attach(socket, cid)
+    proc = _Attach(socket, cid)
+    proc.stdin_once = stdin_once
+    yield proc

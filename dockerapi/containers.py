@@ -40,6 +40,7 @@ def register(r: Router) -> None:
     r.add("POST", f"/containers/{ID}/unpause", unpause)
     r.add("POST", f"/containers/{ID}/rename", rename)
     r.add("GET", f"/containers/{ID}/top", top)
+    r.add("GET", f"/containers/{ID}/changes", changes)
     r.add("POST", f"/containers/{ID}/resize", resize)
 
 
@@ -300,13 +301,11 @@ async def start(ctx: Ctx, ref: str) -> None:
 async def stop(ctx: Ctx, ref: str) -> None:
     """``POST /containers/{id}/stop?t=``: 204; 304 if it does not run."""
     timeout = ctx.req.integer("t")
-    if ctx.req.arg("signal"):
-        raise HttpError(400, "stop with a signal other than the container's stop signal is not supported")
     c = await lookup(ctx, ref)
     if c.get("state") not in ("running", "paused"):
         await ctx.conn.respond(304)
         return
-    params: dict[str, Any] = {"id": c["id"]}
+    params: dict[str, Any] = {"id": c["id"], **_signal(ctx)}
     if timeout is not None and timeout >= 0:
         params["timeout"] = timeout
     await ctx.call("container.stop", params)
@@ -317,11 +316,19 @@ async def restart(ctx: Ctx, ref: str) -> None:
     """``POST /containers/{id}/restart?t=``: 204."""
     timeout = ctx.req.integer("t")
     c = await lookup(ctx, ref)
-    params: dict[str, Any] = {"id": c["id"]}
+    params: dict[str, Any] = {"id": c["id"], **_signal(ctx)}
     if timeout is not None and timeout >= 0:
         params["timeout"] = timeout
     await ctx.call("container.restart", params)
     await ctx.conn.respond(204)
+
+
+def _signal(ctx: Ctx) -> dict[str, Any]:
+    """``?signal=`` of stop and restart (API 1.42: ``docker stop -s``), as tugd's ``signal``."""
+    sig = ctx.req.arg("signal")
+    if not sig:
+        return {}
+    return {"signal": int(sig) if sig.isdigit() else sig}
 
 
 async def kill(ctx: Ctx, ref: str) -> None:
@@ -391,6 +398,13 @@ async def top(ctx: Ctx, ref: str) -> None:
     except errors.FailedPrecondition:
         raise HttpError(409, f"Container {c['id']} is not running") from None
     await ctx.conn.respond_json(200, {"Titles": result["titles"], "Processes": result["processes"]})
+
+
+async def changes(ctx: Ctx, ref: str) -> None:
+    """``GET /containers/{id}/changes`` (``docker diff``): ``[{Path, Kind}]``, sorted by path."""
+    c = await lookup(ctx, ref)
+    found = await ctx.call("container.changes", {"id": c["id"]})
+    await ctx.conn.respond_json(200, [{"Path": x["path"], "Kind": x["kind"]} for x in found])
 
 
 async def resize(ctx: Ctx, ref: str) -> None:

@@ -1,17 +1,15 @@
 """Exec routes: ``POST /containers/{id}/exec`` (create), ``POST /exec/{id}/start`` (hijacked),
 ``GET /exec/{id}/json`` (inspect, with the true exit code), ``POST /exec/{id}/resize``.
 
-Docker splits an exec into create, start and inspect; tugd's ``container.exec`` runs one whole.
-So this adapter keeps the one table a restart loses: the execs created and not yet started, and
-the exit codes of finished ones (the last :data:`KEEP` of them) — what tugd should grow as
-``exec.create``/``exec.inspect`` (see docs/docker-api.md). The exit code is recorded *before*
-the hijacked stream is closed: ``docker exec`` inspects the moment its stream ends.
+Each is one of tugd's exec verbs: ``exec.create``, ``exec.start`` (through the stream seam,
+:class:`streams.ExecRun`, as ``container.exec`` of the created exec), ``exec.inspect``. The
+records are tugd's, so a restart of this process forgets nothing, and a detached exec's exit code
+is known. tugd records the exit code before the exec's stream ends: ``docker exec`` inspects the
+moment its stream ends.
 """
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -25,29 +23,6 @@ from .http import HttpError, peer_closed, read_raw
 from .server import Ctx, Router
 from .shapes import get_bool, get_str, get_strs
 
-KEEP = 1000  # finished execs remembered for inspect
-
-
-@dataclass
-class Exec:
-    """One docker exec: its config, then its process and exit."""
-
-    id: str
-    container_id: str
-    cmd: list[str]
-    env: list[str]
-    workdir: str | None
-    user: str | None
-    tty: bool
-    stdin: bool
-    stdout: bool
-    stderr: bool
-    running: bool = False
-    exit_code: int | None = None
-    pid: int = 0
-    tugd_id: str | None = None
-    started: bool = False
-
 
 def register(r: Router) -> None:
     """Add the exec routes."""
@@ -57,11 +32,12 @@ def register(r: Router) -> None:
     r.add("POST", "/exec/(?P<eid>[^/]+)/resize", resize)
 
 
-def _get(ctx: Ctx, eid: str) -> Exec:
-    ex = ctx.shared.execs.get(eid)
-    if ex is None:
-        raise HttpError(404, f"No such exec instance: {eid}")
-    assert isinstance(ex, Exec)
+async def _get(ctx: Ctx, eid: str) -> dict[str, Any]:
+    """tugd's record of exec ``eid``: docker's 404 when there is none."""
+    try:
+        ex: dict[str, Any] = await ctx.call("exec.inspect", {"exec_id": eid})
+    except (errors.NotFound, errors.InvalidArgument):
+        raise HttpError(404, f"No such exec instance: {eid}") from None
     return ex
 
 
@@ -77,80 +53,64 @@ async def create(ctx: Ctx, ref: str) -> None:
     if c.get("state") != "running":
         state = "paused" if c.get("state") == "paused" else "not running"
         raise HttpError(409, f"Container {c['id']} is {state}")
-    ex = Exec(
-        id=secrets.token_hex(32),
-        container_id=c["id"],
-        cmd=cmd,
-        env=get_strs(body, "Env") or [],
-        workdir=get_str(body, "WorkingDir") or None,
-        user=get_str(body, "User") or None,
-        tty=get_bool(body, "Tty"),
-        stdin=get_bool(body, "AttachStdin"),
-        stdout=get_bool(body, "AttachStdout"),
-        stderr=get_bool(body, "AttachStderr"),
-    )
-    table = ctx.shared.execs
-    table[ex.id] = ex
-    while len(table) > KEEP:
-        oldest = next((k for k, v in table.items() if not v.running), None)
-        if oldest is None:
-            break
-        del table[oldest]
-    await ctx.conn.respond_json(201, {"Id": ex.id})
+    params: dict[str, Any] = {
+        "id": c["id"],
+        "cmd": cmd,
+        "env": get_strs(body, "Env") or [],
+        "tty": get_bool(body, "Tty"),
+        "stdin": get_bool(body, "AttachStdin"),
+        "stdout": get_bool(body, "AttachStdout"),
+        "stderr": get_bool(body, "AttachStderr"),
+    }
+    workdir, user = get_str(body, "WorkingDir"), get_str(body, "User")
+    if workdir:
+        params["workdir"] = workdir
+    if user:
+        params["user"] = user
+    try:
+        ex = await ctx.call("exec.create", params)
+    except errors.FailedPrecondition:  # it stopped meanwhile
+        raise HttpError(409, f"Container {c['id']} is not running") from None
+    await ctx.conn.respond_json(201, {"Id": ex["id"]})
 
 
 async def inspect(ctx: Ctx, eid: str) -> None:
     """``GET /exec/{id}/json``."""
-    ex = _get(ctx, eid)
+    ex = await _get(ctx, eid)
+    cmd = ex.get("cmd") or [""]
     await ctx.conn.respond_json(
         200,
         {
-            "ID": ex.id,
-            "Running": ex.running,
-            "ExitCode": ex.exit_code,
+            "ID": ex["id"],
+            "Running": bool(ex.get("running")),
+            "ExitCode": ex.get("exit_code"),
             "ProcessConfig": {
-                "tty": ex.tty,
-                "entrypoint": ex.cmd[0],
-                "arguments": ex.cmd[1:],
+                "tty": bool(ex.get("tty")),
+                "entrypoint": cmd[0],
+                "arguments": cmd[1:],
                 "privileged": False,
-                "user": ex.user or "",
+                "user": ex.get("user") or "",
             },
-            "OpenStdin": ex.stdin,
-            "OpenStderr": ex.stderr,
-            "OpenStdout": ex.stdout,
+            "OpenStdin": bool(ex.get("stdin")),
+            "OpenStderr": bool(ex.get("stderr")),
+            "OpenStdout": bool(ex.get("stdout")),
             "CanRemove": False,
-            "ContainerID": ex.container_id,
+            "ContainerID": ex.get("container_id", ""),
             "DetachKeys": "",
-            "Pid": ex.pid,
+            "Pid": int(ex.get("pid") or 0),
         },
     )
 
 
 async def resize(ctx: Ctx, eid: str) -> None:
     """``POST /exec/{id}/resize?h=&w=``: 200 (201 in docker; the CLI ignores both)."""
-    ex = _get(ctx, eid)
     rows, cols = ctx.req.integer("h", 24), ctx.req.integer("w", 80)
-    if not ex.running or ex.tugd_id is None:
-        raise HttpError(409, f"exec {eid} is not running")
-    await ctx.call("container.exec.resize", {"exec_id": ex.tugd_id, "rows": rows, "cols": cols})
+    try:
+        await ctx.call("container.exec.resize", {"exec_id": eid, "rows": rows, "cols": cols})
+    except errors.NotFound:
+        await _get(ctx, eid)  # 404 unless it exists
+        raise HttpError(409, f"exec {eid} is not running") from None
     await ctx.conn.respond(200, b"", "text/plain; charset=utf-8")
-
-
-def _params(ex: Exec, detach: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "id": ex.container_id,
-        "cmd": ex.cmd,
-        "tty": ex.tty,
-        "stdin": ex.stdin and not detach,
-        "detach": detach,
-    }
-    if ex.env:
-        params["env"] = ex.env
-    if ex.workdir:
-        params["workdir"] = ex.workdir
-    if ex.user:
-        params["user"] = ex.user
-    return params
 
 
 async def start(ctx: Ctx, eid: str) -> None:
@@ -160,39 +120,34 @@ async def start(ctx: Ctx, eid: str) -> None:
     if not isinstance(body, dict):
         raise HttpError(400, "the exec start config must be a JSON object")
     detach = get_bool(body, "Detach")
-    ex = _get(ctx, eid)
-    if ex.started:
+    ex = await _get(ctx, eid)
+    if ex.get("started"):
         raise HttpError(409, f"Exec {eid} has already run")
-    ex.started = True
     async with ctx.rpc() as rpc:
-        run = streams.ExecRun(rpc, _params(ex, detach))
+        run = streams.ExecRun(rpc, {"exec_id": eid, "detach": detach})
         if detach:
             try:
                 async for _ in run.output():
                     pass
             except errors.FailedPrecondition as exc:
                 raise HttpError(409, exc.message) from None
-            ex.pid = int(run.pid or 0)
-            ex.tugd_id = run.exec_id
             await ctx.conn.respond(200, b"", None)
             return
-        mux = not ex.tty
+        mux = not ex.get("tty")
         ctype = streams.MULTIPLEXED if mux and ctx.at_least("1.42") else streams.RAW
         output = run.output()
-        ex.running = True
         try:
             raw, first = await ctx.conn.hijack(ctype)
             started = anyio.Event()
             async with anyio.create_task_group() as tg:
-                if ex.stdin:
+                if ex.get("stdin"):
                     tg.start_soon(_pump_stdin, run, raw, first, started, tg)
                 else:
                     tg.start_soon(_watch_gone, raw, tg)
-                want = {streams.STDOUT: ex.stdout, streams.STDERR: ex.stderr}
+                want = {streams.STDOUT: bool(ex.get("stdout")), streams.STDERR: bool(ex.get("stderr"))}
                 try:
                     async for stream, data in output:
                         if stream < 0:
-                            ex.pid, ex.tugd_id = int(run.pid or 0), run.exec_id
                             started.set()
                             continue
                         if want.get(stream, True):
@@ -200,21 +155,15 @@ async def start(ctx: Ctx, eid: str) -> None:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     pass
                 except errors.TugError as exc:
-                    # runc could not start it (docker: 126/127 and the message on the stream)
-                    run.result = {"exit_code": 126, "error": exc.message}
+                    # runc could not start it (docker: 126/127 and the message on the stream);
+                    # tugd has recorded 126
                     msg = f"OCI runtime exec failed: {exc.message}\r\n".encode()
                     await raw.send(streams.encode(streams.STDOUT, msg, mux))
-                # Final before the stream closes: docker exec inspects at once.
-                code = run.result.get("exit_code")
-                ex.exit_code = int(code) if code is not None else 126
                 if run.result.get("error"):
                     msg = (str(run.result["error"]) + "\n").encode()
                     await raw.send(streams.encode(streams.STDERR if mux else streams.STDOUT, msg, mux))
                 tg.cancel_scope.cancel()
         finally:
-            ex.running = False
-            if ex.exit_code is None:
-                ex.exit_code = run.result.get("exit_code") if run.result else None
             await output.aclose()
 
 

@@ -9,7 +9,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -36,10 +36,9 @@ def parse_version(text: str) -> tuple[int, int]:
 
 @dataclass
 class Shared:
-    """What every request of one server shares: tugd's socket, and the exec table."""
+    """What every request of one server shares: tugd's socket."""
 
     tugd: str
-    execs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 # skopeo, umoci, docker-registry and apache2-utils (htpasswd): the image tests check interop with the
 # real tools against a real registry on 127.0.0.1. nftables: published ports and outbound NAT.
 # debhelper, lintian: `make deb` (scripts/build-deb.sh); debootstrap: tests/test_deb.py installs the
-# package into a fresh Debian 12 root it makes with it.
+# package into a fresh Debian 12 root it makes with it. docker-compose (1.29, Python): the compose test
+# drives it against tug-docker-api. containernetworking-plugins (in /usr/lib/cni) and iptables (portmap
+# and bridge's ipMasq use it): tugd's CNI pod networking and its test.
 PACKAGES=(runc crun busybox-static tini python3 python3-venv iproute2 util-linux procps prometheus
-          skopeo umoci docker-registry apache2-utils nftables debhelper lintian debootstrap)
+          skopeo umoci docker-registry apache2-utils nftables debhelper lintian debootstrap
+          docker-compose containernetworking-plugins iptables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

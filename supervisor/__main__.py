@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         "--registry-mirror",
         action="append",
         default=[],
-        metavar="URL",
-        help="a mirror of docker.io (http://HOST[:PORT] or https://...), tried before it; "
-        "repeatable, in order (as dockerd's registry-mirrors)",
+        metavar="[REGISTRY=]URL",
+        help="a mirror of docker.io (http://HOST[:PORT] or https://...), or with REGISTRY= of "
+        "that registry (registry.k8s.io=http://127.0.0.1:5000), tried before it; repeatable, "
+        "in order (as dockerd's registry-mirrors, containerd's hosts.toml)",
     )
     parser.add_argument(
         "--default-network",
@@ -80,6 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="set tugboat.db aside (renamed with the time) and rebuild it from what is on disk, then "
         "start as usual; the event history is lost (docs/design.md, 'Store and rebuild')",
+    )
+    parser.add_argument(
+        "--pod-network",
+        choices=["builtin", "cni"],
+        default="builtin",
+        help="pod networking: a Tugboat bridge network (builtin), or CNI plugins (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cni-conf-dir",
+        default="/etc/cni/net.d",
+        help="CNI mode: where the network configuration is, the first *.conflist, *.conf or *.json "
+        "in lexical order (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cni-bin-dir",
+        action="append",
+        default=[],
+        help="CNI mode: a directory of plugins, searched in order (repeatable; default /opt/cni/bin, "
+        "then /usr/lib/cni)",
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -123,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             registry_mirrors=tuple(args.registry_mirror),
             runtime_timeout=args.runtime_timeout,
             rebuild_store=args.rebuild_store,
+            pod_network=args.pod_network,
+            cni_conf_dir=args.cni_conf_dir,
+            cni_bin_dirs=tuple(args.cni_bin_dir) or ("/opt/cni/bin", "/usr/lib/cni"),
         ).validated()
     except ConfigError as exc:
         print(f"tugd: {exc}", file=sys.stderr)

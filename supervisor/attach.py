@@ -35,9 +35,9 @@ class Attach:
 
     def _running(self, ref: Any, what: str) -> ContainerRecord:
         rec = self.c.get(ref)
-        if rec.state != RUNNING:
+        if rec.run.state != RUNNING:
             raise FailedPrecondition(
-                f"cannot {what} container {rec.name}: it is {rec.state}", state=rec.state
+                f"cannot {what} container {rec.name}: it is {rec.run.state}", state=rec.run.state
             )
         return rec
 
@@ -45,7 +45,7 @@ class Attach:
         try:
             await request
         except FailedPrecondition as exc:
-            raise FailedPrecondition(f"container {rec.name}: {exc.message}", state=rec.state) from exc
+            raise FailedPrecondition(f"container {rec.name}: {exc.message}", state=rec.run.state) from exc
 
     async def stdin(self, ref: Any, data: bytes) -> None:
         """Write ``data`` to the terminal or stdin of running container ``ref``."""

@@ -79,6 +79,24 @@ def check_mirror(url: str) -> str:
     return f"{scheme.lower()}://{rest.lower()}"
 
 
+def check_mirror_entry(entry: str) -> tuple[str, str]:
+    """One ``--registry-mirror`` value: ``URL`` (a mirror of docker.io) or ``REGISTRY=URL`` (a
+    mirror of that registry, as containerd's ``hosts.toml``): ``(registry, SCHEME://host)``,
+    the registry lower-cased (docker.io's other names are docker.io)."""
+    if isinstance(entry, str) and "=" in entry:
+        registry, _, url = entry.partition("=")
+        registry = registry.strip().lower()
+        if registry in ("index.docker.io", DOCKER_HUB_ENDPOINT):
+            registry = DOCKER_HUB
+        if _HOST_RE.fullmatch(registry) is None:
+            raise InvalidArgument(
+                f"invalid registry mirror {entry!r}: want REGISTRY=URL, REGISTRY a HOST[:PORT]",
+                field="registry_mirror",
+            )
+        return registry, check_mirror(url)
+    return DOCKER_HUB, check_mirror(entry)
+
+
 def endpoint_host(host: str) -> str:
     """Where a registry's API actually is: docker.io's is registry-1.docker.io."""
     return DOCKER_HUB_ENDPOINT if host == DOCKER_HUB else host

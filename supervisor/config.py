@@ -31,12 +31,20 @@ class Config:
     metrics_address: str = "127.0.0.1:9323"  # HOST:PORT of GET /metrics; "" (or "off"): none
     insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] spoken to over plain HTTP (auth.py)
     # Mirrors of docker.io tried in order before it (--registry-mirror, as dockerd's
-    # registry-mirrors): SCHEME://HOST[:PORT] each (auth.check_mirror).
+    # registry-mirrors): SCHEME://HOST[:PORT] each (auth.check_mirror). Given as REGISTRY=URL
+    # (auth.check_mirror_entry), a mirror of another registry: validated() moves those into
+    # registry_mirror_map, (registry, url) pairs in order.
     registry_mirrors: tuple[str, ...] = ()
+    registry_mirror_map: tuple[tuple[str, str], ...] = ()
     default_network: str = "bridge"  # of containers created without --network (supervisor/network)
     # Where subnets of networks without --subnet come from, in order: "base=CIDR,size=N" each
     # (--default-address-pool); empty: docker's default-address-pools (network/host.py).
     address_pools: tuple[str, ...] = ()
+    # Pod networking (supervisor/pods): "builtin" (a Tugboat bridge network) or "cni" (the first
+    # configuration of cni_conf_dir, its plugins from cni_bin_dirs: supervisor/pods/cni.py).
+    pod_network: str = "builtin"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
     rebuild_store: bool = False  # --rebuild-store: make tugboat.db again from disk (supervisor/rebuild.py)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -64,22 +72,29 @@ class Config:
                 raise ConfigError(f"--metrics-address: {exc}") from None
         from tugwire.errors import InvalidArgument
 
-        from .auth import check_host, check_mirror
+        from .auth import DOCKER_HUB, check_host, check_mirror_entry
 
         try:
             insecure = tuple(check_host(h) for h in self.insecure_registries)
         except InvalidArgument as exc:
             raise ConfigError(f"--insecure-registry: {exc.message}") from None
         try:
-            mirrors = tuple(dict.fromkeys(check_mirror(m) for m in self.registry_mirrors))
+            entries = [check_mirror_entry(m) for m in self.registry_mirrors]
+            entries += [check_mirror_entry(f"{r}={u}") for r, u in self.registry_mirror_map]
         except InvalidArgument as exc:
             raise ConfigError(f"--registry-mirror: {exc.message}") from None
+        mirrors = tuple(dict.fromkeys(u for r, u in entries if r == DOCKER_HUB))
+        mirror_map = tuple(dict.fromkeys((r, u) for r, u in entries if r != DOCKER_HUB))
         from .network.host import parse_pool
 
         try:
             pools = tuple(str(parse_pool(p)) for p in self.address_pools)
         except InvalidArgument as exc:
             raise ConfigError(f"--default-address-pool: {exc.message}") from None
+        if self.pod_network not in ("builtin", "cni"):
+            raise ConfigError(f"--pod-network must be builtin or cni, not {self.pod_network!r}")
+        if not self.cni_bin_dirs:
+            raise ConfigError("--cni-bin-dir: at least one directory")
         longest = os.path.join(state, "shims", "0" * 64, shimapi.SOCKET)
         for path in (sock, longest):
             if len(path.encode()) > SOCKET_PATH_MAX:
@@ -103,8 +118,12 @@ class Config:
             metrics_address=metrics_address,
             insecure_registries=insecure,
             registry_mirrors=mirrors,
+            registry_mirror_map=mirror_map,
             default_network=self.default_network,
             address_pools=pools,
+            pod_network=self.pod_network,
+            cni_conf_dir=os.path.abspath(self.cni_conf_dir),
+            cni_bin_dirs=tuple(os.path.abspath(d) for d in self.cni_bin_dirs),
             rebuild_store=self.rebuild_store,
             extra=dict(self.extra),
         )

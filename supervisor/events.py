@@ -141,8 +141,8 @@ class Filters:
         v = self.values
         if "type" in v and e.type not in v["type"]:
             return False
-        if "event" in v and e.action not in v["event"]:
-            return False
+        if "event" in v and e.action not in v["event"] and e.action.partition(":")[0] not in v["event"]:
+            return False  # docker's rule: `exec_create` matches `exec_create: CMD` too
         if "container" in v and not (e.type == "container" and self._container_matches(e)):
             return False
         if "network" in v and not (

@@ -6,7 +6,9 @@ environment, so that nothing tugd starts inherits it)::
     TUGD_FAILPOINTS="container.create.after_db=kill;container.start.after_launch=2*kill"
 
 Each entry is ``NAME=[COUNT*]ACTION``: ``kill`` sends SIGKILL to tugd itself (a crash at that very
-point: no ``finally``, no flush); ``error`` raises :class:`tugwire.errors.Internal`; ``COUNT*``
+point: no ``finally``, no flush); ``error`` raises :class:`tugwire.errors.Internal`; ``stop``
+sends SIGSTOP to tugd itself (frozen at that very point until the test sends SIGCONT: the time
+to kill a client, tug-cri, whose call tugd is in the middle of); ``COUNT*``
 lets the first COUNT-1 passes through and acts on the COUNT-th. The names are listed in
 :data:`POINTS`; an unknown name or action stops tugd at start (a test that arms a point that does
 not exist must not silently pass).
@@ -37,7 +39,9 @@ POINTS = {
     "container.start.after_launch": "the shim runs the container, the store still says created",
     "container.stop.after_signal": "the stop signal sent, the exit not yet recorded",
     "container.exit.before_record": "the shim reported an exit that is not in the store yet",
+    "pod.create.after_namespaces": "the pod's namespaces pinned (and its infra started), no network yet",
     "pod.create.after_network": "the pod's namespaces pinned and wired, its record still creating",
+    "pod.cni.add.after_plugin": "a plugin of the pod's CNI chain added, the chain's result not cached",
     "pod.stop.after_unmount": "the pod's network released, namespaces unmounted, still recorded ready",
     "pod.remove.after_dir": "the pod's directory removed, its record not yet",
     "container.exit.after_record": "the exit recorded, the task not yet released (shim, mount)",
@@ -47,7 +51,7 @@ POINTS = {
     "image.ingest.after_fetch": "a pull or load has every blob, layers maybe mid-unpack, nothing recorded",
     "image.ingest.after_unpack": "the snapshots unpacked, the image not recorded",
 }
-ACTIONS = ("kill", "error")
+ACTIONS = ("kill", "error", "stop")
 
 
 @dataclass
@@ -78,7 +82,7 @@ def parse(spec: str) -> dict[str, tuple[int, str]]:
         if not star:
             count_text, action = "1", rest
         if action not in ACTIONS:
-            raise FailpointError(f"unknown failpoint action {action!r} for {name} (want kill or error)")
+            raise FailpointError(f"unknown failpoint action {action!r} for {name} (want kill, error or stop)")
         if not count_text.isdigit() or int(count_text) < 1:
             raise FailpointError(f"bad failpoint count {count_text!r} for {name}")
         out[name] = (int(count_text), action)
@@ -106,4 +110,8 @@ def failpoint(name: str) -> None:
     if entry.action == "kill":
         log.warning("failpoint %s: SIGKILL", name)
         os.kill(os.getpid(), signal.SIGKILL)
+    if entry.action == "stop":
+        log.warning("failpoint %s: SIGSTOP", name)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
     raise Internal(f"failpoint {name}")

@@ -174,7 +174,6 @@ def _containers(
 ) -> None:
     from .network.ipam import Endpoint
 
-    fields = {f.name for f in dataclasses.fields(ContainerRecord)}
     ep_fields = {f.name for f in dataclasses.fields(Endpoint)}
     with_record: set[str] = set()
     for cid, obj in layout.containers():
@@ -183,8 +182,8 @@ def _containers(
             summary.skipped.append(f"container {cid[:12]}: its record is unreadable")
             continue
         try:
-            store.insert_container(ContainerRecord(**{k: v for k, v in rec.items() if k in fields}))
-        except (AlreadyExists, TypeError) as exc:
+            store.insert_container(ContainerRecord.from_json(rec))
+        except (AlreadyExists, TypeError, ValueError, KeyError) as exc:
             summary.skipped.append(f"container {rec.get('name', cid[:12])}: {exc}")
             continue
         with_record.add(cid)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -32,76 +31,7 @@ from tugwire.shimapi import (
     UpdateParams,
 )
 
-from . import spec
-from .config import Config
-
 log = logging.getLogger("tugboat.shims")
-
-LOG_FILE = "container.log"  # in the bundle
-NO_ROTATION = 1 << 62  # the log size of a log someone else rotates (kubelet: ReopenContainerLog)
-CLEANUP_GRACE = 30.0  # after a shim that died at birth: how long its cleanup may take
-
-
-def task_config(
-    cfg: Config,
-    cid: str,
-    *,
-    name: str,
-    image: str,
-    log_max_size: int | None = None,
-    log_max_files: int | None = None,
-    metrics_address: str = "",
-    tty: bool = False,
-    stdin: bool = False,
-    log_path: str | None = None,
-    cgroup_parent: str | None = None,
-) -> ShimConfig:
-    """The shim config of task ``cid``, for a container and a build step alike: its bundle
-    ``containers/<id>/`` (``config.json``, ``rootfs``, the log), its shim's state dir
-    ``shims/<id>/``, its cgroup, and the daemon's runtime and anyio backend. A ``log_path`` of
-    the caller's (the CRI's) is written there, whole: kubelet rotates it, tugd does not."""
-    bundle = cfg.container_dir(cid)
-    if log_path:
-        log_max_size, log_max_files = NO_ROTATION, 1
-    return ShimConfig(
-        id=cid,
-        bundle=bundle,
-        dir=cfg.shim_dir(cid),
-        runtime=cfg.runtime,
-        runtime_root=cfg.runtime_root,
-        runtime_timeout=cfg.runtime_timeout,
-        log_path=log_path or os.path.join(bundle, LOG_FILE),
-        log_max_size=log_max_size or cfg.log_max_size,
-        log_max_files=log_max_files or cfg.log_max_files,
-        cgroup_path=spec.cgroup_path(cid, cgroup_parent),
-        name=name,  # name and image label the container's metrics
-        image=image,
-        metrics_address=metrics_address,
-        tty=tty,
-        stdin=stdin,
-        backend=cfg.backend,  # shims run on the daemon's anyio backend
-        requested_at=time.monotonic(),
-    )
-
-
-async def launch_task(launcher: ShimLauncher, config: ShimConfig) -> LaunchReply:
-    """Start the shim of ``config`` (its state dir made if need be); its reply once the container
-    runs. If the shim died or went silent without an answer, maybe after runc made the container,
-    its runtime state and processes would be nobody's: they are cleaned up (``tug-shim delete``)
-    and its state dir removed before the error is raised. A shim that answered with runc's error
-    has cleaned up after runc itself."""
-    os.makedirs(config.dir, mode=0o700, exist_ok=True)
-    try:
-        return await launcher.launch(config)
-    except BaseException as exc:
-        if not isinstance(exc, errors.TugError) or exc.kind == "internal":
-            with anyio.move_on_after(CLEANUP_GRACE, shield=True):
-                try:
-                    await delete_dead(config.dir, config.id, config.runtime, config.runtime_root)
-                except Exception as cleanup_exc:
-                    log.warning("cleanup after the shim of %s: %s", config.id[:12], cleanup_exc)
-        fsutil.remove_tree(config.dir)
-        raise
 
 
 def shim_command() -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from tugwire.errors import InvalidArgument
 
 from . import security
+from .records import ContainerSettings
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -110,26 +111,26 @@ def _read_db(roots: list[str], rel: str) -> list[list[str]]:
 
 def build(
     cid: str,
-    opts: dict[str, Any],
+    settings: ContainerSettings,
     image_config: dict[str, Any],
     rootfs: str,
     layers: list[str],
     net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The spec for ``runc``. ``opts`` were validated by the containers service; ``layers`` are
+    """The spec for ``runc``. ``settings`` were checked by the containers service; ``layers`` are
     the image's snapshot dirs, top first, where user names are looked up. ``net`` (from
     :meth:`supervisor.network.Networks.spec_for`): ``netns`` a namespace file to join, "" for
     the host's, None for a new one; ``mounts`` the generated /etc files."""
-    entrypoint = opts.get("entrypoint")
+    entrypoint = settings.entrypoint
     if entrypoint is None:
         entrypoint = image_config.get("Entrypoint") or []
-    cmd = opts.get("cmd") or []
-    if not cmd and opts.get("entrypoint") is None:
+    cmd = settings.cmd
+    if not cmd and settings.entrypoint is None:
         cmd = image_config.get("Cmd") or []
     args = list(entrypoint) + list(cmd)
     if not args:
         raise InvalidArgument("no command specified (the image has no Cmd or Entrypoint)", field="cmd")
-    if opts.get("init"):
+    if settings.init:
         # tini as PID 1: forwards signals to the command (-g: to its process group) and reaps
         # the zombies of orphans; -s keeps it a subreaper should it ever not be PID 1.
         args = [*init_prefix(), *args]
@@ -137,25 +138,25 @@ def build(
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
     env_keys = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
-    joined = opts.get("namespaces") or {}
+    joined = settings.namespaces
     # A container that joins another UTS namespace (a pod's, or the host's) keeps its hostname,
     # unless one is asked for.
-    hostname = opts.get("hostname") or ("" if joined.get("uts") else cid[:12])
-    for item in [*([f"HOSTNAME={hostname}"] if hostname else []), *opts.get("env", [])]:
+    hostname = settings.hostname or ("" if joined.get("uts") else cid[:12])
+    for item in [*([f"HOSTNAME={hostname}"] if hostname else []), *settings.env]:
         key = item.split("=", 1)[0]
         if key in env_keys:
             env[env_keys[key]] = item
         else:
             env_keys[key] = len(env)
             env.append(item)
-    uid, gid, extra_gids = resolve_user(opts.get("user") or image_config.get("User") or "", layers)
-    extra_gids += [g for g in opts.get("supplemental_groups") or [] if g not in extra_gids]
-    cwd = opts.get("workdir") or image_config.get("WorkingDir") or "/"
+    uid, gid, extra_gids = resolve_user(settings.user or image_config.get("User") or "", layers)
+    extra_gids += [g for g in settings.supplemental_groups if g not in extra_gids]
+    cwd = settings.workdir or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
-    if opts.get("tty") and not any(e.startswith("TERM=") for e in env):
+    if settings.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")  # as docker does for -t
     process: dict[str, Any] = {
-        "terminal": bool(opts.get("tty")),
+        "terminal": settings.tty,
         "user": {"uid": uid, "gid": gid, **({"additionalGids": extra_gids} if extra_gids else {})},
         "args": args,
         "env": env,
@@ -203,7 +204,7 @@ def build(
             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
         },
     ]
-    if opts.get("init"):
+    if settings.init:
         mounts.append(
             {
                 "destination": INIT_PATH,
@@ -213,7 +214,7 @@ def build(
             }
         )
     propagations = set()
-    for vol in opts.get("volumes", []):
+    for vol in settings.volumes:
         propagation = vol.get("propagation") or "rprivate"
         propagations.add(propagation)
         options = ["rbind", propagation]
@@ -238,20 +239,20 @@ def build(
         else:
             namespaces = [{"type": kind, "path": where} if n["type"] == kind else n for n in namespaces]
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if opts.get("memory"):
-        resources["memory"] = {"limit": int(opts["memory"])}
-    if opts.get("cpus"):
-        resources["cpu"] = {"quota": int(float(opts["cpus"]) * CPU_PERIOD), "period": CPU_PERIOD}
-    if opts.get("pids_limit"):
-        resources["pids"] = {"limit": int(opts["pids_limit"])}
+    if settings.memory:
+        resources["memory"] = {"limit": int(settings.memory)}
+    if settings.cpus:
+        resources["cpu"] = {"quota": int(float(settings.cpus) * CPU_PERIOD), "period": CPU_PERIOD}
+    if settings.pids_limit:
+        resources["pids"] = {"limit": int(settings.pids_limit)}
     oci: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": process,
-        "root": {"path": rootfs, "readonly": bool(opts.get("read_only"))},
+        "root": {"path": rootfs, "readonly": settings.read_only},
         "mounts": mounts,
         "linux": {
             "resources": resources,
-            "cgroupsPath": cgroup_path(cid, opts.get("cgroup_parent")),
+            "cgroupsPath": cgroup_path(cid, settings.cgroup_parent),
             "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
@@ -263,17 +264,17 @@ def build(
         oci["linux"]["rootfsPropagation"] = "rslave"
     if hostname:
         oci["hostname"] = hostname  # runc refuses a hostname without a UTS namespace of its own
-    if opts.get("sysctls"):
-        oci["linux"]["sysctl"] = dict(opts["sysctls"])
+    if settings.sysctls:
+        oci["linux"]["sysctl"] = dict(settings.sysctls)
     labels = image_config.get("Labels")
     annotations: dict[str, str] = {}
     if isinstance(labels, dict) and labels:
         # the image's Labels become the runtime spec's annotations (string values only, as the
         # OCI runtime spec requires), so runc hooks and `runc state` see them
         annotations = {str(k): v for k, v in labels.items() if isinstance(v, str)}
-    annotations.update(opts.get("annotations") or {})  # the container's own (the CRI's) over them
+    annotations.update(settings.annotations)  # the container's own (the CRI's) over them
     if annotations:
         oci["annotations"] = annotations
     # Capabilities, seccomp, no-new-privileges, masked paths: the container's security options.
-    security.apply(oci, opts.get("security"))
+    security.apply(oci, settings.security)
     return oci

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from tugwire.errors import AlreadyExists
 
+from .records import ContainerSettings, RunState, State
+
 if TYPE_CHECKING:
     from .ondisk import Mirror
 
@@ -82,65 +84,82 @@ EVENTS_CAP = 200_000  # about 30 MB
 
 # A container's runtime state that is stored inside its ``config`` JSON (where it always was, so
 # that the database, the records on disk and ``tugd --rebuild-store`` read it as before), but is
-# not a setting of the user's: on a ContainerRecord each is a field of its own.
+# not a setting of the user's: each is a field of its RunState.
 RUNTIME_KEYS = ("restart_count", "stopped_by_user", "log_dropped_bytes")
 
 
 @dataclass
 class ContainerRecord:
-    """A container as the store keeps it: ``config`` holds the user's settings (and what create
-    resolved from them); the other fields are its runtime state."""
+    """A container as the store keeps it: who it is (id, name, image, created_at), the user's
+    ``settings`` (typed and frozen: they change only as a whole), and apart from them its
+    runtime state ``run``, which the lifecycle changes."""
 
     id: str
     name: str
     image: str
     image_id: str
     created_at: str
-    config: dict[str, Any]
-    state: str
-    pid: int = 0
-    exit_code: int | None = None
-    exit_signal: str | None = None
-    oom_killed: bool = False
-    started_at: str | None = None
-    finished_at: str | None = None
-    reason: str = ""
-    shim_pid: int = 0
-    restart_count: int = 0  # restarts by the policy since the user last started it
-    stopped_by_user: bool = False  # the restart policy leaves it alone
-    log_dropped_bytes: int = 0  # output its log could not keep in its last run
-
-    def __post_init__(self) -> None:
-        if any(k in self.config for k in RUNTIME_KEYS):  # as stored: taken out of the settings
-            self.config = dict(self.config)
-            self.restart_count = int(self.config.pop("restart_count", None) or self.restart_count)
-            self.stopped_by_user = bool(self.config.pop("stopped_by_user", None) or self.stopped_by_user)
-            self.log_dropped_bytes = int(self.config.pop("log_dropped_bytes", None) or self.log_dropped_bytes)
+    settings: ContainerSettings
+    run: RunState
 
     def stored_config(self) -> dict[str, Any]:
-        """``config`` as stored (and as ``container.inspect`` shows it): the settings, with the
-        runtime values that are not at their defaults."""
-        out = dict(self.config)
+        """The ``config`` column (and what ``container.inspect`` shows as ``config``): the
+        settings, with the runtime values that are not at their defaults."""
+        out = self.settings.to_json()
         for key in RUNTIME_KEYS:
-            value = getattr(self, key)
+            value = getattr(self.run, key)
             if value:
                 out[key] = value
         return out
 
     def row(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: it deep-copies the settings only for them to be replaced by
-        # their JSON here (35 000 calls per 100 containers in a cProfile of tugd, issue 13).
-        d = {k: getattr(self, k) for k in _CONTAINER_COLS}
+        d: dict[str, Any] = {name: getattr(self, name) for name in _IDENTITY}
+        d.update((name, getattr(self.run, name)) for name in _RUN_COLUMNS)
         d["config"] = json.dumps(self.stored_config())
-        d["oom_killed"] = int(self.oom_killed)
+        d["state"] = str(self.run.state)
+        d["oom_killed"] = int(self.run.oom_killed)
         return d
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ContainerRecord:
+        """A record from its row, as any tugd wrote it (the runtime keys inside ``config``)."""
         d = dict(row)
         d["config"] = json.loads(d["config"])
-        d["oom_killed"] = bool(d["oom_killed"])
-        return cls(**d)
+        return cls.from_json(d)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ContainerRecord:
+        """A record from its row with ``config`` decoded (as the records on disk hold it; see
+        supervisor/ondisk.py): TypeError, ValueError or KeyError if it is not one."""
+        config = dict(d["config"])
+        get = d.get
+        run = RunState(
+            state=State(d["state"]),
+            pid=get("pid", 0),
+            exit_code=get("exit_code"),
+            exit_signal=get("exit_signal"),
+            oom_killed=bool(get("oom_killed")),
+            started_at=get("started_at"),
+            finished_at=get("finished_at"),
+            reason=get("reason", ""),
+            shim_pid=get("shim_pid", 0),
+            restart_count=int(config.pop("restart_count", None) or 0),
+            stopped_by_user=bool(config.pop("stopped_by_user", None) or False),
+            log_dropped_bytes=int(config.pop("log_dropped_bytes", None) or 0),
+        )
+        return cls(
+            d["id"],
+            d["name"],
+            d["image"],
+            d["image_id"],
+            d["created_at"],
+            ContainerSettings.from_json(config),
+            run,
+        )
+
+
+_IDENTITY = ("id", "name", "image", "image_id", "created_at")
+_RUN_COLUMNS = tuple(f.name for f in fields(RunState) if f.name not in RUNTIME_KEYS)
 
 
 @dataclass(frozen=True)
@@ -169,7 +188,7 @@ class ImageRecord:
     repo_digests: list[str] = field(default_factory=list)
 
 
-_CONTAINER_COLS = [f.name for f in fields(ContainerRecord) if f.name not in RUNTIME_KEYS]
+_CONTAINER_COLS = [*_IDENTITY, *_RUN_COLUMNS, "config"]
 
 
 class Store:

@@ -71,6 +71,15 @@ class SystemInfo:
     store: dict[str, Any]  # the store's health (store_health; issue 19)
     pid: int
     registry_mirrors: list[str] = field(default_factory=list)  # of docker.io, in order
+    # other registries' mirrors (--registry-mirror REGISTRY=URL): registry -> URLs in order
+    registry_mirror_map: dict[str, list[str]] = field(default_factory=dict)
+
+
+def mirror_map(pairs: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for registry, url in pairs:
+        out.setdefault(registry, []).append(url)
+    return out
 
 
 def store_health(store: Store) -> dict[str, Any]:
@@ -256,6 +265,7 @@ class System:
             store=store_health(self.store),
             pid=os.getpid(),
             registry_mirrors=list(self.cfg.registry_mirrors),
+            registry_mirror_map=mirror_map(self.cfg.registry_mirror_map),
         )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:
@@ -313,11 +323,11 @@ class System:
             image_items.append(ImageUsage(rec.id, rec.names, size, shared, users.get(rec.id, 0)))
         container_items = [
             ContainerUsage(
-                c.id, c.name, c.image, c.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
+                c.id, c.name, c.image, c.run.state, usage.writable.get(c.id, 0), usage.logs.get(c.id, 0)
             )
             for c in containers
         ]
-        inactive = [c for c in containers if c.state not in ACTIVE]
+        inactive = [c for c in containers if c.run.state not in ACTIVE]
         db_size = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -356,7 +366,7 @@ class System:
         removed_containers: list[str] = []
         reclaimed = 0
         for rec in containers:
-            if rec.state not in (CREATED, EXITED):
+            if rec.run.state not in (CREATED, EXITED):
                 continue
             try:
                 await self.containers.delete(rec.id, force=False)

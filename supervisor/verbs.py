@@ -1,11 +1,12 @@
 """The verbs on a container besides its lifecycle: ``top``, ``stats``, ``update``, ``rename``,
-``restart`` and ``cp``. Each refuses, changing nothing, what the container's state forbids.
+``restart``, ``changes`` and ``cp``. Each refuses, changing nothing, what the container's state forbids.
 Pause, unpause and the restart policy are part of the lifecycle, in :mod:`supervisor.containers`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import UpdateParams
 
-from . import copy, mounts, spec
+from . import changes, copy, mounts, spec
 from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
 
@@ -42,9 +43,9 @@ class Verbs:
         self.c = containers
 
     def _require_active(self, rec: ContainerRecord, verb: str) -> None:
-        if rec.state not in ACTIVE:
+        if rec.run.state not in ACTIVE:
             raise FailedPrecondition(
-                f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+                f"cannot {verb} container {rec.name}: container is {rec.run.state}", state=rec.run.state
             )
 
     async def top(self, ref: Any) -> dict[str, Any]:
@@ -61,10 +62,10 @@ class Verbs:
         """One sample of the container's cgroup figures (zeros when it is not running)."""
         rec = self.c.get(ref)
         sample: dict[str, Any] = {"running": False}
-        if rec.state in ACTIVE:
+        if rec.run.state in ACTIVE:
             with contextlib.suppress(FailedPrecondition):
                 sample = await self.c.shim(rec.id).stats()
-        return {"id": rec.id, "name": rec.name, "state": rec.state, **sample}
+        return {"id": rec.id, "name": rec.name, "state": rec.run.state, **sample}
 
     async def update(self, req: UpdateRequest) -> ContainerRecord:
         """New ``memory`` (bytes), ``cpus`` and ``pids_limit``: applied at once to a running or
@@ -84,7 +85,7 @@ class Verbs:
             raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
         async with self.c.live(rec.id).lock:
             rec = self.c.reload(rec.id)
-            if rec.state in ACTIVE:
+            if rec.run.state in ACTIVE:
                 params = UpdateParams(
                     memory=memory,
                     pids_limit=pids,
@@ -95,9 +96,12 @@ class Verbs:
                     await self.c.shim(rec.id).update(params)
                 except FailedPrecondition as exc:
                     raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
-            for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)):
-                if value is not None:
-                    rec.config[key] = value
+            rec.settings = dataclasses.replace(
+                rec.settings,
+                memory=rec.settings.memory if memory is None else memory,
+                cpus=rec.settings.cpus if cpus is None else cpus,
+                pids_limit=rec.settings.pids_limit if pids is None else pids,
+            )
             self._rewrite_resources(rec)
             self.c.save(rec)
         self.c.publish("update", rec)
@@ -109,13 +113,14 @@ class Verbs:
         with open(path, "rb") as f:
             oci = json.load(f)
         resources = oci.setdefault("linux", {}).setdefault("resources", {})
-        if rec.config.get("memory"):
-            resources["memory"] = {"limit": int(rec.config["memory"])}
-        if rec.config.get("cpus"):
-            quota = int(float(rec.config["cpus"]) * spec.CPU_PERIOD)
+        settings = rec.settings
+        if settings.memory:
+            resources["memory"] = {"limit": int(settings.memory)}
+        if settings.cpus:
+            quota = int(float(settings.cpus) * spec.CPU_PERIOD)
             resources["cpu"] = {"quota": quota, "period": spec.CPU_PERIOD}
-        if rec.config.get("pids_limit"):
-            resources["pids"] = {"limit": int(rec.config["pids_limit"])}
+        if settings.pids_limit:
+            resources["pids"] = {"limit": int(settings.pids_limit)}
         fsutil.write_atomic(path, json.dumps(oci, indent=1).encode(), mode=0o600)
 
     async def rename(self, ref: Any, new_name: str) -> ContainerRecord:
@@ -136,10 +141,18 @@ class Verbs:
         self.c.publish("rename", rec, oldName=old)
         return rec
 
-    async def restart(self, ref: Any, timeout: int | None) -> ContainerRecord:
-        """Stop (if running) then start; event ``restart``."""
+    async def changes(self, ref: Any) -> list[changes.Change]:
+        """What the container changed in its root filesystem (``docker diff``), running or not."""
         rec = self.c.get(ref)
-        await self.c.stop(rec.id, timeout)
+        upper = os.path.join(self.c.cfg.container_dir(rec.id), "upper")
+        lowers = await self.c.lower_layers(rec)
+        return await anyio.to_thread.run_sync(changes.changes, upper, lowers)
+
+    async def restart(self, ref: Any, timeout: int | None, signal: int | None = None) -> ContainerRecord:
+        """Stop (if running; with ``signal`` rather than the stop signal) then start; event
+        ``restart``."""
+        rec = self.c.get(ref)
+        await self.c.stop(rec.id, timeout, signal)
         rec = await self.c.start(rec.id)
         self.c.publish("restart", rec)
         return rec
@@ -194,7 +207,7 @@ class Verbs:
         live = self.c.live(rec.id)
         rootfs = os.path.join(self.c.cfg.container_dir(rec.id), "rootfs")
         rec = self.c.reload(rec.id)
-        if rec.state in ACTIVE and mounts.is_mounted(rootfs):
+        if rec.run.state in ACTIVE and mounts.is_mounted(rootfs):
             fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 yield fd
@@ -203,7 +216,7 @@ class Verbs:
             return
         async with live.lock:
             rec = self.c.reload(rec.id)
-            if rec.state in ACTIVE:
+            if rec.run.state in ACTIVE:
                 raise FailedPrecondition(f"container {rec.name} changed state; try again")
             lower = await self.c.lower_layers(rec)
             cdir = self.c.cfg.container_dir(rec.id)

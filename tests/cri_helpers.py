@@ -26,8 +26,11 @@ TUG_CRI = os.path.join(BIN, "tug-cri")
 class TugCri:
     """One tug-cri process serving ``base``/cri.sock for the tugd at ``tugd_socket``."""
 
-    def __init__(self, base: str, tugd_socket: str, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, base: str, tugd_socket: str, args: tuple[str, ...] = (), netns: str | None = None
+    ) -> None:
         self.base = base
+        self.netns = netns  # a network namespace (under /run/netns) to run in
         self.args = args  # more of tug-cri's options
         self.socket = os.path.join(base, "cri.sock")
         self.endpoint = f"unix://{self.socket}"
@@ -45,7 +48,15 @@ class TugCri:
         notify.settimeout(timeout)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [TUG_CRI, "--listen", self.socket, "--socket", self.tugd_socket, *self.args],
+                [
+                    *(["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []),
+                    TUG_CRI,
+                    "--listen",
+                    self.socket,
+                    "--socket",
+                    self.tugd_socket,
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -108,8 +119,10 @@ def make_tug_cri() -> Iterator[Any]:
     test, must exit 0 and must remove its socket."""
     servers: list[TugCri] = []
 
-    def factory(daemon: Any, *args: str) -> TugCri:
-        server = TugCri(daemon.base, daemon.socket, args)
+    def factory(daemon: Any, *args: str, netns: bool = False) -> TugCri:
+        """``netns``: run in the daemon's network namespace (as critest does, to reach its
+        streaming server and the pods' ports)."""
+        server = TugCri(daemon.base, daemon.socket, args, daemon.netns if netns else None)
         servers.append(server)
         server.start()
         return server

@@ -4,9 +4,11 @@ UpdateRuntimeConfig and the ImageService; bad input gets the right status and ch
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -14,12 +16,22 @@ import grpc
 import pytest
 
 from cri.gen import api_pb2
+from tugwire.errors import InvalidArgument
 
 from .conftest import needs_root, needs_runc
 from .cri_helpers import TUG_CRI, TugCri, make_tug_cri
-from .test_registry import PASSWORD, USER, Registry, _htpasswd, needs_registry, running_registry
+from .test_registry import (
+    PASSWORD,
+    USER,
+    Registry,
+    TokenServer,
+    _htpasswd,
+    needs_registry,
+    running_registry,
+    token_registry,
+)
 
-__all__ = ["make_tug_cri"]  # the fixture, imported for this module's tests
+__all__ = ["make_tug_cri", "token_registry"]  # fixtures, imported for this module's tests
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -318,31 +330,127 @@ def test_pull_from_a_local_registry(make_daemon: Any, make_tug_cri: Any, open_re
 @integration
 @pytest.mark.registry
 @needs_registry
-def test_pull_with_credentials_is_honest_about_them(
+def test_pull_with_the_requests_own_credentials(
     make_daemon: Any, make_tug_cri: Any, basic_registry: Registry
 ) -> None:
-    """tugd's image.pull takes no credentials of its own: a PullImage's are not used, and the
-    refusal says so; with credentials saved in tugd (auth.login), the pull works."""
+    """PullImage's AuthConfig reaches tugd's image.pull as ``auth``: used for that pull, never
+    saved, never logged; username and password or ``auth`` (base64); a refusal with wrong ones
+    changes nothing."""
     host = basic_registry.host
     source = make_daemon()
     source.call("auth.login", {"registry": host, "username": USER, "password": PASSWORD})
     ref = f"{host}/private/busybox:1"
     source.call("image.push", {"ref": "busybox", "dest": ref})
+    want = source.call("image.inspect", {"ref": "busybox"})["id"]
 
     d = make_daemon(image=False)
     cri: TugCri = make_tug_cri(d)
-    with_auth = api_pb2.PullImageRequest(
-        image=spec(ref), auth=api_pb2.AuthConfig(username=USER, password=PASSWORD, server_address=host)
-    )
-    code, message = code_of(lambda: cri.images.PullImage(with_auth))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "cannot pass PullImage's credentials to tugd yet" in message and "tug login" in message
-    assert PASSWORD not in message and PASSWORD not in cri.read_log()
-    assert "credentials are not passed to tugd" in cri.read_log()
-    code, message = code_of(lambda: cri.images.PullImage(api_pb2.PullImageRequest(image=spec(ref))))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "requires a login" in message and "PullImage's credentials" not in message
-    assert d.call("image.list") == []
 
-    d.call("auth.login", {"registry": host, "username": USER, "password": PASSWORD})
-    assert cri.images.PullImage(with_auth).image_ref == source.call("image.inspect", {"ref": "busybox"})["id"]
+    def pull(auth: api_pb2.AuthConfig | None = None) -> Callable[[], Any]:
+        req = api_pb2.PullImageRequest(image=spec(ref))
+        if auth is not None:
+            req.auth.CopyFrom(auth)
+        return lambda: cri.images.PullImage(req)
+
+    code, message = code_of(pull())
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "requires a login" in message
+    wrong = api_pb2.AuthConfig(username=USER, password="not it", server_address=host)
+    code, message = code_of(pull(wrong))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "check the credentials" in message, message
+    assert d.call("image.list") == []
+    mine = api_pb2.AuthConfig(username=USER, password=PASSWORD, server_address=host)
+    assert pull(mine)().image_ref == want
+    # Nothing saved: once the image is gone, a pull without credentials is refused again.
+    d.call("image.remove", {"ref": ref})
+    assert not os.path.exists(os.path.join(d.root, "auth.json"))
+    assert code_of(pull())[0] == grpc.StatusCode.FAILED_PRECONDITION
+    # ``auth``: base64 of username:password, as in a docker config.
+    encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert pull(api_pb2.AuthConfig(auth=encoded))().image_ref == want
+    code, message = code_of(pull(api_pb2.AuthConfig(auth="%%% not base64")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "base64" in message
+    for log in (cri.read_log(), d.read_log()):
+        assert PASSWORD not in log and encoded not in log
+    # The token kinds reach tugd too: a registry token is sent as it is (Basic wants none).
+    code, message = code_of(pull(api_pb2.AuthConfig(registry_token="abc.def.ghi")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "check the credentials" in message, message
+    # tugd's own API: what it refuses.
+    with pytest.raises(InvalidArgument, match="unknown key"):
+        d.call("image.pull", {"ref": ref, "auth": {"user": USER}})
+    with pytest.raises(InvalidArgument, match="password without a username"):
+        d.call("image.pull", {"ref": ref, "auth": {"password": PASSWORD}})
+
+
+def answer_refresh_tokens(tokens: TokenServer, refresh: str) -> list[dict[str, list[str]]]:
+    """Make the test token server take OAuth2 refresh tokens (``POST`` with
+    ``grant_type=refresh_token``): ``refresh`` gets a token for the scopes asked; the forms
+    posted are returned (a list that grows)."""
+    posts: list[dict[str, list[str]]] = []
+
+    def do_post(handler: Any) -> None:
+        length = int(handler.headers.get("Content-Length", "0"))
+        form = urllib.parse.parse_qs(handler.rfile.read(length).decode())
+        posts.append(form)
+        if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [refresh]:
+            handler.send_response(401)
+            handler.end_headers()
+            return
+        access = []
+        for scope in " ".join(form.get("scope", [])).split():
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        body = json.dumps({"access_token": tokens.sign(USER, form["service"][0], access)}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    tokens.httpd.RequestHandlerClass.do_POST = do_post  # type: ignore[attr-defined]
+    return posts
+
+
+@integration
+@pytest.mark.registry
+@needs_registry
+def test_pull_with_a_registry_token(
+    make_daemon: Any, make_tug_cri: Any, token_registry: tuple[Registry, TokenServer]
+) -> None:
+    """A registry behind a token server: PullImage's ``registry_token`` is the bearer token the
+    registry gets as it is (no token server asked); an ``identity_token`` is exchanged at the
+    token server (OAuth2 refresh token, POST); a username and password go through the token
+    server's GET."""
+    reg, tokens = token_registry
+    posts = answer_refresh_tokens(tokens, "refresh-me")
+    source = make_daemon()
+    source.call("auth.login", {"registry": reg.host, "username": USER, "password": PASSWORD})
+    ref = f"{reg.host}/tok/busybox:1"
+    source.call("image.push", {"ref": "busybox", "dest": ref})
+    want = source.call("image.inspect", {"ref": "busybox"})["id"]
+    d = make_daemon(image=False)
+    cri: TugCri = make_tug_cri(d)
+    token = tokens.sign(
+        USER,
+        "tugboat-test-registry",
+        [{"type": "repository", "name": "tok/busybox", "actions": ["pull"]}],
+    )
+    asked = len(tokens.requests)
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(registry_token=token))
+    assert cri.images.PullImage(req).image_ref == want
+    assert len(tokens.requests) == asked  # the token server was not asked
+    d.call("image.remove", {"ref": ref})
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(username=USER, password=PASSWORD))
+    assert cri.images.PullImage(req).image_ref == want
+    assert tokens.requests[-1]["user"] == USER
+    d.call("image.remove", {"ref": ref})
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(identity_token="not-mine"))
+    code, message = code_of(lambda: cri.images.PullImage(req))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "token server refused" in message, message
+    assert d.call("image.list") == []
+    req = api_pb2.PullImageRequest(image=spec(ref), auth=api_pb2.AuthConfig(identity_token="refresh-me"))
+    assert cri.images.PullImage(req).image_ref == want
+    assert (
+        posts[-1]["refresh_token"] == ["refresh-me"] and "repository:tok/busybox:pull" in posts[-1]["scope"]
+    )
+    for log in (cri.read_log(), d.read_log()):
+        assert "refresh-me" not in log and token not in log

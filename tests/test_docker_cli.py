@@ -181,9 +181,27 @@ def test_logs_tail_timestamps_follow(dapi: DockerApi) -> None:
 
 
 def test_exec_exit_code_stdin_detach(dapi: DockerApi) -> None:
+    since = str(int(time.time()))
     dapi.docker("run", "-d", "--name", "box", "busybox", "sleep", "300")
     out = dapi.docker("exec", "box", "sh", "-c", "echo in; echo err >&2; exit 5", check=False)
     assert (out.returncode, out.stdout, out.stderr) == (5, "in\n", "err\n")
+    # docker's exec events: `exec_create: CMD` (matched by event=exec_create), exec_die's exitCode
+    events = dapi.docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        str(int(time.time()) + 1),
+        "--filter",
+        "container=box",
+        "--filter",
+        "event=exec_create",
+        "--filter",
+        "event=exec_die",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.exitCode}}",
+    ).stdout
+    assert events == "exec_create: sh -c echo in; echo err >&2; exit 5 <no value>\nexec_die 5\n"
     out = dapi.docker("exec", "-i", "box", "cat", input=b"piped\n")
     assert out.stdout == "piped\n"
     out = dapi.docker(
@@ -605,3 +623,45 @@ def test_prune_and_history(dapi: DockerApi) -> None:
     out = dapi.docker("image", "prune", "-a", "-f").stdout
     assert "untagged: extra:1" in out.lower()
     assert dapi.docker("images", "-q").stdout == ""
+
+
+def test_stop_and_restart_with_a_signal(dapi: DockerApi) -> None:
+    """``docker stop -s`` / ``restart -s`` (API 1.42): that signal rather than the stop signal."""
+    script = 'trap "exit 42" USR1; while :; do sleep 0.1; done'
+    dapi.docker("run", "-d", "--name", "sig", "busybox", "sh", "-c", script)
+    bad = dapi.docker("stop", "-s", "NOPE", "sig", check=False)
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert "invalid signal: NOPE" in bad.stderr
+    assert dapi.inspect("sig")["State"]["Running"] is True
+    assert dapi.docker("stop", "-s", "USR1", "-t", "20", "sig").stdout == "sig\n"
+    state = dapi.inspect("sig")["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 42)  # the trap, not SIGKILL
+    assert dapi.docker("restart", "-s", "SIGUSR1", "-t", "20", "sig").stdout == "sig\n"
+    assert dapi.inspect("sig")["State"]["Running"] is True
+    assert dapi.docker("restart", "-s", "10", "-t", "20", "sig").stdout == "sig\n"  # by number
+    assert dapi.docker("stop", "-t", "0", "sig").stdout == "sig\n"  # the stop signal: SIGKILL at 0
+    assert dapi.inspect("sig")["State"]["ExitCode"] == 137
+    dapi.docker("rm", "sig")
+
+
+def test_diff(dapi: DockerApi) -> None:
+    """``docker diff``: A/C/D from the container's upper directory, sorted by path, without the
+    runtime's mount points; running and stopped alike."""
+    dapi.docker("run", "-d", "--name", "dif", "busybox", "sleep", "300")
+    assert dapi.docker("diff", "dif").stdout == ""
+    script = (
+        "mkdir -p /new/sub && echo x > /new/sub/f && echo y >> /etc/profile2 && rm /bin/ls && touch /tmp/t"
+    )
+    dapi.docker("exec", "dif", "sh", "-c", script)
+    expected = (
+        "C /bin\nD /bin/ls\nC /etc\nA /etc/profile2\nA /new\nA /new/sub\nA /new/sub/f\nC /tmp\nA /tmp/t\n"
+    )
+    assert dapi.docker("diff", "dif").stdout == expected
+    dapi.docker("stop", "-t", "0", "dif")
+    assert dapi.docker("diff", "dif").stdout == expected
+    missing = dapi.docker("diff", "nosuch", check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "Error response from daemon: No such container: nosuch\n",
+    )
+    dapi.docker("rm", "dif")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import docker  # the test extras install it: a missing one fails, never skips
 import pytest
 
 from .conftest import needs_root, needs_runc
-from .docker_helpers import DockerApi, dapi, make_docker_api
+from .docker_helpers import DockerApi, dapi, make_docker_api, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -183,3 +184,41 @@ def test_build_push_pull(client: Any, tmp_path: Any) -> None:
         pulled = client.images.pull(ref, tag="1")
         assert f"{ref}:1" in pulled.tags
         assert pulled.id == image.id
+
+
+def test_exec_records_are_tugd_s(dapi: DockerApi) -> None:
+    """An exec created through the door is tugd's record: it outlives a restart of
+    ``tug-docker-api``, and a detached exec's exit code is known (docker's ``exec_inspect``);
+    docker's exec events carry ``execID`` and ``exitCode``."""
+    api = docker.APIClient(base_url=f"unix://{dapi.sock}", version="auto", timeout=60)
+    since = int(time.time())
+    c = api.create_container("busybox", ["sleep", "300"], name="ex1")
+    api.start(c)
+    made = api.exec_create(c, ["sh", "-c", "exit 6"])["Id"]
+    dapi.stop()
+    dapi.start()
+    api = docker.APIClient(base_url=f"unix://{dapi.sock}", version="auto", timeout=60)
+    info = api.exec_inspect(made)
+    assert (info["Running"], info["ExitCode"], info["Pid"], info["ContainerID"]) == (False, None, 0, c["Id"])
+    assert info["ProcessConfig"]["entrypoint"] == "sh"
+    assert api.exec_start(made, detach=True) == ""  # docker-py decodes a detached start's body
+    wait_until(lambda: api.exec_inspect(made)["ExitCode"] == 6, what="the detached exec's exit code")
+    assert api.exec_inspect(made)["Pid"] > 0
+    with pytest.raises(docker.errors.APIError) as again:
+        api.exec_start(made)
+    assert again.value.status_code == 409
+    with pytest.raises(docker.errors.NotFound, match="No such exec instance: nope"):
+        api.exec_inspect("nope")
+    until = int(time.time()) + 1
+    events = [
+        (e["Action"], e["Actor"]["Attributes"].get("execID"), e["Actor"]["Attributes"].get("exitCode"))
+        for e in api.events(since=since, until=until, decode=True, filters={"container": "ex1"})
+        if e["Action"].startswith("exec_")
+    ]
+    assert events == [
+        ("exec_create: sh -c exit 6", made, None),
+        ("exec_start: sh -c exit 6", made, None),
+        ("exec_die", made, "6"),
+    ]
+    api.remove_container(c, force=True)
+    api.close()

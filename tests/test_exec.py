@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -15,16 +16,23 @@ from tugwire.syncclient import Client
 
 from .conftest import TUG, needs_root, needs_runc
 from .helpers import output, start
+from .test_events import history
 from .waiting import wait_until
 
 pytestmark = [pytest.mark.integration, needs_root, needs_runc]
 
 
-def exec_api(d: Any, cid: str, cmd: list[str], stdin: bytes | None = None, **opts: Any) -> dict[str, Any]:
-    """Run an exec through the API; returns its result with ``stdout`` and ``stderr`` bytes."""
+def exec_api(
+    d: Any, cid: str, cmd: list[str], stdin: bytes | None = None, method: str = "container.exec", **opts: Any
+) -> dict[str, Any]:
+    """Run an exec through the API; returns its result with ``stdout`` and ``stderr`` bytes.
+    ``method="exec.start"`` with ``exec_id=`` starts a created one (``cid`` and ``cmd`` unused)."""
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    params = {"id": cid, "cmd": cmd, "stdin": stdin is not None, **opts}
+    if method == "exec.start":
+        params = {"exec_id": opts["exec_id"]}
     with Client(d.socket) as c:
-        rid = c.send("container.exec", {"id": cid, "cmd": cmd, "stdin": stdin is not None, **opts})
+        rid = c.send(method, params)
         while True:
             msg = c.next_message()
             assert msg is not None
@@ -175,6 +183,80 @@ def test_detached_exec_is_reaped(daemon: Any) -> None:
     assert exec_api(daemon, cid, ["cat", "/tmp/x"])["stdout"] == b"hi\n"
     assert zombies_of(shim_pid) == []
     daemon.call("container.delete", {"id": cid, "force": True})
+
+
+def test_exec_records_create_start_inspect_and_events(make_daemon: Any, backend: str) -> None:
+    """``exec.create`` records an exec, ``exec.start`` runs it (once), ``exec.inspect`` shows
+    its pid and exit code, a detached one's too; docker's exec events, with ``exitCode``."""
+    daemon = make_daemon(backend=backend)
+    since = time.time_ns()
+    cid = start(daemon, ["sleep", "1000"], name="recs")
+    created = daemon.call(
+        "exec.create", {"id": "recs", "cmd": ["sh", "-c", "echo hi; exit 3"], "env": ["A=1"]}
+    )
+    eid = created["id"]
+    assert len(eid) == 64
+    assert {
+        k: created[k] for k in ("container_id", "cmd", "env", "started", "running", "pid", "exit_code")
+    } == {
+        "container_id": cid,
+        "cmd": ["sh", "-c", "echo hi; exit 3"],
+        "env": ["A=1"],
+        "started": False,
+        "running": False,
+        "pid": 0,
+        "exit_code": None,
+    }
+    r = exec_api(daemon, cid, [], method="exec.start", exec_id=eid)
+    assert (r["exec_id"], r["exit_code"], r["stdout"]) == (eid, 3, b"hi\n")
+    rec = daemon.call("exec.inspect", {"exec_id": eid})
+    assert (rec["started"], rec["running"], rec["exit_code"], rec["signal"]) == (True, False, 3, None)
+    assert rec["pid"] > 0
+    with pytest.raises(errors.FailedPrecondition, match="already been started"):
+        daemon.call("exec.start", {"exec_id": eid})
+    with pytest.raises(errors.NotFound, match="no such exec: nope"):
+        daemon.call("exec.inspect", {"exec_id": "nope"})
+    # a detached exec: tugd runs it to its end, so its exit code is known
+    detached = daemon.call("exec.create", {"id": cid, "cmd": ["sh", "-c", "read x < /tmp/go; exit 7"]})
+    daemon.call("container.exec", {"id": cid, "cmd": ["mkfifo", "/tmp/go"]})
+    res = daemon.call("exec.start", {"exec_id": detached["id"], "detach": True})
+    assert res["exec_id"] == detached["id"] and res["pid"] > 0
+    rec = daemon.call("exec.inspect", {"exec_id": detached["id"]})
+    assert (rec["running"], rec["pid"], rec["exit_code"]) == (True, res["pid"], None)
+    daemon.call("container.exec", {"id": cid, "cmd": ["sh", "-c", "echo go > /tmp/go"]})
+    wait_until(
+        lambda: daemon.call("exec.inspect", {"exec_id": detached["id"]})["exit_code"] == 7,
+        20,
+        "the detached exec's exit code",
+    )
+    # container.exec (create and start in one) is recorded too; a stopped container refuses
+    # exec.create, and exec.start of an exec created before it stopped
+    later = daemon.call("exec.create", {"id": cid, "cmd": ["true"]})
+    daemon.call("container.stop", {"id": cid, "timeout": 0})
+    with pytest.raises(errors.FailedPrecondition, match="is exited"):
+        daemon.call("exec.create", {"id": cid, "cmd": ["true"]})
+    with pytest.raises(errors.FailedPrecondition, match="is exited"):
+        daemon.call("exec.start", {"exec_id": later["id"]})
+    with pytest.raises(errors.InvalidArgument, match="exec needs a command"):
+        daemon.call("exec.create", {"id": cid, "cmd": []})
+    events = [
+        (e["action"], e["attributes"].get("execID"), e["attributes"].get("exit_code"))
+        for e in history(daemon, type="container", container=cid)
+        if e["action"].startswith("exec_") and e["time_nano"] >= since
+    ]
+    assert events[:3] == [
+        ("exec_create: sh -c echo hi; exit 3", eid, None),
+        ("exec_start: sh -c echo hi; exit 3", eid, None),
+        ("exec_die", eid, 3),
+    ]
+    assert ("exec_die", detached["id"], 7) in events
+    # docker's rule: event=exec_create matches `exec_create: CMD`
+    creates = history(daemon, type="container", event="exec_create", container=cid)
+    assert [e["attributes"]["execID"] for e in creates][:1] == [eid]
+    assert {e["action"].partition(":")[0] for e in creates} == {"exec_create"}
+    daemon.call("container.delete", {"id": cid, "force": True})
+    with pytest.raises(errors.NotFound):  # they go with their container, as docker's
+        daemon.call("exec.inspect", {"exec_id": eid})
 
 
 # ------------------------------------------------------------------------------------ the CLI

@@ -56,6 +56,86 @@ def test_registry_mirror_option_is_validated() -> None:
             Config(registry_mirrors=(bad,)).validated()
 
 
+@needs_runc
+def test_registry_mirror_map_entries_are_validated() -> None:
+    from supervisor.config import Config, ConfigError
+
+    cfg = Config(
+        registry_mirrors=(
+            "registry.k8s.io=http://127.0.0.1:5000/",
+            "GCR.io=http://127.0.0.1:5000",
+            "index.docker.io=https://mirror.example",
+            "registry.k8s.io=http://127.0.0.1:5000",  # twice: once
+            "registry.k8s.io=https://other.example:8443",
+        ),
+        registry_mirror_map=(("k8s.gcr.io", "http://127.0.0.1:5001"),),
+    ).validated()
+    assert cfg.registry_mirrors == ("https://mirror.example",)
+    assert cfg.registry_mirror_map == (
+        ("registry.k8s.io", "http://127.0.0.1:5000"),
+        ("gcr.io", "http://127.0.0.1:5000"),
+        ("registry.k8s.io", "https://other.example:8443"),
+        ("k8s.gcr.io", "http://127.0.0.1:5001"),
+    )
+    for bad in (
+        "registry.k8s.io=",
+        "=http://127.0.0.1:5000",
+        "a/b=http://x",
+        "http://x=http://y",
+        "q=ftp://x",
+    ):
+        with pytest.raises(ConfigError, match="--registry-mirror"):
+            Config(registry_mirrors=(bad,)).validated()
+
+
+@integration
+def test_a_mirror_map_serves_other_registries_names(
+    make_daemon: Any,
+    open_registry: Registry,
+    empty_registry: Registry,
+    oci_image: tuple[str, str],
+    backend: str,
+) -> None:
+    """``--registry-mirror REGISTRY=URL``: names of registry.k8s.io and gcr.io (no network here)
+    come from the local registry under the same repository path, and keep their names."""
+    skopeo_push(oci_image[0], f"{open_registry.host}/e2e-test-images/busybox:1.29-2")
+    skopeo_push(oci_image[0], f"{open_registry.host}/k8s-staging-cri-tools/test-image-latest:latest")
+    dead = f"http://127.0.0.1:{free_port()}"
+    d = make_daemon(
+        backend=backend,
+        image=False,
+        extra=[
+            "--registry-mirror",
+            f"registry.k8s.io={dead}",
+            "--registry-mirror",
+            f"registry.k8s.io={open_registry.url}",
+            "--registry-mirror",
+            f"gcr.io={empty_registry.url}",
+            "--registry-mirror",
+            f"gcr.io={open_registry.url}",
+        ],
+    )
+    info = d.call("system.info")
+    assert info["registry_mirrors"] == []
+    assert info["registry_mirror_map"] == {
+        "registry.k8s.io": [dead, open_registry.url],
+        "gcr.io": [empty_registry.url, open_registry.url],
+    }
+    r = d.tug("pull", "-q", "registry.k8s.io/e2e-test-images/busybox:1.29-2")
+    assert r.stdout == b"registry.k8s.io/e2e-test-images/busybox:1.29-2\n"
+    d.tug("pull", "-q", "gcr.io/k8s-staging-cri-tools/test-image-latest")
+    assert d.tug("run", "--rm", "gcr.io/k8s-staging-cri-tools/test-image-latest").stdout == b"made by umoci\n"
+    log = d.read_log()
+    assert f"mirror {dead} failed" in log and f"mirror {empty_registry.url} failed" in log
+    # A registry without a mirror is asked itself; so is docker.io.
+    r = d.tug("pull", "k8s.gcr.io/pause:3.9", check=False)
+    assert r.returncode == 1 and b"mirror" not in r.stderr
+    assert sorted(t for i in d.call("image.list") for t in i["repo_tags"]) == [
+        "gcr.io/k8s-staging-cri-tools/test-image-latest:latest",
+        "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+    ]
+
+
 @integration
 def test_docker_io_names_pull_through_the_mirrors_in_order(
     make_daemon: Any, mirror: Registry, empty_registry: Registry, oci_image: tuple[str, str], backend: str

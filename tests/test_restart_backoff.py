@@ -27,6 +27,7 @@ from supervisor.containers import EXITED, Containers
 from supervisor.events import EventBus
 from supervisor.images import Images
 from supervisor.policy import BACKOFF_INITIAL, BACKOFF_MAX
+from supervisor.records import ContainerSettings, RunState
 from supervisor.store import ContainerRecord, Store
 from tugwire.timefmt import rfc3339
 
@@ -58,9 +59,8 @@ class Tugd:
                 image="gone",
                 image_id="sha256:" + "0" * 64,
                 created_at=rfc3339(),
-                config={"restart": restart},
-                state=EXITED,
-                exit_code=exit_code,
+                settings=ContainerSettings(restart=restart),
+                run=RunState(EXITED, exit_code=exit_code),
             )
         )
         return cid

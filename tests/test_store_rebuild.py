@@ -615,6 +615,7 @@ def _unit_store(root: str) -> Any:
 
 
 def _record(cid: str, name: str) -> Any:
+    from supervisor.records import ContainerSettings, RunState, State
     from supervisor.store import ContainerRecord
 
     return ContainerRecord(
@@ -623,8 +624,8 @@ def _record(cid: str, name: str) -> Any:
         image="busybox",
         image_id="sha256:" + "0" * 64,
         created_at="t",
-        config={},
-        state="created",
+        settings=ContainerSettings(),
+        run=RunState(State.CREATED),
     )
 
 

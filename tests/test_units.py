@@ -285,19 +285,22 @@ def test_iter_chunks_yields_whole_records_and_skips_a_torn_tail(tmp_path: Any) -
 def test_container_transitions_follow_the_one_table() -> None:
     """Each move goes where the table says, and a move the table forbids changes nothing."""
     from supervisor.containers.state import TRANSITIONS, Move, State, allowed, transition
+    from supervisor.records import ContainerSettings, RunState
     from supervisor.store import ContainerRecord
 
     for move, (sources, target) in TRANSITIONS.items():
         for state in State:
-            rec = ContainerRecord("a" * 64, "n", "busybox", "sha256:x", "t", {}, state)
+            rec = ContainerRecord(
+                "a" * 64, "n", "busybox", "sha256:x", "t", ContainerSettings(), RunState(state)
+            )
             assert allowed(state, move) == (state in sources)
             if state in sources:
                 transition(rec, move)
-                assert rec.state == target
+                assert rec.run.state == target
             else:
                 with pytest.raises(errors.FailedPrecondition) as exc:
                     transition(rec, move)
-                assert rec.state == state
+                assert rec.run.state == state
                 assert exc.value.to_json()["data"]["state"] == state
     assert not allowed(State.EXITED, Move.PAUSE)
     assert not allowed(State.RUNNING, Move.START)
@@ -332,33 +335,81 @@ def test_shim_config_round_trips_and_refuses_relative_paths() -> None:
 
 
 def test_a_container_records_runtime_state_apart_from_its_settings(tmp_path: Any) -> None:
-    """restart_count, stopped_by_user and log_dropped_bytes are fields of the record, not keys of
-    its settings, yet stored inside the config JSON as before (the on-disk records and
-    ``--rebuild-store`` read the same format), and a record stored the old way reads back."""
+    """The settings are a typed, frozen record; restart_count, stopped_by_user and
+    log_dropped_bytes are fields of the record apart from them, yet stored inside the config JSON
+    as before (the on-disk records and ``--rebuild-store`` read the same format). A row written by
+    an earlier tugd reads back, and is written back with the same keys."""
+    import dataclasses
     import json
     import sqlite3
 
-    from supervisor.store import ContainerRecord, Store
+    from supervisor.records import ContainerSettings, State
+    from supervisor.store import Store
 
-    old_style = {"image": "busybox", "restart": "always", "restart_count": 3, "stopped_by_user": True}
-    rec = ContainerRecord("b" * 64, "n", "busybox", "sha256:x", "t", old_style, "exited")
-    assert rec.config == {"image": "busybox", "restart": "always"}
-    assert (rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes) == (3, True, 0)
-    assert old_style["restart_count"] == 3  # the caller's dict is not changed
+    # A row as tugd wrote it before the settings were typed (every key create sets, an entrypoint
+    # left out, the runtime keys inside), and a sparse one of an older tugd with a key unknown here.
+    current = {
+        "image": "busybox", "name": "web", "cmd": ["sleep", "1"], "env": ["A=1"], "workdir": None,
+        "user": None, "hostname": None, "volumes": [{"source": "/s", "destination": "/d", "readonly": True}],
+        "read_only": False, "tty": True, "stdin": False, "memory": 8388608, "cpus": None, "pids_limit": None,
+        "auto_remove": False, "stop_signal": "SIGTERM", "restart": "on-failure:3", "init": False,
+        "security": {"privileged": False, "caps": ["CAP_CHOWN"], "no_new_privileges": False,
+                     "seccomp": "default"},
+        "stop_timeout": 10, "log_max_size": 10485760, "log_max_files": 5, "metrics_address": None,
+        "labels": {"a": "b"}, "health": None, "network": "bridge", "ip": None, "ip6": None,
+        "network_aliases": [], "dns": [], "add_hosts": [["h", "10.0.0.1"]],
+        "ports": [{"host_ip": "", "host_port": 8080, "container_port": 80, "proto": "tcp"}],
+        "args": ["sleep", "1"], "restart_count": 3, "stopped_by_user": True,
+    }  # fmt: skip
+    older = {"image": "busybox", "restart": "always", "future_key": {"x": 1}}
     store = Store(str(tmp_path / "db"))
     try:
-        store.insert_container(rec)
-        rec.restart_count, rec.stopped_by_user, rec.log_dropped_bytes = 4, False, 10
+        for cid, config in (("b" * 64, current), ("c" * 64, older)):
+            store.db.execute(
+                "INSERT INTO containers (id, name, image, image_id, created_at, config, state) "
+                "VALUES (?, ?, 'busybox', 'sha256:x', 't', ?, 'exited')",
+                (cid, cid[:4], json.dumps(config)),
+            )
+        rec = store.get_container("b" * 64)
+        assert rec is not None and rec.run.state is State.EXITED
+        settings = rec.settings
+        assert (settings.name, settings.cmd, settings.entrypoint, settings.tty) == (
+            "web",
+            ["sleep", "1"],
+            None,
+            True,
+        )
+        assert (settings.memory, settings.restart, settings.labels) == (8388608, "on-failure:3", {"a": "b"})
+        assert settings.ports[0]["host_port"] == 8080 and settings.add_hosts == [["h", "10.0.0.1"]]
+        assert (rec.run.restart_count, rec.run.stopped_by_user, rec.run.log_dropped_bytes) == (3, True, 0)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            settings.memory = 1  # type: ignore[misc]
+        assert rec.stored_config() == current  # what container.inspect shows as its config
+        old = store.get_container("c" * 64)
+        assert old is not None and old.settings.restart == "always" and old.settings.stop_timeout == 10
+        assert old.settings.cmd == [] and old.settings.extra == {"future_key": {"x": 1}}
+        assert old.stored_config() == older  # what inspect showed of it before
+        changed = dataclasses.replace(old.settings, memory=8388608)
+        assert changed.to_json() == {**older, "memory": 8388608}  # a key it had not, once set
+
+        rec.run.restart_count, rec.run.stopped_by_user, rec.run.log_dropped_bytes = 4, False, 10
+        rec.settings = dataclasses.replace(rec.settings, memory=16777216)
         store.update_container(rec)
-        raw = sqlite3.connect(str(tmp_path / "db")).execute("SELECT config FROM containers").fetchone()[0]
-        assert json.loads(raw) == {
-            "image": "busybox",
-            "restart": "always",
-            "restart_count": 4,
-            "log_dropped_bytes": 10,
-        }
+        store.update_container(old)
+        db = sqlite3.connect(str(tmp_path / "db"))
+        raw = dict(db.execute("SELECT id, config FROM containers").fetchall())
+        db.close()
+        want = {**current, "memory": 16777216, "restart_count": 4, "log_dropped_bytes": 10}
+        del want["stopped_by_user"]
+        assert json.loads(raw["b" * 64]) == want
+        assert json.loads(raw["c" * 64]) == older  # written back as it was (an unknown key too)
         back = store.get_container(rec.id)
-        assert back is not None and back.config == rec.config
-        assert (back.restart_count, back.stopped_by_user, back.log_dropped_bytes) == (4, False, 10)
+        assert back is not None and back.settings == rec.settings
+        assert (back.run.restart_count, back.run.stopped_by_user, back.run.log_dropped_bytes) == (
+            4,
+            False,
+            10,
+        )
+        assert ContainerSettings.from_json(rec.settings.to_json()) == rec.settings
     finally:
         store.close()

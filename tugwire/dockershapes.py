@@ -324,9 +324,21 @@ def network(n: dict[str, Any]) -> dict[str, Any]:
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": False,
         "Containers": containers,
-        "Options": {"com.docker.network.bridge.name": n["bridge"]} if n.get("bridge") else {},
+        "Options": _network_options(n),
         "Labels": n.get("labels") or {},
     }
+
+
+def _network_options(n: dict[str, Any]) -> dict[str, str]:
+    """The driver options as docker shows them: those given at create (compose compares them
+    with its file's ``driver_opts`` and recreates a network whose options differ); the built-in
+    bridge shows its bridge's name, as docker's ``docker0``."""
+    opts: dict[str, str] = {}
+    if n.get("builtin") and n.get("bridge"):
+        opts["com.docker.network.bridge.name"] = n["bridge"]
+    if isinstance(n.get("mtu"), int):
+        opts["com.docker.network.driver.mtu"] = str(n["mtu"])
+    return opts
 
 
 # ------------------------------------------------------------------------------------ events

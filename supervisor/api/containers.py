@@ -115,6 +115,7 @@ class ContainerApi:
         d.add("container.pause", self.container_pause)
         d.add("container.unpause", self.container_unpause)
         d.add("container.top", self.container_top)
+        d.add("container.changes", self.container_changes)
         d.add("container.stats", self.container_stats)
         d.add("container.update", self.container_update)
         d.add("container.rename", self.container_rename)
@@ -124,6 +125,9 @@ class ContainerApi:
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
         d.add("container.exec", self.container_exec)
+        d.add("exec.create", self.exec_create)
+        d.add("exec.start", self.exec_start)
+        d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
         d.add("container.exec.stdin", self.exec_stdin, accept_late=True)
@@ -220,7 +224,7 @@ class ContainerApi:
     async def container_start(self, call: jsonrpc.Call) -> Any:
         """Start a created or exited container through a new shim. Returns ``{id, pid}``."""
         rec = await self.containers.start(call.params.string("id", required=True))
-        return {"id": rec.id, "pid": rec.pid}
+        return {"id": rec.id, "pid": rec.run.pid}
 
     async def container_list(self, call: jsonrpc.Call) -> Any:
         """Summaries of running containers (``all`` for every one), newest first, that pass
@@ -235,7 +239,7 @@ class ContainerApi:
         filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
         if pods is not None:
-            records = [r for r in records if r.config.get("pod_id") in pods]
+            records = [r for r in records if r.settings.pod_id in pods]
         created = {r.id: r.created_at for r in records}
         by_name = {r.name: r.created_at for r in records}
 
@@ -251,7 +255,7 @@ class ContainerApi:
         out = [
             (s.get("created_at") or "", i, s)
             for i, s in enumerate(
-                self.containers.summary(r, refs) for r in records if everything or r.state in ACTIVE
+                self.containers.summary(r, refs) for r in records if everything or r.run.state in ACTIVE
             )
             if dockerfilters.match_container(s, filters, created_of)
         ]
@@ -276,12 +280,15 @@ class ContainerApi:
         return {"id": rec.id}
 
     async def container_stop(self, call: jsonrpc.Call) -> Any:
-        """The stop signal, SIGKILL after ``timeout``; returns once the exit is recorded."""
+        """The stop signal (or ``signal``), SIGKILL after ``timeout``; returns once the exit is
+        recorded."""
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.containers.stop(call.params.string("id", required=True), timeout)
-        return {"id": rec.id, "exit_code": rec.exit_code, "state": rec.state}
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.containers.stop(call.params.string("id", required=True), timeout, sig)
+        return {"id": rec.id, "exit_code": rec.run.exit_code, "state": rec.run.state}
 
     async def container_delete(self, call: jsonrpc.Call) -> Any:
         """Remove a container (``force`` kills it first)."""
@@ -293,16 +300,22 @@ class ContainerApi:
     async def container_pause(self, call: jsonrpc.Call) -> Any:
         """Freeze every process of a running container (``runc pause``)."""
         rec = await self.containers.set_paused(call.params.string("id", required=True), True)
-        return {"id": rec.id, "state": rec.state}
+        return {"id": rec.id, "state": rec.run.state}
 
     async def container_unpause(self, call: jsonrpc.Call) -> Any:
         """Thaw a paused container (``runc resume``)."""
         rec = await self.containers.set_paused(call.params.string("id", required=True), False)
-        return {"id": rec.id, "state": rec.state}
+        return {"id": rec.id, "state": rec.run.state}
 
     async def container_top(self, call: jsonrpc.Call) -> Any:
         """The processes of a running container: ``{titles, processes}`` (host pids)."""
         return await self.verbs.top(call.params.string("id", required=True))
+
+    async def container_changes(self, call: jsonrpc.Call) -> Any:
+        """What a container changed in its root filesystem: ``[{path, kind}]`` (docker's kinds:
+        0 changed, 1 added, 2 deleted), sorted by path."""
+        found = await self.verbs.changes(call.params.string("id", required=True))
+        return [{"path": c.path, "kind": c.kind} for c in found]
 
     async def container_stats(self, call: jsonrpc.Call) -> Any:
         """One sample of each container's cgroup figures (``id``: one container; else the running
@@ -311,7 +324,7 @@ class ContainerApi:
         if ref:
             return [await self.verbs.stats(ref)]
         everything = call.params.boolean("all")
-        recs = [r for r in self.containers.records() if everything or r.state in ACTIVE]
+        recs = [r for r in self.containers.records() if everything or r.run.state in ACTIVE]
         results: list[Any] = [None] * len(recs)
 
         async def one(i: int, cid: str) -> None:
@@ -349,8 +362,10 @@ class ContainerApi:
         timeout = call.params.integer("timeout")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative", field="timeout")
-        rec = await self.verbs.restart(call.params.string("id", required=True), timeout)
-        return {"id": rec.id, "pid": rec.pid}
+        raw = call.params.raw.get("signal")
+        sig = None if raw is None else parse_signal(raw)
+        rec = await self.verbs.restart(call.params.string("id", required=True), timeout, sig)
+        return {"id": rec.id, "pid": rec.run.pid}
 
     async def container_copy_from(self, call: jsonrpc.Call) -> Any:
         """Copy ``path`` of a container to ``host_path`` (absolute, on tugd's host)."""
@@ -372,14 +387,9 @@ class ContainerApi:
 
     # ------------------------------------------------------------------------- exec, attach
 
-    async def container_exec(self, call: jsonrpc.Call) -> Any:
-        """Run ``cmd`` in running container ``id``, then the exec's result (docs/api.md). With
-        ``"stream": "raw"`` its frames (control ``started``, stdout, stderr) and the client's
-        (stdin, control ``resize``) travel on the switched connection, whose closing leaves the
-        exec running unread; else its notes are ``container.exec.started`` and
-        ``container.exec.output`` notifications (base64)."""
-        p = call.params
-        req = ExecRequest(
+    @staticmethod
+    def _exec_request(p: jsonrpc.Params) -> ExecRequest:
+        return ExecRequest(
             id=p.raw.get("id"),
             cmd=p.list_of_str("cmd"),
             env=p.list_of_str("env"),
@@ -391,10 +401,46 @@ class ContainerApi:
             rows=p.integer("rows", 24),
             cols=p.integer("cols", 80),
             timeout=p.number("timeout"),
+            stdout=p.boolean("stdout", True),
+            stderr=p.boolean("stderr", True),
         )
+
+    async def exec_create(self, call: jsonrpc.Call) -> Any:
+        """Record an exec of ``cmd`` in running container ``id``, not started: its record."""
+        return self.core.execs.create(self._exec_request(call.params)).to_json()
+
+    async def exec_inspect(self, call: jsonrpc.Call) -> Any:
+        """The record of exec ``exec_id``."""
+        return self.core.execs.inspect(call.params.string("exec_id", required=True)).to_json()
+
+    async def container_exec(self, call: jsonrpc.Call) -> Any:
+        """Run ``cmd`` in running container ``id`` (or, given ``exec_id``, start that created
+        exec: ``exec.start``), then the exec's result (docs/api.md). With ``"stream": "raw"``
+        its frames (control ``started``, stdout, stderr) and the client's (stdin, control
+        ``resize``) travel on the switched connection, whose closing leaves the exec running
+        unread; else its notes are ``container.exec.started`` and ``container.exec.output``
+        notifications (base64)."""
+        p = call.params
+        if p.string("exec_id") is not None:
+            return await self.exec_start(call)
+        req = self._exec_request(p)
         if call.wants_raw() and not req.detach:
             return await self._exec_raw(call, lambda sink: self.core.execs.exec(req, sink))
         return await self.core.execs.exec(req, self._exec_notes(call))
+
+    async def exec_start(self, call: jsonrpc.Call) -> Any:
+        """Start created exec ``exec_id``: the frames (``"stream": "raw"``) or notifications and
+        the result of ``container.exec``."""
+        p = call.params
+        eid = p.string("exec_id", required=True)
+        detach = p.boolean("detach") if "detach" in p.raw else None
+        rows, cols = p.integer("rows"), p.integer("cols")
+        execs = self.core.execs
+        if call.wants_raw() and not (execs.inspect(eid).request.detach if detach is None else detach):
+            return await self._exec_raw(
+                call, lambda sink: execs.start(eid, sink, detach=detach, rows=rows, cols=cols)
+            )
+        return await execs.start(eid, self._exec_notes(call), detach=detach, rows=rows, cols=cols)
 
     @staticmethod
     def _exec_notes(call: jsonrpc.Call) -> ExecSink:

@@ -15,7 +15,7 @@ from tugwire.errors import InvalidArgument, Unavailable
 
 from ..core import Core
 from ..images.ops import ImportRequest, LoadRequest, RemoveRequest, SaveRequest, TagRequest
-from ..registry import DEFAULT_CHUNK_SIZE, LoginRequest, PullRequest, PushRequest
+from ..registry import DEFAULT_CHUNK_SIZE, LoginRequest, PullAuth, PullRequest, PushRequest
 
 
 async def relay(call: jsonrpc.Call, method: str, progress: AsyncIterator[dict[str, Any]]) -> None:
@@ -125,9 +125,16 @@ class ImageApi:
         """Pull ``ref`` (``[registry/]repo[:tag][@digest]``) from its registry: the manifest (the
         ``platform``'s, ``os/arch[/variant]``, from an index; default the host's), config and
         missing layers, ``concurrency`` at a time. Streams ``image.pull.progress`` notifications
-        (``id``, ``digest``, ``action``, ``current``, ``total``); answers with the image."""
+        (``id``, ``digest``, ``action``, ``current``, ``total``); answers with the image. ``auth``
+        (``username``/``password``, ``auth``, ``identity_token`` or ``registry_token``): the
+        registry's credentials for this pull only, never saved (the CRI's AuthConfig)."""
         p = call.params
-        req = PullRequest(p.string("ref", required=True), p.string("platform"), p.integer("concurrency", 3))
+        req = PullRequest(
+            p.string("ref", required=True),
+            p.string("platform"),
+            p.integer("concurrency", 3),
+            PullAuth.parse(p.dict_of_str("auth")),
+        )
         pulling = self.registry.pull(req)
         call.accept()
         async with pulling as transfer:

@@ -1,34 +1,34 @@
-"""A RUN step's container: the same shim path as any container (``ShimLauncher.launch``, the
-shim's ``task.logs``/``task.wait``/``task.delete``), on an overlay whose upper dir the builder owns.
+"""A RUN step's container: the same task lifecycle as any container (:class:`supervisor.task.Task`:
+bundle, mount, shim config, launch, wait, kill, release), on an overlay whose upper dir the builder
+owns, with the shim's ``task.logs`` streamed to the client.
 
 The container is never recorded in the store (``tug ps`` does not show it): it lives exactly as
 long as :func:`run_step`, which always removes it -- shim, runc state, mount, bundle -- on success,
 failure and cancellation alike. Its bundle is ``containers/<id>/`` and its shim dir
 ``shims/<id>/``, like any container's, so that a tugd that dies in the middle of a build finds
 them at its next start as a bundle and a shim that nothing owns, and removes them
-(``Containers.recover``).
+(``Containers.recover``, :meth:`Task.remove_orphan`).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
 import logging
 import os
 import secrets
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from tugwire import crilog, fsutil, shimapi
-from tugwire.errors import TugError
+from tugwire.errors import Unavailable
 from tugwire.shimapi import LogsParams
 
-from .. import mounts, shims, spec
+from .. import shims, spec
 from ..config import Config
+from ..records import ContainerSettings
+from ..task import Task
 
 log = logging.getLogger("tugboat.build")
 
@@ -55,37 +55,34 @@ async def run_step(
     """Run ``args`` in a container whose root is ``lower`` (top first) under ``upper``; stream
     its output to ``on_output(stream, data)``; return its exit status (128+N if killed by signal
     N). ``upper`` keeps the step's changes; everything else is gone when this returns."""
-    cid = secrets.token_hex(32)
-    config = shims.task_config(
-        cfg,
-        cid,
-        name=f"build-{cid[:12]}",
+    task = Task(cfg, secrets.token_hex(32))
+    config = task.shim_config(
+        name=f"build-{task.id[:12]}",
         image=label,
         log_max_size=shimapi.DEFAULT_LOG_MAX_SIZE,
         log_max_files=shimapi.DEFAULT_LOG_MAX_FILES,
     )
-    cdir = config.bundle
-    rootfs = os.path.join(cdir, "rootfs")
-    shim = shims.ShimClient(config.dir, cfg.shim_timeout)
-    opts: dict[str, Any] = {"entrypoint": [], "cmd": args, "env": [], "workdir": workdir, "user": user}
-    oci = spec.build(cid, opts, {"Env": env}, rootfs, lower, _network(network, lower))
+    settings = ContainerSettings(image=label, entrypoint=[], cmd=args, workdir=workdir, user=user)
+    oci = spec.build(task.id, settings, {"Env": env}, task.rootfs, lower, _network(network, lower))
     launched = False
-    os.makedirs(cfg.containers_dir, mode=0o700, exist_ok=True)
-    os.makedirs(cdir, mode=0o700)
+    task.write_bundle(oci, own_upper=False)
     try:
-        os.mkdir(rootfs, 0o755)
-        fsutil.write_atomic(os.path.join(cdir, "config.json"), json.dumps(oci).encode(), mode=0o600)
-        mounts.mount_overlay(lower, upper, work, rootfs)
+        await task.mount(lower, upper, work)
         # The same birth as any container's: a shim that died or went silent is cleaned up after.
-        await shims.launch_task(launcher, config)
+        await task.launch(launcher, config)
         launched = True
-        await _stream_output(shim, on_output)
-        record = await shim.wait(timeout=cfg.shim_timeout)
+        await _stream_output(task.shim, on_output)
+        record = await task.wait()
+        if record is None:
+            raise Unavailable(f"the shim of RUN step {task.id[:12]} went away without recording its exit")
         return record.exit_code
     finally:
         with anyio.move_on_after(CLEANUP_GRACE, shield=True):
-            await _remove(cfg, cid, shim, rootfs, launched)
-        fsutil.remove_tree(cdir)
+            if launched:
+                await task.kill()
+            await task.release(CLEANUP_GRACE)
+        fsutil.remove_tree(task.shim_dir)
+        task.remove_bundle()
 
 
 def _network(mode: str, lower: list[str]) -> dict[str, Any] | None:
@@ -123,15 +120,3 @@ async def _stream_output(shim: shims.ShimClient, on_output: Output) -> None:
             for fd, data in decoder.feed(base64.b64decode(chunk)):
                 await on_output("stdout" if fd == 1 else "stderr", data)
         await stream.result()
-
-
-async def _remove(cfg: Config, cid: str, shim: shims.ShimClient, rootfs: str, launched: bool) -> None:
-    """Kill (if it still runs) and delete the task, then unmount; each step tolerates what an
-    earlier failure left undone."""
-    if launched and os.path.isdir(shim.dir):
-        with contextlib.suppress(TugError):
-            await shim.kill(int(signal.SIGKILL), timeout=5)
-        await shim.release(cid, cfg.runtime, cfg.runtime_root)
-    fsutil.remove_tree(shim.dir)
-    with contextlib.suppress(OSError):
-        mounts.unmount(rootfs)

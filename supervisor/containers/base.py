@@ -22,6 +22,7 @@ from ..events import Event, EventBus
 from ..images import Images
 from ..network import Networks
 from ..store import ContainerRecord, Store
+from ..task import Task
 from . import health
 from .state import Live
 
@@ -139,10 +140,14 @@ class ContainersBase(abc.ABC):
     def publish(self, action: str, rec: ContainerRecord, **attributes: Any) -> None:
         """Publish the event ``container.<action>`` of ``rec`` (its labels among the
         attributes, as docker's events carry them)."""
-        labels = rec.config.get("labels") or {}
+        labels = rec.settings.labels
         if labels:
             attributes = {**labels, **attributes}
         self.bus.publish(Event("container", action, rec.id, rec.name, rec.image, attributes))
+
+    def task(self, cid: str) -> Task:
+        """Container ``cid``'s task: its bundle, its shim, and the steps of their life."""
+        return Task(self.cfg, cid)
 
     def shim(self, cid: str) -> shims.ShimClient:
         """The client of container ``cid``'s shim (whether or not one runs)."""
@@ -150,30 +155,17 @@ class ContainersBase(abc.ABC):
 
     def rootfs(self, cid: str) -> str:
         """Where container ``cid``'s root filesystem is mounted (while it runs)."""
-        return os.path.join(self.cfg.container_dir(cid), "rootfs")
-
-    def _paths(self, cid: str) -> dict[str, str]:
-        cdir = self.cfg.container_dir(cid)
-        sdir = self.cfg.shim_dir(cid)
-        return {
-            "dir": cdir,
-            "rootfs": os.path.join(cdir, "rootfs"),
-            "upper": os.path.join(cdir, "upper"),
-            "work": os.path.join(cdir, "work"),
-            "spec": os.path.join(cdir, "config.json"),
-            "log": os.path.join(cdir, "container.log"),
-            "shim": sdir,
-        }
+        return self.task(cid).rootfs
 
     def log_path(self, rec: ContainerRecord) -> str:
         """Where the container's log is: its own ``log_path`` (the CRI's), else in its bundle."""
-        return str(rec.config.get("log_path") or self._paths(rec.id)["log"])
+        return rec.settings.log_path or self.task(rec.id).log
 
     def _log_files(self, rec: ContainerRecord) -> list[str]:
-        if rec.config.get("log_path"):
-            return [str(rec.config["log_path"])]  # rotated by someone else (kubelet)
-        max_files = int(rec.config.get("log_max_files") or self.cfg.log_max_files)
-        return crilog.rotated_paths(self._paths(rec.id)["log"], max_files)
+        if rec.settings.log_path:
+            return [rec.settings.log_path]  # rotated by someone else (kubelet)
+        max_files = rec.settings.log_max_files or self.cfg.log_max_files
+        return crilog.rotated_paths(self.task(rec.id).log, max_files)
 
     @abc.abstractmethod
     async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:

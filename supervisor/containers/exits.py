@@ -3,18 +3,16 @@ restart policy's scheduling after it."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from functools import partial
 
 import anyio
 
-from tugwire import fsutil
 from tugwire.errors import TugError
 from tugwire.shimapi import ExitRecord
 from tugwire.timefmt import epoch_seconds, rfc3339
 
-from .. import diskfull, mounts, policy
+from .. import diskfull, policy
 from ..failpoints import failpoint
 from ..store import ContainerRecord
 from .base import ContainersBase
@@ -31,20 +29,7 @@ class Exits(ContainersBase):
 
     async def _watch(self, cid: str) -> None:
         """Wait for the shim to report the exit; a shim that goes away first is reconciled."""
-        shim = self.shim(cid)
-        record: ExitRecord | None = None
-        while True:
-            try:
-                record = await shim.wait()
-                break
-            except TugError as exc:
-                record = shim.read_exit()
-                if record is not None or not shim.alive():
-                    log.info("shim of %s went away: %s", cid[:12], exc)
-                    break
-                # The connection failed but the shim lives (a loaded host): it is not lost.
-                log.warning("lost the connection to the shim of %s (%s); again", cid[:12], exc)
-                await anyio.sleep(0.5)
+        record = await self.task(cid).wait()
         # A full disk must not lose the exit nor end tugd: recorded once there is room (issue 19).
         if record is None:
             await diskfull.retry_while_full(f"the lost shim of {cid[:12]}", partial(self._shim_lost, cid))
@@ -62,8 +47,8 @@ class Exits(ContainersBase):
             rec = self.store.get_container(cid)
             if rec is None:
                 return
-            newly = allowed(rec.state, Move.EXIT)
-            auto_remove = bool(rec.config.get("auto_remove"))
+            newly = allowed(rec.run.state, Move.EXIT)
+            auto_remove = rec.settings.auto_remove
             # Auto-remove with no log stream to wait for: the row goes at once, in place of the
             # exit's record (one write instead of two; a crash before it: the shim's exit record
             # is still there, and recovery handles the exit again).
@@ -71,33 +56,33 @@ class Exits(ContainersBase):
             if newly:
                 failpoint("container.exit.before_record")
                 transition(rec, Move.EXIT)
-                rec.exit_code = record.exit_code
-                rec.exit_signal = record.signal
-                rec.oom_killed = record.oom_killed
-                rec.log_dropped_bytes = record.log_dropped_bytes
-                rec.finished_at = record.exited_at or rfc3339()
-                rec.pid = 0
-                rec.reason = ""
+                rec.run.exit_code = record.exit_code
+                rec.run.exit_signal = record.signal
+                rec.run.oom_killed = record.oom_killed
+                rec.run.log_dropped_bytes = record.log_dropped_bytes
+                rec.run.finished_at = record.exited_at or rfc3339()
+                rec.run.pid = 0
+                rec.run.reason = ""
                 if not remove_now:
                     self.store.update_container(rec)
                 live.exits += 1
                 live.last_result = wait_result(rec)
                 self.health.forget(cid)
                 live.changed()
-                if rec.oom_killed:
+                if rec.run.oom_killed:
                     # Read from the cgroup's own OOM counter by the shim before the cgroup went.
                     self.publish("oom", rec)
-                dropped = {"log_dropped_bytes": rec.log_dropped_bytes}
+                dropped = {"log_dropped_bytes": rec.run.log_dropped_bytes}
                 self.publish(
                     "die",
                     rec,
-                    exit_code=rec.exit_code,
-                    signal=rec.exit_signal,
-                    oom_killed=rec.oom_killed,
-                    **(dropped if rec.log_dropped_bytes else {}),
+                    exit_code=rec.run.exit_code,
+                    signal=rec.run.exit_signal,
+                    oom_killed=rec.run.oom_killed,
+                    **(dropped if rec.run.log_dropped_bytes else {}),
                 )
                 if self._on_exit is not None:
-                    self._on_exit(rec.exit_code, rec.oom_killed)
+                    self._on_exit(rec.run.exit_code, rec.run.oom_killed)
                 failpoint("container.exit.after_record")
             if remove_now:
                 peers = self._forget(rec, live)
@@ -118,18 +103,18 @@ class Exits(ContainersBase):
         """After an exit: schedule the restart its policy asks for (cancelled by stop, rm, start)."""
         live = self.live(rec.id)
         ran_for = 0.0
-        started, finished = epoch_seconds(rec.started_at), epoch_seconds(rec.finished_at)
+        started, finished = epoch_seconds(rec.run.started_at), epoch_seconds(rec.run.finished_at)
         if started is not None and finished is not None:
             ran_for = max(finished - started, 0.0)
         decision = policy.decide(
-            policy.parse(rec.config.get("restart")),
-            exit_code=rec.exit_code if rec.state == EXITED else None,
-            stopped_by_user=rec.stopped_by_user,
-            restart_count=rec.restart_count,
+            policy.parse(rec.settings.restart),
+            exit_code=rec.run.exit_code if rec.run.state == EXITED else None,
+            stopped_by_user=rec.run.stopped_by_user,
+            restart_count=rec.run.restart_count,
             previous_delay=live.restart_delay,
             ran_for=ran_for,
         )
-        if not decision.restart or rec.config.get("auto_remove"):
+        if not decision.restart or rec.settings.auto_remove:
             return
         live.restart_delay = decision.delay
         self._schedule_restart(rec.id, decision.delay)
@@ -146,9 +131,9 @@ class Exits(ContainersBase):
             live = self.live(cid)
             async with live.lock:
                 rec = self.store.get_container(cid)
-                if rec is None or rec.state in ACTIVE or rec.stopped_by_user:
+                if rec is None or rec.run.state in ACTIVE or rec.run.stopped_by_user:
                     return
-                rec.restart_count += 1
+                rec.run.restart_count += 1
                 try:
                     self.save(rec)
                 except Exception as exc:
@@ -159,7 +144,7 @@ class Exits(ContainersBase):
                     return
             if live.restart is scope:
                 live.restart = None
-            self.publish("restart", rec, restart_count=rec.restart_count)
+            self.publish("restart", rec, restart_count=rec.run.restart_count)
             if self._on_restart is not None:
                 self._on_restart()
             try:
@@ -168,43 +153,34 @@ class Exits(ContainersBase):
                 log.warning("restart of %s failed: %s", cid[:12], exc)
                 # A start that fails is an exit too: the policy decides again, with its backoff.
                 rec = self.store.get_container(cid)
-                if rec is not None and rec.state not in ACTIVE:
-                    rec.reason = f"restart failed: {exc.message}"
+                if rec is not None and rec.run.state not in ACTIVE:
+                    rec.run.reason = f"restart failed: {exc.message}"
                     self.save(rec)
                     self._apply_policy(rec)
 
     async def _shim_lost(self, cid: str) -> None:
         rec = self.store.get_container(cid)
-        if rec is None or not allowed(rec.state, Move.LOSE):
+        if rec is None or not allowed(rec.run.state, Move.LOSE):
             return
         transition(rec, Move.LOSE)
-        rec.reason = (
-            f"the shim (pid {rec.shim_pid}) went away without recording an exit; the exit code is not known"
+        rec.run.reason = (
+            f"the shim (pid {rec.run.shim_pid}) went away without recording an exit; "
+            "the exit code is not known"
         )
         self.live(cid).last_result = wait_result(rec)
         self.live(cid).exits += 1
         self.save(rec)
-        self.publish("die", rec, exit_code=None, reason=rec.reason)
+        self.publish("die", rec, exit_code=None, reason=rec.run.reason)
         if self._on_exit is not None:
             self._on_exit(None, False)
 
     async def _release(self, cid: str, live: Live | None = None) -> None:
         """Delete the task (the shim runs ``runc delete`` and exits), then unmount. Idempotent.
         ``live``: the container's companion, once it is no longer in the table (a removal)."""
-        paths = self._paths(cid)
         live = live or self.live(cid)
 
         async def task_and_rootfs() -> None:
-            # Under a deadline of its own: a runtime that hangs even in the cleanup must not
-            # keep the unmount from happening.
-            # If the cleanup fails too, the shim dir stays: the next tugd start retries.
-            with anyio.move_on_after(RELEASE_GRACE * 2 / 3):
-                await self.shim(cid).release(cid, self.cfg.runtime, self.cfg.runtime_root)
-            # In a worker thread: unmounting an overlay syncs its upper filesystem, which
-            # holds the log files too. Measured after a container wrote 100 MiB of output:
-            # 80 ms, during which the event loop (every other client) used to stand still.
-            with contextlib.suppress(OSError):
-                await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
+            await self.task(cid).release(RELEASE_GRACE * 2 / 3)
 
         async def network() -> None:
             # Beside the task's deletion, not after it: the container's processes are gone, and
@@ -241,7 +217,7 @@ class Exits(ContainersBase):
         live = self.live(cid)
         async with live.lock:
             rec = self.store.get_container(cid)
-            if rec is None or rec.state in ACTIVE:  # removed, or started again meanwhile
+            if rec is None or rec.run.state in ACTIVE:  # removed, or started again meanwhile
                 return
             self.health.forget(cid)
             peers = self._forget(rec, live)
@@ -276,20 +252,20 @@ class Exits(ContainersBase):
         unmount, the network's teardown, the peers' hosts files, the bundle, then the image if
         nothing else uses it. Shielded: tugd's shutdown waits for it. If it fails, the container
         stays counted in ``removing`` (``system.info``) and the next start of tugd finishes it."""
-        paths = self._paths(cid)
+        task = self.task(cid)
         done = False
         with anyio.move_on_after(RELEASE_GRACE * 2, shield=True):
             try:
                 await self._release(cid, live)
                 failpoint("container.remove.after_release")
-                if mounts.is_mounted(paths["rootfs"]):
+                if task.is_mounted():
                     log.warning("the rootfs of %s is still mounted: the next start of tugd retries", cid[:12])
                     return
                 if peers:
                     self.networks.refresh_hosts(peers, self.cfg.container_dir)
                 # Its upper dir holds whatever it wrote: removing it can take long, and must not
                 # stall the event loop (the rename inside makes it vanish at once).
-                await anyio.to_thread.run_sync(fsutil.remove_tree, paths["dir"])
+                await anyio.to_thread.run_sync(task.remove_bundle)
                 done = True
             except Exception:
                 log.exception("removal of %s failed (the next start of tugd finishes it)", cid[:12])

@@ -168,9 +168,9 @@ class Monitor:
             while True:
                 await anyio.sleep(float(cfg["interval"]))
                 rec = self.c.find(cid)
-                if rec is None or rec.state not in ACTIVE:
+                if rec is None or rec.run.state not in ACTIVE:
                     break
-                if rec.state == PAUSED:
+                if rec.run.state == PAUSED:
                     continue
                 ok, entry = await self._probe(cid, cfg)
                 h.log = [*h.log, entry][-LOG_ENTRIES:]

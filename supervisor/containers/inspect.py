@@ -24,18 +24,18 @@ class Inspect(ContainersBase):
             "image": rec.image,
             "image_id": rec.image_id,
             "command": _command(rec),
-            "state": rec.state,
-            "exit_code": rec.exit_code if rec.state == EXITED else None,
-            "pid": rec.pid if rec.state in ACTIVE else 0,
+            "state": rec.run.state,
+            "exit_code": rec.run.exit_code if rec.run.state == EXITED else None,
+            "pid": rec.run.pid if rec.run.state in ACTIVE else 0,
             "created_at": rec.created_at,
-            "started_at": rec.started_at,
-            "finished_at": rec.finished_at,
-            "health": self.health.status(rec.id) if rec.state in ACTIVE else None,
+            "started_at": rec.run.started_at,
+            "finished_at": rec.run.finished_at,
+            "health": self.health.status(rec.id) if rec.run.state in ACTIVE else None,
             "restarting": self.live(rec.id).restart is not None,  # the restart policy's, pending
-            "labels": rec.config.get("labels") or {},
-            "pod_id": rec.config.get("pod_id"),
-            "annotations": rec.config.get("annotations") or {},
-            "ports": rec.config.get("ports") or [],
+            "labels": rec.settings.labels,
+            "pod_id": rec.settings.pod_id,
+            "annotations": rec.settings.annotations,
+            "ports": rec.settings.ports,
             **self._network_refs(rec, refs),
         }
 
@@ -45,39 +45,39 @@ class Inspect(ContainersBase):
         if refs is None:
             refs = {rec.id: self.networks.network_refs().get(rec.id, ([], []))}
         names, ids = refs.get(rec.id, ([], []))
-        mode = rec.config.get("network") or "none"
+        mode = rec.settings.network or "none"
         if mode in ("host", "none") and mode not in names:
             names = [*names, mode]
         return {"network_names": sorted(names), "network_ids": sorted(ids)}
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
-        paths = self._paths(rec.id)
+        task = self.task(rec.id)
         out = self.summary(rec)
         out.update(
             {
-                "oom_killed": rec.oom_killed,
-                "exit_signal": rec.exit_signal,
-                "reason": rec.reason,
+                "oom_killed": rec.run.oom_killed,
+                "exit_signal": rec.run.exit_signal,
+                "reason": rec.run.reason,
                 "config": rec.stored_config(),
-                "auto_remove": bool(rec.config.get("auto_remove")),
+                "auto_remove": rec.settings.auto_remove,
                 "log_path": self.log_path(rec),
-                "bundle": paths["dir"],
-                "rootfs": paths["rootfs"],
-                "shim_pid": rec.shim_pid if rec.state in ACTIVE else 0,
-                "restart_policy": rec.config.get("restart") or "no",
-                "restart_count": rec.restart_count,
+                "bundle": task.dir,
+                "rootfs": task.rootfs,
+                "shim_pid": rec.run.shim_pid if rec.run.state in ACTIVE else 0,
+                "restart_policy": rec.settings.restart or "no",
+                "restart_count": rec.run.restart_count,
                 # Output the log could not keep (a full disk) in the last run, recorded at its exit.
-                "log_dropped_bytes": rec.log_dropped_bytes,
-                "health_check": self.health.describe(rec.id) if rec.state in ACTIVE else None,
+                "log_dropped_bytes": rec.run.log_dropped_bytes,
+                "health_check": self.health.describe(rec.id) if rec.run.state in ACTIVE else None,
                 "networks": self.networks.container_networks(rec),
-                "ports": rec.config.get("ports") or [],
+                "ports": rec.settings.ports,
             }
         )
         return out
 
     def shim_clients(self) -> list[shims.ShimClient]:
         """The shims of running and paused containers (asked at a metrics scrape)."""
-        return [self.shim(r.id) for r in self.store.list_containers() if r.state in ACTIVE]
+        return [self.shim(r.id) for r in self.store.list_containers() if r.run.state in ACTIVE]
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {str(state): 0 for state in State}
@@ -89,7 +89,7 @@ class Inspect(ContainersBase):
 
 
 def _command(rec: ContainerRecord) -> str:
-    args = rec.config.get("args")
+    args = rec.settings.args
     if args is None:
-        args = list(rec.config.get("entrypoint") or []) + list(rec.config.get("cmd") or [])
+        args = [*(rec.settings.entrypoint or []), *rec.settings.cmd]
     return " ".join(args)

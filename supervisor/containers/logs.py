@@ -39,7 +39,7 @@ class Logs(ContainersBase):
             current = self.store.get_container(rec.id)
             if current is None:
                 return live.last_result or wait_result(rec)
-            if condition == "not-running" and current.state not in ACTIVE:
+            if condition == "not-running" and current.run.state not in ACTIVE:
                 return wait_result(current)
             if condition == "next-exit" and live.exits > seen:
                 return live.last_result
@@ -82,13 +82,13 @@ class Logs(ContainersBase):
 
         try:
             if follow:
-                while rec.state == CREATED:
+                while rec.run.state == CREATED:
                     await live.wait_changed()
                     current = self.store.get_container(rec.id)
                     if current is None:
                         return {"dropped_bytes": 0}
                     rec = current
-            if follow and rec.state in ACTIVE:
+            if follow and rec.run.state in ACTIVE:
                 result = await self._follow_from_shim(rec, tail, since, send_b64)
                 if result is not None:
                     return result
@@ -168,13 +168,13 @@ class Logs(ContainersBase):
 
         try:
             if follow:
-                while rec.state == CREATED:
+                while rec.run.state == CREATED:
                     await live.wait_changed()
                     current = self.store.get_container(rec.id)
                     if current is None:
                         return {"dropped_bytes": 0}
                     rec = current
-            if follow and rec.state in ACTIVE:
+            if follow and rec.run.state in ACTIVE:
                 params = LogsParams(follow=True, tail=tail, since=since, timestamps=timestamps)
                 result = await self._relay_from_shim(rec, params, sink)
                 if result is not None:

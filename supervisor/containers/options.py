@@ -1,4 +1,5 @@
-"""The user's settings of a container: ``container.create``'s options, checked, and names."""
+"""The user's settings of a container: ``container.create``'s options (:class:`CreateRequest`),
+checked into a :class:`~supervisor.records.ContainerSettings`, and names."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tugwire.errors import InvalidArgument
 from .. import policy, security, spec
 from ..config import Config
 from ..network.requests import EndpointRequest
+from ..records import ContainerSettings
 from ..store import Store
 from .health import HealthRequest
 
@@ -140,7 +142,7 @@ class CreateRequest:
     sysctls: dict[str, str] = field(default_factory=dict)
 
 
-def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
+def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
     """The user's settings of ``container.create``, checked: InvalidArgument on the first
     bad one (the image, its health check and its network are resolved by the caller)."""
     opts: dict[str, Any] = {}
@@ -258,7 +260,7 @@ def parse_create(p: CreateRequest, cfg: Config) -> dict[str, Any]:
     opts["metrics_address"] = metrics_address or None
     opts["labels"] = parse_labels(p.labels)  # the image's go under them (create)
     opts.update(parse_cri(p))
-    return opts
+    return ContainerSettings(**opts)
 
 
 NAMESPACE_KINDS = ("network", "ipc", "uts", "pid")

@@ -35,7 +35,7 @@ class Recovery(Exits):
                 tg.start_soon(self._recover_one, rec)
             for entry in fsutil.listdir(self.cfg.shims_dir):
                 if not entry.startswith(".") and entry not in known and names.is_id(entry):
-                    tg.start_soon(self._remove_orphan, entry)
+                    tg.start_soon(self.task(entry).remove_orphan)
                 elif entry.startswith(".deleting-"):
                     # A removal tugd died in (renamed, not yet deleted): its shim had exited.
                     fsutil.remove_tree(os.path.join(self.cfg.shims_dir, entry))
@@ -48,7 +48,7 @@ class Recovery(Exits):
                     mounts.unmount(os.path.join(path, "rootfs"))
                 fsutil.remove_tree(path)
         # Namespaces, veths, bridges and nft rules of containers that are gone or not running.
-        keep = [r.id for r in self.store.list_containers() if r.state in (*ACTIVE, UNKNOWN)]
+        keep = [r.id for r in self.store.list_containers() if r.run.state in (*ACTIVE, UNKNOWN)]
         try:
             await self.networks.reconcile(keep)
         except Exception:
@@ -63,10 +63,10 @@ class Recovery(Exits):
             log.exception("collecting unused blobs and snapshots failed")
 
     async def _recover_one(self, rec: ContainerRecord) -> None:
-        paths = self._paths(rec.id)
-        shim = self.shim(rec.id)
+        task = self.task(rec.id)
+        shim = task.shim
         try:
-            if os.path.isdir(paths["shim"]):
+            if os.path.isdir(task.shim_dir):
                 record = shim.read_exit()
                 if record is not None:
                     await self._handle_exit(rec.id, record)
@@ -76,7 +76,7 @@ class Recovery(Exits):
                     await self._handle_exit(rec.id, record)
                     return
                 if state is None:
-                    if rec.state in ACTIVE:
+                    if rec.run.state in ACTIVE:
                         await self._shim_lost(rec.id)
                     else:
                         # tugd died in a start before the shim answered (or the shim died before
@@ -87,31 +87,31 @@ class Recovery(Exits):
                     await self._handle_exit(rec.id, state.exit)
                     return
                 adopt = Move.ADOPT_PAUSED if state.paused else Move.ADOPT_RUNNING
-                if rec.state != TRANSITIONS[adopt][1]:
+                if rec.run.state != TRANSITIONS[adopt][1]:
                     # tugd died between the shim's start and the store's update (adopt it), or
                     # between a pause or unpause and its record: the shim knows.
                     transition(rec, adopt)
-                    rec.pid = state.pid
-                    rec.shim_pid = state.shim_pid
-                    rec.started_at = rec.started_at or rfc3339()
+                    rec.run.pid = state.pid
+                    rec.run.shim_pid = state.shim_pid
+                    rec.run.started_at = rec.run.started_at or rfc3339()
                     self.save(rec)
                 self.spawn(rec.id, self._watch, rec.id)
-                if rec.config.get("health"):
-                    self.health.watch(rec.id, rec.config["health"])
-            elif rec.state in ACTIVE:
+                if rec.settings.health:
+                    self.health.watch(rec.id, rec.settings.health)
+            elif rec.run.state in ACTIVE:
                 # No shim dir at all: the state root was emptied (a reboot). Nothing recorded an exit.
                 transition(rec, Move.LOSE)
-                rec.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
+                rec.run.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
                 self.save(rec)
                 with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
+                    mounts.unmount(task.rootfs)
                 self._restart_on_boot(rec)
             else:
                 with contextlib.suppress(OSError):
-                    mounts.unmount(paths["rootfs"])
-                if rec.state == EXITED and rec.config.get("auto_remove"):
+                    mounts.unmount(task.rootfs)
+                if rec.run.state == EXITED and rec.settings.auto_remove:
                     self.tg.start_soon(self._auto_remove, rec.id)
-                elif rec.state == EXITED and not self._restart_on_boot(rec):
+                elif rec.run.state == EXITED and not self._restart_on_boot(rec):
                     self._apply_policy(rec)  # a restart that was pending when tugd stopped
         except Exception as exc:
             if diskfull.is_disk_full(exc):  # not recorded yet: a watch records it once there is room
@@ -141,23 +141,11 @@ class Recovery(Exits):
     def _restart_on_boot(self, rec: ContainerRecord) -> bool:
         """Start an ``always`` or ``unless-stopped`` container that is not running when tugd
         starts (after a reboot, or it was stopped); True if one is scheduled."""
-        rule = policy.parse(rec.config.get("restart"))
-        if not policy.start_on_boot(rule, stopped_by_user=rec.stopped_by_user):
+        rule = policy.parse(rec.settings.restart)
+        if not policy.start_on_boot(rule, stopped_by_user=rec.run.stopped_by_user):
             return False
-        if rec.stopped_by_user:
-            rec.stopped_by_user = False
+        if rec.run.stopped_by_user:
+            rec.run.stopped_by_user = False
             self.save(rec)
         self._schedule_restart(rec.id, 0.0)
         return True
-
-    async def _remove_orphan(self, cid: str) -> None:
-        """A shim dir without a container (tugd died mid-create or mid-delete): kill and clean."""
-        directory = self.cfg.shim_dir(cid)
-        try:
-            await self.shim(cid).delete_dead(cid, self.cfg.runtime, self.cfg.runtime_root)
-        except Exception:
-            log.exception("cleanup of orphan shim %s failed", cid[:12])
-        fsutil.remove_tree(directory)
-        rootfs = os.path.join(self.cfg.container_dir(cid), "rootfs")
-        with contextlib.suppress(OSError):
-            mounts.unmount(rootfs)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -22,12 +21,12 @@ import signal as signals
 
 import anyio
 
-from tugwire import fsutil
 from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
 from tugwire.timefmt import rfc3339
 
-from .. import mounts, shims, spec
+from .. import spec
 from ..failpoints import failpoint
+from ..records import RunState
 from ..store import ContainerRecord
 from . import health
 from .inspect import Inspect
@@ -58,45 +57,47 @@ class Containers(Recovery, Logs, Inspect):
 
     async def create(self, req: CreateRequest) -> ContainerRecord:
         """Validate, resolve the image, write the bundle, then record the container."""
-        opts = parse_create(req, self.cfg)
-        image = self.images.resolve(opts["image"])
-        if not opts["stop_signal"]:
-            opts["stop_signal"] = image.config.get("StopSignal") or "SIGTERM"
-            parse_signal(opts["stop_signal"], int(signals.SIGTERM))
-        opts["health"] = health.parse(req.health, image.config)
-        if opts["pod_id"] is None:  # a pod's container (the CRI's) keeps exactly the labels it was given
+        settings = parse_create(req, self.cfg)
+        image = self.images.resolve(settings.image)
+        stop_signal = settings.stop_signal
+        if not stop_signal:
+            stop_signal = image.config.get("StopSignal") or "SIGTERM"
+            parse_signal(stop_signal, int(signals.SIGTERM))
+        labels = settings.labels
+        if settings.pod_id is None:  # a pod's container (the CRI's) keeps exactly the labels it was given
             image_labels = image.config.get("Labels") or {}  # under the user's, as docker does
-            opts["labels"] = {
-                **{k: v for k, v in image_labels.items() if isinstance(v, str)},
-                **opts["labels"],
-            }
+            labels = {**{k: v for k, v in image_labels.items() if isinstance(v, str)}, **labels}
         endpoint = req.network
-        joined_net = opts["namespaces"].get("network")
+        joined_net = settings.namespaces.get("network")
         if joined_net:  # a pod's namespace (or the host's): no endpoint of tugd's networks
             endpoint = dataclasses.replace(endpoint, network="host" if joined_net == "host" else "none")
-        opts.update(self.networks.parse_create(endpoint, image.config))
-        name = opts["name"] or generate_name(self.store)
+        settings = dataclasses.replace(
+            settings,
+            stop_signal=stop_signal,
+            health=health.parse(req.health, image.config),
+            labels=labels,
+            **self.networks.parse_create(endpoint, image.config),
+        )
+        name = settings.name or generate_name(self.store)
         if self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
         cid = secrets.token_hex(32)
-        paths = self._paths(cid)
+        task = self.task(cid)
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(
-            cid, opts, image.config, paths["rootfs"], layers, self.networks.spec_for(cid, opts, paths["dir"])
+            cid,
+            settings,
+            image.config,
+            task.rootfs,
+            layers,
+            self.networks.spec_for(cid, settings, task.dir),
         )
-        opts["name"] = name
-        opts["args"] = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
-        if opts["init"]:
-            opts["args"] = opts["args"][len(spec.init_prefix()) :]  # the command, not tini's
-        os.makedirs(paths["dir"], mode=0o700)
+        args = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
+        if settings.init:
+            args = args[len(spec.init_prefix()) :]  # the command, not tini's
+        settings = dataclasses.replace(settings, name=name, args=args)
+        task.write_bundle(oci, own_upper=True)
         try:
-            for d in ("rootfs", "upper", "work"):
-                os.mkdir(paths[d], 0o755)
-            # Compact (the C encoder; indent= would take the pure-Python one) and not fsynced: the
-            # record beside it is committed without fsync too (WAL, synchronous=NORMAL), so only a
-            # power loss could lose either, and runc refuses a torn config.json with its own error.
-            # Measured: two fsyncs cost 0.8 ms on an idle disk and 10-20 ms on a busy one.
-            fsutil.write_atomic(paths["spec"], json.dumps(oci).encode(), mode=0o600, durable=False)
             failpoint("container.create.after_bundle")
             rec = ContainerRecord(
                 id=cid,
@@ -104,14 +105,14 @@ class Containers(Recovery, Logs, Inspect):
                 image=image.ref,
                 image_id=image.record.id,
                 created_at=rfc3339(),
-                config=opts,
-                state=CREATED,
+                settings=settings,
+                run=RunState(CREATED),
             )
             with self.store.transaction():  # the container and its addresses, or neither
-                self.networks.allocate(rec, paths["dir"])  # sets the host ports in rec.config
+                self.networks.allocate(rec, task.dir)  # sets the host ports in rec.settings
                 self.store.insert_container(rec)
         except BaseException:
-            fsutil.remove_tree(paths["dir"])
+            task.remove_bundle()
             raise  # a name taken meanwhile: AlreadyExists, from the store
         failpoint("container.create.after_db")
         self.networks.refresh_hosts(self.networks.network_ids_of(cid), self.cfg.container_dir)
@@ -129,69 +130,59 @@ class Containers(Recovery, Logs, Inspect):
             live.cancel_restart()
         async with live.lock:
             rec = self.reload(rec.id)
-            if rec.state in ACTIVE:
-                raise FailedPrecondition(f"container {rec.name} is already running", state=rec.state)
+            if rec.run.state in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is already running", state=rec.run.state)
             if not by_policy:
                 live.restart_delay = 0.0
-                rec.restart_count = 0
-                rec.stopped_by_user = False
-            if rec.state == UNKNOWN and not by_policy:
+                rec.run.restart_count = 0
+                rec.run.stopped_by_user = False
+            if rec.run.state == UNKNOWN and not by_policy:
                 raise FailedPrecondition(
-                    f"container {rec.name} is in an unknown state ({rec.reason}); remove it", state=rec.state
+                    f"container {rec.name} is in an unknown state ({rec.run.reason}); remove it",
+                    state=rec.run.state,
                 )
             t0 = anyio.current_time()
-            paths = self._paths(rec.id)
-            lower = await self.lower_layers(rec)
-            if not mounts.is_mounted(paths["rootfs"]):
-                # mount(2) of an overlay takes 1-5 ms: off the event loop, so that parallel starts
-                # (and every other client) are not held up behind it.
-                await anyio.to_thread.run_sync(
-                    mounts.mount_overlay, lower, paths["upper"], paths["work"], paths["rootfs"]
-                )
-            fsutil.remove_tree(paths["shim"])
-            os.makedirs(paths["shim"], mode=0o700)
+            task = self.task(rec.id)
+            await task.mount(await self.lower_layers(rec))
+            task.new_shim_dir()
             failpoint("container.start.after_mount")
-            config = shims.task_config(
-                self.cfg,
-                rec.id,
+            config = task.shim_config(
                 name=rec.name,
                 image=rec.image,
-                log_max_size=int(rec.config.get("log_max_size") or 0),
-                log_max_files=int(rec.config.get("log_max_files") or 0),
-                metrics_address=rec.config.get("metrics_address") or "",
-                tty=bool(rec.config.get("tty")),
-                stdin=bool(rec.config.get("stdin")),
-                log_path=rec.config.get("log_path"),
-                cgroup_parent=rec.config.get("cgroup_parent"),
+                log_max_size=rec.settings.log_max_size or 0,
+                log_max_files=rec.settings.log_max_files or 0,
+                metrics_address=rec.settings.metrics_address or "",
+                tty=rec.settings.tty,
+                stdin=rec.settings.stdin,
+                log_path=rec.settings.log_path,
+                cgroup_parent=rec.settings.cgroup_parent,
             )
-            if rec.config.get("log_path"):  # the CRI's: its directory (under the pod's) may be new
+            if rec.settings.log_path:  # the CRI's: its directory (under the pod's) may be new
                 os.makedirs(os.path.dirname(config.log_path), mode=0o755, exist_ok=True)
             try:
                 await self.networks.setup(rec)
                 failpoint("container.start.after_network")
-                reply = await shims.launch_task(self.launcher, config)
+                reply = await task.launch(self.launcher, config)
             except BaseException:
-                fsutil.remove_tree(paths["shim"])
+                await task.abandon()
                 with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(OSError):
-                        await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
                     await self.networks.teardown(rec.id)
                 raise
             failpoint("container.start.after_launch")
             transition(rec, Move.START)
-            rec.pid = reply.pid
-            rec.shim_pid = reply.shim_pid
-            rec.started_at = rfc3339()
-            rec.exit_code = None
-            rec.exit_signal = None
-            rec.oom_killed = False
-            rec.finished_at = None
-            rec.reason = ""
+            rec.run.pid = reply.pid
+            rec.run.shim_pid = reply.shim_pid
+            rec.run.started_at = rfc3339()
+            rec.run.exit_code = None
+            rec.run.exit_signal = None
+            rec.run.oom_killed = False
+            rec.run.finished_at = None
+            rec.run.reason = ""
             self.save(rec)
             self.publish("start", rec)
             self.spawn(rec.id, self._watch, rec.id)
-            if rec.config.get("health"):
-                self.health.watch(rec.id, rec.config["health"])
+            if rec.settings.health:
+                self.health.watch(rec.id, rec.settings.health)
             if self._on_start_latency is not None:
                 self._on_start_latency(anyio.current_time() - t0)
         return rec
@@ -204,8 +195,8 @@ class Containers(Recovery, Logs, Inspect):
         # before the ``die`` it causes (per-container order of events).
         async with self.live(rec.id).lock:
             rec = self.reload(rec.id)
-            if rec.state not in ACTIVE:
-                raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+            if rec.run.state not in ACTIVE:
+                raise FailedPrecondition(f"container {rec.name} is not running", state=rec.run.state)
             try:
                 await self.shim(rec.id).kill(sig, all_processes=all_processes)
             except FailedPrecondition as exc:
@@ -221,24 +212,27 @@ class Containers(Recovery, Logs, Inspect):
         live = self.live(cid)
         while True:
             rec = self.store.get_container(cid)
-            if rec is None or rec.state not in ACTIVE:
+            if rec is None or rec.run.state not in ACTIVE:
                 return
             await live.wait_changed()
 
-    async def stop(self, ref: str, timeout: int | None) -> ContainerRecord:
-        """The stop signal, then SIGKILL after ``timeout`` seconds; returns once the exit is
-        recorded. Stopping a container that is not running changes nothing."""
+    async def stop(self, ref: str, timeout: int | None, signal: int | None = None) -> ContainerRecord:
+        """The stop signal (``signal``, else the container's), then SIGKILL after ``timeout``
+        seconds; returns once the exit is recorded. Stopping a container that is not running
+        changes nothing."""
         rec = self.get(ref)
         await self._stopped_by_user(rec.id)
         rec = self.reload(rec.id)
-        if rec.state not in ACTIVE:
+        if rec.run.state not in ACTIVE:
             return rec
-        if rec.state == PAUSED:
+        if rec.run.state == PAUSED:
             # A frozen process acts on no signal: thaw it first, so that it can stop cleanly.
             with contextlib.suppress(FailedPrecondition):
                 await self.set_paused(rec.id, False)
-        grace = rec.config.get("stop_timeout", 10) if timeout is None else timeout
-        sig = parse_signal(rec.config.get("stop_signal"), int(signals.SIGTERM))
+        grace = rec.settings.stop_timeout if timeout is None else timeout
+        sig = signal
+        if sig is None:
+            sig = parse_signal(rec.settings.stop_signal, int(signals.SIGTERM))
         with contextlib.suppress(FailedPrecondition):
             await self.kill(rec.id, sig)
         failpoint("container.stop.after_signal")
@@ -263,8 +257,8 @@ class Containers(Recovery, Logs, Inspect):
         live.cancel_restart()
         async with live.lock:
             rec = self.reload(cid)
-            if not rec.stopped_by_user:
-                rec.stopped_by_user = True
+            if not rec.run.stopped_by_user:
+                rec.run.stopped_by_user = True
                 self.save(rec)
 
     async def reopen_log(self, ref: str) -> ContainerRecord:
@@ -272,12 +266,12 @@ class Containers(Recovery, Logs, Inspect):
         ReopenContainerLog). Only for a container created with a ``log_path``: tugd rotates its
         own logs itself. FailedPrecondition unless it is running."""
         rec = self.get(ref)
-        if not rec.config.get("log_path"):
+        if not rec.settings.log_path:
             raise FailedPrecondition(
                 f"container {rec.name} has tugd's own log, which tugd rotates: there is nothing to reopen"
             )
-        if rec.state not in ACTIVE:
-            raise FailedPrecondition(f"container {rec.name} is not running", state=rec.state)
+        if rec.run.state not in ACTIVE:
+            raise FailedPrecondition(f"container {rec.name} is not running", state=rec.run.state)
         try:
             await self.shim(rec.id).reopen_log()
         except FailedPrecondition as exc:
@@ -292,20 +286,20 @@ class Containers(Recovery, Logs, Inspect):
         async with self.live(rec.id).lock:
             rec = self.reload(rec.id)
             move = Move.PAUSE if paused else Move.UNPAUSE
-            if not allowed(rec.state, move):
-                if rec.state == PAUSED:
-                    raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.state)
-                if rec.state == RUNNING:
-                    raise FailedPrecondition(f"container {rec.name} is not paused", state=rec.state)
+            if not allowed(rec.run.state, move):
+                if rec.run.state == PAUSED:
+                    raise FailedPrecondition(f"container {rec.name} is already paused", state=rec.run.state)
+                if rec.run.state == RUNNING:
+                    raise FailedPrecondition(f"container {rec.name} is not paused", state=rec.run.state)
                 raise FailedPrecondition(
-                    f"cannot {verb} container {rec.name}: container is {rec.state}", state=rec.state
+                    f"cannot {verb} container {rec.name}: container is {rec.run.state}", state=rec.run.state
                 )
             try:
                 shim = self.shim(rec.id)
                 await (shim.pause() if paused else shim.resume())
             except FailedPrecondition as exc:
                 raise FailedPrecondition(
-                    f"cannot {verb} container {rec.name}: {exc.message}", state=rec.state
+                    f"cannot {verb} container {rec.name}: {exc.message}", state=rec.run.state
                 ) from exc
             transition(rec, move)
             self.save(rec)
@@ -316,12 +310,12 @@ class Containers(Recovery, Logs, Inspect):
         rec = self.get(ref)
         self.live(rec.id).cancel_restart()
         self.health.forget(rec.id)
-        if rec.state in ACTIVE:
+        if rec.run.state in ACTIVE:
             if not force:
                 raise FailedPrecondition(
                     f"cannot remove container {rec.name}: container is running: stop the container "
                     "before removing or use force",
-                    state=rec.state,
+                    state=rec.run.state,
                 )
             with contextlib.suppress(FailedPrecondition, Unavailable):
                 await self.kill(rec.id, int(signals.SIGKILL))
@@ -331,10 +325,9 @@ class Containers(Recovery, Logs, Inspect):
         async with live.lock:
             rec = self.reload(rec.id)
             await self._release(rec.id)
-            paths = self._paths(rec.id)
-            with contextlib.suppress(OSError):
-                await anyio.to_thread.run_sync(mounts.unmount, paths["rootfs"])
-            if mounts.is_mounted(paths["rootfs"]):
+            task = self.task(rec.id)
+            await task.unmount()
+            if task.is_mounted():
                 raise FailedPrecondition(f"the root filesystem of {rec.name} is still mounted")
             failpoint("container.delete.after_release")
             peers = self._forget(rec, live)

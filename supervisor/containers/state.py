@@ -1,5 +1,6 @@
-"""A container's states, the one table of the transitions between them, and its in-memory
-companion (:class:`Live`)."""
+"""A container's states (the :class:`State` enum lives in :mod:`supervisor.records`, below the
+store, and is re-exported here), the one table of the transitions between them, and its
+in-memory companion (:class:`Live`)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,10 @@ import anyio
 
 from tugwire.errors import FailedPrecondition
 
+from ..records import State
 from ..store import ContainerRecord
 
-
-class State(enum.StrEnum):
-    """A container's state, as the store keeps it and clients see it."""
-
-    CREATED = "created"  # made, never started
-    RUNNING = "running"
-    PAUSED = "paused"  # frozen (the cgroup freezer)
-    EXITED = "exited"  # PID 1 exited; its exit record is kept
-    UNKNOWN = "unknown"  # the shim went away without an exit record: the exit code is not known
-
+__all__ = ["State"]
 
 CREATED, RUNNING, PAUSED, EXITED, UNKNOWN = (
     State.CREATED,
@@ -68,11 +61,11 @@ def transition(rec: ContainerRecord, move: Move) -> None:
     """Apply ``move`` to ``rec.state`` (not stored yet); FailedPrecondition, changing nothing, if
     the table forbids it."""
     sources, target = TRANSITIONS[move]
-    if rec.state not in sources:
+    if rec.run.state not in sources:
         raise FailedPrecondition(
-            f"cannot {move.value} container {rec.name}: it is {rec.state}", state=rec.state
+            f"cannot {move.value} container {rec.name}: it is {rec.run.state}", state=rec.run.state
         )
-    rec.state = target
+    rec.run.state = target
 
 
 @dataclass
@@ -114,8 +107,8 @@ def wait_result(rec: ContainerRecord) -> dict[str, Any]:
     """What ``container.wait`` answers for ``rec``."""
     return {
         "id": rec.id,
-        "state": rec.state,
-        "exit_code": rec.exit_code if rec.state == EXITED else None,
-        "signal": rec.exit_signal if rec.state == EXITED else None,
-        "oom_killed": rec.oom_killed,
+        "state": rec.run.state,
+        "exit_code": rec.run.exit_code if rec.run.state == EXITED else None,
+        "signal": rec.run.exit_signal if rec.run.state == EXITED else None,
+        "oom_killed": rec.run.oom_killed,
     }

@@ -14,6 +14,7 @@ networks touch the kernel, and only once a container joins: a tugd whose contain
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -36,6 +37,7 @@ from .requests import EndpointRequest, NetworkCreateRequest
 if TYPE_CHECKING:
     from ..config import Config
     from ..events import EventBus
+    from ..records import ContainerSettings
     from ..store import ContainerRecord, Store
     from .attached import Owners
 
@@ -424,10 +426,10 @@ class Networks:
         opts["ports"] = [pt.to_json() for pt in ports]
         return opts
 
-    def spec_for(self, cid: str, opts: dict[str, Any], files_dir: str) -> dict[str, Any]:
+    def spec_for(self, cid: str, settings: ContainerSettings, files_dir: str) -> dict[str, Any]:
         """What :func:`supervisor.spec.build` needs: the namespace (None: runc makes one; "":
         the host's) and the files to mount."""
-        mode = opts.get("network") or NONE
+        mode = settings.network or NONE
         netns: str | None = None if mode == NONE else "" if mode == HOST else self.netns_path(cid)
         return {"netns": netns, "mounts": files.mounts(files_dir)}
 
@@ -437,26 +439,26 @@ class Networks:
     def allocate(self, rec: ContainerRecord, files_dir: str) -> None:
         """Endpoints and host ports of a new container, and its /etc files. Call inside the
         store transaction that inserts the container (a failure rolls both back)."""
-        opts = rec.config
-        mode = opts.get("network") or NONE
+        opts = rec.settings
+        mode = opts.network or NONE
         if mode not in (HOST, NONE):
             net = self.get(mode)
-            wanted = opts.get("ip")
+            wanted = opts.ip
             ip = ipam.allocate(net.subnet, net.ip_range, net.gateway, self.db.taken_ips(net.id), wanted)
             ip6 = ""
             if net.subnet6:
-                ip6 = ipam.allocate6(net.subnet6, net.gateway6, self.db.taken_ip6s(net.id), opts.get("ip6"))
-            aliases = list(opts.get("network_aliases") or [])
+                ip6 = ipam.allocate6(net.subnet6, net.gateway6, self.db.taken_ip6s(net.id), opts.ip6)
+            aliases = list(opts.network_aliases)
             self.db.insert_endpoint(Endpoint(net.id, rec.id, 0, ip, ipam.mac_for(ip), aliases, ip6))
             used = ports_.used(self.store, exclude=rec.id)
             ports = []
-            for d in opts.get("ports") or []:
+            for d in opts.ports:
                 pt = Port.from_json(d)
                 if not pt.host_port:
                     pt = Port(pt.host_ip, ports_.pick(pt.proto, used), pt.container_port, pt.proto)
                 used.add((pt.host_port, pt.proto))
                 ports.append(pt.to_json())
-            opts["ports"] = ports
+            rec.settings = dataclasses.replace(opts, ports=ports)
         self.write_files(rec, files_dir)
 
     # ---------------------------------------------------------------------------- /etc files
@@ -478,7 +480,7 @@ class Networks:
     # ---------------------------------------------------------------------- kernel: wire up
 
     def _is_wirable(self, rec: ContainerRecord) -> bool:
-        return (rec.config.get("network") or NONE) not in (HOST, NONE) or bool(
+        return (rec.settings.network or NONE) not in (HOST, NONE) or bool(
             self.db.endpoints(container_id=rec.id)
         )
 
@@ -489,7 +491,7 @@ class Networks:
             return
         eps = self.db.endpoints(container_id=rec.id)
         nets = {ep.network_id: self.db.network(ep.network_id) for ep in eps}
-        ports = [Port.from_json(d) for d in rec.config.get("ports") or []]
+        ports = [Port.from_json(d) for d in rec.settings.ports]
         async with self.lock:
             fresh = rec.id not in self._forwarding  # (else its rules may be in the table still)
             ports_.check(self.store, self._wired, rec.id, ports)
@@ -610,7 +612,7 @@ class Networks:
         self, net_ref: Any, rec: ContainerRecord, ip: str | None, aliases: list[str], dirs: Any
     ) -> Endpoint:
         net = self._decide_default(self.get(net_ref))
-        mode = rec.config.get("network") or NONE
+        mode = rec.settings.network or NONE
         if not net.is_bridge:
             raise InvalidArgument(f"cannot connect a container to the {net.name} network", field="network")
         if mode in (HOST, NONE):
@@ -699,7 +701,7 @@ class Networks:
                 "aliases": ep.aliases,
                 "interface": f"eth{ep.idx}",
             }
-        mode = rec.config.get("network") or NONE
+        mode = rec.settings.network or NONE
         if mode in (HOST, NONE) and mode not in out:
             out[mode] = {}
         return out
@@ -721,7 +723,7 @@ class Networks:
             eps = self.db.endpoints(container_id=cid)
             if rec is None or not eps:
                 continue
-            published = [Port.from_json(d) for d in rec.config.get("ports") or []]
+            published = [Port.from_json(d) for d in rec.settings.ports]
             rs.forwards += ports_.forwards(eps[0].ip, published)
         if self.owners is not None:
             rs.forwards += self.owners.forwards()
@@ -765,7 +767,7 @@ class Networks:
             removed = await anyio.to_thread.run_sync(sweep)
             self._wired = {cid for cid in keep_set if os.path.exists(self.netns_path(cid))}
             recs = {cid: self.store.get_container(cid) for cid in self._wired}
-            self._forwarding = {cid for cid, r in recs.items() if r is not None and r.config.get("ports")}
+            self._forwarding = {cid for cid, r in recs.items() if r is not None and r.settings.ports}
             self._bridge_index.clear()  # set up again on first use (a reboot, a sweep)
             await self._apply_nft()
             # Only now that our table forwards our ports: an older tugd's shared table goes.

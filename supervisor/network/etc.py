@@ -49,25 +49,30 @@ def snapshot(db: NetStore, store: Store) -> Snapshot:
 
 def etc_of(rec: ContainerRecord, snap: Snapshot) -> files.EtcFiles:
     """A container's /etc files: its own addresses and names, its peers' on each network."""
-    cfg = rec.config
-    hostname = cfg.get("hostname") or rec.id[:12]
+    settings = rec.settings
+    hostname = settings.hostname or rec.id[:12]
     ef = files.EtcFiles(
         hostname=hostname,
-        dns=list(cfg.get("dns") or []),
-        host_mode=cfg.get("network") == HOST,
-        extra=[files.HostsEntry(ip, [name]) for name, ip in cfg.get("add_hosts") or []],
+        dns=list(settings.dns),
+        host_mode=settings.network == HOST,
+        extra=[files.HostsEntry(ip, [name]) for name, ip in settings.add_hosts],
     )
     for ep in snap.by_cid.get(rec.id, []):
         for ip in filter(None, (ep.ip, ep.ip6)):
-            ef.own.append(files.HostsEntry(ip, [hostname, rec.name, *ep.aliases]))
+            ef.own.append(files.HostsEntry(ip, _names(hostname, rec.name, *ep.aliases)))
         for peer in snap.by_net.get(ep.network_id, []):
             if peer.container_id == rec.id:
                 continue
             other = snap.recs.get(peer.container_id)
             if other is not None:
                 for ip in filter(None, (peer.ip, peer.ip6)):
-                    ef.peers.append(files.HostsEntry(ip, [other.name, *peer.aliases, other.id[:12]]))
+                    ef.peers.append(files.HostsEntry(ip, _names(other.name, *peer.aliases, other.id[:12])))
     return ef
+
+
+def _names(*names: str) -> list[str]:
+    """Each name once, in order (compose gives the short id among a container's aliases)."""
+    return list(dict.fromkeys(names))
 
 
 def refresh_hosts(snap: Snapshot, network_ids: Iterable[str], dirs: Callable[[str], str]) -> None:

@@ -25,7 +25,7 @@ def used(store: Store, exclude: str = "") -> set[tuple[int, str]]:
     out = set()
     for rec in store.list_containers():
         if rec.id != exclude:
-            for d in rec.config.get("ports") or []:
+            for d in rec.settings.ports:
                 out.add((int(d["host_port"]), str(d["proto"])))
     return out
 
@@ -49,7 +49,7 @@ def check(store: Store, wired: Iterable[str], cid: str, ports: list[Port]) -> No
             if other == cid:
                 continue
             rec = store.get_container(other)
-            for d in (rec.config.get("ports") or []) if rec else []:
+            for d in rec.settings.ports if rec else []:
                 o = Port.from_json(d)
                 if (
                     o.host_port == pt.host_port

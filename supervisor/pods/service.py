@@ -12,6 +12,7 @@ containers service's public methods.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire.errors import InvalidArgument, NotFound
+from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed
 
 from ..failpoints import failpoint
 from ..network import attached, ipam, nft
 from ..network import ports as ports_
 from ..network.requests import NetworkCreateRequest
-from . import namespaces
+from . import cni, namespaces
 from .records import (
     CREATING,
     NODE,
@@ -72,6 +73,7 @@ class Pods:
         self.networks = networks
         self.db = PodStore(store.db)
         self.dir = os.path.join(cfg.state, "pods")
+        self.cni = cni.Cni(cfg.cni_conf_dir, cfg.cni_bin_dirs, os.path.join(cfg.state, "cni"))
         self.net_lock = anyio.Lock()  # the pod network: made once, its subnet changed
         self._locks: dict[str, anyio.Lock] = {}  # per pod: its create, stop and remove in turn
         networks.owners = self
@@ -132,7 +134,7 @@ class Pods:
 
     def members(self, pid: str) -> list[str]:
         """The ids of the containers that belong to pod ``pid``."""
-        return [r.id for r in self.containers.records() if r.config.get("pod_id") == pid]
+        return [r.id for r in self.containers.records() if r.settings.pod_id == pid]
 
     # ----------------------------------------------------------------------- the network
 
@@ -140,10 +142,25 @@ class Pods:
         """The pod network: built in (a Tugboat bridge network), its configured pod CIDR (from
         kubelet's UpdateRuntimeConfig; none: a subnet tugd picks) and the network if made."""
         cidr = self.db.setting(POD_CIDR_KEY) or ""
+        if self.cfg.pod_network == "cni":
+            conf, why = self.cni.status()
+            return {
+                "mode": "cni",
+                "ready": conf is not None,
+                "message": why,
+                "network": conf.name if conf else "",
+                "conf_file": conf.path if conf else "",
+                "conf_dir": self.cni.conf_dir,
+                "bin_dirs": list(self.cni.bin_dirs),
+                "pod_cidr": cidr,
+                "subnet": "",
+                "gateway": "",
+            }
         found = [n for n in self.networks.db.find_networks(POD_NETWORK) if n.name == POD_NETWORK]
         return {
             "mode": "builtin",
             "ready": True,
+            "message": "",
             "network": POD_NETWORK,
             "pod_cidr": cidr,
             "subnet": found[0].subnet if found else "",
@@ -242,8 +259,11 @@ class Pods:
         await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
             await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
+        failpoint("pod.create.after_namespaces")
         ip = ""
-        if req.network == POD:
+        if req.network == POD and self.cfg.pod_network == "cni":
+            ip = await self._cni_add(rec)
+        elif req.network == POD:
             await self._ensure_network()
             ports = [ipam.Port.from_json(d) for d in rec.config["ports"] if d["host_port"]]
             ep = await attached.attach(self.networks, rec.id, POD_NETWORK, self._path(rec.id, "net"), ports)
@@ -253,8 +273,31 @@ class Pods:
         resolv = namespaces.resolv_text(dns["servers"], dns["searches"], dns["options"])
         await anyio.to_thread.run_sync(namespaces.write_files, self._path(rec.id), hostname, ip, resolv)
 
+    async def _cni_add(self, rec: PodRecord) -> str:
+        """The pod's network by CNI (ADD of the configured chain, its loopback up): its IP."""
+        netns = self._path(rec.id, "net")
+        await anyio.to_thread.run_sync(cni.loopback_up, netns)
+        c = rec.config
+        args = cni.PodArgs(
+            id=rec.id,
+            netns=netns,
+            name=c["name"],
+            namespace=c["namespace"],
+            uid=c["uid"],
+            port_mappings=cni.port_mappings(c["ports"]),
+        )
+        conf, result = await self.cni.add(args)
+        addr = cni.address(result)
+        if addr is None:
+            raise RuntimeFailed(f"the CNI result has no IPv4 address for the pod: {json.dumps(result)}")
+        c["cni"] = {"network": conf.name, "ip": addr[0], "prefixlen": addr[1]}
+        return addr[0]
+
     async def _unmake(self, pid: str) -> None:
-        """Release the pod's address and forwards and unmount its namespaces (the files stay)."""
+        """Release the pod's address and forwards (CNI: DEL of its chain, from its cache) and
+        unmount its namespaces (the files stay)."""
+        net = self._path(pid, "net")
+        await self.cni.delete(pid, net if namespaces.alive(net) else "")
         await attached.detach(self.networks, pid)
         await anyio.to_thread.run_sync(namespaces.unmount, self._path(pid))
 
@@ -307,6 +350,8 @@ class Pods:
             return self._path(rec.id, kind) if ready and mode == POD else None
 
         addr = attached.address(self.networks, rec.id) if ready else None
+        if ready and c.get("cni"):
+            addr = (c["cni"]["ip"], c["cni"]["prefixlen"], c["cni"]["network"])
         files = {name: self._path(rec.id, name) for name in ("hostname", "hosts", "resolv.conf")}
         return {
             "id": rec.id,
@@ -366,8 +411,8 @@ class Pods:
         members: dict[str, list[str]] = {}
         if out:  # one pass over the containers (kubelet lists pods every second)
             for r in self.containers.records():
-                if r.config.get("pod_id"):
-                    members.setdefault(str(r.config["pod_id"]), []).append(r.id)
+                if r.settings.pod_id:
+                    members.setdefault(r.settings.pod_id, []).append(r.id)
         return [self.describe(rec, members) for rec in out]
 
     # --------------------------------------------------------------------------- recovery
@@ -380,12 +425,12 @@ class Pods:
         for rec in self.db.all():
             if rec.state == CREATING:
                 log.info("pod %s (%s): half made when tugd stopped: removed", rec.name, rec.id[:12])
-                await self._unmake(rec.id)
+                await self._recover_unmake(rec.id)
                 await anyio.to_thread.run_sync(namespaces.remove, self._path(rec.id))
                 self.db.delete(rec.id)
             elif rec.state == READY and not self._whole(rec):
                 log.info("pod %s (%s): its namespaces are gone: not ready", rec.name, rec.id[:12])
-                await self._unmake(rec.id)
+                await self._recover_unmake(rec.id)
                 rec.state = NOTREADY
                 self.db.update(rec)
         # Directories no pod record names (tugd died removing one).
@@ -393,6 +438,23 @@ class Pods:
         for entry in await anyio.to_thread.run_sync(_listdir, self.dir):
             if entry not in known:
                 await anyio.to_thread.run_sync(namespaces.remove, os.path.join(self.dir, entry))
+        # CNI attachments no pod record names (a DEL that failed at a recovery before).
+        for pid in await anyio.to_thread.run_sync(self.cni.cached_ids):
+            if pid not in known:
+                try:
+                    await self.cni.delete(pid, "")
+                except RuntimeFailed as exc:
+                    log.warning("pod %s: CNI DEL failed (tried again at the next start): %s", pid[:12], exc)
+
+    async def _recover_unmake(self, pid: str) -> None:
+        """:meth:`_unmake` at start: a CNI DEL that fails is logged (its cache stays: tried again
+        by the pod's stop, or at the next start) and the namespaces unmounted all the same."""
+        try:
+            await self._unmake(pid)
+        except RuntimeFailed as exc:
+            log.warning("pod %s: CNI DEL failed: %s", pid[:12], exc)
+            await attached.detach(self.networks, pid)
+            await anyio.to_thread.run_sync(namespaces.unmount, self._path(pid))
 
     def _whole(self, rec: PodRecord) -> bool:
         opts = rec.config["namespace_options"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from .service import (
     LoginRequest,
+    PullAuth,
     PulledImage,
     PullRequest,
     PushedImage,
@@ -75,6 +76,7 @@ __all__ = [
     "DigestMismatch",
     "LoginRequest",
     "Progress",
+    "PullAuth",
     "PullRequest",
     "PulledImage",
     "PushBlob",

@@ -5,6 +5,7 @@ progress, then its result; the front doors turn the progress into whatever their
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -39,13 +40,66 @@ MIRROR_RETRY = RetryPolicy(attempts=2)
 
 
 @dataclass(frozen=True)
+class PullAuth:
+    """Credentials of one pull (the CRI's ``AuthConfig``), used for that pull only and never
+    saved: a username and password (Basic, or for the token server), an OAuth2 refresh token
+    (``identity_token``) the token server exchanges, or a bearer ``registry_token`` sent to the
+    registry as it is."""
+
+    credentials: Credentials | None = None
+    identity_token: str | None = None
+    registry_token: str | None = None
+
+    def __repr__(self) -> str:  # never show a secret, even in a traceback
+        kinds = [k for k in ("credentials", "identity_token", "registry_token") if getattr(self, k)]
+        return f"PullAuth({', '.join(kinds)})"
+
+    KEYS = ("username", "password", "auth", "identity_token", "registry_token")
+
+    @classmethod
+    def parse(cls, raw: dict[str, str]) -> PullAuth | None:
+        """``image.pull``'s ``auth`` -> PullAuth, or None when it holds nothing. The precedence
+        is containerd's: ``username`` (with ``password``), then ``identity_token``, then
+        ``auth`` (base64 of ``username:password``), then ``registry_token``. Raises
+        InvalidArgument for an unknown key, a password without a username, a bad ``auth``."""
+        unknown = sorted(set(raw) - set(cls.KEYS))
+        if unknown:
+            raise InvalidArgument(
+                f"auth: unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.KEYS)})", param="auth"
+            )
+        user, password = raw.get("username", ""), raw.get("password", "")
+        if password and not user:
+            raise InvalidArgument("auth: a password without a username", param="auth")
+        if user:
+            return cls(credentials=Credentials(user, password))
+        if raw.get("identity_token"):
+            return cls(identity_token=raw["identity_token"])
+        if raw.get("auth"):
+            try:
+                text = base64.b64decode(raw["auth"], validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArgument(
+                    "auth: 'auth' is not base64 of username:password", param="auth"
+                ) from None
+            name, colon, secret = text.partition(":")
+            if not colon or not name:
+                raise InvalidArgument("auth: 'auth' is not base64 of username:password", param="auth")
+            return cls(credentials=Credentials(name, secret))
+        if raw.get("registry_token"):
+            return cls(registry_token=raw["registry_token"])
+        return None
+
+
+@dataclass(frozen=True)
 class PullRequest:
     """Pull ``ref`` (``[registry/]repo[:tag][@digest]``); ``platform`` (``os/arch[/variant]``)
-    picks from an index (default: the host's); ``concurrency`` transfers at a time (1 to 32)."""
+    picks from an index (default: the host's); ``concurrency`` transfers at a time (1 to 32);
+    ``auth``: the registry's credentials for this pull only (else those saved by a login)."""
 
     ref: str
     platform: str | None = None
     concurrency: int = 3
+    auth: PullAuth | None = None
 
 
 @dataclass(frozen=True)
@@ -201,18 +255,28 @@ class RegistryService:
     def session(self, http: httpx.AsyncClient, host: str) -> Session:
         return Session(http, host, scheme=self.policy.scheme(host), credentials=self.auth.get(host))
 
-    def _sources(self, http: httpx.AsyncClient, domain: str) -> list[Session]:
-        """Where a pull from ``domain`` tries, in order: for docker.io its mirrors
-        (``--registry-mirror``, each with its own scheme and saved credentials, and a shorter
-        retry policy) first, then the registry itself, always last."""
+    def _sources(self, http: httpx.AsyncClient, domain: str, auth: PullAuth | None = None) -> list[Session]:
+        """Where a pull from ``domain`` tries, in order: its mirrors (``--registry-mirror``:
+        docker.io's plain ones, another registry's ``REGISTRY=URL`` ones; each with its own scheme
+        and saved credentials, and a shorter retry policy) first, then the registry itself,
+        always last (with ``auth`` when the pull has its own). A mirror serves the same
+        repository paths under its own host."""
         out: list[Session] = []
         if domain == DOCKER_HUB:
-            for url in self.cfg.registry_mirrors:
-                scheme, _, host = url.partition("://")
-                out.append(
-                    Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
-                )
-        out.append(self.session(http, domain))
+            urls = list(self.cfg.registry_mirrors)
+        else:
+            urls = [u for r, u in self.cfg.registry_mirror_map if r == domain]
+        for url in urls:
+            scheme, _, host = url.partition("://")
+            out.append(
+                Session(http, host, scheme=scheme, credentials=self.auth.get(host), retry=MIRROR_RETRY)
+            )
+        registry = self.session(http, domain)
+        if auth is not None:
+            registry.credentials = auth.credentials
+            registry.identity_token = auth.identity_token
+            registry.registry_token = auth.registry_token
+        out.append(registry)
         return out
 
     def pull(self, req: PullRequest) -> contextlib.AbstractAsyncContextManager[Transfer[PulledImage]]:
@@ -232,7 +296,7 @@ class RegistryService:
                     transfer.update(store_progress(event))
 
                 rec: ImageRecord | None = None
-                sources = self._sources(http, ref.domain)
+                sources = self._sources(http, ref.domain, req.auth)
                 for i, session in enumerate(sources):
                     mirror = i < len(sources) - 1
                     source = RegistrySource(session, ref.path, progress=transfer.update)

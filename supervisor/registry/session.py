@@ -102,6 +102,10 @@ class Session:
     scheme: str = "https"
     credentials: Credentials | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # One pull's own (CRI's AuthConfig, never saved): an OAuth2 refresh token for the token
+    # server, or a bearer token sent to the registry as it is.
+    identity_token: str | None = field(default=None, repr=False)
+    registry_token: str | None = field(default=None, repr=False)
     _challenge: Challenge | None = None
     _tokens: dict[str, str] = field(default_factory=dict)
 
@@ -117,6 +121,8 @@ class Session:
         return path if path.startswith(("http://", "https://")) else self.base + path
 
     def _auth_header(self, scope: str) -> dict[str, str]:
+        if self.registry_token:
+            return {"Authorization": "Bearer " + self.registry_token}
         ch = self._challenge
         if ch is None:
             return {}
@@ -172,7 +178,7 @@ class Session:
                 await anyio.sleep(self.retry.delay(attempt))
                 attempt += 1
                 continue
-            if resp.status_code == 401 and not authorized:
+            if resp.status_code == 401 and not authorized and not self.registry_token:
                 authorized = True
                 await resp.aclose()
                 await self._answer_challenge(resp.headers.get("www-authenticate", ""), scope)
@@ -189,7 +195,11 @@ class Session:
                 raise Unauthorized(
                     f"{self.host}: {'access denied' if resp.status_code == 403 else 'unauthorized'}"
                     f" ({error_text(resp)}); "
-                    + ("check the saved credentials" if self.credentials else f"run `tug login {self.host}`"),
+                    + (
+                        "check the credentials"
+                        if self.credentials or self.registry_token or self.identity_token
+                        else f"run `tug login {self.host}`"
+                    ),
                     state="unauthorized",
                     registry=self.host,
                 )
@@ -217,7 +227,8 @@ class Session:
         elif basic is not None:
             if self.credentials is None:
                 raise Unauthorized(
-                    f"{self.host} requires a login: run `tug login {self.host}`",
+                    f"{self.host} requires a login: run `tug login {self.host}`"
+                    + (" (a token is no answer to its Basic challenge)" if self.identity_token else ""),
                     state="unauthorized",
                     registry=self.host,
                 )
@@ -241,13 +252,26 @@ class Session:
             params.append(("service", ch.params["service"]))
         params += [("scope", s) for s in scope.split(" ") if s]
         auth = None
-        if self.credentials is not None:
+        form: dict[str, str] | None = None
+        if self.identity_token:
+            # OAuth2 (as docker and containerd do): the refresh token exchanged by a POST
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": self.identity_token,
+                "client_id": "tugboat",
+                "service": str(ch.params.get("service", "")),
+                "scope": scope,
+            }
+        elif self.credentials is not None:
             params.append(("account", self.credentials.username))
             auth = httpx.BasicAuth(self.credentials.username, self.credentials.password)
         realm = ch.params["realm"]
         for attempt in range(self.retry.attempts):
             try:
-                resp = await self.http.get(realm, params=params, auth=auth)
+                if form is not None:
+                    resp = await self.http.post(realm, data=form)
+                else:
+                    resp = await self.http.get(realm, params=params, auth=auth)
             except httpx.TransportError as exc:
                 if attempt + 1 >= self.retry.attempts:
                     raise Unavailable(f"cannot reach the token server {realm}: {exc}") from exc
@@ -260,7 +284,7 @@ class Session:
         if resp.status_code in (401, 403):
             raise Unauthorized(
                 f"{self.host}: the token server refused "
-                + ("the credentials" if self.credentials else "anonymous access")
+                + ("the credentials" if self.credentials or form else "anonymous access")
                 + f" ({error_text(resp)})",
                 state="unauthorized",
                 registry=self.host,
