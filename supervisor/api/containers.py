@@ -123,7 +123,8 @@ class ContainerApi:
         d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
-        d.add("container.exec", self.container_exec)
+        # Accepted once switched (the reader must not take the first frame as a line), or at once.
+        d.add("container.exec", self.container_exec, accept_late=True)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
         d.add("container.exec.stdin", self.exec_stdin, accept_late=True)
@@ -394,6 +395,7 @@ class ContainerApi:
         )
         if call.wants_raw() and not req.detach:
             return await self._exec_raw(call, lambda sink: self.core.execs.exec(req, sink))
+        call.accept()  # its input may come on this connection while it runs
         return await self.core.execs.exec(req, self._exec_notes(call))
 
     @staticmethod
