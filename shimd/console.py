@@ -261,4 +261,4 @@ def register(d: jsonrpc.Dispatcher, task_input: TaskInput) -> None:
             raise first
         return {}
 
-    d.add(shimapi.TASK_ATTACH, attach)
+    d.add(shimapi.TASK_ATTACH, attach, accept_late=True)  # accepted by the switch: no line read after

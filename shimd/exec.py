@@ -340,7 +340,7 @@ def register(d: jsonrpc.Dispatcher, execs: Execs, state: Callable[[], State]) ->
             tty=tty,
         )
 
-    d.add(shimapi.TASK_EXEC, task_exec)
+    d.add(shimapi.TASK_EXEC, task_exec, accept_late=True)  # accepted by the switch: no line read after
 
 
 def _size(p: jsonrpc.Params) -> tuple[int, int]:

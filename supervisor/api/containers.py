@@ -124,9 +124,10 @@ class ContainerApi:
         d.add("container.copy_to", self.container_copy_to)
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
-        d.add("container.exec", self.container_exec)
+        # Accepted once switched (the reader must not take the first frame as a line), or at once.
+        d.add("container.exec", self.container_exec, accept_late=True)
         d.add("exec.create", self.exec_create)
-        d.add("exec.start", self.exec_start)
+        d.add("exec.start", self.exec_start, accept_late=True)
         d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
@@ -426,6 +427,7 @@ class ContainerApi:
         req = self._exec_request(p)
         if call.wants_raw() and not req.detach:
             return await self._exec_raw(call, lambda sink: self.core.execs.exec(req, sink))
+        call.accept()  # its input may come on this connection while it runs
         return await self.core.execs.exec(req, self._exec_notes(call))
 
     async def exec_start(self, call: jsonrpc.Call) -> Any:
@@ -440,6 +442,7 @@ class ContainerApi:
             return await self._exec_raw(
                 call, lambda sink: execs.start(eid, sink, detach=detach, rows=rows, cols=cols)
             )
+        call.accept()  # its input may come on this connection while it runs
         return await execs.start(eid, self._exec_notes(call), detach=detach, rows=rows, cols=cols)
 
     @staticmethod
