@@ -3,26 +3,28 @@
 Everything the streaming server (cri/streaming.py) sends or receives of a process's stdio goes
 through :class:`Process`: its :meth:`~Process.output` yields ``(stream, bytes)`` (``"stdout"``,
 ``"stderr"``), and it takes :meth:`~Process.send_stdin`, :meth:`~Process.close_stdin` and
-:meth:`~Process.resize`. :func:`exec_process` runs a command (``container.exec``);
-:func:`attach_process` attaches to a container's PID 1 (``container.logs`` with ``follow`` and
-``tail: 0`` for the output, ``container.stdin``/``close_stdin``/``resize`` for the input, as
-``tug attach`` does). Today they translate tugd's JSON-RPC notifications with base64 data; when
-tugd's streams become raw framed bytes, only this module changes.
+:meth:`~Process.resize`. Both are tugd's raw streams (docs/api.md, "Raw streams": frames of
+bytes both ways, on a connection of their own): :func:`exec_process` runs a command
+(``container.exec``); :func:`attach_process` attaches to a container's PID 1
+(``container.logs`` with ``follow`` and ``tail: 0``, its input on the same stream, as ``tug
+attach`` does).
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
-from tugwire import crilog, jsonrpc
-from tugwire.errors import NotFound, TugError
+from tugwire import frames, jsonrpc
+from tugwire.errors import Unavailable
+from tugwire.rawchannel import RawChannel
 
-_NAMES = {b"stdout": "stdout", b"stderr": "stderr"}
+_KINDS = {frames.STDOUT: "stdout", frames.STDERR: "stderr"}
 
 
 class Process:
@@ -31,8 +33,8 @@ class Process:
     code (None for an attach, or when tugd does not know it) and :attr:`error` tugd's message
     when the command could not run."""
 
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
-        self.rpc = rpc
+    def __init__(self, socket: str, cid: str) -> None:
+        self.socket = socket  # tugd's: each stream is a connection of its own
         self.cid = cid
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -52,104 +54,128 @@ class Process:
 
 
 class _Exec(Process):
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str, params: dict[str, Any]) -> None:
-        super().__init__(rpc, cid)
+    """An exec on tugd's raw stream of ``container.exec`` (docs/api.md, "Raw streams"): its
+    output as stdout and stderr frames, its input as stdin and control frames on the same
+    connection, its exit code in the end frame."""
+
+    def __init__(self, socket: str, cid: str, params: dict[str, Any]) -> None:
+        super().__init__(socket, cid)
         self.params = params
-        self.exec_id: str | None = None
         self.started = anyio.Event()
-        self.done = False
+        self.channel: RawChannel | None = None  # while it runs
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        result: dict[str, Any] = {}
         try:
-            async with self.rpc.stream("container.exec", self.params) as notes:
-                async for note in notes:
-                    if "stream" not in note:  # container.exec.started
-                        self.exec_id = note.get("exec_id")
+            async with jsonrpc.open_raw(self.socket, "container.exec", self.params) as channel:
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise Unavailable("tugd closed the exec stream before its end") from None
+                    if kind == frames.END:
+                        result = frames.end_result(data)
+                        break
+                    if kind == frames.CONTROL and frames.started_of(data) is not None:
+                        self.channel = channel
                         self.started.set()
-                        continue
-                    yield _NAMES.get(str(note["stream"]).encode(), "stdout"), base64.b64decode(note["data"])
-                result = await notes.result()
+                    elif kind in _KINDS and data:
+                        yield _KINDS[kind], data
         finally:
-            self.done = True
+            self.channel = None
             self.started.set()
         code = result.get("exit_code")
         self.exit_code = None if code is None else int(code)
         self.error = result.get("error")
 
-    async def _input(self, method: str, params: dict[str, Any]) -> None:
+    async def _input(self, kind: int, data: bytes) -> None:
         await self.started.wait()
-        if self.exec_id is None or self.done:
+        channel = self.channel
+        if channel is None:
             return  # it never ran, or it has ended: nothing to feed
-        try:
-            await self.rpc.call(method, {"exec_id": self.exec_id, **params})
-        except NotFound:
-            pass  # it ended meanwhile
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await channel.send(kind, data)
 
     async def send_stdin(self, data: bytes) -> None:
-        await self._input("container.exec.stdin", {"data": base64.b64encode(data).decode()})
+        if data:
+            await self._input(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
-        await self._input("container.exec.close_stdin", {})
+        await self._input(frames.STDIN, b"")
 
     async def resize(self, width: int, height: int) -> None:
-        await self._input("container.exec.resize", {"rows": height, "cols": width})
+        await self._input(frames.CONTROL, json.dumps({"resize": [height, width]}).encode())
 
 
 class _Attach(Process):
-    def __init__(self, rpc: jsonrpc.RpcClient, cid: str) -> None:
-        super().__init__(rpc, cid)
+    """An attach on tugd's raw stream of ``container.logs`` (``follow``, ``tail: 0``): PID 1's
+    output as stdout and stderr frames, its input as stdin and control frames on the same
+    connection (input it cannot take is dropped by tugd)."""
+
+    def __init__(self, socket: str, cid: str) -> None:
+        super().__init__(socket, cid)
         self.following = anyio.Event()
+        self.channel: RawChannel | None = None  # while it is followed
         self.stdin_once = False
 
     async def output(self) -> AsyncGenerator[tuple[str, bytes], None]:
-        async with self.rpc.stream("container.logs", {"id": self.cid, "follow": True, "tail": 0}) as notes:
-            try:
-                await self.rpc.call("container.inspect", {"id": self.cid})  # the follower is in
-            finally:
-                self.following.set()
-            async for note in notes:
-                for record in base64.b64decode(note.get("data", "")).split(b"\n"):
-                    if record:
-                        _, name, full, content = crilog.parse_record(record)
-                        yield _NAMES.get(name, "stdout"), content + b"\n" if full else content
-            await notes.result()
-
-    async def _input(self, method: str, params: dict[str, Any]) -> None:
-        await self.following.wait()  # input only once the output that answers it is followed
+        params = {"id": self.cid, "follow": True, "tail": 0}
         try:
-            await self.rpc.call(method, {"id": self.cid, **params})
-        except TugError:
-            pass  # not running any more, or made without stdin: the input has nowhere to go
+            async with jsonrpc.open_raw(self.socket, "container.logs", params) as channel:
+                # tugd answers the switch once the follower is registered: input from now on
+                # is answered by output we get.
+                self.channel = channel
+                self.following.set()
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise Unavailable("tugd closed the log stream before its end") from None
+                    if kind == frames.END:
+                        frames.end_result(data)
+                        return
+                    if kind in _KINDS and data:
+                        yield _KINDS[kind], data
+        finally:
+            self.channel = None
+            self.following.set()
+
+    async def _input(self, kind: int, data: bytes) -> None:
+        await self.following.wait()  # input only once the output that answers it is followed
+        channel = self.channel
+        if channel is None:
+            return  # not followed (any more): the input has nowhere to go
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await channel.send(kind, data)
 
     async def send_stdin(self, data: bytes) -> None:
-        await self._input("container.stdin", {"data": base64.b64encode(data).decode()})
+        if data:
+            await self._input(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
         """The container's stdin closes (EOF) if it was made with ``stdin_once``; otherwise it
         stays open for the next attach, as containerd does."""
         if self.stdin_once:
-            await self._input("container.close_stdin", {})
+            await self._input(frames.STDIN, b"")
 
     async def resize(self, width: int, height: int) -> None:
-        await self._input("container.resize", {"rows": height, "cols": width})
+        await self._input(frames.CONTROL, json.dumps({"resize": [height, width]}).encode())
 
 
 @asynccontextmanager
 async def exec_process(
     socket: str, cid: str, cmd: list[str], *, stdin: bool, tty: bool
 ) -> AsyncIterator[Process]:
-    """Run ``cmd`` in container ``cid`` (on a connection of its own, closed on leaving)."""
+    """Run ``cmd`` in container ``cid`` (its stream on a connection of its own, opened by
+    :meth:`~Process.output` and closed when that ends)."""
     params = {"id": cid, "cmd": cmd, "stdin": stdin, "tty": tty}
-    async with jsonrpc.connect(socket) as rpc:
-        yield _Exec(rpc, cid, params)
+    yield _Exec(socket, cid, params)
 
 
 @asynccontextmanager
 async def attach_process(socket: str, cid: str, *, stdin_once: bool = False) -> AsyncIterator[Process]:
     """Attach to container ``cid``'s PID 1. Its output starts with what it writes after this
-    is followed: input waits until the follower is registered (requests on one connection are
-    taken in order, so once ``container.inspect`` answers, ``container.logs`` has registered)."""
-    async with jsonrpc.connect(socket) as rpc:
-        proc = _Attach(rpc, cid)
-        proc.stdin_once = stdin_once
-        yield proc
+    is followed: input waits until the follower is registered (tugd's switch to frames)."""
+    proc = _Attach(socket, cid)
+    proc.stdin_once = stdin_once
+    yield proc

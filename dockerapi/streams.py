@@ -5,14 +5,14 @@ Everything the Docker API sends of a container's or an exec's output goes throug
 2 stderr), and :func:`frame`, which makes docker's multiplexed frames of them. A container's
 output is tugd's raw stream of ``container.logs`` (docs/api.md, "Raw streams": frames of the
 container's bytes, decoded from the CRI log by tugd or its shim, on a connection of its own);
-an exec's output is still ``container.exec.output`` notifications (base64 chunks) until exec
-moves to the raw stream too: only this module changes then, the adapters never see tugd's
-encoding.
+an exec's is the raw stream of ``container.exec``, which also carries its stdin as frames. The
+adapters never see tugd's encoding.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import struct
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 
 from tugwire import errors, frames, jsonrpc
+from tugwire.rawchannel import RawChannel
 
 STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
-_STREAMS = {b"stdout": STDOUT, b"stderr": STDERR}
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -92,7 +92,8 @@ async def container_output(
 class ExecRun:
     """One exec run through ``container.exec``: iterate ``(stream, bytes)``, then read
     :attr:`result` (``exit_code``, ``signal``, ``error``). :attr:`exec_id` is tugd's id of the
-    process, known once it has started (for stdin and resize)."""
+    process, known once it has started (for resize); its stdin goes as frames on the same raw
+    stream (:meth:`send_stdin`, :meth:`close_stdin`)."""
 
     def __init__(self, rpc: jsonrpc.RpcClient, params: dict[str, Any]) -> None:
         self.rpc = rpc
@@ -100,34 +101,51 @@ class ExecRun:
         self.exec_id: str | None = None
         self.pid: int | None = None
         self.result: dict[str, Any] = {}
+        self._channel: RawChannel | None = None
 
     async def output(self) -> AsyncGenerator[tuple[int, bytes], None]:
-        """The exec's output; :attr:`result` is set when this ends. With ``detach`` it ends at
-        once (the result is then ``{exec_id, pid}``)."""
+        """The exec's output, ``(-1, b"")`` first once it has started; :attr:`result` is set
+        when this ends. With ``detach`` it ends at once (the result is then ``{exec_id, pid}``)."""
         if self.params.get("detach"):
             self.result = await self.rpc.call("container.exec", self.params)
             self.exec_id = self.result.get("exec_id")
             self.pid = self.result.get("pid")
             return
-        async with self.rpc.stream("container.exec", self.params) as notes:
-            async for note in notes:
-                if "stream" not in note:  # container.exec.started
-                    self.exec_id = note.get("exec_id")
-                    self.pid = note.get("pid")
-                    yield -1, b""
-                    continue
-                yield _STREAMS.get(str(note["stream"]).encode(), STDOUT), base64.b64decode(note["data"])
-            self.result = await notes.result()
+        async with jsonrpc.open_raw(self.rpc.path, "container.exec", self.params) as channel:
+            self._channel = channel
+            try:
+                while True:
+                    try:
+                        kind, data = await channel.receive()
+                    except anyio.EndOfStream:
+                        raise errors.Unavailable("tugd closed the exec stream before its end") from None
+                    if kind == frames.END:
+                        self.result = frames.end_result(data)
+                        return
+                    if kind == frames.CONTROL and (started := frames.started_of(data)):
+                        self.exec_id = started.get("exec_id")
+                        self.pid = started.get("pid")
+                        yield -1, b""
+                    elif kind in (STDOUT, STDERR) and data:
+                        yield kind, data
+            finally:
+                self._channel = None
+
+    async def _send(self, kind: int, data: bytes) -> None:
+        channel = self._channel
+        if channel is None:
+            return  # not started, or over: the input has nowhere to go
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await channel.send(kind, data)
 
     async def send_stdin(self, data: bytes) -> None:
         """Feed the exec's stdin."""
-        await self.rpc.call(
-            "container.exec.stdin", {"exec_id": self.exec_id, "data": base64.b64encode(data).decode()}
-        )
+        if data:
+            await self._send(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
         """EOF on the exec's stdin."""
-        await self.rpc.call("container.exec.close_stdin", {"exec_id": self.exec_id})
+        await self._send(frames.STDIN, b"")
 
 
 async def send_container_stdin(rpc: jsonrpc.RpcClient, cid: str, data: bytes) -> None:

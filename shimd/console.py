@@ -7,8 +7,6 @@ process's output from it, writes the input to it and sets its window size.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import fcntl
 import os
@@ -21,8 +19,8 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc, shimapi
-from tugwire.errors import FailedPrecondition, Internal, InvalidArgument
+from tugwire import frames, jsonrpc, shimapi
+from tugwire.errors import FailedPrecondition, Internal, InvalidArgument, TugError
 
 from .io import READ_SIZE, LogSink
 
@@ -230,31 +228,37 @@ class TaskInput:
 
 
 def register(d: jsonrpc.Dispatcher, task_input: TaskInput) -> None:
-    """Add ``task.stdin``, ``task.close_stdin`` and ``task.resize`` (PID 1's input and terminal)."""
+    """Add ``task.attach``: PID 1's input and terminal size as frames (docs/api.md, "Raw
+    streams")."""
 
-    async def stdin(call: jsonrpc.Call) -> Any:
-        """Write ``data`` (base64) to PID 1's terminal or stdin; answered once written."""
-        try:
-            data = base64.b64decode(call.params.string("data", ""), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
-        await task_input.write(data)
+    async def attach(call: jsonrpc.Call) -> Any:
+        """A raw stream of input for PID 1: stdin frames to its terminal or stdin, one after the
+        other (an empty one closes its stdin), control ``{"resize": [rows, cols]}`` to its
+        terminal. Input it cannot take is dropped; once the client has sent all (its half-close)
+        the end frame is ``{}``, or the error of the first input that was dropped."""
+        if not call.wants_raw():
+            raise InvalidArgument("task.attach is a raw stream: ask for it with stream 'raw'", field="stream")
+        channel = await call.switch()
+        first: TugError | None = None
+        while True:
+            try:
+                kind, data = await channel.receive()
+            except (anyio.EndOfStream, frames.MalformedFrame):
+                break
+            try:
+                if kind == frames.STDIN and data:
+                    await task_input.write(data)
+                elif kind == frames.STDIN:
+                    await task_input.close_stdin()
+                elif kind == frames.CONTROL and (size := frames.resize_of(data)):
+                    rows, cols = size
+                    if not (0 < rows < 65536 and 0 < cols < 65536):
+                        raise InvalidArgument(f"bad terminal size {rows}x{cols}", field="rows")
+                    task_input.resize(rows, cols)
+            except TugError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
         return {}
 
-    async def close_stdin(call: jsonrpc.Call) -> Any:
-        """EOF on PID 1's stdin pipe, after the data written before."""
-        await task_input.close_stdin()
-        return {}
-
-    async def resize(call: jsonrpc.Call) -> Any:
-        """Set PID 1's terminal to ``rows`` x ``cols``."""
-        rows, cols = call.params.integer("rows", 24), call.params.integer("cols", 80)
-        if not (0 < rows < 65536 and 0 < cols < 65536):
-            raise InvalidArgument(f"bad terminal size {rows}x{cols}", field="rows")
-        task_input.resize(rows, cols)
-        return {}
-
-    # Accepted once done: the next request on the connection waits, so the input keeps its order.
-    d.add(shimapi.TASK_STDIN, stdin, accept_late=True)
-    d.add(shimapi.TASK_CLOSE_STDIN, close_stdin, accept_late=True)
-    d.add(shimapi.TASK_RESIZE, resize, accept_late=True)
+    d.add(shimapi.TASK_ATTACH, attach, accept_late=True)  # accepted by the switch: no line read after

@@ -6,15 +6,16 @@ has started, the process is re-parented to the shim (the child subreaper) and th
 reaper then holds the status of the unknown pid and hands it over on ``wait`` (the race is
 handled there, once, for PID 1 and for every exec alike).
 
-An exec's stdout and stderr go to whoever asked for it (``exec.output`` notifications), not to the
-container's log (as docker: ``docker logs`` shows only PID 1's output). Its stdin, if asked for,
-is a pipe fed by ``exec.stdin`` and closed by ``exec.close_stdin`` (see docs/api.md).
+An exec's stdout and stderr go to whoever asked for it, not to the container's log (as docker:
+``docker logs`` shows only PID 1's output): ``task.exec`` is a raw stream (docs/api.md, "Raw
+streams"), its stdout and stderr frames the exec's bytes as read, a control frame
+``{"started": {exec_id, pid}}`` once it runs, the end frame its exit. The client's frames on it
+are the exec's input: stdin frames to its stdin pipe or terminal (an empty one closes the pipe),
+control ``{"resize": [rows, cols]}`` to its terminal.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import json
 import os
@@ -24,11 +25,11 @@ from typing import Any
 
 import anyio
 
-from tugwire import jsonrpc, shimapi
+from tugwire import frames, jsonrpc, shimapi
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
+from tugwire.rawchannel import RawChannel
 
 from .console import ConsoleSocket, set_size, write_all
-from .io import b64
 from .process import State
 from .reaper import Reaper, exit_code
 from .runc import Runc, RuncError, classify
@@ -36,7 +37,7 @@ from .runc import Runc, RuncError, classify
 DRAIN_GRACE = 2.0  # after the exec exits, how long its pipes may stay open (a background child)
 READ_SIZE = 1 << 16
 
-Send = Callable[[str, dict[str, Any]], Awaitable[None]]
+Send = Callable[[int, bytes], Awaitable[None]]  # one frame: its stream id and payload
 
 
 def failure_code(err: TugError) -> int:
@@ -114,7 +115,7 @@ class Execs:
         state: State,
         args: list[str],
         *,
-        send: Send,
+        channel: RawChannel,
         exec_id: str | None = None,
         env: list[str] | None = None,
         cwd: str | None = None,
@@ -123,12 +124,13 @@ class Execs:
         detach: bool = False,
         tty: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """Run one exec to its end: ``exec.started`` then ``exec.output`` notifications through
-        ``send``; returns ``{exit_code, signal}`` (126/127 and ``error`` if runc could not start
-        it). With ``detach`` its stdio is /dev/null and it returns ``{exec_id, pid}`` once started
-        (the reaper still reaps it). With ``tty`` (rows, cols) it runs on a new pty whose master
-        the shim holds: its output is ``stdout`` and input goes to the master. Raises
-        FailedPrecondition unless the task is running."""
+        """Run one exec to its end on ``channel`` (switched to frames): the ``started`` control
+        frame, then its output as stdout and stderr frames, while the client's stdin and control
+        frames go to its input; returns ``{exit_code, signal}`` (126/127 and ``error`` if runc
+        could not start it). With ``detach`` its stdio is /dev/null and it returns ``{exec_id,
+        pid}`` once started (the reaper still reaps it). With ``tty`` (rows, cols) it runs on a
+        new pty whose master the shim holds: its output is ``stdout`` and input goes to the
+        master. Raises FailedPrecondition unless the task is running."""
         if state is not State.RUNNING:
             raise FailedPrecondition(f"cannot exec: task is {state.value}", state=state.value)
         if not args:
@@ -152,7 +154,7 @@ class Execs:
         else:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.running[eid] = proc
-        send = _quiet(send)
+        send = _quiet(channel)
         console = ConsoleSocket(self.dir, f"c{eid[:8]}.sock") if tty else None
         try:
             try:
@@ -171,13 +173,16 @@ class Execs:
             if detach:
                 self.reaper.discard(pid)
                 return {"exec_id": eid, "pid": pid}
-            await send(shimapi.EXEC_STARTED, {"exec_id": eid, "pid": pid})
-            async with anyio.create_task_group() as drains:
-                drains.start_soon(_drain, out_r, "stdout", eid, send)
-                if err_r >= 0:  # on a terminal stderr is the pty too
-                    drains.start_soon(_drain, err_r, "stderr", eid, send)
-                status = await self.reaper.wait(pid)
-                drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
+            await send(frames.CONTROL, frames.started_payload(eid, pid))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._input, channel, eid)  # taken only now: the pty is there
+                async with anyio.create_task_group() as drains:
+                    drains.start_soon(_drain, out_r, frames.STDOUT, send)
+                    if err_r >= 0:  # on a terminal stderr is the pty too
+                        drains.start_soon(_drain, err_r, frames.STDERR, send)
+                    status = await self.reaper.wait(pid)
+                    drains.cancel_scope.deadline = anyio.current_time() + DRAIN_GRACE
+                tg.cancel_scope.cancel()
         except RuncError as exc:
             err = classify(exc)
             if err is not exc:  # the container is gone or stopped: not the program's fault
@@ -227,6 +232,25 @@ class Execs:
         else:
             proc.master = await console.collect(start)
 
+    async def _input(self, channel: RawChannel, exec_id: str) -> None:
+        """The client's frames to exec ``exec_id``: stdin (an empty one closes it) and control
+        (resize). Input the exec cannot take is dropped; the end of the connection (the caller
+        has gone) leaves the exec running, its output read and dropped."""
+        while True:
+            try:
+                kind, data = await channel.receive()
+            except (anyio.EndOfStream, frames.MalformedFrame):
+                return
+            try:
+                if kind == frames.STDIN and data:
+                    await self.write_stdin(exec_id, data)
+                elif kind == frames.STDIN:
+                    await self.close_stdin(exec_id)
+                elif kind == frames.CONTROL and (size := frames.resize_of(data)):
+                    self.resize(exec_id, *size)
+            except (TugError, OSError):
+                pass
+
     def resize(self, exec_id: str, rows: int, cols: int) -> None:
         """Set the window size of the exec's terminal."""
         proc = self.get(exec_id)
@@ -257,24 +281,25 @@ class Execs:
             proc.close_stdin()
 
 
-def _quiet(send: Send) -> Send:
-    """``send`` that stops sending once the caller has gone (``tug exec`` detached, or killed):
-    the exec runs on, its output read and dropped, until it exits and is reaped."""
+def _quiet(channel: RawChannel) -> Send:
+    """Frames to ``channel`` until the caller has gone (``tug exec`` detached, or killed): the
+    exec runs on, its output read and dropped, until it exits and is reaped."""
     gone = False
 
-    async def deliver(method: str, params: dict[str, Any]) -> None:
+    async def deliver(kind: int, data: bytes) -> None:
         nonlocal gone
         if gone:
             return
         try:
-            await send(method, params)
+            with anyio.CancelScope(shield=True):  # a frame is never cut (the drains' deadline)
+                await channel.send(kind, data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             gone = True
 
     return deliver
 
 
-async def _drain(fd: int, stream: str, eid: str, send: Send) -> None:
+async def _drain(fd: int, kind: int, send: Send) -> None:
     os.set_blocking(fd, False)
     while True:
         await anyio.wait_readable(fd)
@@ -288,59 +313,34 @@ async def _drain(fd: int, stream: str, eid: str, send: Send) -> None:
             raise
         if not data:
             return
-        await send(shimapi.EXEC_OUTPUT, {"exec_id": eid, "stream": stream, "data": b64(data)})
+        await send(kind, data)
 
 
 def register(d: jsonrpc.Dispatcher, execs: Execs, state: Callable[[], State]) -> None:
-    """Add ``task.exec``, ``exec.stdin`` and ``exec.close_stdin`` to the shim's methods;
-    ``state`` is the task's current state (an exec needs a running task)."""
+    """Add ``task.exec`` (a raw stream) to the shim's methods; ``state`` is the task's current
+    state (an exec needs a running task)."""
 
     async def task_exec(call: jsonrpc.Call) -> Any:
-        """Run ``args`` in the container; streams ``exec.started`` and ``exec.output``."""
+        """Run ``args`` in the container, on the raw stream this call switches to."""
         p = call.params
-
-        async def send(method: str, params: dict[str, Any]) -> None:
-            await call.notify(method, params)
-
+        if not call.wants_raw():
+            raise InvalidArgument("task.exec is a raw stream: ask for it with stream 'raw'", field="stream")
+        args = p.list_of_str("args")
+        tty = _size(p) if p.boolean("tty") else None
         return await execs.run(
             state(),
-            p.list_of_str("args"),
-            send=send,
+            args,
+            channel=await call.switch(),
             exec_id=p.string("exec_id"),
             env=p.list_of_str("env"),
             cwd=p.string("cwd"),
             user=p.raw.get("user"),
             stdin=p.boolean("stdin"),
             detach=p.boolean("detach"),
-            tty=_size(p) if p.boolean("tty") else None,
+            tty=tty,
         )
 
-    async def exec_stdin(call: jsonrpc.Call) -> Any:
-        """Write ``data`` (base64) to the stdin of exec ``exec_id``; answered once written."""
-        try:
-            data = base64.b64decode(call.params.string("data", ""), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
-        await execs.write_stdin(call.params.string("exec_id", required=True), data)
-        return {}
-
-    async def exec_close_stdin(call: jsonrpc.Call) -> Any:
-        """Close the stdin of exec ``exec_id`` after what was written before it."""
-        await execs.close_stdin(call.params.string("exec_id", required=True))
-        return {}
-
-    async def exec_resize(call: jsonrpc.Call) -> Any:
-        """Set the window size (``rows``, ``cols``) of exec ``exec_id``'s terminal."""
-        rows, cols = _size(call.params)
-        execs.resize(call.params.string("exec_id", required=True), rows, cols)
-        return {}
-
-    d.add(shimapi.TASK_EXEC, task_exec)
-    d.add(shimapi.EXEC_RESIZE, exec_resize)
-    # Accepted only once written: the next request (more data, or the close) waits for it, so
-    # that the bytes go in in the order they were sent.
-    d.add(shimapi.EXEC_STDIN, exec_stdin, accept_late=True)
-    d.add(shimapi.EXEC_CLOSE_STDIN, exec_close_stdin, accept_late=True)
+    d.add(shimapi.TASK_EXEC, task_exec, accept_late=True)  # accepted by the switch: no line read after
 
 
 def _size(p: jsonrpc.Params) -> tuple[int, int]:

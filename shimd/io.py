@@ -14,7 +14,6 @@ doubled, and the container is never held up.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 from collections import deque
@@ -283,7 +282,3 @@ async def _send_file(f: BinaryIO, send: Callable[[bytes], Awaitable[None]]) -> N
         elif end < len(data):
             f.seek(pos + end)
         await send(data[:end])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

@@ -1,12 +1,13 @@
 """Execs: processes run in a running container, proxied to the container's shim, and their
 records (``exec.create`` / ``exec.start`` / ``exec.inspect``; ``container.exec`` is both at once).
 
-The shim runs and reaps the process (``task.exec``); tugd checks the container's state, resolves
-the user in the container's own /etc/passwd, and passes the stream through to a sink: the
-``exec.started`` and ``exec.output`` notes of the shim (which the JSON-RPC door sends on as
-``container.exec.started`` and ``container.exec.output``). The exec's stdin is fed with
-:meth:`Execs.stdin` and closed with :meth:`Execs.close_stdin`, forwarded on the same shim
-connection, in order.
+The shim runs and reaps the process (``task.exec``, a raw stream); tugd checks the container's
+state, resolves the user in the container's own /etc/passwd, and relays the shim's frames to a
+sink as they come, not looked at: the control frame ``{"started": {exec_id, pid}}``, then stdout
+and stderr frames of the exec's bytes (the JSON-RPC door sends them on as frames of a raw
+``container.exec``, or as its ``container.exec.started`` and ``container.exec.output``
+notifications). The exec's stdin is fed with :meth:`Execs.stdin` and closed with
+:meth:`Execs.close_stdin`, forwarded as frames on the same shim stream, in order.
 
 Each exec has a record (:class:`ExecRecord`: its command, whether it runs, its pid and exit
 code), kept in memory for the last :data:`KEEP` finished ones, and the container events docker
@@ -17,8 +18,6 @@ drained and dropped) so that its exit code is known too.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from tugwire import frames
 from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, TugError
 from tugwire.shimapi import ExecParams
 from tugwire.timefmt import rfc3339
@@ -40,11 +40,11 @@ from .store import ContainerRecord
 log = logging.getLogger("tugboat.execs")
 
 START_GRACE = 30.0  # after an exec's timeout, how long its start may still take before it is killed
-STARTED, OUTPUT = "started", "output"  # the kinds of note an exec's sink receives
 KEEP = 1000  # finished exec records kept for inspect (docker keeps them until the container goes)
 
-ExecSink = Callable[[str, dict[str, Any]], Awaitable[None]]
-"""Receives each note of an exec: its kind (``STARTED`` or ``OUTPUT``) and the note."""
+ExecSink = Callable[[int, bytes], Awaitable[None]]
+"""Receives each frame of an exec (:mod:`tugwire.frames`): ``CONTROL`` with the JSON of
+``{"started": {exec_id, pid}}`` once it runs, then ``STDOUT`` and ``STDERR`` with its bytes."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ExecRecord:
         }
 
 
-async def _drop(kind: str, note: dict[str, Any]) -> None:
+async def _drop(kind: int, data: bytes) -> None:
     """The sink of a detached exec: its output goes nowhere (as docker's ``exec -d``)."""
 
 
@@ -270,23 +270,21 @@ class Execs:
                 self._shims[ex.id] = session
                 timeout = ex.request.timeout
                 with anyio.move_on_after(timeout if timeout is not None else math.inf) as deadline:
-                    async for note in session:
-                        kind = OUTPUT if "stream" in note else STARTED
-                        note.pop("request", None)
-                        if kind == STARTED:
-                            ex.pid, ex.running = int(note.get("pid") or 0), True
+                    async for kind, data in session:
+                        if kind == frames.CONTROL and (pid := shims.started_pid(data)):
+                            ex.pid, ex.running = pid, True
                             if running is not None:
                                 running.set()
-                        await sink(kind, note)
-                    result = await session.result()
+                        await sink(kind, data)
+                    result = session.result or {}
                 if deadline.cancelled_caught:
                     # Out of time: killed (the shim reaps it); the caller is told, and no exit code
                     # is made up. Not started yet (runc exec is slow under load): wait for its pid.
                     if not ex.pid:
                         with anyio.move_on_after(START_GRACE):
-                            async for note in session:
-                                if "stream" not in note:
-                                    ex.pid = int(note.get("pid") or 0)
+                            async for kind, data in session:
+                                if kind == frames.CONTROL and (pid := shims.started_pid(data)):
+                                    ex.pid = pid
                                     break
                     health.kill_exec(rec.id, ex.pid)
                     result = {"exec_id": ex.id, "exit_code": None, "timed_out": True}
@@ -316,14 +314,9 @@ class Execs:
             raise NotFound(f"no running exec {eid!r}")
         return session
 
-    async def stdin(self, eid: str, data: str) -> None:
-        """Forward ``data`` (base64) to the stdin of exec ``eid``."""
-        session = self._shim(eid)
-        try:
-            base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
-        await session.stdin(data)
+    async def stdin(self, eid: str, data: bytes) -> None:
+        """Forward ``data`` to the stdin of exec ``eid``."""
+        await self._shim(eid).stdin(data)
 
     async def resize(self, eid: str, rows: int, cols: int) -> None:
         """Set the window size of exec ``eid``'s terminal."""

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from tugwire import errors, fsutil, jsonrpc, shimapi
+from tugwire import errors, frames, fsutil, jsonrpc, shimapi
 from tugwire.rawchannel import RawChannel
 from tugwire.shimapi import (
     ExecParams,
@@ -210,33 +210,48 @@ class LogStream:
         return result or {"dropped_bytes": 0}
 
 
+def started_pid(data: bytes) -> int:
+    """The pid in a ``started`` control frame of the shim (0 in any other control frame)."""
+    started = frames.started_of(data)
+    return int(started.get("pid") or 0) if started else 0
+
+
 class ExecSession:
-    """A running ``task.exec``: its notifications (``exec.started``, ``exec.output``), its input
-    (forwarded on the same connection, in order), then its result."""
+    """A running ``task.exec`` on its raw stream (docs/api.md, "Raw streams"): iterate its frames
+    (``(stream, bytes)``: control ``{"started": ...}``, stdout, stderr) until the end frame,
+    whose result is then :attr:`result`; its input goes as frames on the same stream, in order."""
 
-    def __init__(self, client: jsonrpc.RpcClient, stream: jsonrpc.Stream, exec_id: str) -> None:
-        self._client = client
-        self._stream = stream
+    def __init__(self, channel: RawChannel, exec_id: str) -> None:
+        self.channel = channel
         self.exec_id = exec_id
+        self.result: dict[str, Any] | None = None
 
-    def __aiter__(self) -> jsonrpc.Stream:
-        return self._stream
+    def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
+        return self._frames()
 
-    async def result(self) -> dict[str, Any]:
-        """The exec's result (``exit_code``, ...), once it has ended."""
-        return _dict(await self._stream.result())
+    async def _frames(self) -> AsyncIterator[tuple[int, bytes]]:
+        while self.result is None:
+            try:
+                kind, data = await self.channel.receive()
+            except anyio.EndOfStream:
+                raise errors.Unavailable("the shim closed the exec stream before its end") from None
+            if kind == frames.END:
+                self.result = _dict(frames.end_result(data))
+                return
+            yield kind, data
 
-    async def stdin(self, data_b64: str) -> None:
-        """Write ``data_b64`` (base64, checked by the caller) to the exec's stdin."""
-        await self._client.notify(shimapi.EXEC_STDIN, {"exec_id": self.exec_id, "data": data_b64})
+    async def stdin(self, data: bytes) -> None:
+        """Write ``data`` to the exec's stdin (an empty ``data`` is nothing)."""
+        if data:
+            await self.channel.send(frames.STDIN, data)
 
     async def close_stdin(self) -> None:
         """Close the exec's stdin, after the data sent before."""
-        await self._client.notify(shimapi.EXEC_CLOSE_STDIN, {"exec_id": self.exec_id})
+        await self.channel.send(frames.STDIN, b"")
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the size of the exec's terminal."""
-        await self._client.notify(shimapi.EXEC_RESIZE, {"exec_id": self.exec_id, "rows": rows, "cols": cols})
+        await self.channel.send(frames.CONTROL, json.dumps({"resize": [rows, cols]}).encode())
 
 
 class ShimClient:
@@ -316,17 +331,23 @@ class ShimClient:
         text = _dict(await self.call(shimapi.TASK_METRICS, timeout=timeout)).get("text")
         return text if isinstance(text, str) else ""
 
-    async def stdin(self, data_b64: str) -> None:
-        """``task.stdin``: write to PID 1's terminal or stdin."""
-        await self.call(shimapi.TASK_STDIN, {"data": data_b64})
+    @contextlib.asynccontextmanager
+    async def attach(self) -> AsyncIterator[RawChannel]:
+        """``task.attach``: a raw stream whose stdin and control frames are PID 1's input."""
+        async with jsonrpc.open_raw(self.socket, shimapi.TASK_ATTACH, {}) as channel:
+            yield channel
 
-    async def close_stdin(self) -> None:
-        """``task.close_stdin``: EOF on PID 1's stdin."""
-        await self.call(shimapi.TASK_CLOSE_STDIN, {})
-
-    async def resize(self, rows: int, cols: int) -> None:
-        """``task.resize``: the size of PID 1's terminal."""
-        await self.call(shimapi.TASK_RESIZE, shimapi.params(shimapi.ResizeParams(rows, cols)))
+    async def input(self, kind: int, data: bytes) -> None:
+        """One frame of input for PID 1 (stdin, an empty one closing it; a control resize) on a
+        ``task.attach`` of its own, under the deadline; raises the error if it was dropped."""
+        try:
+            with anyio.fail_after(self.timeout):
+                async with self.attach() as channel:
+                    await channel.send(kind, data)
+                    await channel.stream.send_eof()
+                    await jsonrpc.end_of(channel)
+        except TimeoutError:
+            raise errors.Unavailable(f"the shim at {self.dir} did not take the input in time") from None
 
     @contextlib.asynccontextmanager
     async def logs(self, params: LogsParams) -> AsyncIterator[LogStream]:
@@ -345,12 +366,9 @@ class ShimClient:
 
     @contextlib.asynccontextmanager
     async def exec(self, params: ExecParams) -> AsyncIterator[ExecSession]:
-        """``task.exec``: a process run in the container, with its input on the same connection."""
-        async with (
-            jsonrpc.connect(self.socket) as client,
-            client.stream(shimapi.TASK_EXEC, shimapi.params(params)) as stream,
-        ):
-            yield ExecSession(client, stream, params.exec_id or "")
+        """``task.exec``: a process run in the container, its output and input as frames."""
+        async with jsonrpc.open_raw(self.socket, shimapi.TASK_EXEC, shimapi.params(params)) as channel:
+            yield ExecSession(channel, params.exec_id or "")
 
     def read_exit(self) -> ExitRecord | None:
         """The exit record the shim left in its directory, if any."""

@@ -273,10 +273,10 @@ async def test_the_container_and_network_services_take_typed_requests(tmp_path: 
     os.makedirs(cfg.root)
     os.makedirs(cfg.state)
     store = Store(cfg.db_path)
-    notes: list[tuple[str, dict[str, Any]]] = []
+    notes: list[tuple[int, bytes]] = []
 
-    async def sink(kind: str, note: dict[str, Any]) -> None:
-        notes.append((kind, note))
+    async def sink(kind: int, data: bytes) -> None:
+        notes.append((kind, data))
 
     try:
         async with anyio.create_task_group() as tg:

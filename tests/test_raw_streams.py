@@ -149,3 +149,117 @@ def test_attach_input_travels_as_frames(make_daemon: Any, backend: str) -> None:
         raw.send(frames.CONTROL, b'{"resize": [33, 101]}')
         raw.send(frames.STDIN, b"go\r")
         assert b"33 101" in _collect(raw)
+
+
+# ------------------------------------------------------------------------------------- exec
+
+
+def _exec_frames(raw: Any) -> tuple[bytes, bytes, list[bytes]]:
+    """Everything of a raw exec stream to its end: stdout, stderr, and its control frames."""
+    out: dict[int, list[bytes]] = {frames.STDOUT: [], frames.STDERR: [], frames.CONTROL: []}
+    for item in raw:
+        if len(item) == 2:
+            out[item[0]].append(item[1])
+    return b"".join(out[frames.STDOUT]), b"".join(out[frames.STDERR]), out[frames.CONTROL]
+
+
+def test_exec_bytes_stdin_half_close_and_exit_code_as_frames(make_daemon: Any, backend: str) -> None:
+    """A raw ``container.exec``: the ``started`` control frame, every byte value both ways (1 MiB
+    in, fed from a thread while the output is read), the empty stdin frame as EOF with the
+    output still coming after it, stderr apart, the exit code in the end frame; ``tug exec -i``
+    the same bytes through the CLI."""
+    import json
+    import threading
+
+    d = make_daemon(backend=backend)
+    blob = bytes(range(256)) * 4096
+    with Client(d.socket) as c:
+        cid = c.call("container.create", {"image": "busybox", "cmd": ["sleep", "1000"]})["id"]
+        c.call("container.start", {"id": cid})
+        cmd = ["sh", "-c", "cat; printf 'e\\0\\377' >&2; exit 7"]
+        raw = c.raw_stream("container.exec", {"id": cid, "cmd": cmd, "stdin": True})
+
+        def feed() -> None:
+            for i in range(0, len(blob), 50000):
+                raw.send(frames.STDIN, blob[i : i + 50000])
+            raw.send(frames.STDIN, b"")
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        out, err, controls = _exec_frames(raw)
+        feeder.join()
+        assert hashlib.sha256(out).digest() == hashlib.sha256(blob).digest() and len(out) == len(blob)
+        assert err == b"e\0\377"
+        assert raw.result["exit_code"] == 7 and raw.result["signal"] is None
+        started = json.loads(controls[0])["started"]
+        assert started["pid"] > 0 and started["exec_id"] == raw.result["exec_id"]
+        # A command runc cannot start: no frame but the end, its 127 and runc's message.
+        raw = c.raw_stream("container.exec", {"id": cid, "cmd": ["no-such-program"]})
+        assert _exec_frames(raw) == (b"", b"", [])
+        assert raw.result["exit_code"] == 127 and "no-such-program" in raw.result["error"]
+    got = d.tug("exec", "-i", cid, "sh", "-c", "cat; exit 3", input=blob, check=False)
+    assert (got.returncode, len(got.stdout), got.stderr) == (3, len(blob), b"")
+    assert got.stdout == blob
+    d.call("container.delete", {"id": cid, "force": True})
+
+
+def test_exec_terminal_resize_as_a_control_frame(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend)
+    with Client(d.socket) as c:
+        cid = c.call("container.create", {"image": "busybox", "cmd": ["sleep", "1000"]})["id"]
+        c.call("container.start", {"id": cid})
+        params = {
+            "id": cid,
+            "cmd": ["sh", "-c", "stty size; read line; stty size"],
+            "stdin": True,
+            "tty": True,
+        }
+        raw = c.raw_stream("container.exec", {**params, "rows": 20, "cols": 70})
+        seen = b""
+        for item in raw:
+            if len(item) == 2 and item[0] != frames.CONTROL:
+                assert item[0] == frames.STDOUT  # a terminal has one stream
+                seen += item[1]
+            if b"20 70" in seen:  # the size it started with
+                break
+        raw.send(frames.CONTROL, b'{"resize": [33, 101]}')
+        raw.send(frames.STDIN, b"go\r")
+        out, err, _ = _exec_frames(raw)
+        assert err == b"" and b"33 101" in out
+        assert raw.result["exit_code"] == 0
+    d.call("container.delete", {"id": cid, "force": True})
+
+
+def test_a_stuck_exec_reader_holds_only_its_exec(make_daemon: Any, backend: str) -> None:
+    """A raw exec whose client never reads holds only that exec (blocked on its pipe, as
+    docker's): other execs and the container's own log go on; once the client closes, the exec
+    runs to its end, its output dropped, and the shim reaps it."""
+    d = make_daemon(backend=backend)
+    with Client(d.socket) as c:
+        cid = c.call("container.create", {"image": "busybox", "cmd": ["sh", "-c", "echo up; sleep 1000"]})[
+            "id"
+        ]
+        c.call("container.start", {"id": cid})
+        stuck = c.raw_stream(
+            "container.exec", {"id": cid, "cmd": ["sh", "-c", WRITER + "; echo done > /tmp/x"]}
+        )
+        try:
+            for _ in range(3):
+                raw = c.raw_stream("container.exec", {"id": cid, "cmd": ["echo", "hi"]})
+                assert _exec_frames(raw)[0] == b"hi\n" and raw.result["exit_code"] == 0
+            assert output(d, cid)[0] == b"up\n"
+            busy = c.call("container.top", {"id": cid})["processes"]
+            assert any("seq" in " ".join(p) for p in busy), busy  # held by its unread output
+        finally:
+            stuck.close()
+
+        def finished() -> bool:
+            raw = c.raw_stream("container.exec", {"id": cid, "cmd": ["cat", "/tmp/x"]})
+            return _exec_frames(raw)[0] == b"done\n"
+
+        wait_until(finished, timeout=120, what="the unread exec runs to its end")
+        wait_until(
+            lambda: not any("seq" in " ".join(p) for p in c.call("container.top", {"id": cid})["processes"]),
+            what="the exec reaped",
+        )
+    d.call("container.delete", {"id": cid, "force": True})

@@ -10,7 +10,8 @@ A frame is an 8-byte header and its payload, as Docker's multiplexed stream::
 ``stdout``/``stderr`` carry the container's bytes as it wrote them; ``stdin`` the client's (an
 empty stdin frame closes the input: the half-close); ``end`` is the last frame of the server,
 a JSON object: the call's result, or ``{"error": {...}}`` as a JSON-RPC error object; ``control``
-a JSON object from the client (``{"resize": [rows, cols]}``, ``{"detach": true}``).
+a JSON object: from the client ``{"resize": [rows, cols]}`` (``{"detach": true}`` reserved),
+from the server of an exec ``{"started": {"exec_id", "pid"}}`` once its process runs.
 
 Pure and cheap to import (the CLI, tugd and every shim use it): a header codec and an
 incremental :class:`FrameParser`; the sockets are the callers' (:mod:`tugwire.jsonrpc` for the
@@ -75,11 +76,32 @@ def parse_json(payload: bytes) -> dict[str, Any]:
 
 
 def end_result(payload: bytes) -> Any:
-    """The result an ``end`` frame carries, or raise its error as the matching TugError."""
+    """The result an ``end`` frame carries, or raise its error as the matching TugError (an
+    ``error`` that is an object; an exec's result has its own ``error``, a string)."""
     obj = parse_json(payload)
-    if "error" in obj:
+    if isinstance(obj.get("error"), dict):
         raise errors.from_json(obj["error"])
     return obj
+
+
+def resize_of(payload: bytes) -> tuple[int, int] | None:
+    """The ``[rows, cols]`` of a control frame ``{"resize": [rows, cols]}``; None for any other
+    control frame."""
+    size = parse_json(payload).get("resize")
+    if isinstance(size, list) and len(size) == 2 and all(type(n) is int for n in size):
+        return size[0], size[1]
+    return None
+
+
+def started_payload(exec_id: str, pid: int) -> bytes:
+    """The control frame's payload of a process that has started: ``{"started": {exec_id, pid}}``."""
+    return json.dumps({"started": {"exec_id": exec_id, "pid": pid}}, separators=(",", ":")).encode()
+
+
+def started_of(payload: bytes) -> dict[str, Any] | None:
+    """The ``{exec_id, pid}`` of a ``started`` control frame; None for any other."""
+    started = parse_json(payload).get("started")
+    return started if isinstance(started, dict) else None
 
 
 class FrameParser:

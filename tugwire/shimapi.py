@@ -5,7 +5,7 @@
 - the shim config: what tugd hands a new shim (:class:`ShimConfig`, one JSON line);
 - the launch reply: ``{pid, shim_pid, socket}`` once the container runs (:class:`LaunchReply`);
 - the exit record: ``exit.json``, written once by the shim, read by tugd (:class:`ExitRecord`);
-- the JSON-RPC methods on the shim's socket (the ``TASK_*`` and ``EXEC_*`` names), their
+- the JSON-RPC methods on the shim's socket (the ``TASK_*`` names), their
   parameters and their results (``*Params`` and the records below).
 
 Kept cheap to import (stdlib ``dataclasses`` and ``json``, :mod:`tugwire.errors` and
@@ -50,18 +50,15 @@ TASK_UPDATE = "task.update"  # UpdateParams -> {}
 TASK_TOP = "task.top"  # -> {titles, processes}
 TASK_STATS = "task.stats"  # -> the cgroup's figures as JSON
 TASK_REOPEN_LOG = "task.reopen_log"  # -> {}: the log file opened again at its path (kubelet renamed it)
-TASK_STDIN = "task.stdin"  # {"data": base64} -> {}
-TASK_CLOSE_STDIN = "task.close_stdin"  # -> {}
-TASK_RESIZE = "task.resize"  # ResizeParams -> {}
-TASK_EXEC = "task.exec"  # ExecParams; streams EXEC_STARTED, EXEC_OUTPUT; -> {exit_code, ...}
-EXEC_STDIN = "exec.stdin"  # {"exec_id", "data": base64} -> {}
-EXEC_CLOSE_STDIN = "exec.close_stdin"  # {"exec_id"} -> {}
-EXEC_RESIZE = "exec.resize"  # {"exec_id"} + ResizeParams -> {}
+# A raw stream only: the client's stdin frames (empty: close) and control resize frames are PID
+# 1's input; at the client's half-close the end frame {} (or the first dropped input's error).
+TASK_ATTACH = "task.attach"
+# ExecParams, a raw stream only: control {"started": {exec_id, pid}}, stdout/stderr frames, the
+# end frame {exit_code, ...}; the client's stdin and control (resize) frames are the exec's input.
+TASK_EXEC = "task.exec"
 
 # Notifications from the shim.
 LOGS_DATA = "logs.data"  # {"data": base64 of whole CRI records}
-EXEC_STARTED = "exec.started"  # {"exec_id", "pid"}
-EXEC_OUTPUT = "exec.output"  # {"exec_id", "stream": "stdout"|"stderr", "data": base64}
 
 
 def _flat(record: Any) -> dict[str, Any]:
@@ -316,14 +313,6 @@ class UpdateParams:
     cpu_quota: int | None = None
     cpu_period: int | None = None
     pids_limit: int | None = None
-
-
-@dataclass(frozen=True)
-class ResizeParams:
-    """``task.resize`` and ``exec.resize``: a terminal's size."""
-
-    rows: int = 24
-    cols: int = 80
 
 
 @dataclass(frozen=True)

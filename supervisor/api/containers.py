@@ -6,6 +6,7 @@ notifications."""
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 import socket
@@ -23,10 +24,12 @@ from ..containers import ACTIVE, parse_signal
 from ..containers.health import HealthRequest
 from ..containers.options import CreateRequest
 from ..core import Core
-from ..execs import OUTPUT, ExecRequest
+from ..execs import ExecRequest, ExecSink
 from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
+
+_NAMES = {frames.STDOUT: "stdout", frames.STDERR: "stderr"}  # of container.exec.output
 
 
 def create_request(p: jsonrpc.Params) -> CreateRequest:
@@ -124,9 +127,10 @@ class ContainerApi:
         d.add("container.stat_path", self.container_stat_path)
         d.add("container.logs", self.container_logs, accept_late=True)
         d.add("container.reopen_log", self.container_reopen_log)
-        d.add("container.exec", self.container_exec)
+        # Accepted once switched (the reader must not take the first frame as a line), or at once.
+        d.add("container.exec", self.container_exec, accept_late=True)
         d.add("exec.create", self.exec_create)
-        d.add("exec.start", self.exec_start)
+        d.add("exec.start", self.exec_start, accept_late=True)
         d.add("exec.inspect", self.exec_inspect)
         # Accepted once forwarded: the input from one connection reaches the exec or the
         # container in the order it was sent.
@@ -192,27 +196,26 @@ class ContainerApi:
         return {"id": rec.id}
 
     async def _raw_input(self, channel: RawChannel, cid: Any, scope: anyio.CancelScope) -> None:
-        """An attached client's frames: stdin (an empty one closes it) and control (resize) to
-        the container; the end of the connection (or a malformed frame) cancels ``scope``.
-        Input a container cannot take is dropped, as the notifications' was."""
-        attach = self.core.attach
-        while True:
-            try:
-                kind, data = await channel.receive()
-            except (anyio.EndOfStream, frames.MalformedFrame):
-                scope.cancel()
-                return
-            try:
-                if kind == frames.STDIN and data:
-                    await attach.stdin(cid, base64.b64encode(data).decode())
-                elif kind == frames.STDIN:
-                    await attach.close_stdin(cid)
-                elif kind == frames.CONTROL:
-                    size = frames.parse_json(data).get("resize")
-                    if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size):
-                        await attach.resize(cid, size[0], size[1])
-            except TugError:
-                pass
+        """An attached client's frames: stdin (an empty one closes it) and control (resize),
+        relayed to the container's shim as frames (opened at the first); the end of the
+        connection (or a malformed frame) cancels ``scope``. Input a container cannot take is
+        dropped, as the notifications' was."""
+        async with contextlib.AsyncExitStack() as stack:
+            send: Callable[[int, bytes], Awaitable[None]] | None = None
+            while True:
+                try:
+                    kind, data = await channel.receive()
+                except (anyio.EndOfStream, frames.MalformedFrame):
+                    scope.cancel()
+                    return
+                if kind not in (frames.STDIN, frames.CONTROL):
+                    continue
+                if send is None:
+                    try:
+                        send = await stack.enter_async_context(self.core.attach.stream(cid))
+                    except TugError:
+                        continue  # not running (yet, or any more): the input has nowhere to go
+                await send(kind, data)
 
     @staticmethod
     def _frame_sink(call: jsonrpc.Call) -> Callable[[int, bytes], Awaitable[None]]:
@@ -460,34 +463,111 @@ class ContainerApi:
 
     async def container_exec(self, call: jsonrpc.Call) -> Any:
         """Run ``cmd`` in running container ``id`` (or, given ``exec_id``, start that created
-        exec: ``exec.start``); its notes as ``container.exec.started`` and
-        ``container.exec.output`` notifications, then the exec's result (docs/api.md)."""
+        exec: ``exec.start``), then the exec's result (docs/api.md). With ``"stream": "raw"``
+        its frames (control ``started``, stdout, stderr) and the client's (stdin, control
+        ``resize``) travel on the switched connection, whose closing leaves the exec running
+        unread; else its notes are ``container.exec.started`` and ``container.exec.output``
+        notifications (base64)."""
         p = call.params
-
-        async def sink(kind: str, note: dict[str, Any]) -> None:
-            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
-
-        if p.string("exec_id") is None:
-            return await self.core.execs.exec(self._exec_request(p), sink)
-        return await self.exec_start(call)
+        if p.string("exec_id") is not None:
+            return await self.exec_start(call)
+        req = self._exec_request(p)
+        if call.wants_raw() and not req.detach:
+            return await self._exec_raw(call, lambda sink: self.core.execs.exec(req, sink))
+        call.accept()  # its input may come on this connection while it runs
+        return await self.core.execs.exec(req, self._exec_notes(call))
 
     async def exec_start(self, call: jsonrpc.Call) -> Any:
-        """Start created exec ``exec_id``: the notifications and result of ``container.exec``."""
+        """Start created exec ``exec_id``: the frames (``"stream": "raw"``) or notifications and
+        the result of ``container.exec``."""
         p = call.params
-
-        async def sink(kind: str, note: dict[str, Any]) -> None:
-            await call.notify("container.exec.output" if kind == OUTPUT else "container.exec.started", note)
-
         eid = p.string("exec_id", required=True)
         detach = p.boolean("detach") if "detach" in p.raw else None
-        return await self.core.execs.start(
-            eid, sink, detach=detach, rows=p.integer("rows"), cols=p.integer("cols")
-        )
+        rows, cols = p.integer("rows"), p.integer("cols")
+        execs = self.core.execs
+        if call.wants_raw() and not (execs.inspect(eid).request.detach if detach is None else detach):
+            return await self._exec_raw(
+                call, lambda sink: execs.start(eid, sink, detach=detach, rows=rows, cols=cols)
+            )
+        call.accept()  # its input may come on this connection while it runs
+        return await execs.start(eid, self._exec_notes(call), detach=detach, rows=rows, cols=cols)
+
+    @staticmethod
+    def _exec_notes(call: jsonrpc.Call) -> ExecSink:
+        """The sink of an exec whose client did not ask for frames: its ``container.exec.started``
+        and ``container.exec.output`` (base64) notifications."""
+        eid = ""
+
+        async def sink(kind: int, data: bytes) -> None:
+            nonlocal eid
+            if kind == frames.CONTROL:
+                if started := frames.started_of(data):
+                    eid = str(started.get("exec_id") or "")
+                    await call.notify("container.exec.started", started)
+            elif kind in _NAMES:
+                note = {"exec_id": eid, "stream": _NAMES[kind], "data": base64.b64encode(data).decode()}
+                await call.notify("container.exec.output", note)
+
+        return sink
+
+    async def _exec_raw(self, call: jsonrpc.Call, run: Callable[[ExecSink], Awaitable[Any]]) -> Any:
+        """An exec (``run`` with its sink) on a raw stream, switched at once (before the reader takes another
+        line; an error then comes in the end frame): the shim's frames relayed, the client's
+        frames to the exec's input once it runs; the client's closing ends the relay (not the
+        exec)."""
+        channel = await call.switch()
+        started = anyio.Event()
+        eid = ""
+
+        async def sink(kind: int, data: bytes) -> None:
+            nonlocal eid
+            if kind == frames.CONTROL and (info := frames.started_of(data)):
+                eid = str(info.get("exec_id") or "")
+                started.set()
+            await channel.send(kind, data)
+
+        async def relay_input(scope: anyio.CancelScope) -> None:
+            await started.wait()
+            execs = self.core.execs
+            while True:
+                try:
+                    kind, data = await channel.receive()
+                except (anyio.EndOfStream, frames.MalformedFrame):
+                    scope.cancel()
+                    return
+                try:
+                    if kind == frames.STDIN and data:
+                        await execs.stdin(eid, data)
+                    elif kind == frames.STDIN:
+                        await execs.close_stdin(eid)
+                    elif kind == frames.CONTROL and (size := frames.resize_of(data)):
+                        await execs.resize(eid, *size)
+                except TugError:
+                    pass  # it has ended meanwhile: the input has nowhere to go
+
+        done, result, error = False, None, None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay_input, tg.cancel_scope)
+            try:
+                result = await run(sink)
+            except TugError as exc:
+                error = exc  # raised as itself, not in a group
+            done = True
+            tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if not done:
+            raise anyio.BrokenResourceError("the client closed the stream")
+        return result
 
     async def exec_stdin(self, call: jsonrpc.Call) -> Any:
         """Forward ``data`` (base64) to the stdin of exec ``exec_id``."""
         eid = call.params.string("exec_id", required=True)
-        await self.core.execs.stdin(eid, call.params.string("data", ""))
+        try:
+            data = base64.b64decode(call.params.string("data", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
+        await self.core.execs.stdin(eid, data)
         return {}
 
     async def exec_resize(self, call: jsonrpc.Call) -> Any:
@@ -505,7 +585,11 @@ class ContainerApi:
     async def container_stdin(self, call: jsonrpc.Call) -> Any:
         """Write ``data`` (base64) to the terminal or stdin of running container ``id``."""
         p = call.params
-        await self.core.attach.stdin(p.raw.get("id"), p.string("data", ""))
+        try:
+            data = base64.b64decode(p.string("data", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"data is not base64: {exc}", field="data") from exc
+        await self.core.attach.stdin(p.raw.get("id"), data)
         return {}
 
     async def container_close_stdin(self, call: jsonrpc.Call) -> Any:

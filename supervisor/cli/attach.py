@@ -42,13 +42,7 @@ def attach(
     """Attach to container ``cid`` (starting it first with ``start``) until it exits (its exit
     status) or the detach keys are typed (0)."""
     # The detach keys only on a terminal (as docker): a pipe's binary data passes unchanged.
-    pump = StdinPump(
-        client,
-        "container.",
-        target={"id": cid},
-        detach_keys=detach_keys if stdin and tty else None,
-        close_on_eof=not tty,
-    )
+    pump = StdinPump(detach_keys=detach_keys if stdin and tty else None, close_on_eof=not tty)
     old_wakeup = signal.set_wakeup_fd(pump.wake_w, warn_on_full_buffer=False)
     old_winch = signal.signal(signal.SIGWINCH, lambda signum, frame: None)
     terminal = raw_mode(sys.stdin.fileno()) if tty and stdin else contextlib.nullcontext()

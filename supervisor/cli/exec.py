@@ -8,16 +8,16 @@ when the command cannot be executed, 127 when it is not found, as docker).
 from __future__ import annotations
 
 import argparse
-import binascii
 import contextlib
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from tugwire import errors
+from tugwire import errors, frames
 from tugwire.syncclient import Client
 
+from .logs import write_output
 from .options import env_items
 from .stdin import StdinPump
 from .tty import DEFAULT_DETACH_KEYS, parse_detach_keys, raw_mode, window_size
@@ -30,7 +30,7 @@ def run_exec(
 ) -> int:
     """Run one exec, copying its output to ours (and ``stdin_fd`` to its stdin); its exit status,
     or 0 once the detach keys are typed (the exec runs on)."""
-    pump = StdinPump(client, "container.exec.", detach_keys=detach_keys)
+    pump = StdinPump(detach_keys=detach_keys)
     tty = bool(params.get("tty"))
     old_wakeup = signal.set_wakeup_fd(pump.wake_w) if tty else -1
     old_handler = signal.signal(signal.SIGWINCH, lambda signum, frame: None) if tty else None
@@ -44,32 +44,25 @@ def run_exec(
 
 
 def _loop(client: Client, pump: StdinPump, params: dict[str, Any], stdin_fd: int | None, tty: bool) -> int:
-    outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    run = client.stream("container.exec", params, wakeup_fd=pump.wake_r)
-    for msg in run:
-        if not msg:  # a signal (SIGWINCH) or the detach keys
-            woken = pump.woken()
-            if pump.detached:
-                return 0
-            if tty and bytes([signal.SIGWINCH]) in woken:
-                pump.resize(sys.stdout.fileno())
-            continue
-        p = msg["params"]
-        if msg.get("method") == "container.exec.started":
-            pump.start(stdin_fd, {"exec_id": str(p["exec_id"])})
-            if tty:
-                pump.resize(sys.stdout.fileno())  # a resize between the request and the start
-        elif msg.get("method") == "container.exec.output":
-            out = outs.get(str(p.get("stream")))
-            if out is None:
+    run = client.raw_stream("container.exec", params, wakeup_fd=pump.wake_r)
+    pump.raw = run  # our input and resizes go as frames on the same stream
+    with contextlib.closing(run):
+        for item in run:
+            if not item:  # a signal (SIGWINCH) or the detach keys
+                woken = pump.woken()
+                if pump.detached:
+                    return 0
+                if tty and bytes([signal.SIGWINCH]) in woken:
+                    pump.resize(sys.stdout.fileno())
                 continue
-            try:
-                data = binascii.a2b_base64(p.get("data") or "")
-            except (binascii.Error, TypeError, ValueError) as exc:
-                raise errors.Internal(f"malformed exec output from tugd: {exc}") from exc
-            out.write(data)
-            out.flush()
-    result = run.result
+            kind, data = item
+            if kind in (frames.STDOUT, frames.STDERR):
+                write_output(kind, data)
+            elif kind == frames.CONTROL and frames.started_of(data) is not None:
+                pump.start(stdin_fd)
+                if tty:
+                    pump.resize(sys.stdout.fileno())  # a resize between the request and the start
+    result = run.result or {}
     if result.get("error"):
         sys.stderr.write(f"tug: {result['error']}\n")
     return int(result.get("exit_code") or 0)

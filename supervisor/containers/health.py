@@ -11,7 +11,6 @@ memory: a tugd that restarts starts again from ``starting`` for each running con
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import signal
@@ -23,10 +22,11 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
+from tugwire import frames
 from tugwire.errors import InvalidArgument, TugError
 from tugwire.shimapi import ExecParams
 
-from ..shims import ShimClient
+from ..shims import ShimClient, started_pid
 from ..store import ContainerRecord
 from .state import ACTIVE, PAUSED
 
@@ -198,13 +198,12 @@ class Monitor:
         with anyio.move_on_after(float(cfg["timeout"])) as deadline:
             try:
                 async with shim.exec(ExecParams(args=list(cfg["args"]))) as session:
-                    async for msg in session:
-                        if "pid" in msg:
-                            pid = int(msg["pid"])
-                        data = msg.get("data")
-                        if isinstance(data, str) and len(output) < OUTPUT_LIMIT:
-                            output += base64.b64decode(data)[: OUTPUT_LIMIT - len(output)]
-                    result = await session.result()
+                    async for kind, data in session:
+                        if kind == frames.CONTROL:
+                            pid = started_pid(data) or pid
+                        elif len(output) < OUTPUT_LIMIT:
+                            output += data[: OUTPUT_LIMIT - len(output)]
+                    result = session.result or {}
                 code = int(result.get("exit_code", -1))
                 if result.get("error"):
                     note = str(result["error"])
