@@ -258,7 +258,8 @@ class Pods:
         await anyio.to_thread.run_sync(namespaces.make, self._path(rec.id), kinds, hostname)
         await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
-            await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
+            parent = req.cgroup_parent or ""
+            await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id), parent)
         failpoint("pod.create.after_namespaces")
         ip = ""
         if req.network == POD and self.cfg.pod_network == "cni":
