@@ -88,8 +88,8 @@ def test_pod_stats_and_the_infra_process(make_daemon: Any, make_tug_cri: Any, lo
         infra = infra_of(pod)
         with open(f"/proc/{infra}/comm") as f:
             assert f.read().strip() == "pause"
-        with open(f"/proc/{infra}/cmdline", "rb") as f:
-            assert os.path.basename(f.read().split(b"\0")[0].decode()) == "pause"
+        with open(f"/proc/{infra}/cmdline", "rb") as raw:
+            assert os.path.basename(raw.read().split(b"\0")[0].decode()) == "pause"
         ino = os.stat(pod["namespaces"]["pid"]).st_ino
         in_ns = [e for e in os.listdir("/proc") if e.isdigit() and _ns_ino(e) == ino]
         assert in_ns == [str(infra)]
