@@ -1,11 +1,11 @@
 """A pod's namespaces, pinned without a process: the network, IPC and UTS namespaces made by
 util-linux's ``unshare`` and bind-mounted on files of the pod's directory (persistent
 namespaces), the hostname set in the UTS one. A pod-shared PID namespace needs a process as its
-PID 1 (a PID namespace whose init died takes no new process): the infra process, a shell that
-sleeps and reaps, started detached (``setsid -f``: tugd is never its parent, so a restart of tugd
-leaves it alone and nothing waits for it) under ``unshare --pid --fork --kill-child``, whose pid
-is kept in ``infra.pid``; killing that ``unshare`` kills the namespace. Blocking: run in a
-worker thread."""
+PID 1 (a PID namespace whose init died takes no new process): the infra process, one process
+named ``pause`` (a shell that blocks and reaps: :data:`INFRA`), started detached (``setsid -f``:
+tugd is never its parent, so a restart of tugd leaves it alone and nothing waits for it) by
+``unshare --pid --fork``, which is killed once PID 1 runs; PID 1's pid is kept in ``infra.pid``;
+killing it kills the namespace. Blocking: run in a worker thread."""
 
 from __future__ import annotations
 
