@@ -71,6 +71,8 @@ def enter(cgroup: str, pid: int, directory: str) -> None:
         raise OSError(errno.EINVAL, f"invalid cgroup path {cgroup!r}")
     made = _made(directory)
     for root in hierarchies():
+        if not os.access(root, os.W_OK):
+            continue  # read-only (a cgroupfs mounted so in a container): not ours to use
         path = root
         for part in parts:
             path = os.path.join(path, part)
