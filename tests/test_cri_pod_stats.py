@@ -66,8 +66,10 @@ def infra_of(pod: dict[str, Any]) -> int:
     raise AssertionError(f"no PID 1 in the pod's namespace among {found}")
 
 
-def test_pod_stats_and_the_infra_process(make_daemon: Any, make_tug_cri: Any, logdir: str) -> None:
-    d = make_daemon(netns=True)
+def test_pod_stats_and_the_infra_process(
+    make_daemon: Any, make_tug_cri: Any, backend: str, logdir: str
+) -> None:
+    d = make_daemon(backend, netns=True)
     cri: TugCri = make_tug_cri(d)
     rt = cri.runtime
     pod = d.call(
