@@ -99,10 +99,95 @@ def status_of(pod: dict[str, Any]) -> api_pb2.PodSandboxStatus:
     )
 
 
+def uint(value: Any) -> api_pb2.UInt64Value:
+    return api_pb2.UInt64Value(value=max(0, int(value)))
+
+
+def sandbox_stats(
+    pod: dict[str, Any], figures: dict[str, Any], containers: list[api_pb2.ContainerStats]
+) -> api_pb2.PodSandboxStats:
+    """A PodSandboxStats from ``pod.inspect``'s record and ``pod.stats``' figures."""
+    now = int(figures.get("timestamp_ns") or 0)
+    linux = api_pb2.LinuxPodSandboxStats()
+    linux.cpu.timestamp = now
+    if figures.get("cpu_seconds") is not None:
+        linux.cpu.usage_core_nano_seconds.CopyFrom(uint(float(figures["cpu_seconds"]) * 1e9))
+    linux.memory.timestamp = now
+    if figures.get("memory_working_set") is not None:
+        linux.memory.working_set_bytes.CopyFrom(uint(figures["memory_working_set"]))
+    if figures.get("memory_usage") is not None:
+        linux.memory.usage_bytes.CopyFrom(uint(figures["memory_usage"]))
+    linux.process.timestamp = now
+    linux.process.process_count.CopyFrom(uint(figures.get("process_count") or 0))
+    net = figures.get("network") or {}
+    linux.network.timestamp = now
+    for dev in net.get("interfaces") or []:
+        usage = api_pb2.NetworkInterfaceUsage(
+            name=dev["name"],
+            rx_bytes=uint(dev["rx_bytes"]),
+            rx_errors=uint(dev["rx_errors"]),
+            tx_bytes=uint(dev["tx_bytes"]),
+            tx_errors=uint(dev["tx_errors"]),
+        )
+        linux.network.interfaces.append(usage)
+        if dev["name"] == net.get("default_interface"):
+            linux.network.default_interface.CopyFrom(usage)
+    linux.containers.extend(containers)
+    return api_pb2.PodSandboxStats(
+        attributes=api_pb2.PodSandboxAttributes(
+            id=pod["id"], metadata=metadata(pod), labels=pod["labels"], annotations=pod["annotations"]
+        ),
+        linux=linux,
+    )
+
+
 class PodSandboxes:
-    """The pod sandbox RPCs of the RuntimeService (a mixin: ``self.tugd`` is the tugd)."""
+    """The pod sandbox RPCs of the RuntimeService (a mixin: ``self.tugd`` is the tugd; the
+    containers' ``_list`` and ``_stats`` are :class:`cri.containers.ContainerMethods`')."""
 
     tugd: Tugd
+
+    if TYPE_CHECKING:
+
+        async def _list(self, cid: str, pod_id: str) -> list[dict[str, Any]]: ...
+
+        async def _stats(self, entries: list[dict[str, Any]]) -> list[api_pb2.ContainerStats]: ...
+
+    async def _sandbox_stats(self, pod: dict[str, Any]) -> api_pb2.PodSandboxStats:
+        figures = await self.tugd.call("pod.stats", {"id": pod["id"]})
+        running = {c["id"] for c in figures.get("containers") or []}
+        entries = [e for e in await self._list("", pod["id"]) if e["id"] in running]
+        return sandbox_stats(pod, figures, await self._stats(entries))
+
+    @rpc
+    async def PodSandboxStats(
+        self, request: api_pb2.PodSandboxStatsRequest, context: Context
+    ) -> api_pb2.PodSandboxStatsResponse:
+        """``pod.stats``: the pod's CPU, memory, processes and network, and its running
+        containers' ContainerStats; NOT_FOUND for an unknown pod."""
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("a pod sandbox id is required")
+        pod = await self.tugd.call("pod.inspect", {"id": request.pod_sandbox_id})
+        return api_pb2.PodSandboxStatsResponse(stats=await self._sandbox_stats(pod))
+
+    @rpc
+    async def ListPodSandboxStats(
+        self, request: api_pb2.ListPodSandboxStatsRequest, context: Context
+    ) -> api_pb2.ListPodSandboxStatsResponse:
+        """The stats of the ready pods that pass the filter (an id prefix, every label)."""
+        filters: dict[str, Any] = {"state": "ready"}
+        f = request.filter
+        if f.id:
+            filters["id"] = [f.id]
+        if f.label_selector:
+            filters["labels"] = dict(f.label_selector)
+        out = []
+        for pod in await self.tugd.call("pod.list", {"filters": filters}):
+            try:
+                out.append(await self._sandbox_stats(pod))
+            except NotFound:
+                continue  # removed meanwhile
+        return api_pb2.ListPodSandboxStatsResponse(stats=out)
 
     @rpc
     async def RunPodSandbox(

@@ -1,16 +1,17 @@
-"""What the store holds, also on disk: one small JSON file per container, image and network.
+"""What the store holds, also on disk: one small JSON file per container, image, network and pod.
 
 The SQLite file is fast to query but it is one file: a few bad sectors or a lost ``-wal`` and it
 is gone. Most of what it describes is on disk already (container bundles and logs, the shims' exit
 records, the content store); what only the database held (a container's settings, state, exit code
 and restart count; an image's names and tags; a network's definition and each container's address
-on it) is written here too, so that ``tugd --rebuild-store`` (supervisor/rebuild.py) can make the
-database again and lose nothing a user named or ran. The event history is not kept here: a rebuild
-loses it.
+on it; a pod's record and its address) is written here too, so that ``tugd --rebuild-store``
+(supervisor/rebuild.py) can make the database again and lose nothing a user named or ran. The
+event history is not kept here: a rebuild loses it.
 
     <root>/containers/<id>/record.json   the container's row and its endpoints (addresses)
     <root>/meta/images/<hex>.json        an image: manifest digest, size, created, names, repo digests
     <root>/meta/networks/<id>.json       a network's row
+    <root>/meta/pods/<id>.json           a pod's row and its endpoint (its address on the pod network)
 
 How the files follow the database without a hook in every writer: the store's connection gets
 temporary triggers (they live in this connection only, never in the file) that call
@@ -46,7 +47,7 @@ log = logging.getLogger("tugboat.ondisk")
 
 VERSION = 1
 RECORD = "record.json"
-CONTAINER, IMAGE, NETWORK = "c", "i", "n"
+CONTAINER, IMAGE, NETWORK, POD = "c", "i", "n", "p"
 
 # (table, key kind, the column that names the key), for the triggers.
 _WATCHED = [
@@ -56,6 +57,8 @@ _WATCHED = [
     ("image_names", IMAGE, "image_id"),
     ("image_repo_digests", IMAGE, "image_id"),
     ("networks", NETWORK, "id"),
+    ("pods", POD, "id"),
+    ("endpoints", POD, "container_id"),  # a pod's address: its endpoint is keyed by the pod's id
 ]
 
 
@@ -105,6 +108,10 @@ class Layout:
     def networks_dir(self) -> str:
         return os.path.join(self.root, "meta", "networks")
 
+    @property
+    def pods_dir(self) -> str:
+        return os.path.join(self.root, "meta", "pods")
+
     def container(self, cid: str) -> str:
         return os.path.join(self.containers_dir, cid, RECORD)
 
@@ -113,6 +120,9 @@ class Layout:
 
     def network(self, nid: str) -> str:
         return os.path.join(self.networks_dir, nid + ".json")
+
+    def pod(self, pid: str) -> str:
+        return os.path.join(self.pods_dir, pid + ".json")
 
     # ------------------------------------------------------------------ reading it back
 
@@ -127,6 +137,13 @@ class Layout:
 
     def network_ids(self) -> list[str]:
         return [e[:-5] for e in fsutil.listdir(self.networks_dir, hidden=False) if e.endswith(".json")]
+
+    def pod_ids(self) -> list[str]:
+        return [e[:-5] for e in fsutil.listdir(self.pods_dir, hidden=False) if e.endswith(".json")]
+
+    def pods(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        for pid in self.pod_ids():
+            yield pid, _read(self.pod(pid))
 
     def containers(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
         for cid in self.container_ids():
@@ -148,6 +165,8 @@ class Layout:
             yield IMAGE, image_id, self.image(image_id), obj
         for nid, obj in self.networks():
             yield NETWORK, nid, self.network(nid), obj
+        for pid, obj in self.pods():
+            yield POD, pid, self.pod(pid), obj
 
 
 @dataclass
@@ -201,7 +220,7 @@ class Mirror:
                 extra = f" SELECT tug_dirty('{kind}', OLD.{col});" if event == "UPDATE" else ""
                 sqlite3.Connection.execute(
                     db,
-                    f"CREATE TEMP TRIGGER IF NOT EXISTS tug_mirror_{table}_{event.lower()} "
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS tug_mirror_{table}_{kind}_{event.lower()} "
                     f"AFTER {event} ON main.{table} BEGIN "
                     f"SELECT tug_dirty('{kind}', {row}.{col});{extra} "
                     "UPDATE store_generation SET n = n + 1; END",
@@ -220,6 +239,9 @@ class Mirror:
         if "networks" in present:
             for r in sqlite3.Connection.execute(db, "SELECT id FROM networks"):
                 keys.add((NETWORK, r[0]))
+        if "pods" in present:
+            for r in sqlite3.Connection.execute(db, "SELECT id FROM pods"):
+                keys.add((POD, r[0]))
         written = 0
         for kind, key in sorted(keys):
             path, obj = self._current(db, present, kind, key)
@@ -285,12 +307,7 @@ class Mirror:
             rec = dict(row)
             rec["config"] = json.loads(rec["config"])
             rec["oom_killed"] = bool(rec["oom_killed"])
-            eps: list[dict[str, Any]] = []
-            if "endpoints" in tables:
-                for e in q(db, "SELECT * FROM endpoints WHERE container_id=? ORDER BY idx", (key,)):
-                    ep = dict(e)
-                    ep["aliases"] = json.loads(ep["aliases"])
-                    eps.append(ep)
+            eps = self._endpoints(db, tables, key)
             return path, {"version": VERSION, "container": rec, "endpoints": eps}
         if kind == IMAGE:
             path = self.layout.image(key)
@@ -302,6 +319,14 @@ class Mirror:
                 rows = q(db, f"SELECT name FROM {table} WHERE image_id=? ORDER BY name", (key,))
                 img[column] = [r[0] for r in rows]
             return path, {"version": VERSION, "image": img}
+        if kind == POD:
+            path = self.layout.pod(key)
+            row = q(db, "SELECT * FROM pods WHERE id=?", (key,)).fetchone() if "pods" in tables else None
+            if row is None:
+                return path, None
+            pod = dict(row)
+            pod["config"] = json.loads(pod["config"])
+            return path, {"version": VERSION, "pod": pod, "endpoints": self._endpoints(db, tables, key)}
         path = self.layout.network(key)
         row = q(db, "SELECT * FROM networks WHERE id=?", (key,)).fetchone()
         if row is None:
@@ -310,3 +335,15 @@ class Mirror:
         net["labels"] = json.loads(net["labels"])
         net["internal"] = bool(net["internal"])
         return path, {"version": VERSION, "network": net}
+
+    @staticmethod
+    def _endpoints(db: sqlite3.Connection, tables: set[str], owner: str) -> list[dict[str, Any]]:
+        """The endpoints (addresses) of a container or a pod."""
+        eps: list[dict[str, Any]] = []
+        if "endpoints" in tables:
+            q = sqlite3.Connection.execute
+            for e in q(db, "SELECT * FROM endpoints WHERE container_id=? ORDER BY idx", (owner,)):
+                ep = dict(e)
+                ep["aliases"] = json.loads(ep["aliases"])
+                eps.append(ep)
+        return eps

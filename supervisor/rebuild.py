@@ -10,6 +10,9 @@ What comes back, from where:
   read back from the content store and verified against their digests; an image whose blobs are
   gone is left out (it could not run anyway) and said so.
 - networks: ``meta/networks/<id>.json``; each container's address on it from its record.
+- pods: ``meta/pods/<id>.json``, with the pod's address on the pod network. The start that
+  follows recovers them as after any restart (a pod whose namespaces are gone is ``notready``).
+  The node's pod CIDR (UpdateRuntimeConfig) is not kept: kubelet sends it again.
 
 Lost: the event history (``tug events --since`` before the rebuild). The damaged file and its
 ``-wal`` and ``-shm`` stay beside the new one, renamed ``tugboat.db.damaged-<UTC time>``.
@@ -48,6 +51,7 @@ class Summary:
     names: int = 0
     networks: int = 0
     endpoints: int = 0
+    pods: int = 0
     skipped: list[str] = field(default_factory=list)  # what could not come back, and why
 
     def line(self, path: str) -> str:
@@ -55,7 +59,8 @@ class Summary:
         skipped = f"; left out: {'; '.join(self.skipped)}" if self.skipped else ""
         return (
             f"rebuilt {path} from disk: {self.containers} containers, {self.images} images "
-            f"({self.names} names), {self.networks} networks, {self.endpoints} addresses{kept}{skipped}"
+            f"({self.names} names), {self.networks} networks, {self.pods} pods, {self.endpoints} addresses"
+            f"{kept}{skipped}"
         )
 
 
@@ -95,16 +100,19 @@ def rebuild(cfg: Config) -> Summary:
     """Set the store aside and rebuild it from disk (tugd holds the root's and the state's
     locks: nothing else writes meanwhile). Returns what was done."""
     from .network import ipam  # the network tables' schema and records
+    from .pods.records import PodStore  # the pods' tables
 
     summary = Summary(set_aside=set_aside(cfg.db_path))
     layout = ondisk.Layout(cfg.root)
     store = Store(cfg.db_path)
     try:
         nets = ipam.NetStore(store.db)
+        pods = PodStore(store.db)  # its schema before the transaction (executescript commits)
         with store.transaction():
             _images(cfg, layout, store, summary)
             known_nets = _networks(layout, nets, summary)
             _containers(cfg, layout, store, nets, known_nets, summary)
+            _pods(layout, pods, nets, known_nets, summary)
             # At least as new as every record, so that the start's check takes them as its own.
             gens = [ondisk.generation_of(obj) for _k, _key, _p, obj in layout.records()]
             store.set_generation(max([g for g in gens if g is not None], default=0))
@@ -167,6 +175,37 @@ def _networks(layout: ondisk.Layout, nets: Any, summary: Summary) -> set[str]:
         known.add(nid)
         summary.networks += 1
     return known
+
+
+def _pods(layout: ondisk.Layout, pods: Any, nets: Any, known_nets: set[str], summary: Summary) -> None:
+    from .network.ipam import Endpoint
+    from .pods.records import PodRecord
+
+    ep_fields = {f.name for f in dataclasses.fields(Endpoint)}
+    for pid, obj in layout.pods():
+        rec = obj.get("pod") if obj else None
+        if not isinstance(rec, dict) or rec.get("id") != pid:
+            summary.skipped.append(f"pod {pid[:12]}: its record is unreadable")
+            continue
+        try:
+            pod = PodRecord(
+                id=pid,
+                key=str(rec["key"]),
+                state=str(rec["state"]),
+                created_ns=int(rec["created_ns"]),
+                config=dict(rec["config"]),
+            )
+            pods.insert(pod)
+        except (AlreadyExists, TypeError, ValueError, KeyError) as exc:
+            summary.skipped.append(f"pod {pid[:12]}: {exc}")
+            continue
+        summary.pods += 1
+        for ep in obj.get("endpoints") or [] if obj else []:
+            if not isinstance(ep, dict) or ep.get("network_id") not in known_nets:
+                summary.skipped.append(f"the address of pod {pod.name}: its network is gone")
+                continue
+            nets.insert_endpoint(Endpoint(**{k: v for k, v in ep.items() if k in ep_fields}))
+            summary.endpoints += 1
 
 
 def _containers(

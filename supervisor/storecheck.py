@@ -107,17 +107,21 @@ def startup_errors(cfg: Config) -> Iterator[None]:
         ) from exc
 
 
+KINDS = {ondisk.CONTAINER: "container", ondisk.IMAGE: "image", ondisk.NETWORK: "network", ondisk.POD: "pod"}
+
+
 def _found(counts: dict[str, int]) -> str:
     parts = [f"{n} {what}{'' if n == 1 else 's'}" for what, n in counts.items() if n]
     return ", ".join(parts)
 
 
 def on_disk(layout: ondisk.Layout) -> dict[str, set[str]]:
-    """The keys of the records on disk: container, image and network ids."""
+    """The keys of the records on disk: container, image, network and pod ids."""
     return {
         "container": set(layout.container_ids()),
         "image": set(layout.image_ids()),
         "network": set(layout.network_ids()),
+        "pod": set(layout.pod_ids()),
     }
 
 
@@ -145,10 +149,13 @@ def open_store(cfg: Config) -> Store:
             "container": {r[0] for r in sqlite3.Connection.execute(store.db, "SELECT id FROM containers")},
             "image": {r[0] for r in sqlite3.Connection.execute(store.db, "SELECT id FROM images")},
             "network": set(),
+            "pod": set(),
         }
         tables = {r[0] for r in sqlite3.Connection.execute(store.db, "SELECT name FROM sqlite_master")}
         if "networks" in tables:
             known["network"] = {r[0] for r in sqlite3.Connection.execute(store.db, "SELECT id FROM networks")}
+        if "pods" in tables:
+            known["pod"] = {r[0] for r in sqlite3.Connection.execute(store.db, "SELECT id FROM pods")}
     except sqlite3.Error as exc:
         if store is not None:
             store.close()
@@ -163,7 +170,12 @@ def open_store(cfg: Config) -> Store:
     newer = dict.fromkeys(disk, 0)
     leftovers: list[str] = []
     for kind, key, record, obj in layout.records():
-        what = {ondisk.CONTAINER: "container", ondisk.IMAGE: "image", ondisk.NETWORK: "network"}[kind]
+        what = {
+            ondisk.CONTAINER: "container",
+            ondisk.IMAGE: "image",
+            ondisk.NETWORK: "network",
+            ondisk.POD: "pod",
+        }[kind]
         gen = ondisk.generation_of(obj)
         if (key not in known[what]) if gen is None else (gen > generation):
             newer[what] += 1

@@ -12,7 +12,13 @@ tags (``test-image-tags:1..3`` one image, ``test-image-1..3`` three), web server
 ``httpd``) on port 80 (nginx, httpd; nginx writes /var/run/nginx.pid) and 12003
 (hostnet-nginx), a set-uid program printing ``Effective uid: N`` (nonewprivs), and
 ``registry.k8s.io/pause:3.9`` the same image as ``k8s.gcr.io/pause:3.9``. The digest-pinned
-``test-image-digest@sha256:9700f9a2...`` cannot be made: its spec fails."""
+``test-image-digest@sha256:9700f9a2...`` cannot be made: its spec fails.
+
+``/bin/sh`` is Debian's dynamically linked busybox (package ``busybox``, fetched once with
+``apt-get download`` into the cache; not installed: it conflicts with ``busybox-static``) with
+its libraries: its ash finds commands on PATH as the real busybox images' does, where
+``busybox-static``'s runs applets such as ``ls`` in-process (so that masking /bin/ls would not
+bite, and its error would not be the ``/bin/sh: ls: Permission denied`` critest expects)."""
 
 from __future__ import annotations
 
@@ -113,6 +119,40 @@ def recipe_key() -> str:
     return h.hexdigest()[:16]
 
 
+def shell_busybox() -> str:
+    """Debian's dynamically linked busybox (no in-process applets), extracted into the cache."""
+    dest = os.path.join(CACHE, "busybox-dynamic")
+    binary = os.path.join(dest, "bin", "busybox")
+    if os.path.exists(binary):
+        return binary
+    os.makedirs(CACHE, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="bbdeb", dir=CACHE)
+    try:
+        subprocess.run(["apt-get", "download", "busybox"], cwd=tmp, check=True, capture_output=True)
+        deb = next(os.path.join(tmp, n) for n in os.listdir(tmp) if n.endswith(".deb"))
+        subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "x")], check=True)
+        with contextlib.suppress(FileExistsError, OSError):
+            os.rename(os.path.join(tmp, "x"), dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+def _shell_files(ctx: str) -> None:
+    """``sh`` (the dynamic busybox) and ``root/`` (its libraries at their paths) in ``ctx``."""
+    shell = shell_busybox()
+    shutil.copy(shell, os.path.join(ctx, "sh"))
+    out = subprocess.run(["ldd", shell], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        words = line.split()
+        path = words[2] if len(words) > 2 and words[1] == "=>" else words[0]
+        if not path.startswith("/"):
+            continue  # the vdso
+        target = os.path.join(ctx, "root", path.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(path, target)  # the file, not the symlink
+
+
 def _context(base: str, lines: str) -> str:
     ctx = tempfile.mkdtemp(prefix="ctx", dir=base)
     files = {"passwd": PASSWD, "group": GROUP, "index.html": "<html><body>look-alike</body></html>\n"}
@@ -135,8 +175,12 @@ def _context(base: str, lines: str) -> str:
         subprocess.run(["cc", "-static", "-O2", "-o", os.path.join(ctx, "nnp"), src], check=True)
         os.chmod(os.path.join(ctx, "nnp"), 0o4755)
         os.unlink(src)
+    _shell_files(ctx)
     with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write('FROM busybox\nCOPY passwd group /etc/\nCOPY ls ipcs pgrep /bin/\nCMD ["sh"]\n' + lines)
+        f.write(
+            "FROM busybox\nCOPY passwd group /etc/\nCOPY ls ipcs pgrep sh /bin/\nCOPY root/ /\n"
+            'CMD ["sh"]\n' + lines
+        )
     return ctx
 
 

@@ -41,14 +41,6 @@ SKIPS: dict[str, str] = {
     r"AppArmor": "AppArmor is off on this host",
     r"\[NRI\]|NRI": "tug-cri has no NRI (critest needs --nri-socket)",
     r"public image with digest should be pulled and removed": "the digest-pinned image cannot be made again",
-    r"runtime should support execSync with timeout": (
-        "the pod's infra process (PID 1 of a pod-shared PID namespace, supervisor/pods) keeps a "
-        "`sleep 86400` child, which the spec's `pgrep sleep` finds after the timed-out exec is gone"
-    ),
-    r"runtime should support MaskedPaths": (
-        "the look-alike's busybox (Debian's busybox-static) runs `ls` as a built-in applet of its "
-        "shell, so masking /bin/ls does not stop it"
-    ),
 }
 
 

@@ -63,6 +63,7 @@ class PodApi:
         d.add("pod.inspect", self.inspect)
         d.add("pod.list", self.list)
         d.add("pod.network_config", self.network_config)
+        d.add("pod.stats", self.stats)
 
     async def create(self, call: jsonrpc.Call) -> Any:
         """RunPodSandbox. Returns ``pod.inspect``'s record."""
@@ -92,6 +93,10 @@ class PodApi:
         return self.pods.list(
             ids=f.list_of_str("id"), state=f.string("state"), labels=f.dict_of_str("labels")
         )
+
+    async def stats(self, call: jsonrpc.Call) -> Any:
+        """One sample of the pod's figures and its running containers' (docs/api.md)."""
+        return await self.pods.stats(call.params.string("id", required=True))
 
     async def network_config(self, call: jsonrpc.Call) -> Any:
         """The pod network; with ``pod_cidr``, the node's pod CIDR is recorded first."""

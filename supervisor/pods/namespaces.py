@@ -1,11 +1,11 @@
 """A pod's namespaces, pinned without a process: the network, IPC and UTS namespaces made by
 util-linux's ``unshare`` and bind-mounted on files of the pod's directory (persistent
 namespaces), the hostname set in the UTS one. A pod-shared PID namespace needs a process as its
-PID 1 (a PID namespace whose init died takes no new process): the infra process, a shell that
-sleeps and reaps, started detached (``setsid -f``: tugd is never its parent, so a restart of tugd
-leaves it alone and nothing waits for it) under ``unshare --pid --fork --kill-child``, whose pid
-is kept in ``infra.pid``; killing that ``unshare`` kills the namespace. Blocking: run in a
-worker thread."""
+PID 1 (a PID namespace whose init died takes no new process): the infra process, one process
+named ``pause`` (a shell that blocks and reaps: :data:`INFRA`), started detached (``setsid -f``:
+tugd is never its parent, so a restart of tugd leaves it alone and nothing waits for it) by
+``unshare --pid --fork``, which is killed once PID 1 runs; PID 1's pid is kept in ``infra.pid``;
+killing it kills the namespace. Blocking: run in a worker thread."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tugwire import fsutil
 from tugwire.errors import InvalidArgument, RuntimeFailed
 
 from ..network import netlink
+from . import cgroups
 
 KINDS = ("net", "ipc", "uts")
 
@@ -43,22 +44,43 @@ def make(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
     return paths
 
 
-# PID 1 of a pod's PID namespace: reaps what is reparented to it, exits on SIGTERM.
-INFRA = 'trap "exit 0" TERM; while :; do sleep 86400 & wait; done'
-# The detached shell writes its pid, then becomes the unshare that holds the namespace.
-# The shell is named by the namespace's path (its $0): ps shows whose it is.
-LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork --kill-child -- sh -c "$2" "$1"'
+# PID 1 of a pod's PID namespace: a shell that reaps what is reparented to it (``jobs`` at each
+# SIGCHLD waits for every dead child, the pod's orphans too) and otherwise blocks reading a FIFO
+# it holds open itself (no child, no wake-up); exits on SIGTERM. One process (containerd's is
+# its ``pause``): the shell is run through a symlink named ``pause``, so that ``ps`` and
+# ``pgrep`` see ``pause`` (comm and argv[0]), never ``sh`` nor ``sleep``.
+INFRA = 'trap "exit 0" TERM; trap "jobs >/dev/null" CHLD; exec 3<>"$0"; while :; do read -r _ <&3; done'
+# The detached shell writes its pid, then becomes the unshare that makes the namespace; once the
+# namespace is up, its PID 1 replaces it in infra.pid and the unshare is killed (no
+# ``--kill-child``: PID 1 stays, reparented to the host's init).
+LAUNCH = 'echo $$ > "$0"; exec unshare --pid="$1" --fork -- "$2" -c "$3" "$4"'
 INFRA_WAIT = 5.0  # seconds for the infra's namespace to appear
+SHELLS = ("/bin/dash", "/usr/bin/dash", "/bin/sh")  # the smallest first: dash is ~250 KiB PSS
 
 
-def start_infra(directory: str) -> str:
-    """The pod's PID namespace, held by its infra process, bind-mounted at ``directory/pid``."""
+def _shell() -> str:
+    for path in SHELLS:
+        if os.access(path, os.X_OK):
+            return os.path.realpath(path)
+    raise RuntimeFailed("no shell for the pod's infra process (/bin/sh)")
+
+
+def start_infra(directory: str, cgroup_parent: str = "") -> str:
+    """The pod's PID namespace, held by its infra process, bind-mounted at ``directory/pid``;
+    the infra process in the cgroup ``<cgroup_parent>/<pod id>`` if a parent is given."""
     path = os.path.join(directory, "pid")
     with open(path, "a"):
         pass
+    pause = os.path.join(directory, "pause")
+    fifo = os.path.join(directory, "infra.fifo")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pause)
+    os.symlink(_shell(), pause)
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo, 0o600)
     pidfile = os.path.join(directory, "infra.pid")
     proc = subprocess.run(
-        ["setsid", "-f", "sh", "-c", LAUNCH, pidfile, path, INFRA],
+        ["setsid", "-f", "sh", "-c", LAUNCH, pidfile, path, pause, INFRA, fifo],
         # No pipe: the detached process would hold it open, and this would wait for it.
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -68,28 +90,51 @@ def start_infra(directory: str) -> str:
     if proc.returncode != 0:
         raise RuntimeFailed(f"starting the pod's infra process failed: setsid exited {proc.returncode}")
     deadline = time.monotonic() + INFRA_WAIT
-    # The unshare mounts it just after its fork; its child (the shell) is then there to kill.
-    while not (alive(path) and (pid := infra_pid(directory)) and _children(pid)):
+    # The unshare mounts it just after its fork; its child (PID 1) is then there.
+    while not (alive(path) and (pid := infra_pid(directory)) and (children := _children(pid))):
         if time.monotonic() > deadline:
             stop_infra(directory)
             raise RuntimeFailed("the pod's infra process did not make its PID namespace")
         time.sleep(0.005)
+    if pid != children[0]:  # the unshare: PID 1 takes its place, then it goes
+        fsutil.write_atomic(pidfile, f"{children[0]}\n".encode(), mode=0o644, durable=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if cgroup_parent:
+        try:
+            cgroups.enter(_infra_cgroup(directory, cgroup_parent), children[0], directory)
+        except OSError as exc:
+            stop_infra(directory)
+            raise RuntimeFailed(f"putting the pod's infra process in its cgroup failed: {exc}") from exc
     return path
 
 
+def _infra_cgroup(directory: str, cgroup_parent: str) -> str:
+    return cgroup_parent.rstrip("/") + "/" + os.path.basename(directory.rstrip("/"))
+
+
+def _same_ns(link: str, path: str) -> bool:
+    try:
+        a, b = os.stat(link), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def infra_pid(directory: str) -> int | None:
-    """The pid of the pod's infra ``unshare`` if it runs (checked by its command line, never a
-    recycled pid)."""
+    """The pid of the pod's infra process (PID 1 of the pod's namespace; while it starts, the
+    ``unshare`` making it) if it runs: checked by its namespace, never a recycled pid."""
+    path = os.path.join(directory, "pid")
     try:
         with open(os.path.join(directory, "infra.pid")) as f:
             pid = int(f.read().strip() or 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
     except (OSError, ValueError):
         return None
-    if pid <= 0 or f"--pid={os.path.join(directory, 'pid')}".encode() not in cmdline:
+    if pid <= 0:
         return None
-    return pid
+    if _same_ns(f"/proc/{pid}/ns/pid", path) or _same_ns(f"/proc/{pid}/ns/pid_for_children", path):
+        return pid
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -101,10 +146,8 @@ def _children(pid: int) -> list[int]:
 
 
 def stop_infra(directory: str) -> None:
-    """Kill the infra process: its shell first, PID 1 of the namespace (the namespace and all in
-    it die with it), then the ``unshare``. Not the ``unshare`` alone: its ``--kill-child`` is a
-    parent-death signal its child sets just after the fork, which a kill that early would beat,
-    leaving the shell and its namespace alive. Idempotent."""
+    """Kill the infra process (PID 1 of the namespace: all in it die with it); while it starts,
+    the ``unshare``'s child first, then the ``unshare``. Its cgroup is removed. Idempotent."""
     pid = infra_pid(directory)
     if pid is not None:
         for child in _children(pid):
@@ -114,6 +157,7 @@ def stop_infra(directory: str) -> None:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, "infra.pid"))
+    cgroups.remove(directory)
 
 
 def set_sysctls(directory: str, sysctls: dict[str, str]) -> None:

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire.errors import InvalidArgument, NotFound, RuntimeFailed
+from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailed
 
+from ..containers.state import ACTIVE
 from ..failpoints import failpoint
 from ..network import attached, ipam, nft
 from ..network import ports as ports_
 from ..network.requests import NetworkCreateRequest
-from . import cni, namespaces
+from . import cni, namespaces, stats
 from .records import (
     CREATING,
     NODE,
@@ -258,7 +259,8 @@ class Pods:
         await anyio.to_thread.run_sync(namespaces.make, self._path(rec.id), kinds, hostname)
         await anyio.to_thread.run_sync(namespaces.set_sysctls, self._path(rec.id), dict(req.sysctls))
         if req.pid == POD:
-            await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id))
+            parent = req.cgroup_parent or ""
+            await anyio.to_thread.run_sync(namespaces.start_infra, self._path(rec.id), parent)
         failpoint("pod.create.after_namespaces")
         ip = ""
         if req.network == POD and self.cfg.pod_network == "cni":
@@ -336,6 +338,30 @@ class Pods:
         log.info("pod %s (%s) removed", rec.name, rec.id[:12])
         self.publish("destroy", rec)
         return rec
+
+    # ------------------------------------------------------------------------------ stats
+
+    async def stats(self, ref: str) -> dict[str, Any]:
+        """``pod.stats``: the pod's figures (docs/api.md): the sum of its running containers'
+        cgroup samples, its process count (theirs and the infra process), its network devices'
+        bytes and errors, and each running container's sample."""
+        rec = self.get(ref)
+        samples = []
+        for r in self.containers.records():
+            if r.settings.pod_id != rec.id or r.run.state not in ACTIVE:
+                continue
+            try:
+                sample = await self.containers.shim(r.id).stats()
+            except (FailedPrecondition, NotFound, RuntimeFailed, OSError):
+                continue  # stopped or removed meanwhile
+            samples.append({"id": r.id, "name": r.name, **sample})
+        ready = rec.state == READY
+        infra = 1 if ready and namespaces.infra_pid(self._path(rec.id)) is not None else 0
+        net = (
+            self._path(rec.id, "net") if ready and rec.config["namespace_options"]["network"] == POD else None
+        )
+        figures = await anyio.to_thread.run_sync(stats.pod_figures, samples, infra, net)
+        return {"id": rec.id, "state": rec.state, **figures, "containers": samples}
 
     # ------------------------------------------------------------------------- describing
 

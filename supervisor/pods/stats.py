@@ -1,0 +1,79 @@
+"""A pod's figures (``pod.stats``, the CRI's PodSandboxStats): the sum of its running
+containers' cgroup samples (their shims read them), the pod's processes, and the network
+devices of its pinned network namespace (``/proc/thread-self/net/dev`` read by a thread that
+entered it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..network import netlink
+
+DEFAULT_INTERFACE = "eth0"
+
+
+def parse_net_dev(text: str) -> list[dict[str, Any]]:
+    """``/proc/net/dev``: per device (loopback left out) its received and sent bytes and errors."""
+    out = []
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        fields = rest.split()
+        if not name or name == "lo" or len(fields) < 11:
+            continue
+        out.append(
+            {
+                "name": name,
+                "rx_bytes": int(fields[0]),
+                "rx_errors": int(fields[2]),
+                "tx_bytes": int(fields[8]),
+                "tx_errors": int(fields[10]),
+            }
+        )
+    return out
+
+
+def net_dev(netns: str) -> list[dict[str, Any]]:
+    """The devices of the network namespace bind-mounted at ``netns``; none if it is gone.
+    Blocking: run in a worker thread."""
+    if not netlink.is_netns(netns):
+        return []
+
+    def read() -> str:
+        with open("/proc/thread-self/net/dev") as f:
+            return f.read()
+
+    try:
+        return parse_net_dev(netlink.in_netns(netns, read))
+    except OSError:
+        return []
+
+
+def summed(samples: list[dict[str, Any]], key: str) -> int | float | None:
+    """The sum of ``key`` over the samples that have it; None if none has it."""
+    found = [s[key] for s in samples if s.get(key) is not None]
+    return sum(found) if found else None
+
+
+def pod_figures(samples: list[dict[str, Any]], infra: int, netns: str | None) -> dict[str, Any]:
+    """``pod.stats``'s figures of the containers' ``samples`` (``container.stats``), ``infra``
+    processes of the pod's own and its network namespace's devices."""
+    pids = summed(samples, "pids")
+    interfaces = net_dev(netns) if netns else []
+    return {
+        "cpu_seconds": summed(samples, "cpu_seconds"),
+        "memory_usage": summed(samples, "memory_usage"),
+        "memory_working_set": summed(samples, "memory_working_set"),
+        "process_count": int(pids or 0) + infra,
+        "network": {
+            "default_interface": DEFAULT_INTERFACE
+            if any(i["name"] == DEFAULT_INTERFACE for i in interfaces)
+            else "",
+            "interfaces": interfaces,
+        },
+        "timestamp_ns": time.time_ns(),
+    }
+
+
+__all__ = ["net_dev", "parse_net_dev", "pod_figures"]

@@ -1,0 +1,178 @@
+"""PodSandboxStats and ListPodSandboxStats (issue 16) through a real tug-cri and tugd, and the
+pod-shared PID namespace's infra process: one process named ``pause``, PID 1 of the pod's
+namespace, reaping the pod's orphans, in ``<cgroup parent>/<pod id>``; its cgroup removed with
+the pod."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from cri.gen import api_pb2
+
+from .conftest import needs_root, needs_runc
+from .cri_helpers import TugCri, make_tug_cri
+from .waiting import wait_until
+
+__all__ = ["make_tug_cri"]  # fixtures, imported for this module's tests
+
+pytestmark = [pytest.mark.integration, pytest.mark.network, needs_root, needs_runc, pytest.mark.timeout(600)]
+
+PARENT = "/tugtest-podstats"
+
+
+@pytest.fixture
+def logdir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="tbpodst", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cgroup_dirs(path: str) -> list[str]:
+    """``path`` in every mounted cgroup hierarchy where it exists."""
+    with open("/proc/self/mountinfo") as f:
+        points = {
+            line.split(" - ")[0].split(" ")[4] for line in f if line.split(" - ")[1].startswith("cgroup")
+        }
+    return sorted(
+        os.path.join(p, path.strip("/")) for p in points if os.path.isdir(os.path.join(p, path.strip("/")))
+    )
+
+
+def infra_of(pod: dict[str, Any]) -> int:
+    """The host pid of PID 1 of the pod's PID namespace (found by its namespace)."""
+    ino = os.stat(pod["namespaces"]["pid"]).st_ino
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == ino:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    # PID 1 inside is the one whose NSpid ends in 1.
+    for pid in found:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next(line for line in f if line.startswith("NSpid:")).split()
+        if nspid[-1] == "1":
+            return pid
+    raise AssertionError(f"no PID 1 in the pod's namespace among {found}")
+
+
+def test_pod_stats_and_the_infra_process(
+    make_daemon: Any, make_tug_cri: Any, backend: str, logdir: str
+) -> None:
+    d = make_daemon(backend, netns=True)
+    cri: TugCri = make_tug_cri(d)
+    rt = cri.runtime
+    pod = d.call(
+        "pod.create",
+        {
+            "name": "p",
+            "namespace": "default",
+            "uid": "u1",
+            "log_directory": logdir,
+            "cgroup_parent": PARENT,
+            "pid": "pod",
+            "labels": {"app": "stats"},
+        },
+    )
+    pod_id = pod["id"]
+    try:
+        # The infra: one process named pause, in <parent>/<pod id> of every hierarchy.
+        infra = infra_of(pod)
+        with open(f"/proc/{infra}/comm") as f:
+            assert f.read().strip() == "pause"
+        with open(f"/proc/{infra}/cmdline", "rb") as raw:
+            assert os.path.basename(raw.read().split(b"\0")[0].decode()) == "pause"
+        ino = os.stat(pod["namespaces"]["pid"]).st_ino
+        in_ns = [e for e in os.listdir("/proc") if e.isdigit() and _ns_ino(e) == ino]
+        assert in_ns == [str(infra)]
+        own = f"{PARENT}/{pod_id}"
+        dirs = cgroup_dirs(own)
+        assert dirs
+        for path in dirs:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                assert str(infra) in f.read().split()
+
+        # Orphans of the pod are reaped by it.
+        subprocess.run(
+            [
+                "nsenter",
+                f"--pid={pod['namespaces']['pid']}",
+                "--",
+                "sh",
+                "-c",
+                "sleep 0.2 & sleep 0.2 & exit 0",
+            ],
+            check=True,
+        )
+        wait_until(lambda: not _children(infra), 20, "the orphans to be reaped by the pod's PID 1")
+
+        image = d.call("image.inspect", {"ref": "busybox"})["id"]
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c", attempt=0),
+            image=api_pb2.ImageSpec(image=image),
+            command=["sh", "-c", "wget -q -T 1 -O /dev/null http://10.255.255.1/ || true; exec sleep 600"],
+            log_path="c/0.log",
+        )
+        req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config)
+        cid = rt.CreateContainer(req).container_id
+        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+
+        def stats() -> Any:
+            return rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod_id[:12])).stats
+
+        wait_until(
+            lambda: stats().linux.network.default_interface.tx_bytes.value > 0, 30, "bytes sent by the pod"
+        )
+        s = stats()
+        assert s.attributes.id == pod_id and s.attributes.metadata.name == "p"
+        assert dict(s.attributes.labels) == {"app": "stats"}
+        lx = s.linux
+        assert lx.cpu.usage_core_nano_seconds.value > 0 and lx.cpu.timestamp > 0
+        assert lx.memory.working_set_bytes.value > 0 and lx.memory.usage_bytes.value > 0
+        assert lx.process.process_count.value >= 2  # the infra and the container's sleep
+        assert lx.network.default_interface.name == "eth0"
+        assert [i.name for i in lx.network.interfaces] == ["eth0"]
+        assert [c.attributes.id for c in lx.containers] == [cid]
+        assert lx.containers[0].memory.working_set_bytes.value > 0
+
+        def listed(**f: Any) -> list[str]:
+            req = api_pb2.ListPodSandboxStatsRequest(filter=api_pb2.PodSandboxStatsFilter(**f))
+            return [x.attributes.id for x in rt.ListPodSandboxStats(req).stats]
+
+        assert listed() == [pod_id]
+        assert listed(id=pod_id[:8]) == [pod_id]
+        assert listed(id="0" * 12) == []
+        assert listed(label_selector={"app": "stats"}) == [pod_id]
+        assert listed(label_selector={"app": "other"}) == []
+        with pytest.raises(grpc.RpcError) as info:
+            rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id="f" * 64))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        assert listed() == []  # ready pods only
+        wait_until(lambda: not os.path.exists(f"/proc/{infra}"), 20, "the infra process to be gone")
+    finally:
+        d.call("pod.remove", {"id": pod_id})
+    assert cgroup_dirs(own) == [] and cgroup_dirs(PARENT) == []
+
+
+def _ns_ino(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _children(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return f.read().split()
