@@ -703,7 +703,8 @@ class Networks:
             }
         mode = rec.settings.network or NONE
         if mode in (HOST, NONE) and mode not in out:
-            out[mode] = {}
+            found = self.db.find_networks(mode)
+            out[mode] = {"network_id": found[0].id} if found else {}
         return out
 
     # ------------------------------------------------------------------ reconcile, the table
