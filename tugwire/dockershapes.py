@@ -99,8 +99,13 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
     cfg = c.get("config") or {}
     args = list(cfg.get("args") or [*(cfg.get("entrypoint") or []), *(cfg.get("cmd") or [])])
     state = c.get("state")
-    networks = {name: endpoint(c["id"], net) for name, net in (c.get("networks") or {}).items()}
-    first = next(iter(networks.values()), {})
+    networks = {}
+    for name, net in (c.get("networks") or {}).items():
+        networks[name] = endpoint(c["id"], net)
+        if name not in _BUILTIN:  # docker's: a user network's aliases end with the short id
+            aliases = [a for a in net.get("aliases") or [] if a != c["id"][:12]]
+            networks[name]["Aliases"] = [*aliases, c["id"][:12]]
+    legacy = networks.get("bridge", {})  # the top-level fields are the default bridge's only
     ports: dict[str, list[dict[str, str]]] = {}
     for port in c.get("ports") or []:
         key = f"{port.get('container_port')}/{port.get('proto') or 'tcp'}"
@@ -159,6 +164,8 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "AttachStdin": False,
             "AttachStdout": False,
             "AttachStderr": False,
+            # the published ports (tugd keeps no exposed-only port of a create body)
+            **({"ExposedPorts": {key: {} for key in ports}} if ports else {}),
             "Tty": bool(cfg.get("tty")),
             "OpenStdin": bool(cfg.get("stdin")),
             "StdinOnce": False,
@@ -182,8 +189,7 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "SandboxKey": c.get("sandbox_key") or "",
             "SecondaryIPAddresses": None,
             "SecondaryIPv6Addresses": None,
-            # the legacy fields: the first network's endpoint (docker's are the default bridge's)
-            **{k: first.get(k, zero) for k, zero in _LEGACY_ENDPOINT},
+            **{k: legacy.get(k, zero) for k, zero in _LEGACY_ENDPOINT},
             "Networks": networks,
         },
     }
@@ -192,6 +198,8 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
 # The stop signal create resolves when neither the request nor the image names one: dockerd
 # shows no StopSignal then (and shows one given as SIGTERM; tugd does not tell the two apart).
 _DEFAULT_STOP = (None, "", "SIGTERM", "TERM", "15")
+
+_BUILTIN = ("bridge", "host", "none")
 
 _LEGACY_ENDPOINT = (
     ("EndpointID", ""),
