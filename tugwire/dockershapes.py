@@ -248,7 +248,7 @@ def _summary_networks(c: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The list's ``NetworkSettings.Networks``: docker's endpoint shape per network, with the
     network's id (tugd's list has the names and ids only: addresses are inspect's)."""
     ids = c.get("network_ids") or []
-    by_name = dict(zip(names, ids, strict=False)) if len(ids) == len(names) else {}
+    by_name = dict(zip(names, ids, strict=True)) if len(ids) == len(names) else {}
     return {name: endpoint(c["id"], {"network_id": by_name.get(name, "")}) for name in names}
 
 

@@ -46,12 +46,11 @@ class Inspect(ContainersBase):
             refs = {rec.id: self.networks.network_refs().get(rec.id, ([], []))}
         names, ids = refs.get(rec.id, ([], []))
         mode = rec.settings.network or "none"
-        pairs = sorted(zip(names, ids, strict=True))
+        pairs = list(zip(names, ids, strict=True))
         if mode in ("host", "none") and mode not in names:
-            pairs = sorted([*pairs, (mode, "")])  # (the built-in's id: container.inspect's networks)
-        # in the same order (by name): network_ids[i] is network_names[i]'s when the container is
-        # on networks with endpoints only (host and none have no endpoint, no id here)
-        return {"network_names": [n for n, _ in pairs], "network_ids": [i for _, i in pairs if i]}
+            pairs.append((mode, self.networks.builtin_ids.get(mode, "")))
+        pairs.sort()  # in the same order (by name): network_ids[i] is network_names[i]'s
+        return {"network_names": [n for n, _ in pairs], "network_ids": [i for _, i in pairs]}
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
         task = self.task(rec.id)
