@@ -56,14 +56,19 @@ async def list_images(ctx: Ctx) -> None:
     await ctx.conn.respond_json(200, out)
 
 
+def _with_tag(ref: str) -> str:
+    """A reference as docker normalizes it in messages: ``:latest`` when it names no tag."""
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return ref + ":latest"
+
+
 async def inspect(ctx: Ctx, name: str) -> None:
-    """``GET /images/{name}/json``."""
+    """``GET /images/{name}/json``; a missing image gets dockerd 20.10's exact message."""
     try:
         img = await ctx.call("image.inspect", {"ref": name})
-    except errors.NotFound:
-        raise no_such_image(name) from None
-    except errors.InvalidArgument:
-        raise no_such_image(name) from None
+    except (errors.NotFound, errors.InvalidArgument):
+        raise HttpError(404, f"no such image: {name}: No such image: {_with_tag(name)}") from None
     await ctx.conn.respond_json(200, dockershapes.image_inspect(img))
 
 

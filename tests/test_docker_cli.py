@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from typing import Any
@@ -562,6 +563,12 @@ def test_build_classic(dapi: DockerApi, tmp_path: object) -> None:
     assert "Step 1/5 : FROM busybox" in lines
     assert "Step 4/5 : RUN echo built-$X >> /data.txt" in lines
     assert lines[-2:] == ["Successfully tagged mine:1", "Successfully tagged mine:2"]
+    # the classic builder's ` ---> ID` after each step: the base's after FROM, the image's last
+    arrows = [x[6:] for x in lines if re.fullmatch(r" ---> [0-9a-f]{12}", x)]
+    base = json.loads(dapi.docker("image", "inspect", "busybox").stdout)[0]["Id"]
+    built = json.loads(dapi.docker("image", "inspect", "mine:1").stdout)[0]["Id"]
+    assert len(arrows) == 5 and arrows[0] == base[7:19] and arrows[-1] == built[7:19], lines
+    assert lines[-3] == f"Successfully built {built[7:19]}"
     assert "BuildKit is currently disabled" in out.stderr  # the classic builder, DOCKER_BUILDKIT=0
     assert dapi.docker("run", "--rm", "mine:2").stdout == "from-context\nbuilt-7\n"
     quiet = dapi.docker("build", "-q", "--no-cache", ctx).stdout

@@ -155,10 +155,16 @@ class Pair:
         self.tug = tug
         self.found: list[str] = []
 
-    def both(self, method: str, url: str, body: Any = None, route: str = "") -> tuple[Any, Any]:
+    def both(
+        self, method: str, url: str, body: Any = None, route: str = "", fix: Any = None
+    ) -> tuple[Any, Any]:
+        """``fix``: a function of an answer, applied to both (to compare what differs by nature,
+        such as ids used as keys)."""
         route = route or url.split("?")[0]
         rs, _, rb = self.ref.request(method, url, body)
         ts, _, tb = self.tug.request(method, url, body)
+        if fix is not None:
+            rb, tb = fix(rb), fix(tb)
         where = f"{method} {route}"
         if rs != ts:
             self.found.append(f"{where}: status dockerd {rs}, tug {ts} ({rb!r:.120} / {tb!r:.120})")
@@ -331,4 +337,42 @@ def test_missing_objects(pair: Pair) -> None:
     no_image = {"Image": "tbnope:latest"}
     pair.status("POST", "/containers/create", no_image, route="/containers/create (no image)", message=True)
     pair.status("POST", "/containers/create?name=x", create_body(), route="/containers/create (bad name)")
+    assert unexpected(pair.found) == [], "\n".join(unexpected(pair.found))
+
+
+def containers_by_name(net: Any) -> Any:
+    """A network's ``Containers`` keyed by name (the ids differ between the daemons)."""
+    if isinstance(net, dict) and isinstance(net.get("Containers"), dict):
+        net = {**net, "Containers": {c.get("Name"): c for c in net["Containers"].values()}}
+    return net
+
+
+def test_bridge_endpoint_shapes(pair: Pair) -> None:
+    """A container on a user network with a published port and changed capabilities: its
+    endpoint, ports, caps and the network's container entry, the shapes and the values that
+    name only what the request gave."""
+    net = f"tbref{secrets.token_hex(3)}"
+    name = f"tbref{secrets.token_hex(3)}"
+    assert pair.status("POST", "/networks/create", {"Name": net, "Labels": {"tbref": "1"}})[0] == 201
+    host = {
+        "NetworkMode": net,
+        "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"}]},
+        "CapAdd": ["NET_ADMIN"],
+        "CapDrop": ["MKNOD"],
+    }
+    body = {**create_body(**host), "ExposedPorts": {"80/tcp": {}}}
+    pair.both("POST", f"/containers/create?name={name}", body, route="/containers/create")
+    assert pair.status("POST", f"/containers/{name}/start", route="/containers/{id}/start") == (204, 204)
+    rc, tc = pair.both("GET", f"/containers/{name}/json", route="/containers/{id}/json (bridge)")
+    for key in ("CapAdd", "CapDrop", "PortBindings", "NetworkMode", "ShmSize", "Runtime"):
+        if rc["HostConfig"][key] != tc["HostConfig"][key]:
+            pair.found.append(
+                f"GET /containers/{{id}}/json (bridge): HostConfig.{key}: dockerd "
+                f"{rc['HostConfig'][key]!r}, tug {tc['HostConfig'][key]!r}"
+            )
+    if rc["NetworkSettings"]["Ports"] != tc["NetworkSettings"]["Ports"]:
+        pair.found.append("GET /containers/{id}/json (bridge): NetworkSettings.Ports differ")
+    pair.both("GET", "/containers/json?filters=" + q({"name": [name]}), route="/containers/json (bridge)")
+    pair.both("GET", f"/networks/{net}", route="/networks/{name} (with a container)", fix=containers_by_name)
+    pair.status("DELETE", f"/containers/{name}?force=1", route="/containers/{id} (force)")
     assert unexpected(pair.found) == [], "\n".join(unexpected(pair.found))

@@ -386,7 +386,8 @@ def test_host_and_none_networks(make_daemon: Any) -> None:
     out = output(d, cid)[0].decode()
     assert "lo:" in out and "127.0.0.1/8" in out
     assert "eth0" not in out
-    assert d.call("container.inspect", {"id": cid})["networks"] == {"none": {}}
+    none_id = d.call("network.inspect", {"id": "none"})["id"]
+    assert d.call("container.inspect", {"id": cid})["networks"] == {"none": {"network_id": none_id}}
     for net in ("host", "none"):
         with pytest.raises(errors.InvalidArgument):
             d.call(

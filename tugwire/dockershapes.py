@@ -7,6 +7,7 @@ Pure functions of tugd's JSON records (``container.inspect``/``container.list``,
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -87,7 +88,7 @@ def container_summary(c: dict[str, Any]) -> dict[str, Any]:
         "State": docker_state(c.get("state")),
         "Status": status_text(c),
         "HostConfig": {"NetworkMode": networks[0] if networks else "default"},
-        "NetworkSettings": {"Networks": {name: {} for name in networks if name not in ("none", "host")}},
+        "NetworkSettings": {"Networks": _summary_networks(c, networks)},
         "Mounts": [],
         **({"SizeRw": c["size_rw"]} if "size_rw" in c else {}),
     }
@@ -100,16 +101,11 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
     state = c.get("state")
     networks = {}
     for name, net in (c.get("networks") or {}).items():
-        networks[name] = {
-            "NetworkID": net.get("network_id", ""),
-            "EndpointID": "",
-            "Gateway": net.get("gateway", ""),
-            "IPAddress": net.get("ip", ""),
-            "IPPrefixLen": net.get("prefixlen", 0),
-            "MacAddress": net.get("mac", ""),
-            "Aliases": net.get("aliases"),
-        }
-    first = next(iter(networks.values()), {})
+        networks[name] = endpoint(c["id"], net)
+        if name not in _BUILTIN:  # docker's: a user network's aliases end with the short id
+            aliases = [a for a in net.get("aliases") or [] if a != c["id"][:12]]
+            networks[name]["Aliases"] = [*aliases, c["id"][:12]]
+    legacy = networks.get("bridge", {})  # the top-level fields are the default bridge's only
     ports: dict[str, list[dict[str, str]]] = {}
     for port in c.get("ports") or []:
         key = f"{port.get('container_port')}/{port.get('proto') or 'tcp'}"
@@ -148,27 +144,7 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
         "ProcessLabel": "",
         "AppArmorProfile": "",
         "ExecIDs": None,
-        "HostConfig": {
-            "AutoRemove": bool(c.get("auto_remove")),
-            "NetworkMode": cfg.get("network") or next(iter(networks), "default"),
-            "RestartPolicy": {
-                "Name": str(c.get("restart_policy") or "no").split(":")[0],
-                "MaximumRetryCount": 0,
-            },
-            "Memory": cfg.get("memory") or 0,
-            "NanoCpus": int((cfg.get("cpus") or 0) * 1e9),
-            "PidsLimit": cfg.get("pids_limit"),
-            "Privileged": bool((cfg.get("security") or {}).get("privileged"))
-            if isinstance(cfg.get("security"), dict)
-            else False,
-            "ReadonlyRootfs": bool(cfg.get("read_only")),
-            "Binds": [
-                f"{v['source']}:{v['destination']}{':ro' if v.get('readonly') else ''}"
-                for v in cfg.get("volumes") or []
-            ],
-            # docker-py reads the logs of json-file and journald containers only; ours read alike.
-            "LogConfig": {"Type": "json-file", "Config": {}},
-        },
+        "HostConfig": host_config(c, networks, ports),
         "GraphDriver": {"Name": "overlay2", "Data": {}},
         "Mounts": [
             {
@@ -188,6 +164,8 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "AttachStdin": False,
             "AttachStdout": False,
             "AttachStderr": False,
+            # the published ports (tugd keeps no exposed-only port of a create body)
+            **({"ExposedPorts": {key: {} for key in ports}} if ports else {}),
             "Tty": bool(cfg.get("tty")),
             "OpenStdin": bool(cfg.get("stdin")),
             "StdinOnce": False,
@@ -199,19 +177,187 @@ def container_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "Entrypoint": cfg.get("entrypoint"),
             "OnBuild": None,
             "Labels": c.get("labels") or {},
-            **({"StopSignal": cfg["stop_signal"]} if cfg.get("stop_signal") else {}),
+            **({"StopSignal": cfg["stop_signal"]} if cfg.get("stop_signal") not in _DEFAULT_STOP else {}),
         },
         "NetworkSettings": {
             "Bridge": "",
             "SandboxID": "",
+            "HairpinMode": False,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
             "Ports": ports,
-            "Gateway": first.get("Gateway", ""),
-            "IPAddress": first.get("IPAddress", ""),
-            "IPPrefixLen": first.get("IPPrefixLen", 0),
-            "MacAddress": first.get("MacAddress", ""),
+            "SandboxKey": c.get("sandbox_key") or "",
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            **{k: legacy.get(k, zero) for k, zero in _LEGACY_ENDPOINT},
             "Networks": networks,
         },
     }
+
+
+# The stop signal create resolves when neither the request nor the image names one: dockerd
+# shows no StopSignal then (and shows one given as SIGTERM; tugd does not tell the two apart).
+_DEFAULT_STOP = (None, "", "SIGTERM", "TERM", "15")
+
+_BUILTIN = ("bridge", "host", "none")
+
+_LEGACY_ENDPOINT = (
+    ("EndpointID", ""),
+    ("Gateway", ""),
+    ("GlobalIPv6Address", ""),
+    ("GlobalIPv6PrefixLen", 0),
+    ("IPAddress", ""),
+    ("IPPrefixLen", 0),
+    ("IPv6Gateway", ""),
+    ("MacAddress", ""),
+)
+
+
+def endpoint_id(container_id: str, network_id: str) -> str:
+    """An endpoint's id: tugd keys an endpoint by its network and container, so docker's
+    64-hex ``EndpointID`` is derived from the two (the same in container and network inspect)."""
+    if not network_id:
+        return ""
+    return hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()
+
+
+def endpoint(container_id: str, net: dict[str, Any]) -> dict[str, Any]:
+    """A ``NetworkSettings.Networks`` entry of tugd's ``networks`` one (``{}`` or only a
+    ``network_id`` for host and none: docker's zero values then)."""
+    ip6 = net.get("ip6") or ""
+    address6, _, prefix6 = ip6.partition("/")
+    has_endpoint = bool(net.get("ip") or net.get("mac"))
+    return {
+        "IPAMConfig": None,
+        "Links": None,
+        "Aliases": net.get("aliases") or None,
+        "NetworkID": net.get("network_id", ""),
+        "EndpointID": endpoint_id(container_id, net.get("network_id", "")) if has_endpoint else "",
+        "Gateway": net.get("gateway") or "",
+        "IPAddress": net.get("ip") or "",
+        "IPPrefixLen": net.get("prefixlen") or 0,
+        "IPv6Gateway": (net.get("gateway6") or "") if ip6 else "",
+        "GlobalIPv6Address": address6,
+        "GlobalIPv6PrefixLen": int(prefix6) if prefix6.isdigit() else (64 if ip6 else 0),
+        "MacAddress": net.get("mac") or "",
+        "DriverOpts": None,
+    }
+
+
+def _summary_networks(c: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The list's ``NetworkSettings.Networks``: docker's endpoint shape per network, with the
+    network's id (tugd's list has the names and ids only: addresses are inspect's)."""
+    ids = c.get("network_ids") or []
+    by_name = dict(zip(names, ids, strict=True)) if len(ids) == len(names) else {}
+    return {name: endpoint(c["id"], {"network_id": by_name.get(name, "")}) for name in names}
+
+
+# Docker's HostConfig keys that Tugboat has no setting for, with dockerd 20.10's values then.
+_HOST_ZERO: dict[str, Any] = {
+    "ContainerIDFile": "",
+    "VolumeDriver": "",
+    "VolumesFrom": None,
+    "CgroupnsMode": "host",
+    "DnsOptions": None,
+    "DnsSearch": None,
+    "GroupAdd": None,
+    "IpcMode": "private",
+    "Cgroup": "",
+    "Links": None,
+    "OomScoreAdj": 0,
+    "SecurityOpt": None,
+    "UsernsMode": "",
+    "Runtime": "runc",
+    "ConsoleSize": [0, 0],
+    "Isolation": "",
+    "CpuShares": 0,
+    "BlkioWeight": 0,
+    "BlkioWeightDevice": None,
+    "BlkioDeviceReadBps": None,
+    "BlkioDeviceWriteBps": None,
+    "BlkioDeviceReadIOps": None,
+    "BlkioDeviceWriteIOps": None,
+    "CpuPeriod": 0,
+    "CpuQuota": 0,
+    "CpuRealtimePeriod": 0,
+    "CpuRealtimeRuntime": 0,
+    "CpusetCpus": "",
+    "CpusetMems": "",
+    "Devices": None,
+    "DeviceCgroupRules": None,
+    "DeviceRequests": None,
+    "KernelMemory": 0,
+    "KernelMemoryTCP": 0,
+    "MemoryReservation": 0,
+    "MemorySwappiness": None,
+    "OomKillDisable": False,
+    "Ulimits": None,
+    "CpuCount": 0,
+    "CpuPercent": 0,
+    "IOMaximumIOps": 0,
+    "IOMaximumBandwidth": 0,
+}
+
+# dockerd's order of the keys (docker inspect prints them so).
+_HOST_ORDER = (  # noqa: SIM905
+    "Binds ContainerIDFile LogConfig NetworkMode PortBindings RestartPolicy AutoRemove "
+    "VolumeDriver VolumesFrom CapAdd CapDrop CgroupnsMode Dns DnsOptions DnsSearch ExtraHosts "
+    "GroupAdd IpcMode Cgroup Links OomScoreAdj PidMode Privileged PublishAllPorts ReadonlyRootfs "
+    "SecurityOpt UTSMode UsernsMode ShmSize Runtime ConsoleSize Isolation CpuShares Memory "
+    "NanoCpus CgroupParent BlkioWeight BlkioWeightDevice BlkioDeviceReadBps BlkioDeviceWriteBps "
+    "BlkioDeviceReadIOps BlkioDeviceWriteIOps CpuPeriod CpuQuota CpuRealtimePeriod "
+    "CpuRealtimeRuntime CpusetCpus CpusetMems Devices DeviceCgroupRules DeviceRequests "
+    "KernelMemory KernelMemoryTCP MemoryReservation MemorySwap MemorySwappiness OomKillDisable "
+    "PidsLimit Ulimits CpuCount CpuPercent IOMaximumIOps IOMaximumBandwidth MaskedPaths "
+    "ReadonlyPaths"
+).split()
+
+SHM_SIZE = 64 * 1024 * 1024  # the /dev/shm tugd mounts (spec.py), docker's default
+
+
+def host_config(c: dict[str, Any], networks: dict[str, Any], ports: dict[str, Any]) -> dict[str, Any]:
+    """``HostConfig`` of a container inspect: tugd's settings where it has them, dockerd's zero
+    values (``_HOST_ZERO``) where it has no such setting."""
+    cfg = c.get("config") or {}
+    sec: dict[str, Any] = cfg["security"] if isinstance(cfg.get("security"), dict) else {}
+    namespaces = cfg.get("namespaces") or {}
+    memory = cfg.get("memory") or 0
+    binds = [
+        f"{v['source']}:{v['destination']}{':ro' if v.get('readonly') else ''}"
+        for v in cfg.get("volumes") or []
+    ]
+    policy = str(c.get("restart_policy") or "no")
+    name, _, retries = policy.partition(":")
+    values: dict[str, Any] = {
+        **_HOST_ZERO,
+        "Binds": binds or None,
+        # docker-py reads the logs of json-file and journald containers only; ours read alike.
+        "LogConfig": {"Type": "json-file", "Config": {}},
+        "NetworkMode": cfg.get("network") or next(iter(networks), "default"),
+        "PortBindings": ports or None,
+        "RestartPolicy": {"Name": name, "MaximumRetryCount": int(retries) if retries.isdigit() else 0},
+        "AutoRemove": bool(c.get("auto_remove")),
+        "CapAdd": [x.removeprefix("CAP_") for x in c.get("cap_add") or []] or None,
+        "CapDrop": [x.removeprefix("CAP_") for x in c.get("cap_drop") or []] or None,
+        "Dns": cfg.get("dns") or None,
+        "ExtraHosts": [f"{h[0]}:{h[1]}" for h in cfg.get("add_hosts") or [] if len(h) == 2] or None,
+        "PidMode": "host" if namespaces.get("pid") == "host" else "",
+        "UTSMode": "host" if namespaces.get("uts") == "host" else "",
+        "Privileged": bool(sec.get("privileged")),
+        "PublishAllPorts": False,
+        "ReadonlyRootfs": bool(cfg.get("read_only")),
+        "ShmSize": SHM_SIZE,
+        "Memory": memory,
+        "NanoCpus": int((cfg.get("cpus") or 0) * 1e9),
+        "CgroupParent": cfg.get("cgroup_parent") or "",
+        "MemorySwap": 0,  # tugd sets no swap limit of its own
+        "PidsLimit": cfg.get("pids_limit"),
+        "MaskedPaths": c.get("masked_paths") or None,
+        "ReadonlyPaths": c.get("readonly_paths") or None,
+    }
+    if namespaces.get("ipc") == "host":
+        values["IpcMode"] = "host"
+    return {k: values[k] for k in _HOST_ORDER}
 
 
 # ------------------------------------------------------------------------------------ images
@@ -247,6 +393,7 @@ def image_inspect(img: dict[str, Any]) -> dict[str, Any]:
         "Parent": "",
         "Comment": "",
         "Created": _created(img),
+        "Container": "",  # the builder's last container: tugd's builds keep none
         "DockerVersion": "",
         "Author": img.get("author") or "",
         "Config": {
@@ -303,7 +450,7 @@ def network(n: dict[str, Any]) -> dict[str, Any]:
     containers = {
         cid: {
             "Name": c.get("name", ""),
-            "EndpointID": "",
+            "EndpointID": endpoint_id(cid, n["id"]),
             "MacAddress": c.get("mac", ""),
             "IPv4Address": f"{c['ip']}/{c.get('prefixlen', 16)}" if c.get("ip") else "",
             "IPv6Address": c.get("ip6") or "",

@@ -340,6 +340,15 @@ class _Build:
         self.counter = 0
         self.lease: Any = None  # the image store's GC lease, held while the build runs
 
+    def step_id(self) -> str:
+        """The ` ---> ID` docker's classic builder prints after a step: the base image's after
+        FROM, else the state's identity (tugd commits no image per step: an id to compare
+        builds by, not one to run; the last step's is the image's)."""
+        st = self.state
+        if st.base is not None and not st.history:
+            return st.base.id.removeprefix("sha256:")[:12]
+        return st.identity()[:12]
+
     async def status(self, message: str) -> None:
         await self.emit("image.build.status", {"message": message})
 
@@ -377,12 +386,16 @@ class _Build:
                     n += 1
                     await self.emit("image.build.step", {"step": n, "total": total, "instruction": str(inst)})
                     await self.step(n, inst)
+                    if n < total:
+                        await self.status(f" ---> {self.step_id()}")
                 self.done.append(self.state)
             unused = sorted(set(self.opts.build_args) - self.used_args - PREDEFINED_ARGS)
             if unused:
                 await self.status(f"[Warning] One or more build-args {unused} were not consumed")
             rec = await self.commit()
-        await self.status(f"Successfully built {rec.id.removeprefix('sha256:')[:12]}")
+        short = rec.id.removeprefix("sha256:")[:12]
+        await self.status(f" ---> {short}")
+        await self.status(f"Successfully built {short}")
         if self.opts.tag:
             await self.status(f"Successfully tagged {self.opts.tag}")
         return {"id": rec.id, "ref": self.opts.tag, "steps": total, "cached": self.cached}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import shims
+from .. import security, shims
 from ..store import ContainerRecord
 from .base import ContainersBase
 from .state import ACTIVE, EXITED, State
@@ -46,9 +46,11 @@ class Inspect(ContainersBase):
             refs = {rec.id: self.networks.network_refs().get(rec.id, ([], []))}
         names, ids = refs.get(rec.id, ([], []))
         mode = rec.settings.network or "none"
+        pairs = list(zip(names, ids, strict=True))
         if mode in ("host", "none") and mode not in names:
-            names = [*names, mode]
-        return {"network_names": sorted(names), "network_ids": sorted(ids)}
+            pairs.append((mode, self.networks.builtin_ids.get(mode, "")))
+        pairs.sort()  # in the same order (by name): network_ids[i] is network_names[i]'s
+        return {"network_names": [n for n, _ in pairs], "network_ids": [i for _, i in pairs]}
 
     def inspect(self, rec: ContainerRecord) -> dict[str, Any]:
         task = self.task(rec.id)
@@ -71,9 +73,33 @@ class Inspect(ContainersBase):
                 "health_check": self.health.describe(rec.id) if rec.run.state in ACTIVE else None,
                 "networks": self.networks.container_networks(rec),
                 "ports": rec.settings.ports,
+                **self._sandbox(rec),
             }
         )
         return out
+
+    def _sandbox(self, rec: ContainerRecord) -> dict[str, Any]:
+        """What docker's inspect shows of the namespaces and the security settings: the network
+        namespace's path (``sandbox_key``: tugd's for a bridge network, the process's own with
+        ``none``, "" with ``host`` or when not running), the capabilities added to and dropped
+        from the default set, the masked and read-only paths."""
+        mode = rec.settings.network or "none"
+        key = ""
+        if mode not in ("host", "none"):
+            key = self.networks.netns_path(rec.id)
+        elif mode == "none" and rec.run.state in ACTIVE and rec.run.pid:
+            key = f"/proc/{rec.run.pid}/ns/net"
+        sec = rec.settings.security or {}
+        caps = set(sec.get("caps") or security.DEFAULT_CAPS)
+        default = set(security.DEFAULT_CAPS)
+        privileged = bool(sec.get("privileged"))
+        return {
+            "sandbox_key": key,
+            "cap_add": [] if privileged else sorted(caps - default),
+            "cap_drop": [] if privileged else sorted(default - caps),
+            "masked_paths": [] if privileged else sec.get("masked_paths", security.MASKED_PATHS),
+            "readonly_paths": [] if privileged else sec.get("readonly_paths", security.READONLY_PATHS),
+        }
 
     def shim_clients(self) -> list[shims.ShimClient]:
         """The shims of running and paused containers (asked at a metrics scrape)."""

@@ -97,6 +97,8 @@ class Networks:
                     created=rfc3339(),
                 )
             )
+        # the built-in networks' ids (never removed): for host and none, which have no endpoint
+        self.builtin_ids = {n.name: n.id for n in self.db.networks() if n.name in BUILTIN}
         if self.default not in BUILTIN and not self.db.find_networks(self.default):
             raise InvalidArgument(f"--default-network {self.default}: no such network")
 
@@ -703,7 +705,7 @@ class Networks:
             }
         mode = rec.settings.network or NONE
         if mode in (HOST, NONE) and mode not in out:
-            out[mode] = {}
+            out[mode] = {"network_id": self.builtin_ids[mode]} if mode in self.builtin_ids else {}
         return out
 
     # ------------------------------------------------------------------ reconcile, the table
