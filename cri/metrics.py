@@ -47,44 +47,47 @@ CONTAINER_METRICS = (
         LABELS,
     ),
     Spec("container_memory_working_set_bytes", "Current working set in bytes.", api_pb2.GAUGE, LABELS),
-    Spec("container_processes", "Number of processes running inside the container.", api_pb2.GAUGE, LABELS),
+    Spec(
+        "container_processes",
+        "Number of processes running inside the container (the pids controller's tasks).",
+        api_pb2.GAUGE,
+        LABELS,
+    ),
     Spec("container_spec_memory_limit_bytes", "Memory limit for the container.", api_pb2.GAUGE, LABELS),
     Spec("container_last_seen", "Last time a container was seen by the exporter", api_pb2.GAUGE, LABELS),
 )
-NETWORK_METRICS = (
-    Spec(
-        "container_network_receive_bytes_total",
-        "Cumulative count of bytes received",
-        api_pb2.COUNTER,
-        NET_LABELS,
-    ),
-    Spec(
+# pod.stats' interface keys -> the network metrics (cumulative counters of the interface).
+NETWORK = {
+    "rx_bytes": ("container_network_receive_bytes_total", "Cumulative count of bytes received"),
+    "rx_packets": ("container_network_receive_packets_total", "Cumulative count of packets received"),
+    "rx_errors": (
         "container_network_receive_errors_total",
         "Cumulative count of errors encountered while receiving",
-        api_pb2.COUNTER,
-        NET_LABELS,
     ),
-    Spec(
-        "container_network_transmit_bytes_total",
-        "Cumulative count of bytes transmitted",
-        api_pb2.COUNTER,
-        NET_LABELS,
+    "rx_dropped": (
+        "container_network_receive_packets_dropped_total",
+        "Cumulative count of packets dropped while receiving",
     ),
-    Spec(
+    "tx_bytes": ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted"),
+    "tx_packets": ("container_network_transmit_packets_total", "Cumulative count of packets transmitted"),
+    "tx_errors": (
         "container_network_transmit_errors_total",
         "Cumulative count of errors encountered while transmitting",
-        api_pb2.COUNTER,
-        NET_LABELS,
     ),
-)
-# pod.stats' interface keys of the network metrics, in NETWORK_METRICS' order.
-NETWORK_KEYS = ("rx_bytes", "rx_errors", "tx_bytes", "tx_errors")
+    "tx_dropped": (
+        "container_network_transmit_packets_dropped_total",
+        "Cumulative count of packets dropped while transmitting",
+    ),
+}
+NETWORK_METRICS = {
+    key: Spec(name, text, api_pb2.COUNTER, NET_LABELS) for key, (name, text) in NETWORK.items()
+}
 
 
 def descriptors() -> list[api_pb2.MetricDescriptor]:
     return [
         api_pb2.MetricDescriptor(name=s.name, help=s.help, label_keys=list(s.labels))
-        for s in (*CONTAINER_METRICS, *NETWORK_METRICS)
+        for s in (*CONTAINER_METRICS, *NETWORK_METRICS.values())
     ]
 
 
@@ -122,8 +125,9 @@ def pod_metrics(
     pod_labels = ["POD", pod["id"], "", pod["id"], pod["namespace"], pod["name"]]
     out = api_pb2.PodSandboxMetrics(pod_sandbox_id=pod["id"])
     for dev in (figures.get("network") or {}).get("interfaces") or []:
-        for spec, key in zip(NETWORK_METRICS, NETWORK_KEYS, strict=True):
-            out.metrics.append(metric(spec, [*pod_labels, dev["name"]], dev[key], now))
+        for key, spec in NETWORK_METRICS.items():
+            if dev.get(key) is not None:  # a tugd older than the packet counts
+                out.metrics.append(metric(spec, [*pod_labels, dev["name"]], dev[key], now))
     for sample in figures.get("containers") or []:
         entry = entries.get(sample["id"])
         if entry is None:

@@ -161,6 +161,8 @@ def test_pod_stats_and_the_infra_process(
         tx = net["container_network_transmit_bytes_total", "eth0"]
         assert tx.value.value > 0 and tx.metric_type == api_pb2.COUNTER and tx.timestamp > 0
         assert net["container_network_receive_bytes_total", "eth0"].metric_type == api_pb2.COUNTER
+        assert net["container_network_transmit_packets_total", "eth0"].value.value > 0
+        assert ("container_network_receive_packets_dropped_total", "eth0") in net
         [cm] = pm.container_metrics
         assert cm.container_id == cid
         by_name = {m.name: m for m in cm.metrics}
