@@ -16,6 +16,7 @@ from tugwire.errors import TugError
 from .containers import ContainerMethods
 from .errors import rpc
 from .gen import api_pb2, api_pb2_grpc
+from .metrics import PodMetrics
 from .sandbox import PodSandboxes
 from .streaming import StreamServer
 from .streamrpc import StreamingMethods
@@ -33,7 +34,9 @@ NO_POD_NETWORK = "NoPodNetwork"
 NETWORK_PLUGIN_NOT_READY = "NetworkPluginNotReady"  # CNI mode without a valid configuration
 
 
-class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(
+    PodSandboxes, PodMetrics, ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer
+):
     """RuntimeService over one tugd: the runtime's identity and health here, the pods' RPCs
     from :class:`~cri.sandbox.PodSandboxes`, the containers' from
     :class:`~cri.containers.ContainerMethods`, Exec, Attach and PortForward from

@@ -145,6 +145,44 @@ def test_pod_stats_and_the_infra_process(
         assert [c.attributes.id for c in lx.containers] == [cid]
         assert lx.containers[0].memory.working_set_bytes.value > 0
 
+        # The cAdvisor-style metrics: every series named by a descriptor, with its labels.
+        descs = {
+            x.name: list(x.label_keys)
+            for x in rt.ListMetricDescriptors(api_pb2.ListMetricDescriptorsRequest()).descriptors
+        }
+        assert "container_cpu_usage_seconds_total" in descs
+        assert descs["container_network_transmit_bytes_total"][-1] == "interface"
+        all_metrics = rt.ListPodSandboxMetrics(api_pb2.ListPodSandboxMetricsRequest()).pod_metrics
+        [pm] = [m for m in all_metrics if m.pod_sandbox_id == pod_id]
+        net = {
+            (m.name, dict(zip(descs[m.name], m.label_values, strict=True))["interface"]): m
+            for m in pm.metrics
+        }
+        tx = net["container_network_transmit_bytes_total", "eth0"]
+        assert tx.value.value > 0 and tx.metric_type == api_pb2.COUNTER and tx.timestamp > 0
+        assert net["container_network_receive_bytes_total", "eth0"].metric_type == api_pb2.COUNTER
+        assert net["container_network_transmit_packets_total", "eth0"].value.value > 0
+        assert ("container_network_receive_packets_dropped_total", "eth0") in net
+        [cm] = pm.container_metrics
+        assert cm.container_id == cid
+        by_name = {m.name: m for m in cm.metrics}
+        assert set(by_name) <= set(descs)
+        for m in cm.metrics:
+            assert len(m.label_values) == len(descs[m.name])
+        labels = dict(
+            zip(
+                descs["container_cpu_usage_seconds_total"],
+                by_name["container_cpu_usage_seconds_total"].label_values,
+                strict=True,
+            )
+        )
+        assert labels["container"] == "c" and labels["pod"] == "p" and labels["namespace"] == "default"
+        assert labels["id"] == cid
+        assert by_name["container_cpu_usage_seconds_total"].value.value >= 0
+        assert by_name["container_memory_working_set_bytes"].value.value > 0
+        assert by_name["container_memory_working_set_bytes"].metric_type == api_pb2.GAUGE
+        assert by_name["container_processes"].value.value >= 1
+
         def listed(**f: Any) -> list[str]:
             req = api_pb2.ListPodSandboxStatsRequest(filter=api_pb2.PodSandboxStatsFilter(**f))
             return [x.attributes.id for x in rt.ListPodSandboxStats(req).stats]

@@ -14,21 +14,26 @@ DEFAULT_INTERFACE = "eth0"
 
 
 def parse_net_dev(text: str) -> list[dict[str, Any]]:
-    """``/proc/net/dev``: per device (loopback left out) its received and sent bytes and errors."""
+    """``/proc/net/dev``: per device (loopback left out) its received and sent bytes, packets,
+    errors and drops."""
     out = []
     for line in text.splitlines()[2:]:
         name, _, rest = line.partition(":")
         name = name.strip()
         fields = rest.split()
-        if not name or name == "lo" or len(fields) < 11:
+        if not name or name == "lo" or len(fields) < 12:
             continue
         out.append(
             {
                 "name": name,
                 "rx_bytes": int(fields[0]),
+                "rx_packets": int(fields[1]),
                 "rx_errors": int(fields[2]),
+                "rx_dropped": int(fields[3]),
                 "tx_bytes": int(fields[8]),
+                "tx_packets": int(fields[9]),
                 "tx_errors": int(fields[10]),
+                "tx_dropped": int(fields[11]),
             }
         )
     return out
