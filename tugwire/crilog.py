@@ -276,6 +276,29 @@ def _patterns() -> dict[bytes, re.Pattern[bytes]]:
     return _PATTERNS[0]
 
 
+# bytes.replace finds each match with a fresh search: on a haystack of 30000 bytes or more that
+# is CPython's two-way search, whose set-up per match costs more than the match (measured on a
+# 108 KB run of 61-byte lines, Python 3.11: 300 us whole, 160 us in pieces of 16 KiB).
+_PIECE = 16 * 1024
+
+
+def _replace_in_pieces(data: bytes, start: int, end: int, key: bytes) -> bytes:
+    """``data[start:end].replace(key, b"\\n")`` for a ``key`` that starts with a newline, cut at
+    newlines into pieces under _PIECE bytes (a match never spans two pieces: each starts at a
+    newline, the first byte of ``key``)."""
+    if end - start <= _PIECE:
+        return data[start:end].replace(key, b"\n")
+    parts = []
+    find = data.find
+    while start < end:
+        cut = find(b"\n", start + _PIECE, end)
+        if cut < 0:
+            cut = end
+        parts.append(data[start:cut].replace(key, b"\n"))
+        start = cut
+    return b"".join(parts)
+
+
 class LogDecoder:
     """Turns CRI log records into the bytes the container wrote, per stream.
 
@@ -324,7 +347,7 @@ class LogDecoder:
 
         The shim gives every record of one read from a pipe the same header (timestamp, stream,
         ``F``), so the records of one read lie together: a run. Its end is found by galloping
-        ``rfind`` of ``\n<header>`` and its headers cut by one ``bytes.replace`` (C speed, no
+        ``rfind`` of ``\n<header>`` and its headers cut by ``bytes.replace`` (C speed, no
         regex); a length check proves every record of the run had that header, else the run goes
         record by record (:meth:`_slow`). A ``P`` record is one piece without its newline."""
         out: list[tuple[int, list[bytes]]] = []
@@ -349,12 +372,15 @@ class LogDecoder:
                     i = data.rfind(key, end - 1, min(n, end - 1 + window))
                     end = data.index(b"\n", i + 1) + 1
                     window <<= 1
-                run = data[pos:end]
-                content = run[hw:].replace(key, b"\n")
-                if len(run) - len(content) == hw * run.count(b"\n"):
+                # The headers go by replace (in pieces: _replace_in_pieces); the number replaced
+                # (from the lengths) plus one must be the number of records left, counted on
+                # the shorter output: then every record of the run had the header.
+                content = _replace_in_pieces(data, pos + hw, end, key)
+                replaced, rest = divmod(end - pos - hw - len(content), hw)
+                if not rest and replaced + 1 == content.count(b"\n"):
                     piece = [(fd, content)]
                 else:
-                    piece = self._slow(run)
+                    piece = self._slow(data[pos:end])
             for pfd, pdata in piece:
                 if out and out[-1][0] == pfd:
                     out[-1][1].append(pdata)
