@@ -79,6 +79,7 @@ async def container_output(
             if until is None:
                 yield kind, data
                 continue
+            kept = []  # one docker frame per tugd frame, not one per line
             for line in data.splitlines(keepends=True):
                 if not midline.get(kind):
                     ts, _, rest = line.partition(b" ")
@@ -86,7 +87,9 @@ async def container_output(
                     line = line if timestamps else rest
                 midline[kind] = not line.endswith(b"\n")
                 if keep.get(kind):
-                    yield kind, line
+                    kept.append(line)
+            if kept:
+                yield kind, b"".join(kept)
 
 
 class ExecRun:
