@@ -62,7 +62,8 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
         tugd's pod network is ready (``pod.network_config``: the built-in bridge network is; CNI
         mode is when a valid configuration is found, else false with reason
         ``NetworkPluginNotReady`` and tugd's message; false, reason ``NoPodNetwork``, without an
-        answer). ``verbose`` adds ``info``: ``config``
+        answer). ``features``: SupplementalGroupsPolicy is supported; the default runtime handler
+        has no recursive read-only mounts. ``verbose`` adds ``info``: ``config``
         (tug-cri's sockets), ``tugd`` (its ``system.info``) and ``network`` (the pod network)
         as JSON."""
         info: dict[str, Any] | None = None
@@ -85,7 +86,17 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
             if not net["ready"]:  # CNI mode without a valid configuration: as containerd says it
                 network.reason = NETWORK_PLUGIN_NOT_READY if net.get("mode") == "cni" else NO_POD_NETWORK
                 network.message = net.get("message") or "tugd's pod network is not ready"
-        out = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
+        out = api_pb2.StatusResponse(
+            status=api_pb2.RuntimeStatus(conditions=[runtime, network]),
+            # SupplementalGroupsPolicy (Merge, Strict) and ContainerStatus.user are honoured.
+            # The default handler's recursive read-only mounts are not: runc 1.1 has no "rro".
+            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
+            runtime_handlers=[
+                api_pb2.RuntimeHandler(
+                    name="", features=api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=False)
+                )
+            ],
+        )
         if request.verbose:
             out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})
             if info is not None:

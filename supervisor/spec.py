@@ -14,7 +14,7 @@ from typing import Any
 
 from tugwire.errors import InvalidArgument
 
-from . import security
+from . import limits, security
 from .records import ContainerSettings
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,8 +50,10 @@ def _nofile_limit() -> int:
     return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
 
-def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
-    """``uid[:gid]`` or ``name[:group]``, names looked up in the image's /etc/passwd and /etc/group."""
+def resolve_user(user: str, roots: list[str], *, by_uid: bool = False) -> tuple[int, int, list[int]]:
+    """``uid[:gid]`` or ``name[:group]``, names looked up in the image's /etc/passwd and /etc/group.
+    The user's groups in /etc/group are added for a name (docker's rule), and with ``by_uid``
+    for a uid too, by the name /etc/passwd gives it (the CRI's Merge policy)."""
     if not user:
         return 0, 0, []
     name, _, group = user.partition(":")
@@ -84,6 +86,8 @@ def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
                 )
             gid = int(found[0][2])
     extra = []
+    if name.isdigit() and by_uid:
+        name = next((e[0] for e in passwd if len(e) > 2 and e[2] == name), name)
     if not name.isdigit():
         extra = [int(e[2]) for e in groups if len(e) > 3 and name in e[3].split(",") and e[2].isdigit()]
     return uid, gid if gid is not None else 0, extra
@@ -149,7 +153,14 @@ def build(
         else:
             env_keys[key] = len(env)
             env.append(item)
-    uid, gid, extra_gids = resolve_user(settings.user or image_config.get("User") or "", layers)
+    groups_policy = settings.supplemental_groups_policy
+    uid, gid, extra_gids = resolve_user(
+        settings.user or image_config.get("User") or "", layers, by_uid=groups_policy == "merge"
+    )
+    if groups_policy == "strict":
+        extra_gids = []  # the image's /etc/group memberships are not the container's
+    if groups_policy is not None:  # the CRI's: the primary group is one of them (containerd's)
+        extra_gids = [gid, *(g for g in extra_gids if g != gid)]
     extra_gids += [g for g in settings.supplemental_groups if g not in extra_gids]
     cwd = settings.workdir or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
@@ -164,6 +175,7 @@ def build(
         "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
         "noNewPrivileges": False,
+        **({"oomScoreAdj": settings.oom_score_adj} if settings.oom_score_adj is not None else {}),
     }
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -238,13 +250,7 @@ def build(
             namespaces = [n for n in namespaces if n["type"] != kind]
         else:
             namespaces = [{"type": kind, "path": where} if n["type"] == kind else n for n in namespaces]
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if settings.memory:
-        resources["memory"] = {"limit": int(settings.memory)}
-    if settings.cpus:
-        resources["cpu"] = {"quota": int(float(settings.cpus) * CPU_PERIOD), "period": CPU_PERIOD}
-    if settings.pids_limit:
-        resources["pids"] = {"limit": int(settings.pids_limit)}
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}], **limits.resources(settings)}
     oci: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": process,
