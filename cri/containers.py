@@ -211,14 +211,18 @@ def create_params(
             raise MethodNotFound("image volumes are not supported by tugd")
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument("ID-mapped mounts are not supported by tugd", field="mounts")
-        if m.recursive_read_only:
-            raise InvalidArgument("recursive read-only mounts are not supported by tugd", field="mounts")
+        if m.recursive_read_only and (not m.readonly or m.propagation != api_pb2.PROPAGATION_PRIVATE):
+            raise InvalidArgument(
+                f"the recursive read-only mount {m.container_path} must be read-only, propagation private",
+                field="mounts",
+            )
         volumes.append(
             {
                 "source": m.host_path,
                 "destination": m.container_path,
                 "readonly": m.readonly,
                 "propagation": PROPAGATION.get(m.propagation, "rprivate"),
+                **({"recursive_readonly": True} if m.recursive_read_only else {}),
             }
         )
     taken = {v["destination"] for v in volumes}
@@ -338,6 +342,7 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
             host_path=v["source"],
             readonly=bool(v.get("readonly")),
             propagation=PROPAGATION_BACK.get(v.get("propagation") or "rprivate", api_pb2.PROPAGATION_PRIVATE),
+            recursive_read_only=bool(v.get("recursive_readonly")),
         )
         for v in config.get("volumes") or []
         if v.get("destination") not in POD_FILES.values()

@@ -33,6 +33,15 @@ NO_POD_NETWORK = "NoPodNetwork"
 NETWORK_PLUGIN_NOT_READY = "NetworkPluginNotReady"  # CNI mode without a valid configuration
 
 
+def handler_features(info: dict[str, Any] | None) -> api_pb2.RuntimeHandlerFeatures:
+    """The default runtime handler's features: recursive read-only mounts as tugd's runtime
+    makes them (``system.info``'s ``runtime_features``); no user namespaces."""
+    features = (info or {}).get("runtime_features") or {}
+    return api_pb2.RuntimeHandlerFeatures(
+        recursive_read_only_mounts=bool(features.get("recursive_read_only_mounts"))
+    )
+
+
 class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer):
     """RuntimeService over one tugd: the runtime's identity and health here, the pods' RPCs
     from :class:`~cri.sandbox.PodSandboxes`, the containers' from
@@ -63,7 +72,7 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
         mode is when a valid configuration is found, else false with reason
         ``NetworkPluginNotReady`` and tugd's message; false, reason ``NoPodNetwork``, without an
         answer). ``features``: SupplementalGroupsPolicy is supported; the default runtime handler
-        has no recursive read-only mounts. ``verbose`` adds ``info``: ``config``
+        has recursive read-only mounts when tugd's runtime makes them. ``verbose`` adds ``info``: ``config``
         (tug-cri's sockets), ``tugd`` (its ``system.info``) and ``network`` (the pod network)
         as JSON."""
         info: dict[str, Any] | None = None
@@ -89,13 +98,8 @@ class RuntimeService(PodSandboxes, ContainerMethods, StreamingMethods, api_pb2_g
         out = api_pb2.StatusResponse(
             status=api_pb2.RuntimeStatus(conditions=[runtime, network]),
             # SupplementalGroupsPolicy (Merge, Strict) and ContainerStatus.user are honoured.
-            # The default handler's recursive read-only mounts are not: runc 1.1 has no "rro".
             features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
-            runtime_handlers=[
-                api_pb2.RuntimeHandler(
-                    name="", features=api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=False)
-                )
-            ],
+            runtime_handlers=[api_pb2.RuntimeHandler(name="", features=handler_features(info))],
         )
         if request.verbose:
             out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})

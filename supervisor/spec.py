@@ -7,9 +7,13 @@ namespaces for pid, ipc, uts, mount and network, a cgroup under ``/tugboat/<id>`
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import platform
 import resource
 import stat
+import subprocess
 from typing import Any
 
 from tugwire.errors import InvalidArgument
@@ -40,6 +44,23 @@ def cgroup_path(cid: str, parent: str | None = None) -> str:
     """The container's cgroup as the OCI spec names it: ``/tugboat/<id>``, or ``<parent>/<id>``
     under a ``cgroup_parent`` (a pod's)."""
     return f"{parent.rstrip('/')}/{cid}" if parent else f"/tugboat/{cid}"
+
+
+@functools.cache
+def recursive_readonly(runtime: str) -> bool:
+    """Whether ``runtime`` makes recursive read-only bind mounts: its ``features`` list the
+    ``rro`` mount option (runc 1.1 does) and the kernel has mount_setattr (5.12)."""
+    try:
+        out = subprocess.run([runtime, "features"], capture_output=True, text=True, timeout=10).stdout
+        options = json.loads(out).get("mountOptions") or []
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return False
+    release = platform.release().split(".")
+    try:
+        kernel = (int(release[0]), int("".join(c for c in release[1] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        return False
+    return "rro" in options and kernel >= (5, 12)
 
 
 def _nofile_limit() -> int:
@@ -232,6 +253,8 @@ def build(
         options = ["rbind", propagation]
         if vol.get("readonly"):
             options.append("ro")
+        if vol.get("recursive_readonly"):
+            options.append("rro")  # its submounts too (runc's mount_setattr, AT_RECURSIVE)
         mounts.append(
             {"destination": vol["destination"], "type": "bind", "source": vol["source"], "options": options}
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from cri.gen import api_pb2
 from supervisor import spec
+from tugwire.errors import InvalidArgument
 
 from .conftest import needs_root, needs_runc
 from .cri_helpers import TugCri, make_tug_cri
@@ -71,6 +73,13 @@ def files(cid: str) -> dict[str, str]:
 def oom_score_adj(pid: int) -> int:
     with open(f"/proc/{pid}/oom_score_adj") as f:
         return int(f.read())
+
+
+def touched(log: str, host: str) -> bool:
+    """The container's touch is done: it logged its error, or made its file."""
+    return (os.path.exists(log) and os.path.getsize(log) > 0) or os.path.exists(
+        os.path.join(host, "tmpfs", "f")
+    )
 
 
 def code_of(call: Any, *args: Any) -> grpc.StatusCode:
@@ -249,3 +258,36 @@ def test_user_and_supplemental_groups_policy(
     assert got == {"merge": (1000, 1000, [10, 1000, 1234]), "strict": (1000, 1000, [1000, 1234])}
     with pytest.raises(Exception, match="merge or strict"):
         make(d, logdir, "bad", supplemental_groups_policy="loose")
+
+
+def test_recursive_read_only_volume(make_daemon: Any, make_tug_cri: Any, logdir: str) -> None:
+    """A recursive read-only volume: its submount (a tmpfs) is read-only too; a plain read-only
+    one leaves the submount writable. Refused: rro without readonly, or with propagation."""
+    d = make_daemon()
+    cri: TugCri = make_tug_cri(d)
+    handlers = cri.runtime.Status(api_pb2.StatusRequest()).runtime_handlers
+    if not (handlers and handlers[0].features.recursive_read_only_mounts):
+        pytest.skip("the runtime here makes no recursive read-only mounts")
+    host = os.path.join(logdir, "vol")
+    os.makedirs(os.path.join(host, "tmpfs"))
+    subprocess.run(["mount", "-t", "tmpfs", "none", os.path.join(host, "tmpfs")], check=True)
+    try:
+        cmd = "touch /v/tmpfs/f 2>&1; exec sleep 600"
+        for name, rro in (("plain", False), ("rro", True)):
+            vol = {"source": host, "destination": "/v", "readonly": True, "recursive_readonly": rro}
+            cid = make(d, logdir, name, cmd=cmd, volumes=[vol])
+            d.call("container.start", {"id": cid})
+            path = os.path.join(logdir, f"{name}.log")
+            wait_until(lambda: touched(path, host), 20, "the touch")  # noqa: B023 (called at once)
+            if rro:
+                with open(path) as f:
+                    assert "Read-only file system" in f.read()
+            else:
+                assert os.path.exists(os.path.join(host, "tmpfs", "f"))
+            d.call("container.delete", {"id": cid, "force": True})
+        for bad in ({"readonly": False}, {"readonly": True, "propagation": "rslave"}):
+            vol = {"source": host, "destination": "/v", "recursive_readonly": True, **bad}
+            with pytest.raises(InvalidArgument, match="recursive read-only"):
+                make(d, logdir, "bad", volumes=[vol])
+    finally:
+        subprocess.run(["umount", "-l", os.path.join(host, "tmpfs")], check=False)

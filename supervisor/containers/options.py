@@ -192,12 +192,23 @@ def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
             raise InvalidArgument(
                 f"volume propagation {propagation!r}: want one of {', '.join(PROPAGATIONS)}", field="volumes"
             )
+        rro = bool(vol.get("recursive_readonly", False))
+        if rro and (not vol.get("readonly") or propagation != "rprivate"):
+            raise InvalidArgument(
+                f"the recursive read-only volume {dst} must be read-only with private propagation",
+                field="volumes",
+            )
+        if rro and not spec.recursive_readonly(cfg.runtime):
+            raise InvalidArgument(
+                f"the runtime {cfg.runtime} cannot make recursive read-only mounts", field="volumes"
+            )
         volumes.append(
             {
                 "source": os.path.normpath(src),
                 "destination": os.path.normpath(dst),
                 "readonly": bool(vol.get("readonly", False)),
                 **({"propagation": propagation} if propagation != "rprivate" else {}),
+                **({"recursive_readonly": True} if rro else {}),
             }
         )
     opts["volumes"] = volumes
