@@ -45,7 +45,7 @@ class CpuSample:
     """The last CPU figure ``stats`` read of a container, for the next one's rate."""
 
     cpu_ns: int
-    at_ns: int  # time.monotonic_ns() when it was read
+    at_ns: int  # the monotonic clock's ns when it was read
 
 
 class Verbs:
@@ -88,7 +88,9 @@ class Verbs:
         if not sample.get("running", True) or not isinstance(seconds, (int, float)):
             self._cpu.pop(cid, None)
             return
-        now, cpu_ns = time.monotonic_ns(), int(seconds * 1e9)
+        read_at = sample.get("read_at")  # the shim's monotonic clock (the host's), when it read
+        now = int(read_at * 1e9) if isinstance(read_at, (int, float)) else time.monotonic_ns()
+        cpu_ns = int(seconds * 1e9)
         last = self._cpu.get(cid)
         if last is not None and now > last.at_ns and cpu_ns >= last.cpu_ns:
             sample["cpu_nano_cores"] = (cpu_ns - last.cpu_ns) * 1_000_000_000 // (now - last.at_ns)
