@@ -52,6 +52,7 @@ PROPAGATION = {
     api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
 PROPAGATION_BACK = {v: k for k, v in PROPAGATION.items()}
+GROUPS_POLICY = {api_pb2.Merge: "merge", api_pb2.Strict: "strict"}
 POD_FILES = {"hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf", "hostname": "/etc/hostname"}
 
 
@@ -176,6 +177,7 @@ def create_params(
         "no_new_privileges": sc.no_new_privs,
         "seccomp": seccomp_option(sc),
         "supplemental_groups": list(sc.supplemental_groups),
+        "supplemental_groups_policy": GROUPS_POLICY.get(sc.supplemental_groups_policy, "merge"),
         "sysctls": dict(request.sandbox_config.linux.sysctls),
     }
     if cfg.command:
@@ -195,10 +197,7 @@ def create_params(
     parent = pod.get("cgroup_parent") or request.sandbox_config.linux.cgroup_parent
     if parent:
         params["cgroup_parent"] = parent
-    if res.memory_limit_in_bytes > 0:
-        params["memory"] = res.memory_limit_in_bytes
-    if res.cpu_quota > 0 and res.cpu_period > 0:
-        params["cpus"] = round(res.cpu_quota / res.cpu_period, 3)
+    params.update(resource_params(res))
     log_directory = pod.get("log_directory") or request.sandbox_config.log_directory
     if cfg.log_path and log_directory:
         params["log_directory"] = log_directory
@@ -212,14 +211,18 @@ def create_params(
             raise MethodNotFound("image volumes are not supported by tugd")
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument("ID-mapped mounts are not supported by tugd", field="mounts")
-        if m.recursive_read_only:
-            raise InvalidArgument("recursive read-only mounts are not supported by tugd", field="mounts")
+        if m.recursive_read_only and (not m.readonly or m.propagation != api_pb2.PROPAGATION_PRIVATE):
+            raise InvalidArgument(
+                f"the recursive read-only mount {m.container_path} must be read-only, propagation private",
+                field="mounts",
+            )
         volumes.append(
             {
                 "source": m.host_path,
                 "destination": m.container_path,
                 "readonly": m.readonly,
                 "propagation": PROPAGATION.get(m.propagation, "rprivate"),
+                **({"recursive_readonly": True} if m.recursive_read_only else {}),
             }
         )
     taken = {v["destination"] for v in volumes}
@@ -229,6 +232,72 @@ def create_params(
             volumes.append({"source": source, "destination": dest, "readonly": sc.readonly_rootfs})
     params["volumes"] = volumes
     return params
+
+
+def resource_params(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
+    """tugd's limits (``container.create`` and ``container.update``) of LinuxContainerResources:
+    a zero is "not set" (the proto's default), but the OOM score adjustment is always given
+    (tugd raises it to its own when it may not lower it). Hugepage limits are dropped: this host's
+    cgroups have no hugetlb controller (docs/cri.md)."""
+    out: dict[str, Any] = {"oom_score_adj": res.oom_score_adj}
+    if res.memory_limit_in_bytes > 0:
+        out["memory"] = res.memory_limit_in_bytes
+    if res.memory_swap_limit_in_bytes > 0 or res.memory_swap_limit_in_bytes == -1:
+        out["memory_swap"] = res.memory_swap_limit_in_bytes
+    if res.cpu_quota > 0 or res.cpu_quota == -1:
+        out["cpu_quota"] = res.cpu_quota
+        if res.cpu_period > 0:
+            out["cpu_period"] = res.cpu_period
+    if res.cpu_shares > 0:
+        out["cpu_shares"] = res.cpu_shares
+    if res.cpuset_cpus:
+        out["cpuset_cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        out["cpuset_mems"] = res.cpuset_mems
+    if res.unified:
+        out["unified"] = dict(res.unified)
+    return out
+
+
+def resources_message(config: dict[str, Any]) -> api_pb2.LinuxContainerResources:
+    """The LinuxContainerResources of tugd's settings (``container.inspect``'s ``config``)."""
+    linux = api_pb2.LinuxContainerResources()
+    if config.get("memory"):
+        linux.memory_limit_in_bytes = int(config["memory"])
+    if config.get("memory_swap"):
+        linux.memory_swap_limit_in_bytes = int(config["memory_swap"])
+    if config.get("cpu_quota") is not None:
+        linux.cpu_period = int(config.get("cpu_period") or 100_000)
+        linux.cpu_quota = int(config["cpu_quota"])
+    elif config.get("cpus"):
+        linux.cpu_period = 100_000
+        linux.cpu_quota = int(float(config["cpus"]) * 100_000)
+    if config.get("cpu_shares"):
+        linux.cpu_shares = int(config["cpu_shares"])
+    if config.get("cpuset_cpus"):
+        linux.cpuset_cpus = str(config["cpuset_cpus"])
+    if config.get("cpuset_mems"):
+        linux.cpuset_mems = str(config["cpuset_mems"])
+    if config.get("oom_score_adj") is not None:
+        linux.oom_score_adj = int(config["oom_score_adj"])
+    for key, value in (config.get("unified") or {}).items():
+        linux.unified[key] = str(value)
+    return linux
+
+
+def user_message(config: dict[str, Any]) -> api_pb2.ContainerUser | None:
+    """PID 1's uid, gid and supplemental groups as tugd resolved them at create (None for a
+    container of a tugd that did not record them)."""
+    user = config.get("process_user")
+    if not user:
+        return None
+    return api_pb2.ContainerUser(
+        linux=api_pb2.LinuxContainerUser(
+            uid=int(user["uid"]),
+            gid=int(user["gid"]),
+            supplemental_groups=[int(g) for g in user.get("additional_gids") or []],
+        )
+    )
 
 
 def _text(value: str | bytes) -> str:
@@ -273,6 +342,7 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
             host_path=v["source"],
             readonly=bool(v.get("readonly")),
             propagation=PROPAGATION_BACK.get(v.get("propagation") or "rprivate", api_pb2.PROPAGATION_PRIVATE),
+            recursive_read_only=bool(v.get("recursive_readonly")),
         )
         for v in config.get("volumes") or []
         if v.get("destination") not in POD_FILES.values()
@@ -298,13 +368,10 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
     sig = str(config.get("stop_signal") or "")
     if sig in api_pb2.Signal.DESCRIPTOR.values_by_name and sig != "RUNTIME_DEFAULT":
         status.stop_signal = api_pb2.Signal.Value(sig)
-    linux = api_pb2.LinuxContainerResources()
-    if config.get("memory"):
-        linux.memory_limit_in_bytes = int(config["memory"])
-    if config.get("cpus"):
-        linux.cpu_period = 100_000
-        linux.cpu_quota = int(float(config["cpus"]) * 100_000)
-    status.resources.linux.CopyFrom(linux)
+    status.resources.linux.CopyFrom(resources_message(config))
+    user = user_message(config)
+    if user is not None:
+        status.user.CopyFrom(user)
     return status
 
 
@@ -324,6 +391,8 @@ def stats_message(
     out.cpu.timestamp = now
     if sample.get("cpu_seconds") is not None:
         out.cpu.usage_core_nano_seconds.value = int(float(sample["cpu_seconds"]) * 1e9)
+    if sample.get("cpu_nano_cores") is not None:  # tugd's rate since the previous sample
+        out.cpu.usage_nano_cores.value = int(sample["cpu_nano_cores"])
     out.memory.timestamp = now
     if sample.get("memory_working_set") is not None:
         out.memory.working_set_bytes.value = int(sample["memory_working_set"])
@@ -458,16 +527,12 @@ class ContainerMethods:
     async def UpdateContainerResources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
     ) -> api_pb2.UpdateContainerResourcesResponse:
-        """The memory limit and CPU quota through ``container.update`` (what tugd has; CPU
-        shares, cpusets and hugepages are not applied)."""
+        """Memory (and swap) limit, CPU shares, quota and period, cpusets, the OOM score
+        adjustment and ``unified`` through ``container.update``: applied at once (``runc
+        update``) and kept for a restart. Hugepage limits are dropped (no hugetlb cgroup here)."""
         info = await self._inspect(request.container_id)
-        res = request.linux
-        params: dict[str, Any] = {"id": info["id"]}
-        if res.memory_limit_in_bytes > 0:
-            params["memory"] = res.memory_limit_in_bytes
-        if res.cpu_quota > 0 and res.cpu_period > 0:
-            params["cpus"] = round(res.cpu_quota / res.cpu_period, 3)
-        if len(params) > 1:
+        if request.HasField("linux"):
+            params: dict[str, Any] = {"id": info["id"], **resource_params(request.linux)}
             await self.tugd.call("container.update", params)
         return api_pb2.UpdateContainerResourcesResponse()
 

@@ -34,6 +34,15 @@ NO_POD_NETWORK = "NoPodNetwork"
 NETWORK_PLUGIN_NOT_READY = "NetworkPluginNotReady"  # CNI mode without a valid configuration
 
 
+def handler_features(info: dict[str, Any] | None) -> api_pb2.RuntimeHandlerFeatures:
+    """The default runtime handler's features: recursive read-only mounts as tugd's runtime
+    makes them (``system.info``'s ``runtime_features``); no user namespaces."""
+    features = (info or {}).get("runtime_features") or {}
+    return api_pb2.RuntimeHandlerFeatures(
+        recursive_read_only_mounts=bool(features.get("recursive_read_only_mounts"))
+    )
+
+
 class RuntimeService(
     PodSandboxes, PodMetrics, ContainerMethods, StreamingMethods, api_pb2_grpc.RuntimeServiceServicer
 ):
@@ -65,7 +74,8 @@ class RuntimeService(
         tugd's pod network is ready (``pod.network_config``: the built-in bridge network is; CNI
         mode is when a valid configuration is found, else false with reason
         ``NetworkPluginNotReady`` and tugd's message; false, reason ``NoPodNetwork``, without an
-        answer). ``verbose`` adds ``info``: ``config``
+        answer). ``features``: SupplementalGroupsPolicy is supported; the default runtime handler
+        has recursive read-only mounts when tugd's runtime makes them. ``verbose`` adds ``info``: ``config``
         (tug-cri's sockets), ``tugd`` (its ``system.info``) and ``network`` (the pod network)
         as JSON."""
         info: dict[str, Any] | None = None
@@ -88,7 +98,12 @@ class RuntimeService(
             if not net["ready"]:  # CNI mode without a valid configuration: as containerd says it
                 network.reason = NETWORK_PLUGIN_NOT_READY if net.get("mode") == "cni" else NO_POD_NETWORK
                 network.message = net.get("message") or "tugd's pod network is not ready"
-        out = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
+        out = api_pb2.StatusResponse(
+            status=api_pb2.RuntimeStatus(conditions=[runtime, network]),
+            # SupplementalGroupsPolicy (Merge, Strict) and ContainerStatus.user are honoured.
+            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
+            runtime_handlers=[api_pb2.RuntimeHandler(name="", features=handler_features(info))],
+        )
         if request.verbose:
             out.info["config"] = json.dumps({"listen": self.listen, "tugd_socket": self.tugd.socket})
             if info is not None:

@@ -49,15 +49,25 @@ async def update(
     cpu_quota: int | None,
     cpu_period: int | None,
     pids_limit: int | None,
+    resources: dict[str, Any] | None = None,
 ) -> None:
-    """Change the container's limits through ``runc update``."""
+    """Change the container's limits through ``runc update``: the single ones, or ``resources``
+    (an OCI ``linux.resources`` object) whole."""
     check(task.state, "update")
     _check_alive(task, "update")
-    if memory is None and cpu_quota is None and cpu_period is None and pids_limit is None:
-        raise InvalidArgument("nothing to update: give memory, cpu_quota, cpu_period or pids_limit")
+    singles = (memory, cpu_quota, cpu_period, pids_limit)
+    if resources is None and all(v is None for v in singles):
+        raise InvalidArgument(
+            "nothing to update: give memory, cpu_quota, cpu_period, pids_limit or resources"
+        )
     try:
         await task.runc.update(
-            task.cfg.id, memory=memory, cpu_quota=cpu_quota, cpu_period=cpu_period, pids_limit=pids_limit
+            task.cfg.id,
+            memory=memory,
+            cpu_quota=cpu_quota,
+            cpu_period=cpu_period,
+            pids_limit=pids_limit,
+            resources=resources,
         )
     except TugError as exc:
         raise classify(exc) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -196,8 +197,24 @@ class Runc:
         cpu_quota: int | None = None,
         cpu_period: int | None = None,
         pids_limit: int | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> None:
-        """``runc update``: change the resource limits of a running container."""
+        """``runc update``: change the resource limits of a running container; ``resources``
+        (an OCI ``linux.resources`` object, given to ``runc update -r -`` on its stdin) replaces
+        the single limits."""
+        if resources is not None:
+            data = json.dumps(resources).encode()
+            r, w = os.pipe2(os.O_CLOEXEC)
+            try:
+                os.write(w, data)  # a few hundred bytes: within the pipe's buffer
+                os.close(w)
+                w = -1
+                await self._run("update", ["-r", "-", cid], stdin=r)
+            finally:
+                os.close(r)
+                if w >= 0:
+                    os.close(w)
+            return
         args: list[str] = []
         if memory is not None:
             # the swap limit follows memory (as docker does without --memory-swap): -1 is no limit

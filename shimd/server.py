@@ -25,7 +25,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from tugwire import crilog, fsutil, httpserve, jsonrpc, shimapi
-from tugwire.errors import InvalidArgument, TugError
+from tugwire.errors import InvalidArgument, InvalidParams, TugError
 from tugwire.shimapi import PID_FILE, SOCKET, ShimConfig
 
 from . import console, control
@@ -82,7 +82,8 @@ class Service:
         return {}
 
     async def update(self, call: jsonrpc.Call) -> Any:
-        """``runc update``: ``memory`` (bytes), ``cpu_quota``/``cpu_period`` (µs), ``pids_limit``."""
+        """``runc update``: ``memory`` (bytes), ``cpu_quota``/``cpu_period`` (µs), ``pids_limit``;
+        or ``resources``, an OCI ``linux.resources`` object."""
         p = call.params
         await control.update(
             self.task,
@@ -90,6 +91,7 @@ class Service:
             cpu_quota=p.integer("cpu_quota"),
             cpu_period=p.integer("cpu_period"),
             pids_limit=p.integer("pids_limit"),
+            resources=_resources(p.raw.get("resources")),
         )
         return {}
 
@@ -369,3 +371,10 @@ async def serve(cfg: ShimConfig, notify_fd: int | None) -> None:
             conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
         _unlink_if(sock_path, own_socket)
         tg.cancel_scope.cancel()
+
+
+def _resources(value: Any) -> dict[str, Any] | None:
+    """``task.update``'s ``resources``: an object, or None."""
+    if value is not None and not isinstance(value, dict):
+        raise InvalidParams("parameter 'resources' must be an object", param="resources")
+    return value

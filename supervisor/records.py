@@ -65,6 +65,15 @@ class ContainerSettings:
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
+    # The CRI's finer limits (supervisor/limits.py): cpu_quota/cpu_period, when set, win over cpus.
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None  # µs per cpu_period; -1: no limit
+    cpu_period: int | None = None  # µs
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
+    memory_swap: int | None = None  # memory + swap, bytes; -1: no limit
+    oom_score_adj: int | None = None  # PID 1's, as applied (never below tugd's own)
+    unified: dict[str, str] = field(default_factory=dict)  # cgroup v2 files -> values
     auto_remove: bool = False
     stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM (see create)
     restart: str | None = None  # the restart policy, as policy.parse reads it
@@ -82,6 +91,11 @@ class ContainerSettings:
     annotations: dict[str, str] = field(default_factory=dict)  # kept exactly; the spec's too
     log_path: str | None = None  # where the shim writes its CRI log (no rotation of tugd's)
     supplemental_groups: list[int] = field(default_factory=list)
+    # The CRI's SupplementalGroupsPolicy: "merge" (the image's /etc/group memberships too) or
+    # "strict" (only the primary and the given groups); None: docker's rules.
+    supplemental_groups_policy: str | None = None
+    # PID 1's identity as create resolved it: {"uid", "gid", "additional_gids"}.
+    process_user: dict[str, Any] | None = None
     sysctls: dict[str, str] = field(default_factory=dict)
     health: dict[str, Any] | None = None  # health.parse's; None: no health check
     network: str | None = None  # a network's name, "host" or "none"
@@ -141,4 +155,5 @@ _NOT_NULL = (
     "annotations",
     "supplemental_groups",
     "sysctls",
+    "unified",
 )

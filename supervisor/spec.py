@@ -7,14 +7,18 @@ namespaces for pid, ipc, uts, mount and network, a cgroup under ``/tugboat/<id>`
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import platform
 import resource
 import stat
+import subprocess
 from typing import Any
 
 from tugwire.errors import InvalidArgument
 
-from . import security
+from . import limits, security
 from .records import ContainerSettings
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -42,6 +46,23 @@ def cgroup_path(cid: str, parent: str | None = None) -> str:
     return f"{parent.rstrip('/')}/{cid}" if parent else f"/tugboat/{cid}"
 
 
+@functools.cache
+def recursive_readonly(runtime: str) -> bool:
+    """Whether ``runtime`` makes recursive read-only bind mounts: its ``features`` list the
+    ``rro`` mount option (runc 1.1 does) and the kernel has mount_setattr (5.12)."""
+    try:
+        out = subprocess.run([runtime, "features"], capture_output=True, text=True, timeout=10).stdout
+        options = json.loads(out).get("mountOptions") or []
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return False
+    release = platform.release().split(".")
+    try:
+        kernel = (int(release[0]), int("".join(c for c in release[1] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        return False
+    return "rro" in options and kernel >= (5, 12)
+
+
 def _nofile_limit() -> int:
     """RLIMIT_NOFILE for containers: 1048576 as docker, but never above the host's hard limit
     (without CAP_SYS_RESOURCE, asking for more makes runc fail)."""
@@ -50,8 +71,10 @@ def _nofile_limit() -> int:
     return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
 
-def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
-    """``uid[:gid]`` or ``name[:group]``, names looked up in the image's /etc/passwd and /etc/group."""
+def resolve_user(user: str, roots: list[str], *, by_uid: bool = False) -> tuple[int, int, list[int]]:
+    """``uid[:gid]`` or ``name[:group]``, names looked up in the image's /etc/passwd and /etc/group.
+    The user's groups in /etc/group are added for a name (docker's rule), and with ``by_uid``
+    for a uid too, by the name /etc/passwd gives it (the CRI's Merge policy)."""
     if not user:
         return 0, 0, []
     name, _, group = user.partition(":")
@@ -84,6 +107,8 @@ def resolve_user(user: str, roots: list[str]) -> tuple[int, int, list[int]]:
                 )
             gid = int(found[0][2])
     extra = []
+    if name.isdigit() and by_uid:
+        name = next((e[0] for e in passwd if len(e) > 2 and e[2] == name), name)
     if not name.isdigit():
         extra = [int(e[2]) for e in groups if len(e) > 3 and name in e[3].split(",") and e[2].isdigit()]
     return uid, gid if gid is not None else 0, extra
@@ -149,7 +174,14 @@ def build(
         else:
             env_keys[key] = len(env)
             env.append(item)
-    uid, gid, extra_gids = resolve_user(settings.user or image_config.get("User") or "", layers)
+    groups_policy = settings.supplemental_groups_policy
+    uid, gid, extra_gids = resolve_user(
+        settings.user or image_config.get("User") or "", layers, by_uid=groups_policy == "merge"
+    )
+    if groups_policy == "strict":
+        extra_gids = []  # the image's /etc/group memberships are not the container's
+    if groups_policy is not None:  # the CRI's: the primary group is one of them (containerd's)
+        extra_gids = [gid, *(g for g in extra_gids if g != gid)]
     extra_gids += [g for g in settings.supplemental_groups if g not in extra_gids]
     cwd = settings.workdir or image_config.get("WorkingDir") or "/"
     nofile = _nofile_limit()
@@ -164,6 +196,7 @@ def build(
         "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
         "noNewPrivileges": False,
+        **({"oomScoreAdj": settings.oom_score_adj} if settings.oom_score_adj is not None else {}),
     }
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -220,6 +253,8 @@ def build(
         options = ["rbind", propagation]
         if vol.get("readonly"):
             options.append("ro")
+        if vol.get("recursive_readonly"):
+            options.append("rro")  # its submounts too (runc's mount_setattr, AT_RECURSIVE)
         mounts.append(
             {"destination": vol["destination"], "type": "bind", "source": vol["source"], "options": options}
         )
@@ -238,13 +273,7 @@ def build(
             namespaces = [n for n in namespaces if n["type"] != kind]
         else:
             namespaces = [{"type": kind, "path": where} if n["type"] == kind else n for n in namespaces]
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if settings.memory:
-        resources["memory"] = {"limit": int(settings.memory)}
-    if settings.cpus:
-        resources["cpu"] = {"quota": int(float(settings.cpus) * CPU_PERIOD), "period": CPU_PERIOD}
-    if settings.pids_limit:
-        resources["pids"] = {"limit": int(settings.pids_limit)}
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}], **limits.resources(settings)}
     oci: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": process,

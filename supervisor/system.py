@@ -22,6 +22,7 @@ import anyio
 
 from tugwire.errors import TugError
 
+from . import spec
 from .config import Config
 from .containers import ACTIVE, CREATED, EXITED, Containers
 from .events import EventBus, image_removal_events
@@ -73,6 +74,8 @@ class SystemInfo:
     registry_mirrors: list[str] = field(default_factory=list)  # of docker.io, in order
     # other registries' mirrors (--registry-mirror REGISTRY=URL): registry -> URLs in order
     registry_mirror_map: dict[str, list[str]] = field(default_factory=dict)
+    # what the runtime can do that a client may ask (the CRI's Status features)
+    runtime_features: dict[str, bool] = field(default_factory=dict)
 
 
 def mirror_map(pairs: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
@@ -266,6 +269,7 @@ class System:
             pid=os.getpid(),
             registry_mirrors=list(self.cfg.registry_mirrors),
             registry_mirror_map=mirror_map(self.cfg.registry_mirror_map),
+            runtime_features={"recursive_read_only_mounts": spec.recursive_readonly(self.cfg.runtime)},
         )
 
     async def _measure(self, images: list[ImageRecord], containers: list[ContainerRecord]) -> Usage:

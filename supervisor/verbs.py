@@ -9,8 +9,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -19,8 +20,9 @@ from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tugwire.shimapi import UpdateParams
 
-from . import changes, copy, mounts, spec
+from . import changes, copy, limits, mounts
 from .containers import ACTIVE, EXITED, Containers
+from .limits import LimitsRequest
 from .store import ContainerRecord
 
 MIN_MEMORY = 6 * 1024 * 1024
@@ -29,12 +31,22 @@ MIN_MEMORY = 6 * 1024 * 1024
 @dataclass(frozen=True)
 class UpdateRequest:
     """``container.update``: new limits for container ``id`` (checked by
-    :meth:`Containers.get`); None leaves one as it is."""
+    :meth:`Containers.get`); None leaves one as it is. ``cpus`` and the CRI's
+    ``limits.cpu_quota``/``cpu_period`` replace each other."""
 
     id: Any
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
+    limits: LimitsRequest = field(default_factory=LimitsRequest)
+
+
+@dataclass
+class CpuSample:
+    """The last CPU figure ``stats`` read of a container, for the next one's rate."""
+
+    cpu_ns: int
+    at_ns: int  # the monotonic clock's ns when it was read
 
 
 class Verbs:
@@ -42,6 +54,7 @@ class Verbs:
 
     def __init__(self, containers: Containers) -> None:
         self.c = containers
+        self._cpu: dict[str, CpuSample] = {}  # the last sample of each running container
 
     def _require_active(self, rec: ContainerRecord, verb: str) -> None:
         if rec.run.state not in ACTIVE:
@@ -60,17 +73,38 @@ class Verbs:
         return result
 
     async def stats(self, ref: Any) -> dict[str, Any]:
-        """One sample of the container's cgroup figures (zeros when it is not running)."""
+        """One sample of the container's cgroup figures (zeros when it is not running), with
+        ``cpu_nano_cores``: the CPU used per second since the previous sample of any caller
+        (kept here, in memory, as containerd keeps it), absent on a first sample."""
         rec = self.c.get(ref)
         sample: dict[str, Any] = {"running": False}
         if rec.run.state in ACTIVE:
             with contextlib.suppress(FailedPrecondition):
                 sample = await self.c.shim(rec.id).stats()
+        self._rate(rec.id, sample)
         return {"id": rec.id, "name": rec.name, "state": rec.run.state, **sample}
 
+    def _rate(self, cid: str, sample: dict[str, Any]) -> None:
+        seconds = sample.get("cpu_seconds")
+        if not sample.get("running", True) or not isinstance(seconds, (int, float)):
+            self._cpu.pop(cid, None)
+            return
+        read_at = sample.get("read_at")  # the shim's monotonic clock (the host's), when it read
+        now = int(read_at * 1e9) if isinstance(read_at, (int, float)) else time.monotonic_ns()
+        cpu_ns = int(seconds * 1e9)
+        last = self._cpu.get(cid)
+        if last is not None and now > last.at_ns and cpu_ns >= last.cpu_ns:
+            sample["cpu_nano_cores"] = (cpu_ns - last.cpu_ns) * 1_000_000_000 // (now - last.at_ns)
+        self._cpu[cid] = CpuSample(cpu_ns, now)
+        if len(self._cpu) > 64 and len(self._cpu) > 2 * len(self.c.records()):
+            known = {r.id for r in self.c.records()}  # forget the removed containers'
+            self._cpu = {k: v for k, v in self._cpu.items() if k in known}
+
     async def update(self, req: UpdateRequest) -> ContainerRecord:
-        """New ``memory`` (bytes), ``cpus`` and ``pids_limit``: applied at once to a running or
-        paused container (``runc update``) and kept in its config for its next start."""
+        """New ``memory`` (bytes), ``cpus``, ``pids_limit`` and the finer limits
+        (:mod:`supervisor.limits`): applied at once to a running or paused container
+        (``runc update``; the OOM score adjustment by writing PID 1's) and kept in its settings
+        and bundle for its next start. Nothing changes when one is refused."""
         rec = self.c.get(req.id)
         memory = req.memory
         if memory is not None and memory < MIN_MEMORY:
@@ -82,27 +116,39 @@ class Verbs:
         pids = req.pids_limit
         if pids is not None and pids < 1:
             raise InvalidArgument("pids limit must be positive", field="pids_limit")
-        if memory is None and cpus is None and pids is None:
-            raise InvalidArgument("nothing to update: give memory, cpus or pids_limit")
+        if memory is None and cpus is None and pids is None and not req.limits.given():
+            raise InvalidArgument("nothing to update: give memory, cpus, pids_limit or a finer limit")
+        if cpus is not None and (req.limits.cpu_quota is not None or req.limits.cpu_period is not None):
+            raise InvalidArgument("cpus excludes cpu_quota and cpu_period", field="cpus")
         async with self.c.live(rec.id).lock:
             rec = self.c.reload(rec.id)
+            old = rec.settings
+            finer = limits.check(req.limits, old.memory if memory is None else memory)
+            new = dataclasses.replace(
+                old,
+                memory=old.memory if memory is None else memory,
+                cpus=old.cpus if cpus is None else cpus,
+                pids_limit=old.pids_limit if pids is None else pids,
+                **finer,
+            )
+            if cpus is not None:
+                new = dataclasses.replace(new, cpu_quota=None, cpu_period=None)
+            elif "cpu_quota" in finer or "cpu_period" in finer:
+                new = dataclasses.replace(new, cpus=None)
+            if new.memory_swap not in (None, -1) and (new.memory is None or new.memory_swap < new.memory):
+                raise InvalidArgument("memory_swap must be at least the memory limit", field="memory_swap")
             if rec.run.state in ACTIVE:
-                params = UpdateParams(
-                    memory=memory,
-                    pids_limit=pids,
-                    cpu_quota=None if cpus is None else int(cpus * spec.CPU_PERIOD),
-                    cpu_period=None if cpus is None else spec.CPU_PERIOD,
-                )
                 try:
-                    await self.c.shim(rec.id).update(params)
+                    await self.c.shim(rec.id).update(
+                        UpdateParams(resources=limits.resources(new, update=True))
+                    )
                 except FailedPrecondition as exc:
                     raise FailedPrecondition(f"container {rec.name} is not running", state=EXITED) from exc
-            rec.settings = dataclasses.replace(
-                rec.settings,
-                memory=rec.settings.memory if memory is None else memory,
-                cpus=rec.settings.cpus if cpus is None else cpus,
-                pids_limit=rec.settings.pids_limit if pids is None else pids,
-            )
+                if "oom_score_adj" in finer and rec.run.pid:
+                    # PID 1 gone meanwhile: its next start has it
+                    with contextlib.suppress(OSError), open(f"/proc/{rec.run.pid}/oom_score_adj", "w") as f:
+                        f.write(str(finer["oom_score_adj"]))
+            rec.settings = new
             self._rewrite_resources(rec)
             self.c.save(rec)
         self.c.publish("update", rec)
@@ -113,15 +159,14 @@ class Verbs:
         path = os.path.join(self.c.cfg.container_dir(rec.id), "config.json")
         with open(path, "rb") as f:
             oci = json.load(f)
-        resources = oci.setdefault("linux", {}).setdefault("resources", {})
-        settings = rec.settings
-        if settings.memory:
-            resources["memory"] = {"limit": int(settings.memory)}
-        if settings.cpus:
-            quota = int(float(settings.cpus) * spec.CPU_PERIOD)
-            resources["cpu"] = {"quota": quota, "period": spec.CPU_PERIOD}
-        if settings.pids_limit:
-            resources["pids"] = {"limit": int(settings.pids_limit)}
+        linux = oci.setdefault("linux", {})
+        devices = (linux.get("resources") or {}).get("devices")
+        linux["resources"] = {
+            **({"devices": devices} if devices is not None else {}),
+            **limits.resources(rec.settings),
+        }
+        if rec.settings.oom_score_adj is not None:
+            oci.setdefault("process", {})["oomScoreAdj"] = rec.settings.oom_score_adj
         fsutil.write_atomic(path, json.dumps(oci, indent=1).encode(), mode=0o600)
 
     async def rename(self, ref: Any, new_name: str) -> ContainerRecord:

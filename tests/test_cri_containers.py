@@ -425,7 +425,8 @@ def test_seccomp_and_security_context_translation() -> None:
         True,
     )
     assert params["masked_paths"] == ["/proc/x"] and "readonly_paths" not in params
-    assert (params["memory"], params["cpus"]) == (1 << 26, 0.5)
+    assert (params["memory"], params["cpu_quota"], params["cpu_period"]) == (1 << 26, 50_000, 100_000)
+    assert params["supplemental_groups_policy"] == "merge" and params["oom_score_adj"] == 0
     assert params["log_path"] == "/var/log/pods/x/c/1.log" and params["log_directory"] == "/var/log/pods/x"
     assert params["cgroup_parent"] == "/kubepods/p1" and params["sysctls"] == {"kernel.shm_rmid_forced": "1"}
     assert params["volumes"] == [

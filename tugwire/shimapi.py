@@ -313,6 +313,7 @@ class UpdateParams:
     cpu_quota: int | None = None
     cpu_period: int | None = None
     pids_limit: int | None = None
+    resources: dict[str, Any] | None = None  # an OCI linux.resources object: ``runc update -r``
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ..containers.health import HealthRequest
 from ..containers.options import CreateRequest
 from ..core import Core
 from ..execs import ExecRequest, ExecSink
+from ..limits import LimitsRequest
 from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
@@ -50,6 +51,7 @@ def create_request(p: jsonrpc.Params) -> CreateRequest:
         memory=p.integer("memory"),
         cpus=p.number("cpus"),
         pids_limit=p.integer("pids_limit"),
+        limits=limits_request(p),
         auto_remove=p.boolean("auto_remove"),
         stop_signal=p.string("stop_signal"),
         restart=p.string("restart"),
@@ -81,6 +83,7 @@ def create_request(p: jsonrpc.Params) -> CreateRequest:
         run_as_group=p.integer("run_as_group"),
         run_as_username=p.string("run_as_username"),
         supplemental_groups=list_of_int(p, "supplemental_groups"),
+        supplemental_groups_policy=p.string("supplemental_groups_policy"),
         no_new_privileges=None if p.raw.get("no_new_privileges") is None else p.boolean("no_new_privileges"),
         seccomp=p.string("seccomp"),
         masked_paths=None if p.raw.get("masked_paths") is None else p.list_of_str("masked_paths"),
@@ -97,6 +100,20 @@ def list_of_int(p: jsonrpc.Params, key: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise InvalidParams(f"parameter {key!r} must be a list of integers", param=key)
     return list(value)
+
+
+def limits_request(p: jsonrpc.Params) -> LimitsRequest:
+    """The finer limits (docs/api.md, ``container.update``), their types checked."""
+    return LimitsRequest(
+        cpu_shares=p.integer("cpu_shares"),
+        cpu_quota=p.integer("cpu_quota"),
+        cpu_period=p.integer("cpu_period"),
+        cpuset_cpus=p.string("cpuset_cpus"),
+        cpuset_mems=p.string("cpuset_mems"),
+        memory_swap=p.integer("memory_swap"),
+        oom_score_adj=p.integer("oom_score_adj"),
+        unified=None if p.raw.get("unified") is None else p.dict_of_str("unified"),
+    )
 
 
 class ContainerApi:
@@ -343,13 +360,15 @@ class ContainerApi:
         return [r for r in results if r is not None]
 
     async def container_update(self, call: jsonrpc.Call) -> Any:
-        """New limits (``memory``, ``cpus``, ``pids_limit``) for a container, running or not."""
+        """New limits (``memory``, ``cpus``, ``pids_limit`` and the finer ones of
+        :func:`limits_request`) for a container, running or not."""
         p = call.params
         req = UpdateRequest(
             id=p.raw.get("id"),
             memory=p.integer("memory"),
             cpus=p.number("cpus"),
             pids_limit=p.integer("pids_limit"),
+            limits=limits_request(p),
         )
         rec = await self.verbs.update(req)
         return {"id": rec.id}

@@ -13,8 +13,9 @@ from typing import Any
 from tugwire import httpserve, names
 from tugwire.errors import InvalidArgument
 
-from .. import policy, security, spec
+from .. import limits, policy, security, spec
 from ..config import Config
+from ..limits import LimitsRequest
 from ..network.requests import EndpointRequest
 from ..records import ContainerSettings
 from ..store import Store
@@ -109,6 +110,7 @@ class CreateRequest:
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
+    limits: LimitsRequest = field(default_factory=LimitsRequest)  # the CRI's finer ones
     auto_remove: bool = False
     stop_signal: str | None = None
     restart: str | None = None
@@ -135,6 +137,7 @@ class CreateRequest:
     run_as_group: int | None = None
     run_as_username: str | None = None
     supplemental_groups: list[int] = field(default_factory=list)
+    supplemental_groups_policy: str | None = None  # "merge" or "strict"; None: docker's rules
     no_new_privileges: bool | None = None  # None: tugd's default (on, off when privileged)
     seccomp: str | None = None  # "default", "unconfined" or a profile file (absolute path)
     masked_paths: list[str] | None = None  # None: tugd's defaults
@@ -189,12 +192,23 @@ def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
             raise InvalidArgument(
                 f"volume propagation {propagation!r}: want one of {', '.join(PROPAGATIONS)}", field="volumes"
             )
+        rro = bool(vol.get("recursive_readonly", False))
+        if rro and (not vol.get("readonly") or propagation != "rprivate"):
+            raise InvalidArgument(
+                f"the recursive read-only volume {dst} must be read-only with private propagation",
+                field="volumes",
+            )
+        if rro and not spec.recursive_readonly(cfg.runtime):
+            raise InvalidArgument(
+                f"the runtime {cfg.runtime} cannot make recursive read-only mounts", field="volumes"
+            )
         volumes.append(
             {
                 "source": os.path.normpath(src),
                 "destination": os.path.normpath(dst),
                 "readonly": bool(vol.get("readonly", False)),
                 **({"propagation": propagation} if propagation != "rprivate" else {}),
+                **({"recursive_readonly": True} if rro else {}),
             }
         )
     opts["volumes"] = volumes
@@ -217,6 +231,7 @@ def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
     if pids is not None and pids < 1:
         raise InvalidArgument("pids limit must be positive", field="pids_limit")
     opts["pids_limit"] = pids
+    opts.update(limits.check(p.limits, memory))
     opts["auto_remove"] = p.auto_remove
     stop_signal = p.stop_signal
     parse_signal(stop_signal, int(signals.SIGTERM))
@@ -347,6 +362,13 @@ def parse_cri(p: CreateRequest) -> dict[str, Any]:
         if not 0 <= gid < MAX_ID:
             raise InvalidArgument(f"supplemental group {gid} is out of range", field="supplemental_groups")
     opts["supplemental_groups"] = list(p.supplemental_groups)
+    groups_policy = p.supplemental_groups_policy
+    if groups_policy is not None and groups_policy not in ("merge", "strict"):
+        raise InvalidArgument(
+            f"supplemental_groups_policy {groups_policy!r}: want merge or strict",
+            field="supplemental_groups_policy",
+        )
+    opts["supplemental_groups_policy"] = groups_policy
     for key, value in p.sysctls.items():
         if not key or not all(c.isalnum() or c in "._/-" for c in key) or "\x00" in value:
             raise InvalidArgument(f"invalid sysctl {key!r}", field="sysctls")

@@ -95,7 +95,13 @@ class Containers(Recovery, Logs, Inspect):
         args = oci["process"]["args"]  # what runs, with the image's Entrypoint and Cmd
         if settings.init:
             args = args[len(spec.init_prefix()) :]  # the command, not tini's
-        settings = dataclasses.replace(settings, name=name, args=args)
+        user = oci["process"]["user"]  # PID 1's identity, resolved against the image's files
+        process_user = {
+            "uid": user["uid"],
+            "gid": user["gid"],
+            "additional_gids": user.get("additionalGids", []),
+        }
+        settings = dataclasses.replace(settings, name=name, args=args, process_user=process_user)
         task.write_bundle(oci, own_upper=True)
         try:
             failpoint("container.create.after_bundle")
