@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -18,9 +18,12 @@ from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tugwire.shimapi import UpdateParams
 
-from . import changes, copy, mounts, spec
+from . import copy, mounts, spec
 from .containers import ACTIVE, EXITED, Containers
 from .store import ContainerRecord
+
+if TYPE_CHECKING:
+    from . import changes
 
 MIN_MEMORY = 6 * 1024 * 1024
 
@@ -146,7 +149,9 @@ class Verbs:
         rec = self.c.get(ref)
         upper = os.path.join(self.c.cfg.container_dir(rec.id), "upper")
         lowers = await self.c.lower_layers(rec)
-        return await anyio.to_thread.run_sync(changes.changes, upper, lowers)
+        from .changes import changes as diff  # docker diff only: imported at its first use
+
+        return await anyio.to_thread.run_sync(diff, upper, lowers)
 
     async def restart(self, ref: Any, timeout: int | None, signal: int | None = None) -> ContainerRecord:
         """Stop (if running; with ``signal`` rather than the stop signal) then start; event
