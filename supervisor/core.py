@@ -103,19 +103,22 @@ class Core:
             on_exit=metrics.observe_exit if metrics else None,
             on_restart=metrics.restarts.inc if metrics else None,
         )
-        prepare_builds(cfg, store)
+        image_service = ImageService(images, bus)
+        pods = Pods(cfg, store, containers, containers.networks, bus)
+        verbs, execs, attach = Verbs(containers), Execs(containers), Attach(containers)
+        prepare_builds(cfg, store)  # where the Builder was made: after the pods, before System
         return cls(
             cfg=cfg,
             store=store,
             bus=bus,
             images=images,
-            image_service=ImageService(images, bus),
+            image_service=image_service,
             containers=containers,
             networks=containers.networks,
-            pods=Pods(cfg, store, containers, containers.networks, bus),
-            verbs=Verbs(containers),
-            execs=Execs(containers),
-            attach=Attach(containers),
+            pods=pods,
+            verbs=verbs,
+            execs=execs,
+            attach=attach,
             system=System(cfg, store, containers, images, bus),
             launcher=launcher,
         )
