@@ -25,7 +25,7 @@ from anyio.abc import SocketAttribute
 from tugwire import httpserve, jsonrpc, peers
 from tugwire.errors import PermissionDenied
 
-from . import diskfull, rebuild, shims, systemd
+from . import diskfull, shims, systemd
 from .api import Api
 from .config import Config
 from .core import Core
@@ -174,7 +174,11 @@ async def main(cfg: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
             prepare_dirs(cfg, gid)
             locks.append(lock_root(cfg))
             locks.append(lock_state(cfg))
-            rebuilt = rebuild.rebuild(cfg) if cfg.rebuild_store else None
+            rebuilt = None
+            if cfg.rebuild_store:  # --rebuild-store only: imported then
+                from . import rebuild
+
+                rebuilt = rebuild.rebuild(cfg)
             if rebuilt is not None:
                 log.warning("%s", rebuilt.line(cfg.db_path))
             store = open_store(cfg)

@@ -231,6 +231,9 @@ class Store:
         machine, 2-18 ms for 2.2 MB, 170-360 ms for 29 MB, the events table's cap): "ok", or
         the first problem it found."""
         rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
+        # The walk filled the connection's page cache (up to cache_size, 2 MB by default) with
+        # pages tugd may never read again: let them go (read again from the OS's cache if needed).
+        self.db.execute("PRAGMA shrink_memory")
         if not rows:
             return "ok"
         # One line: SQLite's report may span several ("*** in database main ***\nPage 5: ...").

@@ -16,7 +16,7 @@ import platform
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,6 +28,9 @@ from .containers import ACTIVE, CREATED, EXITED, Containers
 from .events import EventBus, image_removal_events
 from .images import Images
 from .store import ContainerRecord, ImageRecord, Store
+
+if TYPE_CHECKING:
+    from .usage import DiskUsage, SystemPruneReport, Usage
 
 log = logging.getLogger("tugboat.system")
 
@@ -146,82 +149,6 @@ def du(path: str) -> int:
     return total
 
 
-@dataclass(frozen=True)
-class UsageGroup:
-    """One kind of thing on disk: how many, how many in use, their bytes, and the bytes a prune
-    could reclaim."""
-
-    count: int
-    active: int
-    size: int
-    reclaimable: int
-
-
-@dataclass(frozen=True)
-class ImageUsage:
-    id: str
-    repo_tags: list[str]
-    size: int
-    shared_size: int  # bytes of layers other images use too
-    containers: int  # how many containers use it
-
-
-@dataclass(frozen=True)
-class ContainerUsage:
-    id: str
-    name: str
-    image: str
-    state: str
-    size: int  # its writable layer
-    log_size: int
-
-
-@dataclass(frozen=True)
-class ImagesUsage(UsageGroup):
-    items: list[ImageUsage]
-
-
-@dataclass(frozen=True)
-class ContainersUsage(UsageGroup):
-    items: list[ContainerUsage]
-
-
-@dataclass(frozen=True)
-class StoreUsage:
-    size: int  # the metadata database, with its WAL
-    events: int
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    """``df``: images, containers (writable layers), logs and the metadata store."""
-
-    images: ImagesUsage
-    containers: ContainersUsage
-    logs: UsageGroup
-    store: StoreUsage
-
-
-@dataclass(frozen=True)
-class SystemPruneReport:
-    """``prune``: what went and the bytes reclaimed."""
-
-    containers_deleted: list[str]
-    images_untagged: list[str]
-    images_deleted: list[str]
-    space_reclaimed: int
-
-
-@dataclass
-class Usage:
-    """One measurement of the data root."""
-
-    blobs: dict[str, int] = field(default_factory=dict)  # digest -> bytes
-    snapshots: dict[str, int] = field(default_factory=dict)  # chain id -> bytes
-    writable: dict[str, int] = field(default_factory=dict)  # container id -> bytes of its upper dir
-    logs: dict[str, int] = field(default_factory=dict)  # container id -> bytes of its log files
-
-
 def _measure_container(directory: str) -> tuple[int, int]:
     """(bytes of the writable layer, bytes of the logs) of one container's directory. As docker,
     a container's size is its writable layer (``upper``; ``rootfs`` is the overlay mount of it
@@ -281,6 +208,8 @@ class System:
             snapshot_dirs.update(snapshots)
         container_dirs = {rec.id: self.cfg.container_dir(rec.id) for rec in containers}
 
+        from .usage import Usage
+
         def walk() -> Usage:
             usage = Usage()
             usage.blobs = {d: du(p) for d, p in blob_paths.items()}
@@ -299,6 +228,16 @@ class System:
     async def df(self) -> DiskUsage:
         """Space used by images, containers (writable layers) and logs, and how much of it a
         prune could reclaim (images no container uses; containers not running, and their logs)."""
+        from .usage import (
+            ContainersUsage,
+            ContainerUsage,
+            DiskUsage,
+            ImagesUsage,
+            ImageUsage,
+            StoreUsage,
+            UsageGroup,
+        )
+
         images = self.store.list_images()
         containers = self.store.list_containers()
         usage = await self._measure(images, containers)
@@ -364,6 +303,8 @@ class System:
         """Remove every container that is not running (created or exited; one in state
         ``unknown`` is left for a look), then the images no container uses: those without a
         name, or with ``all_images`` every one. Returns what went and the bytes reclaimed."""
+        from .usage import SystemPruneReport
+
         images_before = self.store.list_images()
         containers = self.store.list_containers()
         usage = await self._measure(images_before, containers)

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -20,10 +20,13 @@ from tugwire import fsutil, names
 from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tugwire.shimapi import UpdateParams
 
-from . import changes, copy, limits, mounts
+from . import limits, mounts
 from .containers import ACTIVE, EXITED, Containers
 from .limits import LimitsRequest
 from .store import ContainerRecord
+
+if TYPE_CHECKING:
+    from . import changes
 
 MIN_MEMORY = 6 * 1024 * 1024
 
@@ -192,7 +195,9 @@ class Verbs:
         rec = self.c.get(ref)
         upper = os.path.join(self.c.cfg.container_dir(rec.id), "upper")
         lowers = await self.c.lower_layers(rec)
-        return await anyio.to_thread.run_sync(changes.changes, upper, lowers)
+        from .changes import changes as diff  # docker diff only: imported at its first use
+
+        return await anyio.to_thread.run_sync(diff, upper, lowers)
 
     async def restart(self, ref: Any, timeout: int | None, signal: int | None = None) -> ContainerRecord:
         """Stop (if running; with ``signal`` rather than the stop signal) then start; event
@@ -213,6 +218,8 @@ class Verbs:
         started: Callable[[], Coroutine[Any, Any, None]],
     ) -> dict[str, Any]:
         """A tar of ``path`` of the container, in chunks to ``sink`` (:func:`copy.archive_get`)."""
+        from . import copy  # cp only: tarfile and the copy code wait for the first one
+
         rec = self.c.get(ref)
         async with self._rootfs(rec) as root_fd:
             return await copy.archive_get(root_fd, path, sink, started)
@@ -226,12 +233,16 @@ class Verbs:
     ) -> dict[str, Any]:
         """Unpack the tar ``source`` gives into directory ``path`` of the container, all or
         nothing (:func:`copy.archive_put`)."""
+        from . import copy
+
         rec = self.c.get(ref)
         async with self._rootfs(rec) as root_fd:
             return await copy.archive_put(root_fd, path, source, started)
 
     async def stat_path(self, ref: Any, path: str) -> dict[str, Any]:
         """docker's stat of ``path`` in the container (:func:`copy.stat_path`)."""
+        from . import copy
+
         rec = self.c.get(ref)
         async with self._rootfs(rec) as root_fd:
             return copy.stat_path(root_fd, path)

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from tugwire import dockerfilters, frames, jsonrpc
+from tugwire import frames, jsonrpc
 from tugwire.errors import InvalidArgument, InvalidParams, TugError
 from tugwire.rawchannel import RawChannel
 
@@ -257,7 +257,11 @@ class ContainerApi:
         if isinstance(raw, dict) and "pod" in raw:
             raw = dict(raw)
             pods = jsonrpc.Params({"pod": raw.pop("pod")}).list_of_str("pod")
-        filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
+        filters: dict[str, list[str]] = {}
+        if raw is not None:  # docker's filter rules, imported at their first use
+            from tugwire import dockerfilters
+
+            filters = dockerfilters.check(raw, dockerfilters.CONTAINER_KEYS)
         records = self.containers.records()
         if pods is not None:
             records = [r for r in records if r.settings.pod_id in pods]
@@ -278,7 +282,7 @@ class ContainerApi:
             for i, s in enumerate(
                 self.containers.summary(r, refs) for r in records if everything or r.run.state in ACTIVE
             )
-            if dockerfilters.match_container(s, filters, created_of)
+            if not filters or _match(s, filters, created_of)
         ]
         out.sort(key=lambda t: t[:2], reverse=True)  # newest first, as docker lists them
         listed = [s for _, _, s in out]
@@ -621,3 +625,9 @@ class ContainerApi:
         p = call.params
         await self.core.attach.resize(p.raw.get("id"), p.integer("rows", 24), p.integer("cols", 80))
         return {}
+
+
+def _match(s: dict[str, Any], filters: dict[str, list[str]], created_of: Callable[[str], str | None]) -> bool:
+    from tugwire import dockerfilters
+
+    return dockerfilters.match_container(s, filters, created_of)

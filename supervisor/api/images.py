@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tugwire import dockerfilters, jsonrpc
+from tugwire import jsonrpc
 from tugwire.errors import InvalidArgument, Unavailable
 
 from ..core import Core
 from ..images.ops import ImportRequest, LoadRequest, RemoveRequest, SaveRequest, TagRequest
-from ..registry import DEFAULT_CHUNK_SIZE, LoginRequest, PullAuth, PullRequest, PushRequest
+
+if TYPE_CHECKING:
+    from ..build.builder import Builder
+    from ..registry import RegistryService
+
+# The registry, the builder and docker's filter rules are imported at their first use: a tugd
+# that only runs containers never loads them (docs/benchmarks.md, "tugd's memory").
 
 
 async def relay(call: jsonrpc.Call, method: str, progress: AsyncIterator[dict[str, Any]]) -> None:
@@ -32,8 +38,15 @@ class ImageApi:
     def __init__(self, core: Core) -> None:
         self.images = core.images
         self.service = core.image_service
-        self.registry = core.registry
-        self.builder = core.builder
+        self.core = core
+
+    @property
+    def registry(self) -> RegistryService:
+        return self.core.registry
+
+    @property
+    def builder(self) -> Builder:
+        return self.core.builder
 
     def register(self, d: jsonrpc.Dispatcher) -> None:
         d.add("image.import", self.image_import)
@@ -64,9 +77,16 @@ class ImageApi:
     async def image_list(self, call: jsonrpc.Call) -> Any:
         """Every image with its names, that passes docker's ``filters`` (reference, dangling,
         label, before, since), newest first."""
-        filters = dockerfilters.check_images(call.params.raw.get("filters"))
+        raw = call.params.raw.get("filters")
+        filters: dict[str, list[str]] = {}
+        if raw is not None:
+            from tugwire import dockerfilters
+
+            filters = dockerfilters.check_images(raw)
         images = [self.images.describe(r) for r in self.service.list_images()]
         if filters:
+            from tugwire import dockerfilters
+
             created = {i["id"]: str(i.get("created") or "") for i in images}
             named = {t: str(i.get("created") or "") for i in images for t in i.get("repo_tags") or []}
 
@@ -128,6 +148,8 @@ class ImageApi:
         (``id``, ``digest``, ``action``, ``current``, ``total``); answers with the image. ``auth``
         (``username``/``password``, ``auth``, ``identity_token`` or ``registry_token``): the
         registry's credentials for this pull only, never saved (the CRI's AuthConfig)."""
+        from ..registry import PullAuth, PullRequest
+
         p = call.params
         req = PullRequest(
             p.string("ref", required=True),
@@ -150,6 +172,8 @@ class ImageApi:
         are mounted, the rest uploaded (in PATCH chunks of ``chunk_size`` bytes when larger),
         ``concurrency`` at a time; then the manifest. Streams ``image.push.progress``; answers
         ``{ref, digest, uploaded, existing, mounted}``."""
+        from ..registry import DEFAULT_CHUNK_SIZE, PushRequest
+
         p = call.params
         req = PushRequest(
             p.string("ref", required=True),
@@ -194,6 +218,8 @@ class ImageApi:
         """Check ``username``/``password`` against ``registry``'s ``GET /v2/`` (through its
         challenge: basic, or a bearer token) and save them (0600 file). Answers ``{registry}``;
         Unauthorized (failed_precondition) when the registry refuses them, nothing saved."""
+        from ..registry import LoginRequest
+
         p = call.params
         req = LoginRequest(
             p.string("registry", required=True),

@@ -64,6 +64,7 @@ from .dockerfile import (
     split_stages,
 )
 from .dockerignore import DockerIgnore
+from .prepare import prepare_builds
 from .stages import mounted_rootfs
 
 if TYPE_CHECKING:
@@ -179,16 +180,7 @@ class Builder:
         self.images = images
         self.launcher = launcher
         self.registry = registry  # FROM pulls an image that is not here through it
-        self.dir = os.path.join(cfg.root, "builds")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self.store.db.execute(
-            "CREATE TABLE IF NOT EXISTS build_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
-            "created TEXT NOT NULL)"
-        )
-        # Leftovers of builds that a tugd that died was running (their containers' bundles and
-        # shims are removed by Containers.recover).
-        for entry in os.listdir(self.dir):
-            fsutil.remove_tree(os.path.join(self.dir, entry))
+        self.dir = prepare_builds(cfg, store)  # no build runs before the builder exists
 
     # ------------------------------------------------------------------------------ the verb
 

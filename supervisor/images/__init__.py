@@ -20,6 +20,8 @@ docker-archive, a registry: :mod:`supervisor.registry`) and go out through :meth
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .content import (
     CHUNK,
     BlobWriter,
@@ -57,7 +59,22 @@ from .manifests import (
     parse_platform,
 )
 from .service import Images
-from .unpack import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES, Inflater, UnsafeLayer, unpack_tar
+
+if TYPE_CHECKING:
+    from .unpack import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES, Inflater, UnsafeLayer, unpack_tar
+
+# .unpack (and with it tarfile, gzip, bz2, lzma: about 0.3 MB of tugd's memory) is imported when
+# one of its names is first asked for: a tugd that only runs containers never loads it.
+_UNPACK = frozenset({"MAX_LAYER_BYTES", "MAX_LAYER_ENTRIES", "Inflater", "UnsafeLayer", "unpack_tar"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _UNPACK:
+        from . import unpack
+
+        return getattr(unpack, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHUNK",

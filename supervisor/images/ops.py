@@ -13,7 +13,6 @@ from typing import Any
 
 from tugwire.errors import InvalidArgument
 
-from .. import archive
 from ..events import Event, EventBus, image_removal_events
 from ..store import ImageRecord
 from .service import Images
@@ -143,6 +142,8 @@ class ImageService:
 
     async def save(self, req: SaveRequest) -> SavedArchive:
         """Write images to an archive; publishes ``save`` for each."""
+        from .. import archive  # image save and load only: imported at their first use
+
         result = await archive.save(self.images, req.path, req.refs, fmt=req.format)
         for image_id, ref in zip(result["images"], req.refs, strict=True):
             self.bus.publish(Event("image", "save", image_id, ref, ref))
@@ -156,6 +157,8 @@ class ImageService:
     async def load(self, req: LoadRequest) -> list[LoadedImage]:
         """Load every image of an archive (OCI archive or docker-archive, plain or gzipped);
         publishes ``load`` for each."""
+        from .. import archive
+
         loaded = await archive.load(self.images, req.path, platform=req.platform)
         out = []
         for item in loaded:

@@ -8,7 +8,6 @@ is unpacked once into ``snapshots/<chain id>/fs``, shared by every image and con
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -55,7 +54,6 @@ from .manifests import (
     json_object,
     manifest_media_type,
 )
-from .unpack import Inflater, unpack_tar
 
 
 class Images:
@@ -470,6 +468,8 @@ class Images:
         if not gzipped:
             return digest, size, digest, False
         diff = hashlib.sha256()
+        import gzip  # gzip, tarfile (.unpack): imported by the first import, pull or load
+
         with open(self.blobs.path(digest), "rb") as raw:
             src = gzip.GzipFile(fileobj=raw)
             try:
@@ -484,6 +484,8 @@ class Images:
         """Unpack a layer blob into its snapshot: into a temp dir, renamed when complete. The
         blob's digest and the uncompressed diff id are checked in the same pass; a mismatch or
         an unsafe entry leaves nothing behind."""
+        from .unpack import Inflater, unpack_tar
+
         digest = check_digest(layer["digest"])
         final = os.path.dirname(self._snapshot_fs(chain_id))
         tmp = tmp_name(self.cfg.snapshots_dir, ".unpack-")
