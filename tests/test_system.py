@@ -40,7 +40,15 @@ def test_system_info(daemon: Any) -> None:
     daemon.tug("create", "busybox", "true")
     run(daemon, ["true"])
     counts = json.loads(daemon.tug("system", "info", "--format", "json").stdout)["containers"]
-    assert counts == {"created": 1, "running": 1, "paused": 0, "exited": 1, "unknown": 0, "total": 3}
+    assert counts == {
+        "created": 1,
+        "running": 1,
+        "paused": 0,
+        "exited": 1,
+        "unknown": 0,
+        "total": 3,
+        "removing": 0,
+    }
     text = daemon.tug("info").stdout.decode()
     assert "running: 1" in text and "version:" in text
 
