@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -96,8 +97,12 @@ class Containers(Recovery, Logs, Inspect):
         if settings.init:
             args = args[len(spec.init_prefix()) :]  # the command, not tini's
         settings = dataclasses.replace(settings, name=name, args=args)
-        task.write_bundle(oci, own_upper=True)
         try:
+            # In a worker thread: its mkdirs and files wait for the disk's journal on a busy host
+            # (cProfile of 100 `run --rm`: 8.8 ms per container on the event loop), and parallel
+            # creates should not queue behind them. Inside the try: cancelled once the thread is
+            # done, the bundle is nobody's (nothing refers to it before the record below).
+            await anyio.to_thread.run_sync(functools.partial(task.write_bundle, oci, own_upper=True))
             failpoint("container.create.after_bundle")
             rec = ContainerRecord(
                 id=cid,
@@ -143,8 +148,7 @@ class Containers(Recovery, Logs, Inspect):
                 )
             t0 = anyio.current_time()
             task = self.task(rec.id)
-            await task.mount(await self.lower_layers(rec))
-            task.new_shim_dir()
+            await task.mount_with_new_shim_dir(await self.lower_layers(rec))
             failpoint("container.start.after_mount")
             config = task.shim_config(
                 name=rec.name,
