@@ -14,11 +14,12 @@ import signal
 import sys
 
 from tugwire import errors
-from tugwire.syncclient import Client, Disconnected
+from tugwire.frames import RAW
+from tugwire.syncclient import Client, Disconnected, RawStream
 
 from .create import add_create_options, create_params
 from .format import print_error
-from .logs import show_until_exit
+from .logs import show_until_exit, write_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ def _cmd_create(args: argparse.Namespace, client: Client) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, client: Client) -> int:
+    if not (args.detach or args.tty or args.interactive):
+        return _run_one_call(args, client)
     created = _create(args, client)
     cid = str(created["id"])
     if args.detach:
@@ -113,6 +116,99 @@ def _cmd_run(args: argparse.Namespace, client: Client) -> int:
             on_start_error=lambda exc: _start_failed(client, cid, exc, args.rm),
         )
     return _run_foreground(client, cid, auto_remove=args.rm)
+
+
+def _run_one_call(args: argparse.Namespace, client: Client) -> int:
+    """A foreground ``run`` without a terminal or stdin, in one call on this connection:
+    ``container.run`` creates, starts and follows, and its ``end`` frame has the exit (the
+    create, wait, start and a log connection of their own used to cost two more round trips
+    and a connection: docs/benchmarks.md). Signals are forwarded, once the container runs, on
+    a connection opened for them; an image that is missing is pulled as ``--pull`` says."""
+    params = {**create_params(args), "stream": RAW}
+    if args.pull == "always":
+        from .pull import pull_for_create
+
+        pull_for_create(client, args.image, sys.stderr)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    old_handlers = {s: signal.signal(s, _ignore_signal) for s in FORWARDED_SIGNALS}
+    side: Client | None = None  # for container.kill, once there is something to forward
+    held_signals: list[int] = []
+    interrupts = 0
+    cid = ""
+
+    def woken() -> int | None:
+        nonlocal interrupts, side
+        for signum in _drain(wake_r):
+            if signum == signal.SIGINT:
+                interrupts += 1
+                if interrupts >= FORCE_DETACH_INTERRUPTS:
+                    which = cid[:12] or "(not started yet)"
+                    print_error(f"detached from container {which}; it keeps running")
+                    return 130
+            held_signals.append(signum)
+        if cid and held_signals:
+            side = side or Client(client.path)
+            for signum in held_signals:
+                _forward(side, cid, signum)
+            held_signals.clear()
+        return None
+
+    try:
+        pulled = False
+        while True:
+            opening = client.stream("container.run", params, wakeup_fd=wake_r)
+            try:
+                for _ in opening:  # no notifications: each turn is a wakeup
+                    if (code := woken()) is not None:
+                        return code
+                break
+            except errors.NotFound as exc:
+                if pulled or args.pull != "missing" or exc.details.get("field") != "image":
+                    raise
+                from .pull import familiar_tagged, pull_for_create
+
+                missing = familiar_tagged(args.image)
+                print(f"Unable to find image '{missing}' locally", file=sys.stderr, flush=True)
+                pull_for_create(client, args.image, sys.stderr)
+                pulled = True
+            except errors.TugError as exc:
+                if "container_id" not in exc.details:
+                    raise  # the create's error: 125
+                print_error(exc.message)  # the start's: tugd removed an auto-removed container
+                return _start_failure_status(exc)
+        cid = str(opening.result.get("id", "")) if isinstance(opening.result, dict) else ""
+        logs = RawStream(client, None, wake_r)
+        try:
+            for item in logs:
+                if item:
+                    write_output(*item)
+                elif (code := woken()) is not None:
+                    return code
+        finally:
+            logs.close()
+        if (code := woken()) is not None:
+            return code
+        waited: dict[str, Any] = logs.result if isinstance(logs.result, dict) else {}
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+        if side is not None:
+            side.close()
+    if waited.get("log_error"):
+        print_error(f"logs: {waited['log_error']}")
+    code = waited.get("exit_code")
+    if not isinstance(code, int):
+        print_error(
+            f"the exit status of container {cid[:12]} is not known (state {waited.get('state', 'unknown')})"
+        )
+        return 125
+    return code
 
 
 def _drain(fd: int) -> bytes:
