@@ -98,3 +98,23 @@ def test_tug_run_is_one_connection_and_one_call(make_daemon: Any, backend: str) 
     assert sum(1 for line in lines if line.startswith("connect(") or "] connect(" in line) == 1
     sent = [line for line in lines if "sendto(" in line]
     assert len(sent) == 1 and "container.run" in sent[0]
+
+
+def test_run_detached_is_create_and_start_in_one_call(make_daemon: Any, backend: str) -> None:
+    d = make_daemon(backend=backend)
+    with Client(d.socket) as c:
+        got = c.call("container.run", {"image": "busybox", "cmd": ["sleep", "100"], "detach": True})
+        assert got["pid"] > 0 and c.call("container.inspect", {"id": got["id"]})["state"] == "running"
+        c.call("container.delete", {"id": got["id"], "force": True})
+    # The CLI: a start that fails is docker's 127 and leaves nothing with --rm; a create that
+    # fails is 125.
+    r = subprocess.run(
+        [TUG, "--socket", d.socket, "run", "-d", "--rm", "busybox", "/nonexistent"], capture_output=True
+    )
+    assert r.returncode == 127 and b"no such file" in r.stderr
+    r = subprocess.run(
+        [TUG, "--socket", d.socket, "run", "-d", "--pull", "never", "nosuch:1"], capture_output=True
+    )
+    assert r.returncode == 125
+    with Client(d.socket) as c:
+        assert c.call("container.list", {"all": True}) == []

@@ -144,9 +144,15 @@ class ContainerApi:
         """``container.create``'s params with ``"stream": "raw"``: create, start and follow in
         one call; the connection switches to frames once the container runs, its output comes
         as stdout and stderr frames, and the ``end`` frame has the wait's answer (docs/api.md).
-        A create or start that fails is the call's error, before any switch."""
+        A create or start that fails is the call's error, before any switch. With ``detach``:
+        create and start, answered as ``container.start`` (and ``name``), no stream."""
+        if call.params.boolean("detach"):
+            rec = await self.containers.run_detached(create_request(call.params))
+            return {"id": rec.id, "name": rec.name, "pid": rec.run.pid}
         if not call.wants_raw():
-            raise InvalidParams('container.run is a raw stream: want "stream": "raw"', param="stream")
+            raise InvalidParams(
+                'container.run is a raw stream: want "stream": "raw" (or "detach": true)', param="stream"
+            )
 
         async def started(rec: ContainerRecord) -> None:
             await call.switch({"id": rec.id, "name": rec.name})

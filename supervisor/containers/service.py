@@ -173,17 +173,32 @@ class Containers(Recovery, Logs, Inspect):
                 await self.start(rec.id)
             except TugError as exc:
                 failed = exc
-                failed.details.setdefault("container_id", rec.id)  # a start's error, not a create's
                 tg.cancel_scope.cancel()
             else:
                 await started(rec)
                 opened.set()
         if failed is not None:
-            if rec.settings.auto_remove:
-                with anyio.CancelScope(shield=True), contextlib.suppress(TugError):
-                    await self.delete(rec.id, force=True)
+            await self._start_failed(rec, failed)
             raise failed
         return {**await waiting, **logged}
+
+    async def run_detached(self, req: CreateRequest) -> ContainerRecord:
+        """``run -d`` in one call (``container.run {detach}``): create, then start; a start that
+        fails as in :meth:`run`."""
+        rec = await self.create(req)
+        try:
+            return await self.start(rec.id)
+        except TugError as exc:
+            await self._start_failed(rec, exc)
+            raise
+
+    async def _start_failed(self, rec: ContainerRecord, exc: TugError) -> None:
+        """A start in a ``run`` failed: its error says which container (a start's error, not a
+        create's), and an auto-removed container goes before the error is answered."""
+        exc.details.setdefault("container_id", rec.id)
+        if rec.settings.auto_remove:
+            with anyio.CancelScope(shield=True), contextlib.suppress(TugError):
+                await self.delete(rec.id, force=True)
 
     # -------------------------------------------------------------------------------- start
 
