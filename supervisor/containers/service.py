@@ -30,7 +30,8 @@ from tugwire.timefmt import rfc3339
 
 from .. import spec
 from ..failpoints import failpoint
-from ..records import RunState
+from ..images import ResolvedImage
+from ..records import ContainerSettings, RunState
 from ..store import ContainerRecord
 from . import health
 from .inspect import Inspect
@@ -83,9 +84,18 @@ class Containers(Recovery, Logs, Inspect):
             labels=labels,
             **self.networks.parse_create(endpoint, image.config),
         )
-        name = settings.name or generate_name(self.store)
-        if self.store.name_taken(name):
+        name = settings.name or generate_name(self.store, self.creating_names)
+        if name in self.creating_names or self.store.name_taken(name):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
+        self.creating_names.add(name)
+        try:
+            return await self._create(req, settings, image, name)
+        finally:
+            self.creating_names.discard(name)
+
+    async def _create(
+        self, req: CreateRequest, settings: ContainerSettings, image: ResolvedImage, name: str
+    ) -> ContainerRecord:
         cid = secrets.token_hex(32)
         task = self.task(cid)
         layers = await self.images.ensure_unpacked(image.record)
