@@ -127,11 +127,46 @@ def run_runc(runc: benchrun.Runc, bundle: str) -> float:
     return t
 
 
+def batches(tugds: list[TreeTugd], batch: int, clients: int, rounds: int) -> None:
+    """bench/start.py's batches, per tree: ``batch`` detached ``sleep`` containers started by
+    ``clients`` threads at once (each tree's ``tug run -d``, then the API's create + start), then
+    all removed the same way (``tug rm -f``, ``container.delete {force}``); the trees alternate,
+    the order rotating every round. Medians and minimums, seconds."""
+    from start import batch_tug_api, batch_tug_cli  # bench/start.py
+
+    res: dict[str, list[tuple[float, float]]] = {}
+    jobs: list[tuple[str, Callable[[], tuple[float, float]]]] = []
+    for i, d in enumerate(tugds):
+        jobs.append((f"cli{i}", lambda d=d: batch_tug_cli(d, clients, batch)))  # type: ignore[misc]
+        jobs.append((f"api{i}", lambda d=d: batch_tug_api(d, clients, batch)))  # type: ignore[misc]
+    for r in range(rounds):
+        shift = r % len(jobs)
+        for key, fn in jobs[shift:] + jobs[:shift]:
+            res.setdefault(key, []).append(fn())
+        benchrun.note(f"batch round {r + 1}/{rounds}")
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"\n{batch} detached containers by {clients} clients, {rounds} rounds; load at the end: {load}\n")
+    print("| tree | path | start all, median (min), s | remove all, median (min), s |")
+    print("|---|---|---:|---:|")
+    for i, d in enumerate(tugds):
+        for path in ("cli", "api"):
+            got = res[f"{path}{i}"]
+            st, rm = [g[0] for g in got], [g[1] for g in got]
+            print(
+                f"| {d.tree} | {path} | {benchrun.median(st):.2f} ({min(st):.2f}) "
+                f"| {benchrun.median(rm):.2f} ({min(rm):.2f}) |"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trees", nargs="*", help="checkouts with a .venv (default: this one)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--cycles", type=int, default=10, help="API containers per CPU sample")
+    ap.add_argument("--batch", type=int, default=0, help="detached containers per batch (0: none)")
+    ap.add_argument("--clients", type=int, default=8, help="parallel clients of a batch")
+    ap.add_argument("--batch-rounds", type=int, default=3)
     args = ap.parse_args(argv)
     trees = [os.path.abspath(t) for t in (args.trees or [benchrun.REPO])]
     base = benchrun.short_tempdir()
@@ -197,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {cpu * 1000:.2f} | {cli_cpu * 1000:.1f} |"
             )
         print(f"| runc on tugd's spec | {rr * 1000:.1f} | | | |")
+        if args.batch:
+            batches(tugds, args.batch, args.clients, args.batch_rounds)
         return 0
     finally:
         problems = benchrun.cleanup(base, list(tugds), runc)

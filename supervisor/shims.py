@@ -403,7 +403,10 @@ class ShimClient:
             except Exception as cleanup_exc:
                 log.warning("cleanup after the shim of %s failed: %s", cid[:12], cleanup_exc)
                 return False
-        fsutil.remove_tree(self.dir)
+        # In a worker thread: a handful of unlinks, each of which waits for the disk's journal
+        # on a busy host (cProfile of 100 `run --rm`: 9.6 ms per container on the event loop).
+        # Every caller holds the container's lock, so no start of it can meet a half-removed dir.
+        await anyio.to_thread.run_sync(fsutil.remove_tree, self.dir)
         return True
 
     async def delete_dead(

@@ -130,6 +130,18 @@ class Task:
                 mounts.mount_overlay, lower, upper or self.upper, work or self.work, self.rootfs
             )
 
+    async def mount_with_new_shim_dir(self, lower: list[str]) -> None:
+        """:meth:`mount`, then :meth:`new_shim_dir`, in one trip to a worker thread: the shim
+        dir's removal and mkdir wait for the disk's journal on a busy host, and parallel starts
+        should not queue behind them on the event loop."""
+
+        def work() -> None:
+            if not mounts.is_mounted(self.rootfs):
+                mounts.mount_overlay(lower, self.upper, self.work, self.rootfs)
+            self.new_shim_dir()
+
+        await anyio.to_thread.run_sync(work)
+
     def is_mounted(self) -> bool:
         return mounts.is_mounted(self.rootfs)
 

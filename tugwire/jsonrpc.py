@@ -225,10 +225,11 @@ class Call:
             raise InvalidParams(f"unknown stream mode {mode!r}: want 'raw'", param="stream")
         return mode == frames.RAW
 
-    async def switch(self) -> RawChannel:
-        """Answer ``{"stream": "raw"}``, accept, and take the connection over: from now on it
-        carries frames (the reader reads no more requests). The handler's result, or its
-        error, becomes the ``end`` frame; then the connection is closed."""
+    async def switch(self, answer: dict[str, Any] | None = None) -> RawChannel:
+        """Answer ``{"stream": "raw"}`` (with the fields of ``answer`` beside it), accept, and
+        take the connection over: from now on it carries frames (the reader reads no more
+        requests). The handler's result, or its error, becomes the ``end`` frame; then the
+        connection is closed."""
         if self.is_notification:
             raise InvalidRequest("a raw stream needs a request id")
         conn = self.conn
@@ -241,7 +242,8 @@ class Call:
             leftover = bytes(reader._buf)
             reader._buf.clear()
         conn.switched = True
-        await conn.send({"jsonrpc": "2.0", "id": self.id, "result": {"stream": frames.RAW}})
+        result = {**(answer or {}), "stream": frames.RAW}
+        await conn.send({"jsonrpc": "2.0", "id": self.id, "result": result})
         self.channel = RawChannel(conn.stream, leftover, conn._send_lock)
         self.accept()
         return self.channel

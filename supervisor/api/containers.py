@@ -26,6 +26,7 @@ from ..containers.options import CreateRequest
 from ..core import Core
 from ..execs import ExecRequest, ExecSink
 from ..limits import LimitsRequest
+from ..store import ContainerRecord
 from ..system import du
 from ..verbs import UpdateRequest
 from .networks import endpoint_request
@@ -125,6 +126,7 @@ class ContainerApi:
     def register(self, d: jsonrpc.Dispatcher) -> None:
         d.add("container.create", self.container_create)
         d.add("container.start", self.container_start)
+        d.add("container.run", self.container_run, accept_late=True)
         d.add("container.list", self.container_list)
         d.add("container.inspect", self.container_inspect)
         d.add("container.kill", self.container_kill)
@@ -162,6 +164,25 @@ class ContainerApi:
         """Create a container (no process yet). Returns ``{id, name}``."""
         rec = await self.containers.create(create_request(call.params))
         return {"id": rec.id, "name": rec.name}
+
+    async def container_run(self, call: jsonrpc.Call) -> Any:
+        """``container.create``'s params with ``"stream": "raw"``: create, start and follow in
+        one call; the connection switches to frames once the container runs, its output comes
+        as stdout and stderr frames, and the ``end`` frame has the wait's answer (docs/api.md).
+        A create or start that fails is the call's error, before any switch. With ``detach``:
+        create and start, answered as ``container.start`` (and ``name``), no stream."""
+        if call.params.boolean("detach"):
+            rec = await self.containers.run_detached(create_request(call.params))
+            return {"id": rec.id, "name": rec.name, "pid": rec.run.pid}
+        if not call.wants_raw():
+            raise InvalidParams(
+                'container.run is a raw stream: want "stream": "raw" (or "detach": true)', param="stream"
+            )
+
+        async def started(rec: ContainerRecord) -> None:
+            await call.switch({"id": rec.id, "name": rec.name})
+
+        return await self.containers.run(create_request(call.params), self._frame_sink(call), started)
 
     async def container_wait(self, call: jsonrpc.Call) -> Any:
         """Answers once container ``id`` meets ``condition``; accepted (the connection goes on)

@@ -14,11 +14,12 @@ import signal
 import sys
 
 from tugwire import errors
-from tugwire.syncclient import Client, Disconnected
+from tugwire.frames import RAW
+from tugwire.syncclient import Client, Disconnected, RawStream
 
 from .create import add_create_options, create_params
 from .format import print_error
-from .logs import show_until_exit
+from .logs import write_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,17 +60,20 @@ def _start_failed(client: Client, cid: str, exc: errors.TugError, auto_remove: b
     return _start_failure_status(exc)
 
 
-def _create(args: argparse.Namespace, client: Client) -> dict[str, Any]:
-    """``container.create``, pulling the image first as ``--pull`` says: ``always``; on a
-    ``not_found`` of the image for ``missing`` (docker's ``Unable to find image ... locally``
-    on stderr, then the pull's progress, then the create again); never for ``never``."""
+def _create(args: argparse.Namespace, client: Client, method: str = "container.create") -> dict[str, Any]:
+    """``container.create`` (or ``method`` with the same params), pulling the image first as
+    ``--pull`` says: ``always``; on a ``not_found`` of the image for ``missing`` (docker's
+    ``Unable to find image ... locally`` on stderr, then the pull's progress, then the create
+    again); never for ``never``."""
     params = create_params(args)
+    if method == "container.run":
+        params["detach"] = True
     if args.pull == "always":
         from .pull import pull_for_create  # only when pulling: the pull module costs every run
 
         pull_for_create(client, args.image, sys.stderr)
     try:
-        created: dict[str, Any] = client.call("container.create", params)
+        created: dict[str, Any] = client.call(method, params)
     except errors.NotFound as exc:
         if args.pull != "missing" or exc.details.get("field") != "image":
             raise
@@ -77,7 +81,7 @@ def _create(args: argparse.Namespace, client: Client) -> dict[str, Any]:
 
         print(f"Unable to find image '{familiar_tagged(args.image)}' locally", file=sys.stderr, flush=True)
         pull_for_create(client, args.image, sys.stderr)
-        created = client.call("container.create", params)
+        created = client.call(method, params)
     return created
 
 
@@ -88,31 +92,127 @@ def _cmd_create(args: argparse.Namespace, client: Client) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, client: Client) -> int:
-    created = _create(args, client)
-    cid = str(created["id"])
-    if args.detach:
+    if not (args.detach or args.tty or args.interactive):
+        return _run_one_call(args, client)
+    if args.detach:  # create and start in one call: container.run {detach}
         try:
-            client.call("container.start", {"id": cid})
+            created = _create(args, client, "container.run")
         except Disconnected:
             raise
         except errors.TugError as exc:
-            return _start_failed(client, cid, exc, args.rm)
-        print(cid)
+            if "container_id" not in exc.details:
+                raise  # the create's error: 125
+            print_error(exc.message)  # the start's: tugd removed an auto-removed container
+            return _start_failure_status(exc)
+        print(created["id"])
         return 0
-    if args.tty or args.interactive:
-        from . import attach, tty  # run -i / -t: the container's terminal or stdin is ours
+    created = _create(args, client)  # run -i / -t: the container's terminal or stdin is ours
+    cid = str(created["id"])
+    from . import attach, tty
 
-        return attach.attach(
-            client,
-            cid,
-            tty=args.tty,
-            stdin=args.interactive,
-            detach_keys=tty.parse_detach_keys(args.detach_keys),
-            start=True,
-            auto_remove=args.rm,
-            on_start_error=lambda exc: _start_failed(client, cid, exc, args.rm),
+    return attach.attach(
+        client,
+        cid,
+        tty=args.tty,
+        stdin=args.interactive,
+        detach_keys=tty.parse_detach_keys(args.detach_keys),
+        start=True,
+        auto_remove=args.rm,
+        on_start_error=lambda exc: _start_failed(client, cid, exc, args.rm),
+    )
+
+
+def _run_one_call(args: argparse.Namespace, client: Client) -> int:
+    """A foreground ``run`` without a terminal or stdin, in one call on this connection:
+    ``container.run`` creates, starts and follows, and its ``end`` frame has the exit (the
+    create, wait, start and a log connection of their own used to cost two more round trips
+    and a connection: docs/benchmarks.md). Signals are forwarded, once the container runs, on
+    a connection opened for them; an image that is missing is pulled as ``--pull`` says."""
+    params = {**create_params(args), "stream": RAW}
+    if args.pull == "always":
+        from .pull import pull_for_create
+
+        pull_for_create(client, args.image, sys.stderr)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    old_handlers = {s: signal.signal(s, _ignore_signal) for s in FORWARDED_SIGNALS}
+    side: Client | None = None  # for container.kill, once there is something to forward
+    held_signals: list[int] = []
+    interrupts = 0
+    cid = ""
+
+    def woken() -> int | None:
+        nonlocal interrupts, side
+        for signum in _drain(wake_r):
+            if signum == signal.SIGINT:
+                interrupts += 1
+                if interrupts >= FORCE_DETACH_INTERRUPTS:
+                    which = cid[:12] or "(not started yet)"
+                    print_error(f"detached from container {which}; it keeps running")
+                    return 130
+            held_signals.append(signum)
+        if cid and held_signals:
+            side = side or Client(client.path)
+            for signum in held_signals:
+                _forward(side, cid, signum)
+            held_signals.clear()
+        return None
+
+    try:
+        pulled = False
+        while True:
+            opening = client.stream("container.run", params, wakeup_fd=wake_r)
+            try:
+                for _ in opening:  # no notifications: each turn is a wakeup
+                    if (code := woken()) is not None:
+                        return code
+                break
+            except errors.NotFound as exc:
+                if pulled or args.pull != "missing" or exc.details.get("field") != "image":
+                    raise
+                from .pull import familiar_tagged, pull_for_create
+
+                missing = familiar_tagged(args.image)
+                print(f"Unable to find image '{missing}' locally", file=sys.stderr, flush=True)
+                pull_for_create(client, args.image, sys.stderr)
+                pulled = True
+            except errors.TugError as exc:
+                if "container_id" not in exc.details:
+                    raise  # the create's error: 125
+                print_error(exc.message)  # the start's: tugd removed an auto-removed container
+                return _start_failure_status(exc)
+        cid = str(opening.result.get("id", "")) if isinstance(opening.result, dict) else ""
+        logs = RawStream(client, None, wake_r)
+        try:
+            for item in logs:
+                if item:
+                    write_output(*item)
+                elif (code := woken()) is not None:
+                    return code
+        finally:
+            logs.close()
+        if (code := woken()) is not None:
+            return code
+        waited: dict[str, Any] = logs.result if isinstance(logs.result, dict) else {}
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+        if side is not None:
+            side.close()
+    if waited.get("log_error"):
+        print_error(f"logs: {waited['log_error']}")
+    code = waited.get("exit_code")
+    if not isinstance(code, int):
+        print_error(
+            f"the exit status of container {cid[:12]} is not known (state {waited.get('state', 'unknown')})"
         )
-    return _run_foreground(client, cid, auto_remove=args.rm)
+        return 125
+    return code
 
 
 def _drain(fd: int) -> bytes:
@@ -129,70 +229,6 @@ def _drain(fd: int) -> bytes:
 
 def _ignore_signal(signum: int, frame: object) -> None:
     """Only there so that the signal reaches the wakeup fd instead of killing us."""
-
-
-def _run_foreground(client: Client, cid: str, *, auto_remove: bool) -> int:
-    """Stream the container's output, forward signals to it, and return its exit status.
-
-    The log is a raw stream of ``container.logs {follow}`` on a connection of its own, open
-    (tugd has switched it) before ``wait`` and ``start`` are sent on this one: nothing that
-    ``start`` causes can be missed. Signals reach the loop through a ``set_wakeup_fd`` pipe;
-    the handler itself writes nothing to the socket.
-    """
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    old_handlers = {s: signal.signal(s, _ignore_signal) for s in FORWARDED_SIGNALS}
-    try:
-        logs = client.raw_stream("container.logs", {"id": cid, "follow": True}, wakeup_fd=wake_r)
-        condition = "removed" if auto_remove else "next-exit"
-        wait = client.stream("container.wait", {"id": cid, "condition": condition}, wakeup_fd=wake_r)
-        starting = client.stream("container.start", {"id": cid}, wakeup_fd=wake_r)
-        held_signals: list[int] = []  # signals that came before start had answered
-        interrupts = 0
-
-        def woken() -> int | None:
-            """Forward (or hold) the signals that came, and take start's answer once it is
-            there; an exit status when the run ends here."""
-            nonlocal interrupts
-            for signum in _drain(wake_r):
-                if signum == signal.SIGINT:
-                    interrupts += 1
-                    if interrupts >= FORCE_DETACH_INTERRUPTS:
-                        print_error(f"detached from container {cid[:12]}; it keeps running")
-                        return 130
-                if starting.done:
-                    _forward(client, cid, signum)
-                else:
-                    held_signals.append(signum)
-            if not starting.done and client.answered(starting.id):
-                try:
-                    starting.wait()
-                except errors.TugError as exc:
-                    return _start_failed(client, cid, exc, auto_remove)
-                for signum in held_signals:
-                    _forward(client, cid, signum)
-                held_signals.clear()
-            return None
-
-        if (code := show_until_exit(logs, wait, woken)) is not None:
-            return code
-        # an error of wait is raised: the run's error (125)
-        waited: dict[str, Any] = wait.result if isinstance(wait.result, dict) else {}
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(wake_r)
-        os.close(wake_w)
-    code = waited.get("exit_code")
-    if not isinstance(code, int):
-        print_error(
-            f"the exit status of container {cid[:12]} is not known (state {waited.get('state', 'unknown')})"
-        )
-        return 125
-    return code
 
 
 def _forward(client: Client, cid: str, signum: int) -> None:

@@ -52,6 +52,10 @@ class ContainersBase(abc.ABC):
         # Containers whose row is gone and whose removal is finishing (id: image id): counted
         # in ``system.info``, finished by the next start of tugd if this one dies first.
         self.removing: dict[str, str] = {}
+        # Names of containers being created (checked free, not yet inserted): a create awaits
+        # (the image's unpacking, the bundle's thread) between the check and the insert, and a
+        # parallel one must not pick the same generated name meanwhile.
+        self.creating_names: set[str] = set()
         self._on_start_latency = on_start_latency
         self._on_exit = on_exit  # (exit code or None when not known, OOM-killed): for the metrics
         self._on_restart = on_restart  # a restart by the restart policy: for the metrics

@@ -384,11 +384,11 @@ def parse_labels(labels: dict[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
-def generate_name(store: Store) -> str:
-    """A free name like ``brave_otter``."""
+def generate_name(store: Store, pending: set[str] | frozenset[str] = frozenset()) -> str:
+    """A free name like ``brave_otter`` (none of ``pending``, the names being created)."""
     for _ in range(100):
         name = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
-        if not store.name_taken(name):
+        if name not in pending and not store.name_taken(name):
             return name
     return f"tug_{secrets.token_hex(4)}"
 
