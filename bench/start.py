@@ -3,6 +3,13 @@
 Usage (as root, from the repository; the peers from ``make peers``, never installed by this):
 
     .venv/bin/python bench/start.py [--rounds 30] [--batch 50] [--clients 8] [--batch-rounds 3]
+                                    [--stream-rounds 3] [--shims 20]
+                                    [--parts single,bridge,batch,stream,shim]
+
+``--parts`` picks what runs (default all, in this order: single starts, with the bridge case
+among them when ``bridge`` is picked; the streams; the shims; the batches). tugd runs in a
+network namespace this makes (``nsenter --net``), so the bridge, veths and nft tables of
+``--network bridge`` never touch the host's network and go with the namespace at the end.
 
 1. One container that runs ``true``, no network, removed after, one at a time, interleaved
    round by round (the order rotates every round, after warm-ups):
@@ -19,12 +26,22 @@ Usage (as root, from the repository; the peers from ``make peers``, never instal
    - ``podman``: ``podman run --rm --network none busybox true`` (podman 4.3 with conmon, runc,
      private ``--root``/``--runroot`` and configuration).
 
+   - ``tug bridge`` (part ``bridge``): ``tug run --rm --network bridge busybox true``.
+
    Median, p90 and min of the wall time, the ratio of medians to ``runc``, and the CPU time of
    the client command itself (utime + stime of the reaped child: what the CLI process costs).
 2. ``--batch`` detached ``sleep`` containers started by ``--clients`` threads at once, then all
    removed the same way: ``tug run -d`` / ``tug rm -f``, the API (create + start / delete with
    force, one connection per thread), ``ctr run -d --seccomp --null-io`` / ``ctr task rm -f`` +
    ``ctr container rm``, ``podman run -d --network none`` / ``podman rm -f``.
+
+3. (part ``stream``) A foreground 100 MiB of output (``yes LINE | head -c 104857600``) with the
+   command's stdout a plain file: ``runc run`` of tugd's spec with that command, ``tug run
+   --rm``, ``ctr run --rm --seccomp``, ``podman run --rm --network none``, interleaved; each
+   output's size and sha256 checked (a wrong one stops the run). MB/s = 10^6 bytes per second.
+4. (part ``shim``) ``--shims`` ``sleep`` containers running at once in each of tug, containerd
+   and podman; the average PSS (``/proc/PID/smaps_rollup``) of tug-shim,
+   containerd-shim-runc-v2 and conmon.
 
 A peer that is missing (``scripts/install-peers.sh`` not run) is reported as missing. The
 images are the same: the busybox tar of ``scripts/make_busybox_rootfs.py`` imported into tugd,
