@@ -250,6 +250,7 @@ class Tugd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(base, "tugd.log")
         self.created: set[str] = set()
+        self.wrap: list[str] = []  # e.g. ["nsenter", "--net=/run/netns/NS"]: tugd in that netns
 
     def start(self) -> None:
         """Start tugd and wait until its socket answers ``tug info``.
@@ -269,7 +270,9 @@ class Tugd:
         if tugd_has_option("--default-network"):
             argv += ["--default-network", "none"]  # as before networks: no bridge on the host
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [*self.wrap, *argv], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -3,6 +3,13 @@
 Usage (as root, from the repository; the peers from ``make peers``, never installed by this):
 
     .venv/bin/python bench/start.py [--rounds 30] [--batch 50] [--clients 8] [--batch-rounds 3]
+                                    [--stream-rounds 3] [--shims 20]
+                                    [--parts single,bridge,batch,stream,shim]
+
+``--parts`` picks what runs (default all, in this order: single starts, with the bridge case
+among them when ``bridge`` is picked; the streams; the shims; the batches). tugd runs in a
+network namespace this makes (``nsenter --net``), so the bridge, veths and nft tables of
+``--network bridge`` never touch the host's network and go with the namespace at the end.
 
 1. One container that runs ``true``, no network, removed after, one at a time, interleaved
    round by round (the order rotates every round, after warm-ups):
@@ -19,12 +26,22 @@ Usage (as root, from the repository; the peers from ``make peers``, never instal
    - ``podman``: ``podman run --rm --network none busybox true`` (podman 4.3 with conmon, runc,
      private ``--root``/``--runroot`` and configuration).
 
+   - ``tug bridge`` (part ``bridge``): ``tug run --rm --network bridge busybox true``.
+
    Median, p90 and min of the wall time, the ratio of medians to ``runc``, and the CPU time of
    the client command itself (utime + stime of the reaped child: what the CLI process costs).
 2. ``--batch`` detached ``sleep`` containers started by ``--clients`` threads at once, then all
    removed the same way: ``tug run -d`` / ``tug rm -f``, the API (create + start / delete with
    force, one connection per thread), ``ctr run -d --seccomp --null-io`` / ``ctr task rm -f`` +
    ``ctr container rm``, ``podman run -d --network none`` / ``podman rm -f``.
+
+3. (part ``stream``) A foreground 100 MiB of output (``yes LINE | head -c 104857600``) with the
+   command's stdout a plain file: ``runc run`` of tugd's spec with that command, ``tug run
+   --rm``, ``ctr run --rm --seccomp``, ``podman run --rm --network none``, interleaved; each
+   output's size and sha256 checked (a wrong one stops the run). MB/s = 10^6 bytes per second.
+4. (part ``shim``) ``--shims`` ``sleep`` containers running at once in each of tug, containerd
+   and podman; the average PSS (``/proc/PID/smaps_rollup``) of tug-shim,
+   containerd-shim-runc-v2 and conmon.
 
 A peer that is missing (``scripts/install-peers.sh`` not run) is reported as missing. The
 images are the same: the busybox tar of ``scripts/make_busybox_rootfs.py`` imported into tugd,
@@ -49,11 +66,43 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from run import RUNC, Tugd, build_tar, check, cleanup, machine_info, median, ms, note, p90, short_tempdir
+from run import (
+    LINE,
+    RUNC,
+    Tugd,
+    build_tar,
+    check,
+    cleanup,
+    expected_digest,
+    file_digest,
+    machine_info,
+    median,
+    ms,
+    note,
+    p90,
+    short_tempdir,
+    smaps_rollup,
+)
 from scale import in_parallel, run_cmd
 
 from tests import peerd
 from tugwire.syncclient import Client
+
+STREAM_BYTES = 100 * 1024 * 1024
+WRITER = f"yes '{LINE}' | head -c {STREAM_BYTES}"
+PARTS = ("single", "bridge", "batch", "stream", "shim")
+
+
+def stream_to(out: str, argv: list[str], environ: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall time of ``argv > out`` (stdout a plain file) and its exit status."""
+    with open(out, "wb") as f:
+        t0 = time.perf_counter()
+        cp = subprocess.run(
+            argv, env=environ, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE, timeout=600
+        )
+        t = time.perf_counter() - t0
+    check(cp, " ".join(os.path.basename(a) for a in argv[:2]))
+    return t, cp.returncode
 
 
 @dataclass
@@ -105,12 +154,23 @@ class RuncSameSpec:
         self.seccomp = "seccomp" in cfg["linux"]
         with open(os.path.join(self.bundle, "config.json"), "w") as f:
             json.dump(cfg, f)
+        # the same spec writing STREAM_BYTES to its stdout (root.path is absolute: shared rootfs)
+        self.writer = os.path.join(base, "samew")
+        os.makedirs(self.writer)
+        cfg["process"]["args"] = ["sh", "-c", WRITER]
+        cfg["process"]["terminal"] = False
+        with open(os.path.join(self.writer, "config.json"), "w") as f:
+            json.dump(cfg, f)
         self.n = 0
 
     def run(self) -> tuple[float, float]:
         self.n += 1
         argv = [RUNC, "--root", self.root, "run", "--bundle", self.bundle, f"same{self.n}"]
         return timed_child(argv, what="runc run")
+
+    def write(self, out: str) -> tuple[float, int]:
+        self.n += 1
+        return stream_to(out, [RUNC, "--root", self.root, "run", "--bundle", self.writer, f"samew{self.n}"])
 
     def leftovers(self) -> list[str]:
         cp = subprocess.run([RUNC, "--root", self.root, "list", "-q"], capture_output=True, check=False)
@@ -195,6 +255,31 @@ class Peers:
         p = self.podman
         assert p is not None
         return timed_child(p.argv("run", "--rm", "--network", "none", "busybox", "true"), p.env, "podman run")
+
+    def ctr_write(self, out: str) -> tuple[float, int]:
+        d = self.containerd
+        assert d is not None
+        argv = d.ctr(
+            "run",
+            "--rm",
+            "--seccomp",
+            "--runc-root",
+            d.runc_root,
+            "--fifo-dir",
+            d.fifo_dir,
+            self.ctr_image,
+            self.name("w"),
+            "sh",
+            "-c",
+            WRITER,
+        )
+        return stream_to(out, argv, peerd.env())
+
+    def podman_write(self, out: str) -> tuple[float, int]:
+        p = self.podman
+        assert p is not None
+        argv = p.argv("run", "--rm", "--network", "none", "busybox", "sh", "-c", WRITER)
+        return stream_to(out, argv, p.env)
 
     def stop(self) -> list[str]:
         found = []
@@ -309,6 +394,101 @@ def run_env(argv: list[str], environ: dict[str, str]) -> None:
     check(cp, " ".join(os.path.basename(a) for a in argv[:1]) + " " + " ".join(argv[-4:]))
 
 
+def bench_stream(
+    cases: dict[str, Callable[[str], tuple[float, int]]], out: str, rounds: int
+) -> dict[str, list[float]]:
+    """Each case writes STREAM_BYTES to ``out`` (its stdout), interleaved; every output is
+    checked by size and sha256 (a wrong one raises: no figure from a broken stream)."""
+    digest = expected_digest(0, STREAM_BYTES)
+    res: dict[str, list[float]] = {k: [] for k in cases}
+    keys = list(cases)
+    note(f"foreground streams: {rounds} rounds of {len(keys)} commands, 100 MiB each")
+    for r in range(rounds):
+        k = r % len(keys)
+        for key in keys[k:] + keys[:k]:
+            t, _ = cases[key](out)
+            size, dig = file_digest(out)
+            if size != STREAM_BYTES or dig != digest:
+                raise RuntimeError(f"{key}: wrote {size} bytes, sha256 {dig[:12]}, not the 100 MiB expected")
+            res[key].append(t)
+            os.unlink(out)
+    return res
+
+
+def procs_named(comm: str, mentioning: str) -> list[int]:
+    """Pids whose /proc/PID/comm is ``comm`` and whose command line mentions ``mentioning``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if mentioning.encode() in f.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def pss_of(pids: list[int]) -> list[int]:
+    return [smaps_rollup(p)["Pss"] for p in pids]
+
+
+def shim_tug(d: Tugd, n: int) -> list[int]:
+    cids = [d.run_detached("busybox", "sleep", "1000") for _ in range(n)]
+    try:
+        time.sleep(1.0)  # settle, as bench/run.py does
+        return pss_of([int(d.inspect(c)["shim_pid"]) for c in cids])
+    finally:
+        d.rm(*cids)
+
+
+def shim_ctr(peers: Peers, n: int) -> list[int]:
+    d = peers.containerd
+    assert d is not None
+    e = peerd.env()
+    names = [peers.name("m") for _ in range(n)]
+    started: list[str] = []
+    try:
+        for nm in names:
+            argv = d.ctr(
+                "run", "-d", "--seccomp", "--null-io", "--runc-root", d.runc_root, "--fifo-dir", d.fifo_dir
+            )
+            run_env([*argv, peers.ctr_image, nm, "sleep", "1000"], e)
+            started.append(nm)
+        time.sleep(1.0)
+        pids = procs_named("containerd-shim", d.sock)  # comm is cut to 15 bytes
+        if len(pids) != n:
+            raise RuntimeError(f"found {len(pids)} containerd-shim-runc-v2 for {n} containers")
+        return pss_of(pids)
+    finally:
+        for nm in started:
+            run_env(d.ctr("task", "rm", "-f", nm), e)
+            run_env(d.ctr("containers", "rm", nm), e)
+
+
+def shim_podman(peers: Peers, n: int) -> list[int]:
+    p = peers.podman
+    assert p is not None
+    names = [peers.name("m") for _ in range(n)]
+    started: list[str] = []
+    try:
+        for nm in names:
+            run_env(p.argv("run", "-d", "--network", "none", "--name", nm, "busybox", "sleep", "1000"), p.env)
+            started.append(nm)
+        time.sleep(1.0)
+        pids = procs_named("conmon", p.base)
+        if len(pids) != n:
+            raise RuntimeError(f"found {len(pids)} conmon for {n} containers")
+        return pss_of(pids)
+    finally:
+        if started:
+            run_env(p.argv("rm", "-f", "-t", "0", *started), p.env)
+
+
 # ============================================================================ report
 
 
@@ -353,6 +533,38 @@ def report_batches(res: dict[str, list[tuple[float, float]]], batch: int, client
     return out
 
 
+def report_stream(res: dict[str, list[float]], rounds: int) -> list[str]:
+    out = [
+        f"### Foreground `run ... > file`, 100 MiB of output ({rounds} rounds, "
+        "each output's size and sha256 checked)",
+        "",
+        "| command | runs | median s | MB/s at the median | MB/s range (min-max) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for k, ts in res.items():
+        rates = [STREAM_BYTES / t / 1e6 for t in ts]
+        out.append(
+            f"| {k} | {len(ts)} | {median(ts):.2f} | {STREAM_BYTES / median(ts) / 1e6:.0f} | "
+            f"{min(rates):.0f}-{max(rates):.0f} |"
+        )
+    return out
+
+
+def report_shims(res: dict[str, list[int]], n: int) -> list[str]:
+    out = [
+        f"### Shim memory: PSS from `/proc/PID/smaps_rollup`, {n} `sleep` containers running at once",
+        "",
+        "| shim | shims | average PSS | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, kb in res.items():
+        out.append(
+            f"| {k} | {len(kb)} | {sum(kb) / len(kb) / 1024:.2f} MiB | "
+            f"{min(kb) / 1024:.2f} | {max(kb) / 1024:.2f} |"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds of single starts")
@@ -360,12 +572,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=50, help="detached containers per batch (0: skip)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--batch-rounds", type=int, default=3)
+    ap.add_argument("--stream-rounds", type=int, default=3, help="rounds of the 100 MiB foreground output")
+    ap.add_argument("--shims", type=int, default=20, help="containers running for the shim PSS average")
+    ap.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default all; bridge needs single)",
+    )
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        ap.error(f"unknown parts: {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
+    if args.batch == 0:
+        parts.discard("batch")
     if os.geteuid() != 0:
         print("bench/start.py: runs containers: needs root", file=sys.stderr)
         return 2
     base = short_tempdir()
     tugd = Tugd(os.path.join(base, "t"), "template")
+    # tugd in a network namespace of its own (as bench/bridge.py's): its bridge, veths and nft
+    # tables never touch the host's network, and go with the namespace at the end
+    netns = peerd.Netns(f"tb14{os.getpid()}")
+    tugd.wrap = netns.enter([])
     peers: Peers | None = None
     same: RuncSameSpec | None = None
     api: Api | None = None
@@ -400,21 +628,55 @@ def main(argv: list[str] | None = None) -> int:
             s.fn = go
             series.append(s)
 
+        def tug_bridge() -> tuple[float, float]:
+            argv = tugd.argv("run", "--rm", "--network", "bridge", "busybox", "true")
+            return timed_child(argv, what="tug run --rm --network bridge")
+
         add("runc", "`runc run` of tugd's spec (same spec)", same.run)
         add("tug CLI", "`tug run --rm busybox true`", tug_cli)
         add("tug API", "API: create {auto_remove} + wait {removed} + start, in-process", api.run_rm)
+        if "bridge" in parts:
+            add(
+                "tug bridge",
+                "`tug run --rm --network bridge busybox true` (tugd in its own netns)",
+                tug_bridge,
+            )
         if peers.containerd is not None:
             add("ctr", "`ctr run --rm --seccomp` (containerd 1.6, runc)", peers.ctr_run)
         if peers.podman is not None:
             add("podman", "`podman run --rm --network none` (podman 4.3, conmon, runc)", peers.podman_run)
-        bench_single(series, args.rounds, args.warmups)
-        for s in series:
-            s.wall = s.wall[args.warmups :]
-            s.cpu = s.cpu[args.warmups :]
-        out += [*report_single(series, peers.missing, same.seccomp), ""]
+        if "single" in parts:
+            bench_single(series, args.rounds, args.warmups)
+            for s in series:
+                s.wall = s.wall[args.warmups :]
+                s.cpu = s.cpu[args.warmups :]
+            out += [*report_single(series, peers.missing, same.seccomp), ""]
         print("\n".join(out), flush=True)
 
-        if args.batch > 0:
+        if "stream" in parts:
+            cases: dict[str, Callable[[str], tuple[float, int]]] = {
+                "`runc run > file` (tugd's spec)": same.write,
+                "`tug run --rm busybox sh -c ... > file`": lambda o: stream_to(
+                    o, tugd.argv("run", "--rm", "busybox", "sh", "-c", WRITER)
+                ),
+            }
+            if peers.containerd is not None:
+                cases["`ctr run --rm --seccomp ... > file`"] = peers.ctr_write
+            if peers.podman is not None:
+                cases["`podman run --rm --network none ... > file`"] = peers.podman_write
+            sres = bench_stream(cases, os.path.join(base, "out"), args.stream_rounds)
+            print("\n".join([*report_stream(sres, args.stream_rounds), ""]), flush=True)
+
+        if "shim" in parts:
+            note(f"shim memory: {args.shims} containers each")
+            shims: dict[str, list[int]] = {"tug-shim": shim_tug(tugd, args.shims)}
+            if peers.containerd is not None:
+                shims["containerd-shim-runc-v2"] = shim_ctr(peers, args.shims)
+            if peers.podman is not None:
+                shims["conmon (podman)"] = shim_podman(peers, args.shims)
+            print("\n".join([*report_shims(shims, args.shims), ""]), flush=True)
+
+        if "batch" in parts:
             batches: dict[str, Callable[[], tuple[float, float]]] = {
                 "`tug run -d` / `tug rm -f` (CLI)": lambda: batch_tug_cli(tugd, args.clients, args.batch),
                 "API create + start / delete {force}": lambda: batch_tug_api(tugd, args.clients, args.batch),
@@ -451,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([RUNC, "--root", same.root, "delete", "-f", name], check=False)
         subprocess.run(["rmdir", "/sys/fs/cgroup/pids/tugbench"], check=False, capture_output=True)
         problems += cleanup(base, [tugd], None)
+        netns.delete()
         for p in problems:
             note(f"cleanup: {p}")
     return 0
