@@ -3,6 +3,7 @@ and ADD from a context, the cache, and nothing left behind by a build that fails
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -50,8 +51,16 @@ def run(d: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def assert_no_build_leftovers(d: Any) -> None:
-    """No build container (store, bundle, shim dir, runc state), no build work dir."""
+    """No build container (store, bundle, shim dir, runc state), no build work dir. A `run --rm`
+    of the test's answers once the row is gone; its bundle and mount go in the removal's second
+    half, which `system.info` counts as `removing`: waited for first."""
     assert ps_json(d) == []
+
+    def settled() -> bool:
+        info = json.loads(d.tug("system", "info", "--format", "json").stdout)
+        return bool(info["containers"].get("removing", 0) == 0)
+
+    wait_until(settled, what="the removals' second halves to finish")
     for sub in ("containers", "builds"):
         path = os.path.join(d.root, sub)
         assert not os.path.isdir(path) or os.listdir(path) == [], (sub, os.listdir(path))
