@@ -18,16 +18,18 @@ import logging
 import os
 import secrets
 import signal as signals
+from typing import Any
 
 import anyio
 
-from tugwire.errors import AlreadyExists, FailedPrecondition, Unavailable
+from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tugwire.timefmt import rfc3339
 
 from .. import spec
 from ..failpoints import failpoint
 from ..records import RunState
 from ..store import ContainerRecord
+from ..task import Task
 from . import health
 from .inspect import Inspect
 from .logs import Logs
@@ -83,6 +85,7 @@ class Containers(Recovery, Logs, Inspect):
             raise AlreadyExists(f"the container name {name!r} is already in use", field="name")
         cid = secrets.token_hex(32)
         task = self.task(cid)
+        settings = dataclasses.replace(settings, volumes=await self._image_volumes(settings.volumes, task))
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(
             cid,
@@ -119,6 +122,52 @@ class Containers(Recovery, Logs, Inspect):
         self.publish("create", rec)
         return rec
 
+    async def _image_volumes(self, volumes: list[dict[str, Any]], task: Task) -> list[dict[str, Any]]:
+        """``volumes`` with each image volume's image resolved (NotFound for an image not
+        here: the caller pulls first) and its bind mount's source set: its overlay's mount
+        point in the bundle (mounted at start), or the ``subpath`` under it, which must exist
+        in the image (InvalidArgument)."""
+        out = []
+        index = 0
+        for vol in volumes:
+            if vol.get("type") != "image":
+                out.append(vol)
+                continue
+            rec = self.images.resolve(vol["image"]).record
+            subpath = vol.get("subpath") or ""
+            if subpath:
+                lowers = await self.images.ensure_unpacked(rec)
+                if not any(os.path.lexists(os.path.join(lower, subpath)) for lower in lowers):
+                    raise InvalidArgument(
+                        f"image volume subpath {subpath!r} is not in image {vol['image']}", field="volumes"
+                    )
+            source = os.path.join(task.image_volume(index), subpath) if subpath else task.image_volume(index)
+            out.append({**vol, "image_id": rec.id, "source": source})
+            index += 1
+        return out
+
+    async def _mount_image_volumes(self, rec: ContainerRecord, task: Task) -> None:
+        """Mount ``rec``'s image volumes (their images' snapshots, read-only) before it starts;
+        a subpath that is not a plain directory or file of the image (a symbolic link, which the
+        runtime would follow on the host) is refused."""
+        vols = [v for v in rec.settings.volumes if v.get("type") == "image"]
+        if not vols:
+            return
+        lowers = []
+        for vol in vols:
+            image = self.store.get_image(vol["image_id"])
+            if image is None:
+                raise NotFound(f"the image {vol['image']} of an image volume of container {rec.name} is gone")
+            lowers.append(await self.images.ensure_unpacked(image))
+        await task.mount_images(lowers)
+        for vol in vols:
+            src = vol["source"]
+            if os.path.realpath(src) != src or not os.path.exists(src):
+                raise InvalidArgument(
+                    f"image volume subpath {vol.get('subpath')!r} is not a path inside image {vol['image']}",
+                    field="volumes",
+                )
+
     # -------------------------------------------------------------------------------- start
 
     async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:
@@ -144,6 +193,11 @@ class Containers(Recovery, Logs, Inspect):
             t0 = anyio.current_time()
             task = self.task(rec.id)
             await task.mount(await self.lower_layers(rec))
+            try:
+                await self._mount_image_volumes(rec, task)
+            except BaseException:
+                await task.abandon()
+                raise
             task.new_shim_dir()
             failpoint("container.start.after_mount")
             config = task.shim_config(
