@@ -54,9 +54,20 @@ def test_image_volume_reads_refuses_writes_and_leaves_nothing(make_daemon: Any, 
     # In use while the container exists: a removal of the volume's image is refused.
     with pytest.raises(errors.FailedPrecondition):
         d.call("image.remove", {"ref": "data"})
+    # Forced, it is untagged at once and goes with the container.
+    d.call("image.remove", {"ref": "data", "force": True})
+    d.call("image.inspect", {"ref": image_id})
     d.call("container.delete", {"id": cid})
     assert _bundle_mounts(d) == []
-    d.call("image.remove", {"ref": "data"})
+
+    def image_gone() -> bool:
+        try:
+            d.call("image.inspect", {"ref": image_id})
+        except errors.NotFound:
+            return True
+        return False
+
+    wait_until(image_gone, 10, "the untagged image to go with its last container")
 
 
 def test_image_volume_bad_requests_change_nothing(daemon: Any) -> None:

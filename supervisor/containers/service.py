@@ -31,6 +31,7 @@ from ..records import RunState
 from ..store import ContainerRecord
 from ..task import Task
 from . import health
+from .exits import images_of
 from .inspect import Inspect
 from .logs import Logs
 from .options import CreateRequest, generate_name, parse_create, parse_signal
@@ -388,5 +389,5 @@ class Containers(Recovery, Logs, Inspect):
         self.publish("destroy", rec)
         # What is left (the peers' hosts files, the bundle) is quick now; an auto-removal leaves
         # its release to this half too, and does not wait for it (exits.py, _remove_now).
-        await self._finish_removal(rec.id, rec.image_id, live, peers)
+        await self._finish_removal(rec.id, images_of(rec), live, peers)
         return rec
