@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc.aio
 
-from tugwire.errors import FailedPrecondition, InvalidArgument, MethodNotFound, NotFound
+from tugwire.errors import FailedPrecondition, InvalidArgument, NotFound
 from tugwire.timefmt import parse_rfc3339
 
 from .errors import rpc
@@ -206,9 +206,17 @@ def create_params(
         params["stop_signal"] = api_pb2.Signal.Name(cfg.stop_signal)
     volumes = []
     for m in cfg.mounts:
-        if m.HasField("image") and m.image.image:
-            # UNIMPLEMENTED, as critest and kubelet take an unsupported feature
-            raise MethodNotFound("image volumes are not supported by tugd")
+        if m.HasField("image") and m.image.image:  # an image volume (KEP-4639): tugd mounts it
+            volumes.append(
+                {
+                    "type": "image",
+                    "image": m.image.image,
+                    "target": m.container_path,
+                    "readonly": m.readonly,  # false is refused: an image volume is read-only
+                    **({"subpath": m.image_sub_path} if m.image_sub_path else {}),
+                }
+            )
+            continue
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument("ID-mapped mounts are not supported by tugd", field="mounts")
         if m.recursive_read_only and (not m.readonly or m.propagation != api_pb2.PROPAGATION_PRIVATE):
@@ -225,7 +233,7 @@ def create_params(
                 **({"recursive_readonly": True} if m.recursive_read_only else {}),
             }
         )
-    taken = {v["destination"] for v in volumes}
+    taken = {v.get("destination") or v.get("target") for v in volumes}
     for name, dest in POD_FILES.items():  # the pod's /etc files, as containerd mounts them
         source = (pod.get("files") or {}).get(name)
         if source and dest not in taken and not (name == "hostname" and namespaces.get("uts") == "host"):
@@ -343,6 +351,13 @@ def status_message(info: dict[str, Any]) -> api_pb2.ContainerStatus:
             readonly=bool(v.get("readonly")),
             propagation=PROPAGATION_BACK.get(v.get("propagation") or "rprivate", api_pb2.PROPAGATION_PRIVATE),
             recursive_read_only=bool(v.get("recursive_readonly")),
+        )
+        if v.get("type") != "image"
+        else api_pb2.Mount(
+            container_path=v["destination"],
+            readonly=True,
+            image=api_pb2.ImageSpec(image=v["image"], image_ref=v.get("image_id") or ""),
+            image_sub_path=v.get("subpath") or "",
         )
         for v in config.get("volumes") or []
         if v.get("destination") not in POD_FILES.values()

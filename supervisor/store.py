@@ -306,7 +306,11 @@ class Store:
         return self.db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone() is not None
 
     def containers_using_image(self, image_id: str) -> list[str]:
-        rows = self.db.execute("SELECT name FROM containers WHERE image_id=?", (image_id,))
+        """The containers of ``image_id``, and those with it as an image volume (its id in their
+        settings: a full digest, found nowhere else)."""
+        rows = self.db.execute(
+            "SELECT name FROM containers WHERE image_id=? OR instr(config, ?) > 0", (image_id, image_id)
+        )
         return [r[0] for r in rows]
 
     # --------------------------------------------------------------------------------- images

@@ -24,6 +24,12 @@ RELEASE_GRACE = 30.0
 AUTO_REMOVE_GRACE = 10.0  # how long auto-remove waits for log streams to finish
 
 
+def images_of(rec: ContainerRecord) -> list[str]:
+    """The images container ``rec`` uses: its own, then its image volumes'."""
+    vols = [v["image_id"] for v in rec.settings.volumes if v.get("type") == "image" and v.get("image_id")]
+    return list(dict.fromkeys([rec.image_id, *vols]))
+
+
 class Exits(ContainersBase):
     """What happens when a container's PID 1 exits, or its shim goes away."""
 
@@ -89,7 +95,7 @@ class Exits(ContainersBase):
                 # At once, with no checkpoint between: _forget cancelled the container's tasks,
                 # this watcher among them.
                 self.publish("destroy", rec)
-                self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
+                self.tg.start_soon(self._finish_removal, cid, images_of(rec), live, peers)
             elif not auto_remove:
                 await self._release(cid)
                 if newly:
@@ -222,7 +228,7 @@ class Exits(ContainersBase):
             self.health.forget(cid)
             peers = self._forget(rec, live)
         self.publish("destroy", rec)
-        self.tg.start_soon(self._finish_removal, cid, rec.image_id, live, peers)
+        self.tg.start_soon(self._finish_removal, cid, images_of(rec), live, peers)
 
     def _forget(self, rec: ContainerRecord, live: Live) -> list[str]:
         """The first half of a removal, under the container's lock: its row and its addresses
@@ -247,11 +253,12 @@ class Exits(ContainersBase):
         live.changed()
         return peers
 
-    async def _finish_removal(self, cid: str, image_id: str, live: Live, peers: list[str]) -> None:
+    async def _finish_removal(self, cid: str, image_ids: list[str], live: Live, peers: list[str]) -> None:
         """The second half of a removal, off the critical path: the task (``runc delete``), the
-        unmount, the network's teardown, the peers' hosts files, the bundle, then the image if
-        nothing else uses it. Shielded: tugd's shutdown waits for it. If it fails, the container
-        stays counted in ``removing`` (``system.info``) and the next start of tugd finishes it."""
+        unmount, the network's teardown, the peers' hosts files, the bundle, then the images (its
+        own and its image volumes') that nothing else uses. Shielded: tugd's shutdown waits for
+        it. If it fails, the container stays counted in ``removing`` (``system.info``) and the
+        next start of tugd finishes it."""
         task = self.task(cid)
         done = False
         with anyio.move_on_after(RELEASE_GRACE * 2, shield=True):
@@ -271,4 +278,5 @@ class Exits(ContainersBase):
                 log.exception("removal of %s failed (the next start of tugd finishes it)", cid[:12])
         if done:
             self.removing.pop(cid, None)
-            self.images.gc_unused(image_id)
+            for image_id in image_ids:
+                self.images.gc_unused(image_id)

@@ -176,6 +176,9 @@ def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
     opts["hostname"] = hostname
     volumes = []
     for vol in p.volumes:
+        if vol.get("type") == "image":
+            volumes.append(_image_volume(vol))
+            continue
         src, dst = vol.get("source"), vol.get("destination")
         if not isinstance(src, str) or not os.path.isabs(src):
             raise InvalidArgument(f"volume source {src!r} must be an absolute host path", field="volumes")
@@ -281,6 +284,31 @@ def parse_create(p: CreateRequest, cfg: Config) -> ContainerSettings:
 NAMESPACE_KINDS = ("network", "ipc", "uts", "pid")
 PROPAGATIONS = ("rprivate", "rslave", "rshared")  # a volume's mount propagation (the CRI's three)
 MAX_ID = 1 << 31  # uids and gids: what the kernel takes (a 32-bit value, -1 reserved)
+
+
+def _image_volume(vol: dict[str, Any]) -> dict[str, Any]:
+    """An image volume of ``container.create``, checked: ``image`` (a name or id; the caller
+    resolves it), ``target`` (or ``destination``), ``subpath`` (relative, inside the image)."""
+    image, dst = vol.get("image"), vol.get("target", vol.get("destination"))
+    if not isinstance(image, str) or not image:
+        raise InvalidArgument("an image volume needs an image", field="volumes")
+    if not isinstance(dst, str) or not os.path.isabs(dst) or ".." in dst.split("/") or "\x00" in dst:
+        raise InvalidArgument(f"volume target {dst!r} must be an absolute path without '..'", field="volumes")
+    if dst.rstrip("/") in ("", "/proc", "/sys", "/dev"):
+        raise InvalidArgument(f"cannot mount a volume on {dst}", field="volumes")
+    if vol.get("readonly") is False:
+        raise InvalidArgument("an image volume is read-only", field="volumes")
+    subpath = vol.get("subpath") or ""
+    if not isinstance(subpath, str) or "\x00" in subpath or ".." in subpath.split("/"):
+        raise InvalidArgument(f"image volume subpath {subpath!r} must be inside the image", field="volumes")
+    subpath = os.path.normpath(subpath.strip("/")) if subpath.strip("/") else ""
+    return {
+        "type": "image",
+        "image": image,
+        "destination": os.path.normpath(dst),
+        "readonly": True,
+        **({"subpath": subpath} if subpath else {}),
+    }
 
 
 def _clean_path(value: str, what: str, field_name: str) -> str:

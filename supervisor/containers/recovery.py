@@ -45,7 +45,7 @@ class Recovery(Exits):
             path = os.path.join(self.cfg.containers_dir, entry)
             if entry.startswith(".deleting-") or (names.is_id(entry) and entry not in known):
                 with contextlib.suppress(OSError):
-                    mounts.unmount(os.path.join(path, "rootfs"))
+                    mounts.unmount_bundle(path)
                 fsutil.remove_tree(path)
         # Namespaces, veths, bridges and nft rules of containers that are gone or not running.
         keep = [r.id for r in self.store.list_containers() if r.run.state in (*ACTIVE, UNKNOWN)]
@@ -104,11 +104,11 @@ class Recovery(Exits):
                 rec.run.reason = "the state directory was emptied (host reboot?) before the exit was recorded"
                 self.save(rec)
                 with contextlib.suppress(OSError):
-                    mounts.unmount(task.rootfs)
+                    mounts.unmount_bundle(task.dir)
                 self._restart_on_boot(rec)
             else:
                 with contextlib.suppress(OSError):
-                    mounts.unmount(task.rootfs)
+                    mounts.unmount_bundle(task.dir)
                 if rec.run.state == EXITED and rec.settings.auto_remove:
                     self.tg.start_soon(self._auto_remove, rec.id)
                 elif rec.run.state == EXITED and not self._restart_on_boot(rec):

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from tugwire.errors import AlreadyExists, FailedPrecondition, TugError, Unavailable
+from tugwire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TugError, Unavailable
 from tugwire.timefmt import rfc3339
 
 from .. import spec
@@ -33,7 +33,9 @@ from ..failpoints import failpoint
 from ..images import ResolvedImage
 from ..records import ContainerSettings, RunState
 from ..store import ContainerRecord
+from ..task import Task
 from . import health
+from .exits import images_of
 from .inspect import Inspect
 from .logs import FrameSink, Logs
 from .options import CreateRequest, generate_name, parse_create, parse_signal
@@ -98,6 +100,7 @@ class Containers(Recovery, Logs, Inspect):
     ) -> ContainerRecord:
         cid = secrets.token_hex(32)
         task = self.task(cid)
+        settings = dataclasses.replace(settings, volumes=await self._image_volumes(settings.volumes, task))
         layers = await self.images.ensure_unpacked(image.record)
         oci = spec.build(
             cid,
@@ -216,6 +219,52 @@ class Containers(Recovery, Logs, Inspect):
             with anyio.CancelScope(shield=True), contextlib.suppress(TugError):
                 await self.delete(rec.id, force=True)
 
+    async def _image_volumes(self, volumes: list[dict[str, Any]], task: Task) -> list[dict[str, Any]]:
+        """``volumes`` with each image volume's image resolved (NotFound for an image not
+        here: the caller pulls first) and its bind mount's source set: its overlay's mount
+        point in the bundle (mounted at start), or the ``subpath`` under it, which must exist
+        in the image (InvalidArgument)."""
+        out = []
+        index = 0
+        for vol in volumes:
+            if vol.get("type") != "image":
+                out.append(vol)
+                continue
+            rec = self.images.resolve(vol["image"]).record
+            subpath = vol.get("subpath") or ""
+            if subpath:
+                lowers = await self.images.ensure_unpacked(rec)
+                if not any(os.path.lexists(os.path.join(lower, subpath)) for lower in lowers):
+                    raise InvalidArgument(
+                        f"image volume subpath {subpath!r} is not in image {vol['image']}", field="volumes"
+                    )
+            source = os.path.join(task.image_volume(index), subpath) if subpath else task.image_volume(index)
+            out.append({**vol, "image_id": rec.id, "source": source})
+            index += 1
+        return out
+
+    async def _mount_image_volumes(self, rec: ContainerRecord, task: Task) -> None:
+        """Mount ``rec``'s image volumes (their images' snapshots, read-only) before it starts;
+        a subpath that is not a plain directory or file of the image (a symbolic link, which the
+        runtime would follow on the host) is refused."""
+        vols = [v for v in rec.settings.volumes if v.get("type") == "image"]
+        if not vols:
+            return
+        lowers = []
+        for vol in vols:
+            image = self.store.get_image(vol["image_id"])
+            if image is None:
+                raise NotFound(f"the image {vol['image']} of an image volume of container {rec.name} is gone")
+            lowers.append(await self.images.ensure_unpacked(image))
+        await task.mount_images(lowers)
+        for vol in vols:
+            src = vol["source"]
+            if os.path.realpath(src) != src or not os.path.exists(src):
+                raise InvalidArgument(
+                    f"image volume subpath {vol.get('subpath')!r} is not a path inside image {vol['image']}",
+                    field="volumes",
+                )
+
     # -------------------------------------------------------------------------------- start
 
     async def start(self, ref: str, *, by_policy: bool = False) -> ContainerRecord:
@@ -241,6 +290,11 @@ class Containers(Recovery, Logs, Inspect):
             t0 = anyio.current_time()
             task = self.task(rec.id)
             await task.mount_with_new_shim_dir(await self.lower_layers(rec))
+            try:
+                await self._mount_image_volumes(rec, task)
+            except BaseException:
+                await task.abandon()
+                raise
             failpoint("container.start.after_mount")
             config = task.shim_config(
                 name=rec.name,
@@ -430,5 +484,5 @@ class Containers(Recovery, Logs, Inspect):
         self.publish("destroy", rec)
         # What is left (the peers' hosts files, the bundle) is quick now; an auto-removal leaves
         # its release to this half too, and does not wait for it (exits.py, _remove_now).
-        await self._finish_removal(rec.id, rec.image_id, live, peers)
+        await self._finish_removal(rec.id, images_of(rec), live, peers)
         return rec
