@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc.aio
 
 from tugwire.errors import NotFound
+from tugwire.timefmt import parse_rfc3339
 
 from .containers import image_spec, metadata_of
 from .errors import rpc
@@ -33,29 +34,143 @@ class Spec(NamedTuple):
     labels: tuple[str, ...]
 
 
-CONTAINER_METRICS = (
-    Spec(
-        "container_cpu_usage_seconds_total",
-        "Cumulative cpu time consumed in seconds.",
-        api_pb2.COUNTER,
-        LABELS,
+C, G = api_pb2.COUNTER, api_pb2.GAUGE
+# (name, help, type, container.stats' key): one series per container, labels LABELS.
+SIMPLE = (
+    ("container_cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds.", C, "cpu_seconds"),
+    (
+        "container_cpu_user_seconds_total",
+        "Cumulative user cpu time consumed in seconds.",
+        C,
+        "cpu_user_seconds",
     ),
-    Spec(
+    (
+        "container_cpu_system_seconds_total",
+        "Cumulative system cpu time consumed in seconds.",
+        C,
+        "cpu_system_seconds",
+    ),
+    (
+        "container_cpu_cfs_periods_total",
+        "Number of elapsed enforcement period intervals.",
+        C,
+        "cpu_cfs_periods",
+    ),
+    (
+        "container_cpu_cfs_throttled_periods_total",
+        "Number of throttled period intervals.",
+        C,
+        "cpu_cfs_throttled_periods",
+    ),
+    (
+        "container_cpu_cfs_throttled_seconds_total",
+        "Total time duration the container has been throttled.",
+        C,
+        "cpu_cfs_throttled_seconds",
+    ),
+    (
         "container_memory_usage_bytes",
         "Current memory usage in bytes, including all memory regardless of when it was accessed",
-        api_pb2.GAUGE,
-        LABELS,
+        G,
+        "memory_usage",
     ),
-    Spec("container_memory_working_set_bytes", "Current working set in bytes.", api_pb2.GAUGE, LABELS),
-    Spec(
+    ("container_memory_working_set_bytes", "Current working set in bytes.", G, "memory_working_set"),
+    ("container_memory_cache", "Number of bytes of page cache memory.", G, "memory_cache"),
+    ("container_memory_rss", "Size of RSS in bytes.", G, "memory_rss"),
+    ("container_memory_mapped_file", "Size of memory mapped files in bytes.", G, "memory_mapped_file"),
+    (
+        "container_memory_kernel_usage",
+        "Size of kernel memory allocated in bytes.",
+        G,
+        "memory_kernel",
+    ),
+    ("container_memory_swap", "Container swap usage in bytes.", G, "memory_swap"),
+    ("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes", G, "memory_max_usage"),
+    ("container_memory_failcnt", "Number of memory usage hits limits", C, "memory_failcnt"),
+    (
+        "container_oom_events_total",
+        "Count of out of memory events observed for the container",
+        C,
+        "oom_events",
+    ),
+    (
         "container_processes",
         "Number of processes running inside the container (the pids controller's tasks).",
-        api_pb2.GAUGE,
-        LABELS,
+        G,
+        "pids",
     ),
-    Spec("container_spec_memory_limit_bytes", "Memory limit for the container.", api_pb2.GAUGE, LABELS),
-    Spec("container_last_seen", "Last time a container was seen by the exporter", api_pb2.GAUGE, LABELS),
+    ("container_threads", "Number of threads running inside the container", G, "threads"),
+    (
+        "container_threads_max",
+        "Maximum number of threads allowed inside the container, 0 if no limit",
+        G,
+        "pids_limit",
+    ),
+    (
+        "container_file_descriptors",
+        "Number of open file descriptors for the container.",
+        G,
+        "file_descriptors",
+    ),
+    ("container_sockets", "Number of open sockets for the container.", G, "sockets"),
+    ("container_spec_cpu_period", "CPU period of the container.", G, "cpu_period"),
+    ("container_spec_cpu_shares", "CPU share of the container.", G, "cpu_shares"),
+    ("container_spec_memory_limit_bytes", "Memory limit for the container.", G, "memory_limit"),
+    (
+        "container_spec_memory_swap_limit_bytes",
+        "Memory swap limit for the container.",
+        G,
+        "memory_swap_limit",
+    ),
+    (
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds.",
+        G,
+        "started_at",
+    ),
+    ("container_last_seen", "Last time a container was seen by the exporter", G, "timestamp"),
 )
+CONTAINER_METRICS = tuple(Spec(name, text, kind, LABELS) for name, text, kind, _ in SIMPLE)
+# The writable layer's filesystem figures: labels LABELS and the device.
+FS_LABELS = (*LABELS, "device")
+FS = (
+    (
+        "container_fs_usage_bytes",
+        "Number of bytes that are consumed by the container on this filesystem.",
+        "fs_usage",
+    ),
+    (
+        "container_fs_limit_bytes",
+        "Number of bytes that can be consumed by the container on this filesystem.",
+        "fs_limit",
+    ),
+    ("container_fs_inodes_total", "Number of Inodes", "fs_inodes_total"),
+    ("container_fs_inodes_free", "Number of available Inodes", "fs_inodes_free"),
+)
+FS_METRICS = tuple(Spec(name, text, G, FS_LABELS) for name, text, _ in FS)
+# Per block device (container.stats' ``io``): reads and writes (bytes and operations).
+IO = (
+    ("container_fs_reads_bytes_total", "Cumulative count of bytes read", "read_bytes"),
+    ("container_fs_reads_total", "Cumulative count of reads completed", "read_ops"),
+    ("container_fs_writes_bytes_total", "Cumulative count of bytes written", "write_bytes"),
+    ("container_fs_writes_total", "Cumulative count of writes completed", "write_ops"),
+)
+IO_METRICS = tuple(Spec(name, text, C, FS_LABELS) for name, text, _ in IO)
+BLKIO = Spec(
+    "container_blkio_device_usage_total",
+    "Blkio Device bytes usage",
+    C,
+    (*LABELS, "device", "major", "minor", "operation"),
+)
+FAILURES = Spec(
+    "container_memory_failures_total",
+    "Cumulative count of memory allocation failures.",
+    C,
+    (*LABELS, "failure_type", "scope"),
+)
+EXTRA_METRICS = (*FS_METRICS, *IO_METRICS, BLKIO, FAILURES)
+
+
 # pod.stats' interface keys -> the network metrics (cumulative counters of the interface).
 NETWORK = {
     "rx_bytes": ("container_network_receive_bytes_total", "Cumulative count of bytes received"),
@@ -87,7 +202,7 @@ NETWORK_METRICS = {
 def descriptors() -> list[api_pb2.MetricDescriptor]:
     return [
         api_pb2.MetricDescriptor(name=s.name, help=s.help, label_keys=list(s.labels))
-        for s in (*CONTAINER_METRICS, *NETWORK_METRICS.values())
+        for s in (*CONTAINER_METRICS, *EXTRA_METRICS, *NETWORK_METRICS.values())
     ]
 
 
@@ -104,15 +219,42 @@ def metric(spec: Spec, labels: list[str], value: float, now: int) -> api_pb2.Met
 def container_figures(sample: dict[str, Any], now: int) -> list[float | None]:
     """The values of CONTAINER_METRICS, in order, from a ``container.stats`` sample (None:
     tugd does not say). An unlimited container's limit is 0, as cAdvisor gives it."""
-    cpu = sample.get("cpu_seconds")
-    return [
-        float(cpu) if cpu is not None else None,
-        sample.get("memory_usage"),
-        sample.get("memory_working_set"),
-        sample.get("pids"),
-        sample.get("memory_limit") or 0,
-        now // 1_000_000_000,
-    ]
+    values = {
+        **sample,
+        "memory_limit": sample.get("memory_limit") or 0,
+        "started_at": parse_rfc3339(sample["started_at"]) // 1_000_000_000
+        if sample.get("started_at")
+        else None,
+        "timestamp": now // 1_000_000_000,
+    }
+    return [values.get(key) for *_, key in SIMPLE]
+
+
+def extra_metrics(sample: dict[str, Any], labels: list[str], now: int) -> list[api_pb2.Metric]:
+    """The series with labels of their own: the writable layer's filesystem, the block devices'
+    I/O, and the page faults (cAdvisor's memory failures, container scope and hierarchy alike:
+    the cgroup's ``total_`` figures)."""
+    out = []
+    device = sample.get("fs_device") or ""
+    for spec, (*_, key) in zip(FS_METRICS, FS, strict=True):
+        if sample.get(key) is not None:
+            out.append(metric(spec, [*labels, device], sample[key], now))
+    for dev in sample.get("io") or []:
+        name = dev.get("name") or dev["device"]
+        for spec, (*_, key) in zip(IO_METRICS, IO, strict=True):
+            if dev.get(key) is not None:
+                out.append(metric(spec, [*labels, name], dev[key], now))
+        major, _, minor = dev["device"].partition(":")
+        for op, key in (("Read", "read_bytes"), ("Write", "write_bytes")):
+            if dev.get(key) is not None:
+                out.append(metric(BLKIO, [*labels, name, major, minor, op], dev[key], now))
+    for kind, key in (("pgfault", "memory_pgfault"), ("pgmajfault", "memory_pgmajfault")):
+        if sample.get(key) is not None:
+            out.extend(
+                metric(FAILURES, [*labels, kind, scope], sample[key], now)
+                for scope in ("container", "hierarchy")
+            )
+    return out
 
 
 def pod_metrics(
@@ -138,6 +280,7 @@ def pod_metrics(
         for spec, value in zip(CONTAINER_METRICS, container_figures(sample, now), strict=True):
             if value is not None:
                 cm.metrics.append(metric(spec, labels, value, now))
+        cm.metrics.extend(extra_metrics(sample, labels, now))
         out.container_metrics.append(cm)
     return out
 

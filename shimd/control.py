@@ -203,4 +203,6 @@ def task_stats(task: Task) -> dict[str, Any]:
         "memory_working_set": figures.memory_working_set if figures else None,
         "memory_limit": figures.memory_limit if figures else None,
         "pids": figures.pids if figures else None,
+        **(figures.detail if figures else {}),
+        **(stats.read_procs(cgroup_pids(task.cfg.cgroup_path)) if figures and task.cfg.cgroup_path else {}),
     }

@@ -41,8 +41,6 @@ SKIPS: dict[str, str] = {
     r"AppArmor": "AppArmor is off on this host",
     r"\[NRI\]|NRI": "tug-cri has no NRI (critest needs --nri-socket)",
     r"public image with digest should be pulled and removed": "the digest-pinned image cannot be made again",
-    r"runtime should support metrics operations": "ListPodSandboxMetrics gives the 14 metrics tugd measures "
-    "of the 45 critest asks for (docs/cri.md, 'Metrics')",
 }
 
 

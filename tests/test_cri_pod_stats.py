@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,6 +183,19 @@ def test_pod_stats_and_the_infra_process(
         assert by_name["container_memory_working_set_bytes"].value.value > 0
         assert by_name["container_memory_working_set_bytes"].metric_type == api_pb2.GAUGE
         assert by_name["container_processes"].value.value >= 1
+        # The finer figures: the cgroup's, the processes', the writable layer's, the record's.
+        assert by_name["container_threads"].value.value >= 1
+        assert by_name["container_file_descriptors"].value.value >= 1
+        assert by_name["container_spec_cpu_period"].value.value > 0
+        assert by_name["container_cpu_user_seconds_total"].metric_type == api_pb2.COUNTER
+        assert "container_memory_rss" in by_name and "container_memory_max_usage_bytes" in by_name
+        started = by_name["container_start_time_seconds"].value.value
+        assert abs(started - time.time()) < 600
+        fs = by_name["container_fs_usage_bytes"].value.value
+        assert by_name["container_fs_limit_bytes"].value.value > fs
+        assert by_name["container_fs_inodes_total"].value.value > 0
+        failures = [m for m in cm.metrics if m.name == "container_memory_failures_total"]
+        assert {tuple(m.label_values[-2:]) for m in failures} >= {("pgfault", "container")}
 
         def listed(**f: Any) -> list[str]:
             req = api_pb2.ListPodSandboxStatsRequest(filter=api_pb2.PodSandboxStatsFilter(**f))

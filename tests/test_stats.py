@@ -85,6 +85,75 @@ def test_cgroup_v2(tmp_path: Path) -> None:
     assert stats.read_cgroup(CG, str(tmp_path)).memory_limit == 104857600
 
 
+def test_cgroup_v1_detail(tmp_path: Path) -> None:
+    fake_v1(tmp_path, limit=64 * 1024 * 1024)
+    rel = CG.strip("/")
+    write(tmp_path / "cpuacct" / rel / "cpuacct.stat", f"user {3 * stats.USER_HZ}\nsystem {stats.USER_HZ}\n")
+    cpu = tmp_path / "cpu" / rel
+    write(cpu / "cpu.cfs_period_us", "100000\n")
+    write(cpu / "cpu.cfs_quota_us", "20000\n")
+    write(cpu / "cpu.shares", "1024\n")
+    write(cpu / "cpu.stat", "nr_periods 10\nnr_throttled 4\nthrottled_time 2500000000\n")
+    mem = tmp_path / "memory" / rel
+    write(mem / "memory.memsw.usage_in_bytes", "60004096\n")
+    write(mem / "memory.memsw.limit_in_bytes", "9223372036854771712\n")
+    write(mem / "memory.max_usage_in_bytes", "70000000\n")
+    write(mem / "memory.failcnt", "2\n")
+    write(mem / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    write(tmp_path / "pids" / rel / "pids.max", "max\n")
+    write(
+        tmp_path / "blkio" / rel / "blkio.throttle.io_service_bytes",
+        "7:9 Read 4096\n7:9 Write 8192\nTotal 12288\n",
+    )
+    write(tmp_path / "blkio" / rel / "blkio.throttle.io_serviced", "7:9 Read 1\n7:9 Write 2\nTotal 3\n")
+    d = stats.read_cgroup(CG, str(tmp_path)).detail
+    assert (d["cpu_user_seconds"], d["cpu_system_seconds"]) == (3, 1)
+    assert (d["cpu_period"], d["cpu_quota"], d["cpu_shares"]) == (100000, 20000, 1024)
+    assert (d["cpu_cfs_periods"], d["cpu_cfs_throttled_periods"], d["cpu_cfs_throttled_seconds"]) == (
+        10,
+        4,
+        2.5,
+    )
+    assert (d["memory_rss"], d["memory_swap"], d["memory_max_usage"]) == (50_000_000, 4096, 70_000_000)
+    assert (d["memory_failcnt"], d["oom_events"], d["memory_swap_limit"], d["pids_limit"]) == (2, 1, 0, 0)
+    [io] = d["io"]
+    assert (io["device"], io["read_bytes"], io["write_bytes"], io["read_ops"], io["write_ops"]) == (
+        "7:9",
+        4096,
+        8192,
+        1,
+        2,
+    )
+
+
+def test_cgroup_v2_detail(tmp_path: Path) -> None:
+    fake_v2(tmp_path)
+    d = tmp_path / CG.strip("/")
+    write(d / "cpu.max", "20000 100000\n")
+    write(d / "cpu.weight", "39\n")  # runc's weight of shares 1024
+    write(d / "memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n")
+    write(d / "memory.swap.max", "67108864\n")
+    write(d / "pids.max", "100\n")
+    write(d / "io.stat", "7:9 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n")
+    x = stats.read_cgroup(CG, str(tmp_path)).detail
+    assert (x["cpu_user_seconds"], x["cpu_system_seconds"]) == (1, 0.5)
+    assert (x["cpu_quota"], x["cpu_period"], x["cpu_shares"]) == (20000, 100000, 998)  # lossy
+    assert (x["memory_cache"], x["memory_rss"]) == (10_000_000, 30_000_000)
+    assert (x["memory_failcnt"], x["oom_events"], x["memory_swap_limit"], x["pids_limit"]) == (
+        5,
+        1,
+        67108864,
+        100,
+    )
+    assert x["io"][0]["write_ops"] == 2
+
+
+def test_read_procs() -> None:
+    # This process: its stdin/out/err at least, and its threads.
+    p = stats.read_procs([os.getpid(), 999999999])
+    assert p["file_descriptors"] >= 3 and p["threads"] >= 1 and p["sockets"] >= 0
+
+
 def test_cgroup_gone_reports_nothing(tmp_path: Path) -> None:
     s = stats.read_cgroup(CG, str(tmp_path))
     assert (s.cpu_seconds, s.memory_usage, s.memory_working_set, s.memory_limit, s.pids) == (None,) * 5

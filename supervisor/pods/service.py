@@ -354,7 +354,9 @@ class Pods:
                 sample = await self.containers.shim(r.id).stats()
             except (FailedPrecondition, NotFound, RuntimeFailed, OSError):
                 continue  # stopped or removed meanwhile
-            samples.append({"id": r.id, "name": r.name, **sample})
+            upper = os.path.join(self.cfg.container_dir(r.id), "upper")
+            layer = await anyio.to_thread.run_sync(stats.writable_layer, upper)
+            samples.append({"id": r.id, "name": r.name, "started_at": r.run.started_at, **sample, **layer})
         ready = rec.state == READY
         infra = 1 if ready and namespaces.infra_pid(self._path(rec.id)) is not None else 0
         net = (

@@ -5,6 +5,7 @@ entered it)."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -55,6 +56,43 @@ def net_dev(netns: str) -> list[dict[str, Any]]:
         return []
 
 
+def writable_layer(upper: str) -> dict[str, Any]:
+    """The container's writable layer (its overlay's upper directory): the bytes its files take
+    on disk (blocks, as ``du`` counts them) and its inodes, and the size and inodes of the
+    filesystem that holds it. Empty if it is gone. Blocking: run in a worker thread."""
+    try:
+        fs = os.statvfs(upper)
+        dev = os.stat(upper).st_dev
+    except OSError:
+        return {}
+    used = inodes = 0
+    stack = [upper]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = os.scandir(top)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                inodes += 1
+                used += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return {
+        "fs_device": f"{os.major(dev)}:{os.minor(dev)}",
+        "fs_usage": used,
+        "fs_inodes_used": inodes,
+        "fs_limit": fs.f_blocks * fs.f_frsize,
+        "fs_inodes_total": fs.f_files,
+        "fs_inodes_free": fs.f_ffree,
+    }
+
+
 def summed(samples: list[dict[str, Any]], key: str) -> int | float | None:
     """The sum of ``key`` over the samples that have it; None if none has it."""
     found = [s[key] for s in samples if s.get(key) is not None]
@@ -81,4 +119,4 @@ def pod_figures(samples: list[dict[str, Any]], infra: int, netns: str | None) ->
     }
 
 
-__all__ = ["net_dev", "parse_net_dev", "pod_figures"]
+__all__ = ["net_dev", "parse_net_dev", "pod_figures", "writable_layer"]
