@@ -523,7 +523,8 @@ def test_the_host_network_is_untouched_without_a_namespace(daemon: Any) -> None:
     host_links = netns_links_of_host()
     cid, _ = run(daemon, ["ip", "-o", "link"])
     assert "eth0" not in output(daemon, cid)[0].decode()
-    assert d_networks(daemon, cid) == {"none": {}}
+    none_id = daemon.call("network.inspect", {"id": "none"})["id"]
+    assert d_networks(daemon, cid) == {"none": {"network_id": none_id}}
     ours = [n for n in netns_links_of_host() if n.startswith(("tv", "tb-")) and n not in host_links]
     assert ours == []
 
