@@ -576,7 +576,10 @@ class ContainerApi:
             while True:
                 try:
                     kind, data = await channel.receive()
-                except (anyio.EndOfStream, frames.MalformedFrame):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    scope.cancel()  # the client went away: the relay ends, not the exec
+                    return
+                except frames.MalformedFrame:
                     scope.cancel()
                     return
                 try:
@@ -586,8 +589,8 @@ class ContainerApi:
                         await execs.close_stdin(eid)
                     elif kind == frames.CONTROL and (size := frames.resize_of(data)):
                         await execs.resize(eid, *size)
-                except TugError:
-                    pass  # it has ended meanwhile: the input has nowhere to go
+                except (TugError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # it has ended meanwhile (its shim stream closed): the input has nowhere to go
 
         done, result, error = False, None, None
         async with anyio.create_task_group() as tg:
