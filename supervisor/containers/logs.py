@@ -82,31 +82,50 @@ class Logs(ContainersBase):
 
         try:
             if follow:
-                while rec.run.state == CREATED:
-                    await live.wait_changed()
-                    current = self.store.get_container(rec.id)
-                    if current is None:
-                        return {"dropped_bytes": 0}
-                    rec = current
+                started = await self._until_started(rec, live)
+                if started is None:
+                    return {"dropped_bytes": 0}
+                rec = started
             if follow and rec.run.state in ACTIVE:
                 result = await self._follow_from_shim(rec, tail, since, send_b64)
                 if result is not None:
                     return result
-            if tail is None and since is None:
-                # The whole log: whole records straight from the files, never split into lines.
-                for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
-                    await send(chunk)
-                return {"dropped_bytes": 0}
-            records = crilog.select_records(
-                self._log_files(rec), tail=tail, since=since.encode() if since else None
-            )
-            data = b"".join(r + b"\n" for r in records)
-            for i in range(0, len(data), LOG_CHUNK):
-                await send(data[i : i + LOG_CHUNK])
+            await self._send_from_files(rec, tail, since, send)
             return {"dropped_bytes": 0}
         finally:
             live.holds -= 1
             live.changed()
+
+    async def _until_started(self, rec: ContainerRecord, live: Any) -> ContainerRecord | None:
+        """A follower of a created container waits for its start: its record then, or None if
+        it was removed meanwhile."""
+        while rec.run.state == CREATED:
+            await live.wait_changed()
+            current = self.store.get_container(rec.id)
+            if current is None:
+                return None
+            rec = current
+        return rec
+
+    async def _send_from_files(
+        self,
+        rec: ContainerRecord,
+        tail: int | None,
+        since: str | None,
+        send: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """The log's CRI records from its files to ``send``: the whole log in whole records
+        straight from the files (never split into lines), or the records ``tail``/``since``
+        select."""
+        if tail is None and since is None:
+            for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
+                await send(chunk)
+            return
+        selected = since.encode() if since else None
+        records = crilog.select_records(self._log_files(rec), tail=tail, since=selected)
+        data = b"".join(r + b"\n" for r in records)
+        for i in range(0, len(data), LOG_CHUNK):
+            await send(data[i : i + LOG_CHUNK])
 
     async def _follow_from_shim(
         self,
@@ -168,27 +187,16 @@ class Logs(ContainersBase):
 
         try:
             if follow:
-                while rec.run.state == CREATED:
-                    await live.wait_changed()
-                    current = self.store.get_container(rec.id)
-                    if current is None:
-                        return {"dropped_bytes": 0}
-                    rec = current
+                started = await self._until_started(rec, live)
+                if started is None:
+                    return {"dropped_bytes": 0}
+                rec = started
             if follow and rec.run.state in ACTIVE:
                 params = LogsParams(follow=True, tail=tail, since=since, timestamps=timestamps)
                 result = await self._relay_from_shim(rec, params, sink)
                 if result is not None:
                     return result
-            if tail is None and since is None:
-                for chunk in crilog.iter_chunks(self._log_files(rec), LOG_CHUNK):
-                    await send(chunk)
-                return {"dropped_bytes": 0}
-            records = crilog.select_records(
-                self._log_files(rec), tail=tail, since=since.encode() if since else None
-            )
-            data = b"".join(r + b"\n" for r in records)
-            for i in range(0, len(data), LOG_CHUNK):
-                await send(data[i : i + LOG_CHUNK])
+            await self._send_from_files(rec, tail, since, send)
             return {"dropped_bytes": 0}
         finally:
             live.holds -= 1
